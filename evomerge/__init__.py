@@ -1,0 +1,1 @@
+"""evomerge: evolve LLM merge recipes."""
