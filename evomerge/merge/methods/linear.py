@@ -1,0 +1,24 @@
+"""Linear / model soup: θ = Σ w_k θ_k / Σ w_k (normalize) or Σ w_k θ_k."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from evomerge.merge.registry import register
+from evomerge.merge.sparsify import compute_dtype
+
+
+@register("linear", per_source=("weight",), needs_base=False, min_sources=1)
+def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[float], normalize: bool = True) -> Tensor:
+    """Weighted average of the models themselves (the base is not used); a zero weight sum divides by 1."""
+    dtype = compute_dtype(sources[0])
+    out = torch.zeros_like(sources[0], dtype=dtype)
+    for tensor, w in zip(sources, weight):
+        out.add_(tensor.to(dtype), alpha=float(w))
+    total = float(sum(weight))
+    if normalize and abs(total) >= 1e-8:
+        out.div_(total)
+    return out

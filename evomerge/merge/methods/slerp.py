@@ -1,0 +1,39 @@
+"""SLERP between the base (t = 0) and one other model (t = 1).
+
+As mergekit 0.1.5 does, the angle is taken per output row (the tensor viewed as [rows, -1]); a
+row whose normalized vectors are nearly colinear (|cos| > 0.9995) is interpolated linearly. A 1-D
+tensor has one element per row, so it is always interpolated linearly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from evomerge.merge.registry import register
+from evomerge.merge.sparsify import compute_dtype
+
+DOT_THRESHOLD = 0.9995
+EPS = 1e-8
+
+
+@register("slerp", needs_base=True, min_sources=1, max_sources=1)
+def slerp(base: Tensor, sources: Sequence[Tensor], *, t: float = 0.5) -> Tensor:
+    """sin((1−t)Ω)/sinΩ · θ_a + sin(tΩ)/sinΩ · θ_b per row, linear where the rows are colinear."""
+    dtype = compute_dtype(base)
+    a = base.to(dtype).reshape(base.shape[0], -1) if base.dim() else base.to(dtype).reshape(1, 1)
+    b = sources[0].to(dtype).reshape(a.shape)
+    norm_a = torch.linalg.vector_norm(a, dim=1, keepdim=True)
+    norm_b = torch.linalg.vector_norm(b, dim=1, keepdim=True)
+    norm_a = torch.where(norm_a > EPS, norm_a, torch.ones_like(norm_a))
+    norm_b = torch.where(norm_b > EPS, norm_b, torch.ones_like(norm_b))
+    dot = ((a / norm_a) * (b / norm_b)).sum(dim=1, keepdim=True).clamp(-1, 1)
+    colinear = dot.abs() > DOT_THRESHOLD
+    omega = torch.acos(torch.where(colinear, torch.zeros_like(dot), dot))
+    sin_omega = torch.sin(omega)
+    safe = torch.where(colinear, torch.ones_like(sin_omega), sin_omega)
+    coef_a = torch.where(colinear, torch.full_like(dot, 1 - t), torch.sin((1 - t) * omega) / safe)
+    coef_b = torch.where(colinear, torch.full_like(dot, t), torch.sin(t * omega) / safe)
+    return (coef_a * a + coef_b * b).reshape(base.shape)

@@ -1,0 +1,83 @@
+"""MergePlan: a recipe resolved against loaded models — for each tensor, the operator and its parameters.
+
+This is the one place where a recipe meets tensor names. Materializing a plan is pure tensor work:
+no file is read or written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+from evomerge.errors import EvomergeError
+from evomerge.merge.draws import uniform_draws
+from evomerge.merge.recipe import Recipe
+from evomerge.merge.registry import MergeMethod, get_method
+from evomerge.sources.layers import group_of, layer_groups, num_layers, param_kind
+from evomerge.sources.pool import SourcePool
+
+KINDS = ("attention", "mlp", "other")
+
+
+@dataclass(frozen=True)
+class TensorStep:
+    """How one output tensor is made; ``method`` is None for tensors copied from the base."""
+
+    name: str
+    group: str
+    method: MergeMethod | None
+    source_params: Mapping[str, tuple[float, ...]]
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    steps: tuple[TensorStep, ...]
+    seed: int
+    dtype: torch.dtype | None
+
+    @classmethod
+    def build(cls, recipe: Recipe, pool: SourcePool) -> "MergePlan":
+        names = pool.tensor_names
+        n_layers = num_layers(pool.config, names)
+        groups = layer_groups(names, n_layers, recipe.layer_granularity)
+        known = set(groups) | {f"{g}:{k}" for g in groups for k in KINDS}
+        unknown = sorted(set(recipe.groups) - known)
+        if unknown:
+            raise EvomergeError(
+                f"recipe group '{unknown[0]}' does not exist in this model (groups: {', '.join(groups)}; "
+                f"add ':attention', ':mlp' or ':other' to narrow one to a kind)"
+            )
+        steps = []
+        for name in names:
+            group = group_of(name, n_layers, recipe.layer_granularity)
+            if not pool.is_mergeable(name):
+                steps.append(TensorStep(name, group, None, {}, {}))
+                continue
+            spec = recipe.spec_for(group, param_kind(name))
+            steps.append(TensorStep(name, group, get_method(spec.method), spec.source_params, spec.params))
+        return cls(tuple(steps), recipe.seed, recipe.torch_dtype)
+
+    def merge_tensor(self, step: TensorStep, pool: SourcePool) -> Tensor:
+        """The merged tensor in the output dtype (the base's dtype unless the recipe sets one)."""
+        base = pool.base.tensors[step.name]
+        if step.method is None:
+            return base
+        sources = [s.tensors[step.name] for s in pool.sources]
+        kwargs: dict[str, Any] = {k: [default] * len(sources) for k, default in step.method.per_source.items()}
+        kwargs.update({k: list(v) for k, v in step.source_params.items()})
+        kwargs.update(step.params)
+        if step.method.random:
+            kwargs["draws"] = [uniform_draws(self.seed, step.name, k, base.shape) for k in range(len(sources))]
+        merged = step.method(base, sources, **kwargs)
+        return merged.to(self.dtype or base.dtype)
+
+    def iter_tensors(self, pool: SourcePool) -> Iterator[tuple[str, Tensor]]:
+        for step in self.steps:
+            yield step.name, self.merge_tensor(step, pool)
+
+    def materialize(self, pool: SourcePool) -> dict[str, Tensor]:
+        return dict(self.iter_tensors(pool))
