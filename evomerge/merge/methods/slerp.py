@@ -1,8 +1,8 @@
 """SLERP between the base (t = 0) and one other model (t = 1).
 
-As mergekit 0.1.5 does, the angle is taken per output row (the tensor viewed as [rows, -1]); a
-row whose normalized vectors are nearly colinear (|cos| > 0.9995) is interpolated linearly. A 1-D
-tensor has one element per row, so it is always interpolated linearly.
+The angle Ω comes from the whole flattened tensors (what ``mergekit-yaml`` computes: its row-wise
+kernel sees each tensor as one row); nearly colinear tensors (|cos| > 0.9995) are interpolated
+linearly, and norms under 1e-8 count as 1.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ EPS = 1e-8
 
 @register("slerp", needs_base=True, min_sources=1, max_sources=1)
 def slerp(base: Tensor, sources: Sequence[Tensor], *, t: float = 0.5) -> Tensor:
-    """sin((1−t)Ω)/sinΩ · θ_a + sin(tΩ)/sinΩ · θ_b per row, linear where the rows are colinear."""
+    """sin((1−t)Ω)/sinΩ · θ_a + sin(tΩ)/sinΩ · θ_b, linear where the two are colinear."""
     dtype = compute_dtype(base)
-    a = base.to(dtype).reshape(base.shape[0], -1) if base.dim() else base.to(dtype).reshape(1, 1)
-    b = sources[0].to(dtype).reshape(a.shape)
+    a = base.to(dtype).reshape(1, -1)
+    b = sources[0].to(dtype).reshape(1, -1)
     norm_a = torch.linalg.vector_norm(a, dim=1, keepdim=True)
     norm_b = torch.linalg.vector_norm(b, dim=1, keepdim=True)
     norm_a = torch.where(norm_a > EPS, norm_a, torch.ones_like(norm_a))
