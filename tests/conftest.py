@@ -46,3 +46,57 @@ def tiny_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for i, name in enumerate(["a", "b", "c"], start=1):
         family[name] = save_tiny_llama(root / name, seed=i, base=base)
     return family
+
+
+ALPHABET = "abcdefgh=.:"
+
+
+def save_char_tokenizer(folder: Path) -> None:
+    """A character tokenizer over ALPHABET (ids below tiny models' vocab of 32), as HF files."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(ALPHABET)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok.save_pretrained(folder)
+
+
+def write_tasks(folder: Path, n_items: int = 12) -> dict[str, str]:
+    """Two loglikelihood tasks (calibration + held-out each) over short strings of ALPHABET."""
+    import json
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    names = {}
+    for skill, fn in {"rev": lambda s: s[::-1], "dup": lambda s: s + s}.items():
+        for split in ("calibration", "heldout"):
+            items = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 4))) for _ in range(n_items)]
+            data = folder / f"{skill}_{split}.jsonl"
+            data.write_text("".join(json.dumps({"prompt": f"{skill[0]}:{s}=", "answer": fn(s) + "."}) + "\n" for s in items))
+            task = f"tiny_{skill}" + ("_heldout" if split == "heldout" else "")
+            (folder / f"{task}.yaml").write_text(
+                f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+                "output_type: loglikelihood\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{answer}}'\ntarget_delimiter: ''\n"
+                "metric_list:\n  - {metric: acc, aggregation: mean, higher_is_better: true}\n"
+                "  - {metric: perplexity, aggregation: perplexity, higher_is_better: false}\n"
+            )
+            names[f"{skill}_{split}"] = task
+    return names
+
+
+@pytest.fixture(scope="session")
+def scored_family(tmp_path_factory: pytest.TempPathFactory, tiny_family: dict[str, Path]) -> dict[str, Path]:
+    """tiny_family with a tokenizer in every folder, plus a task folder (key 'tasks')."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("scored_family")
+    out = {}
+    for name, src in tiny_family.items():
+        shutil.copytree(src, root / name)
+        save_char_tokenizer(root / name)
+        out[name] = root / name
+    write_tasks(root / "tasks")
+    out["tasks"] = root / "tasks"
+    return out

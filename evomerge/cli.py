@@ -1,0 +1,256 @@
+"""The ``evomerge`` command line. User mistakes end as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+
+from evomerge.errors import EvomergeError
+
+if TYPE_CHECKING:
+    from evomerge.run.log import RunLog
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit code 2 like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def cmd_zoo_build(args: argparse.Namespace) -> int:
+    from evomerge.zoo import build_zoo
+
+    zoo = build_zoo(Path(args.dir), seed=args.seed, arch=args.arch, force=args.force, progress=not args.quiet)
+    print(f"zoo ready: {zoo.root}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from evomerge.merge.plan import MergePlan
+    from evomerge.merge.recipe import load_recipe
+    from evomerge.sources.pool import SourcePool
+    from evomerge.sources.writer import parse_size, write_model_folder
+
+    out = Path(args.out)
+    _refuse_nonempty(out, args.force)
+    recipe = load_recipe(args.recipe)
+    shard_size = parse_size(args.shard_size)
+    base = recipe.base if recipe.base is not None else recipe.sources[0]
+    pool = SourcePool.load(base, list(recipe.sources), allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    plan = MergePlan.build(recipe, pool)
+    tensors = plan.materialize(pool)
+    write_model_folder(
+        tensors, out, template=recipe.template, shard_size=shard_size, force=args.force,
+        extra_files={"evomerge_recipe.yaml": recipe.to_yaml()},
+    )
+    print(f"wrote {out} ({len(tensors)} tensors, method {recipe.default.method})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evomerge.scoring.model import load_causal_lm
+    from evomerge.scoring.scorer import Scorer, load_tasks
+
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
+        raise EvomergeError("--tasks is empty: name at least one lm-eval task, e.g. --tasks zoo_rev,zoo_sort")
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise EvomergeError(f"not a model folder (no config.json): {model_dir}")
+    tasks = load_tasks(names, args.task_path)
+    model, tokenizer = load_causal_lm(model_dir, device=args.device, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    scores = Scorer(model, tokenizer, tasks, batch_size=args.batch_size).score()
+    if args.json:
+        print(json.dumps({t: s.metrics for t, s in scores.items()}, indent=2))
+    else:
+        width = max(len(t) for t in scores)
+        for task, s in scores.items():
+            print(f"{task:<{width}}  " + "  ".join(f"{m}={v:.4f}" for m, v in s.metrics.items()))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from evomerge.run.config import load_config, validate
+    from evomerge.run.log import RunLog
+    from evomerge.sources.pool import fingerprint
+
+    cfg = load_config(args.config).with_overrides(
+        max_evals=args.max_evals, seed=args.seed, workers=args.workers, backend=args.backend,
+        gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address,
+    )
+    validate(cfg)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("populations") / cfg.name
+    fingerprints = {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)}
+    run = RunLog.create(run_dir, cfg, fingerprints)
+    return _run_search(run, args.quiet)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from evomerge.run.log import RunLog
+    from evomerge.sources.pool import fingerprint
+
+    run = RunLog.open(Path(args.run_dir))
+    cfg = run.config()
+    run.check_unchanged({str(p): fingerprint(p) for p in (cfg.base, *cfg.models)}, force=args.force)
+    if args.max_evals is not None and args.max_evals != run.max_evals():
+        if args.max_evals < 1:
+            raise EvomergeError(f"--max-evals must be >= 1, got {args.max_evals}")
+        run.append({"type": "budget", "max_evals": args.max_evals})
+    return _run_search(run, args.quiet)
+
+
+def _run_search(run: RunLog, quiet: bool) -> int:
+    from evomerge.execution import make_executor
+    from evomerge.run.search import Search
+    from evomerge.run.status import summarize
+
+    cfg = run.config()
+    Search(run, lambda spec: make_executor(cfg, spec, run.root), quiet=quiet).run_to_budget()
+    if not quiet:
+        print("\n".join(summarize(run)))
+        print(f"next: evomerge export {run.root} --out MODEL_DIR")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from evomerge.run.log import RunLog
+    from evomerge.run.status import summarize
+
+    print("\n".join(summarize(RunLog.open(Path(args.run_dir)))))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from evomerge.export.export import export_candidate
+
+    result = export_candidate(
+        Path(args.run_dir), Path(args.out), pick=args.pick, finalists=args.rescore_heldout, force=args.force,
+        shard_size=args.shard_size, quiet=args.quiet,
+    )
+    if not args.quiet:
+        files = "README.md, evomerge_recipe.yaml" + (", mergekit.yaml" if result.mergekit else "")
+        print(f"exported candidate {result.record['index']} to {result.out} ({files})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evomerge.export.report import write_report
+
+    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None, finalists=args.rescore_heldout, quiet=args.quiet)
+    if not args.quiet:
+        print(f"report written to {out} (summary.md, fitness.png, objectives.png, front.png)")
+    return 0
+
+
+def _refuse_nonempty(out: Path, force: bool) -> None:
+    """Check early, before any expensive work, what the writer checks again at the end."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise EvomergeError(f"output folder {out} is not empty; choose another --out or pass --force to replace it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="evomerge", description="Evolve LLM merge recipes (see README.md).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    zoo = sub.add_parser("zoo", help="the offline tiny model family for tests and demos")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
+    build = zoo_sub.add_parser("build", help="build (or reuse) a zoo: base model, experts, skills and lm-eval tasks")
+    build.add_argument("dir", help="folder to build the zoo in")
+    build.add_argument("--seed", type=int, default=0, help="training seed (default 0); same seed, same bytes")
+    build.add_argument("--arch", default="llama", help="decoder family: llama (default) or gpt2")
+    build.add_argument("--force", action="store_true", help="rebuild even if a matching zoo exists")
+    build.add_argument("--quiet", action="store_true", help="no progress output")
+    build.set_defaults(func=cmd_zoo_build)
+
+    merge = sub.add_parser("merge", help="merge models by a recipe (evomerge or mergekit YAML)")
+    merge.add_argument("recipe", help="recipe YAML file")
+    merge.add_argument("--out", required=True, help="output model folder")
+    merge.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    merge.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    _add_model_safety(merge)
+    merge.set_defaults(func=cmd_merge)
+
+    evaluate = sub.add_parser("evaluate", help="score a model folder with lm-eval tasks (offline)")
+    evaluate.add_argument("model_dir", help="HF model folder")
+    evaluate.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    evaluate.add_argument("--task-path", help="folder of task YAMLs (e.g. ZOO/tasks); default: lm-eval's own tasks")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    _add_model_safety(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    search = sub.add_parser("search", help="start a search from a config YAML")
+    search.add_argument("config", help="search config YAML (see configs/zoo.yaml)")
+    search.add_argument("--run-dir", help="run folder (default populations/<name>)")
+    search.add_argument("--max-evals", type=int, help="total candidate budget (overrides budget.max_evals)")
+    search.add_argument("--seed", type=int, help="overrides seed")
+    search.add_argument("--workers", type=int, help="overrides execution.workers")
+    search.add_argument("--backend", choices=["local", "ray"], help="overrides execution.backend")
+    search.add_argument("--gpus-per-worker", type=float, help="Ray: GPUs per worker actor (default: 1 when GPUs exist)")
+    search.add_argument("--ray-address", help="Ray: join this cluster ('auto' or host:port) instead of starting one")
+    search.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    search.set_defaults(func=cmd_search)
+
+    resume = sub.add_parser("resume", help="continue a stopped run from its folder")
+    resume.add_argument("run_dir", help="run folder")
+    resume.add_argument("--max-evals", type=int, help="the run's total budget (not an increment); default: as recorded")
+    resume.add_argument("--force", action="store_true", help="accept (and record) a changed config or changed source files")
+    resume.add_argument("--quiet", action="store_true")
+    resume.set_defaults(func=cmd_resume)
+
+    status = sub.add_parser("status", help="show a run's progress, best scores, front and utilization")
+    status.add_argument("run_dir", help="run folder")
+    status.set_defaults(func=cmd_status)
+
+    export = sub.add_parser("export", help="write a candidate of a run as a model folder with card and recipes")
+    export.add_argument("run_dir", help="run folder")
+    export.add_argument("--out", required=True, help="output model folder")
+    export.add_argument("--pick", default="mean", help="mean (default: best mean normalized held-out score among the finalists), "
+                        "knee (front member closest to the utopia point), or a candidate index")
+    export.add_argument("--rescore-heldout", type=int, default=5, metavar="K",
+                        help="re-score the K best front members on the held-out tasks (default 5; cached in the run log)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    export.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    export.add_argument("--quiet", action="store_true", help="no progress output")
+    export.set_defaults(func=cmd_export)
+
+    report = sub.add_parser("report", help="plots and a markdown summary of a run, with the baseline table")
+    report.add_argument("run_dir", help="run folder")
+    report.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    report.add_argument("--rescore-heldout", type=int, metavar="K",
+                        help="finalists re-scored on held-out (default: as many as the last export, else 5)")
+    report.add_argument("--quiet", action="store_true", help="no progress output")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def _add_model_safety(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true", help="also load .bin/.pt checkpoints (with weights_only=True)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow models whose config needs remote code")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except EvomergeError as e:
+        print(f"evomerge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evomerge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

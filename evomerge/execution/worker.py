@@ -1,0 +1,108 @@
+"""A Worker keeps the sources and one model resident and turns recipes into scores.
+
+It never decides what to evaluate: it is handed a recipe, writes the merged tensors straight
+into its preallocated model's parameters (no disk), scores that model with lm-eval requests
+built once, and returns plain data. The same class runs in-process (LocalExecutor) and as a
+Ray actor (RayExecutor).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evomerge.merge.plan import MergePlan
+from evomerge.merge.recipe import Recipe
+from evomerge.scoring.model import load_causal_lm
+from evomerge.scoring.scorer import Scorer, load_tasks
+from evomerge.sources.pool import SourcePool
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to start, as plain data (it travels to Ray actors)."""
+
+    base: Path
+    sources: tuple[Path, ...]
+    calibration_tasks: tuple[str, ...]
+    heldout_tasks: tuple[str, ...]
+    task_path: Path | None
+    batch_size: int = 64
+    device: str = "cpu"
+    threads: int | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Scores of one candidate: per task, all metrics and the primary metric's per-item values."""
+
+    scores: dict[str, dict[str, Any]] | None
+    error: str | None = None
+    merge_s: float = 0.0
+    score_s: float = 0.0
+    worker: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CandidateFailed(Exception):
+    """The candidate, not the worker, is broken (non-finite weights or scores)."""
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, name: str = "worker-0"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.spec, self.name = spec, f"{name}@{socket.gethostname()}"
+        self.pool = SourcePool.load(spec.base, list(spec.sources), allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+        self.model, self.tokenizer = load_causal_lm(spec.base, device=spec.device, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+        self.params = self.model.state_dict()  # views of the live parameters: copy_ writes in place
+        missing = [n for n in self.pool.tensor_names if n not in self.params]
+        if missing:
+            raise RuntimeError(f"model built from {spec.base} has no parameter named {missing[0]}")
+        self._scorers: dict[str, Scorer] = {}
+        self.scorer("calibration")  # build requests now, not on the first candidate
+
+    def scorer(self, split: str) -> Scorer:
+        if split not in self._scorers:
+            tasks = self.spec.calibration_tasks if split == "calibration" else self.spec.heldout_tasks
+            self._scorers[split] = Scorer(self.model, self.tokenizer, load_tasks(tasks, self.spec.task_path), batch_size=self.spec.batch_size)
+        return self._scorers[split]
+
+    def materialize(self, recipe: Recipe) -> None:
+        """Write the merged model into the resident parameters; refuse non-finite weights."""
+        plan = MergePlan.build(recipe, self.pool)
+        with torch.no_grad():
+            for name, tensor in plan.iter_tensors(self.pool):
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise CandidateFailed(f"merged tensor {name} has NaN/Inf values")
+                self.params[name].copy_(tensor)
+
+    def evaluate(self, recipe: Recipe, split: str = "calibration") -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            self.materialize(recipe)
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                scores = self.scorer(split).score()
+            t2 = time.perf_counter()
+        except Exception as e:  # the candidate is broken, not the worker: log it and keep serving
+            return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name)
+        bad = [t for t, s in scores.items() if not math.isfinite(s.value)]
+        if bad:
+            return Outcome(None, error=f"task {bad[0]} scored a non-finite value", merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)
+        plain = {
+            t: {"metric": s.metric, "higher_is_better": s.higher_is_better, "metrics": s.metrics, "per_item": list(s.per_item)}
+            for t, s in scores.items()
+        }
+        return Outcome(plain, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)

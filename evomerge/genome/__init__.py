@@ -1,0 +1,1 @@
+"""The search space: genes, bounds, the unit-box encoding and genome -> recipe decoding."""

@@ -1,0 +1,154 @@
+"""The search space: genes with bounds, a flat unit-box encoding, and genome -> recipe decoding.
+
+Optimizers see only points of ``[0, 1]^dim``; this module is the one place that knows what each
+coordinate means and what its bounds are, and the one place that turns a point into a Recipe.
+Genes: per merge unit (a layer group, or a group narrowed to a parameter kind) and per source, one
+gene for each per-source parameter the candidate methods take (``weight``, ``density``); with
+several methods, one categorical gene per unit picks the method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from evomerge.errors import EvomergeError
+from evomerge.merge.recipe import GroupSpec, Recipe
+from evomerge.merge.registry import canonical_param, get_method
+
+KINDS = ("attention", "mlp", "other")
+DEFAULT_BOUNDS = {"weight": (0.0, 2.0), "density": (0.1, 1.0)}
+
+
+@dataclass(frozen=True)
+class Gene:
+    unit: str  # recipe group key: "layers.3" or "layers.3:mlp"
+    param: str  # "weight", "density", or "method"
+    source: int | None  # source index for per-source parameters
+    low: float = 0.0
+    high: float = 1.0
+    choices: tuple[str, ...] = ()  # categorical genes only
+
+    @property
+    def name(self) -> str:
+        return f"{self.unit}/{self.param}" + (f"/{self.source}" if self.source is not None else "")
+
+    def decode(self, u: float) -> float | str:
+        u = min(max(float(u), 0.0), 1.0)
+        if self.choices:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        return self.low + u * (self.high - self.low)
+
+    def encode(self, value: float | str) -> float:
+        if self.choices:
+            return (self.choices.index(str(value)) + 0.5) / len(self.choices)
+        if self.high == self.low:
+            return 0.5
+        return min(max((float(value) - self.low) / (self.high - self.low), 0.0), 1.0)
+
+
+class GenomeSpace:
+    """Genes over the merge units of one model family; decodes unit-box points to recipes."""
+
+    def __init__(
+        self,
+        groups: Sequence[str],
+        *,
+        base: Path,
+        sources: Sequence[Path],
+        methods: Sequence[str],
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        split_by_kind: bool = False,
+        layer_granularity: int = 1,
+        seed: int = 0,
+        dtype: str | None = None,
+    ):
+        if not methods:
+            raise EvomergeError("genome.methods is empty: name at least one merge method")
+        self.methods = tuple(get_method(m).name for m in methods)
+        for m in self.methods:
+            method = get_method(m)
+            if not method.needs_base or method.max_sources is not None:
+                raise EvomergeError(
+                    f"method '{m}' cannot be searched per layer over {len(sources)} sources; use one of "
+                    "task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, della"
+                )
+        self.base, self.sources = base, tuple(sources)
+        self.bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
+        for key, (low, high) in self.bounds.items():
+            if not low <= high:
+                raise EvomergeError(f"genome bounds for '{key}' are reversed: [{low}, {high}]")
+        self.parameters = {canonical_param(k): v for k, v in (parameters or {}).items()}
+        self.units = tuple(f"{g}:{k}" for g in groups for k in KINDS) if split_by_kind else tuple(groups)
+        self.layer_granularity, self.seed, self.dtype = layer_granularity, seed, dtype
+        per_source = sorted({p for m in self.methods for p in get_method(m).per_source})
+        genes: list[Gene] = []
+        for unit in self.units:
+            if len(self.methods) > 1:
+                genes.append(Gene(unit, "method", None, choices=self.methods))
+            for param in per_source:
+                low, high = self.bounds.get(param, (0.0, 1.0))
+                genes.extend(Gene(unit, param, k, low, high) for k in range(len(self.sources)))
+        self.genes = tuple(genes)
+
+    @property
+    def dim(self) -> int:
+        return len(self.genes)
+
+    def decode(self, x: Sequence[float]) -> dict[str, GroupSpec]:
+        """Unit-box point -> a spec per merge unit (values clamped to the bounds)."""
+        if len(x) != self.dim:
+            raise ValueError(f"genome has {len(x)} genes, space has {self.dim}")
+        values: dict[str, dict[str, Any]] = {u: {} for u in self.units}
+        for gene, u in zip(self.genes, x):
+            slot = values[gene.unit]
+            if gene.source is None:
+                slot[gene.param] = gene.decode(u)
+            else:
+                slot.setdefault(gene.param, [0.0] * len(self.sources))[gene.source] = gene.decode(u)
+        specs = {}
+        for unit, slot in values.items():
+            method = get_method(str(slot.get("method", self.methods[0])))
+            source_params = {p: tuple(slot[p]) for p in method.per_source if p in slot}
+            params = {k: v for k, v in self.parameters.items() if k in method.globals}
+            specs[unit] = GroupSpec(method.name, source_params, params)
+        return specs
+
+    def to_recipe(self, x: Sequence[float]) -> Recipe:
+        """The one mapping genome -> recipe; every unit is spelled out as a group."""
+        specs = self.decode(x)
+        first = specs[self.units[0]]
+        return Recipe(
+            base=self.base,
+            sources=self.sources,
+            default=first,
+            groups=specs,
+            layer_granularity=self.layer_granularity,
+            dtype=self.dtype,
+            seed=self.seed,
+        )
+
+    def encode(self, method: str | None = None, **per_source: Sequence[float]) -> tuple[float, ...]:
+        """A point where every unit uses the same values, e.g. ``encode(weight=[1, 0, 0])`` (for seeding)."""
+        x = []
+        for gene in self.genes:
+            if gene.choices:
+                x.append(gene.encode(method or self.methods[0]))
+            elif gene.param in per_source:
+                x.append(gene.encode(per_source[gene.param][gene.source]))
+            else:
+                x.append(gene.encode(self.bounds.get(gene.param, (1.0, 1.0))[1]))
+        return tuple(x)
+
+    def key(self, x: Sequence[float]) -> str:
+        """Content hash of the decoded genome: equal merges share a key (the evaluation cache key)."""
+        decoded = {
+            unit: {"method": s.method, **{k: [round(v, 10) for v in vals] for k, vals in s.source_params.items()}}
+            for unit, s in self.decode(x).items()
+        }
+        blob = json.dumps(decoded, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

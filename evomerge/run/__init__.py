@@ -1,0 +1,1 @@
+"""Runs: config, the append-only run log, the driver loop, resume by replay, status."""

@@ -1,0 +1,1 @@
+"""Scoring models with lm-eval, requests built once per worker."""
