@@ -1,0 +1,181 @@
+"""The model card (README.md) of an exported model, and the score tables it shares with the report.
+
+Sections: what the model is; the source models with the SHA-256 fingerprints the run recorded;
+the genome, one row per layer group; the model's scores on the search (calibration) and held-out
+tasks, raw and normalized; the baselines scored in the same run; how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from evomerge.export.finalists import Analysis
+from evomerge.export.scores import mean, task_of
+from evomerge.merge.recipe import GroupSpec, Recipe
+
+PARAM_ORDER = ("weight", "density")
+
+
+def evomerge_version() -> str:
+    try:
+        return version("evomerge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def cell(raw: float | None, norm: float) -> str:
+    return f"{fmt(raw)} ({fmt(norm, 2)})" if raw is not None and math.isfinite(raw) else "–"
+
+
+def comparison_rows(analysis: Analysis, record: dict[str, Any] | None, label: str) -> list[tuple[str, Any, Any]]:
+    """(label, calibration raw, held-out raw): the candidate first (when given), then every baseline."""
+    rows: list[tuple[str, Any, Any]] = []
+    if record is not None:
+        rows.append((label, analysis.calibration_raw(record), analysis.heldout_raw(record)))
+    rows.extend((b.label, b.calibration, b.heldout) for b in analysis.baselines.rows)
+    return rows
+
+
+def comparison_table(analysis: Analysis, record: dict[str, Any] | None, label: str) -> list[str]:
+    """Held-out raw (normalized) per objective, their mean normalized, and the calibration mean."""
+    norm = analysis.normalizer
+    objectives = analysis.cfg.objectives
+    head = ["model", *(f"{task_of(o, 'heldout')}" for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cal, held in comparison_rows(analysis, record, label):
+        held_norm = norm.normalize(held, "heldout")
+        cells = [cell(None if held is None else held[j], held_norm[j]) for j in range(len(objectives))]
+        if held is None:
+            cells = ["failed" if name != label else "not scored"] * len(objectives)
+        lines.append("| " + " | ".join([name, *cells, fmt(norm.mean(held, "heldout"), 2), fmt(norm.mean(cal, "calibration"), 2)]) + " |")
+    return lines
+
+
+def reference_line(analysis: Analysis) -> str:
+    ref = analysis.normalizer.reference
+    parts = [f"{task_of(o, 'heldout')} {fmt(ref['heldout'][j])}" for j, o in enumerate(analysis.cfg.objectives)]
+    return (
+        "Each cell is the raw metric with, in parentheses, the score normalized by the best single source model on "
+        "that task (1.00 = as good as the best expert there; for lower-is-better metrics the inverse ratio). "
+        f"Best source on held-out: {', '.join(parts)}. All rows were scored by the same worker in the same run; "
+        f"task arithmetic's λ was chosen on calibration from {', '.join(f'{lam:g}' for lam, _ in analysis.baselines.grid)}."
+    )
+
+
+def scores_table(analysis: Analysis, record: dict[str, Any]) -> list[str]:
+    objectives = analysis.cfg.objectives
+    norm = analysis.normalizer
+    cal, held = analysis.calibration_raw(record), analysis.heldout_raw(record)
+    cal_n, held_n = norm.normalize(cal, "calibration"), norm.normalize(held, "heldout")
+    lines = ["| objective | metric | search (calibration) task | raw | normalized | held-out task | raw | normalized |",
+             "|---|---|---|---|---|---|---|---|"]
+    for j, o in enumerate(objectives):
+        metric = o.metric or record["scores"][o.task]["metric"]
+        direction = "↑" if norm.higher[j] else "↓"
+        lines.append(f"| {j} | {metric} {direction} | {o.task} | {fmt(cal[j] if cal else None)} | {fmt(cal_n[j], 2)} | "
+                     f"{task_of(o, 'heldout')} | {fmt(held[j] if held else None)} | {fmt(held_n[j], 2)} |")
+    lines.append(f"| mean | | | | {fmt(mean(cal_n), 2)} | | | {fmt(mean(held_n), 2)} |")
+    return lines
+
+
+def genome_table(recipe: Recipe) -> list[str]:
+    groups: dict[str, GroupSpec] = dict(recipe.groups) or {"(all)": recipe.default}
+    methods = {s.method for s in groups.values()}
+    params = sorted({p for s in groups.values() for p in s.source_params}, key=lambda p: (PARAM_ORDER.index(p) if p in PARAM_ORDER else 9, p))
+    names = [p.name for p in recipe.sources]
+    head = ["group", *(["method"] if len(methods) > 1 else []), *(f"{p} · {n}" for p in params for n in names)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, spec in groups.items():
+        values = [fmt(spec.source_params[p][k]) if p in spec.source_params else "–" for p in params for k in range(len(names))]
+        lines.append("| " + " | ".join([group, *([spec.method] if len(methods) > 1 else []), *values]) + " |")
+    return lines
+
+
+def model_card(
+    analysis: Analysis,
+    record: dict[str, Any],
+    recipe: Recipe,
+    *,
+    mergekit_note: str,
+    export_command: str,
+    pick: str,
+) -> str:
+    cfg = analysis.cfg
+    meta = analysis.run.meta
+    methods = sorted({s.method for s in [recipe.default, *recipe.groups.values()]})
+    globals_ = {k: v for s in [recipe.default, *recipe.groups.values()] for k, v in s.params.items()}
+    how = {"mean": "the finalist with the best mean normalized held-out score",
+           "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
+    in_front = any(r["key"] == record["key"] for r in analysis.front)
+    out: list[str] = [
+        "---",
+        "library_name: transformers",
+        "tags: [merge, evomerge]",
+        "---",
+        "",
+        f"# {cfg.name} — candidate {record['index']}",
+        "",
+        f"A merge of {len(cfg.models)} fine-tunes of one base model, found by evolutionary search with "
+        f"evomerge {evomerge_version()} (strategy `{cfg.strategy}`, seed {cfg.seed}, "
+        f"{len(analysis.candidates)} candidates evaluated). Method: {', '.join(f'`{m}`' for m in methods)}"
+        + (f" with {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in globals_.items())}" if globals_ else "")
+        + f"; layer granularity {recipe.layer_granularity}; output dtype {recipe.dtype or 'as the base'}.",
+        "",
+        f"Picked as {how}: candidate {record['index']} (generation {record.get('generation')}), "
+        f"{'on' if in_front else 'not on'} the Pareto front of {len(analysis.front)} candidates; "
+        f"{len(analysis.finalists)} finalists were re-scored on held-out tasks.",
+        "",
+        "## Source models",
+        "",
+        "| role | path | SHA-256 of the weight files |",
+        "|---|---|---|",
+    ]
+    fingerprints = meta.get("sources", {})
+    for role, path in [("base", cfg.base), *((f"source {k}", p) for k, p in enumerate(cfg.models))]:
+        out.append(f"| {role} | `{path}` | `{fingerprints.get(str(path), 'unknown')}` |")
+    out += [
+        "",
+        "## Genome",
+        "",
+        f"Per layer group and source model (weight multiplies the task vector θ_k − θ_0{', density is the fraction kept' if 'density' in recipe.default.source_params else ''}):",
+        "",
+        *genome_table(recipe),
+        "",
+        "## Scores",
+        "",
+        "Search scores are on the calibration tasks the search optimized; held-out scores are on tasks it never saw.",
+        "",
+        *scores_table(analysis, record),
+        "",
+        "## Baselines",
+        "",
+        *comparison_table(analysis, record, f"**this model (candidate {record['index']})**"),
+        "",
+        reference_line(analysis),
+        "",
+        "## Rebuild",
+        "",
+        "From the recipe in this folder (absolute paths; the sources must have the fingerprints above):",
+        "",
+        "```bash",
+        "evomerge merge evomerge_recipe.yaml --out MODEL_DIR",
+        "```",
+        "",
+        "From the run folder, as this folder was written:",
+        "",
+        "```bash",
+        export_command,
+        "```",
+        "",
+        mergekit_note,
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,66 @@
+"""Scoring outside the search loop (baselines, finalists): the run's own worker, started on first use.
+
+Baselines and finalists are scored by the same Worker code, with the same sources, tasks and
+batch size as the search — so their scores sit on one scale with the candidates'. The worker is
+only started when something is missing from the log: an export whose scores are all cached loads
+no model. Before it starts, the source files are checked against the fingerprints the run recorded,
+so nothing scored on changed models ever enters the log.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from evomerge.errors import EvomergeError
+from evomerge.execution.executor import Executor, Job, LocalExecutor
+from evomerge.execution.worker import Outcome, WorkerSpec
+from evomerge.merge.recipe import Recipe
+from evomerge.run.log import RunLog
+from evomerge.sources.pool import fingerprint
+
+ExecutorFactory = Callable[[WorkerSpec], Executor]
+
+
+class Evaluator:
+    def __init__(self, run: RunLog, executor_factory: ExecutorFactory | None = None, *, quiet: bool = False):
+        self.run, self.cfg, self.quiet = run, run.config(), quiet
+        self.factory: ExecutorFactory = executor_factory or LocalExecutor
+        self.executor: Executor | None = None
+        self.evaluated = 0  # evaluations run by this evaluator (0 when everything came from the log)
+
+    def __call__(self, recipe: Recipe, split: str, what: str) -> Outcome:
+        if self.executor is None:
+            from evomerge.run.search import worker_spec
+
+            check_sources(self.run)
+            self.executor = self.factory(worker_spec(self.cfg))
+        if not self.quiet:
+            print(f"evomerge: scoring {what} on the {split} tasks", file=sys.stderr)
+        self.evaluated += 1
+        self.executor.submit(Job(-self.evaluated, recipe, split))  # negative ids: not search candidates
+        return self.executor.next_result().outcome
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None
+
+    def __enter__(self) -> "Evaluator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_sources(run: RunLog) -> None:
+    """Scores and export must come from the models the run scored: refuse changed source files."""
+    cfg = run.config()
+    recorded = run.meta["sources"]
+    for path in (cfg.base, *cfg.models):
+        want, have = recorded.get(str(path)), fingerprint(path)
+        if want is not None and want != have:
+            raise EvomergeError(
+                f"source model {path} changed since the run scored it (fingerprint {want[:12]} -> {have[:12]}); "
+                f"restore it, or accept the change with 'evomerge resume {run.root} --force' first"
+            )

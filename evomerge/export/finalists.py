@@ -1,0 +1,140 @@
+"""Finalists: the front's best members re-scored on held-out data, the baselines beside them, and the pick.
+
+The search only ever sees calibration scores, so the front is optimistic: its members were chosen
+on the very items they are scored on. The finalists — the K front members with the best mean
+normalized calibration score — are scored once more on the held-out tasks, by the run's worker,
+and the result is appended to the log as ``{"type": "heldout", "key", "index", "scores", "error"}``
+(keyed by genome; a later export or report reuses it and never scores it again).
+
+Pick rules (``evomerge export --pick``):
+- ``mean`` (default): the finalist with the best mean normalized held-out score (ties: the better
+  mean normalized calibration score, then the lower index);
+- ``knee``: the front member closest to the utopia point on calibration objectives (see front.py);
+- an integer: that candidate, whatever its place.
+The picked candidate is scored on held-out too when it is not a finalist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Sequence
+
+from evomerge.errors import EvomergeError
+from evomerge.export.baselines import LAMBDA_GRID, Baselines, Evaluate, evaluate_baselines
+from evomerge.export.front import knee, pareto_front
+from evomerge.export.scores import Normalizer, directions, raw_values
+from evomerge.genome.space import GenomeSpace
+from evomerge.run.config import SearchConfig
+from evomerge.run.log import RunLog
+
+DEFAULT_FINALISTS = 5
+PICK_RULES = ("mean", "knee")
+
+
+def parse_pick(text: str | int) -> str | int:
+    if isinstance(text, int) or text in PICK_RULES:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise EvomergeError(f"--pick must be 'mean', 'knee' or a candidate index, got '{text}'") from None
+
+
+@dataclass
+class Analysis:
+    """Everything export, card and report show about a run, all scored in that run."""
+
+    run: RunLog
+    cfg: SearchConfig
+    candidates: list[dict[str, Any]]  # every candidate record, in tell order
+    front: list[dict[str, Any]]
+    finalists: list[dict[str, Any]]  # best first by mean normalized calibration score
+    heldout: dict[str, dict[str, Any]]  # genome key -> held-out record
+    baselines: Baselines
+    evaluate: Evaluate
+
+    @cached_property
+    def space(self) -> GenomeSpace:
+        from evomerge.run.search import genome_space
+
+        return genome_space(self.cfg)
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.baselines.normalizer
+
+    def calibration_raw(self, record: dict[str, Any]) -> tuple[float, ...] | None:
+        return raw_values(self.cfg.objectives, record["scores"], "calibration")
+
+    def heldout_raw(self, record: dict[str, Any]) -> tuple[float, ...] | None:
+        held = self.heldout.get(record["key"])
+        return None if held is None else raw_values(self.cfg.objectives, held["scores"], "heldout")
+
+    def rescore(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The candidate's held-out record: from the log, or scored now and appended."""
+        if record["key"] in self.heldout:
+            return self.heldout[record["key"]]
+        recipe = self.space.to_recipe(record["x"])
+        outcome = self.evaluate(recipe, "heldout", f"candidate {record['index']}")
+        held = {"type": "heldout", "key": record["key"], "index": record["index"], "scores": outcome.scores, "error": outcome.error}
+        self.run.append(held)
+        self.heldout[record["key"]] = held
+        return held
+
+    def candidate(self, index: int) -> dict[str, Any]:
+        return find_candidate(self.run, index)
+
+    def pick(self, rule: str | int) -> dict[str, Any]:
+        rule = parse_pick(rule)
+        if isinstance(rule, int):
+            record = self.candidate(rule)
+        elif rule == "knee":
+            record = knee(self.front)
+        else:
+            if not self.finalists:
+                raise EvomergeError("--pick mean needs held-out finalists: use --rescore-heldout 1 or more, or --pick knee / an index")
+            record = max(self.finalists, key=lambda r: (
+                self.normalizer.rank(self.heldout_raw(r), "heldout"),
+                self.normalizer.rank(self.calibration_raw(r), "calibration"),
+                -r["index"],
+            ))
+        self.rescore(record)
+        return record
+
+
+def find_candidate(run: RunLog, index: int) -> dict[str, Any]:
+    """The successful candidate with this index, or a user error saying why there is none."""
+    candidates = run.candidates()
+    for r in candidates:
+        if r["index"] == index:
+            if r["error"] is not None:
+                raise EvomergeError(f"candidate {index} failed during the search ({r['error']}); pick a successful candidate")
+            return r
+    raise EvomergeError(f"no candidate {index} in {run.root} (indices 0-{len(candidates) - 1}); see 'evomerge report'")
+
+
+def successful(candidates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in candidates if r["error"] is None]
+
+
+def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALISTS, grid: Sequence[float] = LAMBDA_GRID) -> Analysis:
+    """Front, baselines (scored if missing), finalists re-scored on held-out (if missing)."""
+    if finalists < 0:
+        raise EvomergeError(f"--rescore-heldout must be >= 0, got {finalists}")
+    cfg = run.config()
+    candidates = run.candidates()
+    ok = successful(candidates)
+    if not ok:
+        raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue it with 'evomerge resume {run.root}'")
+    higher = directions(cfg.objectives, ok[0]["scores"])
+    assert higher is not None
+    baselines = evaluate_baselines(run, evaluate, higher, grid)
+    front = pareto_front(candidates)
+    norm = baselines.normalizer
+    ranked = sorted(front, key=lambda r: (norm.rank(raw_values(cfg.objectives, r["scores"], "calibration"), "calibration"), -r["index"]), reverse=True)
+    heldout = {r["key"]: r for r in run.of_type("heldout")}
+    analysis = Analysis(run, cfg, candidates, front, ranked[:finalists], heldout, baselines, evaluate)
+    for r in analysis.finalists:
+        analysis.rescore(r)
+    return analysis

@@ -1,0 +1,280 @@
+"""The report of a run: plots (PNG) and ``summary.md``, all derived from the run log.
+
+- ``fitness.png``: best and mean scalarized fitness per generation (the weighted mean of the
+  oriented objectives, as the strategies scalarize), and the best so far;
+- ``objectives.png``: best and mean of each objective per generation (raw metric values);
+- ``front.png``: calibration scores of every successful candidate, the Pareto front, the baselines
+  and the exported (or best) candidate — the first two objectives, or a grid of every pair;
+- ``summary.md``: run facts, the exported/best candidate beside the baselines on held-out data
+  (raw and normalized), the finalists, the task-arithmetic λ grid.
+
+Generations are the candidate records' ``generation`` (what a steady-state strategy reports there
+is its own notion of generation). Finalists and baselines are scored, and cached in the log, when
+the log does not have them yet.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from evomerge.export.card import comparison_table, fmt, reference_line
+from evomerge.export.evaluator import Evaluator, ExecutorFactory
+from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
+from evomerge.export.scores import task_of
+from evomerge.run.log import RunLog
+
+PLOTS = ("fitness.png", "objectives.png", "front.png")
+
+
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    finalists: int | None = None,
+    executor_factory: ExecutorFactory | None = None,
+    quiet: bool = False,
+) -> Path:
+    run = RunLog.open(Path(run_dir))
+    out = Path(out) if out is not None else run.root / "report"
+    exports = list(run.of_type("export"))
+    if finalists is None:  # as many as the last export re-scored, so the report reuses its scores
+        finalists = exports[-1].get("finalists", DEFAULT_FINALISTS) if exports else DEFAULT_FINALISTS
+    with Evaluator(run, executor_factory, quiet=quiet) as evaluator:
+        analysis = analyze(run, evaluator, finalists=finalists)
+        chosen, label = _chosen(analysis, exports)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_fitness(analysis, out / "fitness.png")
+    _plot_objectives(analysis, out / "objectives.png")
+    _plot_front(analysis, chosen, label, out / "front.png")
+    _write(out / "summary.md", summary(analysis, chosen, label, exports))
+    return out
+
+
+def _chosen(analysis: Analysis, exports: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The last exported candidate, or the one 'evomerge export' would pick by default."""
+    keys = {r["key"] for r in analysis.candidates if r["error"] is None}
+    if exports and exports[-1]["key"] in keys:
+        record = analysis.candidate(exports[-1]["index"])
+        analysis.rescore(record)
+        return record, f"exported (candidate {record['index']})"
+    record = analysis.pick("mean")
+    return record, f"best (candidate {record['index']})"
+
+
+# --- summary ------------------------------------------------------------------------------------
+
+
+def summary(analysis: Analysis, chosen: dict[str, Any], label: str, exports: Sequence[dict[str, Any]]) -> str:
+    run, cfg = analysis.run, analysis.cfg
+    cands = analysis.candidates
+    ok = successful(cands)
+    cached = sum(r.get("cached_from") is not None for r in cands)
+    failed = len(cands) - len(ok)
+    evaluated = [r for r in cands if r.get("cached_from") is None]
+    merge_s = sum(r.get("merge_s", 0.0) for r in evaluated)
+    score_s = sum(r.get("score_s", 0.0) for r in evaluated)
+    created = run.meta.get("created")
+    last = max((r.get("time", 0.0) for r in cands), default=None)
+    elapsed = f"{_duration(last - created)} (run created → last candidate, pauses included)" if created and last else "–"
+    sessions = list(run.of_type("session"))
+    util = "; ".join(
+        f"session {i}: {s['workers']} worker(s) on {s['backend']}, {s['told']} told, "
+        + ", ".join(f"{w} {u:.0%}" for w, u in s["utilization"].items())
+        for i, s in enumerate(sessions)
+    ) or "–"
+    options = ", ".join(f"{k}={v}" for k, v in cfg.strategy_options.items())
+    lines = [
+        f"# Run report: {cfg.name}",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} from `{run.root}`.",
+        "",
+        "## Run",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| strategy | {cfg.strategy}{f' ({options})' if options else ''}, seed {cfg.seed} |",
+        f"| genome | methods {', '.join(cfg.methods)}; {len(cfg.models)} sources; layer granularity {cfg.layer_granularity}"
+        f"{'; split by kind' if cfg.split_by_kind else ''} |",
+        f"| budget | {run.max_evals()} candidates{f', {cfg.max_minutes:g} min' if cfg.max_minutes else ''} |",
+        f"| evaluations | {len(cands)} candidates told: {len(evaluated)} evaluated, {cached} cache hits, {failed} failed |",
+        f"| generations | {len({r['generation'] for r in cands})} |",
+        f"| wall time | {elapsed} |",
+        f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
+        f"| utilization | {util} |",
+        f"| Pareto front | {len(analysis.front)} candidates (calibration objectives) |",
+        f"| exports | {_exports(exports)} |",
+        "",
+        f"## The {label.split(' (')[0]} candidate beside the baselines (held-out)",
+        "",
+        *comparison_table(analysis, chosen, f"**{label}**"),
+        "",
+        reference_line(analysis),
+        "",
+        "## Finalists",
+        "",
+        f"The {len(analysis.finalists)} front members with the best mean normalized calibration score, re-scored on held-out tasks.",
+        "",
+        *_finalists_table(analysis),
+        "",
+        "## Task arithmetic λ grid (calibration)",
+        "",
+        "| λ | mean norm. (calibration) |",
+        "|---|---|",
+        *(f"| {lam:g}{' ✓' if lam == analysis.baselines.lam else ''} | {fmt(analysis.normalizer.mean(raw, 'calibration'), 2)} |"
+          for lam, raw in analysis.baselines.grid),
+        "",
+        "## Plots",
+        "",
+        "![fitness per generation](fitness.png)",
+        "",
+        "![objectives per generation](objectives.png)",
+        "",
+        "![Pareto front](front.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _exports(exports: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(f"candidate {e['index']} → `{e['out']}`" for e in exports) or "none yet"
+
+
+def _finalists_table(analysis: Analysis) -> list[str]:
+    objectives = analysis.cfg.objectives
+    norm = analysis.normalizer
+    head = ["candidate", "generation", *(task_of(o, "heldout") for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in analysis.finalists:
+        held = analysis.heldout_raw(r)
+        cells = [fmt(held[j]) if held else "failed" for j in range(len(objectives))]
+        lines.append("| " + " | ".join([str(r["index"]), str(r["generation"]), *cells, fmt(norm.mean(held, "heldout"), 2),
+                                        fmt(norm.mean(analysis.calibration_raw(r), "calibration"), 2)]) + " |")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def _by_generation(records: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[int(r["generation"])].append(r)
+    return dict(sorted(groups.items()))
+
+
+def _plot_fitness(analysis: Analysis, path: Path) -> None:
+    weights = [o.weight for o in analysis.cfg.objectives]
+    total = sum(weights) or 1.0
+    gens = _by_generation(successful(analysis.candidates))
+    xs = list(gens)
+    fitness = {g: [sum(w * v for w, v in zip(weights, r["objectives"])) / total for r in rs] for g, rs in gens.items()}
+    best = [max(fitness[g]) for g in xs]
+    mean = [sum(fitness[g]) / len(fitness[g]) for g in xs]
+    so_far = [max(best[: i + 1]) for i in range(len(best))]
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(xs, best, "o-", label="best of generation", color="C0", markersize=3)
+    ax.plot(xs, mean, "s-", label="mean of generation", color="C1", markersize=3)
+    ax.plot(xs, so_far, "--", label="best so far", color="C2")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("scalarized fitness (weighted mean of objectives)")
+    ax.set_title(f"{analysis.cfg.name}: fitness per generation ({analysis.cfg.strategy})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def _plot_objectives(analysis: Analysis, path: Path) -> None:
+    objectives = analysis.cfg.objectives
+    higher = analysis.normalizer.higher
+    gens = _by_generation(successful(analysis.candidates))
+    xs = list(gens)
+    n = len(objectives)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig = _figure(4.2 * cols, 3.2 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for j, o in enumerate(objectives):
+        ax = axes[j]
+        values = {g: [analysis.calibration_raw(r)[j] for r in rs] for g, rs in gens.items()}  # type: ignore[index]
+        pick = max if higher[j] else min
+        ax.plot(xs, [pick(values[g]) for g in xs], "o-", markersize=3, label="best")
+        ax.plot(xs, [sum(values[g]) / len(values[g]) for g in xs], "s-", markersize=3, label="mean")
+        ref = analysis.normalizer.reference["calibration"][j]
+        if math.isfinite(ref):
+            ax.axhline(ref, color="gray", linestyle=":", label="best source alone")
+        ax.set_title(f"{o.task} ({'↑' if higher[j] else '↓'})", fontsize=10)
+        ax.set_xlabel("generation")
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.legend(fontsize=8)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{analysis.cfg.name}: calibration score per generation")
+    _save(fig, path)
+
+
+def _plot_front(analysis: Analysis, chosen: dict[str, Any], label: str, path: Path) -> None:
+    objectives = analysis.cfg.objectives
+    n = len(objectives)
+    pairs = [(0, 1)] if n == 2 else [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if n == 1:
+        pairs = [(0, 0)]
+    cols = min(len(pairs), 3)
+    rows = math.ceil(len(pairs) / cols)
+    fig = _figure(4.3 * cols + 2.4, 4.0 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    points = [analysis.calibration_raw(r) for r in successful(analysis.candidates)]
+    front = [analysis.calibration_raw(r) for r in analysis.front]
+    chosen_raw = analysis.calibration_raw(chosen)
+    markers = "v^<>dPXhp8*"
+    for ax, (a, b) in zip(axes, pairs):
+        ax.scatter([p[a] for p in points], [p[b] for p in points], s=10, color="lightgray", label="candidates")  # type: ignore[index]
+        ax.scatter([p[a] for p in front], [p[b] for p in front], s=22, color="C0", label="Pareto front", zorder=3)  # type: ignore[index]
+        for k, row in enumerate(analysis.baselines.rows):
+            if row.calibration is not None:
+                ax.scatter([row.calibration[a]], [row.calibration[b]], marker=markers[k % len(markers)], s=45,
+                           color=f"C{(k % 8) + 1}", edgecolor="black", linewidth=0.5, label=row.label, zorder=4)
+        if chosen_raw is not None:
+            ax.scatter([chosen_raw[a]], [chosen_raw[b]], marker="*", s=220, color="red", edgecolor="black",
+                       linewidth=0.6, label=label, zorder=5)
+        ax.set_xlabel(objectives[a].task)
+        ax.set_ylabel(objectives[b].task)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(pairs):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{analysis.cfg.name}: calibration scores, front and baselines")
+    _save(fig, path)

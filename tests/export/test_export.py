@@ -1,0 +1,110 @@
+"""Export: the model folder, its recipes (rebuilding identical tensors), the card, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from evomerge.cli import main
+from evomerge.errors import EvomergeError
+from evomerge.export.export import export_candidate
+from evomerge.run.log import RunLog
+
+from .conftest import export_config, fake_scores, synthetic_run, TASKS
+
+
+def tensors(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert ta[name].dtype == tb[name].dtype and ta[name].equal(tb[name]), name
+
+
+def test_exported_recipe_rebuilds_identical_tensors(tiny_run: RunLog, fake_executor, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = export_candidate(tiny_run.root, out, executor_factory=fake_executor, quiet=True)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "evomerge_recipe.yaml"} <= names
+    recipe = yaml.safe_load((out / "evomerge_recipe.yaml").read_text())
+    assert Path(recipe["base"]).is_absolute() and all(Path(s["model"]).is_absolute() for s in recipe["sources"])
+    assert main(["merge", str(out / "evomerge_recipe.yaml"), "--out", str(tmp_path / "rebuilt")]) == 0
+    assert_identical(out, tmp_path / "rebuilt")
+    # a per-layer genome has no faithful mergekit form: no mergekit.yaml, and the card says why
+    assert not result.mergekit and "mergekit.yaml" not in names
+    assert "no mergekit.yaml: the genome sets different values in different layer groups" in (out / "README.md").read_text()
+    assert list(RunLog.open(tiny_run.root).of_type("export"))[-1]["index"] == result.record["index"]
+
+
+def test_a_uniform_recipe_gets_a_mergekit_yaml_that_rebuilds_it(tmp_path: Path, tiny_family, fake_executor) -> None:
+    from evomerge.run.search import genome_space
+    from evomerge.scoring.objectives import oriented
+
+    cfg = export_config(tiny_family, methods=("ties",))
+    run = synthetic_run(tmp_path / "run", cfg, n=3)
+    space = genome_space(cfg)
+    x = list(space.encode(weight=[0.8, 1.2], density=[0.5, 0.7]))  # the same genes in every layer group
+    scores = fake_scores(space.to_recipe(x), TASKS)
+    run.append({"type": "candidate", "index": 3, "key": space.key(x), "x": x, "parents": [], "operator": "seed", "generation": 1,
+                "scores": scores, "error": None, "objectives": list(oriented(cfg.objectives, scores)),
+                "cached_from": None, "merge_s": 0.0, "score_s": 0.0, "worker": "fake"})
+    out = tmp_path / "model"
+    assert export_candidate(run.root, out, pick=3, executor_factory=fake_executor, quiet=True).mergekit
+    mk = yaml.safe_load((out / "mergekit.yaml").read_text())
+    assert mk["merge_method"] == "ties" and mk["base_model"] == str(cfg.base)
+    assert [m["parameters"]["weight"] for m in mk["models"]] == pytest.approx([0.8, 1.2])
+    assert main(["merge", str(out / "mergekit.yaml"), "--out", str(tmp_path / "rebuilt")]) == 0
+    assert_identical(out, tmp_path / "rebuilt")
+
+
+def test_a_second_export_scores_nothing_new(tiny_run: RunLog, fake_executor, tmp_path: Path) -> None:
+    first = export_candidate(tiny_run.root, tmp_path / "m1", executor_factory=fake_executor, quiet=True)
+    assert first.evaluated > 0
+    n_records = len(RunLog.open(tiny_run.root).records)
+    second = export_candidate(tiny_run.root, tmp_path / "m2", executor_factory=fake_executor, quiet=True)
+    assert second.evaluated == 0 and second.record["index"] == first.record["index"]
+    assert len(RunLog.open(tiny_run.root).records) == n_records + 1  # only the second export's own record
+
+
+def test_card_lists_fingerprints_genome_scores_and_baselines(tiny_run: RunLog, fake_executor, tmp_path: Path) -> None:
+    export_candidate(tiny_run.root, tmp_path / "model", executor_factory=fake_executor, quiet=True)
+    card = (tmp_path / "model" / "README.md").read_text()
+    for path, sha in tiny_run.meta["sources"].items():
+        assert f"| `{path}` | `{sha}` |" in card
+    for label in ("base", "a alone", "b alone", "uniform soup", "task arithmetic (λ=", "TIES (d=0.5)", "DARE-TIES (d=0.5)"):
+        assert f"| {label}" in card
+    assert "| layers.0 |" in card and "weight · a" in card  # the genome, one row per group
+    assert "t0_heldout" in card and "mean norm. (held-out)" in card
+    assert "evomerge merge evomerge_recipe.yaml --out MODEL_DIR" in card
+    assert "--pick " in card  # the export command that rebuilds this folder
+
+
+def test_user_errors_are_one_liners(tiny_run: RunLog, fake_executor, tmp_path: Path, capsys) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("keep me")
+    with pytest.raises(EvomergeError, match="not empty"):
+        export_candidate(tiny_run.root, full, executor_factory=fake_executor, quiet=True)
+    assert (full / "x").read_text() == "keep me"
+    assert main(["export", str(tiny_run.root), "--out", str(tmp_path / "m"), "--pick", "99", "--quiet"]) == 2
+    assert main(["export", str(tiny_run.root), "--out", str(tmp_path / "m"), "--pick", "best", "--quiet"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "--pick must be" in errors[1] and "Traceback" not in "".join(errors)
+    assert not (tmp_path / "m").exists()
+
+
+def test_changed_source_files_are_refused_before_anything_is_scored(tmp_path: Path, tiny_family, fake_executor) -> None:
+    import shutil
+
+    family = {k: shutil.copytree(v, tmp_path / k) for k, v in tiny_family.items() if k in ("base", "a", "b")}
+    run = synthetic_run(tmp_path / "run", export_config(family), n=3)
+    shutil.copy(tiny_family["c"] / "model.safetensors", family["b"] / "model.safetensors")
+    with pytest.raises(EvomergeError, match="changed since the run scored it"):
+        export_candidate(run.root, tmp_path / "model", executor_factory=fake_executor, quiet=True)
+    assert not fake_executor.jobs and not (tmp_path / "model").exists()

@@ -1,0 +1,72 @@
+"""Finalists, pick rules, and the held-out / baseline records cached in the run log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evomerge.errors import EvomergeError
+from evomerge.export.evaluator import Evaluator
+from evomerge.export.finalists import analyze
+from evomerge.export.front import knee
+from evomerge.run.log import RunLog
+
+from .conftest import export_config, synthetic_run
+
+
+def test_pick_rules(tiny_run: RunLog, fake_executor) -> None:
+    with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
+        a = analyze(tiny_run, ev, finalists=3)
+        norm = a.normalizer
+        assert len(a.finalists) == min(3, len(a.front))
+        cal = [norm.mean(a.calibration_raw(r), "calibration") for r in a.finalists]
+        assert cal == sorted(cal, reverse=True)  # finalists: best mean normalized calibration first
+        best = max(a.finalists, key=lambda r: norm.mean(a.heldout_raw(r), "heldout"))
+        assert a.pick("mean")["index"] == best["index"]
+        assert a.pick("knee")["index"] == knee(a.front)["index"]
+        assert a.pick("7")["index"] == 7
+        assert a.heldout_raw(a.candidate(7)) is not None  # a picked non-finalist is re-scored too
+        with pytest.raises(EvomergeError, match="no candidate 99"):
+            a.pick(99)
+        with pytest.raises(EvomergeError, match="candidate 5 failed"):
+            a.pick(5)
+        with pytest.raises(EvomergeError, match="--pick must be"):
+            a.pick("best")
+
+
+def test_heldout_and_baselines_are_scored_once_and_cached_in_the_log(tiny_run: RunLog, fake_executor) -> None:
+    cfg = tiny_run.config()
+    with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
+        first = analyze(tiny_run, ev, finalists=2)
+    assert ev.evaluated == len(fake_executor.jobs) > 0
+    baselines = list(tiny_run.of_type("baseline"))
+    # base, 2 sources, soup, ties, dare_ties on both splits; 8 λ on calibration, the chosen one on held-out
+    assert len(baselines) == 6 * 2 + 8 + 1
+    assert {r["split"] for r in baselines} == {"calibration", "heldout"}
+    held = list(tiny_run.of_type("heldout"))
+    assert sorted(r["key"] for r in held) == sorted(r["key"] for r in first.finalists)
+
+    again = RunLog.open(tiny_run.root)  # a later command reads everything back
+    with Evaluator(again, fake_executor, quiet=True) as ev2:
+        second = analyze(again, ev2, finalists=2)
+    assert ev2.evaluated == 0 and ev2.executor is None  # no worker was even started
+    assert [r["index"] for r in second.finalists] == [r["index"] for r in first.finalists]
+    assert second.baselines == first.baselines
+
+
+def test_sources_alone_are_the_experts_and_lambda_is_chosen_on_calibration(tiny_run: RunLog, fake_executor) -> None:
+    with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
+        a = analyze(tiny_run, ev, finalists=1)
+    rows = {r.name: r for r in a.baselines.rows}
+    assert a.normalizer.normalize(rows["source0"].heldout, "heldout")[0] == 1.0
+    assert a.normalizer.normalize(rows["source1"].heldout, "heldout")[1] == 1.0
+    grid = dict(a.baselines.grid)
+    chosen = max(grid, key=lambda lam: a.normalizer.mean(grid[lam], "calibration"))
+    assert a.baselines.lam == chosen and f"task_arithmetic@{chosen:g}" in rows
+
+
+def test_a_run_without_successful_candidates_is_refused(tmp_path: Path, tiny_family, fake_executor) -> None:
+    run = synthetic_run(tmp_path / "run", export_config(tiny_family), n=2, fail=(0, 1))
+    with Evaluator(run, fake_executor, quiet=True) as ev, pytest.raises(EvomergeError, match="no successful candidate"):
+        analyze(run, ev)
