@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from evomerge.run.config import Objective
 
 SPLITS = ("calibration", "heldout")
-WORST = -1e6  # oriented value of a failed candidate: finite, so every optimizer can rank it
+WORST = -1e300  # oriented value of a failed candidate: below any real score, finite so sums and means stay finite
 
 
 def task_of(objective: Objective, split: str) -> str:

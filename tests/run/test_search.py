@@ -1,0 +1,143 @@
+"""The driver: budget, cache, failed candidates, and resume after SIGKILL equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evomerge.cli import main
+from evomerge.execution.executor import LocalExecutor
+from evomerge.run.config import load_config
+from evomerge.run.log import RunLog
+from evomerge.run.search import Search
+from evomerge.scoring.objectives import WORST
+from evomerge.sources.pool import fingerprint
+from evomerge.strategies import Candidate
+
+REPO = Path(__file__).resolve().parents[2]
+COMPARED = ("index", "key", "x", "parents", "operator", "generation", "scores", "objectives", "error", "cached_from")
+
+
+def start_run(tmp_path: Path, config: Path) -> RunLog:
+    cfg = load_config(config)
+    return RunLog.create(tmp_path / "run", cfg, {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)})
+
+
+class Scripted:
+    """A stand-in strategy that asks a fixed list of points (to provoke duplicates and failures)."""
+
+    def __init__(self, points: list[tuple[float, ...]]):
+        self.points, self.told = list(points), []
+
+    def ask(self) -> Candidate | None:
+        return Candidate(self.points.pop(0), operator="scripted") if self.points else None
+
+    def tell(self, candidate, evaluation) -> None:
+        self.told.append(evaluation)
+
+
+class CountingExecutor(LocalExecutor):
+    submitted: list[int] = []
+
+    def submit(self, job) -> None:
+        CountingExecutor.submitted.append(job.index)
+        super().submit(job)
+
+
+def scripted_search(run: RunLog, points) -> tuple[Search, Scripted]:
+    search = Search(run, CountingExecutor, quiet=True)
+    search.strategy = Scripted(points)
+    CountingExecutor.submitted = []
+    return search, search.strategy
+
+
+def test_search_logs_every_candidate_up_to_the_budget(tmp_path: Path, scored_family, search_config) -> None:
+    run = start_run(tmp_path, search_config(tmp_path, scored_family, budget={"max_evals": 7}))
+    told = Search(run, LocalExecutor, quiet=True).run_to_budget()
+    records = run.candidates()
+    assert told == 7 and [r["index"] for r in records] == list(range(7))
+    assert all(r["error"] is None and len(r["objectives"]) == 2 for r in records)
+    assert [r["type"] for r in run.records][-1] == "session"
+
+
+def test_duplicate_candidates_are_evaluated_once(tmp_path: Path, scored_family, search_config) -> None:
+    run = start_run(tmp_path, search_config(tmp_path, scored_family))
+    dim = Search(run, CountingExecutor, quiet=True).space.dim
+    a, b = (0.5,) * dim, (0.25,) * dim
+    search, strategy = scripted_search(run, [a, b, a, a, b])
+    run.append({"type": "budget", "max_evals": 5})
+    search.run_to_budget()
+    records = run.candidates()
+    assert CountingExecutor.submitted == [0, 1]
+    assert [r["cached_from"] for r in records] == [None, None, 0, 0, 1]
+    assert records[2]["scores"] == records[0]["scores"]
+    assert [e.objectives for e in strategy.told][2] == tuple(records[0]["objectives"])
+
+
+def test_failed_candidate_is_logged_scored_worst_and_the_run_goes_on(tmp_path: Path, scored_family, search_config) -> None:
+    config = search_config(tmp_path, scored_family, genome={"methods": ["task_arithmetic"], "bounds": {"weight": [0.0, 1e39]}})
+    run = start_run(tmp_path, config)
+    dim = Search(run, CountingExecutor, quiet=True).space.dim
+    search, strategy = scripted_search(run, [(1.0,) * dim, (0.0,) * dim])
+    run.append({"type": "budget", "max_evals": 2})
+    search.run_to_budget()
+    bad, good = run.candidates()
+    assert "NaN/Inf" in bad["error"] and bad["scores"] is None
+    assert bad["objectives"] == [WORST, WORST] and strategy.told[0].failed
+    assert good["error"] is None and good["objectives"][0] > WORST
+
+
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "evomerge.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def candidate_lines(run_dir: Path) -> int:
+    log = run_dir / "log.jsonl"
+    return sum(1 for line in log.read_text().splitlines() if '"candidate"' in line) if log.exists() else 0
+
+
+def kill_after(proc: subprocess.Popen, run_dir: Path, lines: int, extra_s: float) -> None:
+    """SIGKILL once the log holds ``lines`` candidates, plus ``extra_s`` (to land mid-evaluation)."""
+    deadline = time.time() + 120
+    while candidate_lines(run_dir) < lines and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(extra_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def comparable(run_dir: Path) -> list[dict]:
+    return [{k: r[k] for k in COMPARED} for r in RunLog.open(run_dir).candidates()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["cmaes", "niches"])
+def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path: Path, scored_family, search_config, strategy) -> None:
+    config = search_config(tmp_path, scored_family, strategy={"name": strategy}, budget={"max_evals": 14})
+    whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+    assert cli("search", str(config), "--run-dir", str(whole), "--quiet").wait() == 0
+
+    kill_after(cli("search", str(config), "--run-dir", str(pieces), "--quiet"), pieces, 0, 0.0)  # during start-up
+    for lines, extra in [(2, 0.0), (5, 0.08), (9, 0.15)]:  # right after a record, then mid-evaluation
+        runner = ["resume", str(pieces), "--quiet"] if (pieces / "log.jsonl").exists() else ["search", str(config), "--run-dir", str(pieces), "--quiet"]
+        kill_after(cli(*runner), pieces, lines, extra)
+    final = cli("resume", str(pieces), "--quiet")
+    assert final.wait() == 0, final.stderr.read()
+    assert comparable(pieces) == comparable(whole)
+
+    for run_dir in (whole, pieces):
+        assert main(["export", str(run_dir), "--out", str(run_dir / "model"), "--rescore-heldout", "2", "--quiet"]) == 0
+    exported = [load_file(d / "model" / "model.safetensors") for d in (whole, pieces)]
+    assert exported[0].keys() == exported[1].keys()
+    assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
