@@ -1,0 +1,68 @@
+"""Search strategies: ask/tell optimizers over the unit box ``[0, 1]^dim`` (DESIGN.md §5).
+
+They never see tensors or models: they propose :class:`Candidate` points and are told
+:class:`Evaluation` score vectors. Registered names:
+
+- ``random``  — uniform points (the baseline);
+- ``cmaes``   — CMA-ES from the ``cma`` package, on the scalarized objective;
+- ``niches``  — natural niches (M2N2), steady state, on per-item scores;
+- ``nsga2``   — NSGA-II over the objective vector;
+- ``optuna``  — optuna's TPE, NSGA-II or CMA-ES samplers.
+
+``make_strategy(name, dim, n_objectives, seed=..., weights=..., initial=..., **options)`` builds one;
+``strategy_options(name)`` lists its options with their defaults (the config's ``strategy.options``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from evomerge.errors import EvomergeError
+from evomerge.strategies.base import Candidate, Evaluation, Strategy
+from evomerge.strategies.cmaes import CMAES
+from evomerge.strategies.niches import NaturalNiches
+from evomerge.strategies.nsga2 import NSGA2
+from evomerge.strategies.optuna_search import OptunaSearch
+from evomerge.strategies.random_search import RandomSearch
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (CMAES, NaturalNiches, NSGA2, OptunaSearch, RandomSearch)
+}
+
+
+def strategy_names() -> list[str]:
+    """The registered strategy names, sorted."""
+    return sorted(STRATEGIES)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise EvomergeError(f"unknown strategy '{name}' (known: {', '.join(strategy_names())})") from None
+
+
+def strategy_options(name: str) -> dict[str, Any]:
+    """The options of strategy ``name`` with their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(strategy_class(name).Options)}
+
+
+def make_strategy(
+    name: str,
+    dim: int,
+    n_objectives: int,
+    *,
+    seed: int,
+    weights: Sequence[float] | None = None,
+    initial: Sequence[Sequence[float]] = (),
+    **options: Any,
+) -> Strategy:
+    """Build the strategy registered as ``name``; unknown names or options raise EvomergeError."""
+    return strategy_class(name)(dim, n_objectives, seed=seed, weights=weights, initial=initial, **options)
+
+
+__all__ = [
+    "Candidate", "Evaluation", "Strategy", "STRATEGIES", "make_strategy", "strategy_names", "strategy_options",
+    "strategy_class", "CMAES", "NaturalNiches", "NSGA2", "OptunaSearch", "RandomSearch",
+]
