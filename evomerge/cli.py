@@ -38,10 +38,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from evomerge.merge.plan import MergePlan
     from evomerge.merge.recipe import load_recipe
     from evomerge.sources.pool import SourcePool
-    from evomerge.sources.writer import parse_size, write_model_folder
+    from evomerge.sources.writer import check_output_folder, parse_size, write_model_folder
 
     out = Path(args.out)
-    _refuse_nonempty(out, args.force)
+    check_output_folder(out, args.force)
     recipe = load_recipe(args.recipe)
     shard_size = parse_size(args.shard_size)
     base = recipe.base if recipe.base is not None else recipe.sources[0]
@@ -149,12 +149,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"report written to {out} (summary.md, fitness.png, objectives.png, front.png)")
     return 0
-
-
-def _refuse_nonempty(out: Path, force: bool) -> None:
-    """Check early, before any expensive work, what the writer checks again at the end."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise EvomergeError(f"output folder {out} is not empty; choose another --out or pass --force to replace it")
 
 
 def build_parser() -> argparse.ArgumentParser:

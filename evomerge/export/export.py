@@ -32,7 +32,7 @@ from evomerge.merge.recipe import MERGEKIT_METHODS, Recipe
 from evomerge.merge.registry import get_method
 from evomerge.run.log import RunLog
 from evomerge.sources.pool import SourcePool
-from evomerge.sources.writer import DEFAULT_SHARD_SIZE, parse_size, write_model_folder
+from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, parse_size, write_model_folder
 
 # Parameter names mergekit's methods understand (evomerge spelling -> mergekit spelling).
 MERGEKIT_NAMES = {"weight": "weight", "density": "density", "lam": "lambda", "normalize": "normalize",
@@ -60,8 +60,7 @@ def export_candidate(
     quiet: bool = False,
 ) -> ExportResult:
     out = Path(out).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise EvomergeError(f"output folder {out} is not empty; choose another --out or pass --force to replace it")
+    check_output_folder(out, force)
     shard_bytes = parse_size(shard_size)
     rule = parse_pick(pick)
     run = RunLog.open(Path(run_dir))

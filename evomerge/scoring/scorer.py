@@ -8,6 +8,7 @@ request methods, filters, ``process_results`` and aggregations still produce the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -64,7 +65,8 @@ class Scorer:
         self.tasks = tasks
         self.requests: dict[str, list[Any]] = defaultdict(list)
         for task in self.tasks.values():
-            task.build_all_requests(rank=0, world_size=1)
+            with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # a per-task bar with no off switch
+                task.build_all_requests(rank=0, world_size=1)
             for instance in task.instances:
                 self.requests[instance.request_type].append(instance)
 

@@ -78,8 +78,7 @@ def write_model_folder(
         raise EvomergeError("no tensors to write")
     if not (template / "config.json").is_file():
         raise EvomergeError(f"template folder {template} has no config.json: use the base model's folder as template")
-    if _occupied(out) and not force:
-        raise EvomergeError(f"{out} already exists and is not empty: choose another folder or pass --force to overwrite it")
+    check_output_folder(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -125,6 +124,12 @@ def _write_shards(tensors: Mapping[str, Tensor], folder: Path, max_bytes: int) -
         "weight_map": weight_map,
     }
     (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def check_output_folder(out: Path, force: bool) -> None:
+    """Refuse a non-empty output folder unless forced; callers check early, before expensive work."""
+    if _occupied(out) and not force:
+        raise EvomergeError(f"{out} already exists and is not empty: choose another folder or pass --force to overwrite it")
 
 
 def _occupied(out: Path) -> bool:
