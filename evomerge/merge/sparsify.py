@@ -1,8 +1,20 @@
 """Shared pieces of the task-vector methods: which entries of τ_k survive, and how survivors combine.
 
-Trimming by magnitude is a threshold lookup in the magnitudes sorted once (``sorted_abs``), so a
-worker that caches them pays no sort per candidate (DESIGN.md §9). Counts follow mergekit: top
-``max(1, int(d·n))`` entries for 0 < d < 1, all for d ≥ 1, none for d ≤ 0.
+Trimming by magnitude reads its thresholds from |τ| sorted once, largest first (``sorted_magnitudes``):
+a worker that caches that array per tensor and source pays no sort per candidate, only a lookup
+(DESIGN.md §9). Ranks are those of a stable sort — entries of equal magnitude are ranked by flat
+index, lower first — so a mask keeps exactly the number of entries its count rule says, the same
+on every device.
+
+Counts follow mergekit (``mergekit/sparsify.py``), which the DESIGN text words as fractions:
+
+- top-d trimming (TIES) keeps ``max(1, int(d·n))`` entries for 0 < d < 1, all for d ≥ 1, none for
+  d ≤ 0 (DESIGN §9 writes the lookup as ``sorted|τ|[⌈d·n⌉−1]``; mergekit truncates, and so do we);
+- breadcrumbs keeps ``int(d·n)`` entries after dropping the ``int(γ·n)`` largest; the top cut
+  shrinks when keeping ``int(d·n)`` needs it, and a keep count that truncates to 0 keeps nothing.
+
+mergekit also keeps exactly that many, but breaks ties in its (unstable) ``argsort`` order; where
+tensors have tied magnitudes at a cut, the two may keep different entries of equal magnitude.
 """
 
 from __future__ import annotations
@@ -25,7 +37,13 @@ def task_vectors(base: Tensor, sources: Sequence[Tensor]) -> Tensor:
     return torch.stack([s.to(dtype) - b for s in sources])
 
 
+def sorted_magnitudes(tau: Tensor) -> Tensor:
+    """|τ| flattened, largest first: what a worker computes once per tensor and source."""
+    return tau.abs().flatten().sort(descending=True, stable=True).values
+
+
 def keep_count(density: float, n: int) -> int:
+    """How many entries top-d trimming keeps (mergekit's rule)."""
     if density >= 1:
         return n
     if density <= 0 or n == 0:
@@ -33,57 +51,88 @@ def keep_count(density: float, n: int) -> int:
     return max(1, int(density * n))
 
 
-def sorted_magnitudes(tau: Tensor) -> Tensor:
-    """|τ| flattened, largest first: computed once per tensor and source."""
-    return tau.abs().flatten().sort(descending=True).values
+def rank_window(tau: Tensor, start: int, stop: int, sorted_abs: Tensor | None = None) -> Tensor:
+    """Mask of the entries whose rank by |τ| (0 = largest, ties by flat index) lies in [start, stop).
+
+    The cut values are ``sorted_abs[start]`` and ``sorted_abs[stop − 1]``; only a group of tied
+    magnitudes that straddles a cut needs more than a comparison (a cumulative count over it).
+    """
+    n = tau.numel()
+    start, stop = max(0, start), min(n, stop)
+    if start >= stop:
+        return torch.zeros_like(tau, dtype=torch.bool)
+    if start == 0 and stop == n:
+        return torch.ones_like(tau, dtype=torch.bool)
+    ranked = sorted_magnitudes(tau) if sorted_abs is None else sorted_abs
+    mag = tau.abs()
+    high, low = ranked[start], ranked[stop - 1]  # high >= low
+    mask = mag > low
+    if start > 0:
+        mask &= mag < high
+    for value in (low,) if bool(high == low) or start == 0 else (low, high):
+        tied = mag == value
+        first = int((ranked > value).sum())  # rank of the first entry of this magnitude
+        count = int(tied.sum())
+        if start <= first and first + count <= stop:
+            mask |= tied
+        else:
+            rank = first + torch.cumsum(tied.flatten(), 0).reshape(tau.shape) - 1
+            mask |= tied & (rank >= start) & (rank < stop)
+    return mask
 
 
 def magnitude_mask(tau: Tensor, density: float, sorted_abs: Tensor | None = None) -> Tensor:
-    """Keep the top-d fraction of |τ| (entries tied with the threshold are kept too)."""
-    k = keep_count(density, tau.numel())
-    if k >= tau.numel():
-        return torch.ones_like(tau, dtype=torch.bool)
-    if k == 0:
-        return torch.zeros_like(tau, dtype=torch.bool)
-    ranked = sorted_magnitudes(tau) if sorted_abs is None else sorted_abs
-    return tau.abs() >= ranked[k - 1]
+    """TIES trimming: keep the ``keep_count(d, n)`` entries of largest |τ|."""
+    return rank_window(tau, 0, keep_count(density, tau.numel()), sorted_abs)
 
 
 def outlier_mask(tau: Tensor, density: float, gamma: float, sorted_abs: Tensor | None = None) -> Tensor:
-    """Breadcrumbs: drop the largest γ fraction and the smallest entries, keeping int(d·n) in between.
-
-    Counts as mergekit: keep = int(d·n), top = int(γ·n), bottom = max(0, n − keep − top); the top
-    cut shrinks when keeping d·n entries needs it. A count that rounds to 0 keeps nothing.
-    """
+    """Breadcrumbs: drop the largest γ fraction and the smallest entries, keeping int(d·n) in between."""
     n = tau.numel()
     if density >= 1:
         return torch.ones_like(tau, dtype=torch.bool)
-    keep = int(density * n)
-    if keep == 0:
-        return torch.zeros_like(tau, dtype=torch.bool)
-    bottom = max(0, n - keep - int(gamma * n))
-    ranked = (sorted_magnitudes(tau) if sorted_abs is None else sorted_abs).flip(0)  # smallest first
-    low, high = ranked[bottom], ranked[bottom + keep - 1]
-    mag = tau.abs()
-    return (mag >= low) & (mag <= high)
+    keep = max(0, int(density * n))
+    bottom = max(0, n - keep - int(gamma * n))  # dropped from the small end
+    return rank_window(tau, n - bottom - keep, n - bottom, sorted_abs)
 
 
 def della_probabilities(tau: Tensor, density: float, epsilon: float) -> Tensor:
-    """Keep probability per entry, rising linearly with magnitude rank within each row: d−ε … d+ε."""
+    """Keep probability per entry, rising linearly with magnitude rank within each row: d−ε … d+ε.
+
+    A row is the first axis (a 1-D tensor is one row; further axes are flattened into the row).
+    Ranks come from a stable sort, so tied magnitudes get distinct ranks by position; a row of one
+    entry gets p = d. Values outside [0, 1] are returned as computed: the caller never keeps an
+    entry with p ≤ 0 and treats p > 1 as 1.
+    """
     rows = tau.reshape(1, -1) if tau.dim() < 2 else tau.reshape(tau.shape[0], -1)
     m = rows.shape[1]
-    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(tau.dtype)  # 0 = smallest
-    scaled = ranks / (m - 1) if m > 1 else torch.zeros_like(ranks)
-    return ((density - epsilon) + scaled * 2 * epsilon).reshape(tau.shape)
+    if m <= 1:
+        return torch.full_like(tau, density)
+    order = rows.abs().argsort(dim=1, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=tau.device).expand_as(order))
+    scaled = ranks.to(tau.dtype) / (m - 1)
+    return ((density - epsilon) + scaled * (2 * epsilon)).reshape(tau.shape)
+
+
+def drop_and_rescale(tau: Tensor, draws: Tensor, keep_probability: float | Tensor) -> Tensor:
+    """Keep entry i when u_i < p_i and divide it by min(p_i, 1); drop it otherwise (p ≤ 0: always)."""
+    u = draws.to(device=tau.device)
+    p = torch.as_tensor(keep_probability, dtype=tau.dtype, device=tau.device)
+    kept = u < p
+    return torch.where(kept, tau / torch.where(kept, p.clamp(max=1.0), torch.ones_like(p)), torch.zeros_like(tau))
 
 
 def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus: bool, normalize: bool, lam: float) -> Tensor:
     """θ0 + λ · (weighted sum of the surviving deltas), optionally TIES sign election and disjoint mean.
 
-    With consensus the elected sign is sign(Σ_k w_k τ̂_k) (zero counts as +) and only entries of
-    that sign count, in the sum and in the divisor Σ w_k m_k; a zero divisor becomes 1.
+    As mergekit's generalized task arithmetic: the deltas are weighted first; with consensus the
+    elected sign is sign(Σ_k w_k τ̂_k) (zero counts as +) and only nonzero weighted entries of that
+    sign count, in the sum and in the divisor Σ w_k m_k, where a zero divisor becomes 1. Without
+    consensus the divisor is Σ w_k, replaced by 1 when |Σ w_k| < 1e-8. λ multiplies after the
+    division.
     """
-    w = torch.tensor(list(weight), dtype=deltas.dtype).reshape(-1, *([1] * (deltas.dim() - 1)))
+    w = torch.tensor([float(x) for x in weight], dtype=deltas.dtype, device=deltas.device)
+    w = w.reshape(-1, *([1] * (deltas.dim() - 1)))
     weighted = deltas * w
     if consensus:
         elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
@@ -93,8 +142,8 @@ def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus:
         divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
     else:
         mixed = weighted.sum(dim=0)
-        total = float(sum(weight))
-        divisor = torch.tensor(1.0 if abs(total) < 1e-8 else total, dtype=deltas.dtype)
+        divisor = w.sum()
+        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
     if normalize:
         mixed = mixed / divisor
     return base.to(deltas.dtype) + lam * mixed

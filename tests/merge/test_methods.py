@@ -1,4 +1,10 @@
-"""Every merge operator against a float64 reference written here, independently of evomerge's helpers."""
+"""Every merge operator against a float64 reference written here, independently of evomerge's helpers.
+
+The references are plain Python over the flattened entries. Rank conventions they spell out:
+ranks by |τ| descending, tied magnitudes ranked by flat index (lower first); trim counts as
+mergekit's (``max(1, int(d·n))`` for TIES, ``int(d·n)`` kept and ``int(γ·n)`` outliers for
+breadcrumbs).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,19 @@ import math
 import pytest
 import torch
 
+from evomerge.merge import sparsify
 from evomerge.merge.draws import uniform_draws
-from evomerge.merge.registry import get_method
+from evomerge.merge.registry import get_method, method_names
+
+F64 = torch.float64
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def vec(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=F64)
 
 
 @pytest.fixture
@@ -25,34 +38,85 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a.double(), b.double(), rtol=1e-9, atol=1e-12)
 
 
-# ---- float64 references (plain Python over flattened entries) --------------------------------
+def draws_for(shape, k: int, seed: int = 0) -> list[torch.Tensor]:
+    return [uniform_draws(seed, "w", i, shape) for i in range(k)]
 
 
-def ref_topk_mask(tau: list[float], density: float) -> list[bool]:
+# ---- float64 references ------------------------------------------------------------------------
+
+
+def flat(t: torch.Tensor) -> list[float]:
+    return t.flatten().tolist()
+
+
+def as_tensor(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=F64).reshape(like.shape)
+
+
+def ref_ranks(tau: list[float]) -> list[int]:
+    """Rank of each entry by |τ|, largest first, ties by index."""
+    order = sorted(range(len(tau)), key=lambda i: (-abs(tau[i]), i))
+    rank = [0] * len(tau)
+    for r, i in enumerate(order):
+        rank[i] = r
+    return rank
+
+
+def ref_topk(tau: list[float], density: float) -> list[float]:
     n = len(tau)
     k = n if density >= 1 else (0 if density <= 0 else max(1, int(density * n)))
-    order = sorted(range(n), key=lambda i: -abs(tau[i]))
-    keep = set(order[:k])
-    return [i in keep for i in range(n)]
+    return [t if r < k else 0.0 for t, r in zip(tau, ref_ranks(tau))]
+
+
+def ref_breadcrumbs(tau: list[float], density: float, gamma: float) -> list[float]:
+    n = len(tau)
+    if density >= 1:
+        return list(tau)
+    keep, top = int(density * n), int(gamma * n)
+    bottom = max(0, n - keep - top)  # dropped from the small end
+    start = n - bottom - keep  # outliers actually dropped from the large end
+    return [t if start <= r < start + keep else 0.0 for t, r in zip(tau, ref_ranks(tau))]
+
+
+def ref_della_p(tau: list[float], row_length: int, density: float, epsilon: float) -> list[float]:
+    p = []
+    for r0 in range(0, len(tau), row_length):
+        row = tau[r0:r0 + row_length]
+        asc = sorted(range(len(row)), key=lambda i: (abs(row[i]), i))
+        rank = {i: r for r, i in enumerate(asc)}
+        p += [density - epsilon + 2 * epsilon * rank[i] / (len(row) - 1) for i in range(len(row))]
+    return p
+
+
+def ref_drop(tau: list[float], u: list[float], p: list[float]) -> list[float]:
+    return [t / min(pi, 1.0) if ui < pi else 0.0 for t, ui, pi in zip(tau, u, p)]
+
+
+def ref_combine(base: list[float], deltas: list[list[float]], weight, *, consensus: bool, normalize: bool, lam: float) -> list[float]:
+    out = []
+    for i, b in enumerate(base):
+        vals = [w * d[i] for w, d in zip(weight, deltas)]
+        if consensus:
+            sign = 1.0 if sum(vals) >= 0 else -1.0
+            agree = [k for k, v in enumerate(vals) if v != 0 and math.copysign(1.0, v) == sign]
+            num = sum(vals[k] for k in agree)
+            den = sum(weight[k] for k in agree) or 1.0
+        else:
+            num = sum(vals)
+            den = sum(weight) if abs(sum(weight)) >= 1e-8 else 1.0
+        out.append(b + lam * (num / den if normalize else num))
+    return out
+
+
+def ref_task_vector_merge(base, sources, weight, sparsify_one, *, consensus, normalize, lam=1.0):
+    b = flat(base)
+    deltas = [sparsify_one(k, [s - x for s, x in zip(flat(src), b)]) for k, src in enumerate(sources)]
+    return as_tensor(ref_combine(b, deltas, weight, consensus=consensus, normalize=normalize, lam=lam), base)
 
 
 def ref_ties(base, sources, weight, density, lam=1.0, normalize=True):
-    b = base.flatten().tolist()
-    taus = [[s - x for s, x in zip(src.flatten().tolist(), b)] for src in sources]
-    trimmed = [[t if m else 0.0 for t, m in zip(tau, ref_topk_mask(tau, d))] for tau, d in zip(taus, density)]
-    out = []
-    for i in range(len(b)):
-        total = sum(w * tr[i] for w, tr in zip(weight, trimmed))
-        sign = 1.0 if total >= 0 else -1.0
-        num = den = 0.0
-        for w, tr in zip(weight, trimmed):
-            v = w * tr[i]
-            if v != 0 and math.copysign(1.0, v) == sign:
-                num += v
-                den += w
-        mixed = num / (den if den != 0 else 1.0) if normalize else num
-        out.append(b[i] + lam * mixed)
-    return torch.tensor(out, dtype=torch.float64).reshape(base.shape)
+    return ref_task_vector_merge(base, sources, weight, lambda k, tau: ref_topk(tau, density[k]),
+                                 consensus=True, normalize=normalize, lam=lam)
 
 
 def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
@@ -65,10 +129,27 @@ def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
     return [math.sin((1 - t) * om) / math.sin(om) * x + math.sin(t * om) / math.sin(om) * y for x, y in zip(a, b)]
 
 
-# ---- linear and task arithmetic ---------------------------------------------------------------
+# ---- the registry's view -----------------------------------------------------------------------
 
 
-def test_linear_is_the_normalized_weighted_average(family) -> None:
+def test_every_method_of_the_design_is_registered() -> None:
+    want = {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
+            "della", "della_linear", "slerp", "model_stock"}
+    assert want <= set(method_names())
+
+
+def test_methods_declare_their_genes_and_randomness() -> None:
+    ties, dare, slerp = get_method("ties"), get_method("dare_ties"), get_method("slerp")
+    assert set(ties.per_source) == {"weight", "density"} and ties.globals["lam"] == 1.0 and not ties.random
+    assert dare.random and get_method("della").random and not get_method("breadcrumbs").random
+    assert slerp.globals == {"t": 0.5} and slerp.max_sources == 1
+    assert "lambda" not in ties.globals and "draws" not in dare.globals
+
+
+# ---- linear and task arithmetic ------------------------------------------------------------------
+
+
+def test_linear_is_the_normalized_weighted_average_with_negative_weights(family) -> None:
     _, srcs = family
     w = [0.5, 2.0, -0.5]
     close(get_method("linear")(None, srcs, weight=w), sum(wi * s for wi, s in zip(w, srcs)) / sum(w))
@@ -76,29 +157,65 @@ def test_linear_is_the_normalized_weighted_average(family) -> None:
 
 def test_linear_without_normalization_is_the_weighted_sum(family) -> None:
     _, srcs = family
-    close(get_method("linear")(None, srcs, weight=[1.0, 1.0, 1.0], normalize=False), srcs[0] + srcs[1] + srcs[2])
+    close(get_method("linear")(None, srcs, weight=[1.0, 0.5, 2.0], normalize=False), srcs[0] + 0.5 * srcs[1] + 2 * srcs[2])
 
 
-def test_task_arithmetic_adds_scaled_task_vectors_with_negative_weights(family) -> None:
+def test_linear_with_weights_summing_to_zero_is_left_undivided(family) -> None:
+    _, srcs = family
+    close(get_method("linear")(None, srcs[:2], weight=[1.0, -1.0]), srcs[0] - srcs[1])
+
+
+def test_linear_ignores_the_base(family) -> None:
+    base, srcs = family
+    m = get_method("linear")
+    close(m(base, srcs, weight=[1.0, 2.0, 3.0]), m(None, srcs, weight=[1.0, 2.0, 3.0]))
+
+
+def test_task_arithmetic_adds_lambda_times_weighted_task_vectors(family) -> None:
     base, srcs = family
     w = [1.0, -0.5, 0.25]
     want = base + 0.7 * sum(wi * (s - base) for wi, s in zip(w, srcs))
     close(get_method("task_arithmetic")(base, srcs, weight=w, lam=0.7), want)
 
 
-def test_identical_parents_merge_back_to_the_parent(family) -> None:
+def test_task_arithmetic_with_normalize_divides_by_the_weight_sum_before_lambda(family) -> None:
     base, srcs = family
-    same = [srcs[0]] * 3
-    close(get_method("linear")(None, same, weight=[0.2, 0.3, 0.5]), srcs[0])
-    close(get_method("ties")(base, same, weight=[1.0] * 3, density=[1.0] * 3), srcs[0])
-    close(get_method("model_stock")(base, same), srcs[0])
+    w = [1.0, 0.5, 0.5]
+    want = base + 0.7 * sum(wi * (s - base) for wi, s in zip(w, srcs)) / 2.0
+    close(get_method("task_arithmetic")(base, srcs, weight=w, lam=0.7, normalize=True), want)
+
+
+IDENTICAL = {
+    "linear": dict(weight=[0.2, 0.3, 0.5]),
+    "task_arithmetic": dict(weight=[0.5, 0.25, 0.25]),
+    "ties": dict(weight=[1.0, 0.5, 2.0], density=[1.0] * 3),
+    "dare_linear": dict(weight=[1.0, 1.0, 1.0], density=[1.0] * 3, normalize=True),
+    "dare_ties": dict(weight=[1.0, 0.5, 2.0], density=[1.0] * 3, normalize=True),
+    "breadcrumbs": dict(weight=[0.5, 0.5, 0.5], density=[1.0] * 3, normalize=True),
+    "breadcrumbs_ties": dict(weight=[1.0, 0.5, 2.0], density=[1.0] * 3, normalize=True),
+    "della": dict(weight=[1.0, 0.5, 2.0], density=[1.0] * 3),
+    "model_stock": dict(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IDENTICAL))
+def test_identical_parents_merge_back_to_the_parent(family, name) -> None:
+    base, srcs = family
+    kwargs = dict(IDENTICAL[name])
+    if get_method(name).random:
+        kwargs["draws"] = draws_for(base.shape, 3)
+    close(get_method(name)(base, [srcs[0]] * 3, **kwargs), srcs[0])
+
+
+def test_slerp_of_a_model_with_itself_is_that_model(family) -> None:
+    _, srcs = family
     close(get_method("slerp")(srcs[0], [srcs[0]], t=0.3), srcs[0])
 
 
-# ---- TIES ----------------------------------------------------------------------------------
+# ---- TIES ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("density", [0.2, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.9, 1.0])
 def test_ties_matches_the_reference(family, density) -> None:
     base, srcs = family
     w = [1.0, 0.6, 1.4]
@@ -106,10 +223,16 @@ def test_ties_matches_the_reference(family, density) -> None:
     close(got, ref_ties(base, srcs, w, [density] * 3, lam=0.8))
 
 
-def test_ties_with_negative_weights_matches_the_reference(family) -> None:
+def test_ties_with_negative_weights_and_mixed_densities_matches_the_reference(family) -> None:
     base, srcs = family
     w, d = [1.0, -0.7, 0.4], [0.6, 0.5, 0.8]
     close(get_method("ties")(base, srcs, weight=w, density=d), ref_ties(base, srcs, w, d))
+
+
+def test_ties_without_normalize_sums_the_agreeing_entries(family) -> None:
+    base, srcs = family
+    w, d = [1.0, 0.6, 1.4], [0.5, 0.5, 0.5]
+    close(get_method("ties")(base, srcs, weight=w, density=d, normalize=False), ref_ties(base, srcs, w, d, normalize=False))
 
 
 def test_ties_density_zero_keeps_the_base(family) -> None:
@@ -118,10 +241,22 @@ def test_ties_density_zero_keeps_the_base(family) -> None:
 
 
 def test_ties_sign_tie_counts_as_positive() -> None:
-    base = torch.zeros(2, dtype=torch.float64)
-    srcs = [torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([-1.0, 2.0], dtype=torch.float64)]
+    base = torch.zeros(2, dtype=F64)
+    srcs = [vec(1.0, -2.0), vec(-1.0, 2.0)]
     got = get_method("ties")(base, srcs, weight=[1.0, 1.0], density=[1.0, 1.0])
-    close(got, torch.tensor([1.0, 2.0], dtype=torch.float64))  # sums are 0: + elected, the + entries averaged
+    close(got, vec(1.0, 2.0))  # both sums are 0: + is elected, the + entries averaged
+
+
+def test_ties_elects_the_sign_of_the_weighted_sum() -> None:
+    base = torch.zeros(1, dtype=F64)
+    srcs = [vec(1.0), vec(-1.0)]  # the negative source outweighs the positive one
+    close(get_method("ties")(base, srcs, weight=[1.0, 3.0], density=[1.0, 1.0]), vec(-1.0))
+
+
+def test_ties_zero_entries_stay_out_of_the_disjoint_mean() -> None:
+    base = torch.zeros(2, dtype=F64)
+    srcs = [vec(2.0, 0.0), vec(0.0, 4.0)]
+    close(get_method("ties")(base, srcs, weight=[1.0, 1.0], density=[1.0, 1.0]), vec(2.0, 4.0))
 
 
 def test_ties_with_one_source_and_density_one_is_task_arithmetic(family) -> None:
@@ -130,98 +265,175 @@ def test_ties_with_one_source_and_density_one_is_task_arithmetic(family) -> None
           get_method("task_arithmetic")(base, srcs[:1], weight=[1.0], lam=0.6))
 
 
-# ---- DARE, DELLA ----------------------------------------------------------------------------
+def test_ties_trim_count_truncates_like_mergekit() -> None:
+    tau = vec(10, 9, 8, 7, 6, 5, 4, 3, 2, 1)  # d·n = 3.5: mergekit keeps 3, ⌈d·n⌉ would keep 4
+    got = get_method("ties")(torch.zeros(10, dtype=F64), [tau], weight=[1.0], density=[0.35])
+    close(got, vec(10, 9, 8, 0, 0, 0, 0, 0, 0, 0))
 
 
-def draws_for(shape, k: int, seed: int = 0):
-    return [uniform_draws(seed, "w", i, shape).double() for i in range(k)]
+def test_ties_keeps_one_entry_when_the_count_truncates_to_zero() -> None:
+    tau = vec(0.1, -0.9, 0.3, 0.2, 0.4)
+    got = get_method("ties")(torch.zeros(5, dtype=F64), [tau], weight=[1.0], density=[0.1])
+    close(got, vec(0.0, -0.9, 0.0, 0.0, 0.0))
 
 
-def test_dare_linear_keeps_entries_whose_draw_is_below_density(family) -> None:
+def test_ties_keeps_exactly_the_count_when_magnitudes_tie_at_the_cut() -> None:
+    tau = vec(0.5, 1.0, -1.0, 1.0, 1.0, 0.2)  # k = 3 of four entries of magnitude 1: the first three
+    got = get_method("ties")(torch.zeros(6, dtype=F64), [tau], weight=[1.0], density=[0.5])
+    close(got, vec(0.0, 1.0, -1.0, 1.0, 0.0, 0.0))
+
+
+# ---- DARE ----------------------------------------------------------------------------------------
+
+
+def test_dare_linear_keeps_entries_drawn_below_density_rescaled_by_its_inverse(family) -> None:
     base, srcs = family
-    d = [0.3, 0.6, 1.0]
+    d, w = [0.3, 0.6, 0.9], [1.0, -0.5, 2.0]
     u = draws_for(base.shape, 3)
-    want = base.clone()
-    for s, di, ui in zip(srcs, d, u):
-        tau = s - base
-        want = want + torch.where(ui < di, tau / di, torch.zeros_like(tau)) if di < 1 else want + tau
-    close(get_method("dare_linear")(base, srcs, weight=[1.0] * 3, density=d, draws=u), want)
-
-
-def test_dare_mean_over_many_seeds_approaches_the_task_vector() -> None:
-    base = torch.zeros(200, dtype=torch.float64)
-    src = rand(200, seed=3)
-    runs = [get_method("dare_linear")(base, [src], weight=[1.0], density=[0.3], draws=[uniform_draws(s, "t", 0, (200,)).double()])
-            for s in range(2000)]
-    mean = torch.stack(runs).mean(dim=0)
-    # per entry the estimate's standard error is |τ|·sqrt((1−d)/d)/sqrt(2000) ≈ 0.034|τ|: 0.2|τ| is ~6σ
-    assert bool(((mean - src).abs() <= 0.2 * src.abs()).all())
-
-
-def test_raising_density_only_adds_dare_entries(family) -> None:
-    base, srcs = family
-    u = draws_for(base.shape, 1)
-    low = get_method("dare_linear")(base, srcs[:1], weight=[1.0], density=[0.3], draws=u) - base
-    high = get_method("dare_linear")(base, srcs[:1], weight=[1.0], density=[0.6], draws=u) - base
-    assert bool(((low != 0) <= (high != 0)).all())
+    want = ref_task_vector_merge(base, srcs, w, lambda k, tau: ref_drop(tau, flat(u[k]), [d[k]] * len(tau)),
+                                 consensus=False, normalize=False, lam=0.8)
+    close(get_method("dare_linear")(base, srcs, weight=w, density=d, draws=u, lam=0.8), want)
 
 
 def test_dare_ties_applies_sign_election_to_the_dropped_vectors(family) -> None:
     base, srcs = family
     d, w = [0.5, 0.7, 0.4], [1.0, 0.5, 1.5]
     u = draws_for(base.shape, 3)
-    dropped = [base + torch.where(ui < di, (s - base) / di, torch.zeros_like(base)) for s, di, ui in zip(srcs, d, u)]
-    want = ref_ties(base, dropped, w, [1.0] * 3, normalize=False)
+    want = ref_task_vector_merge(base, srcs, w, lambda k, tau: ref_drop(tau, flat(u[k]), [d[k]] * len(tau)),
+                                 consensus=True, normalize=False)
     close(get_method("dare_ties")(base, srcs, weight=w, density=d, draws=u), want)
 
 
-def test_della_keep_probability_rises_with_rank_within_rows() -> None:
-    base = torch.zeros(1, 5, dtype=torch.float64)
-    src = torch.tensor([[0.1, -0.5, 0.3, 0.2, -0.4]], dtype=torch.float64)
-    # ranks by |τ|: 0.1→0, 0.2→1, 0.3→2, 0.4→3, 0.5→4; p = d−ε + rank/4 · 2ε with d=.5, ε=.2
-    p = {0.1: 0.3, 0.2: 0.4, 0.3: 0.5, 0.4: 0.6, 0.5: 0.7}
-    u = torch.full((1, 5), 0.45, dtype=torch.float64)
+@pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
+def test_dare_density_one_is_the_undropped_merge(family, name) -> None:
+    base, srcs = family
+    w = [1.0, 0.5, -0.5]
+    got = get_method(name)(base, srcs, weight=w, density=[1.0] * 3, draws=draws_for(base.shape, 3))
+    want = ref_task_vector_merge(base, srcs, w, lambda k, tau: tau, consensus=name == "dare_ties", normalize=False)
+    close(got, want)
+
+
+def test_dare_density_zero_keeps_the_base(family) -> None:
+    base, srcs = family
+    close(get_method("dare_linear")(base, srcs, weight=[1.0] * 3, density=[0.0] * 3, draws=draws_for(base.shape, 3)), base)
+
+
+def test_dare_mean_over_many_seeds_approaches_the_task_vector() -> None:
+    base = torch.zeros(200, dtype=F64)
+    src = rand(200, seed=3)
+    runs = [get_method("dare_linear")(base, [src], weight=[1.0], density=[0.3], draws=[uniform_draws(s, "t", 0, (200,))])
+            for s in range(2000)]
+    mean = torch.stack(runs).mean(dim=0)
+    # per entry the estimate's standard error is |τ|·sqrt((1−d)/d)/sqrt(2000) ≈ 0.034|τ|: 0.2|τ| is ~6σ
+    assert bool(((mean - src).abs() <= 0.2 * src.abs()).all())
+
+
+def test_raising_dare_density_only_adds_entries(family) -> None:
+    base, srcs = family
+    u = draws_for(base.shape, 1)
+    low = get_method("dare_linear")(base, srcs[:1], weight=[1.0], density=[0.3], draws=u) - base
+    high = get_method("dare_linear")(base, srcs[:1], weight=[1.0], density=[0.6], draws=u) - base
+    assert bool(((low != 0) <= (high != 0)).all()) and bool((high != 0).sum() > (low != 0).sum())
+
+
+# ---- DELLA ---------------------------------------------------------------------------------------
+
+
+def test_della_keep_probability_rises_with_rank_within_each_row() -> None:
+    base = torch.zeros(2, 5, dtype=F64)
+    src = torch.tensor([[0.1, -0.5, 0.3, 0.2, -0.4], [5.0, 1.0, 4.0, 2.0, 3.0]], dtype=F64)
+    # row 0 ranks |τ| 0.1→0 … 0.5→4, row 1 1→0 … 5→4 (rows apart); p = .3 + rank/4 · .4 with d=.5, ε=.2
+    p = [[0.3, 0.7, 0.5, 0.4, 0.6], [0.7, 0.3, 0.6, 0.4, 0.5]]
+    u = torch.full((2, 5), 0.45)
     got = get_method("della_linear")(base, [src], weight=[1.0], density=[0.5], epsilon=0.2, draws=[u])
-    want = [v / p[abs(v)] if p[abs(v)] > 0.45 else 0.0 for v in src.flatten().tolist()]
-    close(got, torch.tensor([want], dtype=torch.float64))
+    want = [[v / pi if pi > 0.45 else 0.0 for v, pi in zip(row, prow)] for row, prow in zip(src.tolist(), p)]
+    close(got, torch.tensor(want, dtype=F64))
 
 
-# ---- breadcrumbs ---------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(6, 5), (30,)], ids=["matrix", "vector"])
+def test_della_matches_the_reference(shape) -> None:
+    base = rand(*shape, seed=1)
+    srcs = [base + 0.3 * rand(*shape, seed=10 + k) for k in range(3)]
+    d, w, eps = [0.4, 0.6, 0.5], [1.0, 0.7, 1.3], 0.2
+    u = draws_for(shape, 3)
+    row = shape[-1] if len(shape) == 2 else shape[0]
+    want = ref_task_vector_merge(
+        base, srcs, w, lambda k, tau: ref_drop(tau, flat(u[k]), ref_della_p(tau, row, d[k], eps)),
+        consensus=True, normalize=True, lam=0.9,
+    )
+    close(get_method("della")(base, srcs, weight=w, density=d, epsilon=eps, lam=0.9, draws=u), want)
 
 
-def ref_breadcrumbs_mask(tau: list[float], density: float, gamma: float) -> list[bool]:
-    n = len(tau)
-    if density >= 1:
-        return [True] * n
-    keep, top = int(density * n), int(gamma * n)
-    bottom = max(0, n - keep - top)
-    order = sorted(range(n), key=lambda i: abs(tau[i]))
-    chosen = set(order[bottom:bottom + keep])
-    return [i in chosen for i in range(n)]
+def test_della_never_keeps_entries_whose_probability_is_not_positive() -> None:
+    tau = vec(0.1, 0.2, 0.3, 0.4, 0.5)  # d=.05, ε=.2: p = -.15, -.05, .05, .15, .25
+    got = get_method("della_linear")(torch.zeros(5, dtype=F64), [tau], weight=[1.0], density=[0.05], epsilon=0.2,
+                                     draws=[torch.zeros(5)])
+    close(got, vec(0.0, 0.0, 0.3 / 0.05, 0.4 / 0.15, 0.5 / 0.25))
+
+
+def test_della_keeps_probabilities_above_one_unscaled() -> None:
+    tau = vec(0.1, 0.2, 0.3, 0.4, 0.5)  # d=.9, ε=.2: p = .7, .8, .9, 1.0, 1.1
+    got = get_method("della_linear")(torch.zeros(5, dtype=F64), [tau], weight=[1.0], density=[0.9], epsilon=0.2,
+                                     draws=[torch.full((5,), 0.85)])
+    close(got, vec(0.0, 0.0, 0.3 / 0.9, 0.4, 0.5))
+
+
+def test_della_density_one_keeps_the_task_vectors_whole(family) -> None:
+    base, srcs = family
+    got = get_method("della_linear")(base, srcs, weight=[1.0] * 3, density=[1.0] * 3, draws=draws_for(base.shape, 3))
+    close(got, get_method("task_arithmetic")(base, srcs, weight=[1.0] * 3))
+
+
+# ---- breadcrumbs ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n,density,gamma", [(7, 0.5, 0.1), (50, 0.3, 0.05), (99, 0.9, 0.2), (5, 0.1, 0.01), (300, 0.4, 0.01)])
 def test_breadcrumbs_drops_outliers_and_small_entries(n, density, gamma) -> None:
-    base = torch.zeros(n, dtype=torch.float64)
-    src = rand(n, seed=n)
-    mask = ref_breadcrumbs_mask(src.tolist(), density, gamma)
-    want = torch.tensor([v if m else 0.0 for v, m in zip(src.tolist(), mask)], dtype=torch.float64)
-    close(get_method("breadcrumbs")(base, [src], weight=[1.0], density=[density], gamma=gamma), want)
+    base = rand(n, seed=1)
+    src = base + rand(n, seed=n)
+    want = ref_task_vector_merge(base, [src], [0.8], lambda k, tau: ref_breadcrumbs(tau, density, gamma),
+                                 consensus=False, normalize=False, lam=1.2)
+    close(get_method("breadcrumbs")(base, [src], weight=[0.8], density=[density], gamma=gamma, lam=1.2), want)
 
 
-def test_breadcrumbs_count_rounding_to_zero_keeps_nothing() -> None:
-    base, src = torch.zeros(5, dtype=torch.float64), rand(5, seed=2)
+def test_breadcrumbs_drops_no_outlier_on_a_tensor_under_one_over_gamma_entries() -> None:
+    tau = vec(*[float(i) for i in range(1, 51)])  # n = 50 < 1/0.01: int(γ·n) = 0, keep the top 25
+    got = get_method("breadcrumbs")(torch.zeros(50, dtype=F64), [tau], weight=[1.0], density=[0.5], gamma=0.01)
+    close(got, torch.where(tau > 25, tau, torch.zeros_like(tau)))
+
+
+def test_breadcrumbs_keep_count_truncating_to_zero_keeps_nothing() -> None:
+    base, src = torch.zeros(5, dtype=F64), rand(5, seed=2)
     close(get_method("breadcrumbs")(base, [src], weight=[1.0], density=[0.1]), base)
 
 
-# ---- SLERP ---------------------------------------------------------------------------------
+def test_breadcrumbs_outlier_cut_shrinks_to_keep_the_density() -> None:
+    tau = vec(*[float(i) for i in range(1, 11)])  # keep 9, γ·n = 2 outliers: only 1 can go
+    got = get_method("breadcrumbs")(torch.zeros(10, dtype=F64), [tau], weight=[1.0], density=[0.9], gamma=0.2)
+    close(got, torch.where(tau < 10, tau, torch.zeros_like(tau)))
+
+
+def test_breadcrumbs_density_one_is_task_arithmetic(family) -> None:
+    base, srcs = family
+    close(get_method("breadcrumbs")(base, srcs, weight=[1.0, 0.5, 2.0], density=[1.0] * 3, gamma=0.1),
+          get_method("task_arithmetic")(base, srcs, weight=[1.0, 0.5, 2.0]))
+
+
+def test_breadcrumbs_ties_matches_the_reference(family) -> None:
+    base, srcs = family
+    w, d, gamma = [1.0, -0.5, 1.5], [0.5, 0.7, 0.4], 0.1
+    want = ref_task_vector_merge(base, srcs, w, lambda k, tau: ref_breadcrumbs(tau, d[k], gamma),
+                                 consensus=True, normalize=False)
+    close(get_method("breadcrumbs_ties")(base, srcs, weight=w, density=d, gamma=gamma), want)
+
+
+# ---- SLERP ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("t", [0.0, 0.25, 0.5, 1.0])
 def test_slerp_matches_the_whole_tensor_reference(t) -> None:
     a, b = rand(4, 6, seed=5), rand(4, 6, seed=6)
-    want = torch.tensor(ref_slerp(a.flatten().tolist(), b.flatten().tolist(), t), dtype=torch.float64).reshape(4, 6)
-    close(get_method("slerp")(a, [b], t=t), want)
+    close(get_method("slerp")(a, [b], t=t), as_tensor(ref_slerp(flat(a), flat(b), t), a))
 
 
 def test_slerp_endpoints_are_the_two_models() -> None:
@@ -232,28 +444,101 @@ def test_slerp_endpoints_are_the_two_models() -> None:
 
 def test_slerp_falls_back_to_linear_for_colinear_tensors() -> None:
     a = rand(2, 8, seed=1)
-    b = 3.0 * a
-    close(get_method("slerp")(a, [b], t=0.4), 0.6 * a + 0.4 * b)
+    close(get_method("slerp")(a, [3.0 * a], t=0.4), 0.6 * a + 0.4 * (3.0 * a))
 
 
-# ---- Model Stock ---------------------------------------------------------------------------
+def test_slerp_falls_back_to_linear_for_opposite_tensors() -> None:
+    a = rand(2, 8, seed=1)
+    close(get_method("slerp")(a, [-2.0 * a], t=0.4), 0.6 * a + 0.4 * (-2.0 * a))
+
+
+def test_slerp_stays_spherical_just_under_the_colinear_threshold() -> None:
+    a = torch.zeros(2, dtype=F64)
+    a[0] = 1.0
+    angle = math.acos(0.999)  # cos = 0.999 < 0.9995
+    b = vec(math.cos(angle), math.sin(angle))
+    got = get_method("slerp")(a.reshape(1, 2), [b.reshape(1, 2)], t=0.5)
+    close(got, vec(math.cos(angle / 2), math.sin(angle / 2)).reshape(1, 2))  # on the unit circle, not the chord
+
+
+# ---- Model Stock ---------------------------------------------------------------------------------
 
 
 def test_model_stock_interpolates_by_mean_cosine(family) -> None:
     base, srcs = family
-    taus = [(s - base).flatten() for s in srcs]
-    cos = [float(x @ y / (x.norm() * y.norm())) for i, x in enumerate(taus) for y in taus[i + 1:]]
+    taus = [[s - x for s, x in zip(flat(src), flat(base))] for src in srcs]
+    dot = lambda x, y: sum(p * q for p, q in zip(x, y))  # noqa: E731
+    cos = [dot(x, y) / math.sqrt(dot(x, x) * dot(y, y)) for i, x in enumerate(taus) for y in taus[i + 1:]]
     c = sum(cos) / len(cos)
     t = 3 * c / (1 + 2 * c)
-    want = t * sum(srcs) / 3 + (1 - t) * base
-    close(get_method("model_stock")(base, srcs), want)
+    close(get_method("model_stock")(base, srcs), t * sum(srcs) / 3 + (1 - t) * base)
 
 
-# ---- dtypes ----------------------------------------------------------------------------------
+def test_model_stock_keeps_the_base_when_the_interpolation_is_singular(family) -> None:
+    base, _ = family
+    tau = rand(6, 5, seed=4)  # two opposite task vectors: c = −1, 1 + (N−1)c = 0
+    close(get_method("model_stock")(base, [base + tau, base - tau]), base)
 
 
-def test_math_runs_in_float32_for_half_inputs_and_float64_for_double(family) -> None:
+def test_model_stock_of_sources_equal_to_the_base_is_the_base(family) -> None:
+    base, _ = family
+    close(get_method("model_stock")(base, [base.clone(), base.clone()]), base)
+
+
+# ---- dtypes --------------------------------------------------------------------------------------
+
+
+def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tensor:
+    method = get_method(name)
+    srcs = srcs[:1] if name == "slerp" else srcs
+    kwargs = {key: [default] * len(srcs) for key, default in method.per_source.items()}
+    if "density" in kwargs:
+        kwargs["density"] = [0.5] * len(srcs)
+    if method.random:
+        kwargs["draws"] = draws_for(base.shape, len(srcs))
+    return method(base, srcs, **kwargs)
+
+
+ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
+       "della", "della_linear", "slerp", "model_stock"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("name", ALL)
+def test_low_precision_inputs_are_merged_in_float32(family, name, dtype) -> None:
     base, srcs = family
-    m = get_method("task_arithmetic")
-    assert m(base.half(), [s.half() for s in srcs], weight=[1.0] * 3).dtype == torch.float32
-    assert m(base, srcs, weight=[1.0] * 3).dtype == torch.float64
+    assert call(name, base.to(dtype), [s.to(dtype) for s in srcs]).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_float64_inputs_are_merged_in_float64(family, name) -> None:
+    base, srcs = family
+    assert call(name, base, srcs).dtype == F64
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_float32_merge_agrees_with_the_float64_merge(family, name) -> None:
+    base, srcs = family
+    got = call(name, base.float(), [s.float() for s in srcs])
+    torch.testing.assert_close(got.double(), call(name, base, srcs), rtol=1e-5, atol=1e-6)
+
+
+# ---- the cached-sort contract of the fast path (DESIGN §9) ---------------------------------------
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 1.0])
+def test_masks_from_cached_sorted_magnitudes_equal_the_uncached_ones(density) -> None:
+    tau = torch.round(rand(40, 7, seed=8) * 4) / 4  # many tied magnitudes
+    cached = sparsify.sorted_magnitudes(tau)
+    assert torch.equal(sparsify.magnitude_mask(tau, density, cached), sparsify.magnitude_mask(tau, density))
+    assert torch.equal(sparsify.outlier_mask(tau, density, 0.1, cached), sparsify.outlier_mask(tau, density, 0.1))
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 0.77])
+def test_trimming_keeps_exactly_the_count_on_heavily_tied_tensors(density) -> None:
+    base = torch.zeros(40, 7, dtype=F64)
+    tau = torch.round(rand(40, 7, seed=8) * 4) / 4
+    want = as_tensor(ref_topk(flat(tau), density), tau)
+    close(get_method("ties")(base, [tau], weight=[1.0], density=[density]), want)
+    want = as_tensor(ref_breadcrumbs(flat(tau), density, 0.1), tau)
+    close(get_method("breadcrumbs")(base, [tau], weight=[1.0], density=[density], gamma=0.1), want)

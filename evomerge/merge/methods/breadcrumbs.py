@@ -1,4 +1,11 @@
-"""Model Breadcrumbs: drop both the largest (outlier) and the smallest entries of each τ_k."""
+"""Model Breadcrumbs: drop both the largest (outlier) and the smallest entries of each τ_k.
+
+Counts as mergekit's ``magnitude_outliers`` (see ``evomerge.merge.sparsify.outlier_mask``): keep
+int(d·n) entries, after dropping the int(γ·n) largest where that leaves room. On a tensor of fewer
+than 1/γ entries (under 100 at the default γ = 0.01) no outlier is dropped, and where int(d·n) = 0
+the whole τ_k is dropped. γ is one value for all sources here (mergekit allows one per source).
+Defaults as mergekit: no normalization.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 Differs from mergekit on purpose: mergekit rescales the survivors so that the L1 norm of τ_k is
 kept; evomerge uses the paper's 1/d rule (unbiased: E[τ̂] = τ). The keep decision is u < d with
 u from ``uniform_draws`` — common random numbers across candidates — not a fresh Bernoulli draw.
+d ≥ 1 keeps τ_k whole and d ≤ 0 drops it all, as mergekit. Defaults as mergekit: no normalization.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import torch
 from torch import Tensor
 
 from evomerge.merge.registry import register
-from evomerge.merge.sparsify import combine, task_vectors
+from evomerge.merge.sparsify import combine, drop_and_rescale, task_vectors
 
 
 def dropped_and_rescaled(tau: Tensor, draws: Sequence[Tensor], density: Sequence[float]) -> Tensor:
-    out = []
-    for t, u, d in zip(tau, draws, density):
-        out.append(torch.where(u.to(t.device) < d, t / d, torch.zeros_like(t)) if d < 1 else t)
-    return torch.stack(out)
+    """Each τ_k keeps the entries whose draw is under d_k, divided by d_k; d_k ≥ 1 keeps τ_k whole."""
+    return torch.stack([t if d >= 1 else drop_and_rescale(t, u, float(d)) for t, u, d in zip(tau, draws, density)])
 
 
 @register("dare_linear", per_source=("weight", "density"))

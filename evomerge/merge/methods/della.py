@@ -1,7 +1,10 @@
 """DELLA: magnitude-ranked random drop (keep probability d−ε … d+ε within each row), rescale by 1/p_i.
 
-Like DARE, the keep decision is u < p_i with common random draws, and survivors are rescaled by
-their own 1/p_i (the paper's rule; mergekit rescales to keep the L1 norm).
+Like DARE, the keep decision is u_i < p_i with common random draws, and survivors are divided by
+their own p_i (the paper's rule; mergekit rescales each τ_k to keep its L1 norm instead). Where
+mergekit refuses d ± ε outside (0, 1), evomerge lets the search go there: an entry with p_i ≤ 0 is
+always dropped and one with p_i ≥ 1 always kept, unscaled. d ≥ 1 keeps τ_k whole, as mergekit.
+ε is one value for all sources here (mergekit allows one per source).
 """
 
 from __future__ import annotations
@@ -12,18 +15,14 @@ import torch
 from torch import Tensor
 
 from evomerge.merge.registry import register
-from evomerge.merge.sparsify import combine, della_probabilities, task_vectors
+from evomerge.merge.sparsify import combine, della_probabilities, drop_and_rescale, task_vectors
 
 
 def _pruned(base: Tensor, sources: Sequence[Tensor], density: Sequence[float], epsilon: float, draws: Sequence[Tensor]) -> Tensor:
-    out = []
-    for t, u, d in zip(task_vectors(base, sources), draws, density):
-        if d >= 1:
-            out.append(t)
-            continue
-        p = della_probabilities(t, d, epsilon).clamp(1e-6, 1.0)
-        out.append(torch.where(u.to(t.device) < p, t / p, torch.zeros_like(t)))
-    return torch.stack(out)
+    return torch.stack([
+        t if d >= 1 else drop_and_rescale(t, u, della_probabilities(t, float(d), epsilon))
+        for t, u, d in zip(task_vectors(base, sources), draws, density)
+    ])
 
 
 @register("della", per_source=("weight", "density"))

@@ -1,4 +1,8 @@
-"""Linear / model soup: θ = Σ w_k θ_k / Σ w_k (normalize) or Σ w_k θ_k."""
+"""Linear / model soup: θ = Σ w_k θ_k / Σ w_k (normalize) or Σ w_k θ_k.
+
+Guard: where |Σ w_k| < 1e-8 the sum is left undivided (the same guard as the task-vector methods'
+divisor). mergekit's ``linear`` has no guard there and returns inf/nan; elsewhere the two agree.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""TIES: trim each τ_k to its top-d magnitudes, elect a sign per entry, average the agreeing entries."""
+"""TIES: trim each τ_k to its top-d magnitudes, elect a sign per entry, average the agreeing entries.
+
+As mergekit's ``ties`` (generalized task arithmetic with magnitude trimming and "sum" consensus):
+keep max(1, int(d·n)) entries of τ_k, elect sign(Σ w_k τ̂_k) with 0 counted as +, divide by the
+agreeing weights (a zero divisor becomes 1), then multiply by λ. Normalization on by default.
+"""
 
 from __future__ import annotations
 
