@@ -1,0 +1,54 @@
+"""RayExecutor on a local 2-CPU Ray: same outcomes as in process, steady state, utilization, temp dirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evomerge.errors import EvomergeError
+from evomerge.execution.executor import Job
+from evomerge.execution.ray_executor import MAX_TEMP_DIR, RayExecutor, ray_temp_dir
+
+def scores_of(results):
+    return {r.job.index: r.outcome.scores for r in results}
+
+
+def test_two_workers_match_local_and_share_the_work(ray_cluster, spec, make_recipe, local_scores, weights):
+    with RayExecutor(spec, workers=2) as ex:
+        assert ex.n_workers == 2
+        assert ex.options["num_cpus"] == 1 and ex.options["num_gpus"] == 0
+        assert ex.spec.threads == 1  # CPU actors default to one torch thread
+        for i, w in enumerate(weights):
+            ex.submit(Job(i, make_recipe(w)))
+        assert len(ex._running) == 2 and len(ex._queue) == len(weights) - 2  # no barrier: both busy at once
+        results = [ex.next_result() for _ in weights]
+        util = ex.utilization()
+        with pytest.raises(RuntimeError, match="no job submitted"):
+            ex.next_result()
+    assert sorted(r.job.index for r in results) == list(range(len(weights)))  # each job exactly once
+    assert scores_of(results) == local_scores  # plain data back, bit-identical to in-process scoring
+    assert {r.outcome.worker.split("@")[0] for r in results} == {"ray-0", "ray-1"}
+    assert sorted(n.split("@")[0] for n in util) == ["ray-0", "ray-1"]
+    assert all(0.0 < u <= 1.0 for u in util.values())
+
+
+def test_too_many_workers_for_the_cluster(ray_cluster, spec):
+    with pytest.raises(EvomergeError, match="cannot place 3 workers.*3 CPUs"):
+        RayExecutor(spec, workers=3)
+    with pytest.raises(EvomergeError, match="GPUs"):
+        RayExecutor(spec, workers=1, gpus_per_worker=1)
+
+
+def test_ray_temp_dir_in_run_folder_or_short_fallback(tmp_path: Path):
+    short = Path("/tmp/r")
+    assert ray_temp_dir(short) == (short / "ray", False)
+    long_root = tmp_path / ("x" * MAX_TEMP_DIR)
+    path, fallback = ray_temp_dir(long_root)
+    try:
+        assert fallback and path.is_dir() and len(str(path)) <= MAX_TEMP_DIR
+        assert path.name.startswith("evomerge-ray-")
+    finally:
+        path.rmdir()
+    # the limit leaves room for Ray's longest socket path under AF_UNIX's 107 bytes
+    assert MAX_TEMP_DIR + len("/session_2025-01-01_00-00-00_000000_4194304/sockets/plasma_store") <= 107
