@@ -1,0 +1,189 @@
+"""Build (or reuse) a zoo folder: data and tasks, base, experts, quality check, manifest — in that order.
+
+Layout (paths in zoo.json are relative to the zoo folder)::
+
+    zoo.json                          seed, arch, builder version, paths, quality table
+    models/base, models/<skill>       HF folders: config, safetensors, generation config, tokenizer
+    data/<skill>_{calibration,heldout}.jsonl
+    tasks/zoo_<skill>.yaml, tasks/zoo_<skill>_heldout.yaml   lm-eval tasks (absolute data paths)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evomerge.errors import EvomergeError
+from evomerge.zoo.check import conditions, format_table, quality_table
+from evomerge.zoo.model import check_arch
+from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
+from evomerge.zoo.tokenizer import hf_tokenizer
+from evomerge.zoo.train import Recipe, one_thread, train_base, train_experts
+
+BUILDER_VERSION = 1  # bump when a change alters the bytes: cached zoos are then rebuilt
+# Calibration items are scored for every candidate of a search, so they stay few; held-out items
+# only re-score finalists and check the zoo, so they can be more.
+N_CALIBRATION, N_HELDOUT = 64, 256
+
+
+@dataclass(frozen=True)
+class SkillFiles:
+    task: str  # lm-eval task on the calibration set
+    heldout_task: str
+    calibration: Path
+    heldout: Path
+
+
+@dataclass(frozen=True)
+class Zoo:
+    root: Path
+    seed: int
+    arch: str
+    base: Path
+    experts: dict[str, Path]
+    skills: dict[str, SkillFiles]
+    task_dir: Path
+    quality: dict[str, Any]  # {"table": row -> skill -> acc, "conditions": name -> {holds, evidence}}
+
+
+def load_zoo(root: str | Path) -> Zoo:
+    root = Path(root).resolve()
+    manifest = root / "zoo.json"
+    if not manifest.is_file():
+        raise EvomergeError(f"no zoo in {root} (zoo.json missing): build one with 'evomerge zoo build {root}'")
+    m = json.loads(manifest.read_text())
+    return Zoo(
+        root=root, seed=m["seed"], arch=m["arch"], base=root / m["base"],
+        experts={s: root / p for s, p in m["experts"].items()},
+        skills={s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
+                for s, v in m["skills"].items()},
+        task_dir=root / m["task_dir"], quality=m["quality"],
+    )
+
+
+def build_zoo(out_dir: str | Path, *, seed: int = 0, arch: str = "llama", force: bool = False, progress: bool = True,
+              steps: int | None = None) -> Zoo:
+    """Build the zoo in ``out_dir``, or return the one there if it was built the same way.
+
+    ``steps`` trains every model that many steps instead of the calibrated recipe: seconds-long
+    builds for tests, whose conditions are reported but not enforced. A default llama zoo that
+    misses a condition raises EvomergeError naming it, rather than ship a zoo on which a search
+    cannot show anything.
+    """
+    check_arch(arch)
+    out_dir = Path(out_dir).resolve()
+    key = {"builder_version": BUILDER_VERSION, "seed": seed, "arch": arch, "steps": steps}
+    manifest = out_dir / "zoo.json"
+    if manifest.is_file() and not force:
+        if {k: json.loads(manifest.read_text()).get(k) for k in key} == key:
+            return load_zoo(out_dir)
+    elif out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise EvomergeError(f"{out_dir} is not empty and holds no zoo: choose an empty folder or pass --force")
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        m = _build(tmp, out_dir, seed, arch, Recipe.quick(steps) if steps else Recipe(), progress)
+        failed = [f"{name} ({c['evidence']})" for name, c in m["quality"]["conditions"].items() if not c["holds"]]
+        if failed and arch == "llama" and steps is None:
+            raise EvomergeError(f"the zoo (seed {seed}, {arch}) misses condition {'; '.join(failed)}; try another --seed")
+        (tmp / "zoo.json").write_text(json.dumps({**key, **m}, indent=2) + "\n")
+        _replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_zoo(out_dir)
+
+
+def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progress: bool) -> dict[str, Any]:
+    """Everything but the manifest's cache key, written under ``tmp``; task YAMLs point into ``final``."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    start = time.perf_counter()
+
+    def log(line: str) -> None:
+        if progress:
+            print(line, flush=True)
+
+    # Data: per skill, calibration and held-out items on distinct strings that no training batch uses.
+    sets = eval_sets(seed, N_CALIBRATION, N_HELDOUT)
+    exclude = letters_of(it for splits in sets.values() for items in splits.values() for it in items)
+    skills = {}
+    for skill, splits in sets.items():
+        files = {split: Path("data") / f"{skill}_{split}.jsonl" for split in splits}
+        tasks = {"calibration": f"zoo_{skill}", "heldout": f"zoo_{skill}_heldout"}
+        for split, items in splits.items():
+            _write_jsonl(tmp / files[split], items)
+            _write_task(tmp / "tasks" / f"{tasks[split]}.yaml", tasks[split], final / files[split])
+        skills[skill] = {"task": tasks["calibration"], "heldout_task": tasks["heldout"],
+                         "calibration": str(files["calibration"]), "heldout": str(files["heldout"])}
+
+    # Base: pre-trained on the mixture until it half-knows every skill.
+    with one_thread():
+        base, base_steps = train_base(arch, seed, recipe, {s: v["calibration"] for s, v in sets.items()}, exclude, log)
+        base.save_pretrained(tmp / "models" / "base")
+        hf_tokenizer().save_pretrained(tmp / "models" / "base")
+    log(f"base: {base_steps} steps, {time.perf_counter() - start:.0f} s")
+
+    # Experts: in parallel processes, one thread each.
+    experts = {skill: Path("models") / skill for skill in EXPERT_SKILLS}
+    seconds = train_experts(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, arch, seed, recipe,
+                            exclude, progress, processes=min(len(experts), os.cpu_count() or 1))
+    log("experts: " + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items()))
+
+    # Check: held-out accuracy of base, experts and fixed merges; the zoo's conditions.
+    with one_thread():
+        table = quality_table(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()},
+                              {s: v["heldout"] for s, v in sets.items()})
+    verdicts = conditions(table)
+    log(format_table(table))
+    for name, (holds, evidence) in verdicts.items():
+        log(f"{'ok  ' if holds else 'FAIL'} {name}: {evidence}")
+    elapsed = time.perf_counter() - start
+    log(f"zoo built in {elapsed:.0f} s")
+    return {
+        "base": "models/base", "experts": {s: str(p) for s, p in experts.items()}, "skills": skills, "task_dir": "tasks",
+        "base_steps": base_steps, "build_seconds": round(elapsed, 1),
+        "quality": {"table": table, "conditions": {n: {"holds": h, "evidence": e} for n, (h, e) in verdicts.items()}},
+    }
+
+
+def _write_jsonl(path: Path, items: list[Item]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+
+
+def _write_task(path: Path, task: str, data_file: Path) -> None:
+    """An lm-eval loglikelihood task on a local JSONL file; its ``acc`` is greedy exact match.
+
+    The data path is absolute: lm-eval resolves it from whatever directory it runs in.
+    """
+    spec = {
+        "task": task,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "loglikelihood",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_target": "{{answer}}",
+        "target_delimiter": "",  # the prompt ends with '=' and the answer follows at once
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def _replace(tmp: Path, out_dir: Path) -> None:
+    """Move the finished zoo into place; an older zoo there goes only once the new one is in."""
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
