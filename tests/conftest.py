@@ -100,3 +100,12 @@ def scored_family(tmp_path_factory: pytest.TempPathFactory, tiny_family: dict[st
     write_tasks(root / "tasks")
     out["tasks"] = root / "tasks"
     return out
+
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    """The default zoo (seed 0, llama), built once into the repo's gitignored zoo/ and reused by
+    the tests, the demo and the benchmarks."""
+    from evomerge.zoo import build_zoo
+
+    return build_zoo(REPO / "zoo" / "seed0-llama", seed=0, arch="llama", progress=False).root

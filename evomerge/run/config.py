@@ -49,6 +49,7 @@ class SearchConfig:
     ray_address: str | None = None
     device: str = "cpu"
     threads: int | None = None
+    merge_cache: bool = True
     batch_size: int = 64
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -104,7 +105,7 @@ def load_config(path: str | Path) -> SearchConfig:
     bud = _section(raw, "budget")
     _only(bud, {"max_evals", "max_minutes"}, "budget")
     exe = _section(raw, "execution")
-    _only(exe, {"backend", "workers", "in_flight", "gpus_per_worker", "ray_address", "device", "threads"}, "execution")
+    _only(exe, {"backend", "workers", "in_flight", "gpus_per_worker", "ray_address", "device", "threads", "merge_cache"}, "execution")
 
     models = src.get("models")
     if not isinstance(models, list) or not models:
@@ -135,6 +136,7 @@ def load_config(path: str | Path) -> SearchConfig:
         ray_address=exe.get("ray_address"),
         device=_str(exe.get("device", "cpu"), "execution.device"),
         threads=_int(exe["threads"], "execution.threads", 1) if exe.get("threads") is not None else None,
+        merge_cache=_bool(exe.get("merge_cache", True), "execution.merge_cache"),
         batch_size=_int(sco.get("batch_size", 64), "scoring.batch_size", 1),
         allow_pickle=_bool(src.get("allow_pickle", False), "sources.allow_pickle"),
         trust_remote_code=_bool(src.get("trust_remote_code", False), "sources.trust_remote_code"),

@@ -46,17 +46,18 @@ def worker_spec(cfg: SearchConfig) -> WorkerSpec:
         base=cfg.base, sources=cfg.models,
         calibration_tasks=tuple(o.task for o in cfg.objectives),
         heldout_tasks=tuple(o.heldout_task or o.task for o in cfg.objectives),
-        task_path=cfg.task_path, batch_size=cfg.batch_size, device=cfg.device, threads=cfg.threads,
+        task_path=cfg.task_path, batch_size=cfg.batch_size, device=cfg.device, threads=cfg.threads, merge_cache=cfg.merge_cache,
         allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
     )
 
 
 def seed_points(space: GenomeSpace) -> list[tuple[float, ...]]:
-    """Where every search starts: a uniform merge, then each source alone (the niches' seeds)."""
+    """Where every search starts: all weights 1 (plain task arithmetic, the first point and CMA-ES's
+    mean), then each source alone (the natural niches' seed models)."""
     k = len(space.sources)
-    uniform = space.encode(weight=[1.0 / k**0.5] * k, density=[0.5] * k)
+    together = space.encode(weight=[1.0] * k, density=[1.0] * k)
     alone = [space.encode(weight=[1.0 if j == i else 0.0 for j in range(k)], density=[1.0] * k) for i in range(k)]
-    return [uniform, *alone]
+    return [together, *alone]
 
 
 def make_run_strategy(cfg: SearchConfig, space: GenomeSpace, run: RunLog) -> Strategy:

@@ -11,17 +11,8 @@ import yaml
 from evomerge.cli import main
 from evomerge.run.log import RunLog
 
-try:
-    from tests.zoo.conftest import zoo_dir  # noqa: F401  (the zoo, built once and cached in the repo's zoo/)
-except ImportError:  # fail this test, not the collection of every other one
-
-    @pytest.fixture
-    def zoo_dir() -> Path:
-        pytest.fail("fixture zoo_dir (tests/zoo/conftest.py) is not available")
-
-
 @pytest.mark.slow
-def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) -> None:
     zoo = Path(zoo_dir)
     config = {
         "name": "export-e2e", "seed": 0,

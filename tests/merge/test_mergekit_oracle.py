@@ -61,3 +61,10 @@ def differential(family: dict[str, Path], method: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
 def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path) -> None:
     differential(tiny_family, method, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
+def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path) -> None:
+    models = zoo_dir / "models"
+    differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path)
