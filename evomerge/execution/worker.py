@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from evomerge.merge.fast import FastMerger
 from evomerge.merge.plan import MergePlan
 from evomerge.merge.recipe import Recipe
 from evomerge.scoring.model import load_causal_lm
@@ -39,6 +40,8 @@ class WorkerSpec:
     threads: int | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    fast_merge: bool = True  # fused merges for the methods that have one (eager operators otherwise)
+    merge_cache: bool = True  # keep τ, sorted |τ| and draws resident: (2K+1)x the model; False recomputes
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class Worker:
         missing = [n for n in self.pool.tensor_names if n not in self.params]
         if missing:
             raise RuntimeError(f"model built from {spec.base} has no parameter named {missing[0]}")
+        # Fused merges with a cache of source-only work (DESIGN §9): up to (2K+1)× the model resident;
+        # merge_cache False recomputes per candidate, fast_merge False runs the eager operators only.
+        self.fast = FastMerger(self.pool, cache=spec.merge_cache) if spec.fast_merge else None
         self._scorers: dict[str, Scorer] = {}
         self.scorer("calibration")  # build requests now, not on the first candidate
 
@@ -82,6 +88,11 @@ class Worker:
     def materialize(self, recipe: Recipe) -> None:
         """Write the merged model into the resident parameters; refuse non-finite weights."""
         plan = MergePlan.build(recipe, self.pool)
+        if self.fast is not None:  # fused path for the methods it covers, the eager operator for the rest
+            bad = self.fast.materialize(plan, self.params)
+            if bad:
+                raise CandidateFailed(f"merged tensor {bad[0]} has NaN/Inf values")
+            return
         with torch.no_grad():
             for name, tensor in plan.iter_tensors(self.pool):
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -1,0 +1,162 @@
+"""The fused fast path equals the eager reference operators within float32 rounding.
+
+Edge cases (shapes, densities, weights, ties) run the chunk functions eagerly (``compile=False``),
+which is the same code the compiled path runs; one case per kernel variant runs compiled, so
+inductor's output is checked against the reference too (compiled once per module: a few compiles).
+Small chunks (``chunk=64``) make every tensor span several chunks, so cuts that straddle chunks are hit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from evomerge.merge.fast import FastMerger, merge_tensors
+from evomerge.merge.plan import MergePlan, TensorStep
+from evomerge.merge.registry import get_method
+from evomerge.sources.pool import ModelSource, SourcePool
+
+SHAPES = {"w.big": (37, 53), "w.vec": (97,), "w.tiny": (3,), "w.one": (1,), "w.cube": (4, 5, 6)}
+
+
+def make_pool(k: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> SourcePool:
+    g = torch.Generator().manual_seed(seed)
+    base = {n: torch.randn(s, generator=g).to(dtype) for n, s in SHAPES.items()}
+    base["int.buf"] = torch.arange(6)
+    sources = []
+    for i in range(k):
+        t = {n: (v + 0.1 * torch.randn(v.shape, generator=g).to(dtype)) if v.is_floating_point() else v.clone() for n, v in base.items()}
+        sources.append(ModelSource(Path(f"/s{i}"), {}, t, f"s{i}"))
+    names = list(base)
+    return SourcePool(ModelSource(Path("/base"), {}, base, "b"), sources, names)
+
+
+def make_plan(pool: SourcePool, method: str, source_params: dict, params: dict | None = None, *,
+              seed: int = 3, dtype: torch.dtype | None = None) -> MergePlan:
+    m = get_method(method)
+    steps = tuple(
+        TensorStep(n, "g", m if pool.is_mergeable(n) else None, {k: tuple(v) for k, v in source_params.items()}, params or {})
+        for n in pool.tensor_names
+    )
+    return MergePlan(steps, seed, dtype)
+
+
+def check(pool: SourcePool, plan: MergePlan, **options) -> None:
+    want = plan.materialize(pool)
+    got = merge_tensors(plan, pool, **options)
+    for name, ref in want.items():
+        assert got[name].dtype == ref.dtype, name
+        torch.testing.assert_close(got[name], ref, rtol=2e-6, atol=2e-6, msg=lambda m: f"{plan.steps[0].method.name} {name}: {m}")
+
+
+EAGER = dict(compile=False, chunk=64)
+
+CASES = [
+    ("linear", {"weight": [0.6, 0.3, 0.1]}, {}),
+    ("linear", {"weight": [1.0, -1.0, 0.0]}, {}),  # zero weight sum: left undivided
+    ("linear", {"weight": [0.6, 0.9, -0.2]}, {"normalize": False}),
+    ("task_arithmetic", {"weight": [0.7, 0.5, -0.2]}, {"lam": 0.9}),
+    ("task_arithmetic", {"weight": [0.7, 0.5, -0.2]}, {"lam": 1.3, "normalize": True}),
+    ("ties", {"weight": [1.0, 0.8, 0.5], "density": [0.5, 0.6, 0.3]}, {}),
+    ("ties", {"weight": [1.0, -0.8, 0.5], "density": [1.0, 0.01, 0.2]}, {"lam": 0.7}),
+    ("ties", {"weight": [1.0, 0.8, 0.5], "density": [0.9, 0.999, 1.0]}, {"normalize": False}),
+    ("dare_linear", {"weight": [0.7, 0.5, -0.2], "density": [0.5, 1.0, 0.05]}, {"lam": 1.1}),
+    ("dare_ties", {"weight": [1.0, 0.8, -0.5], "density": [0.3, 0.9, 1.0]}, {}),
+    ("dare_ties", {"weight": [1.0, 0.8, 0.5], "density": [0.5, 0.5, 0.01]}, {"normalize": True, "lam": 0.5}),
+]
+
+
+@pytest.mark.parametrize("method,source_params,params", CASES)
+def test_fused_chunks_equal_the_reference(method: str, source_params: dict, params: dict) -> None:
+    pool = make_pool(3)
+    check(pool, make_plan(pool, method, source_params, params), **EAGER)
+
+
+@pytest.mark.parametrize("method,source_params", [
+    ("ties", {"weight": [1.0, 0.5], "density": [0.4, 0.7]}),
+    ("dare_ties", {"weight": [0.5, 0.5], "density": [0.4, 0.7]}),
+    ("task_arithmetic", {"weight": [0.5, -1.5]}),
+])
+def test_two_sources_and_float64(method: str, source_params: dict) -> None:
+    for dtype in (torch.float32, torch.float64):
+        pool = make_pool(2, seed=5, dtype=dtype)
+        check(pool, make_plan(pool, method, source_params), **EAGER)
+
+
+def test_output_dtype_cast_once() -> None:
+    pool = make_pool(3, seed=1)
+    plan = make_plan(pool, "ties", {"weight": [1.0, 0.8, 0.5], "density": [0.5, 0.6, 0.3]}, dtype=torch.bfloat16)
+    check(pool, plan, **EAGER)
+
+
+def test_tied_magnitudes_at_the_cut_keep_the_lowest_flat_indices() -> None:
+    """Many equal |τ| (quantized deltas) so the keep count ends inside a group of ties, and sign ties."""
+    pool = make_pool(3, seed=2)
+    g = torch.Generator().manual_seed(9)
+    for name, b in pool.base.tensors.items():
+        if not b.is_floating_point():
+            continue
+        for k, s in enumerate(pool.sources):
+            steps = torch.randint(-2, 3, b.shape, generator=g).float() * 0.25
+            s.tensors[name].copy_(b + steps)
+        # exact sign ties: source 1 is the mirror image of source 0 (w equal): Σ w τ = 0 → elected +
+        pool.sources[1].tensors[name].copy_(2 * b - pool.sources[0].tensors[name])
+    for d in ([0.5, 0.5, 0.3], [0.33, 0.71, 0.05], [1.0, 1.0, 0.5]):
+        plan = make_plan(pool, "ties", {"weight": [1.0, 1.0, 0.4], "density": d})
+        check(pool, plan, **EAGER)
+        check(pool, plan, **EAGER, cache=False)
+    check(pool, make_plan(pool, "dare_ties", {"weight": [1.0, 1.0, 0.4], "density": [0.5, 0.5, 0.5]}), **EAGER)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0])
+def test_slerp_with_cached_angle(t: float) -> None:
+    pool = make_pool(1, seed=4)
+    pool.sources[0].tensors["w.cube"].copy_(pool.base.tensors["w.cube"] * 2)  # colinear: linear fallback
+    check(pool, make_plan(pool, "slerp", {}, {"t": t}), **EAGER)
+
+
+def test_other_methods_fall_back_to_the_eager_operator() -> None:
+    pool = make_pool(3, seed=4)
+    check(pool, make_plan(pool, "breadcrumbs", {"weight": [1.0, 0.5, 0.2], "density": [0.5, 0.6, 0.7]}), **EAGER)
+
+
+def test_cache_is_filled_once_and_reused() -> None:
+    pool = make_pool(3)
+    merger = FastMerger(pool, **EAGER)
+    plan = make_plan(pool, "ties", {"weight": [1.0, 0.8, 0.5], "density": [0.5, 0.6, 0.3]})
+    out = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
+    assert merger.materialize(plan, out) == []
+    first = merger.cache_bytes()
+    assert first == 3 * 8 * sum(t.numel() for t in pool.base.tensors.values() if t.is_floating_point() and t.numel() > 1)
+    merger.materialize(make_plan(pool, "ties", {"weight": [0.1, 0.2, 0.5], "density": [0.9, 0.1, 0.3]}), out)
+    assert merger.cache_bytes() == first
+
+
+def test_non_finite_results_are_reported() -> None:
+    pool = make_pool(3)
+    pool.sources[2].tensors["w.vec"][5] = float("inf")
+    out = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
+    bad = FastMerger(pool, **EAGER).materialize(make_plan(pool, "task_arithmetic", {"weight": [1.0, 1.0, 1.0]}), out)
+    assert bad == ["w.vec"]
+
+
+COMPILED = [
+    ("linear", {"weight": [0.6, 0.3, 0.1]}, {}),
+    ("task_arithmetic", {"weight": [0.7, 0.5, -0.2]}, {"lam": 0.9}),
+    ("ties", {"weight": [1.0, -0.8, 0.5], "density": [0.5, 0.01, 1.0]}, {}),
+    ("dare_linear", {"weight": [0.7, 0.5, -0.2], "density": [0.5, 1.0, 0.05]}, {}),
+    ("dare_ties", {"weight": [1.0, 0.8, -0.5], "density": [0.3, 0.9, 1.0]}, {"normalize": True}),
+]
+
+
+def test_compiled_slerp_equals_the_reference() -> None:
+    pool = make_pool(1, seed=8)
+    check(pool, make_plan(pool, "slerp", {}, {"t": 0.35}), compile=True, chunk=256)
+
+
+@pytest.mark.parametrize("method,source_params,params", COMPILED)
+def test_compiled_kernels_equal_the_reference(method: str, source_params: dict, params: dict) -> None:
+    pool = make_pool(3, seed=7)
+    check(pool, make_plan(pool, method, source_params, params), compile=True, chunk=256)
