@@ -62,6 +62,7 @@ class Scorer:
 
     def __init__(self, model: Any, tokenizer: Any, tasks: dict[str, Any], *, batch_size: int = 64):
         self.lm = _reusing_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+        self.lm._max_length = self.lm.max_length  # the property re-walks the model config on every request
         self.tasks = tasks
         self.requests: dict[str, list[Any]] = defaultdict(list)
         for task in self.tasks.values():
@@ -69,6 +70,8 @@ class Scorer:
                 task.build_all_requests(rank=0, world_size=1)
             for instance in task.instances:
                 self.requests[instance.request_type].append(instance)
+        # Documents never change: list them once instead of re-reading the dataset per candidate.
+        self.docs = {name: list(task.doc_iterator(rank=0, world_size=1)) for name, task in self.tasks.items()}
 
     def score(self) -> dict[str, TaskScore]:
         for reqtype, instances in self.requests.items():
@@ -78,17 +81,17 @@ class Scorer:
             cloned = [inst for inst in instances for _ in range(inst.repeats)]
             for response, inst in zip(getattr(self.lm, reqtype)(cloned, disable_tqdm=True), cloned, strict=True):
                 inst.resps.append(response)
-        return {name: self._collect(name, task) for name, task in self.tasks.items()}
+        return {name: self._collect(name, task, self.docs[name]) for name, task in self.tasks.items()}
 
     @staticmethod
-    def _collect(name: str, task: Any) -> TaskScore:
+    def _collect(name: str, task: Any, docs: list[tuple[int, Any]]) -> TaskScore:
         task.apply_filters()
         by_doc = defaultdict(list)
         for inst in task.instances:
             by_doc[inst.doc_id].append(inst)
         filter_key = next(iter(task.instances[0].filtered_resps))
         raw: dict[str, list[float]] = defaultdict(list)
-        for doc_id, doc in task.doc_iterator(rank=0, world_size=1):
+        for doc_id, doc in docs:
             insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
             for metric, value in task.process_results(doc, [i.filtered_resps[filter_key] for i in insts]).items():
                 raw[metric].append(value)
