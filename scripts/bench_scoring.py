@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import cProfile
 import datetime as _dt
-import io
 import logging
 import os
 import platform
@@ -51,11 +50,13 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchdoc import shown, write_section  # noqa: E402
 
 from evomerge.scoring.model import load_causal_lm  # noqa: E402
 from evomerge.scoring.scorer import Scorer, load_tasks  # noqa: E402
 
-START, END = "<!-- bench_scoring:start -->", "<!-- bench_scoring:end -->"
 TARGET = 1.3
 ZOO_SKILLS = ("rev", "sort", "up", "dup")
 
@@ -69,7 +70,7 @@ def zoo_workload(root: Path) -> tuple[str, list[Path], Path, list[str]]:
     zoo = load_zoo(root)
     tasks = [zoo.skills[s].task for s in ZOO_SKILLS if s in zoo.skills] or [f.task for f in zoo.skills.values()]
     models = [zoo.base, *zoo.experts.values()]
-    return f"zoo `{_shown(root)}` (base + {len(zoo.experts)} experts)", models, zoo.task_dir, tasks
+    return f"zoo `{shown(root)}` (base + {len(zoo.experts)} experts)", models, zoo.task_dir, tasks
 
 
 def save_llama(path: Path, seed: int, size: str, base: Path | None = None, scale: float = 0.05) -> Path:
@@ -195,24 +196,6 @@ def machine() -> str:
             f"transformers {transformers.__version__}, lm_eval {getattr(lm_eval, '__version__', '?')}")
 
 
-def _shown(path: Path) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
-
-
-def write_section(path: Path, body: str) -> None:
-    section = f"{START}\n{body.rstrip()}\n{END}\n"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\nMeasured numbers; each section is written by the script it names.\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def profile_score(scorer: Scorer, calls: int, top: int) -> list[str]:
@@ -371,7 +354,7 @@ def main() -> None:
     print()
     print(body)
     if not args.no_write:
-        write_section(Path(args.out), body)
+        write_section(Path(args.out), "bench_scoring", body)
         print(f"\nwrote {args.out}")
 
 

@@ -37,6 +37,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchdoc import shown, write_section  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -45,7 +48,6 @@ from evomerge.execution.ray_executor import RayExecutor  # noqa: E402
 from evomerge.run.config import SearchConfig, load_config  # noqa: E402
 from evomerge.run.search import genome_space, worker_spec  # noqa: E402
 
-START, END = "<!-- bench_workers:start -->", "<!-- bench_workers:end -->"
 
 
 def zoo_config(path: Path) -> SearchConfig:
@@ -103,25 +105,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}, {gpu}"
 
 
-def _shown(path: str) -> str:
-    """A path as the command line should show it: relative inside the repo, absolute outside."""
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
-
-
-def write_section(path: Path, body: str) -> None:
-    section = f"{START}\n{body.rstrip()}\n{END}\n"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\nMeasured numbers; each section is written by the script it names.\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -199,7 +182,7 @@ def main() -> None:
         "",
         f"- date: {dt.date.today().isoformat()}; machine: {machine()}; Python {platform.python_version()}, "
         f"torch {torch.__version__}, ray {ray.__version__}",
-        f"- command: `.venv/bin/python scripts/bench_workers.py --config {_shown(args.config)} "
+        f"- command: `.venv/bin/python scripts/bench_workers.py --config {shown(args.config)} "
         f"--candidates {args.candidates} --rounds {args.rounds} --warmup {args.warmup}`",
         f"- workload: `{cfg.name}` config: {len(cfg.models)} sources, {', '.join(cfg.methods)}, genome dim {space.dim}, "
         f"{len(cfg.objectives)} calibration tasks, batch size {cfg.batch_size}; the same {len(timed)} random candidates "
@@ -226,7 +209,7 @@ def main() -> None:
         + "; ".join(f"{name}: " + ", ".join(f"{w.split('@')[0]} {u:.0%}" for w, u in util.items())
                     for name, util in utilization.items() if name.startswith("Ray")),
     ]
-    write_section(Path(args.out), "\n".join(lines))
+    write_section(Path(args.out), "bench_workers", "\n".join(lines))
     print("\n".join(lines[-8:]))
     print(f"wrote {args.out}")
 

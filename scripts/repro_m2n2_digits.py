@@ -70,11 +70,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchdoc import write_section  # noqa: E402
 
 from evomerge.strategies import Evaluation, make_strategy  # noqa: E402
 from evomerge.strategies import operators as ops  # noqa: E402
 
-START, END = "<!-- repro_m2n2:start -->", "<!-- repro_m2n2:end -->"
 IN, HID, OUT = 64, 256, 10
 N_PARAMS = (1 + IN) * HID + (1 + HID) * OUT  # 19,210
 PAPER = {"m2n2": "68.5", "no_attraction": "~66 (figure)", "ga": "~52", "brute_slerp": "57.7"}
@@ -327,20 +329,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}; Python {platform.python_version()}, numpy {np.__version__}"
 
 
-def write_section(path: Path, body: str) -> None:
-    section = f"{START}\n{body.rstrip()}\n{END}\n"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\nMeasured numbers; each section is written by the script it names.\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def _init_name(seed: str) -> str:
     return f"numpy seed {seed}" if seed.lstrip("-").isdigit() else f"`{seed}`"
@@ -424,7 +412,7 @@ def main() -> None:
     print()
     print(body)
     if not args.no_write:
-        write_section(Path(args.out), body)
+        write_section(Path(args.out), "repro_m2n2", body)
         print(f"\nwrote {args.out}")
 
 

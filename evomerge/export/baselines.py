@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from evomerge.execution.worker import Outcome
-from evomerge.export.scores import Normalizer, raw_values
+from evomerge.export.scores import Normalizer
+from evomerge.scoring.objectives import raw_values
 from evomerge.merge.recipe import GroupSpec, Recipe
 from evomerge.run.config import SearchConfig
 from evomerge.run.log import RunLog

@@ -12,7 +12,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from evomerge.export.finalists import Analysis
-from evomerge.export.scores import mean, task_of
+from evomerge.export.scores import mean
+from evomerge.scoring.objectives import task_of
 from evomerge.merge.recipe import GroupSpec, Recipe
 
 PARAM_ORDER = ("weight", "density")

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 from evomerge.errors import EvomergeError
 from evomerge.export.baselines import LAMBDA_GRID, Baselines, Evaluate, evaluate_baselines
 from evomerge.export.front import knee, pareto_front
-from evomerge.export.scores import Normalizer, directions, raw_values
+from evomerge.export.scores import Normalizer
+from evomerge.scoring.objectives import directions, raw_values
 from evomerge.genome.space import GenomeSpace
 from evomerge.run.config import SearchConfig
 from evomerge.run.log import RunLog

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from evomerge.export.card import comparison_table, fmt, reference_line
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
-from evomerge.export.scores import task_of
+from evomerge.scoring.objectives import task_of
 from evomerge.run.log import RunLog
 
 PLOTS = ("fitness.png", "objectives.png", "front.png")

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
-from evomerge.run.config import Objective
-from evomerge.scoring.objectives import SPLITS, directions, raw_values, task_of  # noqa: F401  (re-exported)
 
 def mean(values: Sequence[float]) -> float:
     """Mean of the finite values; NaN when there is none."""
