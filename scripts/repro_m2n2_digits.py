@@ -400,7 +400,7 @@ def main() -> None:
             summary.append((d, m, rs))
     lines.append(f"| {LABELS['brute_slerp']} | — | {100 * bf['test']:.1f} (t = {bf['t']:.4f}; best test over the grid "
                  f"{100 * bf['oracle_test']:.1f}) | {100 * bf['train']:.1f} | {PAPER['brute_slerp']} | 1 ({args.grid:,} t values) | — | — |")
-    cps = [c for c in CHECKPOINTS if c <= args.evals]
+    cps = sorted({c for c in CHECKPOINTS if c <= args.evals} | {args.evals})
     lines += ["", "Mean test accuracy % along the run (children so far):", "",
               "| method | driver | " + " | ".join(f"{c:,}" for c in cps) + " |",
               "|---|---|" + "---:|" * len(cps)]
