@@ -33,7 +33,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from evomerge.merge.fast import FastMerger  # noqa: E402
 from evomerge.merge.plan import MergePlan  # noqa: E402
 from evomerge.merge.recipe import GroupSpec, Recipe  # noqa: E402
 from evomerge.sources.pool import SourcePool  # noqa: E402
-from benchdoc import write_section  # noqa: E402
+from benchdoc import cpu_model, write_section  # noqa: E402
 
 MERGEKIT = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
 MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties")
@@ -304,15 +303,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

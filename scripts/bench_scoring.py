@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchdoc import shown, write_section  # noqa: E402
+from benchdoc import cpu_model, shown, write_section  # noqa: E402
 
 from evomerge.scoring.model import load_causal_lm  # noqa: E402
 from evomerge.scoring.scorer import Scorer, load_tasks  # noqa: E402
@@ -180,14 +180,7 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     import lm_eval
     import transformers
 

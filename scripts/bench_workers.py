@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchdoc import shown, write_section  # noqa: E402
+from benchdoc import cpu_model, shown, write_section  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -93,14 +93,7 @@ def batch_row(wall: float, results: list) -> dict:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU actors only)"
     return f"{os.cpu_count()} cores, {model}, {gpu}"
 

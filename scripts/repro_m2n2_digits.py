@@ -72,7 +72,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchdoc import write_section  # noqa: E402
+from benchdoc import cpu_model, write_section  # noqa: E402
 
 from evomerge.strategies import Evaluation, make_strategy  # noqa: E402
 from evomerge.strategies import operators as ops  # noqa: E402
@@ -318,14 +318,7 @@ def _job(args: tuple) -> dict:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return f"{os.cpu_count()} cores, {model}; Python {platform.python_version()}, numpy {np.__version__}"
 
 
