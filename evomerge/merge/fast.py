@@ -16,11 +16,12 @@ the same sources, so this module splits the work as DESIGN.md §9 says:
 - per tensor, SLERP's cos Ω between base and source (a scalar: the angle depends on the models only,
   so a candidate's t only changes two coefficients and SLERP becomes one weighted-sum pass).
 
-- per tensor, 64-byte-aligned storage for the pool's base and source tensors: ``safetensors``
-  returns tensors at arbitrary 4-byte offsets of its buffer, and inductor copies a misaligned input on
-  every call (measured: 2–5× the floor instead of ~1×). Misaligned tensors are moved once into fresh
-  storage and put back into the pool's dicts (same values; the old storage is freed), so memory stays
-  the same.
+- per tensor, the pool's base and source tensors moved once into fresh, 64-byte-aligned, anonymous
+  memory, put back into the pool's dicts (same values, same memory: the old storage is released).
+  ``safetensors.load_file`` returns views into a private mmap of the file, at arbitrary 4-byte
+  offsets: inductor copies a misaligned input on every call (measured 2–5× the floor instead of ~1×),
+  and file-backed pages read ~20% slower and can be dropped by the kernel under memory pressure and
+  read back from disk (on this VM a model-sized pass over such pages ran at ~1.7 GB/s vs 9 GB/s).
 
 τ_k itself is *not* cached: the per-candidate pass reads θ0 and θ_k (resident in the ``SourcePool``
 anyway) and forms θ_k − θ0 in registers, which costs exactly the same memory traffic as reading a
@@ -180,8 +181,8 @@ class _Trim:
 class FastMerger:
     """Per-worker cache of source-only work and the fused per-candidate pass (see the module docstring).
 
-    ``cache``: keep sorted magnitudes and DARE draws between candidates ((2K+1)× the model at most);
-    False recomputes them per candidate. ``compile``: run the chunk functions through torch.compile
+    ``cache``: keep sorted magnitudes (values + indices) and DARE draws between candidates (on top of
+    the pool's K+1 models: 2K model-sizes for TIES, K for DARE); False recomputes them per candidate. ``compile``: run the chunk functions through torch.compile
     (None: for tensors of at least ``COMPILE_MIN`` elements only).
     """
 
@@ -226,13 +227,11 @@ class FastMerger:
         return u
 
     def align(self, name: str) -> None:
-        """Give the pool's copies of tensor ``name`` 64-byte-aligned storage (once; see the module docstring)."""
+        """Move the pool's copies of tensor ``name`` into fresh aligned anonymous memory (once; see the module docstring)."""
         if name in self._aligned:
             return
         for model in (self.pool.base, *self.pool.sources):
-            t = model.tensors[name]
-            if t.data_ptr() % 64 or not t.is_contiguous():
-                model.tensors[name] = t.contiguous().clone()  # a fresh allocation: aligned
+            model.tensors[name] = model.tensors[name].contiguous().clone()  # a fresh allocation: aligned, not file-backed
         self._aligned.add(name)
 
     def slerp_cos(self, name: str) -> Tensor:
