@@ -119,12 +119,16 @@ def successful(candidates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in candidates if r["error"] is None]
 
 
-def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALISTS, grid: Sequence[float] = LAMBDA_GRID) -> Analysis:
-    """Front, baselines (scored if missing), finalists re-scored on held-out (if missing)."""
+def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALISTS, grid: Sequence[float] = LAMBDA_GRID,
+            upto: int | None = None) -> Analysis:
+    """Front, baselines (scored if missing), finalists re-scored on held-out (if missing).
+
+    ``upto``: consider only the first ``upto`` candidates — the run as it stood at that budget
+    (what an export would have picked then; benchmarks compare strategies at equal budgets)."""
     if finalists < 0:
         raise EvomergeError(f"--rescore-heldout must be >= 0, got {finalists}")
     cfg = run.config()
-    candidates = run.candidates()
+    candidates = run.candidates()[:upto]
     ok = successful(candidates)
     if not ok:
         raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue it with 'evomerge resume {run.root}'")

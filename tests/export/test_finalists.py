@@ -70,3 +70,12 @@ def test_a_run_without_successful_candidates_is_refused(tmp_path: Path, tiny_fam
     run = synthetic_run(tmp_path / "run", export_config(tiny_family), n=2, fail=(0, 1))
     with Evaluator(run, fake_executor, quiet=True) as ev, pytest.raises(EvomergeError, match="no successful candidate"):
         analyze(run, ev)
+
+
+def test_upto_analyzes_the_run_as_it_stood_at_that_budget(tiny_run: RunLog, fake_executor) -> None:
+    upto = 4
+    with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
+        a = analyze(tiny_run, ev, finalists=2, upto=upto)
+    assert [r["index"] for r in a.candidates] == list(range(upto))
+    assert a.front and all(r["index"] < upto for r in a.front)
+    assert all(r["index"] < upto for r in a.finalists)
