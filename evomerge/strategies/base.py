@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -86,7 +87,8 @@ class Strategy(ABC):
         self.weights = _weights(weights, self.n_objectives, self.name)
         self.initial = tuple(_point(p, self.dim, f"strategy '{self.name}': initial point {i}") for i, p in enumerate(initial))
         self.options = parse_options(self.name, self.Options, options)
-        self._asked: list[Candidate] = []
+        self._pending: deque[Candidate] = deque()  # asked, not yet told (only these: a long run asks 10k+ points)
+        self._n_asked = 0
         self._n_told = 0
         self._n_initial_asked = 0
         self._setup()
@@ -97,29 +99,30 @@ class Strategy(ABC):
         """The next candidate to evaluate, or None: tell the pending results first."""
         candidate = self._ask()
         if candidate is None:
-            if self._n_told == len(self._asked):
+            if not self._pending:
                 raise RuntimeError(f"strategy '{self.name}' asked for results while none are pending")
             return None
-        self._asked.append(candidate)
+        self._pending.append(candidate)
+        self._n_asked += 1
         return candidate
 
     def tell(self, candidate: Candidate, evaluation: Evaluation) -> None:
         """The result of the oldest untold candidate (tells come in ask order)."""
         index = self._n_told
-        if index >= len(self._asked):
+        if not self._pending:
             raise RuntimeError(f"strategy '{self.name}': told a result but no candidate is pending")
-        if tuple(candidate.x) != self._asked[index].x:
+        if tuple(candidate.x) != self._pending[0].x:
             raise RuntimeError(f"strategy '{self.name}': told candidate {index} out of ask order (its x differs)")
         if len(evaluation.objectives) != self.n_objectives:
             raise ValueError(
                 f"strategy '{self.name}': expected {self.n_objectives} objective value(s), got {len(evaluation.objectives)}"
             )
         self._n_told += 1
-        self._tell(index, self._asked[index], evaluation)
+        self._tell(index, self._pending.popleft(), evaluation)
 
     @property
     def n_asked(self) -> int:
-        return len(self._asked)
+        return self._n_asked
 
     @property
     def n_told(self) -> int:
@@ -127,7 +130,7 @@ class Strategy(ABC):
 
     @property
     def n_pending(self) -> int:
-        return len(self._asked) - self._n_told
+        return len(self._pending)
 
     # --- for subclasses --------------------------------------------------------------------
 
