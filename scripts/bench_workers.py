@@ -39,33 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchdoc import cpu_model, shown, write_section  # noqa: E402
+from benchdoc import cpu_model, shown, write_section, zoo_config  # noqa: E402
 
 import torch  # noqa: E402
 
 from evomerge.execution.executor import Executor, Job, LocalExecutor  # noqa: E402
 from evomerge.execution.ray_executor import RayExecutor  # noqa: E402
-from evomerge.run.config import SearchConfig, load_config  # noqa: E402
 from evomerge.run.search import genome_space, worker_spec  # noqa: E402
-
-
-
-def zoo_config(path: Path) -> SearchConfig:
-    """The default zoo config; the zoo is built (minutes, cached) if it is not there yet."""
-    if not path.is_file():
-        sys.exit(f"{path} not found: pass --config with a search config over the zoo")
-    text = path.read_text()
-    try:
-        return load_config(path)
-    except Exception as e:  # most likely: the zoo the config points at is not built yet
-        zoo_dir = REPO / "zoo" / "seed0-llama"
-        if "zoo/seed0-llama" not in text or zoo_dir.is_dir():
-            raise
-        print(f"building the zoo in {zoo_dir} first ({e})", flush=True)
-        from evomerge.zoo import build_zoo
-
-        build_zoo(zoo_dir, seed=0)
-        return load_config(path)
 
 
 def run_batch(executor: Executor, jobs: list[Job]) -> tuple[float, list]:

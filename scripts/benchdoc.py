@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evomerge.run.config import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "# Benchmarks\n\nMeasured numbers; each section is written by the script it names.\n\n"
@@ -42,3 +47,23 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def zoo_config(path: Path) -> "SearchConfig":
+    """The default zoo config; the zoo is built (minutes, cached) if it is not there yet."""
+    if not path.is_file():
+        sys.exit(f"{path} not found: pass --config with a search config over the zoo")
+    from evomerge.run.config import load_config
+
+    text = path.read_text()
+    try:
+        return load_config(path)
+    except Exception as e:  # most likely: the zoo the config points at is not built yet
+        zoo_dir = REPO / "zoo" / "seed0-llama"
+        if "zoo/seed0-llama" not in text or zoo_dir.is_dir():
+            raise
+        print(f"building the zoo in {zoo_dir} first ({e})", flush=True)
+        from evomerge.zoo import build_zoo
+
+        build_zoo(zoo_dir, seed=0)
+        return load_config(path)
