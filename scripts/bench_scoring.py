@@ -157,19 +157,6 @@ def naive(model, tokenizer, tasks: list[str], manager, batch_size: int) -> dict:
     return {t: {k.split(",")[0]: v for k, v in r.items() if k.endswith(",none") and "stderr" not in k} for t, r in out["results"].items()}
 
 
-def apply_proposed_changes(scorer: Scorer) -> None:
-    """The changes this bench proposes for evomerge/scoring/scorer.py, applied from outside:
-    1. HFLM's ``max_length`` property walks the model config (3 ``hasattr`` per call; transformers'
-       config ``__getattribute__`` is slow) and ``_loglikelihood_tokens`` calls it per request: fix it
-       once (``lm._max_length = lm.max_length``; the property returns ``_max_length`` when set);
-    2. ``_collect`` re-reads every document from the HF dataset per candidate (``doc_iterator``,
-       ``datasets`` row formatting): list the documents once."""
-    scorer.lm._max_length = scorer.lm.max_length  # noqa: SLF001
-    for task in scorer.tasks.values():
-        docs = list(task.doc_iterator(rank=0, world_size=1))
-        task.doc_iterator = lambda *a, _docs=docs, **k: iter(_docs)
-
-
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -256,8 +243,6 @@ def main() -> None:
         scorer = Scorer(model, tok, load_tasks(task_names, task_dir), batch_size=args.batch_size)
         build_s = time.perf_counter() - t0
         floor = Floor(scorer, model, args.batch_size)
-        fixed = Scorer(model, tok, load_tasks(task_names, task_dir), batch_size=args.batch_size)
-        apply_proposed_changes(fixed)
         n_items = sum(len(s.per_item) for s in scorer.score().values())
 
         # warm-up, and (a) == (b) on every candidate
@@ -266,35 +251,31 @@ def main() -> None:
             load_into(model, st)
             floor()
             ours = scorer.score()
-            for t, sc in fixed.score().items():
-                same &= sc.metrics == ours[t].metrics and sc.per_item == ours[t].per_item
             if not args.no_naive:
                 ref = naive(model, tok, task_names, manager, args.batch_size)
                 for t in task_names:
                     for k, v in ref[t].items():
                         same &= abs(ours[t].metrics[k] - v) <= 1e-9 * max(1.0, abs(v))
 
-        times: dict[str, list[float]] = {"a": [], "a2": [], "b": [], "c": []}
-        ratios: dict[str, list[float]] = {"a": [], "a2": [], "b": []}
+        times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+        ratios: dict[str, list[float]] = {"a": [], "b": []}
         for rep in range(args.reps):
             for st in states:
                 load_into(model, st)
                 t = {}
-                for key in ("c", "a", "a2", "b"):
+                for key in ("c", "a", "b"):
                     if key == "b" and args.no_naive:
                         continue
                     s = time.perf_counter()
                     if key == "a":
                         scorer.score()
-                    elif key == "a2":
-                        fixed.score()
                     elif key == "b":
                         naive(model, tok, task_names, manager, args.batch_size)
                     else:
                         floor()
                     t[key] = time.perf_counter() - s
                     times[key].append(t[key])
-                for key in ("a", "a2", "b"):
+                for key in ("a", "b"):
                     if key in t:
                         ratios[key].append(t[key] / t["c"])
             print(f"rep {rep + 1}/{args.reps}: median ms a {1000 * statistics.median(times['a']):.1f} "
@@ -308,8 +289,7 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     n = len(times["c"])
-    rows = [("(c) floor: bare batched forward, `torch.no_grad()`", "c"), ("(a) evomerge `Scorer.score()`", "a"),
-            ("(a′) `Scorer.score()` with the proposed changes (see below), applied from the bench", "a2")]
+    rows = [("(c) floor: bare batched forward, `torch.no_grad()`", "c"), ("(a) evomerge `Scorer.score()`", "a")]
     if not args.no_naive:
         rows.append(("(b) naive `lm_eval.simple_evaluate` per candidate", "b"))
     lines = [
@@ -323,7 +303,7 @@ def main() -> None:
         f"- {len(states)} candidates × {args.reps} repetitions = {n} timings per row, after one warm-up pass; per candidate the weights "
         "are copied into the model in place (untimed); the three are timed back to back per candidate",
         f"- Scorer construction (tasks, documents, requests; once per worker): {1000 * build_s:.0f} ms",
-        f"- (a), (a′) and (b) give the same metrics on every candidate: {'yes' if same else 'NO'}" if not args.no_naive else "- (b) skipped",
+        f"- (a) and (b) give the same metrics on every candidate: {'yes' if same else 'NO'}" if not args.no_naive else "- (b) skipped",
         "",
         "| way | median ms per candidate | × floor (ratio of medians) | × floor (median of per-candidate ratios) |",
         "|---|---:|---:|---:|",
@@ -333,14 +313,7 @@ def main() -> None:
             lines.append(f"| {label} | {1000 * med['c']:.1f} | 1.00 | 1.00 |")
         else:
             lines.append(f"| {label} | {1000 * med[key]:.1f} | {med[key] / med['c']:.2f} | {statistics.median(ratios[key]):.2f} |")
-    lines += ["", f"Target (a) ≤ {TARGET}× the floor: {'met' if ratio_a <= TARGET else 'missed'} ({ratio_a:.2f}×); "
-              f"with the proposed changes {med['a2'] / med['c']:.2f}×.", "",
-              "Proposed changes (a′), for `evomerge/scoring/scorer.py` (the bench applies them from outside): "
-              "(1) HFLM's `max_length` property walks the model config on every call (three `hasattr`, each through "
-              "transformers' slow config `__getattribute__`) and `_loglikelihood_tokens` calls it per request — set "
-              "`self.lm._max_length = self.lm.max_length` once in `Scorer.__init__` (the property returns `_max_length` when set); "
-              "(2) `_collect` re-reads every document from the HF dataset per candidate (`task.doc_iterator`, `datasets` row "
-              "formatting) — list `(doc_id, doc)` once per task in `__init__` and iterate that list."]
+    lines += ["", f"Target (a) ≤ {TARGET}× the floor: {'met' if ratio_a <= TARGET else 'missed'} ({ratio_a:.2f}×)."]
     if prof_lines:
         lines += ["", *prof_lines]
     body = "\n".join(lines)
