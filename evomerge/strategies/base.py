@@ -162,7 +162,7 @@ class Strategy(ABC):
 
 def as_point(x: np.ndarray | Sequence[float]) -> tuple[float, ...]:
     """A plain tuple of Python floats, clipped to the box (what Candidate.x holds)."""
-    return tuple(float(v) for v in np.clip(np.asarray(x, dtype=float), 0.0, 1.0))
+    return tuple(np.clip(np.asarray(x, dtype=float), 0.0, 1.0).tolist())  # tolist: ~4x faster than float() per gene
 
 
 def _point(p: Sequence[float], dim: int, where: str) -> tuple[float, ...]:
@@ -174,7 +174,7 @@ def _point(p: Sequence[float], dim: int, where: str) -> tuple[float, ...]:
         raise EvomergeError(f"{where} has {arr.size} values, the search space has {dim} genes")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0.0) or np.any(arr > 1.0):
         raise EvomergeError(f"{where} lies outside the unit box [0, 1]^{dim}")
-    return tuple(float(v) for v in arr)
+    return tuple(arr.tolist())
 
 
 def _weights(weights: Sequence[float] | None, n: int, name: str) -> np.ndarray:
