@@ -40,12 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from benchdoc import REPO, cpu_model, write_section  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -55,7 +51,6 @@ from evomerge.merge.fast import FastMerger  # noqa: E402
 from evomerge.merge.plan import MergePlan  # noqa: E402
 from evomerge.merge.recipe import GroupSpec, Recipe  # noqa: E402
 from evomerge.sources.pool import SourcePool  # noqa: E402
-from benchdoc import cpu_model, write_section  # noqa: E402
 
 MERGEKIT = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
 MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties")

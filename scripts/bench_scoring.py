@@ -42,17 +42,10 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchdoc import REPO, cpu_model, shown, write_section  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from benchdoc import cpu_model, shown, write_section  # noqa: E402
 
 from evomerge.scoring.model import load_causal_lm  # noqa: E402
 from evomerge.scoring.scorer import Scorer, load_tasks  # noqa: E402

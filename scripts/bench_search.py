@@ -34,22 +34,13 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from benchdoc import cpu_model, shown, write_section, zoo_config  # noqa: E402
+from benchdoc import REPO, cpu_model, shown, write_section, zoo_config  # noqa: E402 (first: sets the offline environment)
 
 STRATEGIES = {  # label -> (strategy name, options)
     "cmaes": ("cmaes", {}),
@@ -214,8 +205,8 @@ def verdict(means: dict, spreads: dict, baselines: dict[str, float], labels: dic
         (score, label) = ranked[0]
         goal = score >= 0.9 and score > best_baseline[0]
         margin, sd = score - best_baseline[0], spreads[(label, budget)]
-        lines.append(f"- budget {budget}: best **{label}** {score:.3f} (then " + ", ".join(f"{l} {s:.3f}" for s, l in ranked[1:])
-                     + f"); best baseline {best_baseline[1]} {best_baseline[0]:.3f}; goal (≥ 0.9 and above every baseline) "
+        others = f" (then {', '.join(f'{l} {s:.3f}' for s, l in ranked[1:])})" if len(ranked) > 1 else ""
+        lines.append(f"- budget {budget}: best **{label}** {score:.3f}{others}; best baseline {best_baseline[1]} {best_baseline[0]:.3f}; goal (≥ 0.9 and above every baseline) "
                      + ("**met**" if goal else "**missed**") + f"; margin {margin:+.3f} vs. seed sd {sd:.3f}"
                      + (" (within the spread over seeds: not a clear win)" if goal and margin <= sd else ""))
     return lines

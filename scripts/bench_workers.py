@@ -30,16 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from benchdoc import cpu_model, shown, write_section, zoo_config  # noqa: E402
+from benchdoc import REPO, cpu_model, shown, write_section, zoo_config  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402
 

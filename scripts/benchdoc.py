@@ -1,4 +1,9 @@
-"""docs/BENCHMARKS.md: each benchmark script owns one section between its start/end markers."""
+"""What the benchmark scripts share: their environment, the machine's description, the zoo config,
+and docs/BENCHMARKS.md, where each script owns one section between its start/end markers.
+
+Import it before torch or any Hugging Face library: importing sets the offline defaults (no hub here)
+and puts the repository on ``sys.path`` (the scripts run as ``python scripts/NAME.py``, which puts
+``scripts/`` there)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,12 @@ if TYPE_CHECKING:
     from evomerge.run.config import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
+ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled"}
+for _name, _value in ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
 HEADER = "# Benchmarks\n\nMeasured numbers; each section is written by the script it names.\n\n"
 
 

@@ -70,11 +70,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from benchdoc import cpu_model, shown, write_section  # noqa: E402
+from benchdoc import REPO, cpu_model, shown, write_section  # noqa: E402 (first: sets the offline environment)
 
 from evomerge.strategies import Evaluation, make_strategy  # noqa: E402
 from evomerge.strategies import operators as ops  # noqa: E402
