@@ -72,7 +72,7 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
     root = Path(work) / f"{label.replace(' ', '-')}-s{seed}"
     timing = root / "bench_search_s.json"
     if timing.is_file() and RunLog.open(root).config() == cfg:  # finished earlier (--work): reuse it
-        run, search_s = RunLog.open(root), json.loads(timing.read_text())
+        run, search_s, reused = RunLog.open(root), json.loads(timing.read_text()), True
     else:
         shutil.rmtree(root, ignore_errors=True)
         run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)})
@@ -80,6 +80,7 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
         Search(run, LocalExecutor, quiet=True).run_to_budget()
         search_s = time.perf_counter() - t0
         timing.write_text(json.dumps(search_s))
+        reused = False
     at: dict[int, dict] = {}
     with Evaluator(run, LocalExecutor, quiet=True) as evaluator:
         for budget in budgets:
@@ -97,9 +98,10 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
             if r["error"] is None:
                 best = max(best, norm.mean(a.calibration_raw(r), "calibration"))
             curve.append(best)
-        baselines = {row.name.split("@")[0]: {"label": row.label, "heldout": row.heldout} for row in a.baselines.rows}
+        baselines = {row.name.split("@")[0]: {"label": row.label, "heldout": row.heldout, "calibration": row.calibration}
+                     for row in a.baselines.rows}
     return {
-        "label": label, "seed": seed, "search_s": search_s, "at": at, "curve": curve, "baselines": baselines,
+        "label": label, "seed": seed, "search_s": search_s, "reused": reused, "at": at, "curve": curve, "baselines": baselines,
         "reference": norm.reference["heldout"], "tasks": [o.task for o in cfg.objectives],
         "failed": sum(r["error"] is not None for r in a.candidates),
     }
@@ -212,6 +214,17 @@ def verdict(means: dict, spreads: dict, baselines: dict[str, float], labels: dic
     return lines
 
 
+def saturation(task_arithmetic: dict, tasks: list[str]) -> str:
+    """Task arithmetic's calibration accuracy per skill: a skill it already solves fully on calibration
+    gives the search no signal there (a loss on it cannot show, only gains elsewhere)."""
+    cal = task_arithmetic["calibration"]
+    if cal is None:
+        return "- task arithmetic failed on calibration"
+    full = [t for t, v in zip(tasks, cal) if v >= 1.0]
+    return (f"- {task_arithmetic['label']} on the calibration sets: " + ", ".join(f"{t} {v:.3f}" for t, v in zip(tasks, cal))
+            + (f" — saturated on {', '.join(full)}: there the search cannot see a loss" if full else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "zoo.yaml"))
@@ -249,7 +262,7 @@ def main() -> None:
 
     tasks = [t.removeprefix("zoo_") for t in results[0]["tasks"]]
     command = (f".venv/bin/python scripts/bench_search.py --config {shown(args.config)} --budgets {' '.join(map(str, budgets))} "
-               f"--seeds {args.seeds} --jobs {args.jobs}" + (f" --strategies {' '.join(repr(s) for s in STRATEGIES)}" if len(STRATEGIES) < 5 else ""))
+               f"--seeds {args.seeds} --jobs {args.jobs}" + (f" --work {shown(args.work)}" if args.work else "") + (f" --strategies {' '.join(repr(s) for s in STRATEGIES)}" if len(STRATEGIES) < 5 else ""))
     failed = sum(r["failed"] for r in results)
     lines = [
         "## Search quality on the zoo (`scripts/bench_search.py`)",
@@ -261,11 +274,14 @@ def main() -> None:
         f"{max(budgets)} evaluations (in-process worker); a budget B is the run's first B candidates (no strategy knows its budget); "
         f"{failed} failed candidates in all; search wall time per run: " + ", ".join(
             f"{label} {statistics.median(r['search_s'] for r in results if r['label'] == label):.0f} s" for label in STRATEGIES)
-        + f" (median over seeds, {args.jobs} runs at a time)",
+        + f" (median over seeds, {args.jobs} runs at a time)"
+        + (f"; {sum(r['reused'] for r in results)} of {len(results)} runs reused from an earlier invocation's --work folder "
+           "(their searches ran then; the load average above is this invocation's)" if any(r["reused"] for r in results) else ""),
         "- held-out accuracy per skill (mean over seeds) of the **calibration pick** (the front member with the best mean normalized "
         "calibration score, chosen without held-out data); mean normalized = mean over skills of accuracy / best expert's accuracy, "
         "mean ± sd over seeds; *export pick* = what `evomerge export` picks by default (best of 5 finalists on held-out, so slightly "
         "optimistic); baselines scored by the same worker (task arithmetic: λ chosen on calibration)",
+        saturation(results[0]["baselines"]["task_arithmetic"], tasks),
         f"- plot: `{shown(args.plot)}`",
         "",
         "| strategy | budget | " + " | ".join(tasks) + " | mean normalized (calibration pick) | export pick | candidate picked per seed |",
