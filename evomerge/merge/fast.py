@@ -79,8 +79,7 @@ import torch
 from torch import Tensor
 
 from evomerge.merge.draws import uniform_draws
-from evomerge.merge.methods.slerp import DOT_THRESHOLD as SLERP_DOT_THRESHOLD
-from evomerge.merge.methods.slerp import EPS as SLERP_EPS
+from evomerge.merge.methods import slerp as slerp_method
 from evomerge.merge.plan import MergePlan, TensorStep
 from evomerge.merge.sparsify import compute_dtype, keep_count
 from evomerge.sources.pool import SourcePool
@@ -242,11 +241,7 @@ class FastMerger:
         dt = compute_dtype(base)
         a = base.to(dt).reshape(1, -1)
         b = self.pool.sources[0].tensors[name].to(dt).reshape(1, -1)
-        norm_a = torch.linalg.vector_norm(a, dim=1, keepdim=True)
-        norm_b = torch.linalg.vector_norm(b, dim=1, keepdim=True)
-        norm_a = torch.where(norm_a > SLERP_EPS, norm_a, torch.ones_like(norm_a))
-        norm_b = torch.where(norm_b > SLERP_EPS, norm_b, torch.ones_like(norm_b))
-        dot = ((a / norm_a) * (b / norm_b)).sum(dim=1, keepdim=True).clamp(-1, 1)
+        dot = slerp_method.cos_angle(a, b)
         self._cos[name] = dot  # a scalar per tensor: kept even with cache=False
         return dot
 
@@ -309,14 +304,7 @@ class FastMerger:
         out = target.view(-1)
         srcs = [s.reshape(-1) for s in sources]
         if method == "slerp":
-            dot = self.slerp_cos(step.name)
-            t = float(glob.get("t", 0.5))
-            colinear = dot.abs() > SLERP_DOT_THRESHOLD
-            omega = torch.acos(torch.where(colinear, torch.zeros_like(dot), dot))
-            sin_omega = torch.sin(omega)
-            safe = torch.where(colinear, torch.ones_like(sin_omega), sin_omega)
-            coef_a = torch.where(colinear, torch.full_like(dot, 1 - t), torch.sin((1 - t) * omega) / safe)
-            coef_b = torch.where(colinear, torch.full_like(dot, t), torch.sin(t * omega) / safe)
+            coef_a, coef_b = slerp_method.coefficients(self.slerp_cos(step.name), float(glob.get("t", 0.5)))
             params = torch.cat([coef_a.flatten(), coef_b.flatten(), torch.ones(1, dtype=dt)])
             pair = [base.reshape(-1), srcs[0]]
             compiled = self._compiles(n)
