@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 
-from benchdoc import REPO, cpu_model, write_section  # noqa: E402 (first: sets the offline environment)
+from benchdoc import REPO, cpu_model, publish  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -358,10 +358,7 @@ def main() -> None:
         "a practical reference next to the floor. Max rel. diff = worst per-tensor relative L2 difference of fast vs eager output.\n"
     )
     text = header + "\n" + "\n\n".join(sections) + "\n"
-    print(text)
-    if not args.no_write:
-        write_section(Path(args.out), "bench_materialize", text)
-        print(f"wrote {args.out}")
+    publish(args.out, "bench_materialize", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

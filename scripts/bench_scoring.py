@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 
-from benchdoc import REPO, cpu_model, shown, write_section  # noqa: E402 (first: sets the offline environment)
+from benchdoc import REPO, cpu_model, publish, shown  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402
 
@@ -68,25 +68,20 @@ def zoo_workload(root: Path) -> tuple[str, list[Path], Path, list[str]]:
 
 def save_llama(path: Path, seed: int, size: str, base: Path | None = None, scale: float = 0.05) -> Path:
     """A random Llama: ``test`` = tests/conftest.py's (2 layers, d 16); ``zoo`` = the zoo's sizes
-    (evomerge/zoo/model.py: d 96, ff 256, 4 layers, 4 heads, tied embeddings) with a 32-token vocabulary."""
+    (evomerge/zoo/model.py: d 96, ff 256, 4 layers, 4 heads, tied embeddings) with a 32-token vocabulary.
+    With ``base``: the base plus seeded noise, whatever its size (tests/conftest.py's helper)."""
+    from tests.conftest import save_tiny_llama
+
+    if size == "test" or base is not None:
+        return save_tiny_llama(path, seed, base=base, scale=scale)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if size == "test":
-        from tests.conftest import save_tiny_llama
-
-        return save_tiny_llama(path, seed, base=base, scale=scale)
     from evomerge.zoo import model as zm
 
     torch.manual_seed(seed)
-    if base is None:
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=32, hidden_size=zm.DIM, intermediate_size=zm.FF, num_hidden_layers=zm.LAYERS, num_attention_heads=zm.HEADS,
-            num_key_value_heads=zm.HEADS, max_position_embeddings=zm.MAX_LENGTH, tie_word_embeddings=True))
-    else:
-        model = LlamaForCausalLM.from_pretrained(base)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * scale)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=32, hidden_size=zm.DIM, intermediate_size=zm.FF, num_hidden_layers=zm.LAYERS, num_attention_heads=zm.HEADS,
+        num_key_value_heads=zm.HEADS, max_position_embeddings=zm.MAX_LENGTH, tie_word_embeddings=True))
     model.save_pretrained(path, safe_serialization=True)
     return path
 
@@ -310,11 +305,7 @@ def main() -> None:
     if prof_lines:
         lines += ["", *prof_lines]
     body = "\n".join(lines)
-    print()
-    print(body)
-    if not args.no_write:
-        write_section(Path(args.out), "bench_scoring", body)
-        print(f"\nwrote {args.out}")
+    publish(args.out, "bench_scoring", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
     validate(cfg)
     root = Path(work) / f"{label.replace(' ', '-')}-s{seed}"
     timing = root / "bench_search_s.json"
-    if timing.is_file() and RunLog.open(root).config() == cfg:  # finished earlier (--work): reuse it
-        run, search_s, reused = RunLog.open(root), json.loads(timing.read_text()), True
+    run = RunLog.open(root) if timing.is_file() else None
+    if run is not None and run.config() == cfg:  # finished earlier (--work): reuse it
+        search_s, reused = json.loads(timing.read_text()), True
     else:
         shutil.rmtree(root, ignore_errors=True)
         run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)})
@@ -102,16 +103,14 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
                      for row in a.baselines.rows}
     return {
         "label": label, "seed": seed, "search_s": search_s, "reused": reused, "at": at, "curve": curve, "baselines": baselines,
-        "reference": norm.reference["heldout"], "tasks": [o.task for o in cfg.objectives],
+        "normalizer": norm, "tasks": [o.task for o in cfg.objectives],
         "failed": sum(r["error"] is not None for r in a.candidates),
     }
 
 
-def normalized(raw: tuple[float, ...] | None, reference: tuple[float, ...]) -> float:
-    """Mean over skills of held-out accuracy / the best expert's (NaN for a failed evaluation)."""
-    if raw is None:
-        return math.nan
-    return statistics.fmean(v / ref for v, ref in zip(raw, reference))
+def normalized(result: dict, raw: tuple[float, ...] | None) -> float:
+    """Mean over skills of held-out accuracy / the best expert's, as export and report compute it (NaN: failed)."""
+    return result["normalizer"].mean(raw, "heldout")
 
 
 def mean_sd(values: list[float]) -> str:
@@ -123,19 +122,20 @@ def mean_sd(values: list[float]) -> str:
 def summarize(results: list[dict], budgets: list[int]) -> tuple[list[str], dict[str, float], dict, dict]:
     """Table rows (markdown), the held-out mean normalized score per baseline, and per (label, budget)
     the mean and standard deviation over seeds (calibration pick)."""
-    reference = results[0]["reference"]
+    first = results[0]
+    skill_count = len(first["tasks"])
     rows, means, spreads = [], {}, {}
     for label in STRATEGIES:
         runs = [r for r in results if r["label"] == label]
         for budget in budgets:
             cal = [r["at"][budget]["calibration_pick"]["heldout"] for r in runs]
             exp = [r["at"][budget]["export_pick"]["heldout"] for r in runs]
-            cal_norm = [normalized(h, reference) for h in cal]
+            cal_norm = [normalized(first, h) for h in cal]
             means[(label, budget)] = statistics.fmean(cal_norm)
             spreads[(label, budget)] = statistics.stdev(cal_norm) if len(cal_norm) > 1 else 0.0
-            skills = " | ".join(f"{statistics.fmean(h[j] for h in cal):.3f}" for j in range(len(reference)))
+            skills = " | ".join(f"{statistics.fmean(h[j] for h in cal):.3f}" for j in range(skill_count))
             rows.append(f"| {label} | {budget} | {skills} | **{mean_sd(cal_norm)}** | "
-                        f"{mean_sd([normalized(h, reference) for h in exp])} | "
+                        f"{mean_sd([normalized(first, h) for h in exp])} | "
                         + ", ".join(str(r["at"][budget]["calibration_pick"]["index"]) for r in runs) + " |")
     baseline_scores: dict[str, float] = {}
     baseline_rows = []
@@ -146,9 +146,9 @@ def summarize(results: list[dict], budgets: list[int]) -> tuple[list[str], dict[
         if any(h is None for h in held):
             baseline_rows.append(f"| {results[0]['baselines'][name]['label']} | — | failed | | | |")
             continue
-        norm = [normalized(h, reference) for h in held]
+        norm = [normalized(first, h) for h in held]
         baseline_scores[name] = statistics.fmean(norm)
-        skills = " | ".join(f"{statistics.fmean(h[j] for h in held):.3f}" for j in range(len(reference)))
+        skills = " | ".join(f"{statistics.fmean(h[j] for h in held):.3f}" for j in range(skill_count))
         shown_norm = mean_sd(norm) if len(set(norm)) > 1 else f"{norm[0]:.3f}"  # most baselines do not depend on the seed
         baseline_rows.append(f"| {results[0]['baselines'][name]['label']} | — | {skills} | {shown_norm} | | |")
     return rows + baseline_rows, baseline_scores, means, spreads
@@ -160,7 +160,7 @@ def plot(results: list[dict], budgets: list[int], baselines: dict[str, float], p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reference = results[0]["reference"]
+    first = results[0]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, label in enumerate(STRATEGIES):
         runs = [r for r in results if r["label"] == label]
@@ -171,7 +171,7 @@ def plot(results: list[dict], budgets: list[int], baselines: dict[str, float], p
         left.plot(xs, mean, color=color, label=label)
         left.fill_between(xs, [min(r["curve"][k] for r in runs) for k in range(n)],
                           [max(r["curve"][k] for r in runs) for k in range(n)], color=color, alpha=0.15)
-        held = [[normalized(r["at"][b]["calibration_pick"]["heldout"], reference) for r in runs] for b in budgets]
+        held = [[normalized(first, r["at"][b]["calibration_pick"]["heldout"]) for r in runs] for b in budgets]
         offset = (i - len(STRATEGIES) / 2) * 0.012 * max(budgets)
         right.errorbar([b + offset for b in budgets], [statistics.fmean(h) for h in held],
                        yerr=[[max(0.0, statistics.fmean(h) - min(h)) for h in held], [max(0.0, max(h) - statistics.fmean(h)) for h in held]],
@@ -185,7 +185,7 @@ def plot(results: list[dict], budgets: list[int], baselines: dict[str, float], p
     right.set(xlabel="evaluation budget", ylabel="mean normalized held-out score",
               title="held-out, calibration pick (min–max over seeds); lines: baselines")
     right.set_xlim(0, max(budgets) * 1.35)
-    lowest = min(normalized(r["at"][b]["calibration_pick"]["heldout"], reference) for r in results for b in budgets)
+    lowest = min(normalized(first, r["at"][b]["calibration_pick"]["heldout"]) for r in results for b in budgets)
     right.set_ylim(bottom=min(lowest, 0.85) - 0.02)  # the weak baselines (soup, base, experts) are in the table
     left.legend(loc="lower right")
     right.legend(loc="lower left", fontsize=8)
@@ -251,7 +251,7 @@ def main() -> None:
                 r = future.result()
                 results.append(r)
                 print(f"{r['label']:<11} seed {r['seed']}: search {r['search_s']:.0f} s, " + ", ".join(
-                    f"@{b} {normalized(r['at'][b]['calibration_pick']['heldout'], r['reference']):.3f}" for b in budgets), flush=True)
+                    f"@{b} {normalized(r, r['at'][b]['calibration_pick']['heldout']):.3f}" for b in budgets), flush=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -49,6 +49,15 @@ def write_section(path: Path, name: str, body: str) -> None:
     os.replace(tmp, path)
 
 
+def publish(out: str | Path, name: str, body: str, *, write: bool = True) -> None:
+    """Print a script's section and (unless ``write`` is off: ``--no-write``) replace it in ``out``."""
+    print()
+    print(body)
+    if write:
+        write_section(Path(out), name, body)
+        print(f"\nwrote {out}")
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:

@@ -70,7 +70,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
 
-from benchdoc import REPO, cpu_model, shown, write_section  # noqa: E402 (first: sets the offline environment)
+from benchdoc import REPO, cpu_model, publish, shown  # noqa: E402 (first: sets the offline environment)
 
 from evomerge.strategies import Evaluation, make_strategy  # noqa: E402
 from evomerge.strategies import operators as ops  # noqa: E402
@@ -396,11 +396,7 @@ def main() -> None:
     lines += ["", "Per run (test %): " + "; ".join(
         f"{d}/{m}: " + ", ".join(f"{100 * r['test']:.1f}" for r in rs) for d, m, rs in summary)]
     body = "\n".join(lines)
-    print()
-    print(body)
-    if not args.no_write:
-        write_section(Path(args.out), "repro_m2n2", body)
-        print(f"\nwrote {args.out}")
+    publish(args.out, "repro_m2n2", body, write=not args.no_write)
 
 
 if __name__ == "__main__":
