@@ -236,6 +236,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--plot", default=str(REPO / "docs" / "bench_search.png"))
     args = ap.parse_args()
+    if min(args.budgets) < 1 or args.seeds < 1 or args.jobs < 1:
+        ap.error("--budgets, --seeds and --jobs must be >= 1")
     for name in [s for s in STRATEGIES if s not in args.strategies]:
         del STRATEGIES[name]
     budgets = sorted(set(args.budgets))

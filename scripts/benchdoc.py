@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from evomerge.run.config import SearchConfig
@@ -70,20 +70,26 @@ def cpu_model() -> str:
 
 
 def zoo_config(path: Path) -> "SearchConfig":
-    """The default zoo config; the zoo is built (minutes, cached) if it is not there yet."""
-    if not path.is_file():
-        sys.exit(f"{path} not found: pass --config with a search config over the zoo")
+    """A search config over the zoo; the default zoo is built (minutes, cached) if it is not there yet. A config that
+    cannot be used stops the script with one line on stderr and exit code 2, as evomerge's CLI does."""
+    from evomerge.errors import EvomergeError
     from evomerge.run.config import load_config
 
-    text = path.read_text()
+    if not path.is_file():
+        fail(f"{path} not found: pass --config with a search config over the zoo")
     try:
         return load_config(path)
-    except Exception as e:  # most likely: the zoo the config points at is not built yet
-        zoo_dir = REPO / "zoo" / "seed0-llama"
-        if "zoo/seed0-llama" not in text or zoo_dir.is_dir():
-            raise
-        print(f"building the zoo in {zoo_dir} first ({e})", flush=True)
-        from evomerge.zoo import build_zoo
+    except EvomergeError as e:  # most likely: the zoo the config points at is not built yet
+        zoo_dir = REPO / "zoo" / "seed0-llama"  # what scripts/demo builds: build it here too
+        if "zoo/seed0-llama" not in path.read_text() or zoo_dir.is_dir():
+            fail(f"{path}: {e}")
+        print(f"building the zoo in {zoo_dir} first (minutes; {e})", flush=True)
+    from evomerge.zoo import build_zoo
 
-        build_zoo(zoo_dir, seed=0)
-        return load_config(path)
+    build_zoo(zoo_dir, seed=0)
+    return load_config(path)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
