@@ -74,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         width = max(len(t) for t in scores)
         for task, s in scores.items():
-            print(f"{task:<{width}}  " + "  ".join(f"{m}={v:.4f}" for m, v in s.metrics.items()))
+            print(f"{task:<{width}}  " + "  ".join(f"{m.removesuffix(',none')}={v:.4f}" for m, v in s.metrics.items()))
     return 0
 
 

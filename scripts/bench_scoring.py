@@ -142,7 +142,7 @@ def naive(model, tokenizer, tasks: list[str], manager, batch_size: int) -> dict:
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
         out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), tasks=tasks,
                                       task_manager=manager, bootstrap_iters=0)
-    return {t: {k.split(",")[0]: v for k, v in r.items() if k.endswith(",none") and "stderr" not in k} for t, r in out["results"].items()}
+    return {t: {k: v for k, v in r.items() if "," in k and "_stderr" not in k} for t, r in out["results"].items()}
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -231,7 +231,7 @@ def main() -> None:
         scorer = Scorer(model, tok, load_tasks(task_names, task_dir), batch_size=args.batch_size)
         build_s = time.perf_counter() - t0
         floor = Floor(scorer, model, args.batch_size)
-        n_items = sum(len(s.per_item) for s in scorer.score().values())
+        n_items = sum(len(s.per_item[f"{s.metric},{s.filter}"]) for s in scorer.score().values())
 
         # warm-up, and (a) == (b) on every candidate
         same = True

@@ -112,8 +112,5 @@ class Worker:
         bad = [t for t, s in scores.items() if not math.isfinite(s.value)]
         if bad:
             return Outcome(None, error=f"task {bad[0]} scored a non-finite value", merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)
-        plain = {
-            t: {"metric": s.metric, "higher_is_better": s.higher_is_better, "metrics": s.metrics, "per_item": list(s.per_item)}
-            for t, s in scores.items()
-        }
+        plain = {t: s.to_json() for t, s in scores.items()}
         return Outcome(plain, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)

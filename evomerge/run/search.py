@@ -181,7 +181,7 @@ class Search:
     def _evaluation(self, record: dict[str, Any]) -> Evaluation:
         scores = record["scores"]
         if scores is not None and self.sizes is None:
-            self.sizes = [len(scores[o.task]["per_item"]) for o in self.cfg.objectives]
+            self.sizes = [len(next(iter(scores[o.task]["per_item"].values()))) for o in self.cfg.objectives]
         items = per_item(self.cfg.objectives, scores, self.sizes or [0] * len(self.cfg.objectives))
         return Evaluation(objectives=tuple(record["objectives"]), per_item=items, failed=record["error"] is not None)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from evomerge.run.config import Objective
+from evomerge.scoring.result import TaskScore, result_key
 
 SPLITS = ("calibration", "heldout")
 WORST = -1e300  # oriented value of a failed candidate: below any real score, finite so sums and means stay finite
@@ -25,6 +26,12 @@ def metric_of(objective: Objective, record: dict[str, Any]) -> str:
     return objective.metric or record["metric"]
 
 
+def value_of(objective: Objective, record: dict[str, Any]) -> float:
+    """The objective's metric under the task's primary filter."""
+    score = TaskScore.from_json(record)
+    return float(score.metrics[score.key(objective.metric)])
+
+
 def higher_is_better(objective: Objective, record: dict[str, Any]) -> bool:
     """The config's direction, else lm-eval's for the objective's metric."""
     if objective.direction is not None:
@@ -36,7 +43,7 @@ def raw_values(objectives: Sequence[Objective], scores: dict[str, Any] | None, s
     """The objectives' metric values as measured (not oriented); None for a failed evaluation."""
     if scores is None:
         return None
-    return tuple(float(scores[task_of(o, split)]["metrics"][metric_of(o, scores[task_of(o, split)])]) for o in objectives)
+    return tuple(value_of(o, scores[task_of(o, split)]) for o in objectives)
 
 
 def directions(objectives: Sequence[Objective], scores: dict[str, Any] | None, split: str = "calibration") -> tuple[bool, ...] | None:
@@ -66,5 +73,5 @@ def per_item(objectives: Sequence[Objective], scores: dict[str, Any] | None, siz
     for o in objectives:
         record = scores[o.task]
         flip = not bool(record["higher_is_better"][record["metric"]]) if o.direction is None else o.direction == "min"
-        items.extend(1.0 - v if flip else v for v in record["per_item"])
+        items.extend(1.0 - v if flip else v for v in record["per_item"][result_key(record["metric"], record["filter"])])
     return tuple(items)

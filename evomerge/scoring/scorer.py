@@ -13,31 +13,14 @@ import functools
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from evomerge.errors import EvomergeError
+from evomerge.scoring.result import TaskScore, result_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-@dataclass(frozen=True)
-class TaskScore:
-    """One task's result: every aggregated metric, and the per-item values of the primary one."""
-
-    task: str
-    metric: str  # the primary metric: the first of the task's metric_list
-    value: float
-    higher_is_better: dict[str, bool]  # per metric
-    metrics: dict[str, float]
-    per_item: tuple[float, ...]
-
-    def metric_value(self, metric: str) -> float:
-        if metric not in self.metrics:
-            raise EvomergeError(f"task '{self.task}' has no metric '{metric}' (it has: {', '.join(self.metrics)})")
-        return self.metrics[metric]
 
 
 def load_tasks(names: Sequence[str], task_path: str | Path | None = None) -> dict[str, Any]:
@@ -85,27 +68,33 @@ class Scorer:
 
     @staticmethod
     def _collect(name: str, task: Any, docs: list[tuple[int, Any]]) -> TaskScore:
+        """lm-eval's own filters, ``process_results`` and aggregations, under every filter of the task."""
         task.apply_filters()
         by_doc = defaultdict(list)
         for inst in task.instances:
             by_doc[inst.doc_id].append(inst)
-        filter_key = next(iter(task.instances[0].filtered_resps))
-        raw: dict[str, list[float]] = defaultdict(list)
+        filters = list(task.instances[0].filtered_resps)
+        raw: dict[str, list[Any]] = defaultdict(list)
         for doc_id, doc in docs:
             insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
-            for metric, value in task.process_results(doc, [i.filtered_resps[filter_key] for i in insts]).items():
-                raw[metric].append(value)
+            for filter_name in filters:
+                for metric, value in task.process_results(doc, [i.filtered_resps[filter_name] for i in insts]).items():
+                    raw[result_key(metric, filter_name)].append(value)
         aggregations = task.aggregation()
-        metrics = {m: float(aggregations[m](values)) for m, values in raw.items()}
-        primary = next(m for m in aggregations if m in raw)  # the first of the task's metric_list
+        metrics = {key: float(aggregations[key.split(",")[0]](values)) for key, values in raw.items()}
+        primary = next(m for m in aggregations if result_key(m, filters[0]) in raw)  # the first of the task's metric_list
         return TaskScore(
             task=name,
             metric=primary,
-            value=metrics[primary],
-            higher_is_better={m: bool(task.higher_is_better().get(m, True)) for m in metrics},
+            filter=filters[0],
+            higher_is_better={m: bool(task.higher_is_better().get(m, True)) for m in aggregations},
             metrics=metrics,
-            per_item=tuple(float(v) for v in raw[primary]),
+            per_item={key: tuple(float(v) for v in values) for key, values in raw.items() if all(_is_number(v) for v in values)},
         )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, complex)
 
 
 @functools.cache

@@ -32,7 +32,8 @@ def fake_scores(recipe: Recipe, tasks: tuple[str, ...], scale: float = 1.0) -> d
         own = min(weights[j], 1.0)
         others = sum(w for k, w in enumerate(weights) if k != j)
         value = scale * max(0.0, min(1.0, 0.25 + 0.6 * own - 0.2 * others))
-        out[task] = {"metric": "acc", "higher_is_better": {"acc": True}, "metrics": {"acc": value}, "per_item": [value] * 4}
+        out[task] = {"task": task, "metric": "acc", "filter": "none", "higher_is_better": {"acc": True},
+                     "metrics": {"acc,none": value}, "per_item": {"acc,none": [value] * 4}}
     return out
 
 

@@ -43,4 +43,4 @@ def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) 
     assert main(["evaluate", str(zoo / "models" / "rev"), "--tasks", "zoo_rev_heldout", "--task-path", str(zoo / "tasks"), "--json"]) == 0
     direct = json.loads(capsys.readouterr().out)["zoo_rev_heldout"]["acc"]
     record = next(r for r in run.of_type("baseline") if r["name"] == "source0" and r["split"] == "heldout")
-    assert record["scores"]["zoo_rev_heldout"]["metrics"]["acc"] == pytest.approx(direct, abs=1e-9)
+    assert record["scores"]["zoo_rev_heldout"]["metrics"]["acc,none"] == pytest.approx(direct, abs=1e-9)
