@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 from evomerge.errors import EvomergeError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the commands import what they need when they run: `evomerge --help` stays instant
     from evomerge.run.log import RunLog
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,8 +35,8 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from evomerge.merge.plan import MergePlan
-    from evomerge.merge.recipe import load_recipe
+    from evomerge.materialize.plan import MergePlan
+    from evomerge.recipes import load_recipe, to_yaml
     from evomerge.sources.pool import SourcePool
     from evomerge.sources.writer import check_output_folder, parse_size, write_model_folder
 
@@ -50,7 +50,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     tensors = plan.materialize(pool)
     write_model_folder(
         tensors, out, template=recipe.template, shard_size=shard_size, force=args.force,
-        extra_files={"evomerge_recipe.yaml": recipe.to_yaml()},
+        extra_files={"evomerge_recipe.yaml": to_yaml(recipe)},
     )
     print(f"wrote {out} ({len(tensors)} tensors, method {recipe.default.method})")
     return 0
@@ -79,36 +79,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from evomerge.run.config import load_config, validate
+    from evomerge.config.search import load_config
+    from evomerge.run import preflight
     from evomerge.run.log import RunLog
     from evomerge.sources.pool import fingerprint
 
-    cfg = load_config(args.config).with_overrides(
-        max_evals=args.max_evals, seed=args.seed, workers=args.workers, backend=args.backend,
-        gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address,
-    )
-    validate(cfg)
+    cfg = load_config(args.config).override(**{
+        "budget.max_evals": args.max_evals, "seed": args.seed, "execution.workers": args.workers,
+        "execution.backend": args.backend, "execution.gpus_per_worker": args.gpus_per_worker,
+        "execution.ray_address": args.ray_address,
+    })
+    space = preflight.check(cfg)
+    if args.check:
+        print(f"config OK: {cfg.name}, {len(cfg.sources.models)} sources, {space.dim} genes, strategy {cfg.strategy.name}")
+        return 0
     run_dir = Path(args.run_dir) if args.run_dir else Path("populations") / cfg.name
-    fingerprints = {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)}
-    run = RunLog.create(run_dir, cfg, fingerprints)
-    return _run_search(run, args.quiet)
+    run = RunLog.create(run_dir, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
+    with run.session():
+        return _run_search(run, args.quiet)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from evomerge.run.log import RunLog
+    from evomerge.run.records import BudgetRecord
     from evomerge.sources.pool import fingerprint
 
+    if args.max_evals is not None and args.max_evals < 1:
+        raise EvomergeError(f"--max-evals must be >= 1, got {args.max_evals}")
     run = RunLog.open(Path(args.run_dir))
-    cfg = run.config()
-    run.check_unchanged({str(p): fingerprint(p) for p in (cfg.base, *cfg.models)}, force=args.force)
-    if args.max_evals is not None and args.max_evals != run.max_evals():
-        if args.max_evals < 1:
-            raise EvomergeError(f"--max-evals must be >= 1, got {args.max_evals}")
-        run.append({"type": "budget", "max_evals": args.max_evals})
-    return _run_search(run, args.quiet)
+    with run.session():
+        run.check_unchanged({str(p): fingerprint(p) for p in run.config().model_folders}, force=args.force)
+        if args.max_evals is not None and args.max_evals != run.max_evals():
+            run.append(BudgetRecord(args.max_evals))
+        return _run_search(run, args.quiet)
 
 
 def _run_search(run: RunLog, quiet: bool) -> int:
+    """Search to the run's budget; the caller holds the run's session lock."""
     from evomerge.execution import make_executor
     from evomerge.run.search import Search
     from evomerge.run.status import summarize
@@ -138,7 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         files = "README.md, evomerge_recipe.yaml" + (", mergekit.yaml" if result.mergekit else "")
-        print(f"exported candidate {result.record['index']} to {result.out} ({files})")
+        print(f"exported candidate {result.record.index} to {result.out} ({files})")
     return 0
 
 
@@ -192,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--backend", choices=["local", "ray"], help="overrides execution.backend")
     search.add_argument("--gpus-per-worker", type=float, help="Ray: GPUs per worker actor (default: 1 when GPUs exist)")
     search.add_argument("--ray-address", help="Ray: join this cluster ('auto' or host:port) instead of starting one")
+    search.add_argument("--check", action="store_true", help="check the config (models, methods, strategy, tasks) and stop")
     search.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     search.set_defaults(func=cmd_search)
 
@@ -240,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except EvomergeError as e:
         print(f"evomerge: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("evomerge: interrupted", file=sys.stderr)
         return 130

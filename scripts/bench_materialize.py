@@ -47,9 +47,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from evomerge.merge.fast import FastMerger  # noqa: E402
-from evomerge.merge.plan import MergePlan  # noqa: E402
-from evomerge.merge.recipe import GroupSpec, Recipe  # noqa: E402
+from evomerge.materialize.fused import FastMerger  # noqa: E402
+from evomerge.materialize.plan import MergePlan  # noqa: E402
+from evomerge.recipes.recipe import GroupSpec, Recipe  # noqa: E402
 from evomerge.sources.pool import SourcePool  # noqa: E402
 
 MERGEKIT = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")

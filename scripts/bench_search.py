@@ -59,16 +59,17 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
     from evomerge.execution.executor import LocalExecutor
     from evomerge.export.evaluator import Evaluator
     from evomerge.export.finalists import analyze
-    from evomerge.run.config import validate
+    from evomerge.run import preflight
     from evomerge.run.log import RunLog
     from evomerge.run.search import Search
     from evomerge.sources.pool import fingerprint
 
     torch.set_num_threads(1)
     name, options = STRATEGIES[label]
-    cfg = zoo_config(Path(config)).with_overrides(
-        strategy=name, strategy_options=options, seed=seed, max_evals=max(budgets), name=f"{name}-s{seed}")
-    validate(cfg)
+    cfg = zoo_config(Path(config)).override(**{
+        "strategy.name": name, "strategy.options": options, "seed": seed, "budget.max_evals": max(budgets),
+        "name": f"{name}-s{seed}"})
+    preflight.check(cfg)
     root = Path(work) / f"{label.replace(' ', '-')}-s{seed}"
     timing = root / "bench_search_s.json"
     run = RunLog.open(root) if timing.is_file() else None
@@ -76,7 +77,7 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
         search_s, reused = json.loads(timing.read_text()), True
     else:
         shutil.rmtree(root, ignore_errors=True)
-        run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)})
+        run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
         t0 = time.perf_counter()
         Search(run, LocalExecutor, quiet=True).run_to_budget()
         search_s = time.perf_counter() - t0
@@ -89,14 +90,14 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
             cal_pick, export_pick = a.finalists[0], a.pick("mean")
             a.rescore(cal_pick)
             at[budget] = {
-                "calibration_pick": {"index": cal_pick["index"], "heldout": a.heldout_raw(cal_pick)},
-                "export_pick": {"index": export_pick["index"], "heldout": a.heldout_raw(export_pick)},
+                "calibration_pick": {"index": cal_pick.index, "heldout": a.heldout_raw(cal_pick)},
+                "export_pick": {"index": export_pick.index, "heldout": a.heldout_raw(export_pick)},
             }
         norm = a.normalizer
         curve = []  # best mean normalized calibration score so far, per evaluation
         best = -math.inf
         for r in a.candidates:
-            if r["error"] is None:
+            if r.ok:
                 best = max(best, norm.mean(a.calibration_raw(r), "calibration"))
             curve.append(best)
         baselines = {row.name.split("@")[0]: {"label": row.label, "heldout": row.heldout, "calibration": row.calibration}
@@ -104,7 +105,7 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
     return {
         "label": label, "seed": seed, "search_s": search_s, "reused": reused, "at": at, "curve": curve, "baselines": baselines,
         "normalizer": norm, "tasks": [o.task for o in cfg.objectives],
-        "failed": sum(r["error"] is not None for r in a.candidates),
+        "failed": sum(not r.ok for r in a.candidates),
     }
 
 

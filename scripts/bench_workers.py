@@ -36,7 +36,8 @@ import torch  # noqa: E402
 
 from evomerge.execution.executor import Executor, Job, LocalExecutor  # noqa: E402
 from evomerge.execution.ray_executor import RayExecutor  # noqa: E402
-from evomerge.run.search import genome_space, worker_spec  # noqa: E402
+from evomerge.execution.worker import WorkerSpec  # noqa: E402
+from evomerge.genome.space import GenomeSpace  # noqa: E402
 
 
 def run_batch(executor: Executor, jobs: list[Job]) -> tuple[float, list]:
@@ -83,15 +84,15 @@ def main() -> None:
     import ray
 
     cfg = zoo_config(Path(args.config))
-    spec = worker_spec(cfg)
-    space = genome_space(cfg)
+    spec = WorkerSpec.from_config(cfg)
+    space = GenomeSpace.for_config(cfg)
     rng = random.Random(0)  # the same candidates for every executor
     points = [tuple(rng.random() for _ in range(space.dim)) for _ in range(args.candidates + 2 * args.warmup)]
     jobs = [Job(i, space.to_recipe(x)) for i, x in enumerate(points)]
     warmup, timed = jobs[: 2 * args.warmup], jobs[2 * args.warmup:]
     load0 = os.getloadavg()
     default_threads = torch.get_num_threads()  # before anything below changes it
-    print(f"{len(timed)} candidates x {args.rounds} rounds, genome dim {space.dim}, {len(cfg.models)} sources; "
+    print(f"{len(timed)} candidates x {args.rounds} rounds, genome dim {space.dim}, {len(cfg.sources.models)} sources; "
           f"load average {load0[0]:.2f}", flush=True)
 
     # One local Ray for both Ray rows; 3 logical CPUs so the 1-worker and 2-worker executors can both
@@ -148,8 +149,8 @@ def main() -> None:
         f"torch {torch.__version__}, ray {ray.__version__}",
         f"- command: `.venv/bin/python scripts/bench_workers.py --config {shown(args.config)} "
         f"--candidates {args.candidates} --rounds {args.rounds} --warmup {args.warmup}`",
-        f"- workload: `{cfg.name}` config: {len(cfg.models)} sources, {', '.join(cfg.methods)}, genome dim {space.dim}, "
-        f"{len(cfg.objectives)} calibration tasks, batch size {cfg.batch_size}; the same {len(timed)} random candidates "
+        f"- workload: `{cfg.name}` config: {len(cfg.sources.models)} sources, {', '.join(cfg.genome.methods)}, genome dim {space.dim}, "
+        f"{len(cfg.objectives)} calibration tasks, batch size {cfg.scoring.batch_size}; the same {len(timed)} random candidates "
         f"per row and round, submitted at once, after {args.warmup} warm-up candidates per worker; worker start-up "
         f"(loading sources, building requests) excluded",
         f"- rows take turns, round by round ({args.rounds} rounds); the table shows medians, the last column every round",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
-    from evomerge.run.config import SearchConfig
+    from evomerge.config.search import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled"}
@@ -73,7 +73,7 @@ def zoo_config(path: Path) -> "SearchConfig":
     """A search config over the zoo; the default zoo is built (minutes, cached) if it is not there yet. A config that
     cannot be used stops the script with one line on stderr and exit code 2, as evomerge's CLI does."""
     from evomerge.errors import EvomergeError
-    from evomerge.run.config import load_config
+    from evomerge.config.search import load_config
 
     if not path.is_file():
         fail(f"{path} not found: pass --config with a search config over the zoo")

@@ -6,15 +6,16 @@ from pathlib import Path
 
 from evomerge.execution.executor import Executor, Job, JobResult, LocalExecutor
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
-from evomerge.run.config import SearchConfig
+from evomerge.config.search import SearchConfig
 
 __all__ = ["Executor", "Job", "JobResult", "LocalExecutor", "Outcome", "Worker", "WorkerSpec", "make_executor"]
 
 
 def make_executor(cfg: SearchConfig, spec: WorkerSpec, run_root: Path) -> Executor:
     """The executor the config asks for; only the place candidates run differs between backends."""
-    if cfg.backend == "ray":
-        from evomerge.execution.ray_executor import RayExecutor
+    e = cfg.execution
+    if e.backend == "ray":
+        from evomerge.execution.ray_executor import RayExecutor  # imports ray: only when asked for
 
-        return RayExecutor(spec, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker, address=cfg.ray_address, temp_root=run_root)
+        return RayExecutor(spec, workers=e.workers, gpus_per_worker=e.gpus_per_worker, address=e.ray_address, temp_root=run_root)
     return LocalExecutor(spec)

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
-from evomerge.merge.recipe import Recipe
+from evomerge.recipes.recipe import Recipe
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +125,10 @@ class RayExecutor(Executor):
         try:
             self._connect(address, temp_root, workers)
             cluster = ray.cluster_resources()
-            num_gpus = gpus_per_worker or (1.0 if cluster.get("GPU", 0) > 0 else 0.0)
+            # the config's device decides: a cuda worker holds GPUs (Ray sets CUDA_VISIBLE_DEVICES per actor)
+            num_gpus = (gpus_per_worker or 1.0) if spec.device.startswith("cuda") else 0.0
             self._check_fits(cluster, workers, num_gpus, address)
-            if num_gpus > 0:
-                # an actor holding a GPU evaluates on it (Ray sets CUDA_VISIBLE_DEVICES per actor)
-                self.spec = spec if spec.device.startswith("cuda") else replace(spec, device="cuda")
-            else:
-                # one torch thread per CPU slot: for small models 1 thread/process beats 2 (DESIGN.md §7)
-                self.spec = replace(spec, threads=spec.threads or 1)
+            self.spec = spec
             self.options = dict(
                 num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0, max_concurrency=1,
                 runtime_env={"env_vars": WORKER_ENV},

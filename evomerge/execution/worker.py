@@ -8,20 +8,21 @@ Ray actor (RayExecutor).
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Mapping
 
 import torch
 
-from evomerge.merge.fast import FastMerger
-from evomerge.merge.plan import MergePlan
-from evomerge.merge.recipe import Recipe
+from evomerge.config.search import SearchConfig
+from evomerge.materialize.fused import FastMerger
+from evomerge.materialize.plan import MergePlan
+from evomerge.recipes.recipe import Recipe
 from evomerge.scoring.model import load_causal_lm
+from evomerge.scoring.result import TaskScore
 from evomerge.scoring.scorer import Scorer, load_tasks
 from evomerge.sources.pool import SourcePool
 
@@ -37,23 +38,34 @@ class WorkerSpec:
     task_path: Path | None
     batch_size: int = 64
     device: str = "cpu"
-    threads: int | None = None
+    threads: int = 1  # torch threads: fixed, because reductions split over threads round differently
     allow_pickle: bool = False
     trust_remote_code: bool = False
     fast_merge: bool = True  # fused merges for the methods that have one (eager operators otherwise)
-    merge_cache: bool = True  # keep τ, sorted |τ| and draws resident: (2K+1)x the model; False recomputes
+    merge_cache: bool = True  # keep sorted |τ| and draws resident; False recomputes them per candidate
+
+    @classmethod
+    def from_config(cls, cfg: SearchConfig) -> "WorkerSpec":
+        """The same spec on every backend, so one config gives one log locally and on Ray."""
+        return cls(
+            base=cfg.sources.base, sources=cfg.sources.models,
+            calibration_tasks=tuple(o.task_for("calibration") for o in cfg.objectives),
+            heldout_tasks=tuple(o.task_for("heldout") for o in cfg.objectives),
+            task_path=cfg.scoring.task_path, batch_size=cfg.scoring.batch_size, device=cfg.execution.device,
+            threads=cfg.execution.threads or 1, merge_cache=cfg.execution.merge_cache,
+            allow_pickle=cfg.sources.allow_pickle, trust_remote_code=cfg.sources.trust_remote_code,
+        )
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """Scores of one candidate: per task, all metrics and the primary metric's per-item values."""
+    """Scores of one candidate per task (None when it failed, with ``error`` saying why) and its timings."""
 
-    scores: dict[str, dict[str, Any]] | None
+    scores: Mapping[str, TaskScore] | None
     error: str | None = None
     merge_s: float = 0.0
     score_s: float = 0.0
     worker: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class CandidateFailed(Exception):
@@ -64,8 +76,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec, name: str = "worker-0"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
+        torch.set_num_threads(spec.threads)
         self.spec, self.name = spec, f"{name}@{socket.gethostname()}"
         self.pool = SourcePool.load(spec.base, list(spec.sources), allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
         self.model, self.tokenizer = load_causal_lm(spec.base, device=spec.device, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
@@ -109,8 +120,4 @@ class Worker:
             t2 = time.perf_counter()
         except Exception as e:  # the candidate is broken, not the worker: log it and keep serving
             return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name)
-        bad = [t for t, s in scores.items() if not math.isfinite(s.value)]
-        if bad:
-            return Outcome(None, error=f"task {bad[0]} scored a non-finite value", merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)
-        plain = {t: s.to_json() for t, s in scores.items()}
-        return Outcome(plain, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)
+        return Outcome(scores, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)

@@ -1,6 +1,5 @@
 """After a search: Pareto front, finalists, baselines, exported model folders, reports.
 
-front.py       the Pareto front and its knee
 scores.py      raw metric values per objective, normalized by the best single source
 evaluator.py   the run's worker, started only when a score is missing from the log
 baselines.py   base, each source, soup, task arithmetic (λ grid), TIES, DARE-TIES — scored in the run

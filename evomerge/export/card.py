@@ -8,22 +8,16 @@ tasks, raw and normalized; the baselines scored in the same run; how to rebuild 
 from __future__ import annotations
 
 import math
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from evomerge.export.finalists import Analysis
 from evomerge.export.scores import mean
-from evomerge.scoring.objectives import task_of
-from evomerge.merge.recipe import GroupSpec, Recipe
+from evomerge.recipes.recipe import GroupSpec, Recipe
+from evomerge.run.log import evomerge_version
+from evomerge.run.records import CandidateRecord
+from evomerge.scoring.objectives import metric_name
 
 PARAM_ORDER = ("weight", "density")
-
-
-def evomerge_version() -> str:
-    try:
-        return version("evomerge")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -36,7 +30,7 @@ def cell(raw: float | None, norm: float) -> str:
     return f"{fmt(raw)} ({fmt(norm, 2)})" if raw is not None and math.isfinite(raw) else "–"
 
 
-def comparison_rows(analysis: Analysis, record: dict[str, Any] | None, label: str) -> list[tuple[str, Any, Any]]:
+def comparison_rows(analysis: Analysis, record: CandidateRecord | None, label: str) -> list[tuple[str, Any, Any]]:
     """(label, calibration raw, held-out raw): the candidate first (when given), then every baseline."""
     rows: list[tuple[str, Any, Any]] = []
     if record is not None:
@@ -45,11 +39,11 @@ def comparison_rows(analysis: Analysis, record: dict[str, Any] | None, label: st
     return rows
 
 
-def comparison_table(analysis: Analysis, record: dict[str, Any] | None, label: str) -> list[str]:
+def comparison_table(analysis: Analysis, record: CandidateRecord | None, label: str) -> list[str]:
     """Held-out raw (normalized) per objective, their mean normalized, and the calibration mean."""
     norm = analysis.normalizer
     objectives = analysis.cfg.objectives
-    head = ["model", *(f"{task_of(o, 'heldout')}" for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
+    head = ["model", *(o.task_for("heldout") for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, cal, held in comparison_rows(analysis, record, label):
         held_norm = norm.normalize(held, "heldout")
@@ -62,7 +56,7 @@ def comparison_table(analysis: Analysis, record: dict[str, Any] | None, label: s
 
 def reference_line(analysis: Analysis) -> str:
     ref = analysis.normalizer.reference
-    parts = [f"{task_of(o, 'heldout')} {fmt(ref['heldout'][j])}" for j, o in enumerate(analysis.cfg.objectives)]
+    parts = [f"{o.task_for('heldout')} {fmt(ref['heldout'][j])}" for j, o in enumerate(analysis.cfg.objectives)]
     return (
         "Each cell is the raw metric with, in parentheses, the score normalized by the best single source model on "
         "that task (1.00 = as good as the best expert there; for lower-is-better metrics the inverse ratio). "
@@ -71,7 +65,7 @@ def reference_line(analysis: Analysis) -> str:
     )
 
 
-def scores_table(analysis: Analysis, record: dict[str, Any]) -> list[str]:
+def scores_table(analysis: Analysis, record: CandidateRecord) -> list[str]:
     objectives = analysis.cfg.objectives
     norm = analysis.normalizer
     cal, held = analysis.calibration_raw(record), analysis.heldout_raw(record)
@@ -79,10 +73,10 @@ def scores_table(analysis: Analysis, record: dict[str, Any]) -> list[str]:
     lines = ["| objective | metric | search (calibration) task | raw | normalized | held-out task | raw | normalized |",
              "|---|---|---|---|---|---|---|---|"]
     for j, o in enumerate(objectives):
-        metric = o.metric or record["scores"][o.task]["metric"]
+        metric = metric_name(o, record.scores[o.task]) if record.scores else o.metric or "?"
         direction = "↑" if norm.higher[j] else "↓"
         lines.append(f"| {j} | {metric} {direction} | {o.task} | {fmt(cal[j] if cal else None)} | {fmt(cal_n[j], 2)} | "
-                     f"{task_of(o, 'heldout')} | {fmt(held[j] if held else None)} | {fmt(held_n[j], 2)} |")
+                     f"{o.task_for('heldout')} | {fmt(held[j] if held else None)} | {fmt(held_n[j], 2)} |")
     lines.append(f"| mean | | | | {fmt(mean(cal_n), 2)} | | | {fmt(mean(held_n), 2)} |")
     return lines
 
@@ -102,7 +96,7 @@ def genome_table(recipe: Recipe) -> list[str]:
 
 def model_card(
     analysis: Analysis,
-    record: dict[str, Any],
+    record: CandidateRecord,
     recipe: Recipe,
     *,
     mergekit_note: str,
@@ -115,22 +109,22 @@ def model_card(
     globals_ = {k: v for s in [recipe.default, *recipe.groups.values()] for k, v in s.params.items()}
     how = {"mean": "the finalist with the best mean normalized held-out score",
            "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
-    in_front = any(r["key"] == record["key"] for r in analysis.front)
+    in_front = any(r.key == record.key for r in analysis.front)
     out: list[str] = [
         "---",
         "library_name: transformers",
         "tags: [merge, evomerge]",
         "---",
         "",
-        f"# {cfg.name} — candidate {record['index']}",
+        f"# {cfg.name} — candidate {record.index}",
         "",
-        f"A merge of {len(cfg.models)} fine-tunes of one base model, found by evolutionary search with "
-        f"evomerge {evomerge_version()} (strategy `{cfg.strategy}`, seed {cfg.seed}, "
+        f"A merge of {len(cfg.sources.models)} fine-tunes of one base model, found by evolutionary search with "
+        f"evomerge {evomerge_version()} (strategy `{cfg.strategy.name}`, seed {cfg.seed}, "
         f"{len(analysis.candidates)} candidates evaluated). Method: {', '.join(f'`{m}`' for m in methods)}"
         + (f" with {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in globals_.items())}" if globals_ else "")
         + f"; layer granularity {recipe.layer_granularity}; output dtype {recipe.dtype or 'as the base'}.",
         "",
-        f"Picked as {how}: candidate {record['index']} (generation {record.get('generation')}), "
+        f"Picked as {how}: candidate {record.index} (generation {record.generation}), "
         f"{'on' if in_front else 'not on'} the Pareto front of {len(analysis.front)} candidates; "
         f"{len(analysis.finalists)} finalists were re-scored on held-out tasks.",
         "",
@@ -139,8 +133,8 @@ def model_card(
         "| role | path | SHA-256 of the weight files |",
         "|---|---|---|",
     ]
-    fingerprints = meta.get("sources", {})
-    for role, path in [("base", cfg.base), *((f"source {k}", p) for k, p in enumerate(cfg.models))]:
+    fingerprints = meta.sources
+    for role, path in [("base", cfg.sources.base), *((f"source {k}", p) for k, p in enumerate(cfg.sources.models))]:
         out.append(f"| {role} | `{path}` | `{fingerprints.get(str(path), 'unknown')}` |")
     out += [
         "",
@@ -158,7 +152,7 @@ def model_card(
         "",
         "## Baselines",
         "",
-        *comparison_table(analysis, record, f"**this model (candidate {record['index']})**"),
+        *comparison_table(analysis, record, f"**this model (candidate {record.index})**"),
         "",
         reference_line(analysis),
         "",

@@ -15,7 +15,7 @@ from typing import Callable
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Executor, Job, LocalExecutor
 from evomerge.execution.worker import Outcome, WorkerSpec
-from evomerge.merge.recipe import Recipe
+from evomerge.recipes.recipe import Recipe
 from evomerge.run.log import RunLog
 from evomerge.sources.pool import fingerprint
 
@@ -31,10 +31,8 @@ class Evaluator:
 
     def __call__(self, recipe: Recipe, split: str, what: str) -> Outcome:
         if self.executor is None:
-            from evomerge.run.search import worker_spec
-
             check_sources(self.run)
-            self.executor = self.factory(worker_spec(self.cfg))
+            self.executor = self.factory(WorkerSpec.from_config(self.cfg))
         if not self.quiet:
             print(f"evomerge: scoring {what} on the {split} tasks", file=sys.stderr)
         self.evaluated += 1
@@ -55,9 +53,8 @@ class Evaluator:
 
 def check_sources(run: RunLog) -> None:
     """Scores and export must come from the models the run scored: refuse changed source files."""
-    cfg = run.config()
-    recorded = run.meta["sources"]
-    for path in (cfg.base, *cfg.models):
+    recorded = run.meta.sources
+    for path in run.config().model_folders:
         want, have = recorded.get(str(path)), fingerprint(path)
         if want is not None and want != have:
             raise EvomergeError(

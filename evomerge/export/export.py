@@ -21,28 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from evomerge.errors import EvomergeError
 from evomerge.export.card import model_card
 from evomerge.export.evaluator import Evaluator, ExecutorFactory, check_sources
 from evomerge.export.finalists import DEFAULT_FINALISTS, analyze, find_candidate, parse_pick
-from evomerge.merge.plan import MergePlan
-from evomerge.merge.recipe import MERGEKIT_METHODS, Recipe
-from evomerge.merge.registry import get_method
+from evomerge.materialize.plan import MergePlan
+from evomerge.recipes import Recipe, to_yaml
+from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.run.log import RunLog
+from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.sources.pool import SourcePool
 from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, parse_size, write_model_folder
-
-# Parameter names mergekit's methods understand (evomerge spelling -> mergekit spelling).
-MERGEKIT_NAMES = {"weight": "weight", "density": "density", "lam": "lambda", "normalize": "normalize",
-                  "epsilon": "epsilon", "gamma": "gamma", "t": "t", "rescale": "rescale"}
-
 
 @dataclass(frozen=True)
 class ExportResult:
     out: Path
-    record: dict[str, Any]  # the exported candidate's log record
+    record: CandidateRecord  # the exported candidate's log record
     recipe: Recipe
     mergekit: bool
     evaluated: int  # evaluations this export had to run (0 when the log had them all)
@@ -64,6 +58,12 @@ def export_candidate(
     shard_bytes = parse_size(shard_size)
     rule = parse_pick(pick)
     run = RunLog.open(Path(run_dir))
+    with run.session():
+        return _export(run, out, rule, finalists, force, shard_size, shard_bytes, executor_factory, quiet)
+
+
+def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool, shard_size: int | str, shard_bytes: int,
+            executor_factory: ExecutorFactory | None, quiet: bool) -> ExportResult:
     cfg = run.config()
     if rule == "mean" and finalists < 1:
         raise EvomergeError("--pick mean needs held-out finalists: use --rescore-heldout 1 or more, or --pick knee / an index")
@@ -76,70 +76,26 @@ def export_candidate(
     if not evaluated:
         check_sources(run)  # the evaluator checked them if it started a worker
 
-    from evomerge.run.search import genome_space
-
-    recipe = genome_space(cfg).to_recipe(record["x"])
+    recipe = analysis.space.to_recipe(record.x)
     recipe.validate()
-    pool = SourcePool.load(cfg.base, list(cfg.models), allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    src = cfg.sources
+    pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
     tensors = MergePlan.build(recipe, pool).materialize(pool)
     out_dtype = recipe.dtype or _dtype_name(next(t for t in tensors.values() if t.is_floating_point()).dtype)
-    mergekit, why_not = mergekit_yaml(recipe, out_dtype)
-    command = ["evomerge", "export", str(run.root.resolve()), "--out", str(out), "--pick", str(record["index"]),
+    mergekit, why_not = to_mergekit(recipe, out_dtype)
+    command = ["evomerge", "export", str(run.root.resolve()), "--out", str(out), "--pick", str(record.index),
                "--rescore-heldout", str(finalists)]
     if shard_bytes not in (DEFAULT_SHARD_SIZE, parse_size("5GB")):
         command += ["--shard-size", str(shard_size)]
     card = model_card(analysis, record, recipe, mergekit_note=why_not,
                       export_command=shlex.join(command), pick=str(rule))
-    files = {"README.md": card, "evomerge_recipe.yaml": recipe.to_yaml()}
+    files = {"README.md": card, "evomerge_recipe.yaml": to_yaml(recipe)}
     if mergekit is not None:
         files["mergekit.yaml"] = mergekit
     write_model_folder(tensors, out, template=recipe.template, shard_size=shard_bytes, force=force, extra_files=files)
-    run.append({"type": "export", "index": record["index"], "key": record["key"], "pick": str(rule),
-                "finalists": finalists, "out": str(out)})
+    run.append(ExportRecord(record.index, record.key, str(rule), finalists, str(out)))
     return ExportResult(out, record, recipe, mergekit is not None, evaluated)
 
 
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def uniform_spec(recipe: Recipe) -> bool:
-    return all(spec == recipe.default for spec in recipe.groups.values())
-
-
-def mergekit_yaml(recipe: Recipe, out_dtype: str) -> tuple[str | None, str]:
-    """(mergekit YAML, note) — or (None, why there is none)."""
-    distinct = []
-    for spec in [recipe.default, *recipe.groups.values()]:
-        if spec not in distinct:
-            distinct.append(spec)
-    if len(distinct) > 1:
-        return None, (
-            f"no mergekit.yaml: the genome sets different values in different layer groups ({len(distinct)} distinct "
-            "settings); mergekit could only express that with one slice per layer, whose handling of embeddings, final "
-            "norm and lm_head has not been verified to match evomerge's groups. Rebuild with evomerge_recipe.yaml."
-        )
-    spec = recipe.default
-    method = get_method(spec.method)
-    if method.name not in MERGEKIT_METHODS:
-        return None, f"no mergekit.yaml: mergekit has no method matching evomerge's '{method.name}'."
-    params = {**{k: v for k, v in method.globals.items() if isinstance(v, (bool, int, float))}, **spec.params}
-    unknown = sorted(k for k in [*params, *spec.source_params] if k not in MERGEKIT_NAMES)
-    if unknown:
-        return None, f"no mergekit.yaml: parameter '{unknown[0]}' of '{method.name}' has no mergekit equivalent."
-    models = [{"model": str(p), "parameters": {MERGEKIT_NAMES[k]: float(v[i]) for k, v in spec.source_params.items()}}
-              for i, p in enumerate(recipe.sources)]
-    data: dict[str, Any] = {"merge_method": method.name}
-    if method.needs_base and recipe.base is not None:
-        data["base_model"] = str(recipe.base)
-    data["models"] = models
-    data["parameters"] = {MERGEKIT_NAMES[k]: v for k, v in params.items()}
-    data["dtype"] = "float32"
-    data["out_dtype"] = out_dtype
-    note = "mergekit.yaml reproduces this merge with `mergekit-yaml mergekit.yaml OUT` (one method, the same values in every layer group)."
-    if method.random:
-        note += (" mergekit draws its own random DARE masks, so its result is another sample of the same recipe, not"
-                 " bit-identical to this model; evomerge_recipe.yaml rebuilds it exactly.")
-    header = "# mergekit config equivalent to evomerge_recipe.yaml (written by evomerge export)\n"
-    return header + yaml.safe_dump(data, sort_keys=False), note
-

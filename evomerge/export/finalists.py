@@ -3,8 +3,8 @@
 The search only ever sees calibration scores, so the front is optimistic: its members were chosen
 on the very items they are scored on. The finalists — the K front members with the best mean
 normalized calibration score — are scored once more on the held-out tasks, by the run's worker,
-and the result is appended to the log as ``{"type": "heldout", "key", "index", "scores", "error"}``
-(keyed by genome; a later export or report reuses it and never scores it again).
+and the result is appended to the log as a ``HeldoutRecord`` (keyed by genome; a later export or
+report reuses it and never scores it again).
 
 Pick rules (``evomerge export --pick``):
 - ``mean`` (default): the finalist with the best mean normalized held-out score (ties: the better
@@ -18,16 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Sequence
 
+from evomerge import pareto
+from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
 from evomerge.export.baselines import LAMBDA_GRID, Baselines, Evaluate, evaluate_baselines
-from evomerge.export.front import knee, pareto_front
 from evomerge.export.scores import Normalizer
-from evomerge.scoring.objectives import directions, raw_values
 from evomerge.genome.space import GenomeSpace
-from evomerge.run.config import SearchConfig
 from evomerge.run.log import RunLog
+from evomerge.run.records import CandidateRecord, HeldoutRecord
+from evomerge.scoring.objectives import directions, raw_values
 
 DEFAULT_FINALISTS = 5
 PICK_RULES = ("mean", "knee")
@@ -48,75 +49,73 @@ class Analysis:
 
     run: RunLog
     cfg: SearchConfig
-    candidates: list[dict[str, Any]]  # every candidate record, in tell order
-    front: list[dict[str, Any]]
-    finalists: list[dict[str, Any]]  # best first by mean normalized calibration score
-    heldout: dict[str, dict[str, Any]]  # genome key -> held-out record
+    candidates: list[CandidateRecord]  # every candidate record, in tell order
+    front: list[CandidateRecord]
+    finalists: list[CandidateRecord]  # best first by mean normalized calibration score
+    heldout: dict[str, HeldoutRecord]  # genome key -> held-out record
     baselines: Baselines
     evaluate: Evaluate
 
     @cached_property
     def space(self) -> GenomeSpace:
-        from evomerge.run.search import genome_space
-
-        return genome_space(self.cfg)
+        return GenomeSpace.for_config(self.cfg)
 
     @property
     def normalizer(self) -> Normalizer:
         return self.baselines.normalizer
 
-    def calibration_raw(self, record: dict[str, Any]) -> tuple[float, ...] | None:
-        return raw_values(self.cfg.objectives, record["scores"], "calibration")
+    def calibration_raw(self, record: CandidateRecord) -> tuple[float, ...] | None:
+        return raw_values(self.cfg.objectives, record.scores if record.ok else None, "calibration")
 
-    def heldout_raw(self, record: dict[str, Any]) -> tuple[float, ...] | None:
-        held = self.heldout.get(record["key"])
-        return None if held is None else raw_values(self.cfg.objectives, held["scores"], "heldout")
+    def heldout_raw(self, record: CandidateRecord) -> tuple[float, ...] | None:
+        held = self.heldout.get(record.key)
+        return None if held is None else raw_values(self.cfg.objectives, held.scores, "heldout")
 
-    def rescore(self, record: dict[str, Any]) -> dict[str, Any]:
+    def rescore(self, record: CandidateRecord) -> HeldoutRecord:
         """The candidate's held-out record: from the log, or scored now and appended."""
-        if record["key"] in self.heldout:
-            return self.heldout[record["key"]]
-        recipe = self.space.to_recipe(record["x"])
-        outcome = self.evaluate(recipe, "heldout", f"candidate {record['index']}")
-        held = {"type": "heldout", "key": record["key"], "index": record["index"], "scores": outcome.scores, "error": outcome.error}
-        self.run.append(held)
-        self.heldout[record["key"]] = held
+        if record.key in self.heldout:
+            return self.heldout[record.key]
+        recipe = self.space.to_recipe(record.x)
+        outcome = self.evaluate(recipe, "heldout", f"candidate {record.index}")
+        held = self.run.append(HeldoutRecord(record.key, record.index, outcome.scores, outcome.error))
+        assert isinstance(held, HeldoutRecord)
+        self.heldout[record.key] = held
         return held
 
-    def candidate(self, index: int) -> dict[str, Any]:
+    def candidate(self, index: int) -> CandidateRecord:
         return find_candidate(self.run, index)
 
-    def pick(self, rule: str | int) -> dict[str, Any]:
+    def pick(self, rule: str | int) -> CandidateRecord:
         rule = parse_pick(rule)
         if isinstance(rule, int):
             record = self.candidate(rule)
         elif rule == "knee":
-            record = knee(self.front)
+            record = pareto.knee(self.front, lambda r: r.objectives)
         else:
             if not self.finalists:
                 raise EvomergeError("--pick mean needs held-out finalists: use --rescore-heldout 1 or more, or --pick knee / an index")
             record = max(self.finalists, key=lambda r: (
                 self.normalizer.rank(self.heldout_raw(r), "heldout"),
                 self.normalizer.rank(self.calibration_raw(r), "calibration"),
-                -r["index"],
+                -r.index,
             ))
         self.rescore(record)
         return record
 
 
-def find_candidate(run: RunLog, index: int) -> dict[str, Any]:
+def find_candidate(run: RunLog, index: int) -> CandidateRecord:
     """The successful candidate with this index, or a user error saying why there is none."""
     candidates = run.candidates()
     for r in candidates:
-        if r["index"] == index:
-            if r["error"] is not None:
-                raise EvomergeError(f"candidate {index} failed during the search ({r['error']}); pick a successful candidate")
+        if r.index == index:
+            if not r.ok:
+                raise EvomergeError(f"candidate {index} failed during the search ({r.error}); pick a successful candidate")
             return r
     raise EvomergeError(f"no candidate {index} in {run.root} (indices 0-{len(candidates) - 1}); see 'evomerge report'")
 
 
-def successful(candidates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in candidates if r["error"] is None]
+def successful(candidates: Sequence[CandidateRecord]) -> list[CandidateRecord]:
+    return [r for r in candidates if r.ok]
 
 
 def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALISTS, grid: Sequence[float] = LAMBDA_GRID,
@@ -132,13 +131,13 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
     ok = successful(candidates)
     if not ok:
         raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue it with 'evomerge resume {run.root}'")
-    higher = directions(cfg.objectives, ok[0]["scores"])
+    higher = directions(cfg.objectives, ok[0].scores)
     assert higher is not None
     baselines = evaluate_baselines(run, evaluate, higher, grid)
-    front = pareto_front(candidates)
+    front = pareto.front([r for r in ok if r.cached_from is None], lambda r: r.objectives)
     norm = baselines.normalizer
-    ranked = sorted(front, key=lambda r: (norm.rank(raw_values(cfg.objectives, r["scores"], "calibration"), "calibration"), -r["index"]), reverse=True)
-    heldout = {r["key"]: r for r in run.of_type("heldout")}
+    ranked = sorted(front, key=lambda r: (norm.rank(raw_values(cfg.objectives, r.scores, "calibration"), "calibration"), -r.index), reverse=True)
+    heldout = run.heldout()
     analysis = Analysis(run, cfg, candidates, front, ranked[:finalists], heldout, baselines, evaluate)
     for r in analysis.finalists:
         analysis.rescore(r)

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 from evomerge.export.card import comparison_table, fmt, reference_line
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
-from evomerge.scoring.objectives import task_of
 from evomerge.run.log import RunLog
+from evomerge.run.records import CandidateRecord, ExportRecord
 
 PLOTS = ("fitness.png", "objectives.png", "front.png")
 
@@ -40,10 +40,14 @@ def write_report(
     quiet: bool = False,
 ) -> Path:
     run = RunLog.open(Path(run_dir))
-    out = Path(out) if out is not None else run.root / "report"
-    exports = list(run.of_type("export"))
+    with run.session():
+        return _write_report(run, Path(out) if out is not None else run.root / "report", finalists, executor_factory, quiet)
+
+
+def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factory: ExecutorFactory | None, quiet: bool) -> Path:
+    exports = run.exports()
     if finalists is None:  # as many as the last export re-scored, so the report reuses its scores
-        finalists = exports[-1].get("finalists", DEFAULT_FINALISTS) if exports else DEFAULT_FINALISTS
+        finalists = exports[-1].finalists if exports else DEFAULT_FINALISTS
     with Evaluator(run, executor_factory, quiet=quiet) as evaluator:
         analysis = analyze(run, evaluator, finalists=finalists)
         chosen, label = _chosen(analysis, exports)
@@ -55,39 +59,39 @@ def write_report(
     return out
 
 
-def _chosen(analysis: Analysis, exports: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def _chosen(analysis: Analysis, exports: list[ExportRecord]) -> tuple[CandidateRecord, str]:
     """The last exported candidate, or the one 'evomerge export' would pick by default."""
-    keys = {r["key"] for r in analysis.candidates if r["error"] is None}
-    if exports and exports[-1]["key"] in keys:
-        record = analysis.candidate(exports[-1]["index"])
+    keys = {r.key for r in analysis.candidates if r.ok}
+    if exports and exports[-1].key in keys:
+        record = analysis.candidate(exports[-1].index)
         analysis.rescore(record)
-        return record, f"exported (candidate {record['index']})"
+        return record, f"exported (candidate {record.index})"
     record = analysis.pick("mean")
-    return record, f"best (candidate {record['index']})"
+    return record, f"best (candidate {record.index})"
 
 
 # --- summary ------------------------------------------------------------------------------------
 
 
-def summary(analysis: Analysis, chosen: dict[str, Any], label: str, exports: Sequence[dict[str, Any]]) -> str:
+def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Sequence[ExportRecord]) -> str:
     run, cfg = analysis.run, analysis.cfg
     cands = analysis.candidates
     ok = successful(cands)
-    cached = sum(r.get("cached_from") is not None for r in cands)
+    cached = sum(r.cached_from is not None for r in cands)
     failed = len(cands) - len(ok)
-    evaluated = [r for r in cands if r.get("cached_from") is None]
-    merge_s = sum(r.get("merge_s", 0.0) for r in evaluated)
-    score_s = sum(r.get("score_s", 0.0) for r in evaluated)
-    created = run.meta.get("created")
-    last = max((r.get("time", 0.0) for r in cands), default=None)
+    evaluated = [r for r in cands if r.cached_from is None]
+    merge_s = sum(r.merge_s for r in evaluated)
+    score_s = sum(r.score_s for r in evaluated)
+    created = run.meta.created
+    last = max((r.time or 0.0 for r in cands), default=None)
     elapsed = f"{_duration(last - created)} (run created → last candidate, pauses included)" if created and last else "–"
-    sessions = list(run.of_type("session"))
+    sessions = run.sessions()
     util = "; ".join(
-        f"session {i}: {s['workers']} worker(s) on {s['backend']}, {s['told']} told, "
-        + ", ".join(f"{w} {u:.0%}" for w, u in s["utilization"].items())
+        f"session {i}: {s.workers} worker(s) on {s.backend}, {s.told} told, "
+        + ", ".join(f"{w} {u:.0%}" for w, u in s.utilization.items())
         for i, s in enumerate(sessions)
     ) or "–"
-    options = ", ".join(f"{k}={v}" for k, v in cfg.strategy_options.items())
+    options = ", ".join(f"{k}={v}" for k, v in cfg.strategy.options.items())
     lines = [
         f"# Run report: {cfg.name}",
         "",
@@ -97,12 +101,12 @@ def summary(analysis: Analysis, chosen: dict[str, Any], label: str, exports: Seq
         "",
         "| | |",
         "|---|---|",
-        f"| strategy | {cfg.strategy}{f' ({options})' if options else ''}, seed {cfg.seed} |",
-        f"| genome | methods {', '.join(cfg.methods)}; {len(cfg.models)} sources; layer granularity {cfg.layer_granularity}"
-        f"{'; split by kind' if cfg.split_by_kind else ''} |",
-        f"| budget | {run.max_evals()} candidates{f', {cfg.max_minutes:g} min' if cfg.max_minutes else ''} |",
+        f"| strategy | {cfg.strategy.name}{f' ({options})' if options else ''}, seed {cfg.seed} |",
+        f"| genome | methods {', '.join(cfg.genome.methods)}; {len(cfg.sources.models)} sources; layer granularity "
+        f"{cfg.genome.layer_granularity}{'; split by kind' if cfg.genome.split_by_kind else ''} |",
+        f"| budget | {run.max_evals()} candidates{f', {cfg.budget.max_minutes:g} min' if cfg.budget.max_minutes else ''} |",
         f"| evaluations | {len(cands)} candidates told: {len(evaluated)} evaluated, {cached} cache hits, {failed} failed |",
-        f"| generations | {len({r['generation'] for r in cands})} |",
+        f"| generations | {len({r.generation for r in cands})} |",
         f"| wall time | {elapsed} |",
         f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
         f"| utilization | {util} |",
@@ -140,19 +144,19 @@ def summary(analysis: Analysis, chosen: dict[str, Any], label: str, exports: Seq
     return "\n".join(lines)
 
 
-def _exports(exports: Sequence[dict[str, Any]]) -> str:
-    return ", ".join(f"candidate {e['index']} → `{e['out']}`" for e in exports) or "none yet"
+def _exports(exports: Sequence[ExportRecord]) -> str:
+    return ", ".join(f"candidate {e.index} → `{e.out}`" for e in exports) or "none yet"
 
 
 def _finalists_table(analysis: Analysis) -> list[str]:
     objectives = analysis.cfg.objectives
     norm = analysis.normalizer
-    head = ["candidate", "generation", *(task_of(o, "heldout") for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
+    head = ["candidate", "generation", *(o.task_for("heldout") for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in analysis.finalists:
         held = analysis.heldout_raw(r)
         cells = [fmt(held[j]) if held else "failed" for j in range(len(objectives))]
-        lines.append("| " + " | ".join([str(r["index"]), str(r["generation"]), *cells, fmt(norm.mean(held, "heldout"), 2),
+        lines.append("| " + " | ".join([str(r.index), str(r.generation), *cells, fmt(norm.mean(held, "heldout"), 2),
                                         fmt(norm.mean(analysis.calibration_raw(r), "calibration"), 2)]) + " |")
     return lines
 
@@ -186,10 +190,10 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _by_generation(records: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+def _by_generation(records: Sequence[CandidateRecord]) -> dict[int, list[CandidateRecord]]:
+    groups: dict[int, list[CandidateRecord]] = defaultdict(list)
     for r in records:
-        groups[int(r["generation"])].append(r)
+        groups[r.generation].append(r)
     return dict(sorted(groups.items()))
 
 
@@ -198,7 +202,7 @@ def _plot_fitness(analysis: Analysis, path: Path) -> None:
     total = sum(weights) or 1.0
     gens = _by_generation(successful(analysis.candidates))
     xs = list(gens)
-    fitness = {g: [sum(w * v for w, v in zip(weights, r["objectives"])) / total for r in rs] for g, rs in gens.items()}
+    fitness = {g: [sum(w * v for w, v in zip(weights, r.objectives)) / total for r in rs] for g, rs in gens.items()}
     best = [max(fitness[g]) for g in xs]
     mean = [sum(fitness[g]) / len(fitness[g]) for g in xs]
     so_far = [max(best[: i + 1]) for i in range(len(best))]
@@ -209,7 +213,7 @@ def _plot_fitness(analysis: Analysis, path: Path) -> None:
     ax.plot(xs, so_far, "--", label="best so far", color="C2")
     ax.set_xlabel("generation")
     ax.set_ylabel("scalarized fitness (weighted mean of objectives)")
-    ax.set_title(f"{analysis.cfg.name}: fitness per generation ({analysis.cfg.strategy})")
+    ax.set_title(f"{analysis.cfg.name}: fitness per generation ({analysis.cfg.strategy.name})")
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
@@ -245,7 +249,7 @@ def _plot_objectives(analysis: Analysis, path: Path) -> None:
     _save(fig, path)
 
 
-def _plot_front(analysis: Analysis, chosen: dict[str, Any], label: str, path: Path) -> None:
+def _plot_front(analysis: Analysis, chosen: CandidateRecord, label: str, path: Path) -> None:
     objectives = analysis.cfg.objectives
     n = len(objectives)
     pairs = [(0, 1)] if n == 2 else [(i, j) for i in range(n) for j in range(i + 1, n)]

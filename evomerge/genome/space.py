@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
-from evomerge.merge.recipe import GroupSpec, Recipe
-from evomerge.merge.registry import canonical_param, get_method
-
-KINDS = ("attention", "mlp", "other")
-DEFAULT_BOUNDS = {"weight": (0.0, 2.0), "density": (0.1, 1.0)}
+from evomerge.merge.registry import get_method, method_names
+from evomerge.recipes.recipe import GroupSpec, Recipe
+from evomerge.sources.layers import KINDS, layer_groups, num_layers
+from evomerge.sources.pool import read_config, read_tensor_names
 
 
 @dataclass(frozen=True)
@@ -68,32 +68,35 @@ class GenomeSpace:
         dtype: str | None = None,
     ):
         if not methods:
-            raise EvomergeError("genome.methods is empty: name at least one merge method")
+            raise EvomergeError("config field 'genome.methods' is empty: name at least one merge method")
         self.methods = tuple(get_method(m).name for m in methods)
-        for m in self.methods:
-            method = get_method(m)
-            if not method.needs_base or method.max_sources is not None:
-                raise EvomergeError(
-                    f"method '{m}' cannot be searched per layer over {len(sources)} sources; use one of "
-                    "task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, della"
-                )
+        unsearchable = [m for m in self.methods if not get_method(m).searchable]
+        if unsearchable:
+            searchable = ", ".join(m for m in method_names() if get_method(m).searchable)
+            raise EvomergeError(f"config field 'genome.methods': '{unsearchable[0]}' cannot be searched per layer and "
+                                f"source; use one of {searchable}")
         self.base, self.sources = base, tuple(sources)
-        self.bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
-        for key, (low, high) in self.bounds.items():
-            if not low <= high:
-                raise EvomergeError(f"genome bounds for '{key}' are reversed: [{low}, {high}]")
-        self.parameters = {canonical_param(k): v for k, v in (parameters or {}).items()}
+        self.bounds = searched_bounds(self.methods, bounds or {})
+        self.parameters = method_parameters(self.methods, parameters or {})
         self.units = tuple(f"{g}:{k}" for g in groups for k in KINDS) if split_by_kind else tuple(groups)
         self.layer_granularity, self.seed, self.dtype = layer_granularity, seed, dtype
-        per_source = sorted({p for m in self.methods for p in get_method(m).per_source})
         genes: list[Gene] = []
         for unit in self.units:
             if len(self.methods) > 1:
                 genes.append(Gene(unit, "method", None, choices=self.methods))
-            for param in per_source:
-                low, high = self.bounds.get(param, (0.0, 1.0))
+            for param, (low, high) in self.bounds.items():
                 genes.extend(Gene(unit, param, k, low, high) for k in range(len(self.sources)))
         self.genes = tuple(genes)
+
+    @classmethod
+    def for_config(cls, cfg: SearchConfig) -> "GenomeSpace":
+        """The space of a search config: layer groups read from the base's tensor names (no weights loaded)."""
+        base = cfg.sources.base
+        names = read_tensor_names(base, allow_pickle=cfg.sources.allow_pickle)
+        groups = layer_groups(names, num_layers(read_config(base), names), cfg.genome.layer_granularity)
+        g = cfg.genome
+        return cls(groups, base=base, sources=cfg.sources.models, methods=g.methods, bounds=g.bounds, parameters=g.parameters,
+                   split_by_kind=g.split_by_kind, layer_granularity=g.layer_granularity, seed=cfg.seed, dtype=g.dtype)
 
     @property
     def dim(self) -> int:
@@ -114,8 +117,7 @@ class GenomeSpace:
         for unit, slot in values.items():
             method = get_method(str(slot.get("method", self.methods[0])))
             source_params = {p: tuple(slot[p]) for p in method.per_source if p in slot}
-            params = {k: v for k, v in self.parameters.items() if k in method.globals}
-            specs[unit] = GroupSpec(method.name, source_params, params)
+            specs[unit] = GroupSpec(method.name, source_params, dict(self.parameters[method.name]))
         return specs
 
     def to_recipe(self, x: Sequence[float]) -> Recipe:
@@ -152,3 +154,36 @@ class GenomeSpace:
         }
         blob = json.dumps(decoded, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def searched_bounds(methods: Sequence[str], bounds: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Gene bounds of every per-source parameter the methods take: the config's, else the declared ones."""
+    declared = {p.recipe_name: p for m in methods for p in get_method(m).params if p.per_source}
+    unknown = sorted(set(bounds) - set(declared))
+    if unknown:
+        raise EvomergeError(f"config field 'genome.bounds.{unknown[0]}': no per-source parameter of "
+                            f"{', '.join(methods)} has that name (searched: {', '.join(declared)})")
+    out = {}
+    for name, param in sorted(declared.items()):
+        low, high = bounds.get(name, param.search or (0.0, 1.0))
+        for end in (low, high):
+            if param.domain is not None and not param.domain.contains(end):
+                raise EvomergeError(f"config field 'genome.bounds.{name}': {end:g} is outside {param.domain.describe()}")
+        out[param.name] = (float(low), float(high))
+    return out
+
+
+def method_parameters(methods: Sequence[str], parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method, the fixed global parameters it takes from the config (recipe spellings -> Python names)."""
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for key, value in parameters.items():
+        takers = [m for m in methods if any(p.recipe_name == key and not p.per_source for p in get_method(m).params)]
+        if not takers:
+            raise EvomergeError(f"config field 'genome.parameters.{key}': none of {', '.join(methods)} takes a global "
+                                f"parameter '{key}'")
+        for m in takers:
+            method = get_method(m)
+            param = method.param(key)
+            method.validate(method.min_sources, {}, {param.name: value})
+            out[m][param.name] = value
+    return out

@@ -1,33 +1,32 @@
-"""Merge-method registry: a method is one typed function, registered by name.
+"""Merge-method registry: each method declared once — its function, family and parameters.
 
-A method declares its parameters once, in its signature: keyword-only arguments listed in
-``per_source`` take one value per source model (e.g. ``weight``, ``density``); every other
-keyword-only argument with a default is a global parameter (e.g. ``lam``, ``t``). A method that
-takes ``draws`` consumes uniform random numbers (DARE, DELLA), supplied by the caller so the
-function itself stays pure. Recipes, genomes and ``--help`` read the declaration from here.
+A declaration says everything the rest of the program needs: the recipe reader and checker read the
+parameters' spellings and domains, the genome reads which parameters are per source and their search
+bounds, the fused materializer reads the family (which entries of each task vector survive, and
+whether signs are elected), the exporter reads the mergekit spellings. Adding a method is one
+declaration next to its function.
 
 Calling convention::
 
     method.fn(base, sources, weight=[...], density=[...], lam=1.0, draws=[...]) -> Tensor
 
 ``base`` is the base tensor (``None`` for methods that do not use one), ``sources`` the source
-tensors, all of one shape. Math runs in float32, or float64 when the inputs are float64; the
-caller casts the result to the output dtype once.
+tensors, all of one shape. A method whose family drops entries at random receives ``draws``, one
+tensor of U[0, 1) numbers per source, so the function itself stays pure. Math runs in float32, or
+float64 when the inputs are float64; the caller casts the result to the output dtype once.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from torch import Tensor
 
 from evomerge.errors import EvomergeError
 
-# Recipe spelling -> Python argument name (``lambda`` is a Python keyword).
-ALIASES = {"lambda": "lam"}
+Sparsify = Literal["none", "magnitude", "random", "outliers", "ranked_random"]
 
 
 @dataclass(frozen=True)
@@ -45,30 +44,76 @@ class Domain:
         return above and value <= self.high
 
     def describe(self) -> str:
-        left = "(" if self.low_open else "["
-        return f"{left}{self.low:g}, {self.high:g}]"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
-# Parameters with a restricted range; any other numeric parameter may take any finite value.
-DOMAINS: dict[str, Domain] = {
-    "density": Domain(0.0, 1.0, low_open=True),
-    "t": Domain(0.0, 1.0),
-    "epsilon": Domain(0.0, 1.0),
-    "gamma": Domain(0.0, 1.0),
-}
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a merge method."""
+
+    name: str  # the Python argument name
+    default: Any
+    per_source: bool = False  # one value per source model (a gene per source when searched)
+    domain: Domain | None = None  # allowed values; None: any finite number (or a bool for flags)
+    search: tuple[float, float] | None = None  # default search bounds of its gene
+    spelling: str | None = None  # how recipes and mergekit write it, where that differs from ``name``
+    mergekit: bool = True  # mergekit's method of the same name takes it and computes the same
+
+    @property
+    def recipe_name(self) -> str:
+        return self.spelling or self.name
+
+
+@dataclass(frozen=True)
+class Family:
+    """Generalized task arithmetic: which entries of each task vector survive, and whether signs are elected."""
+
+    sparsify: Sparsify
+    consensus: bool  # TIES sign election and the disjoint mean
+
+    @property
+    def random(self) -> bool:
+        return self.sparsify in ("random", "ranked_random")
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
     fn: Callable[..., Tensor]
-    per_source: Mapping[str, float]  # per-source parameter -> default value
-    globals: Mapping[str, Any]  # global parameter -> default value
-    needs_base: bool
-    min_sources: int
-    max_sources: int | None
-    random: bool = field(default=False)  # takes ``draws``
+    params: tuple[Param, ...]
+    needs_base: bool = True
+    min_sources: int = 1
+    max_sources: int | None = None
+    family: Family | None = None  # None: not a task-vector method (linear, slerp, model_stock)
+    mergekit: bool = True  # mergekit has a method of this name that computes the same
     doc: str = ""
+
+    @property
+    def per_source(self) -> dict[str, Any]:
+        """Per-source parameter -> default value."""
+        return {p.name: p.default for p in self.params if p.per_source}
+
+    @property
+    def globals(self) -> dict[str, Any]:
+        """Global parameter -> default value."""
+        return {p.name: p.default for p in self.params if not p.per_source}
+
+    @property
+    def random(self) -> bool:
+        """Takes ``draws``."""
+        return self.family is not None and self.family.random
+
+    @property
+    def searchable(self) -> bool:
+        """Per-layer, per-source genes make sense: a task-vector method over any number of sources."""
+        return self.family is not None
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if name in (p.name, p.recipe_name):
+                return p
+        takes = ", ".join(p.recipe_name for p in self.params) or "none"
+        raise EvomergeError(f"method '{self.name}' has no parameter '{name}' (it takes: {takes})")
 
     def validate(self, n_sources: int, per_source: Mapping[str, Sequence[float]], params: Mapping[str, Any]) -> None:
         """Raise EvomergeError naming the first parameter that does not fit this method."""
@@ -76,77 +121,46 @@ class MergeMethod:
             want = f"exactly {self.min_sources}" if self.min_sources == self.max_sources else f"at least {self.min_sources}"
             raise EvomergeError(f"method '{self.name}' needs {want} source model(s), got {n_sources}")
         for key, values in per_source.items():
-            if key not in self.per_source:
-                raise EvomergeError(
-                    f"method '{self.name}' has no per-source parameter '{key}' (it takes: {', '.join(self.per_source) or 'none'})"
-                )
+            param = self.param(key)
+            if not param.per_source:
+                raise EvomergeError(f"'{key}' of method '{self.name}' is one value for all sources, not one per source")
             if len(values) != n_sources:
                 raise EvomergeError(f"'{key}' has {len(values)} value(s) but there are {n_sources} source(s): give one per source")
             for v in values:
-                _check_value(self.name, key, v)
+                _check_value(self.name, param, v)
         for key, value in params.items():
-            if key not in self.globals:
-                raise EvomergeError(
-                    f"method '{self.name}' has no parameter '{key}' (it takes: {', '.join(self.globals) or 'none'})"
-                )
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                _check_value(self.name, key, value)
+            param = self.param(key)
+            if param.per_source:
+                raise EvomergeError(f"'{key}' of method '{self.name}' takes one value per source: give it under each source")
+            _check_value(self.name, param, value)
 
     def __call__(self, base: Tensor | None, sources: Sequence[Tensor], **params: Any) -> Tensor:
-        return self.fn(base, sources, **params)
+        """The method with every declared parameter that ``params`` leaves out at its default."""
+        full = {p.name: [p.default] * len(sources) if p.per_source else p.default for p in self.params}
+        return self.fn(base, sources, **{**full, **params})
 
 
-def _check_value(method: str, key: str, value: Any) -> None:
+def _check_value(method: str, param: Param, value: Any) -> None:
+    if isinstance(param.default, bool):
+        if not isinstance(value, bool):
+            raise EvomergeError(f"{method}: '{param.recipe_name}' must be true or false, got {value!r}")
+        return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise EvomergeError(f"{method}: '{key}' must be a number, got {value!r}")
-    domain = DOMAINS.get(key)
-    if domain is not None and not domain.contains(float(value)):
-        raise EvomergeError(f"{method}: '{key}' = {value} is outside {domain.describe()}")
-    if domain is None and not math.isfinite(float(value)):
-        raise EvomergeError(f"{method}: '{key}' must be finite, got {value}")
+        raise EvomergeError(f"{method}: '{param.recipe_name}' must be a number, got {value!r}")
+    if param.domain is not None and not param.domain.contains(float(value)):
+        raise EvomergeError(f"{method}: '{param.recipe_name}' = {value} is outside {param.domain.describe()}")
+    if not math.isfinite(float(value)):
+        raise EvomergeError(f"{method}: '{param.recipe_name}' must be finite, got {value}")
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
 
 
-def register(
-    name: str,
-    *,
-    per_source: Sequence[str] = (),
-    needs_base: bool = True,
-    min_sources: int = 1,
-    max_sources: int | None = None,
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Register ``fn`` as merge method ``name``; parameters come from its signature."""
-
-    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        sig = inspect.signature(fn)
-        kw = {p.name: p for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        missing = [k for k in per_source if k not in kw]
-        if missing:
-            raise TypeError(f"{fn.__name__}: per-source parameters {missing} are not keyword-only arguments")
-        per = {k: (kw[k].default if kw[k].default is not inspect.Parameter.empty else 1.0) for k in per_source}
-        glob = {
-            k: p.default
-            for k, p in kw.items()
-            if k not in per_source and k != "draws" and p.default is not inspect.Parameter.empty
-        }
-        if name in _REGISTRY:
-            raise ValueError(f"merge method '{name}' registered twice")
-        _REGISTRY[name] = MergeMethod(
-            name=name,
-            fn=fn,
-            per_source=per,
-            globals=glob,
-            needs_base=needs_base,
-            min_sources=min_sources,
-            max_sources=max_sources,
-            random="draws" in kw,
-            doc=(inspect.getdoc(fn) or "").split("\n")[0],
-        )
-        return fn
-
-    return wrap
+def register(method: MergeMethod) -> MergeMethod:
+    if method.name in _REGISTRY:
+        raise ValueError(f"merge method '{method.name}' registered twice")
+    _REGISTRY[method.name] = method
+    return method
 
 
 def get_method(name: str) -> MergeMethod:
@@ -160,11 +174,6 @@ def get_method(name: str) -> MergeMethod:
 def method_names() -> list[str]:
     _load_builtin_methods()
     return sorted(_REGISTRY)
-
-
-def canonical_param(key: str) -> str:
-    """Map a recipe key (``lambda``) to its argument name (``lam``)."""
-    return ALIASES.get(key, key)
 
 
 def _load_builtin_methods() -> None:

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from evomerge.export.front import pareto_front
+from evomerge import pareto
 from evomerge.run.log import RunLog
 
 
 def summarize(run: RunLog) -> list[str]:
     cfg = run.config()
     cands = run.candidates()
-    ok = [r for r in cands if r["error"] is None]
+    ok = [r for r in cands if r.ok]
     lines = [
-        f"run        {run.root}  ({cfg.name}, strategy {cfg.strategy}, seed {cfg.seed})",
+        f"run        {run.root}  ({cfg.name}, strategy {cfg.strategy.name}, seed {cfg.seed})",
         f"progress   {len(cands)} / {run.max_evals()} candidates"
-        f"  ({sum(r.get('cached_from') is not None for r in cands)} cached, {len(cands) - len(ok)} failed)",
+        f"  ({sum(r.cached_from is not None for r in cands)} cached, {len(cands) - len(ok)} failed)",
     ]
     for j, o in enumerate(cfg.objectives):
         if ok:
-            best = max(ok, key=lambda r: r["objectives"][j])
-            lines.append(f"objective  {o.task}: best {best['objectives'][j]:.4f} (candidate {best['index']})")
-    lines.append(f"front      {len(pareto_front(cands))} non-dominated candidates")
-    sessions = list(run.of_type("session"))
+            best = max(ok, key=lambda r: r.objectives[j])
+            lines.append(f"objective  {o.task}: best {best.objectives[j]:.4f} (candidate {best.index})")
+    lines.append(f"front      {len(pareto.front(run.evaluated(), lambda r: r.objectives))} non-dominated candidates")
+    sessions = run.sessions()
     if sessions:
-        util = sessions[-1]["utilization"]
-        shown = ", ".join(f"{w} {u:.0%}" for w, u in util.items())
-        lines.append(f"workers    last session: {sessions[-1]['workers']} on {sessions[-1]['backend']}; utilization {shown}")
+        last = sessions[-1]
+        shown = ", ".join(f"{w} {u:.0%}" for w, u in last.utilization.items())
+        lines.append(f"workers    last session: {last.workers} on {last.backend}; utilization {shown}"
+                     + (f"; {last.restarts} worker restarts" if last.restarts else ""))
+        if last.stopped:
+            lines.append(f"stopped    {last.stopped}")
     return lines

@@ -8,8 +8,8 @@ an objective that names neither uses them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from evomerge.errors import EvomergeError
 
@@ -20,14 +20,15 @@ def result_key(metric: str, filter_name: str) -> str:
 
 @dataclass(frozen=True)
 class TaskScore:
-    """One task's scores for one model; plain data with an exact JSON round trip."""
+    """One task's scores for one model (plain data: it travels from Ray workers and into run logs)."""
 
     task: str
     metric: str  # primary metric
     filter: str  # primary filter
     higher_is_better: Mapping[str, bool]  # metric -> direction, as the task declares it
-    metrics: Mapping[str, float]  # "metric,filter" -> aggregated value
-    per_item: Mapping[str, tuple[float, ...]]  # "metric,filter" -> one number per document, where the metric has one
+    metrics: Mapping[str, float] = field(metadata={"nonfinite": True})  # "metric,filter" -> aggregated value
+    # "metric,filter" -> one number per document, for the metrics whose per-document values are numbers
+    per_item: Mapping[str, tuple[float, ...]] = field(metadata={"nonfinite": True})
 
     @property
     def value(self) -> float:
@@ -42,14 +43,3 @@ class TaskScore:
             raise EvomergeError(f"task '{self.task}' has no metric '{metric or self.metric}' under filter "
                                 f"'{filter_name or self.filter}' (it has: {known})")
         return key
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "metric": self.metric, "filter": self.filter,
-                "higher_is_better": dict(self.higher_is_better), "metrics": dict(self.metrics),
-                "per_item": {k: list(v) for k, v in self.per_item.items()}}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "TaskScore":
-        return cls(task=data["task"], metric=data["metric"], filter=data["filter"],
-                   higher_is_better=dict(data["higher_is_better"]), metrics=dict(data["metrics"]),
-                   per_item={k: tuple(v) for k, v in data["per_item"].items()})

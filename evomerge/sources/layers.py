@@ -20,6 +20,7 @@ from typing import Any, Iterable, Literal, Mapping
 from evomerge.errors import EvomergeError
 
 ParamKind = Literal["attention", "mlp", "other"]
+KINDS: tuple[ParamKind, ...] = ("attention", "mlp", "other")  # a layer group narrowed to a kind: "layers.3:mlp"
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
 

@@ -74,12 +74,10 @@ class SourcePool:
     ) -> SourcePool:
         if not sources:
             raise EvomergeError("no source models given: list at least one fine-tune of the base to merge")
-        folders = [_Folder.open(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for p in [base, *sources]]
-        for folder in folders[1:]:
-            _check_configs(folders[0], folder)
+        folders = _open_compatible(base, sources, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         models = [folder.load() for folder in folders]
         for model in models[1:]:
-            _check_tensors(models[0], model)
+            _check_tensors(models[0].path, _shapes(models[0].tensors), model.path, _shapes(model.tensors))
         names = sorted(models[0].tensors, key=_natural_key)
         return cls(models[0], models[1:], names, trust_remote_code)
 
@@ -100,6 +98,30 @@ class SourcePool:
         out = {f"base:{self.base.path}": self.base.fingerprint}
         out.update({f"source{k}:{s.path}": s.fingerprint for k, s in enumerate(self.sources)})
         return out
+
+
+def check_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_pickle: bool = False,
+                     trust_remote_code: bool = False) -> None:
+    """The checks ``SourcePool.load`` makes, from configs and safetensors headers alone (no tensor is read)."""
+    folders = _open_compatible(base, sources, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if any(f.pickled for f in folders):
+        return  # a pickle's shapes are only known once it is loaded: SourcePool.load checks them then
+    shapes = [f.header_shapes() for f in folders]
+    for folder, other in zip(folders[1:], shapes[1:]):
+        _check_tensors(folders[0].path, shapes[0], folder.path, other)
+
+
+def _open_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_pickle: bool, trust_remote_code: bool) -> list["_Folder"]:
+    if not sources:
+        raise EvomergeError("no source models given: list at least one fine-tune of the base to merge")
+    folders = [_Folder.open(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for p in [base, *sources]]
+    for folder in folders[1:]:
+        _check_configs(folders[0], folder)
+    return folders
+
+
+def _shapes(tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in tensors.items()}
 
 
 @dataclass(frozen=True)
@@ -129,6 +151,19 @@ class _Folder:
                 "convert them to safetensors, or pass allow_pickle (--allow-pickle) to load their tensors only"
             )
         return cls(folder, config, files, pickled)
+
+    def header_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape from the safetensors headers."""
+        from safetensors import safe_open
+
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in self.weight_files:
+            try:
+                with safe_open(file, framework="pt") as f:
+                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+            except Exception as e:  # a damaged header
+                raise EvomergeError(f"cannot read tensors from {file}: {e}") from None
+        return shapes
 
     def load(self) -> ModelSource:
         tensors: dict[str, Tensor] = {}
@@ -208,25 +243,24 @@ def _vocab_size(config: dict[str, Any]) -> Any:
     return config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
 
 
-def _check_tensors(base: ModelSource, other: ModelSource) -> None:
-    missing = sorted(base.tensors.keys() - other.tensors.keys(), key=_natural_key)
+def _check_tensors(base_path: Path, base: dict[str, tuple[int, ...]], path: Path, other: dict[str, tuple[int, ...]]) -> None:
+    missing = sorted(base.keys() - other.keys(), key=_natural_key)
     if missing:
         raise EvomergeError(
-            f"{other.path} lacks tensor '{missing[0]}' that the base has ({len(missing)} missing): "
+            f"{path} lacks tensor '{missing[0]}' that the base has ({len(missing)} missing): "
             "merge only full fine-tunes of the same base (merge LoRA adapters into the model first)"
         )
-    extra = sorted(other.tensors.keys() - base.tensors.keys(), key=_natural_key)
+    extra = sorted(other.keys() - base.keys(), key=_natural_key)
     if extra:
         raise EvomergeError(
-            f"{other.path} has tensor '{extra[0]}' that the base lacks ({len(extra)} extra): "
+            f"{path} has tensor '{extra[0]}' that the base lacks ({len(extra)} extra): "
             "merge only fine-tunes of the same base architecture"
         )
-    for name in sorted(base.tensors, key=_natural_key):
-        want, got = tuple(base.tensors[name].shape), tuple(other.tensors[name].shape)
-        if want != got:
+    for name in sorted(base, key=_natural_key):
+        if base[name] != other[name]:
             raise EvomergeError(
-                f"tensor '{name}' has shape {list(got)} in {other.path} but {list(want)} in the base: "
-                "merge only fine-tunes of the same base model size"
+                f"tensor '{name}' has shape {list(other[name])} in {path} but {list(base[name])} in the base "
+                f"{base_path}: merge only fine-tunes of the same base model size"
             )
 
 

@@ -1,4 +1,4 @@
-"""Search strategies: ask/tell optimizers over the unit box ``[0, 1]^dim`` (DESIGN.md §5).
+"""Search strategies: ask/tell optimizers over the unit box ``[0, 1]^dim`` (docs/DESIGN.md, "Strategies").
 
 They never see tensors or models: they propose :class:`Candidate` points and are told
 :class:`Evaluation` score vectors. Registered names:
@@ -9,7 +9,7 @@ They never see tensors or models: they propose :class:`Candidate` points and are
 - ``nsga2``   — NSGA-II over the objective vector;
 - ``optuna``  — optuna's TPE, NSGA-II or CMA-ES samplers.
 
-``make_strategy(name, dim, n_objectives, seed=..., weights=..., initial=..., **options)`` builds one;
+``make_strategy(name, dim, n_objectives, seed=..., weights=..., initial=..., storage=..., **options)`` builds one;
 ``strategy_options(name)`` lists its options with their defaults (the config's ``strategy.options``).
 """
 
@@ -56,10 +56,11 @@ def make_strategy(
     seed: int,
     weights: Sequence[float] | None = None,
     initial: Sequence[Sequence[float]] = (),
+    storage: str | None = None,
     **options: Any,
 ) -> Strategy:
     """Build the strategy registered as ``name``; unknown names or options raise EvomergeError."""
-    return strategy_class(name)(dim, n_objectives, seed=seed, weights=weights, initial=initial, **options)
+    return strategy_class(name)(dim, n_objectives, seed=seed, weights=weights, initial=initial, storage=storage, **options)
 
 
 __all__ = [

@@ -14,8 +14,8 @@ Protocol (the driver in ``evomerge/run/search.py`` keeps it):
   0 … i−L are told (L fixed by the config), which makes a run independent of the worker count.
 
 Each strategy declares its options once, as a frozen dataclass ``Options`` whose fields carry the
-defaults (they are the config's ``strategy.options``); unknown options or bad values raise
-:class:`~evomerge.errors.EvomergeError`.
+defaults and constraints (they are the config's ``strategy.options``, read by the schema loader);
+unknown options or bad values raise :class:`~evomerge.errors.EvomergeError` naming the field.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from evomerge.config.schema import load
 from evomerge.errors import EvomergeError
 
 
@@ -66,6 +67,7 @@ class Strategy(ABC):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    needs_items: ClassVar[bool] = False  # reads Evaluation.per_item (the driver computes it only then)
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class Strategy(ABC):
         seed: int,
         weights: Sequence[float] | None = None,
         initial: Sequence[Sequence[float]] = (),
+        storage: str | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(dim, (int, np.integer)) or dim < 1:
@@ -86,7 +89,8 @@ class Strategy(ABC):
         self.dim, self.n_objectives, self.seed = int(dim), int(n_objectives), int(seed)
         self.weights = _weights(weights, self.n_objectives, self.name)
         self.initial = tuple(_point(p, self.dim, f"strategy '{self.name}': initial point {i}") for i, p in enumerate(initial))
-        self.options = parse_options(self.name, self.Options, options)
+        self.options = load(self.Options, options, what="config", where="strategy.options")
+        self.storage = storage  # where a strategy with external state (optuna's study) keeps it; the run provides it
         self._pending: deque[Candidate] = deque()  # asked, not yet told (only these: a long run asks 10k+ points)
         self._n_asked = 0
         self._n_told = 0
@@ -186,50 +190,3 @@ def _weights(weights: Sequence[float] | None, n: int, name: str) -> np.ndarray:
             f"strategy '{name}': objective weights must be {n} non-negative numbers with a positive sum, got {list(weights)}"
         )
     return w / w.sum()
-
-
-def parse_options(strategy: str, options_cls: type, options: dict[str, Any]) -> Any:
-    """Build the strategy's Options dataclass, raising EvomergeError for unknown names or bad values."""
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    for key in options:
-        if key not in fields:
-            valid = ", ".join(fields) or "none"
-            raise EvomergeError(f"strategy '{strategy}' has no option '{key}' (valid options: {valid})")
-    values = {}
-    for key, value in options.items():
-        default = fields[key].default
-        values[key] = _coerce(strategy, key, value, default, fields[key].type)
-    parsed = options_cls(**values)
-    check = getattr(parsed, "check", None)
-    if check is not None:
-        problem = check()
-        if problem:
-            raise EvomergeError(f"strategy '{strategy}': option {problem}")
-    return parsed
-
-
-def _coerce(strategy: str, key: str, value: Any, default: Any, annotation: Any) -> Any:
-    """Accept what a YAML config gives (ints for floats, None where allowed) and nothing surprising."""
-    ann = str(annotation)
-    where = f"strategy '{strategy}': option '{key}'"
-    if value is None:
-        if "None" in ann:
-            return None
-        raise EvomergeError(f"{where} may not be empty")
-    if ann.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        raise EvomergeError(f"{where} must be true or false, got {value!r}")
-    if ann.startswith("int"):
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            return int(value)
-        raise EvomergeError(f"{where} must be an integer, got {value!r}")
-    if ann.startswith("float"):
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise EvomergeError(f"{where} must be a finite number, got {value!r}")
-    if ann.startswith("str"):
-        if isinstance(value, str):
-            return value
-        raise EvomergeError(f"{where} must be a string, got {value!r}")
-    return value

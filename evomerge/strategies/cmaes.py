@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -30,15 +30,8 @@ from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
 
 @dataclass(frozen=True)
 class CMAESOptions:
-    sigma0: float = 1.0 / 6.0  # initial step size in box units (a third of the box is ~2 sigma)
-    popsize: int | None = None  # lambda; None = 4 + floor(3 ln dim)
-
-    def check(self) -> str | None:
-        if not self.sigma0 > 0:
-            return "'sigma0' must be > 0"
-        if self.popsize is not None and self.popsize < 2:
-            return "'popsize' must be >= 2"
-        return None
+    sigma0: float = field(default=1.0 / 6.0, metadata={"gt": 0})  # initial step size in box units (a third of the box is ~2 sigma)
+    popsize: int | None = field(default=None, metadata={"ge": 2})  # lambda; None = 4 + floor(3 ln dim)
 
 
 class PrivateGlobalRNG:

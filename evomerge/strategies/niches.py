@@ -26,7 +26,8 @@ calibration items' scores in [0, 1]).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -37,36 +38,24 @@ from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
 
 @dataclass(frozen=True)
 class NichesOptions:
-    archive_size: int = 20  # P, members kept
-    alpha: float = 1.0  # load exponent: 1 = natural niches, 0 = plain fitness (the GA comparison)
+    archive_size: int = field(default=20, metadata={"ge": 2})  # P, members kept
+    alpha: float = field(default=1.0, metadata={"ge": 0})  # load exponent: 1 = natural niches, 0 = plain fitness (the GA comparison)
     use_attraction: bool = True  # pick the second parent by attraction (False = both by fitness)
-    mix: str = "linear"  # crossover mixing on genes: "linear" or "slerp" (angle from the whole vectors)
+    mix: Literal["linear", "slerp"] = "linear"  # crossover mixing on genes (SLERP: angle from the whole vectors)
     slerp_origin: float = 0.0  # the box coordinate SLERP treats as the origin (the box image of a zero weight)
-    mutation_sigma: float = 0.01  # std of the Gaussian mutation in box units (0 = none, as the M2N2 reference
-    # with pre-trained seeds); 0.01 moves a [0, 2] weight by ~0.02: crossover alone never leaves the range the
-    # seeds span per gene, a little noise lets the search step just past it
-    mutation_rate: float = 1.0  # probability that a gene is mutated
-    random_init: int | None = None  # uniform points added to the seeds; None = archive_size without initial points, else 0
-
-    def check(self) -> str | None:
-        if self.archive_size < 2:
-            return "'archive_size' must be >= 2"
-        if self.alpha < 0:
-            return "'alpha' must be >= 0"
-        if self.mix not in ("linear", "slerp"):
-            return f"'mix' must be 'linear' or 'slerp', got '{self.mix}'"
-        if self.mutation_sigma < 0:
-            return "'mutation_sigma' must be >= 0"
-        if not 0 <= self.mutation_rate <= 1:
-            return "'mutation_rate' must be in [0, 1]"
-        if self.random_init is not None and self.random_init < 0:
-            return "'random_init' must be >= 0"
-        return None
+    # std of the Gaussian mutation in box units (0 = none, as the M2N2 reference with pre-trained seeds); 0.01
+    # moves a [0, 2] weight by ~0.02: crossover alone never leaves the range the seeds span per gene, a little
+    # noise lets the search step just past it
+    mutation_sigma: float = field(default=0.01, metadata={"ge": 0})
+    mutation_rate: float = field(default=1.0, metadata={"ge": 0, "le": 1})  # probability that a gene is mutated
+    # uniform points added to the seeds; None = archive_size without initial points, else 0
+    random_init: int | None = field(default=None, metadata={"ge": 0})
 
 
 class NaturalNiches(Strategy):
     name = "niches"
     Options = NichesOptions
+    needs_items = True
 
     def _setup(self) -> None:
         o = self.options

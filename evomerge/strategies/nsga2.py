@@ -12,38 +12,26 @@ A failed candidate keeps the (worst) objective values the driver gives it and ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
+from evomerge.pareto import non_dominated_sort
 from evomerge.strategies import operators as ops
 from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
 
 
 @dataclass(frozen=True)
 class NSGA2Options:
-    population: int = 16  # N, members per generation and survivors kept
-    crossover_prob: float = 0.9  # probability that a pair of parents is recombined (else copied)
-    eta_crossover: float = 15.0  # SBX distribution index: larger = children nearer their parents
-    mutation: str = "polynomial"  # "polynomial" (Deb) or "gaussian"
-    eta_mutation: float = 20.0  # polynomial mutation distribution index
-    mutation_sigma: float = 0.05  # Gaussian mutation std in box units
-    mutation_rate: float | None = None  # probability that a gene mutates; None = 1/dim
-
-    def check(self) -> str | None:
-        if self.population < 2:
-            return "'population' must be >= 2"
-        if not 0 <= self.crossover_prob <= 1:
-            return "'crossover_prob' must be in [0, 1]"
-        if self.eta_crossover < 0 or self.eta_mutation < 0:
-            return "'eta_crossover' and 'eta_mutation' must be >= 0"
-        if self.mutation not in ("polynomial", "gaussian"):
-            return f"'mutation' must be 'polynomial' or 'gaussian', got '{self.mutation}'"
-        if self.mutation_sigma < 0:
-            return "'mutation_sigma' must be >= 0"
-        if self.mutation_rate is not None and not 0 <= self.mutation_rate <= 1:
-            return "'mutation_rate' must be in [0, 1]"
-        return None
+    population: int = field(default=16, metadata={"ge": 2})  # N, members per generation and survivors kept
+    # probability that a pair of parents is recombined (else copied)
+    crossover_prob: float = field(default=0.9, metadata={"ge": 0, "le": 1})
+    eta_crossover: float = field(default=15.0, metadata={"ge": 0})  # SBX distribution index: larger = children nearer their parents
+    mutation: Literal["polynomial", "gaussian"] = "polynomial"  # polynomial: Deb's
+    eta_mutation: float = field(default=20.0, metadata={"ge": 0})  # polynomial mutation distribution index
+    mutation_sigma: float = field(default=0.05, metadata={"ge": 0})  # Gaussian mutation std in box units
+    mutation_rate: float | None = field(default=None, metadata={"ge": 0, "le": 1})  # probability that a gene mutates; None = 1/dim
 
 
 class NSGA2(Strategy):
@@ -107,7 +95,7 @@ class NSGA2(Strategy):
         if not self.population:
             return []
         f = np.array([m[2] for m in self.population])
-        first = ops.non_dominated_sort(f)[0]
+        first = non_dominated_sort(f)[0]
         return [(self.population[i][0], tuple(map(float, self.population[i][1])), tuple(map(float, f[i]))) for i in first]
 
 

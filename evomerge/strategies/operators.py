@@ -8,8 +8,8 @@ to ``low``/``high`` (default 0 and 1). Scores are oriented: higher is better.
 - crossover: :func:`uniform_crossover`, :func:`blend_crossover` (BLX-alpha), :func:`sbx_crossover`,
   :func:`split_point_crossover` (M2N2, linear or SLERP mixing), :func:`slerp`;
 - mutation: :func:`gaussian_mutation`, :func:`polynomial_mutation`;
-- selection: :func:`tournament`, :func:`truncation`, :func:`non_dominated_sort`,
-  :func:`crowding_distance`, :func:`nsga2_survival`, :func:`niche_fitness`, :func:`attraction`.
+- selection: :func:`tournament`, :func:`truncation`, :func:`nsga2_survival` (dominance
+  and crowding from ``evomerge.pareto``), :func:`niche_fitness`, :func:`attraction`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from evomerge.pareto import crowding_distance, non_dominated_sort
 
 Array = NDArray[np.float64]
 
@@ -171,62 +173,6 @@ def truncation(quality: ArrayLike, k: int) -> NDArray[np.int64]:
     """Indices of the ``k`` best (elitism); ties keep the lower index first."""
     q = np.asarray(quality, dtype=float)
     return np.argsort(-q, kind="stable")[:k]
-
-
-def dominates(a: ArrayLike, b: ArrayLike) -> bool:
-    """``a`` is at least as good as ``b`` everywhere and better somewhere (maximization)."""
-    a, b = np.asarray(a), np.asarray(b)
-    return bool(np.all(a >= b) and np.any(a > b))
-
-
-def non_dominated_sort(objectives: ArrayLike) -> list[list[int]]:
-    """Fronts of a set of objective vectors (rows, maximized): front 0 is non-dominated, front 1 is
-    non-dominated once front 0 is removed, ... (Deb's fast non-dominated sort). Indices ascend within a front."""
-    f = np.asarray(objectives, dtype=float)
-    n = f.shape[0]
-    ge = np.all(f[:, None, :] >= f[None, :, :], axis=2)
-    gt = np.any(f[:, None, :] > f[None, :, :], axis=2)
-    dom = ge & gt  # dom[i, j]: i dominates j
-    count = dom.sum(axis=0)  # how many dominate j
-    fronts: list[list[int]] = []
-    current = [i for i in range(n) if count[i] == 0]
-    while current:
-        fronts.append(current)
-        nxt = []
-        for i in current:
-            for j in np.flatnonzero(dom[i]):
-                count[j] -= 1
-                if count[j] == 0:
-                    nxt.append(int(j))
-        current = sorted(nxt)
-    return fronts
-
-
-def pareto_ranks(objectives: ArrayLike) -> NDArray[np.int64]:
-    """The front number of each row (0 = non-dominated)."""
-    fronts = non_dominated_sort(objectives)
-    rank = np.zeros(sum(len(fr) for fr in fronts), dtype=np.int64)
-    for r, front in enumerate(fronts):
-        rank[front] = r
-    return rank
-
-
-def crowding_distance(objectives: ArrayLike) -> Array:
-    """NSGA-II crowding distance of each row of one front: per objective, the boundary points get
-    infinity and the others the gap between their neighbours divided by the objective's range; summed."""
-    f = np.asarray(objectives, dtype=float)
-    n, m = f.shape
-    dist = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for k in range(m):
-        order = np.argsort(f[:, k], kind="stable")
-        span = f[order[-1], k] - f[order[0], k]
-        dist[order[0]] = dist[order[-1]] = np.inf
-        if span <= 0:
-            continue
-        dist[order[1:-1]] += (f[order[2:], k] - f[order[:-2], k]) / span
-    return dist
 
 
 def nsga2_survival(objectives: ArrayLike, k: int) -> NDArray[np.int64]:

@@ -7,9 +7,9 @@ maximizes every objective (a multi-objective study when there are several, for `
 ``FloatDistribution(0, 1)`` named ``x0000``, ``x0001``, …; the ``initial`` points are enqueued
 trials, asked first. A failed candidate is told as ``TrialState.FAIL``.
 
-With ``storage_path`` the study lives in SQLite at that path (``sqlite:///…``) so optuna's own tools
-(``optuna-dashboard``, ``optuna.load_study``) can read it. A run is resumed by replaying its log into
-a fresh strategy, so construction deletes an existing file at that path and starts a fresh study.
+With a ``storage`` URL (the run hands it ``sqlite:///<run>/optuna.db``, fresh for each session) the
+study lives there, so optuna's own tools (``optuna-dashboard``, ``optuna.load_study``) can read it; a
+run is resumed by replaying its log into a fresh strategy and study. Without one the study is in memory.
 
 Determinism: the samplers draw from their own seeded generators and see trials in ask order, so the
 sequence depends only on the seed and the tells (the constant liar makes TPE propose while earlier
@@ -20,34 +20,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
-from evomerge.errors import EvomergeError
 from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
 from evomerge.strategies.cmaes import default_popsize
 
-SAMPLERS = ("tpe", "nsga2", "cmaes")
 
 
 @dataclass(frozen=True)
 class OptunaOptions:
-    sampler: str = "tpe"  # "tpe", "nsga2" or "cmaes"
-    storage_path: str | None = None  # SQLite file for the study (replaced on construction); None = in memory
-    n_startup_trials: int = 10  # tpe: random trials before the model is used
-    population_size: int = 50  # nsga2: members per generation
-
-    def check(self) -> str | None:
-        if self.sampler not in SAMPLERS:
-            return f"'sampler' must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'"
-        if self.n_startup_trials < 0:
-            return "'n_startup_trials' must be >= 0"
-        if self.population_size < 2:
-            return "'population_size' must be >= 2"
-        return None
+    sampler: Literal["tpe", "nsga2", "cmaes"] = "tpe"
+    n_startup_trials: int = field(default=10, metadata={"ge": 0})  # tpe: random trials before the model is used
+    population_size: int = field(default=50, metadata={"ge": 2})  # nsga2: members per generation
 
 
 class OptunaSearch(Strategy):
@@ -76,18 +63,8 @@ class OptunaSearch(Strategy):
                 self.generation_size = default_popsize(self.dim)
         self.multi = self.n_objectives > 1 and o.sampler != "cmaes"
         directions = ["maximize"] * (self.n_objectives if self.multi else 1)
-        storage = None
-        if o.storage_path is not None:
-            path = Path(o.storage_path).expanduser().resolve()
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                for stale in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal")):
-                    stale.unlink(missing_ok=True)
-            except OSError as e:
-                raise EvomergeError(f"strategy 'optuna': cannot create the study file {path}: {e}") from e
-            storage = f"sqlite:///{path}"
         self.study = optuna.create_study(
-            study_name="evomerge", storage=storage, sampler=sampler, directions=directions
+            study_name="evomerge", storage=self.storage, sampler=sampler, directions=directions
         )
         self.names = [f"x{i:04d}" for i in range(self.dim)]
         self.distributions = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self.names}

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
 
 
 @dataclass(frozen=True)
 class RandomOptions:
-    generation_size: int = 16  # consecutive proposals reported as one "generation" in logs and plots
-
-    def check(self) -> str | None:
-        return "'generation_size' must be >= 1" if self.generation_size < 1 else None
+    # consecutive proposals reported as one "generation" in logs and plots
+    generation_size: int = field(default=16, metadata={"ge": 1})
 
 
 class RandomSearch(Strategy):

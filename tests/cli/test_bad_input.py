@@ -75,7 +75,7 @@ CASES = {
     "malformed yaml": (lambda t, f, o: ["merge", str(_text(t, "method: [ties\n")), "--out", str(o)], "not valid YAML"),
     "recipe not a mapping": (lambda t, f, o: ["merge", str(_text(t, "- ties\n")), "--out", str(o)], "mapping"),
     "unknown method": (lambda t, f, o: ["merge", str(family_recipe(t, f, method="tiez")), "--out", str(o)], "unknown merge method 'tiez'"),
-    "unknown recipe key": (lambda t, f, o: ["merge", str(family_recipe(t, f, methd="ties")), "--out", str(o)], "unknown recipe key 'methd'"),
+    "unknown recipe key": (lambda t, f, o: ["merge", str(family_recipe(t, f, methd="ties")), "--out", str(o)], "unknown field 'methd' in the recipe"),
     "weight list length wrong": (
         lambda t, f, o: ["merge", str(family_recipe(t, f, groups={"layers.0": {"sources": [{"weight": 1.0}]}})), "--out", str(o)],
         "one per source"),
@@ -84,7 +84,7 @@ CASES = {
             {"model": "A", "parameters": {"weight": 1.0, "density": 1.5}},
             {"model": "B", "parameters": {"weight": 1.0, "density": 0.5}}])), "--out", str(o)],
         "'density' = 1.5 is outside (0, 1]"),
-    "bad dtype": (lambda t, f, o: ["merge", str(family_recipe(t, f, dtype="float8")), "--out", str(o)], "unknown dtype"),
+    "bad dtype": (lambda t, f, o: ["merge", str(family_recipe(t, f, dtype="float8")), "--out", str(o)], "recipe field 'dtype' must be one of float32, float16, bfloat16, float64, got 'float8'"),
     "unknown layer group": (
         lambda t, f, o: ["merge", str(family_recipe(t, f, groups={"layers.9": {"parameters": {"lambda": 1.0}}})), "--out", str(o)],
         "layers.9"),

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from evomerge.execution.worker import WorkerSpec
-from evomerge.merge.recipe import GroupSpec, Recipe
+from evomerge.recipes.recipe import GroupSpec, Recipe
 
 CHARS = "abcdefghijklmnopqrstuvwxyz=>."  # + <pad> <eos> <unk>: 32 tokens
 TASK = "ex_rev"
@@ -127,8 +127,10 @@ def local_scores(spec: WorkerSpec, make_recipe) -> dict[int, dict]:
 SAME = ("index", "key", "x", "parents", "operator", "generation", "scores", "error", "objectives", "cached_from")
 
 
-def comparable(records: list[dict]) -> list[dict]:
-    return [{k: r.get(k) for k in SAME} for r in records if r["type"] == "candidate"]
+def comparable(records: list) -> list[dict]:
+    from evomerge.run.records import CandidateRecord
+
+    return [{k: getattr(r, k) for k in SAME} for r in records if isinstance(r, CandidateRecord)]
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +148,8 @@ def candidates_of():
 
 @pytest.fixture(scope="session")
 def search_config_file(scoreable_family: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A search config over the scoreable family: 3 sources, per-layer genes, CMA-ES, 12 candidates.
+    """A search config over the scoreable family: 3 sources, per-layer genes, CMA-ES, 16 candidates: the
+    4 seed points, then 3 generations of 4 (three CMA-ES updates, each told in ask order).
     The objective is perplexity (continuous), so every genome gets its own score."""
     f = scoreable_family
     path = tmp_path_factory.mktemp("cfg") / "search.yaml"
@@ -157,8 +160,8 @@ def search_config_file(scoreable_family: dict[str, Path], tmp_path_factory: pyte
         "genome: {methods: [task_arithmetic], bounds: {weight: [0.0, 1.5]}}\n"
         f"scoring: {{task_path: {f['tasks']}, batch_size: 64}}\n"
         f"objectives: [{{task: {TASK}, metric: perplexity}}]\n"
-        "strategy: {name: cmaes}\n"
-        "budget: {max_evals: 12}\n"
+        "strategy: {name: cmaes, options: {popsize: 4}}\n"
+        "budget: {max_evals: 16}\n"
         "execution: {backend: local, workers: 1, in_flight: 2, threads: 1}\n"
     )
     return path
@@ -168,14 +171,14 @@ def search_config_file(scoreable_family: dict[str, Path], tmp_path_factory: pyte
 def reference_log(search_config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """The uninterrupted local-backend run of search_config_file: what every other run must log."""
     from evomerge.execution.executor import LocalExecutor
-    from evomerge.run.config import load_config
+    from evomerge.config.search import load_config
     from evomerge.run.log import RunLog
     from evomerge.run.search import Search
 
     run = RunLog.create(tmp_path_factory.mktemp("reference") / "run", load_config(search_config_file), {})
     Search(run, LocalExecutor, quiet=True).run_to_budget()
     records = comparable(RunLog.open(run.root).records)
-    assert len(records) == 12
+    assert len(records) == 16 and max(r["generation"] for r in records) == 3
     return records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def test_two_workers_match_local_and_share_the_work(ray_cluster, spec, make_reci
     with RayExecutor(spec, workers=2) as ex:
         assert ex.n_workers == 2
         assert ex.options["num_cpus"] == 1 and ex.options["num_gpus"] == 0
-        assert ex.spec.threads == 1  # CPU actors default to one torch thread
+        assert ex.spec.threads == 1  # one torch thread per worker, as in process
         for i, w in enumerate(weights):
             ex.submit(Job(i, make_recipe(w)))
         assert len(ex._running) == 2 and len(ex._queue) == len(weights) - 2  # no barrier: both busy at once
@@ -36,8 +37,8 @@ def test_two_workers_match_local_and_share_the_work(ray_cluster, spec, make_reci
 def test_too_many_workers_for_the_cluster(ray_cluster, spec):
     with pytest.raises(EvomergeError, match="cannot place 3 workers.*3 CPUs"):
         RayExecutor(spec, workers=3)
-    with pytest.raises(EvomergeError, match="GPUs"):
-        RayExecutor(spec, workers=1, gpus_per_worker=1)
+    with pytest.raises(EvomergeError, match="1 GPUs"):  # a cuda worker holds a GPU; this cluster has none
+        RayExecutor(replace(spec, device="cuda"), workers=1)
 
 
 def test_ray_temp_dir_in_run_folder_or_short_fallback(tmp_path: Path):

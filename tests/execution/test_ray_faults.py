@@ -23,7 +23,7 @@ import pytest
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Job
 from evomerge.execution.ray_executor import RayExecutor
-from evomerge.run.config import load_config
+from evomerge.config.search import load_config
 from evomerge.run.log import RunLog
 from evomerge.run.search import Search
 
@@ -126,9 +126,9 @@ def test_same_log_as_local_with_two_workers(ray_cluster, search_config_file, ref
     run = RunLog.create(tmp_path / "ray2", load_config(search_config_file), {})
     Search(run, lambda spec: RayExecutor(spec, workers=2), quiet=True).run_to_budget()
     assert candidates_of(run.root) == reference_log
-    session = list(RunLog.open(run.root).of_type("session"))[-1]
-    assert session["backend"] == "local"  # the config's; the factory chose Ray
-    assert session["workers"] == 2 and len(session["utilization"]) == 2
+    session = RunLog.open(run.root).sessions()[-1]
+    assert session.backend == "local"  # the config's; the factory chose Ray
+    assert session.workers == 2 and len(session.utilization) == 2
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -175,8 +175,8 @@ def test_driver_killed_then_resumed_equals_uninterrupted_run(search_config_file,
     code, output = _finish(_cli("resume", str(run_dir), "--quiet"))
     assert code == 0, output
     assert candidates_of(run_dir) == reference_log
-    sessions = list(RunLog.open(run_dir).of_type("session"))
-    assert [s["backend"] for s in sessions] == ["ray"] and sessions[0]["workers"] == 2  # the killed one wrote none
+    sessions = RunLog.open(run_dir).sessions()
+    assert [s.backend for s in sessions] == ["ray"] and sessions[0].workers == 2  # the killed one wrote none
     assert len(list((run_dir / "ray").glob("session_2*"))) == 2  # one Ray session per driver, in the run folder
     assert "too long for Ray" not in output
 

@@ -14,17 +14,21 @@ from typing import Any
 
 import pytest
 
+from evomerge.config.search import BudgetConfig, GenomeConfig, ObjectiveConfig, SearchConfig, SourcesConfig
 from evomerge.execution.executor import Executor, Job, JobResult
 from evomerge.execution.worker import Outcome, WorkerSpec
-from evomerge.merge.recipe import Recipe
-from evomerge.run.config import Objective, SearchConfig
+from evomerge.genome.space import GenomeSpace
+from evomerge.recipes.recipe import Recipe
 from evomerge.run.log import RunLog
+from evomerge.run.records import CandidateRecord
+from evomerge.scoring.objectives import oriented
+from evomerge.scoring.result import TaskScore
 from evomerge.sources.pool import fingerprint
 
 TASKS = ("t0", "t1")
 
 
-def fake_scores(recipe: Recipe, tasks: tuple[str, ...], scale: float = 1.0) -> dict[str, Any]:
+def fake_scores(recipe: Recipe, tasks: tuple[str, ...], scale: float = 1.0) -> dict[str, TaskScore]:
     specs = [recipe.default, *recipe.groups.values()]
     weights = [sum(s.source_params["weight"][k] for s in specs) / len(specs) for k in range(len(recipe.sources))]
     out = {}
@@ -32,8 +36,7 @@ def fake_scores(recipe: Recipe, tasks: tuple[str, ...], scale: float = 1.0) -> d
         own = min(weights[j], 1.0)
         others = sum(w for k, w in enumerate(weights) if k != j)
         value = scale * max(0.0, min(1.0, 0.25 + 0.6 * own - 0.2 * others))
-        out[task] = {"task": task, "metric": "acc", "filter": "none", "higher_is_better": {"acc": True},
-                     "metrics": {"acc,none": value}, "per_item": {"acc,none": [value] * 4}}
+        out[task] = TaskScore(task, "acc", "none", {"acc": True}, {"acc,none": value}, {"acc,none": (value,) * 4})
     return out
 
 
@@ -66,9 +69,9 @@ def fake_executor() -> type[FakeExecutor]:
 
 def export_config(family: dict[str, Path], **kw: Any) -> SearchConfig:
     defaults: dict[str, Any] = dict(
-        name="tiny-export", base=family["base"], models=(family["a"], family["b"]),
-        objectives=tuple(Objective(task=t, heldout_task=f"{t}_heldout") for t in TASKS),
-        methods=("task_arithmetic",), max_evals=12, seed=3,
+        name="tiny-export", sources=SourcesConfig(family["base"], (family["a"], family["b"])),
+        objectives=tuple(ObjectiveConfig(task=t, heldout_task=f"{t}_heldout") for t in TASKS),
+        genome=GenomeConfig(methods=("task_arithmetic",)), budget=BudgetConfig(max_evals=12), seed=3,
     )
     defaults.update(kw)
     return SearchConfig(**defaults)
@@ -76,19 +79,14 @@ def export_config(family: dict[str, Path], **kw: Any) -> SearchConfig:
 
 def synthetic_run(root: Path, cfg: SearchConfig, n: int = 12, *, seed: int = 0, fail: tuple[int, ...] = ()) -> RunLog:
     """A run folder whose log holds ``n`` candidates scored by the fake scorer, as the driver writes them."""
-    from evomerge.run.search import genome_space
-    from evomerge.scoring.objectives import oriented
-
-    run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)})
-    space = genome_space(cfg)
+    run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
+    space = GenomeSpace.for_config(cfg)
     rng = random.Random(seed)
     for i in range(n):
-        x = [rng.random() for _ in range(space.dim)]
+        x = tuple(rng.random() for _ in range(space.dim))
         scores = None if i in fail else fake_scores(space.to_recipe(x), TASKS)
-        run.append({"type": "candidate", "index": i, "key": space.key(x), "x": x, "parents": [], "operator": "random",
-                    "generation": i // 4, "scores": scores, "error": "boom" if i in fail else None,
-                    "objectives": list(oriented(cfg.objectives, scores)), "cached_from": None,
-                    "merge_s": 0.01, "score_s": 0.02, "worker": "fake"})
+        run.append(CandidateRecord(i, space.key(x), x, (), "random", i // 4, scores, "boom" if i in fail else None,
+                                   oriented(cfg.objectives, scores), None, 0.01, 0.02, "fake"))
     return run
 
 

@@ -9,9 +9,13 @@ import yaml
 from safetensors.torch import load_file
 
 from evomerge.cli import main
+from evomerge.config.search import GenomeConfig
 from evomerge.errors import EvomergeError
 from evomerge.export.export import export_candidate
+from evomerge.genome.space import GenomeSpace
 from evomerge.run.log import RunLog
+from evomerge.run.records import CandidateRecord
+from evomerge.scoring.objectives import oriented
 
 from .conftest import export_config, fake_scores, synthetic_run, TASKS
 
@@ -39,25 +43,20 @@ def test_exported_recipe_rebuilds_identical_tensors(tiny_run: RunLog, fake_execu
     # a per-layer genome has no faithful mergekit form: no mergekit.yaml, and the card says why
     assert not result.mergekit and "mergekit.yaml" not in names
     assert "no mergekit.yaml: the genome sets different values in different layer groups" in (out / "README.md").read_text()
-    assert list(RunLog.open(tiny_run.root).of_type("export"))[-1]["index"] == result.record["index"]
+    assert RunLog.open(tiny_run.root).exports()[-1].index == result.record.index
 
 
 def test_a_uniform_recipe_gets_a_mergekit_yaml_that_rebuilds_it(tmp_path: Path, tiny_family, fake_executor) -> None:
-    from evomerge.run.search import genome_space
-    from evomerge.scoring.objectives import oriented
-
-    cfg = export_config(tiny_family, methods=("ties",))
+    cfg = export_config(tiny_family, genome=GenomeConfig(methods=("ties",)))
     run = synthetic_run(tmp_path / "run", cfg, n=3)
-    space = genome_space(cfg)
-    x = list(space.encode(weight=[0.8, 1.2], density=[0.5, 0.7]))  # the same genes in every layer group
+    space = GenomeSpace.for_config(cfg)
+    x = space.encode(weight=[0.8, 1.2], density=[0.5, 0.7])  # the same genes in every layer group
     scores = fake_scores(space.to_recipe(x), TASKS)
-    run.append({"type": "candidate", "index": 3, "key": space.key(x), "x": x, "parents": [], "operator": "seed", "generation": 1,
-                "scores": scores, "error": None, "objectives": list(oriented(cfg.objectives, scores)),
-                "cached_from": None, "merge_s": 0.0, "score_s": 0.0, "worker": "fake"})
+    run.append(CandidateRecord(3, space.key(x), x, (), "seed", 1, scores, None, oriented(cfg.objectives, scores)))
     out = tmp_path / "model"
     assert export_candidate(run.root, out, pick=3, executor_factory=fake_executor, quiet=True).mergekit
     mk = yaml.safe_load((out / "mergekit.yaml").read_text())
-    assert mk["merge_method"] == "ties" and mk["base_model"] == str(cfg.base)
+    assert mk["merge_method"] == "ties" and mk["base_model"] == str(cfg.sources.base)
     assert [m["parameters"]["weight"] for m in mk["models"]] == pytest.approx([0.8, 1.2])
     assert main(["merge", str(out / "mergekit.yaml"), "--out", str(tmp_path / "rebuilt")]) == 0
     assert_identical(out, tmp_path / "rebuilt")
@@ -68,14 +67,14 @@ def test_a_second_export_scores_nothing_new(tiny_run: RunLog, fake_executor, tmp
     assert first.evaluated > 0
     n_records = len(RunLog.open(tiny_run.root).records)
     second = export_candidate(tiny_run.root, tmp_path / "m2", executor_factory=fake_executor, quiet=True)
-    assert second.evaluated == 0 and second.record["index"] == first.record["index"]
+    assert second.evaluated == 0 and second.record.index == first.record.index
     assert len(RunLog.open(tiny_run.root).records) == n_records + 1  # only the second export's own record
 
 
 def test_card_lists_fingerprints_genome_scores_and_baselines(tiny_run: RunLog, fake_executor, tmp_path: Path) -> None:
     export_candidate(tiny_run.root, tmp_path / "model", executor_factory=fake_executor, quiet=True)
     card = (tmp_path / "model" / "README.md").read_text()
-    for path, sha in tiny_run.meta["sources"].items():
+    for path, sha in tiny_run.meta.sources.items():
         assert f"| `{path}` | `{sha}` |" in card
     for label in ("base", "a alone", "b alone", "uniform soup", "task arithmetic (λ=", "TIES (d=0.5)", "DARE-TIES (d=0.5)"):
         assert f"| {label}" in card

@@ -9,8 +9,9 @@ import pytest
 from evomerge.errors import EvomergeError
 from evomerge.export.evaluator import Evaluator
 from evomerge.export.finalists import analyze
-from evomerge.export.front import knee
+from evomerge import pareto
 from evomerge.run.log import RunLog
+from evomerge.run.records import BaselineRecord, HeldoutRecord
 
 from .conftest import export_config, synthetic_run
 
@@ -23,9 +24,9 @@ def test_pick_rules(tiny_run: RunLog, fake_executor) -> None:
         cal = [norm.mean(a.calibration_raw(r), "calibration") for r in a.finalists]
         assert cal == sorted(cal, reverse=True)  # finalists: best mean normalized calibration first
         best = max(a.finalists, key=lambda r: norm.mean(a.heldout_raw(r), "heldout"))
-        assert a.pick("mean")["index"] == best["index"]
-        assert a.pick("knee")["index"] == knee(a.front)["index"]
-        assert a.pick("7")["index"] == 7
+        assert a.pick("mean").index == best.index
+        assert a.pick("knee").index == pareto.knee(a.front, lambda r: r.objectives).index
+        assert a.pick("7").index == 7
         assert a.heldout_raw(a.candidate(7)) is not None  # a picked non-finalist is re-scored too
         with pytest.raises(EvomergeError, match="no candidate 99"):
             a.pick(99)
@@ -40,18 +41,18 @@ def test_heldout_and_baselines_are_scored_once_and_cached_in_the_log(tiny_run: R
     with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
         first = analyze(tiny_run, ev, finalists=2)
     assert ev.evaluated == len(fake_executor.jobs) > 0
-    baselines = list(tiny_run.of_type("baseline"))
+    baselines = tiny_run.baselines()
     # base, 2 sources, soup, ties, dare_ties on both splits; 8 λ on calibration, the chosen one on held-out
     assert len(baselines) == 6 * 2 + 8 + 1
-    assert {r["split"] for r in baselines} == {"calibration", "heldout"}
-    held = list(tiny_run.of_type("heldout"))
-    assert sorted(r["key"] for r in held) == sorted(r["key"] for r in first.finalists)
+    assert {r.split for r in baselines} == {"calibration", "heldout"}
+    held = tiny_run.of_type(HeldoutRecord)
+    assert sorted(r.key for r in held) == sorted(r.key for r in first.finalists)
 
     again = RunLog.open(tiny_run.root)  # a later command reads everything back
     with Evaluator(again, fake_executor, quiet=True) as ev2:
         second = analyze(again, ev2, finalists=2)
     assert ev2.evaluated == 0 and ev2.executor is None  # no worker was even started
-    assert [r["index"] for r in second.finalists] == [r["index"] for r in first.finalists]
+    assert [r.index for r in second.finalists] == [r.index for r in first.finalists]
     assert second.baselines == first.baselines
 
 
@@ -76,6 +77,6 @@ def test_upto_analyzes_the_run_as_it_stood_at_that_budget(tiny_run: RunLog, fake
     upto = 4
     with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
         a = analyze(tiny_run, ev, finalists=2, upto=upto)
-    assert [r["index"] for r in a.candidates] == list(range(upto))
-    assert a.front and all(r["index"] < upto for r in a.front)
-    assert all(r["index"] < upto for r in a.finalists)
+    assert [r.index for r in a.candidates] == list(range(upto))
+    assert a.front and all(r.index < upto for r in a.front)
+    assert all(r.index < upto for r in a.finalists)

@@ -19,6 +19,6 @@ def test_report_writes_the_plots_and_a_summary(tiny_run: RunLog, fake_executor, 
         assert f"| {label}" in summary
     assert "## Finalists" in summary and "![Pareto front](front.png)" in summary
     scored = len(fake_executor.jobs)
-    assert scored > 0 and list(RunLog.open(tiny_run.root).of_type("heldout"))
+    assert scored > 0 and RunLog.open(tiny_run.root).heldout()
     write_report(tiny_run.root, tmp_path / "report", executor_factory=fake_executor, quiet=True)
     assert len(fake_executor.jobs) == scored  # the second report reads everything back from the log

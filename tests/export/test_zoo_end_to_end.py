@@ -32,15 +32,15 @@ def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) 
     assert main(["report", str(run_dir), "--quiet"]) == 0
 
     run = RunLog.open(run_dir)
-    assert len(list(run.of_type("heldout"))) >= 2 and list(run.of_type("export"))
+    assert len(run.heldout()) >= 2 and run.exports()
     card = (out / "README.md").read_text()
-    assert all(sha in card for sha in run.meta["sources"].values())
+    assert all(sha in card for sha in run.meta.sources.values())
     assert "| rev alone |" in (run_dir / "report" / "summary.md").read_text()
     assert all((run_dir / "report" / p).is_file() for p in ("fitness.png", "objectives.png", "front.png"))
 
     # "rev alone" is scored through the merge path; it must equal scoring the rev folder itself
     capsys.readouterr()
     assert main(["evaluate", str(zoo / "models" / "rev"), "--tasks", "zoo_rev_heldout", "--task-path", str(zoo / "tasks"), "--json"]) == 0
-    direct = json.loads(capsys.readouterr().out)["zoo_rev_heldout"]["acc"]
-    record = next(r for r in run.of_type("baseline") if r["name"] == "source0" and r["split"] == "heldout")
-    assert record["scores"]["zoo_rev_heldout"]["metrics"]["acc,none"] == pytest.approx(direct, abs=1e-9)
+    direct = json.loads(capsys.readouterr().out)["zoo_rev_heldout"]["acc,none"]
+    record = next(r for r in run.baselines() if r.name == "source0" and r.split == "heldout")
+    assert record.scores["zoo_rev_heldout"].metrics["acc,none"] == pytest.approx(direct, abs=1e-9)

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.run.config import Objective, SearchConfig
+from evomerge.config.search import BudgetConfig, ObjectiveConfig, SearchConfig, SourcesConfig
 
 
 @pytest.fixture
 def tiny_config(tiny_family: dict[str, Path]) -> SearchConfig:
     return SearchConfig(
-        name="tiny", base=tiny_family["base"], models=(tiny_family["a"], tiny_family["b"]),
-        objectives=(Objective(task="t1"), Objective(task="t2")), max_evals=5,
+        name="tiny", sources=SourcesConfig(tiny_family["base"], (tiny_family["a"], tiny_family["b"])),
+        objectives=(ObjectiveConfig(task="t1"), ObjectiveConfig(task="t2")), budget=BudgetConfig(max_evals=5),
     )
 
 

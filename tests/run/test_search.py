@@ -16,9 +16,11 @@ from safetensors.torch import load_file
 
 from evomerge.cli import main
 from evomerge.execution.executor import LocalExecutor
-from evomerge.run.config import load_config
+from evomerge.config.search import load_config
+from evomerge.errors import RunStopped
 from evomerge.run.log import RunLog
-from evomerge.run.search import Search
+from evomerge.run.records import BudgetRecord, CandidateRecord, SessionRecord
+from evomerge.run.search import FailureWatch, Search
 from evomerge.scoring.objectives import WORST
 from evomerge.sources.pool import fingerprint
 from evomerge.strategies import Candidate
@@ -29,11 +31,13 @@ COMPARED = ("index", "key", "x", "parents", "operator", "generation", "scores", 
 
 def start_run(tmp_path: Path, config: Path) -> RunLog:
     cfg = load_config(config)
-    return RunLog.create(tmp_path / "run", cfg, {str(p): fingerprint(p) for p in (cfg.base, *cfg.models)})
+    return RunLog.create(tmp_path / "run", cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
 
 
 class Scripted:
     """A stand-in strategy that asks a fixed list of points (to provoke duplicates and failures)."""
+
+    needs_items = False
 
     def __init__(self, points: list[tuple[float, ...]]):
         self.points, self.told = list(points), []
@@ -64,9 +68,9 @@ def test_search_logs_every_candidate_up_to_the_budget(tmp_path: Path, scored_fam
     run = start_run(tmp_path, search_config(tmp_path, scored_family, budget={"max_evals": 7}))
     told = Search(run, LocalExecutor, quiet=True).run_to_budget()
     records = run.candidates()
-    assert told == 7 and [r["index"] for r in records] == list(range(7))
-    assert all(r["error"] is None and len(r["objectives"]) == 2 for r in records)
-    assert [r["type"] for r in run.records][-1] == "session"
+    assert told == 7 and [r.index for r in records] == list(range(7))
+    assert all(r.ok and len(r.objectives) == 2 for r in records)
+    assert isinstance(run.records[-1], SessionRecord) and run.records[-1].stopped is None
 
 
 def test_duplicate_candidates_are_evaluated_once(tmp_path: Path, scored_family, search_config) -> None:
@@ -74,13 +78,13 @@ def test_duplicate_candidates_are_evaluated_once(tmp_path: Path, scored_family, 
     dim = Search(run, CountingExecutor, quiet=True).space.dim
     a, b = (0.5,) * dim, (0.25,) * dim
     search, strategy = scripted_search(run, [a, b, a, a, b])
-    run.append({"type": "budget", "max_evals": 5})
+    run.append(BudgetRecord(5))
     search.run_to_budget()
     records = run.candidates()
     assert CountingExecutor.submitted == [0, 1]
-    assert [r["cached_from"] for r in records] == [None, None, 0, 0, 1]
-    assert records[2]["scores"] == records[0]["scores"]
-    assert [e.objectives for e in strategy.told][2] == tuple(records[0]["objectives"])
+    assert [r.cached_from for r in records] == [None, None, 0, 0, 1]
+    assert records[2].scores == records[0].scores
+    assert [e.objectives for e in strategy.told][2] == records[0].objectives
 
 
 def test_failed_candidate_is_logged_scored_worst_and_the_run_goes_on(tmp_path: Path, scored_family, search_config) -> None:
@@ -88,12 +92,34 @@ def test_failed_candidate_is_logged_scored_worst_and_the_run_goes_on(tmp_path: P
     run = start_run(tmp_path, config)
     dim = Search(run, CountingExecutor, quiet=True).space.dim
     search, strategy = scripted_search(run, [(1.0,) * dim, (0.0,) * dim])
-    run.append({"type": "budget", "max_evals": 2})
+    run.append(BudgetRecord(2))
     search.run_to_budget()
     bad, good = run.candidates()
-    assert "NaN/Inf" in bad["error"] and bad["scores"] is None
-    assert bad["objectives"] == [WORST, WORST] and strategy.told[0].failed
-    assert good["error"] is None and good["objectives"][0] > WORST
+    assert "NaN/Inf" in bad.error and bad.scores is None
+    assert bad.objectives == (WORST, WORST) and strategy.told[0].failed
+    assert good.ok and good.objectives[0] > WORST
+
+
+def test_a_run_whose_first_candidates_all_fail_stops_and_keeps_its_log(tmp_path: Path, scored_family, search_config) -> None:
+    config = search_config(tmp_path, scored_family, genome={"methods": ["task_arithmetic"], "bounds": {"weight": [1e39, 1e39]}},
+                           budget={"max_evals": 50, "stop_after_failures": 4})
+    run = start_run(tmp_path, config)
+    with pytest.raises(RunStopped, match="the first 4 candidates all failed; the last with: CandidateFailed: merged tensor"):
+        Search(run, LocalExecutor, quiet=True).run_to_budget()
+    again = RunLog.open(run.root)
+    assert len(again.candidates()) == 4 and "the first 4" in again.sessions()[-1].stopped
+
+
+def failure(index: int, error: str | None) -> CandidateRecord:
+    return CandidateRecord(index, f"k{index}", (0.5,), (), "x", 0, None, error, (0.0,))
+
+
+def test_failures_with_one_cause_in_a_row_stop_a_run_that_had_successes() -> None:
+    watch = FailureWatch(3)
+    verdicts = [watch.see(failure(i, e)) for i, e in enumerate([None, "KeyError: 'x'", "OSError", "KeyError: 'x'", "KeyError: 'x'"])]
+    assert verdicts[:4] == [None] * 4  # a different cause broke the streak
+    assert verdicts[4] is None
+    assert watch.see(failure(5, "KeyError: 'x'")) == "3 candidates in a row failed with the same cause: KeyError: 'x'"
 
 
 def cli(*args: str) -> subprocess.Popen:
@@ -118,18 +144,31 @@ def kill_after(proc: subprocess.Popen, run_dir: Path, lines: int, extra_s: float
 
 
 def comparable(run_dir: Path) -> list[dict]:
-    return [{k: r[k] for k in COMPARED} for r in RunLog.open(run_dir).candidates()]
+    return [{k: getattr(r, k) for k in COMPARED} for r in RunLog.open(run_dir).candidates()]
+
+
+# Strategy settings and budgets long enough for several generations: CMA-ES and NSGA-II update their
+# state at each generation edge, the resumed run must reproduce those updates from the log.
+# (strategy section, budget, the last generation the budget reaches)
+RESUMABLE = {
+    "cmaes": ({"name": "cmaes", "options": {"popsize": 4}}, 19, 4),  # 3 seed points, then 4 generations of 4
+    "niches": ({"name": "niches"}, 14, 1),  # steady state: every child competes at once
+    "nsga2": ({"name": "nsga2", "options": {"population": 4}}, 16, 3),  # generations 0-3 of 4
+    "optuna": ({"name": "optuna", "options": {"n_startup_trials": 4}}, 12, 1),  # TPE proposes from candidate 4 on
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["cmaes", "niches"])
+@pytest.mark.parametrize("strategy", sorted(RESUMABLE))
 def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path: Path, scored_family, search_config, strategy) -> None:
-    config = search_config(tmp_path, scored_family, strategy={"name": strategy}, budget={"max_evals": 14})
+    settings, budget, generations = RESUMABLE[strategy]
+    config = search_config(tmp_path, scored_family, strategy=settings, budget={"max_evals": budget})
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     assert cli("search", str(config), "--run-dir", str(whole), "--quiet").wait() == 0
+    assert max(r.generation for r in RunLog.open(whole).candidates()) == generations
 
     kill_after(cli("search", str(config), "--run-dir", str(pieces), "--quiet"), pieces, 0, 0.0)  # during start-up
-    for lines, extra in [(2, 0.0), (5, 0.08), (9, 0.15)]:  # right after a record, then mid-evaluation
+    for lines, extra in [(2, 0.0), (budget // 3, 0.08), (2 * budget // 3, 0.15)]:  # after a record, then mid-evaluation
         runner = ["resume", str(pieces), "--quiet"] if (pieces / "log.jsonl").exists() else ["search", str(config), "--run-dir", str(pieces), "--quiet"]
         kill_after(cli(*runner), pieces, lines, extra)
     final = cli("resume", str(pieces), "--quiet")

@@ -168,26 +168,6 @@ def test_truncation_keeps_the_best_with_ties_in_index_order() -> None:
 POINTS = np.array([[3, 1], [1, 3], [2, 2], [1, 1], [2, 0.5], [0, 0], [3, 1]], dtype=float)
 
 
-def test_non_dominated_sort_of_a_hand_made_set() -> None:
-    # (3,1), (1,3), (2,2) and the duplicate (3,1) are non-dominated; (1,1) and (2,0.5) next; (0,0) last
-    assert ops.non_dominated_sort(POINTS) == [[0, 1, 2, 6], [3, 4], [5]]
-    assert list(ops.pareto_ranks(POINTS)) == [0, 0, 0, 1, 1, 2, 0]
-
-
-def test_dominates_needs_strictly_better_somewhere() -> None:
-    assert ops.dominates([2, 2], [1, 2]) and not ops.dominates([2, 2], [2, 2]) and not ops.dominates([3, 1], [1, 3])
-
-
-def test_crowding_distance_of_a_hand_made_front() -> None:
-    front = np.array([[3, 1], [0, 4], [4, 0], [1, 3.5]], dtype=float)
-    # ranges 4 and 4; (1, 3.5): 3/4 + 3/4; (3, 1): 3/4 + 3.5/4; extremes infinite
-    assert np.allclose(ops.crowding_distance(front), [0.75 + 0.875, np.inf, np.inf, 1.5])
-
-
-def test_crowding_distance_of_two_points_is_infinite() -> None:
-    assert np.all(np.isinf(ops.crowding_distance(np.array([[0.0, 1.0], [1.0, 0.0]]))))
-
-
 def test_nsga2_survival_fills_whole_fronts_then_cuts_by_crowding() -> None:
     assert list(ops.nsga2_survival(POINTS, 4)) == [0, 1, 2, 6]
     assert list(ops.nsga2_survival(POINTS, 6)) == [0, 1, 2, 6, 3, 4]

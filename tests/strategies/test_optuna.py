@@ -11,8 +11,8 @@ from .conftest import drive, quadratic, zdt
 
 
 def test_the_study_is_stored_in_sqlite_where_optuna_can_read_it(tmp_path) -> None:
-    db = tmp_path / "run" / "optuna.db"
-    s = make_strategy("optuna", 6, 1, seed=0, storage_path=str(db), initial=[(0.5,) * 6], n_startup_trials=4)
+    db = tmp_path / "optuna.db"
+    s = make_strategy("optuna", 6, 1, seed=0, storage=f"sqlite:///{db}", initial=[(0.5,) * 6], n_startup_trials=4)
     done = drive(s, quadratic, 8, lag=3)
     study = optuna.load_study(study_name="evomerge", storage=f"sqlite:///{db}")
     assert len(study.trials) == 8
@@ -21,14 +21,6 @@ def test_the_study_is_stored_in_sqlite_where_optuna_can_read_it(tmp_path) -> Non
     # the storage does not change what is asked
     memory = make_strategy("optuna", 6, 1, seed=0, initial=[(0.5,) * 6], n_startup_trials=4)
     assert [c.x for c, _ in drive(memory, quadratic, 8, lag=3)] == [c.x for c, _ in done]
-
-
-def test_construction_replaces_an_existing_study_file(tmp_path) -> None:
-    db = tmp_path / "optuna.db"
-    db.write_bytes(b"not a database")
-    s = make_strategy("optuna", 6, 1, seed=0, storage_path=str(db))
-    drive(s, quadratic, 3, lag=1)
-    assert len(optuna.load_study(study_name="evomerge", storage=f"sqlite:///{db}").trials) == 3
 
 
 def test_a_failed_candidate_is_a_failed_trial() -> None:

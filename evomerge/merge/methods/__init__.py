@@ -1,12 +1,7 @@
-"""Built-in merge methods; importing this package registers them (one module per method family)."""
+"""Built-in merge methods; importing this package registers them.
 
-from evomerge.merge.methods import (  # noqa: F401
-    breadcrumbs,
-    dare,
-    della,
-    linear,
-    model_stock,
-    slerp,
-    task_arithmetic,
-    ties,
-)
+``gta``: every task-vector method (task arithmetic, TIES, DARE, breadcrumbs, DELLA) as one body and a
+family; ``linear``, ``slerp``, ``model_stock``: the others. ``params``: parameters they share.
+"""
+
+from evomerge.merge.methods import gta, linear, model_stock, slerp  # noqa: F401

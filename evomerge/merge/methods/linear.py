@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from evomerge.merge.registry import register
+from evomerge.merge.methods.params import WEIGHT, normalize
+from evomerge.merge.registry import MergeMethod, register
 from evomerge.merge.sparsify import compute_dtype
 
 
-@register("linear", per_source=("weight",), needs_base=False, min_sources=1)
 def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[float], normalize: bool = True) -> Tensor:
     """Weighted average of the models themselves (the base is not used); a zero weight sum divides by 1."""
     dtype = compute_dtype(sources[0])
@@ -26,3 +26,6 @@ def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[f
     if normalize and abs(total) >= 1e-8:
         out.div_(total)
     return out
+
+
+register(MergeMethod("linear", linear, (WEIGHT, normalize(True)), needs_base=False, doc="Weighted average of the models themselves."))

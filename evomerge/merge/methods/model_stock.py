@@ -8,11 +8,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from evomerge.merge.registry import register
+from evomerge.merge.registry import MergeMethod, register
 from evomerge.merge.sparsify import compute_dtype
 
 
-@register("model_stock", needs_base=True, min_sources=2)
 def model_stock(base: Tensor, sources: Sequence[Tensor]) -> Tensor:
     """c = mean pairwise cos(τ_i, τ_j); t = N c / (1 + (N−1) c); θ = t·mean(θ_k) + (1−t)·θ0.
 
@@ -33,3 +32,6 @@ def model_stock(base: Tensor, sources: Sequence[Tensor]) -> Tensor:
     t = torch.zeros_like(c) if denominator.abs() < 1e-6 else n * c / denominator
     mean = torch.stack(models).mean(dim=0)
     return (t * mean + (1 - t) * b).reshape(base.shape)
+
+
+register(MergeMethod("model_stock", model_stock, (), min_sources=2, doc="Interpolate between the base and the sources' mean by their agreement."))

@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from evomerge.merge.registry import register
+from evomerge.merge.methods.params import T
+from evomerge.merge.registry import MergeMethod, register
 from evomerge.merge.sparsify import compute_dtype
 
 DOT_THRESHOLD = 0.9995
@@ -39,7 +40,6 @@ def coefficients(dot: Tensor, t: float) -> tuple[Tensor, Tensor]:
     return coef_a, coef_b
 
 
-@register("slerp", needs_base=True, min_sources=1, max_sources=1)
 def slerp(base: Tensor, sources: Sequence[Tensor], *, t: float = 0.5) -> Tensor:
     """sin((1−t)Ω)/sinΩ · θ_a + sin(tΩ)/sinΩ · θ_b, linear where the two are colinear."""
     dtype = compute_dtype(base)
@@ -47,3 +47,6 @@ def slerp(base: Tensor, sources: Sequence[Tensor], *, t: float = 0.5) -> Tensor:
     b = sources[0].to(dtype).reshape(1, -1)
     coef_a, coef_b = coefficients(cos_angle(a, b), t)
     return (coef_a * a + coef_b * b).reshape(base.shape)
+
+
+register(MergeMethod("slerp", slerp, (T,), min_sources=1, max_sources=1, doc="Spherical interpolation between the base and one model."))

@@ -78,15 +78,17 @@ from typing import Any, Callable, Mapping, MutableMapping, Sequence
 import torch
 from torch import Tensor
 
+from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.merge.draws import uniform_draws
 from evomerge.merge.methods import slerp as slerp_method
-from evomerge.merge.plan import MergePlan, TensorStep
+from evomerge.merge.registry import MergeMethod, get_method
 from evomerge.merge.sparsify import compute_dtype, keep_count
 from evomerge.sources.pool import SourcePool
 
 CHUNK = 1 << 20  # elements per fused pass: (K+2) × 4 MiB of float32 stays near the caches
 COMPILE_MIN = 1 << 16  # smaller tensors run the chunk functions eagerly: no compile for tiny models
-FAST_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp")
+FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a fused kernel
+FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,6 +151,13 @@ def _gta_chunk(
     merged = (b + params[3 * k_count] * mixed).to(plan_dtype)
     out.copy_(merged)
     return torch.isfinite(merged).all()
+
+
+def fused(method: MergeMethod) -> bool:
+    """Whether this module has a fused kernel for ``method`` (else the eager operator runs)."""
+    if method.family is not None:
+        return method.family.sparsify in FUSED_SPARSIFY
+    return method.name in FUSED_OTHERS
 
 
 _COMPILED: dict[str, Callable[..., Tensor]] = {}
@@ -247,12 +256,13 @@ class FastMerger:
 
     def prepare(self, methods: Sequence[str], seed: int = 0) -> None:
         """Fill the cache now for these methods (else the first candidate that needs an entry pays it)."""
+        families = {get_method(m).family.sparsify for m in methods if get_method(m).family is not None}
         names = [n for n in self.pool.tensor_names if self.pool.is_mergeable(n)]
         for name in names:
             for k in range(len(self.pool.sources)):
-                if "ties" in methods:
+                if "magnitude" in families:
                     self.sorted_magnitudes(name, k)
-                if any(m.startswith("dare") for m in methods):
+                if "random" in families:
                     self.draws(seed, name, k)
 
     def cache_bytes(self) -> int:
@@ -262,7 +272,7 @@ class FastMerger:
     # -- per candidate ---------------------------------------------------------------------------------
 
     def supports(self, step: TensorStep) -> bool:
-        return step.method is not None and step.method.name in FAST_METHODS
+        return step.method is not None and fused(step.method)
 
     def materialize(self, plan: MergePlan, params: Mapping[str, Tensor] | MutableMapping[str, Tensor]) -> list[str]:
         """Write every tensor of ``plan`` into ``params[name]`` in place; return the non-finite tensors' names.
@@ -318,8 +328,9 @@ class FastMerger:
             kernel = chunk_kernel("linear", compiled)
             flags = [kernel(out[a:b], [s[a:b] for s in srcs], params, plan_dtype) for a, b in self._chunks(n, compiled)]
         else:
-            trim, dare = method == "ties", method.startswith("dare")
-            consensus = method in ("ties", "dare_ties")
+            family = step.method.family
+            assert family is not None
+            trim, dare, consensus = family.sparsify == "magnitude", family.sparsify == "random", family.consensus
             normalize = bool(glob.get("normalize"))
             w = torch.tensor(weight, dtype=dt)
             divisor = float(w.sum()) if normalize else 1.0  # as ``combine``: |Σw| < 1e-8 → 1

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from evomerge.merge.plan import MergePlan
-from evomerge.merge.recipe import GroupSpec, Recipe
+from evomerge.materialize.plan import MergePlan
+from evomerge.recipes.recipe import GroupSpec, Recipe
 from evomerge.sources.pool import SourcePool
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.recipe import load_recipe
+from evomerge.recipes import load_recipe, recipe_data, to_yaml
 
 
 def write(path: Path, data: dict) -> Path:
@@ -31,7 +31,7 @@ def test_lambda_is_spelled_lam_inside_and_lambda_in_yaml(tmp_path: Path) -> None
         "method": "task_arithmetic", "base": "/b", "sources": [{"model": "/a"}], "parameters": {"lambda": 0.5},
     }))
     assert r.default.params == {"lam": 0.5}
-    assert r.to_dict()["parameters"] == {"lambda": 0.5}
+    assert recipe_data(r)["parameters"] == {"lambda": 0.5}
 
 
 def test_group_override_keeps_unmentioned_defaults(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_written_yaml_reads_back_to_the_same_recipe(tmp_path: Path) -> None:
         "sources": [{"model": "/a", "parameters": {"weight": 1.0, "density": 0.3}}],
         "groups": {"embed": {"method": "task_arithmetic", "parameters": {"lambda": 0.9}}},
     }))
-    (tmp_path / "back.yaml").write_text(r.to_yaml())
+    (tmp_path / "back.yaml").write_text(to_yaml(r))
     assert load_recipe(tmp_path / "back.yaml") == r
 
 

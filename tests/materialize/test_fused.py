@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evomerge.merge.fast import FastMerger, merge_tensors
-from evomerge.merge.plan import MergePlan, TensorStep
+from evomerge.materialize.fused import FastMerger, merge_tensors
+from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.merge.registry import get_method
 from evomerge.sources.pool import ModelSource, SourcePool
 

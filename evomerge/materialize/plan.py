@@ -14,12 +14,12 @@ from torch import Tensor
 
 from evomerge.errors import EvomergeError
 from evomerge.merge.draws import uniform_draws
-from evomerge.merge.recipe import Recipe
 from evomerge.merge.registry import MergeMethod, get_method
-from evomerge.sources.layers import group_of, layer_groups, num_layers, param_kind
+from evomerge.recipes.recipe import Recipe
+from evomerge.sources.layers import KINDS, group_of, layer_groups, num_layers, param_kind
 from evomerge.sources.pool import SourcePool
 
-KINDS = ("attention", "mlp", "other")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class MergePlan:
                 continue
             spec = recipe.spec_for(group, param_kind(name))
             steps.append(TensorStep(name, group, get_method(spec.method), spec.source_params, spec.params))
-        return cls(tuple(steps), recipe.seed, recipe.torch_dtype)
+        return cls(tuple(steps), recipe.seed, DTYPES[recipe.dtype] if recipe.dtype else None)
 
     def merge_tensor(self, step: TensorStep, pool: SourcePool) -> Tensor:
         """The merged tensor in the output dtype (the base's dtype unless the recipe sets one)."""
@@ -67,9 +67,7 @@ class MergePlan:
         if step.method is None:
             return base
         sources = [s.tensors[step.name] for s in pool.sources]
-        kwargs: dict[str, Any] = {k: [default] * len(sources) for k, default in step.method.per_source.items()}
-        kwargs.update({k: list(v) for k, v in step.source_params.items()})
-        kwargs.update(step.params)
+        kwargs: dict[str, Any] = {**{k: list(v) for k, v in step.source_params.items()}, **step.params}
         if step.method.random:
             kwargs["draws"] = [uniform_draws(self.seed, step.name, k, base.shape) for k in range(len(sources))]
         merged = step.method(base, sources, **kwargs)

@@ -1,0 +1,170 @@
+"""The search config: typed sections that mirror the YAML file (see ``configs/zoo.yaml``).
+
+Loading checks every key, type and range here and names the field of the first problem. What needs
+the rest of the program — that the methods exist and can be searched, the strategy's options, the
+task and metric names, the model folders — is checked by ``evomerge.run.preflight`` before a run
+folder is created. Relative paths are resolved against the config file's folder; a run folder
+records the resolved config (``dump``), which ``load`` reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from evomerge.config.schema import dump, load
+from evomerge.errors import EvomergeError
+
+DType = Literal["float32", "float16", "bfloat16", "float64"]
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """The base model and its fine-tunes (Hugging Face folders)."""
+
+    base: Path
+    models: tuple[Path, ...] = field(metadata={"nonempty": True})
+    allow_pickle: bool = False  # also read .bin/.pt checkpoints (tensors only, weights_only=True)
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class GenomeConfig:
+    """What the search varies: methods, layer groups, gene bounds, fixed method parameters."""
+
+    methods: tuple[str, ...] = field(default=("task_arithmetic",), metadata={"nonempty": True})
+    layer_granularity: int = field(default=1, metadata={"ge": 1})
+    split_by_kind: bool = False  # separate genes for attention / mlp / other tensors
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # gene -> [low, high]
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # fixed global method parameters
+    dtype: DType | None = None  # merged weights' dtype; None: the base's
+
+    def check(self) -> tuple[str, str] | None:
+        for key, (low, high) in self.bounds.items():
+            if low > high:
+                return f"bounds.{key}", f"must be [low, high] with low <= high, got {[low, high]}"
+        return None
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    task_path: Path | None = None  # folder of lm-eval task YAMLs; None: lm-eval's own tasks
+    batch_size: int = field(default=64, metadata={"ge": 1})
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """One lm-eval task to optimize: its calibration task drives the search, its held-out task reports."""
+
+    task: str
+    heldout_task: str | None = None  # None: the calibration task again
+    metric: str | None = None  # None: the task's first metric
+    filter: str | None = None  # None: the task's first filter
+    direction: Literal["max", "min"] | None = None  # None: lm-eval's higher_is_better
+    weight: float = field(default=1.0, metadata={"ge": 0})  # for scalarizing strategies
+
+    def task_for(self, split: str) -> str:
+        """The task scored on ``split`` ("calibration" or "heldout")."""
+        return self.task if split == "calibration" else (self.heldout_task or self.task)
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "cmaes"
+    options: Mapping[str, Any] = field(default_factory=dict)  # checked against the strategy's own options
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    max_evals: int = field(default=100, metadata={"ge": 1})
+    max_minutes: float | None = field(default=None, metadata={"gt": 0})
+    # stop a broken run: when the first N candidates all fail, or N in a row fail with one cause
+    stop_after_failures: int = field(default=5, metadata={"ge": 1})
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Where candidates run. The same config gives the same log on either backend and any worker count."""
+
+    backend: Literal["local", "ray"] = "local"
+    workers: int = field(default=1, metadata={"ge": 1})
+    in_flight: int = field(default=4, metadata={"ge": 1})  # L: the fixed lag that makes runs reproducible
+    gpus_per_worker: float = field(default=0.0, metadata={"ge": 0})
+    ray_address: str | None = None
+    device: str = "cpu"  # cpu, cuda, cuda:N, mps
+    threads: int | None = field(default=None, metadata={"ge": 1})  # torch threads per worker; None: 1 on CPU
+    merge_cache: bool = True
+
+    def check(self) -> tuple[str, str] | None:
+        if not DEVICE.match(self.device):
+            return "device", f"must be cpu, cuda, cuda:N or mps, got {self.device!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    name: str
+    sources: SourcesConfig
+    objectives: tuple[ObjectiveConfig, ...] = field(metadata={"nonempty": True})
+    seed: int = field(default=0, metadata={"ge": 0})
+    genome: GenomeConfig = field(default_factory=GenomeConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def check(self) -> tuple[str, str] | None:
+        if sum(o.weight for o in self.objectives) <= 0:
+            return "objectives", "must have weights with a positive sum"
+        return None
+
+    @property
+    def model_folders(self) -> tuple[Path, ...]:
+        """Every model folder: the base first, then the sources."""
+        return (self.sources.base, *self.sources.models)
+
+    def override(self, **changes: Any) -> "SearchConfig":
+        """CLI flags win over the file: ``override(**{"budget.max_evals": 50})``; None means not given."""
+        cfg = self
+        for key, value in changes.items():
+            if value is not None:
+                section, _, name = key.partition(".")
+                cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: value})})
+        return load(SearchConfig, dump(cfg))  # the same checks as a file's values
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dump(self), sort_keys=False)
+
+
+def load_config(path: str | Path) -> SearchConfig:
+    """Read and check a search config file (relative paths resolved against its folder)."""
+    path = Path(path)
+    data = read_yaml_mapping(path, what="config")
+    data.setdefault("name", path.stem)
+    return load(SearchConfig, data, what="config", root=path.parent.resolve())
+
+
+def config_from_yaml(text: str) -> SearchConfig:
+    """A run folder's resolved config."""
+    return load(SearchConfig, yaml.safe_load(text), what="run config")
+
+
+def read_yaml_mapping(path: Path, *, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; a missing file or a syntax error is one line naming the place."""
+    if not path.is_file():
+        raise EvomergeError(f"{what} file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise EvomergeError(f"{what} {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise EvomergeError(f"{what} {path} must be a YAML mapping of keys to values")
+    return data

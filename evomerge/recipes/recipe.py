@@ -1,0 +1,65 @@
+"""A merge recipe: which method, which models, which parameters — per layer group where wanted.
+
+A Recipe is plain data: what ``evomerge merge`` reads from a YAML file, what a genome decodes to, what
+a worker materializes and an export writes back. Parameters are stored under their Python names
+(``lam``); the YAML forms spell them as recipes and mergekit do (``lambda``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from evomerge.errors import EvomergeError
+from evomerge.merge.registry import MergeMethod, get_method
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What to do with the tensors of one layer group."""
+
+    method: str
+    source_params: Mapping[str, tuple[float, ...]]  # per-source parameter -> one value per source
+    params: Mapping[str, Any]  # global parameters, Python spelling (``lam``)
+
+    @property
+    def merge_method(self) -> MergeMethod:
+        return get_method(self.method)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    base: Path | None
+    sources: tuple[Path, ...]
+    default: GroupSpec
+    groups: Mapping[str, GroupSpec] = field(default_factory=dict)  # fully resolved overrides
+    layer_granularity: int = 1
+    dtype: str | None = None  # "float32", "float16", "bfloat16", "float64"; None: the base's
+    seed: int = 0  # fixes the draws of random sparsification
+
+    def spec_for(self, group: str, kind: str | None = None) -> GroupSpec:
+        """The spec of a tensor: ``group:kind`` overrides ``group``, which overrides the default."""
+        if kind is not None and f"{group}:{kind}" in self.groups:
+            return self.groups[f"{group}:{kind}"]
+        return self.groups.get(group, self.default)
+
+    @property
+    def template(self) -> Path:
+        """The model whose config and tokenizer the merged folder carries."""
+        return self.base if self.base is not None else self.sources[0]
+
+    @property
+    def specs(self) -> list[GroupSpec]:
+        """The default and every group's spec."""
+        return [self.default, *self.groups.values()]
+
+    def validate(self) -> None:
+        for name, spec in [("recipe", self.default), *self.groups.items()]:
+            method = spec.merge_method
+            if method.needs_base and self.base is None:
+                raise EvomergeError(f"method '{method.name}' needs a base model: add 'base:' to the recipe")
+            try:
+                method.validate(len(self.sources), spec.source_params, spec.params)
+            except EvomergeError as e:
+                raise EvomergeError(f"{e} (in {name if name == 'recipe' else 'group ' + name})") from None

@@ -1,0 +1,61 @@
+"""Everything a search config refers to, checked before a run folder is created.
+
+``load_config`` has checked every key, type and range. This checks what needs the rest of the
+program: the models (configs and tensor headers, no weights read), the genome (methods, bounds,
+parameters), the strategy and its options, the objectives' tasks, metrics and filters (lm-eval's task
+index, no model and no dataset loaded), and the execution settings. The first problem is one
+``EvomergeError``; nothing is written, so the same command works once the config is fixed.
+"""
+
+from __future__ import annotations
+
+from evomerge.config.search import SearchConfig
+from evomerge.errors import EvomergeError
+from evomerge.genome.space import GenomeSpace
+from evomerge.genome.starts import seed_points
+from evomerge.scoring.catalog import describe_tasks
+from evomerge.sources.pool import check_compatible
+from evomerge.strategies import make_strategy
+
+
+def check(cfg: SearchConfig) -> GenomeSpace:
+    """Check the whole config against the models, methods, strategies and tasks; returns its genome space."""
+    src = cfg.sources
+    check_compatible(src.base, src.models, allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
+    space = GenomeSpace.for_config(cfg)
+    make_strategy(cfg.strategy.name, space.dim, len(cfg.objectives), seed=cfg.seed,
+                  weights=[o.weight for o in cfg.objectives], initial=seed_points(space), **cfg.strategy.options)
+    check_objectives(cfg)
+    check_execution(cfg)
+    return space
+
+
+def check_objectives(cfg: SearchConfig) -> None:
+    """Every objective's calibration and held-out task exists and has the metric and filter it names."""
+    names = [o.task_for(split) for o in cfg.objectives for split in ("calibration", "heldout")]
+    tasks = describe_tasks(names, cfg.scoring.task_path)
+    for j, o in enumerate(cfg.objectives):
+        for split in ("calibration", "heldout"):
+            info = tasks[o.task_for(split)]
+            if o.metric is not None and o.metric not in info.metrics:
+                raise EvomergeError(f"config field 'objectives[{j}].metric': task '{info.name}' has no metric "
+                                    f"'{o.metric}' (it has: {', '.join(info.metrics)})")
+            if o.filter is not None and o.filter not in info.filters:
+                raise EvomergeError(f"config field 'objectives[{j}].filter': task '{info.name}' has no filter "
+                                    f"'{o.filter}' (it has: {', '.join(info.filters)})")
+
+
+def check_execution(cfg: SearchConfig) -> None:
+    e = cfg.execution
+    if e.backend == "local" and e.workers > 1:
+        raise EvomergeError(f"config field 'execution.workers' is {e.workers} but the local backend runs one worker in "
+                            "this process: use backend ray (--backend ray) for several workers")
+    if e.in_flight < e.workers:
+        raise EvomergeError(f"config field 'execution.in_flight' ({e.in_flight}) must be >= execution.workers "
+                            f"({e.workers}), or some workers would always wait")
+    if e.backend == "local" and e.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EvomergeError(f"config field 'execution.device' is {e.device} but this machine has no CUDA device: "
+                                "use device cpu, or run on a GPU machine")

@@ -1,0 +1,82 @@
+"""Search config: typed sections, every mistake names its field, paths resolve against the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evomerge.config.search import SearchConfig, config_from_yaml, load_config
+from evomerge.errors import EvomergeError
+
+
+def write_config(tmp_path: Path, family: dict[str, Path], **changes) -> Path:
+    data = {
+        "name": "t",
+        "sources": {"base": str(family["base"]), "models": [str(family["a"]), str(family["b"])]},
+        "objectives": [{"task": "t1", "heldout_task": "t1_h"}],
+        "strategy": {"name": "random"},
+        "budget": {"max_evals": 3},
+    }
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            data.setdefault(section, {})[key] = value
+        else:
+            data[section] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_sections_mirror_the_yaml(tmp_path: Path, tiny_family) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_family))
+    assert cfg.sources.models == (tiny_family["a"], tiny_family["b"])
+    assert cfg.budget.max_evals == 3 and cfg.strategy.name == "random" and cfg.execution.in_flight == 4
+    assert cfg.objectives[0].task_for("heldout") == "t1_h"
+
+
+def test_resolved_form_reads_back_equal(tmp_path: Path, tiny_family) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_family))
+    assert config_from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, tiny_family) -> None:
+    (tmp_path / "models").symlink_to(tiny_family["base"].parent)
+    path = write_config(tmp_path, tiny_family, sources={"base": "models/base", "models": ["models/a"]})
+    assert load_config(path).sources.base == (tmp_path / "models" / "base").resolve()
+
+
+def test_the_name_defaults_to_the_file_name(tmp_path: Path, tiny_family) -> None:
+    path = write_config(tmp_path, tiny_family)
+    data = yaml.safe_load(path.read_text())
+    del data["name"]
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path).name == "c"
+
+
+def test_cli_overrides_are_checked_like_the_file(tmp_path: Path, tiny_family) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_family))
+    assert cfg.override(**{"budget.max_evals": 7, "seed": None}).budget.max_evals == 7
+    with pytest.raises(EvomergeError, match=r"config field 'execution\.workers' must be an integer >= 1, got 0"):
+        cfg.override(**{"execution.workers": 0})
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"budget__max_evals": 0}, "config field 'budget.max_evals' must be an integer >= 1, got 0"),
+    ({"execution__backend": "slurm"}, "config field 'execution.backend' must be one of local, ray, got 'slurm'"),
+    ({"objectives": []}, "config field 'objectives' must be a non-empty list"),
+    ({"genome__bounds": {"weight": [2, 0]}}, "config field 'genome.bounds.weight' must be [low, high] with low <= high"),
+    ({"budgett": {}}, "unknown field 'budgett' in the config"),
+    ({"genome__dtype": "float8"}, "config field 'genome.dtype' must be one of float32, float16, bfloat16, float64"),
+    ({"genome__paramters": {}}, "unknown field 'paramters' in config section 'genome'"),
+    ({"execution__device": "gpu"}, "config field 'execution.device' must be cpu, cuda, cuda:N or mps"),
+    ({"objectives": [{"task": "t1", "weight": 0}]}, "config field 'objectives' must have weights with a positive sum"),
+    ({"objectives": [{"task": "t1", "direction": "up"}]}, "config field 'objectives[0].direction' must be one of max, min"),
+    ({"budget__max_minutes": -1}, "config field 'budget.max_minutes' must be a number > 0"),
+    ({"seed": 1.5}, "config field 'seed' must be an integer >= 0"),
+])
+def test_mistakes_name_the_field(tmp_path: Path, tiny_family, changes, fragment) -> None:
+    with pytest.raises(EvomergeError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace("[", r"\[")):
+        load_config(write_config(tmp_path, tiny_family, **changes))
