@@ -137,3 +137,116 @@ def test_console_script_exits_2_with_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"evomerge: error: recipe file not found: {tmp_path / 'nope.yaml'}"]
+
+
+# --- search configs: every problem is found before a run folder exists ---------------------------------------------
+
+
+def search_config(tmp_path: Path, fam: dict[str, Path], **changes) -> Path:
+    """A valid search config over scored_family, with ``changes`` ('section.key': value, or 'section': value)."""
+    data = {
+        "name": "bad", "seed": 0,
+        "sources": {"base": str(fam["base"]), "models": [str(fam["a"]), str(fam["b"])]},
+        "genome": {"methods": ["ties"]},
+        "scoring": {"task_path": str(fam["tasks"])},
+        "objectives": [{"task": "tiny_rev", "heldout_task": "tiny_rev_heldout", "metric": "acc"}],
+        "strategy": {"name": "cmaes"}, "budget": {"max_evals": 4},
+    }
+    for key, value in changes.items():
+        section, _, field = key.partition(".")
+        if field:
+            data.setdefault(section, {})[field] = value
+        else:
+            data[section] = value
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _objective(**kw) -> list[dict]:
+    return [{"task": "tiny_rev", "heldout_task": "tiny_rev_heldout", **kw}]
+
+
+SEARCH_CASES = {
+    "unknown top-level field": ({"budgett": {}}, "unknown field 'budgett' in the config"),
+    "unknown genome field": ({"genome.paramters": {}}, "unknown field 'paramters' in config section 'genome'"),
+    "unknown dtype": ({"genome.dtype": "float8"}, "config field 'genome.dtype' must be one of"),
+    "bound of no gene": ({"genome.bounds": {"wieght": [0, 1]}}, "config field 'genome.bounds.wieght': no per-source parameter"),
+    "reversed bounds": ({"genome.bounds": {"weight": [2, 0]}}, "config field 'genome.bounds.weight' must be [low, high]"),
+    "bound outside the domain": ({"genome.bounds": {"density": [0.0, 1.5]}}, "'genome.bounds.density': 0 is outside (0, 1]"),
+    "parameter no method takes": ({"genome.parameters": {"lamda": 1.0}}, "'genome.parameters.lamda': none of ties takes"),
+    "parameter of the wrong type": ({"genome.parameters": {"lambda": "big"}}, "ties: 'lambda' must be a number"),
+    "unknown method": ({"genome.methods": ["tiez"]}, "unknown merge method 'tiez'"),
+    "method that cannot be searched": ({"genome.methods": ["slerp"]}, "'slerp' cannot be searched per layer"),
+    "empty method list": ({"genome.methods": []}, "config field 'genome.methods' must be a non-empty list"),
+    "unknown strategy": ({"strategy.name": "annealing"}, "unknown strategy 'annealing'"),
+    "unknown strategy option": ({"strategy.options": {"sigma": 0.3}}, "unknown field 'sigma' in config section 'strategy.options'"),
+    "strategy option out of range": ({"strategy.options": {"popsize": 1}}, "config field 'strategy.options.popsize' must be an integer >= 2"),
+    "negative objective weight": ({"objectives": _objective(weight=-1)}, "config field 'objectives[0].weight' must be a number >= 0"),
+    "objective weights summing to zero": ({"objectives": _objective(weight=0)}, "'objectives' must have weights with a positive sum"),
+    "unknown task": ({"objectives": [{"task": "tiny_rvs"}]}, "unknown lm-eval task 'tiny_rvs'"),
+    "unknown held-out task": ({"objectives": _objective(heldout_task="tiny_rev_hold")}, "unknown lm-eval task 'tiny_rev_hold'"),
+    "unknown metric": ({"objectives": _objective(metric="accuracy")}, "'objectives[0].metric': task 'tiny_rev' has no metric 'accuracy'"),
+    "unknown filter": ({"objectives": _objective(filter="strict")}, "'objectives[0].filter': task 'tiny_rev' has no filter 'strict'"),
+    "bad direction": ({"objectives": _objective(direction="up")}, "config field 'objectives[0].direction' must be one of max, min"),
+    "no objectives": ({"objectives": []}, "config field 'objectives' must be a non-empty list"),
+    "missing task folder": ({"scoring.task_path": "/no/such/tasks"}, "task folder not found: /no/such/tasks"),
+    "missing base model": ({"sources.base": "/no/such/base"}, "model folder /no/such/base does not exist"),
+    "no source models": ({"sources.models": []}, "config field 'sources.models' must be a non-empty list"),
+    "several local workers": ({"execution.workers": 2}, "the local backend runs one worker"),
+    "fewer in flight than workers": ({"execution": {"backend": "ray", "workers": 2, "in_flight": 1}}, "'execution.in_flight' (1) must be >= execution.workers"),
+    "unknown device": ({"execution.device": "gpu"}, "config field 'execution.device' must be cpu, cuda, cuda:N or mps"),
+    "zero budget": ({"budget.max_evals": 0}, "config field 'budget.max_evals' must be an integer >= 1, got 0"),
+    "negative seed": ({"seed": -1}, "config field 'seed' must be an integer >= 0, got -1"),
+    "string where a number goes": ({"scoring.batch_size": "64"}, "config field 'scoring.batch_size' must be an integer >= 1, got '64'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEARCH_CASES))
+def test_bad_search_config_is_one_line_exit_2_and_creates_no_run_folder(case: str, tmp_path: Path, scored_family, capsys) -> None:
+    changes, fragment = SEARCH_CASES[case]
+    run_dir = tmp_path / "run"
+    assert_refused(["search", str(search_config(tmp_path, scored_family, **changes)), "--run-dir", str(run_dir)],
+                   capsys, run_dir, fragment)
+    assert [p.name for p in tmp_path.iterdir()] == ["search.yaml"]  # nothing else written, not even a temp folder
+
+
+@pytest.mark.parametrize("odd,fragment", [("gpt2", "model_type"), ("wide", "shape")])
+def test_incompatible_source_in_a_config_is_refused_before_the_run_folder(odd, fragment, tmp_path, scored_family, odd_models, capsys) -> None:
+    path = search_config(tmp_path, scored_family, **{"sources.models": [str(scored_family["a"]), str(odd_models[odd])]})
+    assert_refused(["search", str(path), "--run-dir", str(tmp_path / "run")], capsys, tmp_path / "run", fragment)
+
+
+@pytest.fixture
+def finished_run(tmp_path: Path, scored_family, capsys) -> Path:
+    run_dir = tmp_path / "done"
+    assert main(["search", str(search_config(tmp_path, scored_family)), "--run-dir", str(run_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    return run_dir
+
+
+RUN_CASES = {
+    "search into a folder that holds a run": (lambda t, r: ["search", str(t / "search.yaml"), "--run-dir", str(r)], "already holds a run"),
+    "resume of a folder that is no run": (lambda t, r: ["resume", str(t)], "is not a run folder"),
+    "resume with a budget of zero": (lambda t, r: ["resume", str(r), "--max-evals", "0"], "--max-evals must be >= 1"),
+    "export of a candidate that does not exist": (lambda t, r: ["export", str(r), "--out", str(t / "m"), "--pick", "99"], "no candidate 99"),
+    "export with an unknown pick rule": (lambda t, r: ["export", str(r), "--out", str(t / "m"), "--pick", "best"], "--pick must be"),
+    "status of a missing folder": (lambda t, r: ["status", str(t / "nowhere")], "is not a run folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_bad_run_command_is_one_line_exit_2_and_leaves_the_run_as_it_was(case: str, tmp_path: Path, finished_run: Path, capsys) -> None:
+    before = (finished_run / "log.jsonl").read_bytes()
+    assert_refused(RUN_CASES[case][0](tmp_path, finished_run), capsys, tmp_path / "m", RUN_CASES[case][1])
+    assert (finished_run / "log.jsonl").read_bytes() == before
+
+
+def test_a_second_session_on_a_live_run_is_refused(tmp_path: Path, finished_run: Path, capsys) -> None:
+    from evomerge.run.log import RunLog
+
+    before = (finished_run / "log.jsonl").read_bytes()
+    with RunLog.open(finished_run).session():  # a search still running on this folder
+        assert_refused(["resume", str(finished_run), "--max-evals", "6"], capsys, tmp_path / "m", "in use by another evomerge session")
+        assert_refused(["export", str(finished_run), "--out", str(tmp_path / "m")], capsys, tmp_path / "m", "in use by another")
+    assert (finished_run / "log.jsonl").read_bytes() == before
