@@ -1,4 +1,4 @@
-"""The fixed recipes every report shows beside the search (DESIGN.md §5), scored in the same run.
+"""The fixed recipes every report shows beside the search (docs/DESIGN.md, "Baselines"), scored in the same run.
 
 Each baseline is an ordinary Recipe over the run's base and sources, evaluated by the run's own
 worker on the same calibration and held-out tasks as the candidates, and cached in the run log as a

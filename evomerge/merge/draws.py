@@ -2,7 +2,7 @@
 
 Every candidate of a run sees the same draws u and keeps entry i when u_i < p_i, so raising a
 density only adds entries, comparisons between candidates carry no mask noise, and a worker can
-draw once per run (DESIGN.md §4, §9).
+draw once per run (docs/DESIGN.md, "Merge methods").
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 Trimming by magnitude reads its thresholds from |τ| sorted once, largest first (``sorted_magnitudes``):
 a worker that caches that array per tensor and source pays no sort per candidate, only a lookup
-(DESIGN.md §9). Ranks are those of a stable sort — entries of equal magnitude are ranked by flat
+(docs/DESIGN.md, "Materialization"). Ranks are those of a stable sort — entries of equal magnitude are ranked by flat
 index, lower first — so a mask keeps exactly the number of entries its count rule says, the same
 on every device.
 
-Counts follow mergekit (``mergekit/sparsify.py``), which the DESIGN text words as fractions:
+Counts follow mergekit (``mergekit/sparsify.py``), as docs/DESIGN.md states them:
 
 - top-d trimming (TIES) keeps ``max(1, int(d·n))`` entries for 0 < d < 1, all for d ≥ 1, none for
-  d ≤ 0 (DESIGN §9 writes the lookup as ``sorted|τ|[⌈d·n⌉−1]``; mergekit truncates, and so do we);
+  d ≤ 0 (mergekit truncates d·n, and so do we);
 - breadcrumbs keeps ``int(d·n)`` entries after dropping the ``int(γ·n)`` largest; the top cut
   shrinks when keeping ``int(d·n)`` needs it, and a keep count that truncates to 0 keeps nothing.
 

@@ -1,4 +1,4 @@
-"""``cmaes``: CMA-ES from the ``cma`` package on the unit box (DESIGN.md §5).
+"""``cmaes``: CMA-ES from the ``cma`` package on the unit box (docs/DESIGN.md, "Strategies").
 
 ``cma.CMAEvolutionStrategy(x0, sigma0, {'bounds': [0, 1], 'seed': s, 'popsize': λ, 'verbose': -9})``
 minimizing the negative scalarized fitness (the weighted mean of the oriented objectives). x0 is the

@@ -1,4 +1,4 @@
-"""``niches``: natural niches (M2N2, Abrantes et al. 2025), steady state (DESIGN.md §5).
+"""``niches``: natural niches (M2N2, Abrantes et al. 2025), steady state (docs/DESIGN.md, "Strategies").
 
 An archive of P members (default 20) starts as P zero rows whose per-item scores are all false.
 Every told candidate goes through the same update: with loads z_j = sum_k s_kj over archive + child

@@ -101,7 +101,7 @@ def slerp(t: ArrayLike, a: ArrayLike, b: ArrayLike, origin: float | ArrayLike = 
 def split_point_crossover(
     a: ArrayLike, b: ArrayLike, split: int, mix: float, *, method: str = "linear", origin: float | ArrayLike = 0.0
 ) -> Array:
-    """M2N2 crossover with a given split point ``split`` and mixing ratio ``mix`` (DESIGN.md §5).
+    """M2N2 crossover with a given split point ``split`` and mixing ratio ``mix`` (docs/DESIGN.md, "Strategies").
 
     Genes before ``split`` are ``mix·a + (1 − mix)·b``, genes from ``split`` on ``(1 − mix)·a + mix·b``;
     so ``mix = 1`` returns ``a`` before the split and ``b`` after. With ``method="slerp"`` the same

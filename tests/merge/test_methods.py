@@ -523,7 +523,7 @@ def test_float32_merge_agrees_with_the_float64_merge(family, name) -> None:
     torch.testing.assert_close(got.double(), call(name, base, srcs), rtol=1e-5, atol=1e-6)
 
 
-# ---- the cached-sort contract of the fast path (DESIGN §9) ---------------------------------------
+# ---- the cached-sort contract of the fast path (docs/DESIGN.md, "Materialization") ---------------------------------------
 
 
 @pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 1.0])
