@@ -68,4 +68,6 @@ def test_failed_members_are_ranked_last_without_breaking_the_update() -> None:
         gen = [s.ask() for _ in range(4)]
         for i, c in enumerate(gen):
             s.tell(c, Evaluation((float("-inf"),) if i == 0 else (-sum(c.x),), failed=i == 0))
+    assert s.es.countiter == 3  # three updates went through
+    assert s.es.mean.sum() < 1.5 and np.isfinite(s.es.mean).all()  # and moved toward the optimum x = 0 from 0.5
     assert s.ask() is not None
