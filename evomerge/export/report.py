@@ -74,44 +74,14 @@ def _chosen(analysis: Analysis, exports: list[ExportRecord]) -> tuple[CandidateR
 
 
 def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Sequence[ExportRecord]) -> str:
-    run, cfg = analysis.run, analysis.cfg
-    cands = analysis.candidates
-    ok = successful(cands)
-    cached = sum(r.cached_from is not None for r in cands)
-    failed = len(cands) - len(ok)
-    evaluated = [r for r in cands if r.cached_from is None]
-    merge_s = sum(r.merge_s for r in evaluated)
-    score_s = sum(r.score_s for r in evaluated)
-    created = run.meta.created
-    last = max((r.time or 0.0 for r in cands), default=None)
-    elapsed = f"{_duration(last - created)} (run created → last candidate, pauses included)" if created and last else "–"
-    sessions = run.sessions()
-    util = "; ".join(
-        f"session {i}: {s.workers} worker(s) on {s.backend}, {s.told} told, "
-        + ", ".join(f"{w} {u:.0%}" for w, u in s.utilization.items())
-        for i, s in enumerate(sessions)
-    ) or "–"
-    options = ", ".join(f"{k}={v}" for k, v in cfg.strategy.options.items())
     lines = [
-        f"# Run report: {cfg.name}",
+        f"# Run report: {analysis.cfg.name}",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} from `{run.root}`.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} from `{analysis.run.root}`.",
         "",
         "## Run",
         "",
-        "| | |",
-        "|---|---|",
-        f"| strategy | {cfg.strategy.name}{f' ({options})' if options else ''}, seed {cfg.seed} |",
-        f"| genome | methods {', '.join(cfg.genome.methods)}; {len(cfg.sources.models)} sources; layer granularity "
-        f"{cfg.genome.layer_granularity}{'; split by kind' if cfg.genome.split_by_kind else ''} |",
-        f"| budget | {run.max_evals()} candidates{f', {cfg.budget.max_minutes:g} min' if cfg.budget.max_minutes else ''} |",
-        f"| evaluations | {len(cands)} candidates told: {len(evaluated)} evaluated, {cached} cache hits, {failed} failed |",
-        f"| generations | {len({r.generation for r in cands})} |",
-        f"| wall time | {elapsed} |",
-        f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
-        f"| utilization | {util} |",
-        f"| Pareto front | {len(analysis.front)} candidates (calibration objectives) |",
-        f"| exports | {_exports(exports)} |",
+        *_run_table(analysis, exports),
         "",
         f"## The {label.split(' (')[0]} candidate beside the baselines (held-out)",
         "",
@@ -142,6 +112,43 @@ def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Se
         "",
     ]
     return "\n".join(lines)
+
+
+def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]:
+    """Strategy, genome, budget, evaluations, times, utilization, front and exports of the run."""
+    run, cfg = analysis.run, analysis.cfg
+    cands = analysis.candidates
+    ok = successful(cands)
+    cached = sum(r.cached_from is not None for r in cands)
+    failed = len(cands) - len(ok)
+    evaluated = [r for r in cands if r.cached_from is None]
+    merge_s = sum(r.merge_s for r in evaluated)
+    score_s = sum(r.score_s for r in evaluated)
+    created = run.meta.created
+    last = max((r.time or 0.0 for r in cands), default=None)
+    elapsed = f"{_duration(last - created)} (run created → last candidate, pauses included)" if created and last else "–"
+    sessions = run.sessions()
+    util = "; ".join(
+        f"session {i}: {s.workers} worker(s) on {s.backend}, {s.told} told, "
+        + ", ".join(f"{w} {u:.0%}" for w, u in s.utilization.items())
+        for i, s in enumerate(sessions)
+    ) or "–"
+    options = ", ".join(f"{k}={v}" for k, v in cfg.strategy.options.items())
+    return [
+        "| | |",
+        "|---|---|",
+        f"| strategy | {cfg.strategy.name}{f' ({options})' if options else ''}, seed {cfg.seed} |",
+        f"| genome | methods {', '.join(cfg.genome.methods)}; {len(cfg.sources.models)} sources; layer granularity "
+        f"{cfg.genome.layer_granularity}{'; split by kind' if cfg.genome.split_by_kind else ''} |",
+        f"| budget | {run.max_evals()} candidates{f', {cfg.budget.max_minutes:g} min' if cfg.budget.max_minutes else ''} |",
+        f"| evaluations | {len(cands)} candidates told: {len(evaluated)} evaluated, {cached} cache hits, {failed} failed |",
+        f"| generations | {len({r.generation for r in cands})} |",
+        f"| wall time | {elapsed} |",
+        f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
+        f"| utilization | {util} |",
+        f"| Pareto front | {len(analysis.front)} candidates (calibration objectives) |",
+        f"| exports | {_exports(exports)} |",
+    ]
 
 
 def _exports(exports: Sequence[ExportRecord]) -> str:
