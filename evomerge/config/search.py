@@ -64,9 +64,12 @@ class ObjectiveConfig:
 
     task: str
     heldout_task: str | None = None  # None: the calibration task again
-    metric: str | None = None  # None: the task's first metric
+    metric: str | None = None  # what reports, finalists and the export pick use; None: the task's first metric
+    # what the strategy optimizes on calibration; None: ``metric``. A continuous one (``perplexity``: the
+    # answers' log-likelihood) keeps ranking candidates whose accuracy ties
+    search_metric: str | None = None
     filter: str | None = None  # None: the task's first filter
-    direction: Literal["max", "min"] | None = None  # None: lm-eval's higher_is_better
+    direction: Literal["max", "min"] | None = None  # of ``metric``; None: lm-eval's higher_is_better
     weight: float = field(default=1.0, metadata={"ge": 0})  # for scalarizing strategies
 
     def task_for(self, split: str) -> str:

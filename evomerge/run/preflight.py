@@ -37,9 +37,11 @@ def check_objectives(cfg: SearchConfig) -> None:
     for j, o in enumerate(cfg.objectives):
         for split in ("calibration", "heldout"):
             info = tasks[o.task_for(split)]
-            if o.metric is not None and o.metric not in info.metrics:
-                raise EvomergeError(f"config field 'objectives[{j}].metric': task '{info.name}' has no metric "
-                                    f"'{o.metric}' (it has: {', '.join(info.metrics)})")
+            named = [("metric", o.metric)] + ([("search_metric", o.search_metric)] if split == "calibration" else [])
+            for name, metric in named:
+                if metric is not None and metric not in info.metrics:
+                    raise EvomergeError(f"config field 'objectives[{j}].{name}': task '{info.name}' has no metric "
+                                        f"'{metric}' (it has: {', '.join(info.metrics)})")
             if o.filter is not None and o.filter not in info.filters:
                 raise EvomergeError(f"config field 'objectives[{j}].filter': task '{info.name}' has no filter "
                                     f"'{o.filter}' (it has: {', '.join(info.filters)})")

@@ -1,8 +1,9 @@
 """Reading objectives off task scores: which task, metric and filter, which direction, oriented values.
 
 This module is the one place that turns scores into objective values: for the search (oriented,
-higher is better), for reports (raw), and per item (what natural niches compete on), always for the
-metric and filter the objective names — or the task's primary ones where it names none.
+higher is better, and per item — what natural niches compete on) on the objective's search metric,
+and for reports (raw) on its reported metric; always under the filter the objective names, or the
+task's primary metric and filter where it names none.
 """
 
 from __future__ import annotations
@@ -28,20 +29,21 @@ def score_of(objective: ObjectiveConfig, scores: Scores, split: str) -> TaskScor
     return scores[objective.task_for(split)]
 
 
-def metric_name(objective: ObjectiveConfig, score: TaskScore) -> str:
-    return objective.metric or score.metric
+def metric_name(objective: ObjectiveConfig, score: TaskScore, search: bool = False) -> str:
+    """The reported metric, or (``search``) the one the strategy optimizes."""
+    return (search and objective.search_metric) or objective.metric or score.metric
 
 
-def higher_is_better(objective: ObjectiveConfig, score: TaskScore) -> bool:
-    """The config's direction, else lm-eval's for the objective's metric."""
-    if objective.direction is not None:
+def higher_is_better(objective: ObjectiveConfig, score: TaskScore, search: bool = False) -> bool:
+    """The config's direction for the reported metric, else lm-eval's for the metric."""
+    if objective.direction is not None and metric_name(objective, score, search) == metric_name(objective, score):
         return objective.direction == "max"
-    return bool(score.higher_is_better.get(metric_name(objective, score), True))
+    return bool(score.higher_is_better.get(metric_name(objective, score, search), True))
 
 
-def value(objective: ObjectiveConfig, score: TaskScore) -> float:
-    """The objective's metric under its filter, as measured."""
-    return float(score.metrics[score.key(objective.metric, objective.filter)])
+def value(objective: ObjectiveConfig, score: TaskScore, search: bool = False) -> float:
+    """The objective's (reported or search) metric under its filter, as measured."""
+    return float(score.metrics[score.key(metric_name(objective, score, search), objective.filter)])
 
 
 def raw_values(objectives: Sequence[ObjectiveConfig], scores: Scores | None, split: str) -> tuple[float, ...] | None:
@@ -59,32 +61,38 @@ def directions(objectives: Sequence[ObjectiveConfig], scores: Scores | None, spl
 
 
 def oriented(objectives: Sequence[ObjectiveConfig], scores: Scores | None) -> tuple[float, ...]:
-    """Calibration values oriented so that higher is better; WORST for a failed candidate."""
-    values, highs = raw_values(objectives, scores, "calibration"), directions(objectives, scores)
-    if values is None or highs is None:
+    """What the strategy sees: the search metrics on calibration, oriented so that higher is better;
+    WORST for a failed candidate."""
+    if scores is None:
         return tuple(WORST for _ in objectives)
-    return tuple(v if h else -v for v, h in zip(values, highs))
+    out = []
+    for o in objectives:
+        score = score_of(o, scores, "calibration")
+        v = value(o, score, search=True)
+        out.append(v if higher_is_better(o, score, search=True) else -v)
+    return tuple(out)
 
 
 def nonfinite(objectives: Sequence[ObjectiveConfig], scores: Scores) -> str | None:
-    """Why these calibration scores cannot be optimized on (an objective is NaN or infinite), or None."""
+    """Why these calibration scores cannot be optimized on (a search metric is NaN or infinite), or None."""
     for j, o in enumerate(objectives):
-        v = value(o, score_of(o, scores, "calibration"))
+        score = score_of(o, scores, "calibration")
+        v = value(o, score, search=True)
         if not math.isfinite(v):
-            return f"objective {j} ({o.task} {metric_name(o, score_of(o, scores, 'calibration'))}) is {v}"
+            return f"objective {j} ({o.task} {metric_name(o, score, search=True)}) is {v}"
     return None
 
 
 def item_scores(objective: ObjectiveConfig, score: TaskScore) -> tuple[float, ...]:
-    """The objective's per-item values as numbers in [0, 1], higher is better (what natural niches compare)."""
-    key = score.key(objective.metric, objective.filter)
+    """The search metric's per-item values as numbers in [0, 1], higher is better (what natural niches compare)."""
+    metric = metric_name(objective, score, search=True)
+    key = score.key(metric, objective.filter)
     if key not in score.per_item:
         raise EvomergeError(f"objective {objective.task}: metric '{key}' has no per-item numbers; natural niches needs "
                             "them: choose a metric such as acc, exact_match or perplexity")
-    metric = metric_name(objective, score)
     if metric in LOG_LIKELIHOOD_METRICS:
         return tuple(math.exp(min(v, 0.0)) for v in score.per_item[key])
-    up = higher_is_better(objective, score)
+    up = higher_is_better(objective, score, search=True)
     return tuple(v if up else 1.0 - v for v in score.per_item[key])
 
 

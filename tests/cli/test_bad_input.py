@@ -187,6 +187,7 @@ SEARCH_CASES = {
     "unknown task": ({"objectives": [{"task": "tiny_rvs"}]}, "unknown lm-eval task 'tiny_rvs'"),
     "unknown held-out task": ({"objectives": _objective(heldout_task="tiny_rev_hold")}, "unknown lm-eval task 'tiny_rev_hold'"),
     "unknown metric": ({"objectives": _objective(metric="accuracy")}, "'objectives[0].metric': task 'tiny_rev' has no metric 'accuracy'"),
+    "unknown search metric": ({"objectives": _objective(search_metric="loglik")}, "'objectives[0].search_metric': task 'tiny_rev' has no metric 'loglik'"),
     "unknown filter": ({"objectives": _objective(filter="strict")}, "'objectives[0].filter': task 'tiny_rev' has no filter 'strict'"),
     "bad direction": ({"objectives": _objective(direction="up")}, "config field 'objectives[0].direction' must be one of max, min"),
     "no objectives": ({"objectives": []}, "config field 'objectives' must be a non-empty list"),
