@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
@@ -136,12 +136,19 @@ class GenomeSpace:
 
     def encode(self, method: str | None = None, **per_source: Sequence[float]) -> tuple[float, ...]:
         """A point where every unit uses the same values, e.g. ``encode(weight=[1, 0, 0])`` (for seeding)."""
+        return self.encode_units(lambda unit: {"method": method, **per_source})
+
+    def encode_units(self, values: Callable[[str], Mapping[str, Any]]) -> tuple[float, ...]:
+        """A point from each unit's values: ``values(unit)`` gives ``method`` and per-source lists; a
+        parameter it leaves out takes the top of its bounds (density 1: nothing dropped)."""
+        chosen = {unit: values(unit) for unit in self.units}
         x = []
         for gene in self.genes:
+            given = chosen[gene.unit]
             if gene.choices:
-                x.append(gene.encode(method or self.methods[0]))
-            elif gene.param in per_source:
-                x.append(gene.encode(per_source[gene.param][gene.source]))
+                x.append(gene.encode(given.get("method") or self.methods[0]))
+            elif gene.param in given:
+                x.append(gene.encode(given[gene.param][gene.source]))
             else:
                 x.append(gene.encode(self.bounds.get(gene.param, (1.0, 1.0))[1]))
         return tuple(x)

@@ -148,8 +148,8 @@ def candidates_of():
 
 @pytest.fixture(scope="session")
 def search_config_file(scoreable_family: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A search config over the scoreable family: 3 sources, per-layer genes, CMA-ES, 16 candidates: the
-    4 seed points, then 3 generations of 4 (three CMA-ES updates, each told in ask order).
+    """A search config over the scoreable family: 3 sources, per-layer genes, CMA-ES, 24 candidates: the
+    12 seed points, then 3 generations of 4 (three CMA-ES updates, each told in ask order).
     The objective is perplexity (continuous), so every genome gets its own score."""
     f = scoreable_family
     path = tmp_path_factory.mktemp("cfg") / "search.yaml"
@@ -161,7 +161,7 @@ def search_config_file(scoreable_family: dict[str, Path], tmp_path_factory: pyte
         f"scoring: {{task_path: {f['tasks']}, batch_size: 64}}\n"
         f"objectives: [{{task: {TASK}, metric: perplexity}}]\n"
         "strategy: {name: cmaes, options: {popsize: 4}}\n"
-        "budget: {max_evals: 16}\n"
+        "budget: {max_evals: 24}\n"
         "execution: {backend: local, workers: 1, in_flight: 2, threads: 1}\n"
     )
     return path
@@ -178,7 +178,7 @@ def reference_log(search_config_file: Path, tmp_path_factory: pytest.TempPathFac
     run = RunLog.create(tmp_path_factory.mktemp("reference") / "run", load_config(search_config_file), {})
     Search(run, LocalExecutor, quiet=True).run_to_budget()
     records = comparable(RunLog.open(run.root).records)
-    assert len(records) == 16 and max(r["generation"] for r in records) == 3
+    assert len(records) == 24 and max(r["generation"] for r in records) == 3
     return records
 
 

@@ -150,11 +150,12 @@ def comparable(run_dir: Path) -> list[dict]:
 # Strategy settings and budgets long enough for several generations: CMA-ES and NSGA-II update their
 # state at each generation edge, the resumed run must reproduce those updates from the log.
 # (strategy section, budget, the last generation the budget reaches)
+# (5 seed points: each source alone, TIES at three densities)
 RESUMABLE = {
-    "cmaes": ({"name": "cmaes", "options": {"popsize": 4}}, 19, 4),  # 3 seed points, then 4 generations of 4
+    "cmaes": ({"name": "cmaes", "options": {"popsize": 4}}, 21, 4),  # 5 seed points, then 4 generations of 4
     "niches": ({"name": "niches"}, 14, 1),  # steady state: every child competes at once
-    "nsga2": ({"name": "nsga2", "options": {"population": 4}}, 16, 3),  # generations 0-3 of 4
-    "optuna": ({"name": "optuna", "options": {"n_startup_trials": 4}}, 12, 1),  # TPE proposes from candidate 4 on
+    "nsga2": ({"name": "nsga2", "options": {"population": 4}}, 17, 3),  # the 5 seeds, then generations 1-3 of 4
+    "optuna": ({"name": "optuna", "options": {"n_startup_trials": 4}}, 12, 1),  # TPE proposes after the seeds
 }
 
 

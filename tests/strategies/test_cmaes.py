@@ -28,11 +28,27 @@ def test_ask_returns_none_at_the_generation_edge_until_all_members_are_told() ->
     assert nxt is not None and nxt.generation == 2
 
 
-def test_the_first_initial_point_is_the_search_centre() -> None:
-    x0 = (0.1, 0.9, 0.2, 0.8)
-    s = make_strategy("cmaes", 4, 1, seed=0, initial=[x0], sigma0=1e-3)
-    assert s.ask().operator == "init"
-    assert np.allclose(s.ask().x, x0, atol=0.01)
+def test_the_best_initial_point_is_the_search_centre() -> None:
+    worse, better = (0.9, 0.9, 0.9, 0.9), (0.1, 0.9, 0.2, 0.8)
+    s = make_strategy("cmaes", 4, 1, seed=0, initial=[worse, better], sigma0=1e-3)
+    first, second = s.ask(), s.ask()
+    assert first.operator == second.operator == "init"
+    assert s.ask() is None  # CMA-ES waits for the initial points' results
+    s.tell(first, Evaluation((-3.6,)))
+    s.tell(second, Evaluation((-2.0,)))
+    assert np.allclose(s.ask().x, better, atol=0.01)
+
+
+def test_a_flat_fitness_restarts_at_the_best_point_with_a_larger_population() -> None:
+    s = make_strategy("cmaes", 4, 1, seed=0, popsize=4)
+    told = 0
+    while s.restarts == 0 and told < 400:
+        c = s.ask()
+        s.tell(c, Evaluation((1.0,)))  # every candidate ties: cma's flat-fitness criterion fires
+        told += 1
+    assert s.restarts == 1 and s.es.popsize == 8
+    gen = [s.ask() for _ in range(8)]
+    assert all(c is not None for c in gen) and s.ask() is None
 
 
 def test_two_instances_with_one_seed_agree_whatever_else_uses_numpy_global_rng() -> None:

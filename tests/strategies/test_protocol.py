@@ -52,7 +52,7 @@ def test_unknown_strategy_names_the_valid_ones() -> None:
 
 
 def test_unknown_option_names_the_valid_ones() -> None:
-    with pytest.raises(EvomergeError, match=r"unknown field 'sigma' in config section 'strategy\.options' \(allowed: sigma0, popsize\)"):
+    with pytest.raises(EvomergeError, match=r"unknown field 'sigma' in config section 'strategy\.options' \(allowed: sigma0, popsize, restart_popsize_factor\)"):
         make_strategy("cmaes", 4, 1, seed=0, sigma=0.3)
 
 
@@ -73,7 +73,7 @@ def test_bad_option_values_are_user_errors(name: str, options: dict, match: str)
 
 
 def test_options_are_listed_with_defaults() -> None:
-    assert strategy_options("cmaes") == {"sigma0": 1 / 6, "popsize": None}
+    assert strategy_options("cmaes") == {"sigma0": 1 / 6, "popsize": None, "restart_popsize_factor": 2.0}
     assert strategy_options("niches")["archive_size"] == 20 and strategy_options("nsga2")["population"] == 16
     assert strategy_options("optuna")["sampler"] == "tpe"
 
