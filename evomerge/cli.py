@@ -217,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a candidate of a run as a model folder with card and recipes")
     export.add_argument("run_dir", help="run folder")
     export.add_argument("--out", required=True, help="output model folder")
-    export.add_argument("--pick", default="mean", help="mean (default: best mean normalized held-out score among the finalists), "
-                        "knee (front member closest to the utopia point), or a candidate index")
+    export.add_argument("--pick", default="calibration",
+                        help="calibration (default: the front member with the best mean normalized calibration score; "
+                        "held-out data plays no part), heldout (the finalist best on held-out: optimistic), knee (front "
+                        "member closest to the utopia point on calibration objectives), or a candidate index")
     export.add_argument("--rescore-heldout", type=int, default=5, metavar="K",
                         help="re-score the K best front members on the held-out tasks (default 5; cached in the run log)")
     export.add_argument("--force", action="store_true", help="replace a non-empty output folder")

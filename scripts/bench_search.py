@@ -87,7 +87,7 @@ def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -
     with Evaluator(run, LocalExecutor, quiet=True) as evaluator:
         for budget in budgets:
             a = analyze(run, evaluator, finalists=5, upto=budget)
-            cal_pick, export_pick = a.finalists[0], a.pick("mean")
+            cal_pick, export_pick = a.pick("calibration"), a.pick("heldout")
             a.rescore(cal_pick)
             at[budget] = {
                 "calibration_pick": {"index": cal_pick.index, "heldout": a.heldout_raw(cal_pick)},

@@ -107,7 +107,10 @@ def model_card(
     meta = analysis.run.meta
     methods = sorted({s.method for s in [recipe.default, *recipe.groups.values()]})
     globals_ = {k: v for s in [recipe.default, *recipe.groups.values()] for k, v in s.params.items()}
-    how = {"mean": "the finalist with the best mean normalized held-out score",
+    how = {"calibration": "the Pareto-front member with the best mean normalized calibration score (held-out data "
+                          "played no part in the choice, so the held-out scores below are an unbiased estimate)",
+           "heldout": "the finalist with the best mean normalized held-out score (chosen on held-out data: the "
+                      "held-out scores below are optimistic)",
            "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
     in_front = any(r.key == record.key for r in analysis.front)
     out: list[str] = [

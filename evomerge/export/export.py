@@ -46,7 +46,7 @@ def export_candidate(
     run_dir: str | Path,
     out: str | Path,
     *,
-    pick: str | int = "mean",
+    pick: str | int = "calibration",
     finalists: int = DEFAULT_FINALISTS,
     force: bool = False,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
@@ -65,8 +65,9 @@ def export_candidate(
 def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool, shard_size: int | str, shard_bytes: int,
             executor_factory: ExecutorFactory | None, quiet: bool) -> ExportResult:
     cfg = run.config()
-    if rule == "mean" and finalists < 1:
-        raise EvomergeError("--pick mean needs held-out finalists: use --rescore-heldout 1 or more, or --pick knee / an index")
+    if rule == "heldout" and finalists < 1:
+        raise EvomergeError("--pick heldout needs held-out finalists: use --rescore-heldout 1 or more, "
+                            "or --pick calibration / knee / an index")
     if isinstance(rule, int):
         find_candidate(run, rule)  # a wrong index is refused before anything is scored
     with Evaluator(run, executor_factory, quiet=quiet) as evaluator:

@@ -7,9 +7,12 @@ and the result is appended to the log as a ``HeldoutRecord`` (keyed by genome; a
 report reuses it and never scores it again).
 
 Pick rules (``evomerge export --pick``):
-- ``mean`` (default): the finalist with the best mean normalized held-out score (ties: the better
-  mean normalized calibration score, then the lower index);
-- ``knee``: the front member closest to the utopia point on calibration objectives (see front.py);
+- ``calibration`` (default): the front member with the best mean normalized calibration score (ties:
+  the lower index). Held-out data plays no part in the choice, so its held-out score is an honest
+  estimate of how the model does on data the search never saw;
+- ``heldout``: the finalist with the best mean normalized held-out score (ties: the better calibration
+  score, then the lower index) — the held-out data chose it, so its held-out score is optimistic;
+- ``knee``: the front member closest to the utopia point on calibration objectives (``evomerge.pareto``);
 - an integer: that candidate, whatever its place.
 The picked candidate is scored on held-out too when it is not a finalist.
 """
@@ -31,7 +34,7 @@ from evomerge.run.records import CandidateRecord, HeldoutRecord
 from evomerge.scoring.objectives import directions, raw_values
 
 DEFAULT_FINALISTS = 5
-PICK_RULES = ("mean", "knee")
+PICK_RULES = ("calibration", "heldout", "knee")
 
 
 def parse_pick(text: str | int) -> str | int:
@@ -40,7 +43,7 @@ def parse_pick(text: str | int) -> str | int:
     try:
         return int(text)
     except ValueError:
-        raise EvomergeError(f"--pick must be 'mean', 'knee' or a candidate index, got '{text}'") from None
+        raise EvomergeError(f"--pick must be 'calibration', 'heldout', 'knee' or a candidate index, got '{text}'") from None
 
 
 @dataclass
@@ -91,9 +94,12 @@ class Analysis:
             record = self.candidate(rule)
         elif rule == "knee":
             record = pareto.knee(self.front, lambda r: r.objectives)
+        elif rule == "calibration":
+            record = rank_on_calibration(self.front, self.normalizer, self.cfg)[0]
         else:
             if not self.finalists:
-                raise EvomergeError("--pick mean needs held-out finalists: use --rescore-heldout 1 or more, or --pick knee / an index")
+                raise EvomergeError("--pick heldout needs held-out finalists: use --rescore-heldout 1 or more, "
+                                    "or --pick calibration / knee / an index")
             record = max(self.finalists, key=lambda r: (
                 self.normalizer.rank(self.heldout_raw(r), "heldout"),
                 self.normalizer.rank(self.calibration_raw(r), "calibration"),
@@ -135,10 +141,15 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
     assert higher is not None
     baselines = evaluate_baselines(run, evaluate, higher, grid)
     front = pareto.front([r for r in ok if r.cached_from is None], lambda r: r.objectives)
-    norm = baselines.normalizer
-    ranked = sorted(front, key=lambda r: (norm.rank(raw_values(cfg.objectives, r.scores, "calibration"), "calibration"), -r.index), reverse=True)
+    ranked = rank_on_calibration(front, baselines.normalizer, cfg)
     heldout = run.heldout()
     analysis = Analysis(run, cfg, candidates, front, ranked[:finalists], heldout, baselines, evaluate)
     for r in analysis.finalists:
         analysis.rescore(r)
     return analysis
+
+
+def rank_on_calibration(front: Sequence[CandidateRecord], norm: Normalizer, cfg: SearchConfig) -> list[CandidateRecord]:
+    """Best first by mean normalized calibration score of the reported metrics (ties: the lower index)."""
+    return sorted(front, key=lambda r: (norm.rank(raw_values(cfg.objectives, r.scores, "calibration"), "calibration"), -r.index),
+                  reverse=True)

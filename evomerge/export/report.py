@@ -66,7 +66,7 @@ def _chosen(analysis: Analysis, exports: list[ExportRecord]) -> tuple[CandidateR
         record = analysis.candidate(exports[-1].index)
         analysis.rescore(record)
         return record, f"exported (candidate {record.index})"
-    record = analysis.pick("mean")
+    record = analysis.pick("calibration")
     return record, f"best (candidate {record.index})"
 
 

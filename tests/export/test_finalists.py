@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ def test_pick_rules(tiny_run: RunLog, fake_executor) -> None:
         cal = [norm.mean(a.calibration_raw(r), "calibration") for r in a.finalists]
         assert cal == sorted(cal, reverse=True)  # finalists: best mean normalized calibration first
         best = max(a.finalists, key=lambda r: norm.mean(a.heldout_raw(r), "heldout"))
-        assert a.pick("mean").index == best.index
+        assert a.pick("heldout").index == best.index
+        assert a.pick("calibration").index == a.finalists[0].index  # chosen without held-out data
         assert a.pick("knee").index == pareto.knee(a.front, lambda r: r.objectives).index
         assert a.pick("7").index == 7
         assert a.heldout_raw(a.candidate(7)) is not None  # a picked non-finalist is re-scored too
@@ -80,3 +82,17 @@ def test_upto_analyzes_the_run_as_it_stood_at_that_budget(tiny_run: RunLog, fake
     assert [r.index for r in a.candidates] == list(range(upto))
     assert a.front and all(r.index < upto for r in a.front)
     assert all(r.index < upto for r in a.finalists)
+
+
+def test_the_default_pick_ignores_held_out_scores(tiny_run: RunLog, fake_executor) -> None:
+    with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
+        a = analyze(tiny_run, ev, finalists=3)
+        assert len(a.finalists) >= 2
+        before = a.pick("calibration").index
+        last = a.finalists[-1]  # make the worst-on-calibration finalist the best on held-out
+        for key, held in list(a.heldout.items()):
+            scale = 10.0 if key == last.key else 0.1
+            a.heldout[key] = replace(held, scores={t: replace(s, metrics={k: v * scale for k, v in s.metrics.items()})
+                                                   for t, s in held.scores.items()})
+        assert a.pick("heldout").index == last.index
+        assert a.pick("calibration").index == before
