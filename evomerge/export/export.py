@@ -5,11 +5,10 @@ generation config and tokenizer files, and:
 - ``README.md``: the model card (card.py);
 - ``evomerge_recipe.yaml``: the candidate's recipe with absolute paths; ``evomerge merge
   evomerge_recipe.yaml --out X`` rebuilds the same tensors;
-- ``mergekit.yaml``: only when the recipe maps faithfully onto mergekit — one method with the same
-  values in every layer group, a method both tools share and parameters mergekit knows. A per-layer
-  genome gets none: mergekit would need one slice per layer, and how it treats the embeddings,
-  final norm and lm_head of sliced merges has not been verified against evomerge's groups, so the
-  card says why and points at the evomerge recipe instead.
+- ``mergekit.yaml``: the same merge for mergekit whenever the genome uses one method mergekit has
+  (slices per layer group, filters per parameter kind), its models named as in the card; where
+  mergekit cannot reproduce the weights (random drops) it is mergekit's closest setting, and the card
+  says so. A genome mixing methods gets none, and the card says why.
 
 Nothing is written unless everything succeeded; the folder is built beside ``--out`` and renamed.
 """
@@ -82,7 +81,7 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
     tensors = MergePlan.build(recipe, pool).materialize(pool)
     out_dtype = recipe.dtype or _dtype_name(next(t for t in tensors.values() if t.is_floating_point()).dtype)
-    mergekit, why_not = to_mergekit(recipe, out_dtype)
+    mergekit, why_not = to_mergekit(recipe, pool.tensor_names, out_dtype, src.labels())
     command = ["evomerge", "export", str(run.root.resolve()), "--out", str(out), "--pick", str(record.index),
                "--rescore-heldout", str(finalists)]
     if shard_bytes not in (DEFAULT_SHARD_SIZE, parse_size("5GB")):
