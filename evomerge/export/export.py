@@ -81,12 +81,12 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
     tensors = MergePlan.build(recipe, pool).materialize(pool)
     out_dtype = recipe.dtype or _dtype_name(next(t for t in tensors.values() if t.is_floating_point()).dtype)
-    mergekit, why_not = to_mergekit(recipe, pool.tensor_names, out_dtype, src.labels())
-    command = ["evomerge", "export", str(run.root.resolve()), "--out", str(out), "--pick", str(record.index),
+    mergekit, mergekit_note = to_mergekit(recipe, pool.tensor_names, out_dtype, src.labels())
+    command = ["evomerge", "export", "RUN_DIR", "--out", "MODEL_DIR", "--pick", str(record.index),
                "--rescore-heldout", str(finalists)]
     if shard_bytes not in (DEFAULT_SHARD_SIZE, parse_size("5GB")):
         command += ["--shard-size", str(shard_size)]
-    card = model_card(analysis, record, recipe, mergekit_note=why_not,
+    card = model_card(analysis, record, recipe, mergekit_note=mergekit_note, mergekit=mergekit is not None,
                       export_command=shlex.join(command), pick=str(rule))
     files = {"README.md": card, "evomerge_recipe.yaml": to_yaml(recipe)}
     if mergekit is not None:

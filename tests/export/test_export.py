@@ -75,7 +75,7 @@ def test_card_lists_fingerprints_genome_scores_and_baselines(tiny_run: RunLog, f
     export_candidate(tiny_run.root, tmp_path / "model", executor_factory=fake_executor, quiet=True)
     card = (tmp_path / "model" / "README.md").read_text()
     for path, sha in tiny_run.meta.sources.items():
-        assert f"| `{path}` | `{sha}` |" in card
+        assert f"| `{Path(path).name}` | `{sha}` |" in card
     for label in ("base", "a alone", "b alone", "uniform soup", "task arithmetic (λ=", "TIES (d=0.5)", "DARE-TIES (d=0.5)"):
         assert f"| {label}" in card
     assert "| layers.0 |" in card and "weight · a" in card  # the genome, one row per group
