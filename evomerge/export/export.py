@@ -10,11 +10,13 @@ generation config and tokenizer files, and:
   mergekit cannot reproduce the weights (random drops) it is mergekit's closest setting, and the card
   says so. A genome mixing methods gets none, and the card says why.
 
-Nothing is written unless everything succeeded; the folder is built beside ``--out`` and renamed.
+Nothing is written unless everything succeeded, including the load check (``loadcheck.py``) on the
+finished folder; the folder is built beside ``--out`` and renamed.
 """
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from evomerge.errors import EvomergeError
 from evomerge.export.card import model_card
 from evomerge.export.evaluator import Evaluator, ExecutorFactory, check_sources
 from evomerge.export.finalists import DEFAULT_FINALISTS, analyze, find_candidate, parse_pick
+from evomerge.export.loadcheck import check_loads
 from evomerge.materialize.plan import MergePlan
 from evomerge.recipes import Recipe, to_yaml
 from evomerge.recipes.mergekit_yaml import to_mergekit
@@ -91,7 +94,8 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     files = {"README.md": card, "evomerge_recipe.yaml": to_yaml(recipe)}
     if mergekit is not None:
         files["mergekit.yaml"] = mergekit
-    write_model_folder(tensors, out, template=recipe.template, shard_size=shard_bytes, force=force, extra_files=files)
+    write_model_folder(tensors, out, template=recipe.template, shard_size=shard_bytes, force=force, extra_files=files,
+                       check=functools.partial(check_loads, trust_remote_code=src.trust_remote_code))
     run.append(ExportRecord(record.index, record.key, str(rule), finalists, str(out)))
     return ExportResult(out, record, recipe, mergekit is not None, evaluated)
 

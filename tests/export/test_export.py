@@ -44,8 +44,8 @@ def test_exported_recipe_rebuilds_identical_tensors(tiny_run: RunLog, fake_execu
     assert RunLog.open(tiny_run.root).exports()[-1].index == result.record.index
 
 
-def test_a_uniform_recipe_gets_a_mergekit_yaml_that_rebuilds_it(tmp_path: Path, tiny_family, fake_executor) -> None:
-    f = tiny_family  # named by their absolute paths, as a user may ask, so that evomerge finds them from anywhere
+def test_a_uniform_recipe_gets_a_mergekit_yaml_that_rebuilds_it(tmp_path: Path, scored_family, fake_executor) -> None:
+    f = scored_family  # named by their absolute paths, as a user may ask, so that evomerge finds them from anywhere
     sources = SourcesConfig(f["base"], (f["a"], f["b"]), base_name=str(f["base"]), names=(str(f["a"]), str(f["b"])))
     cfg = export_config(f, sources=sources, genome=GenomeConfig(methods=("ties",)))
     run = synthetic_run(tmp_path / "run", cfg, n=3)
