@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,35 @@ def zoo_dir() -> Path:
     from evomerge.zoo import build_zoo
 
     return build_zoo(REPO / "zoo" / "seed0-llama", seed=0, arch="llama", progress=False).root
+
+
+class Mergekit:
+    """The differential tests' oracle: ``mergekit-yaml`` (a dev-only dependency) and a tensor-by-tensor comparison."""
+
+    command = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
+
+    def run(self, config: Path, out: Path, cwd: Path | None = None) -> Path:
+        """mergekit's merge of ``config`` into ``out``; ``cwd`` is where relative model names are found."""
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        subprocess.run([self.command, str(config), str(out), "--no-write-model-card", "--lazy-unpickle"],
+                       check=True, env=env, capture_output=True, cwd=cwd)
+        return out
+
+    @staticmethod
+    def tensors(folder: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return {name: t for f in sorted(folder.glob("*.safetensors")) for name, t in load_file(f).items()}
+
+    def assert_same_tensors(self, ours: Path, theirs: Path, what: str) -> None:
+        """mergekit wrote every tensor evomerge wrote, each within 1e-5 relative L2 error."""
+        got, want = self.tensors(ours), self.tensors(theirs)
+        assert set(want) == set(got), f"{what}: mergekit wrote {sorted(want)}, evomerge {sorted(got)}"
+        for name, w in want.items():
+            err = float((got[name].double() - w.double()).norm() / w.double().norm().clamp(min=1e-12))
+            assert err <= 1e-5, f"{what}: {name} differs from mergekit by {err:.2e} (relative L2)"
+
+
+@pytest.fixture(scope="session")
+def mergekit() -> Mergekit:
+    return Mergekit()

@@ -26,12 +26,33 @@ DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    """The base model and its fine-tunes (Hugging Face folders)."""
+    """The base model and its fine-tunes (Hugging Face folders), and the names an export publishes them under."""
 
     base: Path
     models: tuple[Path, ...] = field(metadata={"nonempty": True})
+    # How the model card and mergekit.yaml name the models, e.g. their hub ids ("org/model"); default: folder names.
+    base_name: str | None = None
+    names: tuple[str, ...] = ()  # one per entry of ``models``, in its order
     allow_pickle: bool = False  # also read .bin/.pt checkpoints (tensors only, weights_only=True)
     trust_remote_code: bool = False
+
+    def check(self) -> tuple[str, str] | None:
+        if self.names and len(self.names) != len(self.models):
+            return "names", f"must give one name per model ({len(self.models)}), got {len(self.names)}"
+        labels = self.labels()
+        if len(set(labels.values())) != len(labels):
+            return "names", f"must name different models differently, got {[labels[p] for p in (self.base, *self.models)]}"
+        return None
+
+    def labels(self) -> dict[Path, str]:
+        """Model folder -> its published name: the configured name, else the folder name (with parent
+        folders where two folders share a name). Never an absolute path unless configured so."""
+        folders = list(dict.fromkeys((self.base, *self.models)))
+        labels = dict(zip(folders, _short_names(folders)))
+        if self.base_name is not None:
+            labels[self.base] = self.base_name
+        labels.update(zip(self.models, self.names))
+        return labels
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,15 @@ class SearchConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dump(self), sort_keys=False)
+
+
+def _short_names(folders: list[Path]) -> list[str]:
+    """The folders' last path components, as few as tell them apart (``rev``, or ``a/final`` and ``b/final``)."""
+    for depth in range(1, max(len(f.parts) for f in folders)):
+        names = [Path(*f.parts[-depth:]).as_posix() for f in folders]
+        if len(set(names)) == len(names):
+            return names
+    return [f.as_posix() for f in folders]
 
 
 def load_config(path: str | Path) -> SearchConfig:

@@ -1,14 +1,22 @@
 """The model card (README.md) of an exported model, and the score tables it shares with the report.
 
-Sections: what the model is; the source models with the SHA-256 fingerprints the run recorded;
-the genome, one row per layer group; the model's scores on the search (calibration) and held-out
-tasks, raw and normalized; the baselines scored in the same run; how to rebuild it.
+The card is ready for the Hugging Face hub: YAML front matter with ``base_model`` (every merged
+model), ``base_model_relation: merge``, ``library_name``, ``tags`` and the base's license when its own
+card declares one. Models are named as the config names them (``sources.names``, hub ids), else by
+folder name, so the card holds no local path. Sections: what the model is; the source models with the
+SHA-256 fingerprints the run recorded; the genome, one row per layer group; the model's scores on the
+search (calibration) and held-out tasks, raw and normalized; the baselines scored in the same run; how
+to rebuild it, with evomerge and with mergekit.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
 
 from evomerge.export.finalists import Analysis
 from evomerge.export.scores import mean
@@ -18,6 +26,8 @@ from evomerge.run.records import CandidateRecord
 from evomerge.scoring.objectives import metric_name
 
 PARAM_ORDER = ("weight", "density")
+LICENSE_KEYS = ("license", "license_name", "license_link")  # the hub's license fields ("other" needs the last two)
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -81,11 +91,29 @@ def scores_table(analysis: Analysis, record: CandidateRecord) -> list[str]:
     return lines
 
 
-def genome_table(recipe: Recipe) -> list[str]:
+def declared_license(folder: Path) -> dict[str, str]:
+    """The license fields of a model folder's own card (README.md front matter), where it declares them."""
+    card = folder / "README.md"
+    match = _FRONT_MATTER.match(card.read_text(encoding="utf-8", errors="replace")) if card.is_file() else None
+    try:
+        meta = yaml.safe_load(match.group(1)) if match else None
+    except yaml.YAMLError:
+        return {}
+    return {k: str(meta[k]) for k in LICENSE_KEYS if meta.get(k)} if isinstance(meta, dict) else {}
+
+
+def front_matter(models: list[str], license: Mapping[str, str], mergekit: bool) -> list[str]:
+    """The hub's metadata block: the merged models, the merge relation, the base's license, tags."""
+    meta = {"base_model": models, "base_model_relation": "merge", "library_name": "transformers", **license,
+            "tags": ["merge", "evomerge", *(["mergekit"] if mergekit else [])]}
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---"]
+
+
+def genome_table(recipe: Recipe, labels: Mapping[Path, str]) -> list[str]:
     groups: dict[str, GroupSpec] = dict(recipe.groups) or {"(all)": recipe.default}
     methods = {s.method for s in groups.values()}
     params = sorted({p for s in groups.values() for p in s.source_params}, key=lambda p: (PARAM_ORDER.index(p) if p in PARAM_ORDER else 9, p))
-    names = [p.name for p in recipe.sources]
+    names = [labels.get(p, p.name) for p in recipe.sources]
     head = ["group", *(["method"] if len(methods) > 1 else []), *(f"{p} · {n}" for p in params for n in names)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, spec in groups.items():
@@ -100,10 +128,14 @@ def model_card(
     recipe: Recipe,
     *,
     mergekit_note: str,
+    mergekit: bool,
     export_command: str,
     pick: str,
 ) -> str:
+    """The card; ``mergekit`` says whether mergekit.yaml is written beside it, ``mergekit_note`` what it reproduces."""
     cfg = analysis.cfg
+    labels = cfg.sources.labels()
+    roles = [("base", cfg.sources.base), *((f"source {k}", p) for k, p in enumerate(cfg.sources.models))]
     meta = analysis.run.meta
     methods = sorted({s.method for s in [recipe.default, *recipe.groups.values()]})
     globals_ = {k: v for s in [recipe.default, *recipe.groups.values()] for k, v in s.params.items()}
@@ -114,10 +146,7 @@ def model_card(
            "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
     in_front = any(r.key == record.key for r in analysis.front)
     out: list[str] = [
-        "---",
-        "library_name: transformers",
-        "tags: [merge, evomerge]",
-        "---",
+        *front_matter([labels[p] for _, p in roles], declared_license(cfg.sources.base), mergekit),
         "",
         f"# {cfg.name} — candidate {record.index}",
         "",
@@ -133,19 +162,18 @@ def model_card(
         "",
         "## Source models",
         "",
-        "| role | path | SHA-256 of the weight files |",
+        "| role | model | SHA-256 of the weight files |",
         "|---|---|---|",
     ]
-    fingerprints = meta.sources
-    for role, path in [("base", cfg.sources.base), *((f"source {k}", p) for k, p in enumerate(cfg.sources.models))]:
-        out.append(f"| {role} | `{path}` | `{fingerprints.get(str(path), 'unknown')}` |")
+    for role, path in roles:
+        out.append(f"| {role} | `{labels[path]}` | `{meta.sources.get(str(path), 'unknown')}` |")
     out += [
         "",
         "## Genome",
         "",
         f"Per layer group and source model (weight multiplies the task vector θ_k − θ_0{', density is the fraction kept' if 'density' in recipe.default.source_params else ''}):",
         "",
-        *genome_table(recipe),
+        *genome_table(recipe, labels),
         "",
         "## Scores",
         "",
@@ -161,18 +189,21 @@ def model_card(
         "",
         "## Rebuild",
         "",
-        "From the recipe in this folder (absolute paths; the sources must have the fingerprints above):",
+        "From the recipe in this folder (it names the models by the paths they had when this folder was written; "
+        "the models must have the fingerprints above):",
         "",
         "```bash",
         "evomerge merge evomerge_recipe.yaml --out MODEL_DIR",
         "```",
         "",
-        "From the run folder, as this folder was written:",
+        "From the run folder (RUN_DIR), as this folder was written:",
         "",
         "```bash",
         export_command,
         "```",
         "",
+        *(["With mergekit, from mergekit.yaml in this folder:", "", "```bash", "mergekit-yaml mergekit.yaml MODEL_DIR", "```", ""]
+          if mergekit else []),
         mergekit_note,
         "",
     ]

@@ -5,17 +5,18 @@ generation config and tokenizer files, and:
 - ``README.md``: the model card (card.py);
 - ``evomerge_recipe.yaml``: the candidate's recipe with absolute paths; ``evomerge merge
   evomerge_recipe.yaml --out X`` rebuilds the same tensors;
-- ``mergekit.yaml``: only when the recipe maps faithfully onto mergekit — one method with the same
-  values in every layer group, a method both tools share and parameters mergekit knows. A per-layer
-  genome gets none: mergekit would need one slice per layer, and how it treats the embeddings,
-  final norm and lm_head of sliced merges has not been verified against evomerge's groups, so the
-  card says why and points at the evomerge recipe instead.
+- ``mergekit.yaml``: the same merge for mergekit whenever the genome uses one method mergekit has
+  (slices per layer group, filters per parameter kind), its models named as in the card; where
+  mergekit cannot reproduce the weights (random drops) it is mergekit's closest setting, and the card
+  says so. A genome mixing methods gets none, and the card says why.
 
-Nothing is written unless everything succeeded; the folder is built beside ``--out`` and renamed.
+Nothing is written unless everything succeeded, including the load check (``loadcheck.py``) on the
+finished folder; the folder is built beside ``--out`` and renamed.
 """
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from evomerge.errors import EvomergeError
 from evomerge.export.card import model_card
 from evomerge.export.evaluator import Evaluator, ExecutorFactory, check_sources
 from evomerge.export.finalists import DEFAULT_FINALISTS, analyze, find_candidate, parse_pick
+from evomerge.export.loadcheck import check_loads
 from evomerge.materialize.plan import MergePlan
 from evomerge.recipes import Recipe, to_yaml
 from evomerge.recipes.mergekit_yaml import to_mergekit
@@ -83,17 +85,18 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
     tensors = MergePlan.build(recipe, pool).materialize(pool)
     out_dtype = recipe.dtype or _dtype_name(next(t for t in tensors.values() if t.is_floating_point()).dtype)
-    mergekit, why_not = to_mergekit(recipe, out_dtype)
-    command = ["evomerge", "export", str(run.root.resolve()), "--out", str(out), "--pick", str(record.index),
+    mergekit, mergekit_note = to_mergekit(recipe, pool.tensor_names, out_dtype, src.labels())
+    command = ["evomerge", "export", "RUN_DIR", "--out", "MODEL_DIR", "--pick", str(record.index),
                "--rescore-heldout", str(finalists)]
     if shard_bytes not in (DEFAULT_SHARD_SIZE, parse_size("5GB")):
         command += ["--shard-size", str(shard_size)]
-    card = model_card(analysis, record, recipe, mergekit_note=why_not,
+    card = model_card(analysis, record, recipe, mergekit_note=mergekit_note, mergekit=mergekit is not None,
                       export_command=shlex.join(command), pick=str(rule))
     files = {"README.md": card, "evomerge_recipe.yaml": to_yaml(recipe)}
     if mergekit is not None:
         files["mergekit.yaml"] = mergekit
-    write_model_folder(tensors, out, template=recipe.template, shard_size=shard_bytes, force=force, extra_files=files)
+    write_model_folder(tensors, out, template=recipe.template, shard_size=shard_bytes, force=force, extra_files=files,
+                       check=functools.partial(check_loads, trust_remote_code=src.trust_remote_code))
     run.append(ExportRecord(record.index, record.key, str(rule), finalists, str(out)))
     return ExportResult(out, record, recipe, mergekit is not None, evaluated)
 

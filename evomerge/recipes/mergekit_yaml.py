@@ -3,20 +3,25 @@
 Read: ``merge_method`` with ``models:`` or one whole-model ``slices:`` entry; numeric gradients become
 per-layer overrides, interpolated over the layers as mergekit does. Refused with a one-line reason:
 methods evomerge lacks, LoRA references, layer stacking, parameter filters, tokenizer options.
+
+Written (``to_mergekit``): any recipe with one method mergekit shares — ``models:`` when every group
+has the same values, else one slice per layer group with parameter filters per kind; the methods and
+their parameters' mergekit spellings come from the registry. What mergekit cannot reproduce (random
+drops) gets its closest setting and the card's one line says so.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.registry import get_method, method_names
+from evomerge.merge.registry import MergeMethod, get_method, method_names
 from evomerge.recipes.evomerge_yaml import group_spec
 from evomerge.recipes.recipe import GroupSpec, Recipe
-from evomerge.sources.layers import num_layers
+from evomerge.sources.layers import group_of, layer_groups, layer_index, num_layers, param_kind
 from evomerge.sources.pool import read_config
 
 IGNORED = {"int8_mask"}  # mergekit parameters that only steer its execution
@@ -117,38 +122,184 @@ def _num_layers(model: Path) -> int:
     return n
 
 
-def to_mergekit(recipe: Recipe, out_dtype: str) -> tuple[str | None, str]:
-    """(mergekit YAML, a note for the card) — or (None, why there is none)."""
-    distinct = _distinct(recipe.specs)
-    if len(distinct) > 1:
-        return None, (
-            f"no mergekit.yaml: the genome sets different values in different layer groups ({len(distinct)} distinct "
-            "settings); mergekit could only express that with one slice per layer, whose handling of embeddings, final "
-            "norm and lm_head has not been verified to match evomerge's groups. Rebuild with evomerge_recipe.yaml."
-        )
-    spec = recipe.default
-    method = spec.merge_method
+# Writing. A mergekit parameter setting is one value, or conditions ``{filter, value}`` tried in order:
+# the first whose filter is a substring of the tensor's name wins; one without a filter matches any.
+Filter = str | None
+
+HEADER = (
+    "# mergekit config of this merge, written by evomerge export: mergekit-yaml mergekit.yaml MODEL_DIR\n"
+    "# Models are named as in the model card; write a local folder's path in place of a name to use that copy.\n"
+)
+
+
+def to_mergekit(recipe: Recipe, tensor_names: Sequence[str], out_dtype: str,
+                labels: Mapping[Path, str] | None = None) -> tuple[str | None, str]:
+    """(mergekit YAML, one line for the card) — or (None, one line saying why there is none).
+
+    The same values everywhere: mergekit's ``models:`` form. Values per layer group: one slice per
+    group, the base and every source over the group's ``layer_range``. Values per parameter kind:
+    filters on the kind's module (``.self_attn.``, ``.mlp.``), the layer's other tensors taking the
+    unfiltered last value. mergekit merges the embeddings with the first slice's parameters and the
+    final norm and lm_head with the last slice's, so those groups get filters of their full tensor
+    names there. Every setting is checked to give every tensor evomerge's value. Models are named by
+    ``labels`` (folder -> name), else by their paths.
+    """
+    methods = sorted({s.method for s in recipe.specs})
+    if len(methods) > 1:
+        return None, (f"no mergekit.yaml: mergekit applies one merge method to the whole model, and this genome uses "
+                      f"{', '.join(methods)} in different layer groups; evomerge_recipe.yaml rebuilds it.")
+    method = get_method(methods[0])
     if not method.mergekit:
         return None, f"no mergekit.yaml: mergekit has no method matching evomerge's '{method.name}'."
-    params = {**{k: v for k, v in method.globals.items() if isinstance(v, (bool, int, float))}, **spec.params}
-    unknown = sorted(k for k in [*params, *spec.source_params] if not method.param(k).mergekit)
+    unknown = sorted({k for s in recipe.specs for k in [*s.params, *s.source_params] if not method.param(k).mergekit})
     if unknown:
         return None, f"no mergekit.yaml: parameter '{unknown[0]}' of '{method.name}' has no mergekit equivalent."
-    models = [{"model": str(p), "parameters": {method.param(k).recipe_name: float(v[i]) for k, v in spec.source_params.items()}}
-              for i, p in enumerate(recipe.sources)]
+
+    def label(path: Path) -> str:
+        return (labels or {}).get(path, str(path))
+
+    base = recipe.base if method.needs_base else None
     data: dict[str, Any] = {"merge_method": method.name}
-    if method.needs_base and recipe.base is not None:
-        data["base_model"] = str(recipe.base)
-    data["models"] = models
-    data["parameters"] = {method.param(k).recipe_name: v for k, v in params.items()}
+    if base is not None:
+        data["base_model"] = label(base)
+    sliced = len(_distinct(recipe.specs)) > 1
+    if sliced:
+        slices = _slices(recipe, method, tensor_names, [label(p) for p in recipe.sources],
+                         None if base is None else label(base))
+        if slices is None:
+            return None, ("no mergekit.yaml: mergekit's parameter filters (substrings of tensor names) cannot single out "
+                          "this architecture's attention and MLP tensors; evomerge_recipe.yaml rebuilds it.")
+        data["slices"], data["parameters"] = _hoist(slices)
+    else:
+        per_source, shared = _values(method, recipe.default, len(recipe.sources))
+        data["models"] = [_source(label(p), per_source[k]) for k, p in enumerate(recipe.sources)]
+        data["parameters"] = shared
     data["dtype"] = "float32"
     data["out_dtype"] = out_dtype
-    note = "mergekit.yaml reproduces this merge with `mergekit-yaml mergekit.yaml OUT` (one method, the same values in every layer group)."
-    if method.random:
-        note += (" mergekit draws its own random DARE masks, so its result is another sample of the same recipe, not"
-                 " bit-identical to this model; evomerge_recipe.yaml rebuilds it exactly.")
-    header = "# mergekit config equivalent to evomerge_recipe.yaml (written by evomerge export)\n"
-    return header + yaml.safe_dump(data, sort_keys=False), note
+    return HEADER + yaml.dump(data, Dumper=_Dumper, sort_keys=False), _note(method, sliced)
+
+
+def _note(method: MergeMethod, sliced: bool) -> str:
+    """The card's one line about mergekit.yaml: what it reproduces, and what it cannot."""
+    form = " (one slice per layer group)" if sliced else ""
+    if not method.random:
+        return f"mergekit.yaml{form} makes the same merge with mergekit: the same weights, up to float rounding."
+    narrowed = (", and it needs d ± ε inside (0, 1), so ε is narrowed per source where d ± ε leaves it"
+                if method.family is not None and method.family.sparsify == "ranked_random" else "")
+    return (f"mergekit.yaml{form} is mergekit's closest setting, not these weights: mergekit draws its own random "
+            f"masks and rescales kept entries to each task vector's L1 norm where evomerge divides by the keep "
+            f"probability{narrowed}; evomerge_recipe.yaml rebuilds these weights exactly.")
+
+
+def _values(method: MergeMethod, spec: GroupSpec, n_sources: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """mergekit's parameters of one spec in its spellings, defaults written out: per source, and shared."""
+    per = {**{p: (d,) * n_sources for p, d in method.per_source.items()}, **spec.source_params}
+    per_source = [{method.param(p).recipe_name: float(v[k]) for p, v in per.items() if method.param(p).mergekit}
+                  for k in range(n_sources)]
+    shared = {method.param(p).recipe_name: v for p, v in {**method.globals, **spec.params}.items() if method.param(p).mergekit}
+    if method.family is not None and method.family.sparsify == "ranked_random":
+        epsilon = shared.pop("epsilon")  # mergekit takes it per source, and refuses d ± ε outside (0, 1)
+        for values in per_source:
+            d = values["density"]
+            values["epsilon"] = epsilon if d >= 1 else min(epsilon, 0.999 * min(d, 1 - d))
+    return per_source, shared
+
+
+def _source(model: str, parameters: Mapping[str, Any] | None, layer_range: tuple[int, int] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model}
+    if layer_range is not None:
+        out["layer_range"] = list(layer_range)
+    if parameters:
+        out["parameters"] = dict(parameters)
+    return out
+
+
+def _slices(recipe: Recipe, method: MergeMethod, tensor_names: Sequence[str], sources: list[str],
+            base: str | None) -> list[dict[str, Any]] | None:
+    """One slice per layer group (``base`` first when the method takes one); None where filters cannot
+    give every tensor its values."""
+    n_layers = _num_layers(recipe.template)
+    out = []
+    for layer_range, names in _partition(tensor_names, n_layers, recipe.layer_granularity):
+        entries = []
+        for name in names:
+            spec = recipe.spec_for(group_of(name, n_layers, recipe.layer_granularity), param_kind(name))
+            entries.append((name, _filter(name), *_values(method, spec, len(recipe.sources))))
+        shared = _settings([(name, f, s) for name, f, _, s in entries])
+        per_source = [_settings([(name, f, p[k]) for name, f, p, _ in entries]) for k in range(len(sources))]
+        if shared is None or None in per_source:
+            return None
+        inputs = [_source(base, None, layer_range)] if base is not None else []
+        inputs += [_source(model, params, layer_range) for model, params in zip(sources, per_source)]
+        out.append({"sources": inputs, "parameters": shared})
+    return out
+
+
+def _partition(names: Sequence[str], n_layers: int, granularity: int) -> list[tuple[tuple[int, int], list[str]]]:
+    """(layer_range, tensor names) per layer group; the first also has the tensors before the layers, the last those after."""
+    by_group: dict[str, list[str]] = {}
+    for name in names:
+        by_group.setdefault(group_of(name, n_layers, granularity), []).append(name)
+    order = layer_groups(names, n_layers, granularity)
+    layers = [g for g in order if g.startswith("layers.")]
+    first, last = order.index(layers[0]), order.index(layers[-1])
+    parts = []
+    for i, group in enumerate(layers):
+        indices = [index for index in map(layer_index, by_group[group]) if index is not None]
+        before = [n for g in order[:first] for n in by_group[g]] if i == 0 else []
+        after = [n for g in order[last + 1:] for n in by_group[g]] if i == len(layers) - 1 else []
+        parts.append(((min(indices), max(indices) + 1), before + by_group[group] + after))
+    return parts
+
+
+def _filter(name: str) -> Filter:
+    """How a tensor's values are singled out: its full name outside the layers, its module (``.self_attn.``)
+    for attention and MLP tensors, none for a layer's other tensors (norms)."""
+    index = layer_index(name)
+    if index is None:
+        return name
+    if param_kind(name) == "other":
+        return None
+    parts = name.split(".")
+    return f".{parts[parts.index(str(index)) + 1]}."
+
+
+def _settings(entries: list[tuple[str, Filter, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Settings that give each named tensor its values, or None where first-match filters cannot."""
+    if not entries[0][2]:
+        return {}
+    settings = {p: _setting([(f, values[p]) for _, f, values in entries]) for p in entries[0][2]}
+    faithful = all(_resolve(settings[p], name) == v for name, _, values in entries for p, v in values.items())
+    return settings if faithful else None
+
+
+def _setting(values: list[tuple[Filter, Any]]) -> Any:
+    """One value where all agree; else a condition per filter whose value differs from the fallback, then the fallback."""
+    fallback = next((v for f, v in values if f is None), values[-1][1])
+    conditions: dict[str, Any] = {}
+    for f, v in values:
+        if f is not None and v != fallback:
+            conditions.setdefault(f, v)
+    if not conditions:
+        return fallback
+    return [*({"filter": f, "value": v} for f, v in conditions.items()), {"value": fallback}]
+
+
+def _resolve(setting: Any, name: str) -> Any:
+    """The value mergekit's ``evaluate_setting`` gives a tensor: the first condition whose filter is in its name."""
+    if not isinstance(setting, list):
+        return setting
+    return next(c["value"] for c in setting if "filter" not in c or c["filter"] in name)
+
+
+def _hoist(slices: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Shared settings equal in every slice move to the top-level ``parameters``."""
+    common = {p: v for p, v in slices[0]["parameters"].items() if all(s["parameters"].get(p) == v for s in slices)}
+    out = []
+    for s in slices:
+        rest = {p: v for p, v in s["parameters"].items() if p not in common}
+        out.append({"sources": s["sources"], **({"parameters": rest} if rest else {})})
+    return out, common
 
 
 def _distinct(specs: list[GroupSpec]) -> list[GroupSpec]:
@@ -157,3 +308,15 @@ def _distinct(specs: list[GroupSpec]) -> list[GroupSpec]:
         if spec not in out:
             out.append(spec)
     return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lists of numbers in flow style (``layer_range: [0, 4]``), as mergekit writes them."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from safetensors.torch import save_file
 from torch import Tensor
@@ -66,11 +66,13 @@ def write_model_folder(
     shard_size: int | str = DEFAULT_SHARD_SIZE,
     force: bool = False,
     extra_files: Mapping[str, str | bytes] = {},
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``tensors`` (in their given order) and the template's config/tokenizer files to ``out``.
 
     ``extra_files`` (name -> content, e.g. a model card) are written last, so they may replace a
-    template file. An existing non-empty ``out`` is replaced only with ``force``.
+    template file. ``check`` runs on the finished folder before it is renamed to ``out``; if it
+    raises, nothing is written. An existing non-empty ``out`` is replaced only with ``force``.
     """
     out, template = Path(out), Path(template)
     max_bytes = parse_size(shard_size)
@@ -90,6 +92,8 @@ def write_model_folder(
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        if check is not None:
+            check(tmp)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

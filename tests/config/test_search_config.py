@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from evomerge.config.search import SearchConfig, config_from_yaml, load_config
+from evomerge.config.search import SearchConfig, SourcesConfig, config_from_yaml, load_config
 from evomerge.errors import EvomergeError
 
 
@@ -80,3 +81,25 @@ def test_cli_overrides_are_checked_like_the_file(tmp_path: Path, tiny_family) ->
 def test_mistakes_name_the_field(tmp_path: Path, tiny_family, changes, fragment) -> None:
     with pytest.raises(EvomergeError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace("[", r"\[")):
         load_config(write_config(tmp_path, tiny_family, **changes))
+
+
+def test_models_are_published_under_their_folder_names_unless_named(tmp_path: Path, tiny_family) -> None:
+    sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"]), str(tiny_family["b"])]}
+    assert list(load_config(write_config(tmp_path, tiny_family, sources=sources)).sources.labels().values()) == ["base", "a", "b"]
+    named = load_config(write_config(tmp_path, tiny_family, sources={**sources, "base_name": "org/base", "names": ["org/a", "org/b"]}))
+    assert named.sources.labels() == {tiny_family["base"]: "org/base", tiny_family["a"]: "org/a", tiny_family["b"]: "org/b"}
+
+
+def test_folders_sharing_a_name_are_told_apart_by_their_parents() -> None:
+    sources = SourcesConfig(Path("/x/base"), (Path("/x/a/final"), Path("/y/b/final")))
+    assert list(sources.labels().values()) == ["x/base", "a/final", "b/final"]
+
+
+@pytest.mark.parametrize("names,fragment", [
+    (["org/a"], "config field 'sources.names' must give one name per model (2), got 1"),
+    (["org/a", "org/a"], "config field 'sources.names' must name different models differently"),
+])
+def test_source_name_mistakes_name_the_field(tmp_path: Path, tiny_family, names, fragment) -> None:
+    sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"]), str(tiny_family["b"])], "names": names}
+    with pytest.raises(EvomergeError, match=re.escape(fragment)):
+        load_config(write_config(tmp_path, tiny_family, sources=sources))

@@ -1,4 +1,4 @@
-"""Synthetic runs for the export tests: tiny_family models, a fake executor with scores made from the recipe.
+"""Synthetic runs for the export tests: tiny models (scored_family: with tokenizers), a fake executor with scores made from the recipe.
 
 The fake executor stands in for a worker (no lm-eval, no model): a candidate's score on objective
 j grows with its mean weight on source j and shrinks with the others', so each source alone is the
@@ -91,5 +91,6 @@ def synthetic_run(root: Path, cfg: SearchConfig, n: int = 12, *, seed: int = 0, 
 
 
 @pytest.fixture
-def tiny_run(tmp_path: Path, tiny_family: dict[str, Path]) -> RunLog:
-    return synthetic_run(tmp_path / "run", export_config(tiny_family), fail=(5,))
+def tiny_run(tmp_path: Path, scored_family: dict[str, Path]) -> RunLog:
+    """A run over models with tokenizers, so that exports pass their load check."""
+    return synthetic_run(tmp_path / "run", export_config(scored_family), fail=(5,))

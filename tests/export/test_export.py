@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from evomerge.cli import main
-from evomerge.config.search import GenomeConfig
+from evomerge.config.search import GenomeConfig, SourcesConfig
 from evomerge.errors import EvomergeError
 from evomerge.export.export import export_candidate
 from evomerge.genome.space import GenomeSpace
@@ -40,14 +40,14 @@ def test_exported_recipe_rebuilds_identical_tensors(tiny_run: RunLog, fake_execu
     assert Path(recipe["base"]).is_absolute() and all(Path(s["model"]).is_absolute() for s in recipe["sources"])
     assert main(["merge", str(out / "evomerge_recipe.yaml"), "--out", str(tmp_path / "rebuilt")]) == 0
     assert_identical(out, tmp_path / "rebuilt")
-    # a per-layer genome has no faithful mergekit form: no mergekit.yaml, and the card says why
-    assert not result.mergekit and "mergekit.yaml" not in names
-    assert "no mergekit.yaml: the genome sets different values in different layer groups" in (out / "README.md").read_text()
+    assert result.mergekit and "mergekit.yaml" in names  # a per-layer genome too (tests/export/test_export_mergekit.py)
     assert RunLog.open(tiny_run.root).exports()[-1].index == result.record.index
 
 
-def test_a_uniform_recipe_gets_a_mergekit_yaml_that_rebuilds_it(tmp_path: Path, tiny_family, fake_executor) -> None:
-    cfg = export_config(tiny_family, genome=GenomeConfig(methods=("ties",)))
+def test_a_uniform_recipe_gets_a_mergekit_yaml_that_rebuilds_it(tmp_path: Path, scored_family, fake_executor) -> None:
+    f = scored_family  # named by their absolute paths, as a user may ask, so that evomerge finds them from anywhere
+    sources = SourcesConfig(f["base"], (f["a"], f["b"]), base_name=str(f["base"]), names=(str(f["a"]), str(f["b"])))
+    cfg = export_config(f, sources=sources, genome=GenomeConfig(methods=("ties",)))
     run = synthetic_run(tmp_path / "run", cfg, n=3)
     space = GenomeSpace.for_config(cfg)
     x = space.encode(weight=[0.8, 1.2], density=[0.5, 0.7])  # the same genes in every layer group
@@ -75,7 +75,7 @@ def test_card_lists_fingerprints_genome_scores_and_baselines(tiny_run: RunLog, f
     export_candidate(tiny_run.root, tmp_path / "model", executor_factory=fake_executor, quiet=True)
     card = (tmp_path / "model" / "README.md").read_text()
     for path, sha in tiny_run.meta.sources.items():
-        assert f"| `{path}` | `{sha}` |" in card
+        assert f"| `{Path(path).name}` | `{sha}` |" in card
     for label in ("base", "a alone", "b alone", "uniform soup", "task arithmetic (λ=", "TIES (d=0.5)", "DARE-TIES (d=0.5)"):
         assert f"| {label}" in card
     assert "| layers.0 |" in card and "weight · a" in card  # the genome, one row per group

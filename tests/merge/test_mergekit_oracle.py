@@ -1,25 +1,27 @@
-"""Differential test: the same mergekit YAML through mergekit-yaml and through `evomerge merge`.
+"""Differential tests against mergekit, a dev-only dependency and the oracle here.
 
-mergekit is a dev-only dependency and the oracle here. Tensors must agree within 1e-5 relative
-error (L2 norm of the difference over the norm of mergekit's tensor), tensor by tensor, in float32.
+Two directions: the same mergekit YAML through ``mergekit-yaml`` and through ``evomerge merge``; and a
+recipe with different values in every layer group and parameter kind, merged by evomerge and by
+``mergekit-yaml`` on the YAML evomerge writes for it (what ``evomerge export`` puts beside the weights).
+Tensors must agree within 1e-5 relative error (L2 norm of the difference over the norm of mergekit's
+tensor), tensor by tensor, in float32, and mergekit must write every tensor evomerge writes.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
+import random
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
 from evomerge.cli import main
-
-MERGEKIT = shutil.which("mergekit-yaml") or str(Path(os.sys.executable).parent / "mergekit-yaml")
-
+from evomerge.merge.registry import get_method
+from evomerge.recipes import Recipe, to_yaml
+from evomerge.recipes.mergekit_yaml import to_mergekit
+from evomerge.recipes.recipe import GroupSpec
+from evomerge.sources.layers import KINDS
+from evomerge.sources.pool import read_tensor_names
 
 def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
     m = lambda p, **params: {"model": str(p), **({"parameters": params} if params else {})}  # noqa: E731
@@ -34,37 +36,91 @@ def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
     }
 
 
-def load_folder(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(f))
-    return tensors
-
-
-def differential(family: dict[str, Path], method: str, tmp_path: Path) -> None:
+def differential(family: dict[str, Path], method: str, tmp_path: Path, mergekit) -> None:
     recipe = {**recipes(family["base"], family["a"], family["b"], family["c"])[method], "dtype": "float32"}
     path = tmp_path / "recipe.yml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    subprocess.run([MERGEKIT, str(path), str(tmp_path / "mk"), "--no-write-model-card", "--lazy-unpickle"],
-                   check=True, env=env, capture_output=True)
+    mergekit.run(path, tmp_path / "mk")
     assert main(["merge", str(path), "--out", str(tmp_path / "em")]) == 0
-    ours, theirs = load_folder(tmp_path / "em"), load_folder(tmp_path / "mk")
-    assert set(theirs) <= set(ours)
-    for name, want in theirs.items():
-        got = ours[name].double()
-        err = float((got - want.double()).norm() / want.double().norm().clamp(min=1e-12))
-        assert err <= 1e-5, f"{method}: {name} differs from mergekit by {err:.2e} (relative L2)"
+    mergekit.assert_same_tensors(tmp_path / "em", tmp_path / "mk", method)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
-def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path) -> None:
-    differential(tiny_family, method, tmp_path)
+def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path, mergekit) -> None:
+    differential(tiny_family, method, tmp_path, mergekit)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
-def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path) -> None:
+def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path, mergekit) -> None:
     models = zoo_dir / "models"
-    differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path)
+    differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path,
+                 mergekit)
+
+
+def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) -> Recipe:
+    """Different values in every group — embed, each layer group narrowed to each kind, final_norm, lm_head —
+    for every per-source parameter and every numeric global one (λ, t)."""
+    m = get_method(method)
+    sources = (family["a"],) if m.max_sources == 1 else (family["a"], family["b"], family["c"])
+    n_layers = 2
+    layer_groups = [f"layers.{i}" for i in range(n_layers)] if granularity == 1 else [f"layers.0-{n_layers - 1}"]
+    units = ["embed", *(f"{g}:{k}" for g in layer_groups for k in KINDS), "final_norm", "lm_head"]
+    rng = random.Random(method)
+
+    def spec() -> GroupSpec:
+        ranges = {"weight": (0.2, 1.5), "density": (0.3, 0.9)}
+        per_source = {p: tuple(rng.uniform(*ranges[p]) for _ in sources) for p in m.per_source}
+        numeric = {p: v for p, v in m.globals.items() if isinstance(v, float)}
+        return GroupSpec(method, per_source, {p: rng.uniform(0.2, 0.9) for p in numeric})
+
+    groups = {u: spec() for u in units}
+    return Recipe(base=family["base"], sources=sources, default=groups["embed"], groups=groups,
+                  layer_granularity=granularity, dtype="float32")
+
+
+def mergekit_matches_evomerge(recipe: Recipe, tmp_path: Path, mergekit) -> dict:
+    """Merge ``recipe`` with evomerge and, from the YAML evomerge writes, with mergekit; return that YAML."""
+    (tmp_path / "recipe.yaml").write_text(to_yaml(recipe))
+    assert main(["merge", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "em")]) == 0
+    text, _ = to_mergekit(recipe, read_tensor_names(recipe.template), "float32")
+    assert text is not None
+    (tmp_path / "mergekit.yaml").write_text(text)
+    mergekit.run(tmp_path / "mergekit.yaml", tmp_path / "mk")
+    mergekit.assert_same_tensors(tmp_path / "em", tmp_path / "mk", recipe.default.method)
+    return yaml.safe_load(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties"])
+def test_mergekit_yaml_of_a_per_layer_per_kind_recipe_gives_its_tensors(method: str, tiny_family, tmp_path: Path,
+                                                                         mergekit) -> None:
+    data = mergekit_matches_evomerge(varied_recipe(method, tiny_family), tmp_path, mergekit)
+    assert [s["sources"][-1]["layer_range"] for s in data["slices"]] == [[0, 1], [1, 2]]
+    assert "filter" in str(data["slices"][0])  # the kinds, and the embeddings, have values of their own
+
+
+@pytest.mark.slow
+def test_mergekit_yaml_of_layer_groups_spans_each_group(tiny_family, tmp_path: Path, mergekit) -> None:
+    data = mergekit_matches_evomerge(varied_recipe("ties", tiny_family, granularity=2), tmp_path, mergekit)
+    assert [s["sources"][-1]["layer_range"] for s in data["slices"]] == [[0, 2]]
+
+
+def test_the_comparison_fails_when_mergekit_writes_nothing(tiny_family, tmp_path: Path, mergekit) -> None:
+    (tmp_path / "recipe.yaml").write_text(to_yaml(varied_recipe("linear", tiny_family)))
+    assert main(["merge", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "em")]) == 0
+    (tmp_path / "mk").mkdir()
+    with pytest.raises(AssertionError, match="mergekit wrote"):
+        mergekit.assert_same_tensors(tmp_path / "em", tmp_path / "mk", "linear")
+
+
+@pytest.mark.slow
+def test_mergekit_runs_the_closest_setting_of_a_random_drop_recipe(tiny_family, tmp_path: Path, mergekit) -> None:
+    """DELLA's draws cannot be reproduced, but mergekit takes its YAML, also where evomerge's d ± ε leaves (0, 1)."""
+    recipe = varied_recipe("della", tiny_family)
+    assert any(d + s.params["epsilon"] >= 1 for s in recipe.specs for d in s.source_params["density"])
+    text, _ = to_mergekit(recipe, read_tensor_names(recipe.template), "float32")
+    (tmp_path / "mergekit.yaml").write_text(text)
+    mergekit.run(tmp_path / "mergekit.yaml", tmp_path / "mk")
+    assert set(mergekit.tensors(tmp_path / "mk")) == set(read_tensor_names(recipe.template))
