@@ -78,7 +78,8 @@ class GenomeSpace:
         self.base, self.sources = base, tuple(sources)
         self.bounds = searched_bounds(self.methods, bounds or {})
         self.parameters = method_parameters(self.methods, parameters or {})
-        self.units = tuple(f"{g}:{k}" for g in groups for k in KINDS) if split_by_kind else tuple(groups)
+        # only decoder layers hold attention and MLP tensors; embeddings, final norm and head stay whole
+        self.units = tuple(u for g in groups for u in ([f"{g}:{k}" for k in KINDS] if split_by_kind and g.startswith("layers.") else [g]))
         self.layer_granularity, self.seed, self.dtype = layer_granularity, seed, dtype
         genes: list[Gene] = []
         for unit in self.units:

@@ -22,8 +22,10 @@ def test_dimension_is_groups_times_sources_times_per_source_params() -> None:
     assert space().dim == len(GROUPS) * 2 * 2  # weight and density per source
 
 
-def test_split_by_kind_triples_the_units() -> None:
-    assert space(split_by_kind=True).dim == 3 * len(GROUPS) * 2 * 2
+def test_split_by_kind_triples_the_layer_units_only() -> None:
+    s = space(split_by_kind=True)
+    assert s.dim == (3 * 2 + 3) * 2 * 2  # layers.0 and layers.1 split in three; embed, final_norm, lm_head whole
+    assert "embed:attention" not in s.units and "layers.0:mlp" in s.units
 
 
 def test_decoding_maps_the_box_onto_the_bounds() -> None:
