@@ -140,3 +140,13 @@ def test_scorer_table_has_a_row_per_task_filter_and_metric(base64, zoo_tasks: Pa
 def test_unknown_task_names_the_task(zoo_tasks: Path) -> None:
     with pytest.raises(EvomergeError, match="no_such_task"):
         load_tasks(["no_such_task"], zoo_tasks)
+
+
+def test_evaluate_prints_lm_evals_table_with_every_filter(zoo_dir: Path, zoo_tasks: Path, capsys) -> None:
+    from evomerge.cli import main
+
+    assert main(["evaluate", str(zoo_dir / "models" / "rev"), "--tasks", "zoo_rev_gen", "--task-path", str(zoo_tasks)]) == 0
+    header, _, *rows = [line.split("|") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [c.strip() for c in header[1:6]] == ["Tasks", "Version", "Filter", "n-shot", "Metric"]
+    assert [(r[3].strip(), r[5].strip(), float(r[7])) for r in rows] == [
+        ("flexible-extract", "exact_match", 1.0), ("strict-match", "exact_match", 1.0)]
