@@ -165,22 +165,24 @@ class LoglikelihoodPlan:
         self.chunks = self._chunks(lm.batch_size)
 
     def _chunks(self, batch_size: int) -> list[_Chunk]:
+        # A forward holds at most the tokens of HFLM's widest batch (batch_size × the longest input):
+        # the memory lm-eval itself needs. Shorter inputs and stems' continuations fill more rows.
+        budget = batch_size * max(len(s) for s in self.inputs)
         by_row: dict[int, list[int]] = {}
         for i, (row, _, _) in enumerate(self.scored):
             by_row.setdefault(row, []).append(i)
         plain = sorted((r for r, s in enumerate(self.stem) if s == 0), key=lambda r: (-len(self.inputs[r]), self.inputs[r]))
-        chunks = [_Chunk(None, [self._batch(plain[i:i + batch_size], by_row)]) for i in range(0, len(plain), batch_size)]
+        chunks = [_Chunk(None, [self._batch(rows, by_row)]) for rows in _fill(plain, lambda r: len(self.inputs[r]), budget)]
         stems: dict[tuple[int, ...], list[int]] = {}
         for r, s in enumerate(self.stem):
             if s:
                 stems.setdefault(self.inputs[r][:s], []).append(r)
-        order = sorted(stems, key=lambda t: (-len(t), t))
-        for i in range(0, len(order), batch_size):
-            group = order[i:i + batch_size]
+        for group in _fill(sorted(stems, key=lambda t: (-len(t), t)), len, budget):
             slot = {r: j for j, t in enumerate(group) for r in stems[t]}
+            width = len(group[0])
             rows = sorted(slot, key=lambda r: (-(len(self.inputs[r]) - self.stem[r]), self.inputs[r]))
-            chunks.append(_Chunk(_right_padded(group, self.lm.device),
-                                 [self._batch(rows[k:k + batch_size], by_row, slot, len(group[0])) for k in range(0, len(rows), batch_size)]))
+            batches = _fill(rows, lambda r: width + len(self.inputs[r]) - self.stem[r], budget)
+            chunks.append(_Chunk(_right_padded(group, self.lm.device), [self._batch(b, by_row, slot, width) for b in batches]))
         return chunks
 
     def _batch(self, rows: list[int], by_row: dict[int, list[int]], slot: dict[int, int] | None = None, stem_width: int = 0) -> _Batch:
@@ -231,6 +233,18 @@ class LoglikelihoodPlan:
         return zip(sums.tolist(), greedy.tolist())
 
 
+def _fill(items: Sequence[Any], width: Callable[[Any], int], budget: int) -> Iterator[list[Any]]:
+    """Consecutive runs of ``items`` (widest first) whose padded size, count × the first's width, fits ``budget``."""
+    run: list[Any] = []
+    for item in items:
+        if run and (len(run) + 1) * width(run[0]) > budget:
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
 def _right_padded(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
     ids = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -266,13 +280,16 @@ def stem_lengths(prefixes: Sequence[tuple[int, ...]], lengths: Sequence[int]) ->
     return stem
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+def _common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Length of the common prefix, by bisection on slice equality (C-speed for few-shot-long prefixes)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class RollingPlan:
