@@ -48,6 +48,7 @@ from benchdoc import REPO, cpu_model, fail, publish, shown  # noqa: E402 (first:
 
 import torch  # noqa: E402
 
+from evomerge.scoring.fastlm import LoglikelihoodPlan, RollingPlan  # noqa: E402
 from evomerge.scoring.model import load_causal_lm  # noqa: E402
 from evomerge.scoring.scorer import Scorer, load_tasks  # noqa: E402
 from evomerge.zoo.tasks import task_name, write_skill_tasks  # noqa: E402
@@ -90,7 +91,8 @@ class ForwardFloor:
                 ids[r, : len(s)] = torch.tensor(s)
             self.batches.append(ids.to(model.device))
         self.model = model
-        self.what = f"{len(seqs)} distinct input sequences, {sum(len(s) for s in seqs)} tokens, {len(self.batches)} batches"
+        padded = sum(ids.numel() for ids in self.batches)
+        self.what = f"{len(seqs)} distinct input sequences, {sum(len(s) for s in seqs)} tokens ({padded} padded) in {len(self.batches)} forwards"
 
     def __call__(self) -> None:
         with torch.no_grad():
@@ -282,7 +284,10 @@ def main() -> None:
         "`model.generate` over the same prompts and stopping (see the script's docstring)",
     ]
     for kind in args.kinds:
-        lines.append(f"- {kind}: tasks {', '.join(names[kind])}; {n_items[kind]} items; floor: {floors[kind].what}; "
+        plans = [p.windows if isinstance(p, RollingPlan) else p for p in scorers[kind].lm.plans.values()
+                 if isinstance(p, (LoglikelihoodPlan, RollingPlan))]
+        fed = "" if not plans else f"; the Scorer feeds the model {sum(p.tokens() for p in plans)} tokens, padding and stems included"
+        lines.append(f"- {kind}: tasks {', '.join(names[kind])}; {n_items[kind]} items; floor: {floors[kind].what}{fed}; "
                      f"Scorer construction (once per worker) {build_ms[kind]:.0f} ms"
                      + ("" if args.no_naive else f"; largest difference of any metric from simple_evaluate's (relative where |value| > 1): {worst[kind]:.1e}"))
     lines += [

@@ -47,7 +47,7 @@ class FastHFLM(HFLM):
         super().__init__(*args, **kwargs)
         self._max_length = self.max_length  # the property re-reads the model config on every request
         self._pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-        self._plans: dict[tuple, Any] = {}
+        self.plans: dict[tuple, Any] = {}  # by request list: built on the first call with it
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         if (context, continuation) not in self._pairs:
@@ -55,9 +55,9 @@ class FastHFLM(HFLM):
         return self._pairs[(context, continuation)]
 
     def _plan(self, key: tuple, build: Callable[[], Any]) -> Any:
-        if key not in self._plans:
-            self._plans[key] = build()
-        return self._plans[key]
+        if key not in self.plans:
+            self.plans[key] = build()
+        return self.plans[key]
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None) -> list[tuple[float, bool]]:
         if self.backend != "causal":
@@ -79,7 +79,7 @@ class FastHFLM(HFLM):
         return self._plan(key, lambda: GenerationPlan(self, args)).run(requests)
 
     def run_model(self, ids: torch.Tensor, **kwargs: Any) -> Any:
-        """The model's output for ``ids``, under HFLM's no-grad and autocast settings.
+        """The model's output for ``ids``, under inference mode and HFLM's autocast setting.
 
         ``kv`` is this model's keyword for a KV cache (``cache`` in newer transformers); ``keep``
         asks for the logits of the last ``keep`` positions only, where the model supports it.
@@ -90,8 +90,8 @@ class FastHFLM(HFLM):
                 kwargs["logits_to_keep"] = keep
         if "kv" in kwargs:
             kwargs[_kv_name(self.model)] = kwargs.pop("kv")
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                             enabled=self.mixed_precision_dtype is not None):
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                                   enabled=self.mixed_precision_dtype is not None):
             return self.model(ids, **kwargs)
 
     def output_kv(self, output: Any) -> Any:
@@ -165,24 +165,20 @@ class LoglikelihoodPlan:
         self.chunks = self._chunks(lm.batch_size)
 
     def _chunks(self, batch_size: int) -> list[_Chunk]:
-        # A forward holds at most the tokens of HFLM's widest batch (batch_size × the longest input):
-        # the memory lm-eval itself needs. Shorter inputs and stems' continuations fill more rows.
-        budget = batch_size * max(len(s) for s in self.inputs)
         by_row: dict[int, list[int]] = {}
         for i, (row, _, _) in enumerate(self.scored):
             by_row.setdefault(row, []).append(i)
         plain = sorted((r for r, s in enumerate(self.stem) if s == 0), key=lambda r: (-len(self.inputs[r]), self.inputs[r]))
-        chunks = [_Chunk(None, [self._batch(rows, by_row)]) for rows in _fill(plain, lambda r: len(self.inputs[r]), budget)]
+        chunks = [_Chunk(None, [self._batch(rows, by_row)]) for rows in _runs(plain, batch_size)]
         stems: dict[tuple[int, ...], list[int]] = {}
         for r, s in enumerate(self.stem):
             if s:
                 stems.setdefault(self.inputs[r][:s], []).append(r)
-        for group in _fill(sorted(stems, key=lambda t: (-len(t), t)), len, budget):
+        for group in _runs(sorted(stems, key=lambda t: (-len(t), t)), batch_size):
             slot = {r: j for j, t in enumerate(group) for r in stems[t]}
-            width = len(group[0])
             rows = sorted(slot, key=lambda r: (-(len(self.inputs[r]) - self.stem[r]), self.inputs[r]))
-            batches = _fill(rows, lambda r: width + len(self.inputs[r]) - self.stem[r], budget)
-            chunks.append(_Chunk(_right_padded(group, self.lm.device), [self._batch(b, by_row, slot, width) for b in batches]))
+            batches = [self._batch(run, by_row, slot, len(group[0])) for run in _runs(rows, batch_size)]
+            chunks.append(_Chunk(_right_padded(group, self.lm.device), batches))
         return chunks
 
     def _batch(self, rows: list[int], by_row: dict[int, list[int]], slot: dict[int, int] | None = None, stem_width: int = 0) -> _Batch:
@@ -205,6 +201,10 @@ class LoglikelihoodPlan:
             batch.mask = torch.cat([real, torch.ones(len(rows), width, dtype=torch.bool)], dim=1).long().to(device)
             batch.positions = (torch.tensor(starts)[:, None] + torch.arange(width)).to(device)
         return batch
+
+    def tokens(self) -> int:
+        """Tokens one run feeds the model, padding included."""
+        return sum(sum(b.ids.numel() for b in c.batches) + (0 if c.stems is None else c.stems.numel()) for c in self.chunks)
 
     def run(self) -> list[tuple[float, bool]]:
         out: list[tuple[float, bool]] = [(0.0, False)] * self.n_requests
@@ -233,16 +233,8 @@ class LoglikelihoodPlan:
         return zip(sums.tolist(), greedy.tolist())
 
 
-def _fill(items: Sequence[Any], width: Callable[[Any], int], budget: int) -> Iterator[list[Any]]:
-    """Consecutive runs of ``items`` (widest first) whose padded size, count × the first's width, fits ``budget``."""
-    run: list[Any] = []
-    for item in items:
-        if run and (len(run) + 1) * width(run[0]) > budget:
-            yield run
-            run = []
-        run.append(item)
-    if run:
-        yield run
+def _runs(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _right_padded(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
@@ -351,10 +343,9 @@ class GenerationPlan:
                                               truncation=lm.truncation)[0][0].tolist() for i in members}
             order = sorted(members, key=lambda i: (-len(prompts[i]), args[i][0]))
             window = max(len(lm.tok_encode(s, add_special_tokens=False)) for s in until) + 2
-            for k in range(0, len(order), lm.batch_size):
-                chunk = order[k:k + lm.batch_size]
+            for chunk in _runs(order, lm.batch_size):
                 ids, mask = _left_padded([prompts[i] for i in chunk], lm.tokenizer.pad_token_id or 0, lm.device)
-                self.batches.append(_Prompts(chunk, ids, mask, until, max_new, window))
+                self.batches.append(_Prompts(list(chunk), ids, mask, until, max_new, window))
         self.eos_ids = set(_as_list(config.eos_token_id))
 
     def run(self, requests: Sequence[Any]) -> list[str]:
