@@ -360,34 +360,35 @@ class GenerationPlan:
 
     def _decode(self, batch: _Prompts) -> list[list[int]]:
         """Greedy tokens per row; a row that is done leaves the batch and its cache rows go with it."""
-        lm, mask = self.lm, batch.mask
+        mask = batch.mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as transformers derives them from a left-padded mask
-        step = {"attention_mask": mask, "use_cache": True}
-        if _accepts(lm.model, "position_ids"):
-            step["position_ids"] = positions
-        output = lm.run_model(batch.ids, keep=1, **step)
+        output = self._forward(batch.ids, mask, positions)
         alive = list(range(len(batch.requests)))
         generated: list[list[int]] = [[] for _ in alive]
-        while alive:
+        while True:
             nxt = output.logits[:, -1].argmax(dim=-1)
             for r, t in zip(alive, nxt.tolist()):
                 generated[r].append(t)
-            tails = lm.tokenizer.batch_decode([generated[r][-batch.window:] for r in alive])
+            tails = self.lm.tokenizer.batch_decode([generated[r][-batch.window:] for r in alive])
             keep = [j for j, (r, tail) in enumerate(zip(alive, tails)) if not self._done(generated[r], tail, batch)]
             if not keep:
-                break
-            cache = lm.output_kv(output)
+                return generated
+            cache = self.lm.output_kv(output)
             if len(keep) < len(alive):
                 index = torch.tensor(keep, device=nxt.device)
                 alive, nxt, mask, positions = [alive[j] for j in keep], nxt[index], mask[index], positions[index]
                 cache.batch_select_indices(index)
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
             positions = positions[:, -1:] + 1
-            step = {"attention_mask": mask, "use_cache": True, "kv": cache}
-            if _accepts(lm.model, "position_ids"):
-                step["position_ids"] = positions
-            output = lm.run_model(nxt[:, None], **step)
-        return generated
+            output = self._forward(nxt[:, None], mask, positions, cache)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any = None) -> Any:
+        step: dict[str, Any] = {"attention_mask": mask, "use_cache": True, "keep": 1}
+        if cache is not None:
+            step["kv"] = cache
+        if _accepts(self.lm.model, "position_ids"):  # else the model counts positions itself, as under generate
+            step["position_ids"] = positions
+        return self.lm.run_model(ids, **step)
 
     def _done(self, tokens: list[int], tail: str, batch: _Prompts) -> bool:
         return tokens[-1] in self.eos_ids or len(tokens) >= batch.max_new or any(s in tail for s in batch.until)
