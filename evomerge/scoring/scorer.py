@@ -137,8 +137,7 @@ def check_prompt_options(tokenizer: Any, num_fewshot: int | None, apply_chat_tem
     if fewshot_as_multiturn and not apply_chat_template:
         raise EvomergeError("fewshot_as_multiturn needs apply_chat_template: few-shot turns exist only in a chat")
     if apply_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise EvomergeError(f"apply_chat_template: the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model') or 'this model'} "
-                            "has no chat template")
+        raise EvomergeError("apply_chat_template: this model's tokenizer has no chat template (give it one, or leave the option off)")
 
 
 def _keep_document_fields(task: Any) -> None:
