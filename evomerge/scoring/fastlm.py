@@ -225,7 +225,8 @@ class LoglikelihoodPlan:
         logits = self.lm.run_model(batch.ids, keep=batch.keep, **extra).logits
         logits = logits[:, -batch.keep:]  # models without logits_to_keep return every position
         logp = F.log_softmax(logits[batch.rows, batch.cols], dim=-1, dtype=self.lm.softmax_dtype)
-        token_lp = logp.gather(1, batch.targets[:, None]).squeeze(1)
+        # summed in at least float32: a bfloat16 running sum would round at every token (lm-eval's sum rounds once)
+        token_lp = logp.gather(1, batch.targets[:, None]).squeeze(1).to(torch.promote_types(logp.dtype, torch.float32))
         misses = (logp.argmax(dim=-1) != batch.targets).long()
         n = len(batch.requests)
         sums = torch.zeros(n, dtype=token_lp.dtype, device=token_lp.device).index_add_(0, batch.owner, token_lp)
