@@ -45,7 +45,7 @@ def load_float64(folder: Path) -> tuple[Any, Any]:
 
 
 @pytest.fixture
-def base64(zoo_dir: Path) -> tuple[Any, Any]:
+def base_float64(zoo_dir: Path) -> tuple[Any, Any]:
     """The zoo's base (it half-knows every skill: some answers right, some wrong) in float64."""
     return load_float64(zoo_dir / "models" / "base")
 

@@ -27,8 +27,8 @@ def assert_same_metrics(ours: dict, reference: dict) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_scores_equal_simple_evaluate(kind: str, base64, zoo_tasks: Path) -> None:
-    model, tok = base64
+def test_scores_equal_simple_evaluate(kind: str, base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
     ours = Scorer(model, tok, load_tasks(names(kind), zoo_tasks), batch_size=16).score()
     assert_same_metrics(ours, simple_evaluate(model, tok, names(kind), zoo_tasks)["metrics"])
 
@@ -51,8 +51,8 @@ PROMPT_OPTIONS = {
 
 
 @pytest.mark.parametrize("options", PROMPT_OPTIONS.values(), ids=PROMPT_OPTIONS)
-def test_prompt_options_shape_prompts_and_scores_as_simple_evaluate_does(options: dict, base64, zoo_tasks: Path) -> None:
-    model, tok = base64
+def test_prompt_options_shape_prompts_and_scores_as_simple_evaluate_does(options: dict, base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
     tok.chat_template = CHAT_TEMPLATE
     tasks = names("loglikelihood") + names("multiple_choice") + names("generate_until")
     scorer = Scorer(model, tok, load_tasks(tasks, zoo_tasks), batch_size=16, **options)
@@ -71,22 +71,22 @@ def test_prompt_options_shape_prompts_and_scores_as_simple_evaluate_does(options
     ({"fewshot_as_multiturn": True}, "apply_chat_template"),
     ({"apply_chat_template": True}, "no chat template"),
 ])
-def test_impossible_prompt_options_are_one_line_user_errors(options: dict, fragment: str, base64, zoo_tasks: Path) -> None:
-    model, tok = base64
+def test_impossible_prompt_options_are_one_line_user_errors(options: dict, fragment: str, base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
     with pytest.raises(EvomergeError, match=fragment) as error:
         Scorer(model, tok, load_tasks(names("loglikelihood"), zoo_tasks), **options)
     assert "\n" not in str(error.value)
 
 
-def test_a_multi_filter_task_is_scored_under_every_filter(base64, zoo_tasks: Path) -> None:
-    model, tok = base64
+def test_a_multi_filter_task_is_scored_under_every_filter(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
     score = Scorer(model, tok, load_tasks(names("generate_until")[:1], zoo_tasks)).score()[names("generate_until")[0]]
     assert set(score.metrics) == {"exact_match,strict-match", "exact_match,flexible-extract"}
     assert all(len(score.per_item[key]) == 64 for key in score.metrics)
 
 
-def test_primary_metric_and_filter_are_the_first_of_the_task_lists(base64, zoo_tasks: Path) -> None:
-    model, tok = base64
+def test_primary_metric_and_filter_are_the_first_of_the_task_lists(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
     scores = Scorer(model, tok, load_tasks([names("loglikelihood")[0], names("generate_until")[0]], zoo_tasks)).score()
     loglikelihood, generation = scores[names("loglikelihood")[0]], scores[names("generate_until")[0]]
     assert (loglikelihood.metric, loglikelihood.filter) == ("acc", "none")
@@ -94,8 +94,8 @@ def test_primary_metric_and_filter_are_the_first_of_the_task_lists(base64, zoo_t
     assert (generation.metric, generation.filter) == ("exact_match", "strict-match")
 
 
-def test_a_filter_the_task_lacks_is_a_one_line_error_naming_the_known_ones(base64, zoo_tasks: Path) -> None:
-    model, tok = base64
+def test_a_filter_the_task_lacks_is_a_one_line_error_naming_the_known_ones(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
     score = Scorer(model, tok, load_tasks(names("generate_until")[:1], zoo_tasks)).score()[names("generate_until")[0]]
     assert score.key("exact_match", "flexible-extract") == "exact_match,flexible-extract"
     with pytest.raises(EvomergeError, match="'loose'.*exact_match,flexible-extract") as error:
@@ -118,9 +118,9 @@ def test_changing_weights_in_place_changes_the_next_score(zoo_dir: Path, zoo_tas
         assert after[task].metrics == pytest.approx(fresh[task].metrics, rel=1e-12)
 
 
-def test_generation_the_fast_path_lacks_is_left_to_lm_eval(base64, tmp_path: Path, zoo_tasks: Path) -> None:
+def test_generation_the_fast_path_lacks_is_left_to_lm_eval(base_float64, tmp_path: Path, zoo_tasks: Path) -> None:
     """A decoding option other than plain greedy (here a repetition penalty) goes through HFLM's own generate."""
-    model, tok = base64
+    model, tok = base_float64
     spec = (zoo_tasks / "zoo_rev_gen.yaml").read_text().replace("task: zoo_rev_gen", "task: zoo_rev_penalized")
     (tmp_path / "zoo_rev_penalized.yaml").write_text(spec.replace("do_sample: false", "do_sample: false\n  repetition_penalty: 5.0"))
     ours = Scorer(model, tok, load_tasks(["zoo_rev_penalized"], tmp_path)).score()
@@ -129,8 +129,8 @@ def test_generation_the_fast_path_lacks_is_left_to_lm_eval(base64, tmp_path: Pat
     assert reference != simple_evaluate(model, tok, ["zoo_rev_gen"], zoo_tasks)["metrics"]  # the penalty did change the answers
 
 
-def test_scorer_table_has_a_row_per_task_filter_and_metric(base64, zoo_tasks: Path) -> None:
-    model, tok = base64
+def test_scorer_table_has_a_row_per_task_filter_and_metric(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
     scorer = Scorer(model, tok, load_tasks([names("loglikelihood")[0], names("generate_until")[0]], zoo_tasks))
     rows = [line.split("|") for line in scorer.table(scorer.score()).splitlines()[2:]]
     assert [(r[3].strip(), r[5].strip()) for r in rows] == [
