@@ -15,6 +15,8 @@ from evomerge.scoring.scorer import Scorer, load_tasks
 from evomerge.zoo.tasks import KINDS
 from .conftest import ALL_NAMES, load_float64, names, prompts, simple_evaluate
 
+pytestmark = pytest.mark.slow  # every test here scores the zoo's models: the first run of a checkout builds the zoo
+
 # Role letters and separators the zoo's tokenizer knows: system 's:', user 'u:', assistant 'a:'.
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}={% endfor %}"
                  "{% if add_generation_prompt %}a:{% endif %}")
