@@ -68,13 +68,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise EvomergeError(f"not a model folder (no config.json): {model_dir}")
     tasks = load_tasks(names, args.task_path)
     model, tokenizer = load_causal_lm(model_dir, device=args.device, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    scores = Scorer(model, tokenizer, tasks, batch_size=args.batch_size).score()
+    scorer = Scorer(model, tokenizer, tasks, batch_size=args.batch_size)
+    scores = scorer.score()
     if args.json:
         print(json.dumps({t: s.metrics for t, s in scores.items()}, indent=2))
     else:
-        width = max(len(t) for t in scores)
-        for task, s in scores.items():
-            print(f"{task:<{width}}  " + "  ".join(f"{m.removesuffix(',none')}={v:.4f}" for m, v in s.metrics.items()))
+        print(scorer.table(scores))  # lm-eval's layout: a row per task, filter and metric
     return 0
 
 

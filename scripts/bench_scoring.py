@@ -1,29 +1,30 @@
 #!/usr/bin/env python
-"""Cost of scoring one candidate: evomerge's Scorer and naive ``lm_eval.simple_evaluate`` against the
-floor, a bare batched forward pass over the same token sequences (DESIGN.md §6).
+"""Cost of scoring one candidate, per lm-eval output type: evomerge's Scorer and naive
+``lm_eval.simple_evaluate`` against a floor that does only the model's own work.
 
-Per candidate the model's weights are overwritten in place (untimed), then three things are timed,
-interleaved so that they share the machine's load:
+Tasks: the zoo's skills as tasks of each kind, written from the zoo's calibration JSONL by
+``evomerge.zoo.tasks.write_skill_tasks`` (what the zoo ships): ``zoo_<skill>`` (loglikelihood),
+``zoo_<skill>_mc`` (multiple choice), ``zoo_<skill>_gen`` (generate_until, two filters),
+``zoo_<skill>_rolling`` (loglikelihood_rolling). Candidates: the zoo's base and experts; per candidate
+the weights are copied into one model in place (untimed), then, per output type, three ways are timed
+back to back so that they share the machine's load:
 
-- (a) ``Scorer.score()`` — requests built once (at construction, untimed), lm-eval's own request
-  methods, filters, ``process_results`` and aggregations per candidate;
-- (b) ``lm_eval.simple_evaluate`` with a fresh ``HFLM`` wrapper around the same model (the naive way:
-  tasks, documents and requests rebuilt on every call; one ``TaskManager`` indexing the task folder is
-  made once and passed in; ``bootstrap_iters=0``);
-- (c) the floor: the same token sequences lm-eval feeds the model (``(context + continuation)[:-1]``
-  from the Scorer's own tokenization), in lm-eval's order (longest first), the same batch size,
-  right-padded to the longest in the batch, ``model(ids).logits`` under ``torch.no_grad()`` — no
-  attention mask, as HFLM's own call — and nothing else (no log-softmax, no comparison).
+- Scorer: ``Scorer.score()`` on that type's tasks (requests built once at construction, untimed);
+  metrics from lm-eval's own filters, ``process_results`` and aggregations.
+- floor, log-likelihood types: a bare batched forward, ``model(ids).logits`` under ``torch.no_grad()``,
+  over the distinct token sequences lm-eval feeds the model (captured from HFLM itself:
+  ``(context + continuation)[:-1]``, rolling windows included), longest first, the same batch size,
+  right-padded, no attention mask — and nothing else (no log-softmax, no comparison).
+- floor, generation: a bare batched ``model.generate`` over the same prompts (HFLM's tokenization,
+  order and left padding), greedy, with the same stopping: the tasks' stop sequences
+  (``stop_strings``), the model's end-of-sequence ids and HFLM's ``max_length``.
+- naive: ``lm_eval.simple_evaluate`` with a fresh ``HFLM`` per candidate (tasks, documents and requests
+  rebuilt every call; one ``TaskManager`` made once; ``bootstrap_iters=0``).
 
-Medians over candidates × repetitions; ratios both as median(a)/median(c) and as the median of the
-per-candidate ratios. With (a) above the target (1.3× the floor) it profiles ``score()`` with cProfile
-and lists the top costs.
+Medians over candidates × repetitions; ratios as median(way)/median(floor) and as the median of the
+per-candidate ratios. A type over its target is profiled (cProfile, top costs) unless --profile never.
 
-Workload: ``zoo/seed0-llama`` when it exists (the base and the experts as candidates, the calibration
-tasks ``zoo_<skill>``), else a tiny random Llama family with a character tokenizer and two
-loglikelihood tasks built in a temporary folder (as ``tests/conftest.py``'s ``scored_family``).
-
-    .venv/bin/python scripts/bench_scoring.py --reps 5
+    .venv/bin/python scripts/bench_scoring.py --reps 3
 """
 
 from __future__ import annotations
@@ -41,93 +42,57 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-
-from benchdoc import REPO, cpu_model, publish, shown  # noqa: E402 (first: sets the offline environment)
+from benchdoc import REPO, cpu_model, fail, publish, shown  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402
 
+from evomerge.scoring.fastlm import LoglikelihoodPlan, RollingPlan  # noqa: E402
 from evomerge.scoring.model import load_causal_lm  # noqa: E402
 from evomerge.scoring.scorer import Scorer, load_tasks  # noqa: E402
+from evomerge.zoo.tasks import task_name, write_skill_tasks  # noqa: E402
 
-TARGET = 1.3
-ZOO_SKILLS = ("rev", "sort", "up", "dup")
-
-
-# --- workloads ---------------------------------------------------------------------------------
+TARGETS = {"loglikelihood": 1.0, "multiple_choice": 1.0, "generate_until": 1.3, "loglikelihood_rolling": None}
 
 
-def zoo_workload(root: Path) -> tuple[str, list[Path], Path, list[str]]:
-    from evomerge.zoo.build import load_zoo
-
-    zoo = load_zoo(root)
-    tasks = [zoo.skills[s].task for s in ZOO_SKILLS if s in zoo.skills] or [f.task for f in zoo.skills.values()]
-    models = [zoo.base, *zoo.experts.values()]
-    return f"zoo `{shown(root)}` (base + {len(zoo.experts)} experts)", models, zoo.task_dir, tasks
+# --- floors ------------------------------------------------------------------------------------
 
 
-def save_llama(path: Path, seed: int, size: str, base: Path | None = None, scale: float = 0.05) -> Path:
-    """A random Llama: ``test`` = tests/conftest.py's (2 layers, d 16); ``zoo`` = the zoo's sizes
-    (evomerge/zoo/model.py: d 96, ff 256, 4 layers, 4 heads, tied embeddings) with a 32-token vocabulary.
-    With ``base``: the base plus seeded noise, whatever its size (tests/conftest.py's helper)."""
-    from tests.conftest import save_tiny_llama
+def lm_eval_token_requests(scorer: Scorer) -> list[tuple[list[int], list[int]]]:
+    """The (context, continuation) tokens HFLM scores for the Scorer's requests, windows included."""
+    from lm_eval.models.huggingface import HFLM
 
-    if size == "test" or base is not None:
-        return save_tiny_llama(path, seed, base=base, scale=scale)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    class Capture(HFLM):
+        def _loglikelihood_tokens(self, requests, **kwargs):  # noqa: ANN001, ANN003
+            captured.extend((ctx, cont) for _, ctx, cont in requests)
+            return [(0.0, False)] * len(requests)
 
-    from evomerge.zoo import model as zm
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=32, hidden_size=zm.DIM, intermediate_size=zm.FF, num_hidden_layers=zm.LAYERS, num_attention_heads=zm.HEADS,
-        num_key_value_heads=zm.HEADS, max_position_embeddings=zm.MAX_LENGTH, tie_word_embeddings=True))
-    model.save_pretrained(path, safe_serialization=True)
-    return path
+    captured: list[tuple[list[int], list[int]]] = []
+    lm = Capture(pretrained=scorer.lm.model, tokenizer=scorer.lm.tokenizer, batch_size=scorer.lm.batch_size)
+    for reqtype, instances in scorer.requests.items():
+        getattr(lm, reqtype)(instances, disable_tqdm=True)
+    return captured
 
 
-def tiny_workload(tmp: Path, n_items: int, size: str) -> tuple[str, list[Path], Path, list[str]]:
-    from tests.conftest import save_char_tokenizer, write_tasks
-
-    base = save_llama(tmp / "base", 0, size)
-    models = [base] + [save_llama(tmp / n, i, size, base=base) for i, n in enumerate("abc", start=1)]
-    for m in models:
-        save_char_tokenizer(m)
-    names = write_tasks(tmp / "tasks", n_items=n_items)
-    tasks = [names["rev_calibration"], names["dup_calibration"]]
-    shape = "2 layers, d 16" if size == "test" else "the zoo's sizes: 4 layers, d 96, ff 256, 4 heads, tied embeddings"
-    return (f"no zoo built yet: a random Llama family ({shape}; vocab 32; base + 3 noisy copies), character tokenizer and "
-            "tests/conftest.py's tasks"), models, tmp / "tasks", tasks
-
-
-# --- the three ways ----------------------------------------------------------------------------
-
-
-class Floor:
-    """A bare batched forward over the Scorer's own token sequences, in lm-eval's order and batching."""
+class ForwardFloor:
+    """A bare batched forward over the token sequences lm-eval feeds the model, in its order and batching."""
 
     def __init__(self, scorer: Scorer, model: torch.nn.Module, batch_size: int) -> None:
-        types = set(scorer.requests)
-        if types != {"loglikelihood"}:
-            raise SystemExit(f"the floor handles loglikelihood requests only; these tasks have {sorted(types)}")
-        seqs = []
-        for inst in scorer.requests["loglikelihood"]:
-            ctx, cont = inst.args
-            c, k = scorer.lm._encode_pair(ctx, cont)  # noqa: SLF001 (the same tokens lm-eval uses)
-            seqs.extend([tuple((c + k)[-(scorer.lm.max_length + 1):][:-1])] * inst.repeats)
-        # lm-eval runs one forward per distinct input sequence (HFLM's Collator groups requests with the
-        # same context + continuation[:-1] when logits_cache is on, its default), longest first
-        seqs = sorted(set(seqs), key=lambda s: (-len(s), s))
+        longest = scorer.lm.max_length + 1
+        # lm-eval runs one forward per distinct input (its Collator groups requests with the same
+        # context + continuation[:-1]), longest first
+        seqs = sorted({tuple((c + k)[-longest:][:-1]) for c, k in lm_eval_token_requests(scorer)}, key=lambda s: (-len(s), s))
         self.batches = []
         for i in range(0, len(seqs), batch_size):
-            chunk = seqs[i : i + batch_size]
-            width = len(chunk[0])
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            chunk = seqs[i:i + batch_size]
+            ids = torch.zeros((len(chunk), len(chunk[0])), dtype=torch.long)
             for r, s in enumerate(chunk):
                 ids[r, : len(s)] = torch.tensor(s)
             self.batches.append(ids.to(model.device))
         self.model = model
-        self.n_sequences, self.n_tokens = len(seqs), sum(len(s) for s in seqs)
+        padded = sum(ids.numel() for ids in self.batches)
+        self.what = f"{len(seqs)} distinct input sequences, {sum(len(s) for s in seqs)} tokens ({padded} padded) in {len(self.batches)} forwards"
 
     def __call__(self) -> None:
         with torch.no_grad():
@@ -135,7 +100,34 @@ class Floor:
                 self.model(ids).logits
 
 
-def naive(model, tokenizer, tasks: list[str], manager, batch_size: int) -> dict:
+class GenerateFloor:
+    """A bare batched ``model.generate`` over HFLM's prompts, with lm-eval's stopping."""
+
+    def __init__(self, scorer: Scorer, model: torch.nn.Module, batch_size: int) -> None:
+        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+        lm = scorer.lm
+        args = [inst.args for inst in scorer.requests["generate_until"]]
+        if len({repr(kw) for _, kw in args}) != 1:
+            raise SystemExit("the generation floor expects one set of generation_kwargs across the tasks")
+        kwargs = normalize_gen_kwargs(args[0][1], lm.max_gen_toks)
+        self.until = handle_stop_sequences(kwargs.pop("until", None), eos=lm.tok_decode(lm.eot_token_id, skip_special_tokens=False))
+        self.max_gen_toks = kwargs.pop("max_gen_toks")
+        contexts = sorted((ctx for ctx, _ in args), key=lambda c: (-len(lm.tok_encode(c)), c))  # HFLM's order
+        self.batches = [lm.tok_batch_encode(contexts[i:i + batch_size], left_truncate_len=lm.max_length - self.max_gen_toks)
+                        for i in range(0, len(contexts), batch_size)]
+        self.model, self.tokenizer = model, lm.tokenizer
+        self.what = f"{len(contexts)} prompts, {len(self.batches)} batches, stop sequences {self.until}"
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            for ids, mask in self.batches:
+                self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                    max_length=ids.shape[1] + self.max_gen_toks, stop_strings=self.until,
+                                    tokenizer=self.tokenizer, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+
+
+def naive(model: torch.nn.Module, tokenizer: Any, tasks: list[str], manager: Any, batch_size: int) -> dict[str, dict[str, float]]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -155,157 +147,163 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def machine() -> str:
-    model = cpu_model()
     import lm_eval
     import transformers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{os.cpu_count()} cores, {model}, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+    return (f"{os.cpu_count()} cores, {cpu_model()}, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}, lm_eval {getattr(lm_eval, '__version__', '?')}")
 
 
-
-
-def profile_score(scorer: Scorer, calls: int, top: int) -> list[str]:
+def profile(call: Callable[[], Any], calls: int, top: int) -> list[str]:
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):
-        scorer.score()
+        call()
     prof.disable()
     stats = pstats.Stats(prof)
-    total = stats.total_tt
-    rows = []
-    for (file, line, fn), (cc, nc, tt, ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append((tt, ct, nc, f"{_short(file)}:{line}({fn})"))
-    rows.sort(reverse=True)
-    out = [f"cProfile of {calls} `score()` calls, {1000 * total / calls:.1f} ms per call under the profiler; top {top} by own time:", "",
-           "| function | own ms/call | cumulative ms/call | calls/score |", "|---|---:|---:|---:|"]
-    for tt, ct, nc, name in rows[:top]:
-        out.append(f"| `{name}` | {1000 * tt / calls:.2f} | {1000 * ct / calls:.2f} | {nc / calls:.0f} |")
+    rows = sorted(((tt, ct, nc, f"{_short(file)}:{line}({fn})") for (file, line, fn), (cc, nc, tt, ct, _) in stats.stats.items()),  # type: ignore[attr-defined]
+                  reverse=True)
+    out = [f"cProfile of {calls} `score()` calls, {1000 * stats.total_tt / calls:.1f} ms per call under the profiler; top {top} by own time:",  # type: ignore[attr-defined]
+           "", "| function | own ms/call | cumulative ms/call | calls/score |", "|---|---:|---:|---:|"]
+    out += [f"| `{name}` | {1000 * tt / calls:.2f} | {1000 * ct / calls:.2f} | {nc / calls:.0f} |" for tt, ct, nc, name in rows[:top]]
     return out
 
 
 def _short(file: str) -> str:
-    for marker in ("site-packages/", "/work/main/"):
+    for marker in ("site-packages/", str(REPO) + "/"):
         if marker in file:
             return file.split(marker, 1)[1]
     return file
 
 
+def relative_difference(ours: dict[str, Any], ref: dict[str, dict[str, float]]) -> float:
+    return max(abs(ours[t].metrics[k] - v) / max(1.0, abs(v)) for t in ref for k, v in ref[t].items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--zoo", default=str(REPO / "zoo" / "seed0-llama"), help="zoo folder (tiny family when it has no zoo.json)")
-    ap.add_argument("--tiny-items", type=int, default=100, help="items per task for the tiny family (2 tasks)")
-    ap.add_argument("--tiny-size", choices=("zoo", "test"), default="zoo", help="model sizes of the fallback family")
-    ap.add_argument("--reps", type=int, default=5, help="passes over the candidates")
+    ap.add_argument("--zoo", default=str(REPO / "zoo" / "seed0-llama"), help="a built zoo (evomerge zoo build)")
+    ap.add_argument("--kinds", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="output types to time")
+    ap.add_argument("--reps", type=int, default=3, help="passes over the candidates")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--no-naive", action="store_true", help="skip (b), simple_evaluate")
+    ap.add_argument("--no-naive", action="store_true", help="skip simple_evaluate")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
     ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     command = ".venv/bin/python scripts/bench_scoring.py " + " ".join(sys.argv[1:])
     torch.set_num_threads(args.threads)
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     logging.disable(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # HFLM's max_length beside the zoo's max_new_tokens warns on every batch
+    from evomerge.errors import EvomergeError
+    from evomerge.zoo import load_zoo
+
+    try:
+        zoo = load_zoo(args.zoo)
+    except EvomergeError as e:
+        fail(str(e))
     load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="bench_scoring_") as tmpdir:
-        if (Path(args.zoo) / "zoo.json").is_file():
-            what, model_paths, task_dir, task_names = zoo_workload(Path(args.zoo))
-        else:
-            print(f"no zoo at {args.zoo}: using a tiny random Llama family", flush=True)
-            what, model_paths, task_dir, task_names = tiny_workload(Path(tmpdir), args.tiny_items, args.tiny_size)
-        model, tok = load_causal_lm(model_paths[0])
+        task_dir = Path(tmpdir)
+        for skill, files in zoo.skills.items():
+            write_skill_tasks(skill, {"calibration": files.calibration}, task_dir)
+        model, tok = load_causal_lm(zoo.base)
         states = []
-        for p in model_paths:
-            m, _ = load_causal_lm(p)
+        for path in [zoo.base, *zoo.experts.values()]:
+            m, _ = load_causal_lm(path)
             states.append({k: v.detach().clone() for k, v in m.named_parameters()})
-        n_params = sum(p.numel() for p in model.parameters())
-
         from lm_eval.tasks import TaskManager
 
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-        t0 = time.perf_counter()
-        scorer = Scorer(model, tok, load_tasks(task_names, task_dir), batch_size=args.batch_size)
-        build_s = time.perf_counter() - t0
-        floor = Floor(scorer, model, args.batch_size)
-        n_items = sum(len(s.per_item[f"{s.metric},{s.filter}"]) for s in scorer.score().values())
+        names, scorers, floors, build_ms = {}, {}, {}, {}
+        for kind in args.kinds:
+            names[kind] = [task_name(skill, kind, "calibration") for skill in zoo.skills]
+            t0 = time.perf_counter()
+            scorers[kind] = Scorer(model, tok, load_tasks(names[kind], task_dir), batch_size=args.batch_size)
+            build_ms[kind] = 1000 * (time.perf_counter() - t0)
+            floors[kind] = (GenerateFloor if kind == "generate_until" else ForwardFloor)(scorers[kind], model, args.batch_size)
 
-        # warm-up, and (a) == (b) on every candidate
-        same = True
+        # warm-up (the Scorer's first call builds its plans), and the Scorer against simple_evaluate
+        worst = {kind: 0.0 for kind in args.kinds}
         for st in states:
             load_into(model, st)
-            floor()
-            ours = scorer.score()
-            if not args.no_naive:
-                ref = naive(model, tok, task_names, manager, args.batch_size)
-                for t in task_names:
-                    for k, v in ref[t].items():
-                        same &= abs(ours[t].metrics[k] - v) <= 1e-9 * max(1.0, abs(v))
+            for kind in args.kinds:
+                floors[kind]()
+                ours = scorers[kind].score()
+                if not args.no_naive:
+                    worst[kind] = max(worst[kind], relative_difference(ours, naive(model, tok, names[kind], manager, args.batch_size)))
 
-        times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-        ratios: dict[str, list[float]] = {"a": [], "b": []}
+        ways = ("floor", "scorer") + (() if args.no_naive else ("naive",))
+        times = {(kind, w): [] for kind in args.kinds for w in ways}
+        ratios = {(kind, w): [] for kind in args.kinds for w in ways}
         for rep in range(args.reps):
             for st in states:
                 load_into(model, st)
-                t = {}
-                for key in ("c", "a", "b"):
-                    if key == "b" and args.no_naive:
-                        continue
-                    s = time.perf_counter()
-                    if key == "a":
-                        scorer.score()
-                    elif key == "b":
-                        naive(model, tok, task_names, manager, args.batch_size)
-                    else:
-                        floor()
-                    t[key] = time.perf_counter() - s
-                    times[key].append(t[key])
-                for key in ("a", "b"):
-                    if key in t:
-                        ratios[key].append(t[key] / t["c"])
-            print(f"rep {rep + 1}/{args.reps}: median ms a {1000 * statistics.median(times['a']):.1f} "
-                  f"c {1000 * statistics.median(times['c']):.1f}" + ("" if args.no_naive else f" b {1000 * statistics.median(times['b']):.1f}"), flush=True)
+                for kind in args.kinds:
+                    calls = {"floor": floors[kind], "scorer": scorers[kind].score,
+                             "naive": lambda: naive(model, tok, names[kind], manager, args.batch_size)}
+                    t = {}
+                    for w in ways:
+                        s = time.perf_counter()
+                        calls[w]()
+                        t[w] = time.perf_counter() - s
+                        times[(kind, w)].append(t[w])
+                    for w in ways:
+                        ratios[(kind, w)].append(t[w] / t["floor"])
+            print(f"rep {rep + 1}/{args.reps}: " + ", ".join(
+                f"{kind} {statistics.median(times[(kind, 'scorer')]) / statistics.median(times[(kind, 'floor')]):.2f}x" for kind in args.kinds), flush=True)
 
-        med = {k: statistics.median(v) for k, v in times.items() if v}
-        ratio_a = med["a"] / med["c"]
+        med = {key: statistics.median(v) for key, v in times.items()}
         prof_lines: list[str] = []
-        if args.profile == "always" or (args.profile == "auto" and ratio_a > TARGET):
-            prof_lines = profile_score(scorer, calls=max(5, 2 * len(states)), top=12)
+        for kind in args.kinds:
+            missed = TARGETS[kind] is not None and med[(kind, "scorer")] / med[(kind, "floor")] > TARGETS[kind]
+            if args.profile == "always" or (args.profile == "auto" and missed):
+                head, *table = profile(scorers[kind].score, calls=2 * len(states), top=12)
+                prof_lines += ["", f"**{kind}** — {head}", *table]
+        n_params = sum(p.numel() for p in model.parameters())
+        n_items = {kind: sum(len(docs) for docs in scorers[kind].docs.values()) for kind in args.kinds}
     load_after = os.getloadavg()[0]
 
-    n = len(times["c"])
-    rows = [("(c) floor: bare batched forward, `torch.no_grad()`", "c"), ("(a) evomerge `Scorer.score()`", "a")]
-    if not args.no_naive:
-        rows.append(("(b) naive `lm_eval.simple_evaluate` per candidate", "b"))
+    n = len(states) * args.reps
     lines = [
-        "## Scoring one candidate: Scorer vs. simple_evaluate vs. a bare forward (`scripts/bench_scoring.py`)",
+        "## Scoring one candidate, per output type: Scorer vs. simple_evaluate vs. the floor (`scripts/bench_scoring.py`)",
         "",
         f"- date: {_dt.date.today().isoformat()}; machine: {machine()}; torch threads: {args.threads}",
         f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (other processes share the cores)",
         f"- command: `{command}`",
-        f"- workload: {what}; {n_params:,} parameters; tasks {', '.join(task_names)}: {n_items} loglikelihood items, "
-        f"{floor.n_sequences} distinct input sequences, {floor.n_tokens} tokens, batch size {args.batch_size} ({len(floor.batches)} batches)",
-        f"- {len(states)} candidates × {args.reps} repetitions = {n} timings per row, after one warm-up pass; per candidate the weights "
-        "are copied into the model in place (untimed); the three are timed back to back per candidate",
-        f"- Scorer construction (tasks, documents, requests; once per worker): {1000 * build_s:.0f} ms",
-        f"- (a) and (b) give the same metrics on every candidate: {'yes' if same else 'NO'}" if not args.no_naive else "- (b) skipped",
-        "",
-        "| way | median ms per candidate | × floor (ratio of medians) | × floor (median of per-candidate ratios) |",
-        "|---|---:|---:|---:|",
+        f"- workload: zoo `{shown(zoo.root)}`, {n_params:,} parameters; candidates: the base and {len(zoo.experts)} experts; "
+        f"tasks of each type written from the zoo's calibration sets ({', '.join(zoo.skills)}); batch size {args.batch_size}",
+        f"- {len(states)} candidates × {args.reps} repetitions = {n} timings per cell, after one warm-up pass; per candidate the "
+        "weights are copied into the model in place (untimed); floor, Scorer and naive are timed back to back per candidate and type",
+        "- floor: log-likelihood types, a bare batched forward over lm-eval's own input sequences; generation, a bare batched "
+        "`model.generate` over the same prompts and stopping (see the script's docstring)",
     ]
-    for label, key in rows:
-        if key == "c":
-            lines.append(f"| {label} | {1000 * med['c']:.1f} | 1.00 | 1.00 |")
-        else:
-            lines.append(f"| {label} | {1000 * med[key]:.1f} | {med[key] / med['c']:.2f} | {statistics.median(ratios[key]):.2f} |")
-    lines += ["", f"Target (a) ≤ {TARGET}× the floor: {'met' if ratio_a <= TARGET else 'missed'} ({ratio_a:.2f}×)."]
-    if prof_lines:
-        lines += ["", *prof_lines]
-    body = "\n".join(lines)
-    publish(args.out, "bench_scoring", body, write=not args.no_write)
+    for kind in args.kinds:
+        plans = [p.windows if isinstance(p, RollingPlan) else p for p in scorers[kind].lm.plans.values()
+                 if isinstance(p, (LoglikelihoodPlan, RollingPlan))]
+        fed = "" if not plans else f"; the Scorer feeds the model {sum(p.tokens() for p in plans)} tokens, padding and stems included"
+        lines.append(f"- {kind}: tasks {', '.join(names[kind])}; {n_items[kind]} items; floor: {floors[kind].what}{fed}; "
+                     f"Scorer construction (once per worker) {build_ms[kind]:.0f} ms"
+                     + ("" if args.no_naive else f"; largest difference of any metric from simple_evaluate's (relative where |value| > 1): {worst[kind]:.1e}"))
+    lines += [
+        "",
+        "| output type | floor ms | Scorer ms | Scorer × floor | (median of per-candidate ratios) | naive ms | naive × floor | target | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for kind in args.kinds:
+        f, s = med[(kind, "floor")], med[(kind, "scorer")]
+        naive_cells = ("—", "—") if args.no_naive else (f"{1000 * med[(kind, 'naive')]:.1f}", f"{med[(kind, 'naive')] / f:.2f}")
+        target = TARGETS[kind]
+        met = "—" if target is None else ("yes" if s / f <= target else "no")
+        lines.append(f"| {kind} | {1000 * f:.1f} | {1000 * s:.1f} | **{s / f:.2f}** | {statistics.median(ratios[(kind, 'scorer')]):.2f} | "
+                     f"{naive_cells[0]} | {naive_cells[1]} | {'—' if target is None else f'≤ {target}'} | {met} |")
+    lines += prof_lines
+    publish(args.out, "bench_scoring", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

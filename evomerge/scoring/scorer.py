@@ -2,25 +2,31 @@
 
 ``simple_evaluate`` rebuilds the model wrapper, the task objects and every request on each call
 (DESIGN.md §6 measured it at 7× a bare forward pass). A Scorer does that work once; per candidate
-only the weights of the wrapped model change (they are overwritten in place), and lm-eval's own
-request methods, filters, ``process_results`` and aggregations still produce the metrics.
+only the weights of the wrapped model change (they are overwritten in place). ``FastHFLM`` answers
+the requests from plans built on the first call (docs/SCORING.md), and lm-eval's own filters,
+``process_results`` and aggregations still produce the metrics.
+
+Prompt options (few-shot, chat template, multi-turn few-shot, system instruction) reach the tasks
+exactly as ``simple_evaluate`` passes them, so a score here is the score lm-eval reports.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
+import numbers
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from evomerge.errors import EvomergeError
 from evomerge.scoring.result import TaskScore, result_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+FEWSHOT_SEED = 1234  # simple_evaluate's fewshot_random_seed default (lm_eval.defaults.DEFAULT_OTHER_SEED)
 
 
 def load_tasks(names: Sequence[str], task_path: str | Path | None = None) -> dict[str, Any]:
@@ -41,16 +47,32 @@ def load_tasks(names: Sequence[str], task_path: str | Path | None = None) -> dic
 
 
 class Scorer:
-    """Scores the current weights of ``model`` on lm-eval tasks (from ``load_tasks``); requests are built once."""
+    """Scores the current weights of ``model`` on lm-eval tasks (from ``load_tasks``); requests are built once.
 
-    def __init__(self, model: Any, tokenizer: Any, tasks: dict[str, Any], *, batch_size: int = 64):
-        self.lm = _reusing_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
-        self.lm._max_length = self.lm.max_length  # the property re-walks the model config on every request
+    The keyword options are ``simple_evaluate``'s: ``num_fewshot`` overrides each task's own
+    (except a task that fixes 0), few-shot examples are drawn with ``fewshot_seed``, and the chat
+    template, multi-turn few-shot and system instruction shape the prompts as lm-eval shapes them.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, tasks: dict[str, Any], *, batch_size: int = 64,
+                 num_fewshot: int | None = None, fewshot_seed: int = FEWSHOT_SEED, apply_chat_template: bool = False,
+                 fewshot_as_multiturn: bool = False, system_instruction: str | None = None):
+        from evomerge.scoring.fastlm import FastHFLM
+
+        check_prompt_options(tokenizer, num_fewshot, apply_chat_template, fewshot_as_multiturn)
+        self.lm = FastHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
         self.tasks = tasks
         self.requests: dict[str, list[Any]] = defaultdict(list)
         for task in self.tasks.values():
+            _set_fewshot(task, num_fewshot, fewshot_seed)
+            _keep_document_fields(task)
             with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # a per-task bar with no off switch
-                task.build_all_requests(rank=0, world_size=1)
+                task.build_all_requests(
+                    rank=0, world_size=1, system_instruction=system_instruction, apply_chat_template=apply_chat_template,
+                    fewshot_as_multiturn=fewshot_as_multiturn,
+                    chat_template=self.lm.apply_chat_template if apply_chat_template else None,
+                    tokenizer_name=self.lm.tokenizer_name if apply_chat_template else "",
+                )
             for instance in task.instances:
                 self.requests[instance.request_type].append(instance)
         # Documents never change: list them once instead of re-reading the dataset per candidate.
@@ -66,9 +88,22 @@ class Scorer:
                 inst.resps.append(response)
         return {name: self._collect(name, task, self.docs[name]) for name, task in self.tasks.items()}
 
+    def table(self, scores: Mapping[str, TaskScore]) -> str:
+        """lm-eval's results table (markdown): a row per task, filter and metric, with n-shot and direction."""
+        from lm_eval.utils import make_table
+
+        return make_table({
+            "results": {name: {"alias": name, **s.metrics} for name, s in scores.items()},
+            "versions": {name: self.tasks[name].VERSION for name in scores},
+            "n-shot": {name: self.tasks[name].get_config("num_fewshot") or 0 for name in scores},
+            "higher_is_better": {name: dict(s.higher_is_better) for name, s in scores.items()},
+        })
+
     @staticmethod
     def _collect(name: str, task: Any, docs: list[tuple[int, Any]]) -> TaskScore:
         """lm-eval's own filters, ``process_results`` and aggregations, under every filter of the task."""
+        from lm_eval.api.metrics import mean
+
         task.apply_filters()
         by_doc = defaultdict(list)
         for inst in task.instances:
@@ -81,7 +116,8 @@ class Scorer:
                 for metric, value in task.process_results(doc, [i.filtered_resps[filter_name] for i in insts]).items():
                     raw[result_key(metric, filter_name)].append(value)
         aggregations = task.aggregation()
-        metrics = {key: float(aggregations[key.split(",")[0]](values)) for key, values in raw.items()}
+        # lm-eval aggregates a metric it has no aggregation for with the mean
+        metrics = {key: float(aggregations.get(key.split(",")[0], mean)(values)) for key, values in raw.items()}
         primary = next(m for m in aggregations if result_key(m, filters[0]) in raw)  # the first of the task's metric_list
         return TaskScore(
             task=name,
@@ -89,24 +125,46 @@ class Scorer:
             filter=filters[0],
             higher_is_better={m: bool(task.higher_is_better().get(m, True)) for m in aggregations},
             metrics=metrics,
-            per_item={key: tuple(float(v) for v in values) for key, values in raw.items() if all(_is_number(v) for v in values)},
+            per_item={key: tuple(float(v) for v in values) for key, values in raw.items()
+                      if all(isinstance(v, numbers.Real) for v in values)},
         )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, complex)
+def check_prompt_options(tokenizer: Any, num_fewshot: int | None, apply_chat_template: bool, fewshot_as_multiturn: bool) -> None:
+    """The prompt options' user mistakes, as lm-eval's own command line refuses them."""
+    if num_fewshot is not None and num_fewshot < 0:
+        raise EvomergeError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if fewshot_as_multiturn and not apply_chat_template:
+        raise EvomergeError("fewshot_as_multiturn needs apply_chat_template: few-shot turns exist only in a chat")
+    if apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise EvomergeError("apply_chat_template: this model's tokenizer has no chat template (give it one, or leave the option off)")
 
 
-@functools.cache
-def _reusing_hflm() -> type:
-    """HFLM that tokenizes each (context, continuation) pair once per worker, not once per candidate."""
-    from lm_eval.models.huggingface import HFLM
+def _keep_document_fields(task: Any) -> None:
+    """Render each document's text, target and choices once: documents never change, and lm-eval
+    compiles the field's Jinja template on every call (per document, per filter, per candidate)."""
+    for field in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        setattr(task, field, _per_document(getattr(task, field)))
 
-    class ReusingHFLM(HFLM):
-        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-            pairs = self.__dict__.setdefault("_evomerge_pairs", {})
-            if (context, continuation) not in pairs:
-                pairs[(context, continuation)] = super()._encode_pair(context, continuation)
-            return pairs[(context, continuation)]
 
-    return ReusingHFLM
+def _per_document(render: Any) -> Any:
+    kept: dict[int, tuple[Any, Any]] = {}  # id(doc) -> (doc, value); holding the doc keeps its id its own
+
+    def field(doc: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:  # a few-shot config's own template: rendered as lm-eval renders it
+            return render(doc, *args, **kwargs)
+        if id(doc) not in kept:
+            kept[id(doc)] = (doc, render(doc))
+        return kept[id(doc)][1]
+
+    return field
+
+
+def _set_fewshot(task: Any, num_fewshot: int | None, seed: int) -> None:
+    """simple_evaluate's rule: ``num_fewshot`` replaces the task's own unless the task fixes 0; unset means 0."""
+    if num_fewshot is not None:
+        if task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=seed)

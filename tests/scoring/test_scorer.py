@@ -1,4 +1,7 @@
-"""Scorer: lm-eval's own metrics, computed with requests built once and weights changed in place."""
+"""Scorer: lm-eval's own metrics for every output type, requests built once, weights changed in place.
+
+The reference is ``lm_eval.simple_evaluate`` on the same model and task files (conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -8,50 +11,144 @@ import pytest
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.scoring.model import load_causal_lm
 from evomerge.scoring.scorer import Scorer, load_tasks
+from evomerge.zoo.tasks import KINDS
+from .conftest import ALL_NAMES, load_float64, names, prompts, simple_evaluate
 
-TASKS = ["tiny_rev", "tiny_dup"]
+pytestmark = pytest.mark.slow  # every test here scores the zoo's models: the first run of a checkout builds the zoo
 
-
-def simple_evaluate(model, tokenizer, task_path: Path) -> dict[str, dict[str, float]]:
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8), tasks=TASKS,
-                                  task_manager=TaskManager(include_path=str(task_path), include_defaults=False), bootstrap_iters=0)
-    return {t: {k: v for k, v in r.items() if "," in k and "_stderr" not in k} for t, r in out["results"].items()}
+# Role letters and separators the zoo's tokenizer knows: system 's:', user 'u:', assistant 'a:'.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}={% endfor %}"
+                 "{% if add_generation_prompt %}a:{% endif %}")
 
 
-def test_scores_equal_lm_eval_simple_evaluate(scored_family) -> None:
-    model, tok = load_causal_lm(scored_family["a"])
-    ours = Scorer(model, tok, load_tasks(TASKS, scored_family["tasks"]), batch_size=8).score()
-    reference = simple_evaluate(model, tok, scored_family["tasks"])
-    for task in TASKS:
-        assert ours[task].metrics == pytest.approx(reference[task], rel=1e-9)
+def assert_same_metrics(ours: dict, reference: dict) -> None:
+    assert set(ours) == set(reference)
+    for task, metrics in reference.items():
+        assert ours[task].metrics == pytest.approx(metrics, rel=1e-9, abs=1e-12), task
 
 
-def test_primary_metric_is_the_first_of_metric_list(scored_family) -> None:
-    model, tok = load_causal_lm(scored_family["a"])
-    score = Scorer(model, tok, load_tasks(["tiny_rev"], scored_family["tasks"])).score()["tiny_rev"]
-    assert score.metric == "acc" and score.higher_is_better == {"acc": True, "perplexity": False}
-    assert score.filter == "none" and len(score.per_item["acc,none"]) == 12
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_equal_simple_evaluate(kind: str, base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
+    ours = Scorer(model, tok, load_tasks(names(kind), zoo_tasks), batch_size=16).score()
+    assert_same_metrics(ours, simple_evaluate(model, tok, names(kind), zoo_tasks)["metrics"])
 
 
-def test_changing_weights_in_place_changes_the_next_score(scored_family) -> None:
-    model, tok = load_causal_lm(scored_family["base"])
-    scorer = Scorer(model, tok, load_tasks(TASKS, scored_family["tasks"]))
-    before = scorer.score()["tiny_rev"].metrics["perplexity,none"]
-    other, _ = load_causal_lm(scored_family["a"])
+def test_tasks_of_every_kind_score_together_as_lm_eval_scores_them(zoo_tasks: Path) -> None:
+    """Another architecture (GPT-2: learned positions), random weights, and one plan for all log-likelihood requests."""
+    from evomerge.zoo.model import new_model
+    from evomerge.zoo.tokenizer import hf_tokenizer
+
+    model, tok = new_model("gpt2", seed=3).double().eval(), hf_tokenizer()
+    ours = Scorer(model, tok, load_tasks(ALL_NAMES, zoo_tasks), batch_size=16).score()
+    assert_same_metrics(ours, simple_evaluate(model, tok, ALL_NAMES, zoo_tasks)["metrics"])
+
+
+PROMPT_OPTIONS = {
+    "few-shot": {"num_fewshot": 2, "fewshot_seed": 7},
+    "chat template with a system instruction": {"apply_chat_template": True, "system_instruction": "sys"},
+    "few-shot as a multi-turn chat": {"apply_chat_template": True, "num_fewshot": 2, "fewshot_seed": 7, "fewshot_as_multiturn": True},
+}
+
+
+@pytest.mark.parametrize("options", PROMPT_OPTIONS.values(), ids=PROMPT_OPTIONS)
+def test_prompt_options_shape_prompts_and_scores_as_simple_evaluate_does(options: dict, base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
+    tok.chat_template = CHAT_TEMPLATE
+    tasks = names("loglikelihood") + names("multiple_choice") + names("generate_until")
+    scorer = Scorer(model, tok, load_tasks(tasks, zoo_tasks), batch_size=16, **options)
+    ours = scorer.score()
+    lm_eval_options = {("fewshot_random_seed" if k == "fewshot_seed" else k): v for k, v in options.items()}
+    reference = simple_evaluate(model, tok, tasks, zoo_tasks, **lm_eval_options)
+    for task in tasks:
+        instances = scorer.tasks[task].instances
+        assert instances[0].args[0] != instances[0].doc["prompt"]  # the options did reach the prompt
+        assert prompts(inst.args for inst in instances) == reference["prompts"][task]
+    assert_same_metrics(ours, reference["metrics"])
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"num_fewshot": -1}, "num_fewshot"),
+    ({"fewshot_as_multiturn": True}, "apply_chat_template"),
+    ({"apply_chat_template": True}, "no chat template"),
+])
+def test_impossible_prompt_options_are_one_line_user_errors(options: dict, fragment: str, base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
+    with pytest.raises(EvomergeError, match=fragment) as error:
+        Scorer(model, tok, load_tasks(names("loglikelihood"), zoo_tasks), **options)
+    assert "\n" not in str(error.value)
+
+
+def test_a_multi_filter_task_is_scored_under_every_filter(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
+    score = Scorer(model, tok, load_tasks(names("generate_until")[:1], zoo_tasks)).score()[names("generate_until")[0]]
+    assert set(score.metrics) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    assert all(len(score.per_item[key]) == 64 for key in score.metrics)
+
+
+def test_primary_metric_and_filter_are_the_first_of_the_task_lists(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
+    scores = Scorer(model, tok, load_tasks([names("loglikelihood")[0], names("generate_until")[0]], zoo_tasks)).score()
+    loglikelihood, generation = scores[names("loglikelihood")[0]], scores[names("generate_until")[0]]
+    assert (loglikelihood.metric, loglikelihood.filter) == ("acc", "none")
+    assert loglikelihood.higher_is_better == {"acc": True, "perplexity": False}
+    assert (generation.metric, generation.filter) == ("exact_match", "strict-match")
+
+
+def test_a_filter_the_task_lacks_is_a_one_line_error_naming_the_known_ones(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
+    score = Scorer(model, tok, load_tasks(names("generate_until")[:1], zoo_tasks)).score()[names("generate_until")[0]]
+    assert score.key("exact_match", "flexible-extract") == "exact_match,flexible-extract"
+    with pytest.raises(EvomergeError, match="'loose'.*exact_match,flexible-extract") as error:
+        score.key("exact_match", "loose")
+    assert "\n" not in str(error.value)
+
+
+def test_changing_weights_in_place_changes_the_next_score(zoo_dir: Path, zoo_tasks: Path) -> None:
+    model, tok = load_float64(zoo_dir / "models" / "base")
+    scorer = Scorer(model, tok, load_tasks(ALL_NAMES, zoo_tasks), batch_size=16)
+    before = scorer.score()
+    expert, _ = load_float64(zoo_dir / "models" / "rev")
     with torch.no_grad():
-        for p, q in zip(model.parameters(), other.parameters()):
+        for p, q in zip(model.parameters(), expert.parameters()):
             p.copy_(q)
-    after = scorer.score()["tiny_rev"].metrics["perplexity,none"]
-    fresh = Scorer(other, tok, load_tasks(TASKS, scored_family["tasks"])).score()["tiny_rev"].metrics["perplexity,none"]
-    assert after != before and after == pytest.approx(fresh, rel=1e-9)
+    after = scorer.score()
+    fresh = Scorer(expert, tok, load_tasks(ALL_NAMES, zoo_tasks), batch_size=16).score()
+    assert after["zoo_rev_gen"].value > before["zoo_rev_gen"].value
+    for task in ALL_NAMES:
+        assert after[task].metrics == pytest.approx(fresh[task].metrics, rel=1e-12)
 
 
-def test_unknown_task_names_the_task(scored_family) -> None:
+def test_generation_the_fast_path_lacks_is_left_to_lm_eval(base_float64, tmp_path: Path, zoo_tasks: Path) -> None:
+    """A decoding option other than plain greedy (here a repetition penalty) goes through HFLM's own generate."""
+    model, tok = base_float64
+    spec = (zoo_tasks / "zoo_rev_gen.yaml").read_text().replace("task: zoo_rev_gen", "task: zoo_rev_penalized")
+    (tmp_path / "zoo_rev_penalized.yaml").write_text(spec.replace("do_sample: false", "do_sample: false\n  repetition_penalty: 5.0"))
+    ours = Scorer(model, tok, load_tasks(["zoo_rev_penalized"], tmp_path)).score()
+    reference = simple_evaluate(model, tok, ["zoo_rev_penalized"], tmp_path)["metrics"]
+    assert_same_metrics(ours, reference)
+    assert reference != simple_evaluate(model, tok, ["zoo_rev_gen"], zoo_tasks)["metrics"]  # the penalty did change the answers
+
+
+def test_scorer_table_has_a_row_per_task_filter_and_metric(base_float64, zoo_tasks: Path) -> None:
+    model, tok = base_float64
+    scorer = Scorer(model, tok, load_tasks([names("loglikelihood")[0], names("generate_until")[0]], zoo_tasks))
+    rows = [line.split("|") for line in scorer.table(scorer.score()).splitlines()[2:]]
+    assert [(r[3].strip(), r[5].strip()) for r in rows] == [
+        ("none", "acc"), ("none", "perplexity"), ("flexible-extract", "exact_match"), ("strict-match", "exact_match")]
+
+
+def test_unknown_task_names_the_task(zoo_tasks: Path) -> None:
     with pytest.raises(EvomergeError, match="no_such_task"):
-        load_tasks(["no_such_task"], scored_family["tasks"])
+        load_tasks(["no_such_task"], zoo_tasks)
+
+
+def test_evaluate_prints_lm_evals_table_with_every_filter(zoo_dir: Path, zoo_tasks: Path, capsys) -> None:
+    from evomerge.cli import main
+
+    assert main(["evaluate", str(zoo_dir / "models" / "rev"), "--tasks", "zoo_rev_gen", "--task-path", str(zoo_tasks)]) == 0
+    header, _, *rows = [line.split("|") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [c.strip() for c in header[1:6]] == ["Tasks", "Version", "Filter", "n-shot", "Metric"]
+    assert [(r[3].strip(), r[5].strip(), float(r[7])) for r in rows] == [
+        ("flexible-extract", "exact_match", 1.0), ("strict-match", "exact_match", 1.0)]
