@@ -75,8 +75,26 @@ class GenomeConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
+    """How candidates are scored; the prompt options reach lm-eval as ``simple_evaluate`` passes them."""
+
     task_path: Path | None = None  # folder of lm-eval task YAMLs; None: lm-eval's own tasks
     batch_size: int = field(default=64, metadata={"ge": 1})
+    num_fewshot: int | None = field(default=None, metadata={"ge": 0})  # None: each task's own
+    fewshot_seed: int = 1234
+    apply_chat_template: bool = False  # needs a tokenizer with a chat template
+    fewshot_as_multiturn: bool = False  # few-shot examples as chat turns (needs apply_chat_template)
+    system_instruction: str | None = None
+
+    def check(self) -> tuple[str, str] | None:
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            return "fewshot_as_multiturn", "needs apply_chat_template: true (few-shot turns exist only in a chat)"
+        return None
+
+    @property
+    def prompt_options(self) -> dict[str, Any]:
+        """The Scorer's keyword arguments for the prompt."""
+        return {"num_fewshot": self.num_fewshot, "fewshot_seed": self.fewshot_seed, "apply_chat_template": self.apply_chat_template,
+                "fewshot_as_multiturn": self.fewshot_as_multiturn, "system_instruction": self.system_instruction}
 
 
 @dataclass(frozen=True)

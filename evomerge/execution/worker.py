@@ -17,7 +17,7 @@ from typing import Mapping
 
 import torch
 
-from evomerge.config.search import SearchConfig
+from evomerge.config.search import ScoringConfig, SearchConfig
 from evomerge.materialize.fused import FastMerger
 from evomerge.materialize.plan import MergePlan
 from evomerge.recipes.recipe import Recipe
@@ -35,8 +35,7 @@ class WorkerSpec:
     sources: tuple[Path, ...]
     calibration_tasks: tuple[str, ...]
     heldout_tasks: tuple[str, ...]
-    task_path: Path | None
-    batch_size: int = 64
+    scoring: ScoringConfig = ScoringConfig()  # task folder, batch size, prompt options
     device: str = "cpu"
     threads: int = 1  # torch threads: fixed, because reductions split over threads round differently
     allow_pickle: bool = False
@@ -51,7 +50,7 @@ class WorkerSpec:
             base=cfg.sources.base, sources=cfg.sources.models,
             calibration_tasks=tuple(o.task_for("calibration") for o in cfg.objectives),
             heldout_tasks=tuple(o.task_for("heldout") for o in cfg.objectives),
-            task_path=cfg.scoring.task_path, batch_size=cfg.scoring.batch_size, device=cfg.execution.device,
+            scoring=cfg.scoring, device=cfg.execution.device,
             threads=cfg.execution.threads or 1, merge_cache=cfg.execution.merge_cache,
             allow_pickle=cfg.sources.allow_pickle, trust_remote_code=cfg.sources.trust_remote_code,
         )
@@ -93,7 +92,9 @@ class Worker:
     def scorer(self, split: str) -> Scorer:
         if split not in self._scorers:
             tasks = self.spec.calibration_tasks if split == "calibration" else self.spec.heldout_tasks
-            self._scorers[split] = Scorer(self.model, self.tokenizer, load_tasks(tasks, self.spec.task_path), batch_size=self.spec.batch_size)
+            s = self.spec.scoring
+            self._scorers[split] = Scorer(self.model, self.tokenizer, load_tasks(tasks, s.task_path), batch_size=s.batch_size,
+                                          **s.prompt_options)
         return self._scorers[split]
 
     def materialize(self, recipe: Recipe) -> None:

@@ -26,6 +26,7 @@ def check(cfg: SearchConfig) -> GenomeSpace:
     make_strategy(cfg.strategy.name, space.dim, len(cfg.objectives), seed=cfg.seed,
                   weights=[o.weight for o in cfg.objectives], initial=seed_points(space), **cfg.strategy.options)
     check_objectives(cfg)
+    check_prompt(cfg)
     check_execution(cfg)
     return space
 
@@ -45,6 +46,18 @@ def check_objectives(cfg: SearchConfig) -> None:
             if o.filter is not None and o.filter not in info.filters:
                 raise EvomergeError(f"config field 'objectives[{j}].filter': task '{info.name}' has no filter "
                                     f"'{o.filter}' (it has: {', '.join(info.filters)})")
+
+
+def check_prompt(cfg: SearchConfig) -> None:
+    """A chat template is asked for only where the base's tokenizer has one."""
+    if cfg.scoring.apply_chat_template:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.sources.base, local_files_only=True,
+                                                  trust_remote_code=cfg.sources.trust_remote_code)
+        if not getattr(tokenizer, "chat_template", None):
+            raise EvomergeError(f"config field 'scoring.apply_chat_template': the tokenizer of {cfg.sources.base} has no "
+                                "chat template; give it one, or set apply_chat_template: false")
 
 
 def check_execution(cfg: SearchConfig) -> None:

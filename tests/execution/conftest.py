@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from evomerge.config.search import ScoringConfig
 from evomerge.execution.worker import WorkerSpec
 from evomerge.recipes.recipe import GroupSpec, Recipe
 
@@ -90,7 +91,7 @@ def spec(scoreable_family: dict[str, Path]) -> WorkerSpec:
     f = scoreable_family
     return WorkerSpec(
         base=f["base"], sources=(f["a"], f["b"], f["c"]), calibration_tasks=(TASK,), heldout_tasks=(TASK,),
-        task_path=f["tasks"], batch_size=64, threads=1,
+        scoring=ScoringConfig(task_path=f["tasks"], batch_size=64), threads=1,
     )
 
 
