@@ -68,7 +68,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise EvomergeError(f"not a model folder (no config.json): {model_dir}")
     tasks = load_tasks(names, args.task_path)
     model, tokenizer = load_causal_lm(model_dir, device=args.device, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    scorer = Scorer(model, tokenizer, tasks, batch_size=args.batch_size)
+    scorer = Scorer(model, tokenizer, tasks, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
+                    fewshot_seed=args.fewshot_seed, apply_chat_template=args.apply_chat_template,
+                    fewshot_as_multiturn=args.fewshot_as_multiturn, system_instruction=args.system_instruction)
     scores = scorer.score()
     if args.json:
         print(json.dumps({t: s.metrics for t, s in scores.items()}, indent=2))
@@ -186,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    evaluate.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
+    evaluate.add_argument("--fewshot-seed", type=int, default=1234, help="seed of the few-shot sampler (default 1234)")
+    evaluate.add_argument("--apply-chat-template", action="store_true", help="format prompts with the tokenizer's chat template")
+    evaluate.add_argument("--fewshot-as-multiturn", action="store_true", help="few-shot examples as chat turns")
+    evaluate.add_argument("--system-instruction", help="a system instruction before every prompt")
     _add_model_safety(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

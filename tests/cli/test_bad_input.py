@@ -254,3 +254,9 @@ def test_a_second_session_on_a_live_run_is_refused(tmp_path: Path, finished_run:
         assert_refused(["resume", str(finished_run), "--max-evals", "6"], capsys, tmp_path / "m", "in use by another evomerge session")
         assert_refused(["export", str(finished_run), "--out", str(tmp_path / "m")], capsys, tmp_path / "m", "in use by another")
     assert (finished_run / "log.jsonl").read_bytes() == before
+
+
+def test_evaluate_with_a_chat_template_the_tokenizer_lacks(tmp_path: Path, scored_family, capsys) -> None:
+    argv = ["evaluate", str(scored_family["a"]), "--tasks", "tiny_rev", "--task-path", str(scored_family["tasks"]),
+            "--apply-chat-template"]
+    assert_refused(argv, capsys, tmp_path / "out", "has no chat template")
