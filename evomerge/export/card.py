@@ -71,7 +71,8 @@ def reference_line(analysis: Analysis) -> str:
         "Each cell is the raw metric with, in parentheses, the score normalized by the best single source model on "
         "that task (1.00 = as good as the best expert there; for lower-is-better metrics the inverse ratio). "
         f"Best source on held-out: {', '.join(parts)}. All rows were scored by the same worker in the same run; "
-        f"task arithmetic's λ was chosen on calibration from {', '.join(f'{lam:g}' for lam, _ in analysis.baselines.grid)}."
+        "each fixed recipe's setting (task arithmetic's λ, TIES' and DARE-TIES' density and λ) was chosen on "
+        "calibration, without held-out data."
     )
 
 

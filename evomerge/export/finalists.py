@@ -26,7 +26,7 @@ from typing import Sequence
 from evomerge import pareto
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
-from evomerge.export.baselines import LAMBDA_GRID, Baselines, Evaluate, evaluate_baselines
+from evomerge.export.baselines import Baselines, Evaluate, evaluate_baselines
 from evomerge.export.scores import Normalizer
 from evomerge.genome.space import GenomeSpace
 from evomerge.run.log import RunLog
@@ -124,7 +124,7 @@ def successful(candidates: Sequence[CandidateRecord]) -> list[CandidateRecord]:
     return [r for r in candidates if r.ok]
 
 
-def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALISTS, grid: Sequence[float] = LAMBDA_GRID,
+def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALISTS,
             upto: int | None = None) -> Analysis:
     """Front, baselines (scored if missing), finalists re-scored on held-out (if missing).
 
@@ -139,7 +139,7 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
         raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue it with 'evomerge resume {run.root}'")
     higher = directions(cfg.objectives, ok[0].scores)
     assert higher is not None
-    baselines = evaluate_baselines(run, evaluate, higher, grid)
+    baselines = evaluate_baselines(run, evaluate, higher)
     front = pareto.front([r for r in ok if r.cached_from is None], lambda r: r.objectives)
     ranked = rank_on_calibration(front, baselines.normalizer, cfg)
     heldout = run.heldout()

@@ -6,7 +6,7 @@
 - ``front.png``: calibration scores of every successful candidate, the Pareto front, the baselines
   and the exported (or best) candidate — the first two objectives, or a grid of every pair;
 - ``summary.md``: run facts, the exported/best candidate beside the baselines on held-out data
-  (raw and normalized), the finalists, the task-arithmetic λ grid.
+  (raw and normalized), the finalists, the fixed-recipe grids.
 
 Generations are the candidate records' ``generation`` (what a steady-state strategy reports there
 is its own notion of generation). Finalists and baselines are scored, and cached in the log, when
@@ -95,12 +95,11 @@ def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Se
         "",
         *_finalists_table(analysis),
         "",
-        "## Task arithmetic λ grid (calibration)",
+        "## Fixed-recipe grids (calibration)",
         "",
-        "| λ | mean norm. (calibration) |",
-        "|---|---|",
-        *(f"| {lam:g}{' ✓' if lam == analysis.baselines.lam else ''} | {fmt(analysis.normalizer.mean(raw, 'calibration'), 2)} |"
-          for lam, raw in analysis.baselines.grid),
+        "Each family's best member on calibration (✓) is the row shown in the tables above.",
+        "",
+        *_grid_table(analysis),
         "",
         "## Plots",
         "",
@@ -149,6 +148,16 @@ def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]
         f"| Pareto front | {len(analysis.front)} candidates (calibration objectives) |",
         f"| exports | {_exports(exports)} |",
     ]
+
+
+def _grid_table(analysis: Analysis) -> list[str]:
+    """Every member of the grid families with its mean normalized calibration score; the chosen one marked."""
+    chosen = {r.name for r in analysis.baselines.rows}
+    lines = ["| fixed recipe | mean norm. (calibration) |", "|---|---|"]
+    for grid in analysis.baselines.grids.values():
+        lines += [f"| {fixed.label}{' ✓' if fixed.name in chosen else ''} | {fmt(analysis.normalizer.mean(raw, 'calibration'), 2)} |"
+                  for fixed, raw in grid]
+    return lines
 
 
 def _exports(exports: Sequence[ExportRecord]) -> str:
