@@ -31,8 +31,8 @@ from evomerge.zoo.tokenizer import hf_tokenizer
 from evomerge.zoo.train import Recipe, one_thread, train_base, train_experts
 
 BUILDER_VERSION = 2  # bump when a change alters the bytes: cached zoos are then rebuilt
-# Calibration items are scored for every candidate of a search; 256 per skill resolve 0.4-point steps
-# (64 could not tell most fixed recipes apart). Held-out items re-score finalists and check the zoo.
+# Calibration items are scored for every candidate of a search and choose the fixed recipes' settings;
+# at 256 per skill one item is 0.4 points. Held-out items re-score finalists and check the zoo.
 N_CALIBRATION, N_HELDOUT = 256, 512
 
 
