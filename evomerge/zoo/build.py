@@ -28,7 +28,7 @@ from evomerge.zoo.check import conditions, format_table, quality, require
 from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
 from evomerge.zoo.tokenizer import hf_tokenizer
-from evomerge.zoo.train import Recipe, one_thread, train_base, train_experts
+from evomerge.zoo.train import Recipe, one_thread, train_base, train_experts, worker_pool
 
 BUILDER_VERSION = 2  # bump when a change alters the bytes: cached zoos are then rebuilt
 # Calibration items are scored for every candidate of a search and choose the fixed recipes' settings;
@@ -132,20 +132,22 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
         base, base_steps = train_base(arch, seed, recipe, {s: v["calibration"] for s, v in sets.items()}, exclude, log)
         base.save_pretrained(tmp / "models" / "base")
         hf_tokenizer().save_pretrained(tmp / "models" / "base")
-    log(f"base: {base_steps} steps, {time.perf_counter() - start:.0f} s")
+    log(f"base: step {base_steps}, {time.perf_counter() - start:.0f} s")
 
-    # Experts: in parallel processes, one thread each.
+    # Experts, then the check's grid of fixed merges: shared out over worker processes, one thread each.
     experts = {skill: Path("models") / skill for skill in EXPERT_SKILLS}
-    seconds = train_experts(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, arch, seed, recipe,
-                            exclude, progress, processes=min(len(experts), os.cpu_count() or 1))
-    log("experts: " + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items()))
+    processes = min(len(experts), os.cpu_count() or 1)
+    with worker_pool(processes) as pool:
+        seconds = train_experts(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, arch, seed, recipe,
+                                exclude, progress, pool)
+        log("experts: " + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items()))
 
-    # Check: base, experts and the fixed recipes (chosen on calibration) on held-out; the conditions.
-    n = recipe.check_items
-    with one_thread():
-        q = quality(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()},
-                    {s: v["calibration"][:n] for s, v in sets.items()}, {s: v["heldout"][:n] for s, v in sets.items()},
-                    seed, recipe.lambdas, recipe.densities)
+        # Check: base, experts and the fixed recipes (chosen on calibration) on held-out; the conditions.
+        n = recipe.check_items
+        with one_thread():
+            q = quality(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()},
+                        {s: v["calibration"][:n] for s, v in sets.items()}, {s: v["heldout"][:n] for s, v in sets.items()},
+                        seed, recipe.lambdas, recipe.densities, pool, processes)
     verdicts = conditions(q)
     log(format_table(q["table"]))
     for name, (holds, evidence) in verdicts.items():

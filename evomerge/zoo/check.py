@@ -10,7 +10,9 @@ expert's accuracy on the same items, averaged over the skills (1.0 = every exper
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -131,50 +133,65 @@ def fixed_merge(kind: str, setting: Setting, base: Mapping[str, Tensor], experts
     return out
 
 
-def choose_fixed(base: Mapping[str, Tensor], experts: Mapping[str, Mapping[str, Tensor]],
-                 scorer: Callable[[Mapping[str, Tensor]], Mapping[str, float]], own: Mapping[str, float], seed: int,
-                 lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES,
-                 ) -> Iterator[tuple[str, Setting, dict[str, Tensor], float]]:
-    """Per kind, the setting with the best mean normalized score under ``scorer`` (the first of equals):
-    (kind, setting, merged weights, score)."""
-    for kind in FIXED_KINDS:
-        best: tuple[Setting, dict[str, Tensor], float] | None = None
-        for setting in settings(kind, lambdas, densities):
-            merged = fixed_merge(kind, setting, base, list(experts.values()), seed)
-            value = normalized(scorer(merged), own)
-            if best is None or value > best[2]:
-                best = (setting, merged, value)
-        assert best is not None
-        yield kind, *best
+def grid(lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES) -> list[tuple[str, Setting]]:
+    """Every fixed recipe the check tries, kind by kind, each kind's settings in grid order."""
+    return [(kind, setting) for kind in FIXED_KINDS for setting in settings(kind, lambdas, densities)]
+
+
+def grid_accuracy(base_dir: Path, expert_dirs: Mapping[str, Path], items: Mapping[str, list[Item]], seed: int,
+                  candidates: Sequence[tuple[str, Setting]]) -> list[dict[str, float]]:
+    """Accuracy per skill of each fixed recipe in ``candidates``; it loads what it needs, so a worker
+    process can score its share of the grid."""
+    base, experts = _load(base_dir, expert_dirs)
+    scorer = Scorer(base_dir, items)
+    return [scorer(fixed_merge(kind, setting, base, list(experts.values()), seed)) for kind, setting in candidates]
+
+
+def choose(candidates: Sequence[tuple[str, Setting]], values: Sequence[float]) -> dict[str, tuple[Setting, float]]:
+    """Per kind, the setting with the highest value; among equals the first in grid order."""
+    best: dict[str, tuple[Setting, float]] = {}
+    for (kind, setting), value in zip(candidates, values):
+        if kind not in best or value > best[kind][1]:
+            best[kind] = (setting, value)
+    return best
 
 
 def quality(base_dir: Path, expert_dirs: Mapping[str, Path], calibration: Mapping[str, list[Item]],
             heldout: Mapping[str, list[Item]], seed: int, lambdas: Sequence[float] = LAMBDAS,
-            densities: Sequence[float] = DENSITIES) -> dict[str, Any]:
+            densities: Sequence[float] = DENSITIES, pool: Executor | None = None, parts: int = 1) -> dict[str, Any]:
     """Base, experts and the fixed recipes (chosen on calibration over the λ and density grids) scored
-    on both splits.
+    on both splits; with a ``pool``, the grid is scored in ``parts`` shares on it.
 
     Returns ``{"table": held-out rows, "calibration_table": calibration rows, "fixed": kind ->
-    {"setting", "calibration", "heldout"}}``; the ``fixed`` scores are mean normalized.
+    {"setting", "row", "calibration", "heldout"}}``; the ``fixed`` scores are mean normalized.
     """
-    from safetensors.torch import load_file
-
-    base = load_file(base_dir / "model.safetensors")
-    experts = {skill: load_file(folder / "model.safetensors") for skill, folder in expert_dirs.items()}
+    candidates = grid(lambdas, densities)
+    shares = [candidates[i::parts] for i in range(parts)]  # interleaved: every share gets some of each kind
+    run = partial(grid_accuracy, base_dir, dict(expert_dirs), calibration, seed)
+    results = pool.map(run, shares) if pool is not None else map(run, shares)  # a pool starts at once
+    base, experts = _load(base_dir, expert_dirs)
     on = {"calibration": Scorer(base_dir, calibration), "heldout": Scorer(base_dir, heldout)}
     tables: dict[str, Table] = {split: {"base": score(base)} for split, score in on.items()}
     for split, score in on.items():
         tables[split].update({f"expert {s}": score(t) for s, t in experts.items()})
     own = {split: own_scores(table) for split, table in tables.items()}
+    accuracy: list[dict[str, float]] = [{}] * len(candidates)
+    for i, share in enumerate(results):
+        accuracy[i::parts] = share
     fixed = {}
-    for kind, setting, merged, value in choose_fixed(base, experts, on["calibration"], own["calibration"], seed,
-                                                    lambdas, densities):
+    for kind, (setting, value) in choose(candidates, [normalized(a, own["calibration"]) for a in accuracy]).items():
         row = label(kind, setting)
-        for split, score in on.items():
-            tables[split][row] = score(merged)
+        tables["calibration"][row] = accuracy[candidates.index((kind, setting))]
+        tables["heldout"][row] = on["heldout"](fixed_merge(kind, setting, base, list(experts.values()), seed))
         fixed[kind] = {"setting": setting, "row": row, "calibration": round(value, 4),
                        "heldout": round(normalized(tables["heldout"][row], own["heldout"]), 4)}
     return {"table": tables["heldout"], "calibration_table": tables["calibration"], "fixed": fixed}
+
+
+def _load(base_dir: Path, expert_dirs: Mapping[str, Path]) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    from safetensors.torch import load_file
+
+    return load_file(base_dir / "model.safetensors"), {s: load_file(d / "model.safetensors") for s, d in expert_dirs.items()}
 
 
 def best_fixed(q: Mapping[str, Any]) -> tuple[str, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
@@ -230,15 +230,19 @@ def _anchored_loss(model: nn.Module, reference: nn.Module, own: Sampler, others:
     return loss_at
 
 
-def train_experts(base_dir: Path, out_dirs: dict[str, Path], arch: str, seed: int, recipe: Recipe,
-                  exclude: set[str], progress: bool, processes: int) -> dict[str, float]:
-    """All experts, ``processes`` at a time, each process one thread; returns seconds per expert.
+def worker_pool(processes: int) -> ProcessPoolExecutor:
+    """Worker processes of one thread each, for the experts and the check's grid.
 
     Spawned, not forked: a fork of a process that already ran torch ops can inherit its thread
     pool's locks; a spawned child imports torch afresh (a few seconds, once per process).
     """
-    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
-                             initargs=(1,)) as pool:
-        jobs = {skill: pool.submit(train_expert, base_dir, out, arch, skill, seed, recipe, exclude, progress)
-                for skill, out in out_dirs.items()}
-        return {skill: job.result() for skill, job in jobs.items()}
+    return ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(1,))
+
+
+def train_experts(base_dir: Path, out_dirs: dict[str, Path], arch: str, seed: int, recipe: Recipe,
+                  exclude: set[str], progress: bool, pool: Executor) -> dict[str, float]:
+    """All experts, each a job on ``pool``; returns seconds per expert."""
+    jobs = {skill: pool.submit(train_expert, base_dir, out, arch, skill, seed, recipe, exclude, progress)
+            for skill, out in out_dirs.items()}
+    return {skill: job.result() for skill, job in jobs.items()}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.zoo.check import CONDITIONS, FIXED_KINDS, choose_fixed, conditions, fixed_merge, normalized, require, settings
+from evomerge.zoo.check import CONDITIONS, FIXED_KINDS, choose, conditions, fixed_merge, grid, normalized, require, settings
 
 SKILLS = ("rev", "sort", "up", "dup")
 
@@ -89,15 +89,11 @@ def test_fixed_recipes_are_the_merge_methods_of_the_project() -> None:
                        torch.tensor([1.0, 1.0, 2.0, 0.0]))
 
 
-def test_each_kind_takes_the_setting_that_scores_best_first_of_equals() -> None:
-    base = {"w": torch.zeros(1)}
-    experts = {"rev": {"w": torch.ones(1)}, "up": {"w": torch.ones(1)}}
-
-    def scorer(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"rev": min(float(tensors["w"]), 0.8) / 0.8, "up": 1.0}  # every merged w >= 0.8 scores 1
-
-    chosen = {kind: (setting, score) for kind, setting, _, score in choose_fixed(base, experts, scorer, {"rev": 1.0, "up": 1.0}, 0)}
-    assert list(chosen) == list(FIXED_KINDS)
-    assert chosen["task_arithmetic"] == ({"lambda": 0.4}, 1.0)  # w = 2λ: λ = 0.4 is the first to reach 0.8
-    assert chosen["ties"] == ({"density": 0.3, "lambda": 0.8}, 1.0)  # normalized: w = λ
-    assert chosen["uniform_soup"] == ({}, 1.0)
+def test_each_kind_takes_its_best_setting_and_the_first_of_equals() -> None:
+    candidates = grid(lambdas=(0.2, 0.4, 0.6), densities=(0.3, 0.7))
+    assert [kind for kind, _ in candidates] == ["task_arithmetic"] * 3 + ["ties"] * 6 + ["dare_ties"] * 6 + ["uniform_soup"]
+    values = {"task_arithmetic": [0.5, 0.7, 0.7], "ties": [0.1, 0.2, 0.3, 0.6, 0.2, 0.1],
+              "dare_ties": [0.4] * 6, "uniform_soup": [0.3]}
+    chosen = choose(candidates, [v for kind in FIXED_KINDS for v in values[kind]])
+    assert chosen == {"task_arithmetic": ({"lambda": 0.4}, 0.7), "ties": ({"density": 0.7, "lambda": 0.2}, 0.6),
+                      "dare_ties": ({"density": 0.3, "lambda": 0.2}, 0.4), "uniform_soup": ({}, 0.3)}

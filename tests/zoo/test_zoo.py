@@ -78,6 +78,20 @@ def test_training_never_draws_an_evaluation_string(quick_zoo: Path) -> None:
     assert len(drawn) > 5_000 and not drawn & evaluation
 
 
+@pytest.mark.slow
+def test_the_grid_scored_in_worker_shares_equals_one_process(zoo_dir: Path) -> None:
+    from evomerge.zoo.train import worker_pool
+
+    zoo = load_zoo(zoo_dir)
+    items = {skill: read_jsonl(files.calibration)[:64] for skill, files in zoo.skills.items()}
+    grid = {"lambdas": (0.2, 0.4, 0.6), "densities": (0.5,)}
+    alone = quality(zoo.base, zoo.experts, items, items, zoo.seed, **grid)
+    assert len({f["calibration"] for f in alone["fixed"].values()}) > 1  # scores that tell the recipes apart
+    with worker_pool(2) as pool:
+        shared = quality(zoo.base, zoo.experts, items, items, zoo.seed, **grid, pool=pool, parts=2)
+    assert shared == alone
+
+
 def test_ceiling_script_records_c_and_fails_naming_it_on_a_zoo_without_room(quick_zoo: Path, tmp_path: Path) -> None:
     zoo_dir = shutil.copytree(quick_zoo, tmp_path / "zoo")
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "zoo_ceiling.py"), str(zoo_dir), "--evaluations", "1",
