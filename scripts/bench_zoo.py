@@ -21,6 +21,7 @@ from typing import Any
 
 from benchdoc import REPO, cpu_model, fail, publish, shown  # noqa: E402 (first: sets the offline environment)
 from zoo_ceiling import EVALUATIONS, ceiling
+from zoo_vectors import norms
 
 ZOOS = [("llama", seed) for seed in range(5)] + [("gpt2", 0)]
 SHORT = {"task_arithmetic": "TA", "ties": "TIES", "dare_ties": "DARE-TIES", "uniform_soup": "soup"}
@@ -42,18 +43,22 @@ def build(root: Path, arch: str, seed: int, evaluations: int) -> dict[str, Any] 
     return zoo.quality
 
 
-def row(arch: str, seed: int, q: dict[str, Any] | str, manifest: dict[str, Any]) -> str:
+def row(arch: str, seed: int, folder: Path, q: dict[str, Any] | str) -> str:
+    from evomerge.zoo import load_zoo
+
     if isinstance(q, str):
-        return f"| {arch} {seed} | build failed: {q} |" + " |" * 8
+        return f"| {arch} {seed} | build failed: {q} |" + " |" * 9
+    manifest = json.loads((folder / "zoo.json").read_text())
     skills = list(q["table"]["base"])
     own = "/".join(f"{q['table'][f'expert {s}'][s]:.2f}" for s in skills)
     base = "/".join(f"{q['table']['base'][s]:.2f}" for s in skills)
+    size = "/".join(f"{n:.0f}" for n in norms(load_zoo(folder)).values())
     fixed = [f"{f['heldout']:.3f} ({setting(f['setting'])})" if f["setting"] else f"{f['heldout']:.3f}"
              for f in q["fixed"].values()]
     ceiling_value = f"{q['ceiling']['heldout']:.3f}" if "ceiling" in q else "–"
     verdicts = ["✓" if v["holds"] else "✗" if v["holds"] is False else "–" for v in q["conditions"].values()]
     load = manifest["build_load_average"][0]
-    return (f"| {arch} {seed} | {own} | {base} | " + " | ".join(fixed) + f" | {ceiling_value} | " + " ".join(verdicts)
+    return (f"| {arch} {seed} | {own} | {base} | {size} | " + " | ".join(fixed) + f" | {ceiling_value} | " + " ".join(verdicts)
             + f" | {manifest['build_seconds']:.0f} ({load:.1f}) |")
 
 
@@ -77,10 +82,7 @@ def main() -> None:
     rows = []
     for arch, seed in ZOOS:
         print(f"zoo {arch} seed {seed}", flush=True)
-        q = build(args.root, arch, seed, args.evaluations)
-        manifest_path = args.root / f"seed{seed}-{arch}" / "zoo.json"
-        manifest = json.loads(manifest_path.read_text()) if not isinstance(q, str) else {}
-        rows.append(row(arch, seed, q, manifest))
+        rows.append(row(arch, seed, args.root / f"seed{seed}-{arch}", build(args.root, arch, seed, args.evaluations)))
     kinds = " | ".join(SHORT.values())
     body = "\n".join([
         "## The zoo: experts, fixed recipes, ceiling (`scripts/bench_zoo.py`)",
@@ -90,7 +92,8 @@ def main() -> None:
         "(other processes share the cores)",
         f"- command: `.venv/bin/python scripts/bench_zoo.py --root {shown(args.root)} --evaluations {args.evaluations}`; "
         "each zoo: `evomerge zoo build DIR --seed N --arch A`, then for llama `scripts/zoo_ceiling.py DIR`",
-        "- accuracies on held-out (512 items per skill), skills rev/sort/up/dup; fixed recipes: mean normalized accuracy "
+        "- accuracies on held-out (512 items per skill), skills rev/sort/up/dup (rev, sort drifting; up, dup anchored); "
+        "‖τ‖: norm of each expert's task vector (`scripts/zoo_vectors.py`); fixed recipes: mean normalized accuracy "
         "on held-out (per skill ÷ its expert's, averaged), each kind's setting chosen on calibration (256 items per skill) "
         "from λ 0.1…1.5 and d ∈ {0.3, 0.5, 0.7}",
         f"- ceiling: CMA-ES over per-layer × per-expert task-arithmetic weights in [0, 2] scored on held-out itself "
@@ -100,8 +103,8 @@ def main() -> None:
         "(c) ceiling ≥ best fixed + 0.12 (– not judged)",
         "- build: seconds as recorded by the build (1-minute load average at its end)",
         "",
-        f"| zoo | experts (own skill) | base | {kinds} | ceiling | a b c | build s (load) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|",
+        f"| zoo | experts (own skill) | base | ‖τ‖ | {kinds} | ceiling | a b c | build s (load) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|",
         *rows,
     ])
     publish(args.out, "bench_zoo", body, write=not args.no_write)
