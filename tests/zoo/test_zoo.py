@@ -1,8 +1,12 @@
-"""The zoo: its conditions on a fresh evaluation, lm-eval agreement, determinism, caching, offline loading."""
+"""The zoo: conditions (a) and (b) on a fresh evaluation, layout and data splits, lm-eval agreement, the
+ceiling script, determinism, caching, offline loading."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,11 +14,14 @@ import pytest
 
 from evomerge.errors import EvomergeError
 from evomerge.zoo import build_zoo, load_zoo
-from evomerge.zoo.check import conditions, quality_table
-from evomerge.zoo.skills import EXPERT_SKILLS, TERMINATOR
+from evomerge.zoo.build import BUILDER_VERSION, N_CALIBRATION, N_HELDOUT
+from evomerge.zoo.ceiling import search_ceiling
+from evomerge.zoo.check import CONDITIONS, FIXED_KINDS, conditions, quality
+from evomerge.zoo.skills import EXPERT_SKILLS, FORMATS, TERMINATOR, Sampler, letters_of
 from evomerge.zoo.tokenizer import encode
 
 QUICK_STEPS = 3  # enough for every model to move away from its init; these tests are about bytes and files
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_jsonl(path: Path) -> list[dict[str, str]]:
@@ -27,28 +34,93 @@ def quick_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_default_zoo_meets_every_condition_on_a_fresh_evaluation(zoo_dir: Path) -> None:
+def test_default_zoo_meets_a_and_b_on_a_fresh_evaluation(zoo_dir: Path) -> None:
     zoo = load_zoo(zoo_dir)
-    heldout = {skill: read_jsonl(files.heldout) for skill, files in zoo.skills.items()}
-    table = quality_table(zoo.base, zoo.experts, heldout)
-    verdicts = conditions(table)
-    assert all(holds for holds, _ in verdicts.values()), verdicts
-    assert table == zoo.quality["table"]  # the manifest reports what the folders hold
+    splits = {split: {skill: read_jsonl(getattr(files, split)) for skill, files in zoo.skills.items()}
+              for split in ("calibration", "heldout")}
+    fresh = quality(zoo.base, zoo.experts, splits["calibration"], splits["heldout"], zoo.seed)
+    verdicts = conditions(fresh)
+    assert verdicts[CONDITIONS["a"]][0] and verdicts[CONDITIONS["b"]][0], verdicts
+    for key in ("table", "calibration_table", "fixed"):  # the manifest reports what the folders hold
+        assert fresh[key] == zoo.quality[key]
 
 
-@pytest.mark.slow
-def test_default_zoo_layout(zoo_dir: Path) -> None:
-    zoo = load_zoo(zoo_dir)
+def test_quick_build_layout_and_manifest(quick_zoo: Path) -> None:
+    zoo = load_zoo(quick_zoo)
     assert (zoo.seed, zoo.arch) == (0, "llama") and set(zoo.experts) == set(EXPERT_SKILLS)
+    assert json.loads((quick_zoo / "zoo.json").read_text())["builder_version"] == BUILDER_VERSION == 2
     for skill, files in zoo.skills.items():
         assert zoo.experts[skill] == zoo.root / "models" / skill
-        calibration, heldout = read_jsonl(files.calibration), read_jsonl(files.heldout)
-        assert (len(calibration), len(heldout)) == (64, 256)
-        assert not {it["prompt"] for it in calibration} & {it["prompt"] for it in heldout}
-        assert all(it["answer"].endswith(TERMINATOR) for it in calibration + heldout)
+        assert (zoo.experts[skill] / "model.safetensors").is_file()
         for task, data in ((files.task, files.calibration), (files.heldout_task, files.heldout)):
             text = (zoo.task_dir / f"{task}.yaml").read_text()
             assert f"task: {task}\n" in text and str(data) in text  # absolute data paths: lm-eval runs from anywhere
+    q = zoo.quality
+    assert set(q["fixed"]) == set(FIXED_KINDS) and set(q["table"]) == set(q["calibration_table"])
+    assert {f["row"] for f in q["fixed"].values()} <= set(q["table"])
+    assert q["conditions"][CONDITIONS["c"]]["holds"] is None  # judged by scripts/zoo_ceiling.py, not by the build
+
+
+def test_calibration_and_heldout_are_large_and_disjoint(quick_zoo: Path) -> None:
+    assert (N_CALIBRATION, N_HELDOUT) == (256, 512)
+    for files in load_zoo(quick_zoo).skills.values():
+        calibration, heldout = read_jsonl(files.calibration), read_jsonl(files.heldout)
+        assert (len(calibration), len(heldout)) == (N_CALIBRATION, N_HELDOUT)
+        prompts = [it["prompt"] for it in calibration + heldout]
+        assert len(set(prompts)) == len(prompts)  # no item twice, within or across the two splits
+        assert all(it["answer"].endswith(TERMINATOR) for it in calibration + heldout)
+
+
+def test_training_never_draws_an_evaluation_string(quick_zoo: Path) -> None:
+    evaluation = letters_of(it for files in load_zoo(quick_zoo).skills.values()
+                            for path in (files.calibration, files.heldout) for it in read_jsonl(path))
+    drawn = letters_of(Sampler({f: 1.0 for f in FORMATS}, "any-seed", evaluation).items(20_000))
+    assert len(drawn) > 5_000 and not drawn & evaluation
+
+
+@pytest.mark.slow
+def test_the_grid_scored_in_worker_shares_equals_one_process(zoo_dir: Path) -> None:
+    from evomerge.zoo.train import worker_pool
+
+    zoo = load_zoo(zoo_dir)
+    items = {skill: read_jsonl(files.calibration)[:64] for skill, files in zoo.skills.items()}
+    grid = {"lambdas": (0.2, 0.4, 0.6), "densities": (0.5,)}
+    alone = quality(zoo.base, zoo.experts, items, items, zoo.seed, **grid)
+    assert len({f["calibration"] for f in alone["fixed"].values()}) > 1  # scores that tell the recipes apart
+    with worker_pool(2) as pool:
+        shared = quality(zoo.base, zoo.experts, items, items, zoo.seed, **grid, pool=pool, parts=2)
+    assert shared == alone
+
+
+def test_ceiling_script_records_c_and_fails_naming_it_on_a_zoo_without_room(quick_zoo: Path, tmp_path: Path) -> None:
+    zoo_dir = shutil.copytree(quick_zoo, tmp_path / "zoo")
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "zoo_ceiling.py"), str(zoo_dir), "--evaluations", "1",
+                          "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 1, run.stderr
+    assert f"misses condition {CONDITIONS['c']}" in run.stderr  # 3 training steps teach nothing: no room
+    q = load_zoo(zoo_dir).quality
+    assert q["ceiling"]["evaluations"] == 1  # the start point only: the best fixed task-arithmetic recipe
+    assert q["ceiling"]["start_lambda"] == q["fixed"]["task_arithmetic"]["setting"]["lambda"]
+    assert q["conditions"][CONDITIONS["c"]]["holds"] is False
+
+
+def test_ceiling_weights_one_per_layer_group_and_expert_within_bounds(quick_zoo: Path) -> None:
+    zoo = load_zoo(quick_zoo)
+    items = {skill: read_jsonl(files.heldout)[:16] for skill, files in zoo.skills.items()}
+    result = search_ceiling(zoo.base, zoo.experts, items, {s: 1.0 for s in items}, 0.5, evaluations=14, seed=0)
+    assert result["evaluations"] == 14  # the start and one generation of 13
+    assert list(result["weights"]) == ["embed", "layers.0", "layers.1", "layers.2", "layers.3", "final_norm"]
+    assert all(list(w) == list(EXPERT_SKILLS) and all(0 <= x <= 2 for x in w.values()) for w in result["weights"].values())
+
+
+@pytest.mark.slow
+def test_ceiling_search_improves_on_its_start_and_repeats_exactly(zoo_dir: Path) -> None:
+    zoo = load_zoo(zoo_dir)
+    items = {skill: read_jsonl(files.heldout)[:64] for skill, files in zoo.skills.items()}
+    own = {s: zoo.quality["table"][f"expert {s}"][s] for s in items}
+    runs = [search_ceiling(zoo.base, zoo.experts, items, own, 0.4, evaluations=40, seed=1) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert runs[0]["heldout"] > runs[0]["start"]
 
 
 @pytest.mark.slow
