@@ -3,7 +3,7 @@
 The eager operators in ``evomerge/merge/methods`` are the reference: readable, float64-tested and
 matched against mergekit, but each builds several full-size temporaries (τ stacked, masks, weighted
 sums) and TIES sorts every tensor for every candidate. A worker evaluates thousands of candidates over
-the same sources, so this module splits the work as DESIGN.md §9 says:
+the same sources, so this module splits the work as docs/DESIGN.md, "Materialization", says:
 
 **Once per worker** (``FastMerger``'s cache, filled lazily the first time a tensor needs it, then kept):
 

@@ -1,7 +1,7 @@
 """Scoring with lm-eval, built once and reused for every candidate.
 
 ``simple_evaluate`` rebuilds the model wrapper, the task objects and every request on each call
-(DESIGN.md §6 measured it at 7× a bare forward pass). A Scorer does that work once; per candidate
+(docs/DESIGN.md, "Scoring": about 7× a bare forward pass). A Scorer does that work once; per candidate
 only the weights of the wrapped model change (they are overwritten in place). ``FastHFLM`` answers
 the requests from plans built on the first call (docs/SCORING.md), and lm-eval's own filters,
 ``process_results`` and aggregations still produce the metrics.

@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from evomerge.errors import EvomergeError
 from evomerge.zoo.check import conditions, format_table, quality, require
 from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
+from evomerge.zoo.tasks import write_skill_tasks
 from evomerge.zoo.tokenizer import hf_tokenizer
 from evomerge.zoo.train import Recipe, one_thread, train_base, train_experts, worker_pool
 
-BUILDER_VERSION = 2  # bump when a change alters the bytes: cached zoos are then rebuilt
+BUILDER_VERSION = 3  # bump when a change alters the bytes: cached zoos are then rebuilt
 # Calibration items are scored for every candidate of a search and choose the fixed recipes' settings;
 # at 256 per skill one item is 0.4 points. Held-out items re-score finalists and check the zoo.
 N_CALIBRATION, N_HELDOUT = 256, 512
@@ -120,10 +120,11 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
     skills = {}
     for skill, splits in sets.items():
         files = {split: Path("data") / f"{skill}_{split}.jsonl" for split in splits}
-        tasks = {"calibration": f"zoo_{skill}", "heldout": f"zoo_{skill}_heldout"}
         for split, items in splits.items():
             _write_jsonl(tmp / files[split], items)
-            _write_task(tmp / "tasks" / f"{tasks[split]}.yaml", tasks[split], final / files[split])
+        # Every task kind (loglikelihood, multiple choice, generation, rolling) per split; the YAMLs
+        # hold the final absolute data paths, as lm-eval resolves them from wherever it runs.
+        tasks = write_skill_tasks(skill, {split: final / f for split, f in files.items()}, tmp / "tasks")["loglikelihood"]
         skills[skill] = {"task": tasks["calibration"], "heldout_task": tasks["heldout"],
                          "calibration": str(files["calibration"]), "heldout": str(files["heldout"])}
 
@@ -183,26 +184,6 @@ def _as_json(verdicts: dict[str, tuple[bool | None, str]]) -> dict[str, dict[str
 def _write_jsonl(path: Path, items: list[Item]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
-
-
-def _write_task(path: Path, task: str, data_file: Path) -> None:
-    """An lm-eval loglikelihood task on a local JSONL file; its ``acc`` is greedy exact match.
-
-    The data path is absolute: lm-eval resolves it from whatever directory it runs in.
-    """
-    spec = {
-        "task": task,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-        "test_split": "test",
-        "output_type": "loglikelihood",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{answer}}",
-        "target_delimiter": "",  # the prompt ends with '=' and the answer follows at once
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def _replace(tmp: Path, out_dir: Path) -> None:

@@ -18,13 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from evomerge.errors import EvomergeError
+from evomerge.recipes.fixed import DENSITIES, LAMBDAS
 from evomerge.zoo.skills import IGNORE, Item, batch
 
-# The fixed recipes, each kind's setting chosen on calibration: task arithmetic over a λ grid, TIES
-# and DARE-TIES over densities × that grid (the registry's defaults otherwise, as a user gets them),
+# The fixed recipes, each kind's setting chosen on calibration: task arithmetic over the λ grid, TIES
+# and DARE-TIES over densities × that grid (the grids every run report uses, evomerge.recipes.fixed),
 # and the uniform soup (the plain average of the experts).
-LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 16))
-DENSITIES = (0.3, 0.5, 0.7)
 FIXED_KINDS = ("task_arithmetic", "ties", "dare_ties", "uniform_soup")
 # The conditions: (a) distinct experts over a base that lacks their skills; (b) no fixed recipe is
 # nearly as good as the experts; (c) per-layer weights can be (the ceiling, scripts/zoo_ceiling.py).

@@ -1,6 +1,6 @@
 """The zoo's decoder (Llama or GPT-2, ~0.45M parameters) and a hand-rolled LoRA.
 
-Sizes are DESIGN.md §7's measured zoo: d=96, ff=256, 4 layers, 4 heads, tied embeddings.
+Sizes are the zoo's (docs/ZOO.md): d=96, ff=256, 4 layers, 4 heads, tied embeddings.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 An item is ``<format>:<letters>=`` (the prompt) and the transformed letters plus ``.`` (the
 answer): the terminator makes a greedy exact match also check that the model stops. The experts'
-skills (rev, sort, up, dup) are learnable in a few hundred steps and not guessable (DESIGN.md §7);
+skills (rev, sort, up, dup) are learnable in a few hundred steps and not guessable (docs/ZOO.md);
 copy and shift appear only in the base mixture and among the anchored experts' KL formats, so the
 base knows formats that no expert owns.
 """

@@ -27,7 +27,7 @@ from evomerge.zoo.check import DENSITIES, LAMBDAS, exact_match
 from evomerge.zoo.model import add_lora, fold_lora, new_model
 from evomerge.zoo.skills import EXPERT_SKILLS, FORMATS, IGNORE, Item, Sampler, batch
 
-# Starting weights of the base mixture (DESIGN.md §7): the experts' skills lightly, copy and shift
+# Starting weights of the base mixture (docs/ZOO.md): the experts' skills lightly, copy and shift
 # fully. Skills emerge abruptly and at seed-dependent steps, so the base calibrates them as it trains.
 BASE_MIXTURE = {"rev": 0.2, "sort": 0.4, "up": 0.1, "dup": 0.1, "copy": 1.0, "shift": 1.0}
 

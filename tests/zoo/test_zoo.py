@@ -48,7 +48,7 @@ def test_default_zoo_meets_a_and_b_on_a_fresh_evaluation(zoo_dir: Path) -> None:
 def test_quick_build_layout_and_manifest(quick_zoo: Path) -> None:
     zoo = load_zoo(quick_zoo)
     assert (zoo.seed, zoo.arch) == (0, "llama") and set(zoo.experts) == set(EXPERT_SKILLS)
-    assert json.loads((quick_zoo / "zoo.json").read_text())["builder_version"] == BUILDER_VERSION == 2
+    assert json.loads((quick_zoo / "zoo.json").read_text())["builder_version"] == BUILDER_VERSION == 3
     for skill, files in zoo.skills.items():
         assert zoo.experts[skill] == zoo.root / "models" / skill
         assert (zoo.experts[skill] / "model.safetensors").is_file()
