@@ -1,0 +1,173 @@
+"""The fused chunk kernels: plain torch on 1-D slices, compiled once per process (eager if that fails).
+
+Each kernel reads its inputs once and, compiled, is one loop with no intermediate buffer (inductor
+fuses every elementwise step and stores the result straight into ``out``), on the CPU or a GPU.
+``params`` holds a candidate's numbers as a tensor in the compute dtype, so new values never
+trigger a recompile; one compile (``dynamic=True``) serves every tensor shape.
+
+``torch.compile`` needs a working compiler (a C++ toolchain on CPU, triton on CUDA). When the first
+compiled call fails and the very same function run eagerly succeeds, the process switches every
+kernel to eager mode with one warning: slower, same results (the eager run *is* the reference the
+compiled code is tested against).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from evomerge.merge.draws import SCALE, draw_bits, pair_hash
+
+CACHED_DRAW_OFFSET = 32768  # cached draws are int16: bits − 32768 (int16 loads vectorize; uint16 ones did not)
+
+
+def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype: torch.dtype) -> Tensor:
+    """Σ w_k θ_k / divisor; params = [w_0 … w_{K−1}, divisor] (divisor 1 when not normalizing)."""
+    k_count = len(sources)
+    dt = params.dtype
+    acc = sources[0].to(dt) * params[0]
+    for k in range(1, k_count):
+        acc = acc + sources[k].to(dt) * params[k]
+    merged = (acc / params[k_count]).to(plan_dtype)
+    out.copy_(merged)
+    return torch.isfinite(merged).all()
+
+
+def _draw(k: int, draws: list[Tensor], index: Tensor, keys: Tensor, hashed: Tensor | None, dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Source k's uniform draws for this chunk: from the cache, or regenerated from the flat index (same bits)."""
+    if draws:
+        return (draws[k].to(dt) + (CACHED_DRAW_OFFSET + 0.5)) * SCALE, hashed
+    if k % 2 == 0:
+        hashed = pair_hash(index, keys[k // 2])
+    assert hashed is not None
+    return (draw_bits(hashed, k).to(dt) + 0.5) * SCALE, hashed
+
+
+def _gta_chunk(
+    out: Tensor, base: Tensor, sources: list[Tensor], draws: list[Tensor], params: Tensor, cut: Tensor,
+    start: Tensor, keys: Tensor, plan_dtype: torch.dtype, trim: bool, dare: bool, consensus: bool,
+) -> Tensor:
+    """Generalized task arithmetic over one chunk, as ``sparsify.combine`` after the masks.
+
+    params = [w (K), low or DARE threshold (K), DARE divisor (K), λ, divisor, normalize flag];
+    ``start``: the chunk's first flat index; tied magnitudes equal to ``low`` are kept where the flat
+    index < cut[k]. DARE draws come from ``draws`` (cached, int16) or, when it is empty, are
+    regenerated from the flat index and the pairs' ``keys``.
+    """
+    k_count = len(sources)
+    dt = params.dtype
+    b = base.to(dt)
+    index = torch.arange(base.shape[0], device=base.device) + start
+    weighted = []
+    hashed = None
+    for k in range(k_count):
+        tau = sources[k].to(dt) - b
+        if trim:
+            mag = tau.abs()
+            low = params[k_count + k]
+            keep = (mag > low) | ((mag == low) & (index < cut[k]))
+            tau = torch.where(keep, tau, torch.zeros_like(tau))
+        if dare:
+            u, hashed = _draw(k, draws, index, keys, hashed, dt)
+            keep = u < params[k_count + k]
+            tau = torch.where(keep, tau / params[2 * k_count + k], torch.zeros_like(tau))
+        weighted.append(tau * params[k])
+    total = weighted[0]
+    for k in range(1, k_count):
+        total = total + weighted[k]
+    if consensus:
+        elected = torch.where(total >= 0, torch.ones_like(total), -torch.ones_like(total))
+        mixed = torch.zeros_like(total)
+        divisor = torch.zeros_like(total)
+        for k in range(k_count):
+            agree = torch.sign(weighted[k]) == elected
+            mixed = mixed + torch.where(agree, weighted[k], torch.zeros_like(total))
+            divisor = divisor + torch.where(agree, params[k], torch.zeros_like(total))
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+        mixed = torch.where(params[3 * k_count + 2] > 0, mixed / divisor, mixed)
+    else:
+        mixed = total / params[3 * k_count + 1]
+    merged = (b + params[3 * k_count] * mixed).to(plan_dtype)
+    out.copy_(merged)
+    return torch.isfinite(merged).all()
+
+
+def magnitude_code(mag: Tensor) -> Tensor:
+    """The top 16 bits of a non-negative float's bit pattern: monotone in the value, 2**15 log-spaced bins."""
+    if mag.dtype == torch.float64:
+        return mag.view(torch.int64) >> 48
+    return (mag.view(torch.int32) >> 16).to(torch.int64)
+
+
+def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], bins: Tensor, dt: torch.dtype) -> None:
+    """out (uint8) gets bit k set where |θ_k − θ0| falls in bin ``bins[k]`` (−1: none), for up to 8 sources."""
+    b = base.to(dt)
+    flags = torch.zeros(base.shape, dtype=torch.int32, device=base.device)
+    for k in range(len(sources)):
+        code = magnitude_code((sources[k].to(dt) - b).abs())
+        flags = flags | ((code == bins[k]).to(torch.int32) << k)
+    out.copy_(flags.to(out.dtype))
+
+
+_FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags}
+_COMPILED: dict[str, Callable[..., object]] = {}
+_compile_broken = False  # set by the first failed compile: every kernel runs eagerly from then on
+_PROBED: dict[str, bool] = {}
+
+
+def compile_works(device: torch.device) -> bool:
+    """Whether torch.compile works on this device type (a tiny function compiled once per process), so a merger
+    picks the eager kernels' chunking before it ever calls a kernel that would fall back on a whole tensor."""
+    global _compile_broken
+    if _compile_broken:
+        return False
+    if device.type not in _PROBED:
+        try:
+            probe = torch.compile(lambda x: x * 2 + 1, dynamic=True, backend="inductor")
+            ok = bool(torch.equal(probe(torch.ones(8, device=device)), torch.full((8,), 3.0, device=device)))
+        except Exception as error:
+            ok = False
+            warnings.warn(f"torch.compile does not work here ({type(error).__name__}: {_first_line(error)}); merging "
+                          "with the eager kernels (slower, same results)", RuntimeWarning, stacklevel=2)
+        _PROBED[device.type] = ok
+        _compile_broken = not ok
+    return _PROBED[device.type]
+
+
+def chunk_kernel(name: str, compile: bool = True) -> Callable[..., object]:
+    """The chunk function ``name`` ("linear", "gta", "bin_flags"), compiled once per process unless off."""
+    fn = _FUNCTIONS[name]
+    if not compile or _compile_broken:
+        return fn
+    if name not in _COMPILED:
+        # One compiled function serves (K, dtypes, flags) variants; allow more than dynamo's default 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _COMPILED[name] = _with_fallback(fn, torch.compile(fn, dynamic=True, backend="inductor"))
+    return _COMPILED[name]
+
+
+def _with_fallback(fn: Callable[..., object], compiled: Callable[..., object]) -> Callable[..., object]:
+    """``compiled``, or ``fn`` for good once a compiled call fails where the eager call does not."""
+
+    def call(*args: object) -> object:
+        global _compile_broken
+        if _compile_broken:
+            return fn(*args)
+        try:
+            return compiled(*args)
+        except Exception as error:
+            result = fn(*args)  # raises again if the inputs, not the compiler, are the problem
+            _compile_broken = True
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); merging with the eager "
+                          "kernels from now on (slower, same results)", RuntimeWarning, stacklevel=2)
+            return result
+
+    return call
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""
