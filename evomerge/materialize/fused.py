@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.device import DeviceSources, Placement
-from evomerge.materialize.kernels import CACHED_DRAW_OFFSET, chunk_kernel, compile_works
+from evomerge.materialize.kernels import chunk_kernel, compile_works
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, TrimCuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
@@ -187,14 +187,14 @@ class FastMerger:
         compiled = self._compiles(n)
         kernel = chunk_kernel("gta", compiled)
         plan_dtype = plan.dtype or base.dtype
-        return [kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [x[a:e] for x in draws], params, cut,
+        return [kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x], params, cut,
                        torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim, dare, family.consensus)
                 for a, e in self._chunks(n, compiled)]
 
     # -- source-only work ------------------------------------------------------------------------------
 
     def _draw_inputs(self, seed: int, name: str, k_count: int, n: int, device: torch.device) -> tuple[list[Tensor], Tensor]:
-        """(cached draws, pair keys): the cache's int16 draws, or none and the keys the kernel regenerates them from."""
+        """(cached draws, pair keys): the cache's draw bytes, or none and the keys the kernel regenerates them from."""
         keys = torch.tensor([draw_key(seed, name, k) for k in range(0, k_count, 2)], dtype=torch.int64, device=device)
         if self.policy.draws == "regenerated":
             return [], keys
@@ -234,11 +234,12 @@ class FastMerger:
 
 
 def _cached_draws(key: Tensor, k: int, n: int, device: torch.device) -> Tensor:
-    """Source k's draw bits for a tensor of n entries as int16 (bits − 32768), computed a chunk at a time."""
-    out = torch.empty(n, dtype=torch.int16, device=device)
+    """Source k's draw bits for a tensor of n entries as [high bytes, low bytes] (uint8), a chunk at a time."""
+    out = torch.empty(2, n, dtype=torch.uint8, device=device)
     for a in range(0, n, CHUNK):
-        index = torch.arange(a, min(a + CHUNK, n), dtype=torch.int64, device=device)
-        out[a : a + CHUNK] = (draw_bits(pair_hash(index, key), k) - CACHED_DRAW_OFFSET).to(torch.int16)
+        bits = draw_bits(pair_hash(torch.arange(a, min(a + CHUNK, n), dtype=torch.int64, device=device), key), k)
+        out[0, a : a + CHUNK] = bits >> 8
+        out[1, a : a + CHUNK] = bits & 0xFF
     return out
 
 

@@ -21,7 +21,6 @@ from torch import Tensor
 
 from evomerge.merge.draws import SCALE, draw_bits, pair_hash
 
-CACHED_DRAW_OFFSET = 32768  # cached draws are int16: bits − 32768 (int16 loads vectorize; uint16 ones did not)
 
 
 def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype: torch.dtype) -> Tensor:
@@ -37,13 +36,16 @@ def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype
 
 
 def _draw(k: int, draws: list[Tensor], index: Tensor, keys: Tensor, hashed: Tensor | None, dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """Source k's uniform draws for this chunk: from the cache, or regenerated from the flat index (same bits)."""
+    """Source k's uniform draws for this chunk: from the cache (its bits as a high and a low byte: byte loads
+    vectorize where 16-bit ones do not), or regenerated from the flat index — the same bits, the same u."""
     if draws:
-        return (draws[k].to(dt) + (CACHED_DRAW_OFFSET + 0.5)) * SCALE, hashed
-    if k % 2 == 0:
-        hashed = pair_hash(index, keys[k // 2])
-    assert hashed is not None
-    return (draw_bits(hashed, k).to(dt) + 0.5) * SCALE, hashed
+        bits = draws[2 * k].to(dt) * 256 + draws[2 * k + 1].to(dt)
+    else:
+        if k % 2 == 0:
+            hashed = pair_hash(index, keys[k // 2])
+        assert hashed is not None
+        bits = draw_bits(hashed, k).to(dt)
+    return (bits + 0.5) * SCALE, hashed
 
 
 def _gta_chunk(
@@ -54,8 +56,8 @@ def _gta_chunk(
 
     params = [w (K), low or DARE threshold (K), DARE divisor (K), λ, divisor, normalize flag];
     ``start``: the chunk's first flat index; tied magnitudes equal to ``low`` are kept where the flat
-    index < cut[k]. DARE draws come from ``draws`` (cached, int16) or, when it is empty, are
-    regenerated from the flat index and the pairs' ``keys``.
+    index < cut[k]. DARE draws come from ``draws`` (cached: each source's high and low bytes) or,
+    when it is empty, are regenerated from the flat index and the pairs' ``keys``.
     """
     k_count = len(sources)
     dt = params.dtype
@@ -65,11 +67,10 @@ def _gta_chunk(
     hashed = None
     for k in range(k_count):
         tau = sources[k].to(dt) - b
-        if trim:
+        if trim:  # masked by a product, as the reference's ``tau * mask``
             mag = tau.abs()
             low = params[k_count + k]
-            keep = (mag > low) | ((mag == low) & (index < cut[k]))
-            tau = torch.where(keep, tau, torch.zeros_like(tau))
+            tau = tau * ((mag > low) | ((mag == low) & (index < cut[k]))).to(dt)
         if dare:
             u, hashed = _draw(k, draws, index, keys, hashed, dt)
             keep = u < params[k_count + k]
@@ -78,14 +79,14 @@ def _gta_chunk(
     total = weighted[0]
     for k in range(1, k_count):
         total = total + weighted[k]
-    if consensus:
-        elected = torch.where(total >= 0, torch.ones_like(total), -torch.ones_like(total))
+    if consensus:  # sign(w) == elected sign, sign(Σ w) with zero as +; masks as products, as the reference's
+        positive = total >= 0
         mixed = torch.zeros_like(total)
         divisor = torch.zeros_like(total)
         for k in range(k_count):
-            agree = torch.sign(weighted[k]) == elected
-            mixed = mixed + torch.where(agree, weighted[k], torch.zeros_like(total))
-            divisor = divisor + torch.where(agree, params[k], torch.zeros_like(total))
+            agree = (((weighted[k] > 0) & positive) | ((weighted[k] < 0) & ~positive)).to(dt)
+            mixed = mixed + weighted[k] * agree
+            divisor = divisor + params[k] * agree
         divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
         mixed = torch.where(params[3 * k_count + 2] > 0, mixed / divisor, mixed)
     else:

@@ -10,8 +10,9 @@ same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
 - **histogram**: per (tensor, source) a count of |τ_k| per bin of the top 16 bits of its float bit
   pattern (2**15 log-spaced bins, monotone in the value; kilobytes), kept once per worker. A cut
   first reads the bin that holds rank ``keep`` from the counts, then one pass over the tensor (a
-  compiled kernel, all sources at once) flags the entries of each source's cut bin; only those few
-  are gathered and sorted, which fixes ``low`` and the flat index of the last kept tie exactly.
+  compiled kernel, all sources at once) flags the entries of each source's cut bin; only those are
+  gathered and counted by their low 16 bits (they share the top 16), which fixes ``low`` and the
+  flat index of the last kept tie exactly.
 
 Tensors smaller than ``HISTOGRAM_MIN`` entries always use sorted copies: they cost less than a histogram.
 """
@@ -33,6 +34,7 @@ HISTOGRAM_MIN = 1 << 16  # entries: below this a sorted copy (8 bytes/entry) is 
 BINS = 1 << 16  # codes of the top 16 bits (the sign bit of |τ| is 0: 2**15 are used)
 SCAN = 1 << 22  # entries per eager pass when counting (bounds the temporaries)
 FLAG_SOURCES = 8  # sources per flag pass (bits of a uint8)
+SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at a time
 
 
 @dataclass(frozen=True)
@@ -123,17 +125,19 @@ class TrimCuts:
 
     def _from_counts(self, name: str, todo: list[int], keeps: list[int], base: Tensor, sources: Sequence[Tensor]) -> dict[int, Trim]:
         """The cut bin of each source from its counts, then one flag pass and a sort of the cut bins' entries."""
-        bins, above = {}, {}
+        bins, above, flagged = {}, {}, 0
         for k in todo:
             c = self.counts(name, k, base, sources[k])
             j = int(torch.searchsorted(-c.ge, torch.tensor(-keeps[k], device=c.ge.device), right=True)) - 1
             bins[k] = c.first + j  # the highest bin whose entries and those above it number >= keep
             above[k] = c.above(j)  # entries in higher bins: all kept
-        positions = self._flag(base, sources, bins)
-        return {k: self._refine(k, keeps[k] - above[k], base, sources[k], positions[k]) for k in todo}
+            flagged += int(c.ge[j]) - above[k]
+        positions = self._flag(base, sources, bins, sparse=flagged * SPARSE < base.numel())
+        return {k: self._refine(keeps[k] - above[k], base, sources[k], positions[k]) for k in todo}
 
-    def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int]) -> dict[int, Tensor]:
-        """Flat indices (ascending) of the entries of each source's cut bin: one pass per 8 sources."""
+    def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int], sparse: bool) -> dict[int, Tensor]:
+        """Flat indices (ascending) of the entries of each source's cut bin: one pass per 8 sources. ``sparse``:
+        few entries are flagged, so scanning 8 flags at a time (as int64 words) finds them faster."""
         n = base.numel()
         dt = compute_dtype(base)
         out: dict[int, Tensor] = {}
@@ -147,8 +151,11 @@ class TrimCuts:
             for a in range(0, n, step):
                 e = min(a + step, n)
                 kernel(flags[a:e], base[a:e], [sources[k][a:e] for k in ks], codes, dt)
-            words = torch.nonzero(flags.view(torch.int64)).flatten()  # few words hold a flag: scan 8 bytes at a time
-            near = (words[:, None] * 8 + torch.arange(8, device=base.device)).flatten()
+            if sparse:
+                words = torch.nonzero(flags.view(torch.int64)).flatten()
+                near = (words[:, None] * 8 + torch.arange(8, device=base.device)).flatten()
+            else:
+                near = torch.nonzero(flags).flatten()
             hit = flags[near]
             for bit, k in enumerate(ks):
                 out[k] = near[((hit >> bit) & 1).bool()]
@@ -164,17 +171,28 @@ class TrimCuts:
         return flags
 
     @staticmethod
-    def _refine(k: int, need: int, base: Tensor, source: Tensor, positions: Tensor) -> Trim:
-        """The cut from the cut bin's entries: the need-th largest |τ| (ties by flat index) is the last kept."""
+    def _refine(need: int, base: Tensor, source: Tensor, positions: Tensor) -> Trim:
+        """The cut from the cut bin's entries: the need-th largest |τ| (ties by flat index) is the last kept.
+
+        In float32 the entries of one bin differ only in their low 16 bits, so a count per low-bits value
+        (no sort) finds the cut value; float64 (tests) sorts them."""
         dt = compute_dtype(base)
         values = (source[positions].to(dt) - base[positions].to(dt)).abs()
-        ranked = values.sort(descending=True, stable=True).values
-        low = ranked[need - 1]
-        above = int((values > low).sum())
-        tied = positions[values == low]  # ascending flat index
+        if dt == torch.float32:
+            bits = values.view(torch.int32) & 0xFFFF
+            ge = torch.bincount(bits, minlength=1 << 16).flip(0).cumsum(0).flip(0)  # entries with low bits >= j
+            j = int(torch.searchsorted(-ge, torch.tensor(-need, device=ge.device), right=True)) - 1
+            at = bits == j
+            above = int(ge[j + 1]) if j + 1 < ge.numel() else 0
+        else:
+            ranked = values.sort(descending=True, stable=True).values
+            at = values == ranked[need - 1]
+            above = int((values > ranked[need - 1]).sum())
+        tied = positions[at]  # ascending flat index
+        low = float(values[at][0])
         if need - above == tied.numel():
-            return Trim(float(low), base.numel())
-        return Trim(float(low), int(tied[need - above - 1]) + 1)
+            return Trim(low, base.numel())
+        return Trim(low, int(tied[need - above - 1]) + 1)
 
 
 def _trivial(keep: int, n: int) -> Trim | None:

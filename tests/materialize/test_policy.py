@@ -97,7 +97,7 @@ def test_caches_are_reused_across_candidates_and_sized_by_the_policy(monkeypatch
         for c in CANDIDATES[:3]:
             merged(pool, plan_for(pool, *c), merger)
     entries = sum(t.numel() for t in pool.base.tensors.values())
-    assert sorted_merger.cache_bytes() == 3 * entries * (8 + 2)  # sorted values + int32 indices, int16 draws
+    assert sorted_merger.cache_bytes() == 3 * entries * (8 + 2)  # sorted values + int32 indices, 2 bytes of draws
     small = 3 * 256 * 8  # the norm: below the histogram size, sorted
     assert small < compact.cache_bytes() < small + 3 * (1 << 15) * 8  # at most one count per used bin
     before = compact.cache_bytes()
