@@ -48,7 +48,8 @@ from evomerge.config.sizes import format_size
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Executor, Job, JobResult
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
-from evomerge.sources.pool import SharedSources, check_compatible, share, weight_bytes
+from evomerge.sources.folder import weight_bytes
+from evomerge.sources.pool import SharedSources, check_compatible, share
 
 # AF_UNIX socket paths hold at most 107 bytes. Ray puts its sockets at
 # <temp>/session_<YYYY-mm-dd_HH-MM-SS_usec>_<pid>/sockets/plasma_store, 64 bytes after <temp>

@@ -28,7 +28,8 @@ from evomerge.materialize.thresholds import BINS, HISTOGRAM_MIN, SCAN, Threshold
 from evomerge.materialize.plan import DTYPES
 from evomerge.merge.registry import get_method
 from evomerge.sources.arch import infos_from_config
-from evomerge.sources.pool import block_group, read_config, read_tensor_infos
+from evomerge.sources.folder import read_config, read_tensor_infos
+from evomerge.sources.pool import block_group
 from evomerge.sources.store import TensorInfo, numel
 
 Budget = Literal["config", "device", "host"]

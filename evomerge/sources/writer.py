@@ -21,7 +21,7 @@ from torch import Tensor
 
 from evomerge.config.sizes import parse_size
 from evomerge.errors import EvomergeError
-from evomerge.sources.pool import SAFETENSORS_FILE, SAFETENSORS_INDEX
+from evomerge.sources.folder import SAFETENSORS_FILE, SAFETENSORS_INDEX
 
 DEFAULT_SHARD_SIZE = 5 * 2**30
 
