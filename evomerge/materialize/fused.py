@@ -31,6 +31,7 @@ Every other method runs its eager operator on the host copy (``MergePlan.merge_t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, MutableMapping
 
@@ -52,6 +53,7 @@ COMPILE_MIN = 1 << 16  # smaller tensors run the chunk functions eagerly: no com
 FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a fused kernel
 FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
 Draws = Literal["cached", "regenerated"]
+DRAW_LEVELS = 1 << 16  # draw bits are 16-bit integers
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ class FastMerger:
             for k, cut in enumerate(self.trims.cuts(step.name, density, base, sources)):
                 second[k], cuts[k] = cut.low, cut.p
         if dare:
-            second = [2.0 if d >= 1 else d for d in density]  # u < 2 always: d ≥ 1 keeps τ_k whole
+            cuts = [draw_threshold(d, dt) for d in density]
             third = [1.0 if d >= 1 or d <= 0 else d for d in density]
         params = torch.tensor([*weight, *second, *third, float(glob.get("lam", 1.0)), divisor, float(normalize)], dtype=dt, device=dev)
         cut = torch.tensor(cuts, dtype=torch.int64, device=dev)
@@ -231,6 +233,15 @@ class FastMerger:
     def _chunks(self, n: int, compiled: bool) -> list[tuple[int, int]]:
         chunk = self._chunk(n, compiled)
         return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+
+
+def draw_threshold(density: float, dt: torch.dtype) -> int:
+    """The integer t with bits < t exactly when u = (bits + 0.5)/2**16 < d, d as the reference holds it (in ``dt``);
+    d ≥ 1 keeps every entry (τ_k whole), d ≤ 0 none."""
+    if density >= 1:
+        return DRAW_LEVELS
+    d = float(torch.tensor(density, dtype=dt))  # the value the reference compares with, exactly
+    return max(0, math.ceil(d * DRAW_LEVELS - 0.5))  # exact: scaling by 2**16, then a half, in float64
 
 
 def _cached_draws(key: Tensor, k: int, n: int, device: torch.device) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from evomerge.merge.draws import SCALE, draw_bits, pair_hash
+from evomerge.merge.draws import draw_bits, pair_hash
 
 
 
@@ -35,17 +35,16 @@ def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype
     return torch.isfinite(merged).all()
 
 
-def _draw(k: int, draws: list[Tensor], index: Tensor, keys: Tensor, hashed: Tensor | None, dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """Source k's uniform draws for this chunk: from the cache (its bits as a high and a low byte: byte loads
-    vectorize where 16-bit ones do not), or regenerated from the flat index — the same bits, the same u."""
+def _draw_bits(k: int, draws: list[Tensor], index: Tensor, keys: Tensor, hashed: Tensor | None,
+               dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Source k's 16 draw bits for this chunk: from the cache (a high and a low byte, as exact floats: byte loads
+    and byte-to-float conversions vectorize where 16-bit ones do not), or regenerated from the flat index."""
     if draws:
-        bits = draws[2 * k].to(dt) * 256 + draws[2 * k + 1].to(dt)
-    else:
-        if k % 2 == 0:
-            hashed = pair_hash(index, keys[k // 2])
-        assert hashed is not None
-        bits = draw_bits(hashed, k).to(dt)
-    return (bits + 0.5) * SCALE, hashed
+        return draws[2 * k].to(dt) * 256 + draws[2 * k + 1].to(dt), hashed
+    if k % 2 == 0:
+        hashed = pair_hash(index, keys[k // 2])
+    assert hashed is not None
+    return draw_bits(hashed, k), hashed
 
 
 def _gta_chunk(
@@ -54,10 +53,11 @@ def _gta_chunk(
 ) -> Tensor:
     """Generalized task arithmetic over one chunk, as ``sparsify.combine`` after the masks.
 
-    params = [w (K), low or DARE threshold (K), DARE divisor (K), λ, divisor, normalize flag];
-    ``start``: the chunk's first flat index; tied magnitudes equal to ``low`` are kept where the flat
-    index < cut[k]. DARE draws come from ``draws`` (cached: each source's high and low bytes) or,
-    when it is empty, are regenerated from the flat index and the pairs' ``keys``.
+    params = [w (K), low (K), DARE divisor (K), λ, divisor, normalize flag]; ``start``: the chunk's
+    first flat index. Trimming keeps |τ| > low, and |τ| == low where the flat index < cut[k]. DARE
+    keeps entries whose draw bits < cut[k] (u < d exactly: ``FastMerger`` turns d into that integer,
+    which spares converting the bits to floats); the bits come from ``draws`` (cached: each source's
+    high and low bytes) or, when it is empty, are regenerated from the flat index and ``keys``.
     """
     k_count = len(sources)
     dt = params.dtype
@@ -72,9 +72,8 @@ def _gta_chunk(
             low = params[k_count + k]
             tau = tau * ((mag > low) | ((mag == low) & (index < cut[k]))).to(dt)
         if dare:
-            u, hashed = _draw(k, draws, index, keys, hashed, dt)
-            keep = u < params[k_count + k]
-            tau = torch.where(keep, tau / params[2 * k_count + k], torch.zeros_like(tau))
+            bits, hashed = _draw_bits(k, draws, index, keys, hashed, dt)
+            tau = torch.where(bits < cut[k], tau / params[2 * k_count + k], torch.zeros_like(tau))
         weighted.append(tau * params[k])
     total = weighted[0]
     for k in range(1, k_count):
