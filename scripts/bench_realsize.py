@@ -13,10 +13,10 @@ point is memory and time). Three measurements, each with the whole machine's mem
 2. **export**: the best candidate's recipe written by ``evomerge merge`` (the streamed, fused writer
    that ``evomerge export`` also uses, without export's baseline scoring); the bound is the sources
    + one shard + 2 GB;
-3. **materialization per candidate** in one process with the workers' thread count, for task
-   arithmetic, TIES and DARE-TIES, under the search's default plan and under a plan that caches
-   nothing, against the copy floor ((K+1) reads and one write of the model at this machine's
-   copy bandwidth with the same threads).
+3. **materialization per candidate** in one process with 1 torch thread (a search worker's) and
+   with 2, for task arithmetic, TIES and DARE-TIES, under the search's default plan and under a
+   plan that caches nothing, against the copy floor ((K+1) reads and one write of the model at
+   this machine's copy bandwidth with the same threads).
 
 The tables replace this script's section of docs/BENCHMARKS.md.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import statistics
@@ -245,12 +246,12 @@ def candidate(method: str, base: Path, sources: list[Path], variant: int) -> Rec
 
 def run_materialize(base: Path, sources: list[Path], policies: dict[str, CachePolicy], args: argparse.Namespace) -> list[dict]:
     print(f"materialize: {machine()}", flush=True)
-    torch.set_num_threads(args.threads)
     pool = SourcePool.load(base, sources)
     live = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
     model = sum(t.numel() * t.element_size() for t in pool.base.tensors.values())
     rows = []
-    for label, policy in policies.items():
+    for (label, policy), threads in itertools.product(policies.items(), args.timing_threads):
+        torch.set_num_threads(threads)
         merger = FastMerger(pool, policy=policy)
         for method in METHODS:
             plans = [MergePlan.build(candidate(method, base, sources, v), pool) for v in range(args.repeats + 1)]
@@ -260,7 +261,7 @@ def run_materialize(base: Path, sources: list[Path], policies: dict[str, CachePo
                 best = min(best, timed(lambda: merger.materialize(plan, live)))
                 bandwidth = max(bandwidth, copy_bandwidth(1 << 29, 2))
             floor = (len(sources) + 2) * model / bandwidth
-            row = dict(policy=label, method=method, first=first, fast=best, floor=floor, bandwidth=bandwidth,
+            row = dict(policy=label, threads=threads, method=method, first=first, fast=best, floor=floor, bandwidth=bandwidth,
                        cache=merger.cache_bytes(), machine=machine())
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -313,17 +314,17 @@ def report(what: str, search: dict | None, merge: dict | None, rows: list[dict],
     if rows:
         lines += [
             f"\n**Materialization per candidate**; machine after the first row: {rows[0]['machine']}, after the last: "
-            f"{rows[-1]['machine']} (`FastMerger.materialize` in one process, {args.threads} torch thread as a "
-            "worker; best of the timed calls, each with new weights and densities, after one first call that compiles the "
-            "kernels and fills the caches; floor = (K+1) reads and one write of the model at the copy bandwidth measured "
-            "in turns with the calls, same threads)\n",
-            "| plan | method | cache per worker | first call | per candidate | floor (copy GB/s) | per candidate / floor | target |",
-            "|---|---|---|---|---|---|---|---|",
+            f"{rows[-1]['machine']} (`FastMerger.materialize` in one process with 1 torch thread, as each search worker "
+            "has, and with 2; best of the timed calls, each with new weights and densities, after one first call that "
+            "compiles the kernels and fills the caches; floor = (K+1) reads and one write of the model at the copy "
+            "bandwidth measured in turns with the calls, same threads)\n",
+            "| plan | threads | method | cache per worker | first call | per candidate | floor (copy GB/s) | per candidate / floor | target |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             ratio = r["fast"] / r["floor"]
             target = TARGET[r["method"]]
-            lines.append(f"| {r['policy']} | {r['method']} | {format_size(r['cache'])} | {fmt_s(r['first'])} | {fmt_s(r['fast'])} | "
+            lines.append(f"| {r['policy']} | {r['threads']} | {r['method']} | {format_size(r['cache'])} | {fmt_s(r['first'])} | {fmt_s(r['fast'])} | "
                          f"{fmt_s(r['floor'])} ({r['bandwidth'] / 1e9:.1f}) | {ratio:.1f}× | ≤ {target:g}× {verdict(ratio, target)} |")
     return "\n".join(lines) + "\n"
 
@@ -338,7 +339,8 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--k", type=int, default=3, help="sources besides the base")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (and for the in-process timings)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per search worker")
+    p.add_argument("--timing-threads", default="1,2", help="torch threads of the in-process timings (comma list)")
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--items", type=int, default=8, help="items of the calibration task")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per method and plan")
@@ -349,6 +351,7 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print the section only")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    args.timing_threads = [int(t) for t in args.timing_threads.split(",")]
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
