@@ -21,6 +21,8 @@ from torch import Tensor
 
 from evomerge.merge.draws import draw_bits, pair_hash
 
+TIE_BLOCK = 1 << 12  # entries per tie count (``_tie_counts``)
+
 
 
 def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype: torch.dtype) -> Tensor:
@@ -95,24 +97,37 @@ def _gta_chunk(
     return torch.isfinite(merged).all()
 
 
-def magnitude_code(mag: Tensor) -> Tensor:
-    """The top 16 bits of a non-negative float's bit pattern: monotone in the value, 2**15 log-spaced bins."""
+def magnitude_key(mag: Tensor) -> Tensor:
+    """A histogram key of non-negative floats, monotone in the value: the top 16 bits of the bit pattern (sign,
+    exponent, 7 mantissa bits), times 2, plus 1 when any lower bit is set. The even key of a bin is its one
+    value with clear low bits (bfloat16 deltas: almost all entries); the odd key, the rest of the bin."""
     if mag.dtype == torch.float64:
-        return mag.view(torch.int64) >> 48
-    return (mag.view(torch.int32) >> 16).to(torch.int64)
+        bits = mag.view(torch.int64)
+        return (bits >> 48) * 2 + ((bits & 0xFFFFFFFFFFFF) != 0).to(torch.int64)
+    bits = mag.view(torch.int32)
+    return (bits >> 16).to(torch.int64) * 2 + ((bits & 0xFFFF) != 0).to(torch.int64)
 
 
-def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], bins: Tensor, dt: torch.dtype) -> None:
-    """out (uint8) gets bit k set where |θ_k − θ0| falls in bin ``bins[k]`` (−1: none), for up to 8 sources."""
+def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], keys: Tensor, dt: torch.dtype) -> None:
+    """out (uint8) gets bit k set where |θ_k − θ0| has the histogram key ``keys[k]``, for up to 8 sources."""
     b = base.to(dt)
     flags = torch.zeros(base.shape, dtype=torch.int32, device=base.device)
     for k in range(len(sources)):
-        code = magnitude_code((sources[k].to(dt) - b).abs())
-        flags = flags | ((code == bins[k]).to(torch.int32) << k)
+        key = magnitude_key((sources[k].to(dt) - b).abs())
+        flags = flags | ((key == keys[k]).to(torch.int32) << k)
     out.copy_(flags.to(out.dtype))
 
 
-_FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags}
+def _tie_counts(out: Tensor, base: Tensor, sources: list[Tensor], lows: Tensor, dt: torch.dtype) -> None:
+    """out[k, b] = how many entries of block b (``TIE_BLOCK`` entries) have |θ_k − θ0| == lows[k]."""
+    b = base.to(dt)
+    for k in range(len(sources)):
+        equal = ((sources[k].to(dt) - b).abs() == lows[k]).to(torch.int64)
+        out[k].copy_(equal.view(-1, TIE_BLOCK).sum(1))
+
+
+_FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags,
+                                                "tie_counts": _tie_counts}
 _COMPILED: dict[str, Callable[..., object]] = {}
 _compile_broken = False  # set by the first failed compile: every kernel runs eagerly from then on
 _PROBED: dict[str, bool] = {}
@@ -138,7 +153,7 @@ def compile_works(device: torch.device) -> bool:
 
 
 def chunk_kernel(name: str, compile: bool = True) -> Callable[..., object]:
-    """The chunk function ``name`` ("linear", "gta", "bin_flags"), compiled once per process unless off."""
+    """The chunk function ``name`` ("linear", "gta", "bin_flags", "tie_counts"), compiled once per process unless off."""
     fn = _FUNCTIONS[name]
     if not compile or _compile_broken:
         return fn

@@ -7,12 +7,15 @@ same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
 
 - **sorted**: |τ_k| sorted once per worker (values + flat indices: 8 bytes per entry and source) —
   the cut is a lookup, ``asc[n − keep]``, plus two binary searches. Fastest; the most memory.
-- **histogram**: per (tensor, source) a count of |τ_k| per bin of the top 16 bits of its float bit
-  pattern (2**15 log-spaced bins, monotone in the value; kilobytes), kept once per worker. A cut
-  first reads the bin that holds rank ``keep`` from the counts, then one pass over the tensor (a
-  compiled kernel, all sources at once) flags the entries of each source's cut bin; only those are
-  gathered and counted by their low 16 bits (they share the top 16), which fixes ``low`` and the
-  flat index of the last kept tie exactly.
+- **histogram**: per (tensor, source), kept once per worker (kilobytes), the count of |τ_k| per
+  key of its float bit pattern — the top 16 bits (2**15 log-spaced bins, monotone in the value),
+  split into the bin's one value with clear low bits and the rest (``kernels.magnitude_key``) — and
+  the range of the low bits under each key. The counts give the key that holds rank ``keep``. When
+  it holds one value (bfloat16 deltas: almost always), that value is ``low``, and only if the cut
+  falls inside its group of ties does one pass (a compiled kernel, all sources at once) count the
+  ties per block of entries, to find the flat index of the last kept one. Otherwise one pass flags
+  the key's entries (few: such values spread over many bins), which are gathered and counted by
+  their low 16 bits — the same ``low`` and tie index.
 
 Tensors smaller than ``HISTOGRAM_MIN`` entries always use sorted copies: they cost less than a histogram.
 """
@@ -26,12 +29,12 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from evomerge.materialize.kernels import chunk_kernel, magnitude_code
+from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel, magnitude_key
 from evomerge.merge.sparsify import compute_dtype, keep_count
 
 Thresholds = Literal["sorted", "histogram"]
 HISTOGRAM_MIN = 1 << 16  # entries: below this a sorted copy (8 bytes/entry) is smaller than the counts
-BINS = 1 << 16  # codes of the top 16 bits (the sign bit of |τ| is 0: 2**15 are used)
+BINS = 1 << 17  # histogram keys: two per value of the top 16 bits (``kernels.magnitude_key``)
 SCAN = 1 << 22  # entries per eager pass when counting (bounds the temporaries)
 FLAG_SOURCES = 8  # sources per flag pass (bits of a uint8)
 SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at a time
@@ -47,14 +50,22 @@ class Trim:
 
 @dataclass(frozen=True)
 class _Counts:
-    """|τ| counts per bin over the used range of bins: ``ge[j]`` entries have a code >= first + j."""
+    """|τ| counted per histogram key (``kernels.magnitude_key``; the used keys only, ascending), with the range of
+    the low bits under each key: where that range is one value, the key holds one value exactly."""
 
-    first: int
-    ge: Tensor
+    keys: Tensor  # int64, ascending
+    ge: Tensor  # ge[j]: entries with keys >= keys[j]
+    low_min: Tensor  # per key, the least and greatest low bits
+    low_max: Tensor
+    shift: int  # low bits per bit pattern: 16 (float32) or 48 (float64)
 
-    def above(self, j: int) -> int:
-        """Entries in bins above first + j."""
-        return int(self.ge[j + 1]) if j + 1 < self.ge.numel() else 0
+    def locate(self, keep: int, dt: torch.dtype) -> tuple[int, int, int, float | None]:
+        """(key holding rank ``keep``, entries under higher keys: all kept, entries under it, its one value or None)."""
+        j = int(torch.searchsorted(-self.ge, torch.tensor(-keep, device=self.ge.device), right=True)) - 1
+        above = int(self.ge[j + 1]) if j + 1 < self.ge.numel() else 0
+        key, low = int(self.keys[j]), int(self.low_min[j])
+        value = _value((key >> 1) << self.shift | low, dt) if low == int(self.low_max[j]) else None
+        return key, above, int(self.ge[j]) - above, value
 
 
 class TrimCuts:
@@ -82,7 +93,8 @@ class TrimCuts:
         return [t for t in trims if t is not None]
 
     def cache_bytes(self) -> int:
-        arrays = [t for pair in self._sorted.values() for t in pair] + [c.ge for c in self._counts.values()]
+        arrays = [t for pair in self._sorted.values() for t in pair]
+        arrays += [t for c in self._counts.values() for t in (c.keys, c.ge, c.low_min, c.low_max)]
         return sum(t.numel() * t.element_size() for t in arrays)
 
     # -- sorted copies --------------------------------------------------------------------------------
@@ -110,30 +122,59 @@ class TrimCuts:
     # -- histograms -----------------------------------------------------------------------------------
 
     def counts(self, name: str, k: int, base: Tensor, source: Tensor) -> _Counts:
-        """|θ_k − θ0| counted per bin (once per worker): a few kilobytes per tensor and source."""
+        """|θ_k − θ0| counted (once per worker): per distinct value while there are at most ``EXACT_MAX`` of them
+        (bfloat16 deltas: a few ten thousand), else per bin; kilobytes either way."""
         key = (name, k)
         if key not in self._counts:
-            dt = compute_dtype(base)
-            total = torch.zeros(BINS, dtype=torch.int64, device=base.device)
-            for a in range(0, base.numel(), SCAN):
-                codes = magnitude_code((source[a : a + SCAN].to(dt) - base[a : a + SCAN].to(dt)).abs())
-                total += torch.bincount(codes, minlength=BINS)
-            used = torch.nonzero(total).flatten()
-            first, last = int(used[0]), int(used[-1])
-            self._counts[key] = _Counts(first, total[first : last + 1].flip(0).cumsum(0).flip(0))
+            self._counts[key] = _count(base, source)
         return self._counts[key]
 
-    def _from_counts(self, name: str, todo: list[int], keeps: list[int], base: Tensor, sources: Sequence[Tensor]) -> dict[int, Trim]:
-        """The cut bin of each source from its counts, then one flag pass and a sort of the cut bins' entries."""
-        bins, above, flagged = {}, {}, 0
+    def _from_counts(self, name: str, todo: list[int], keys: list[int], base: Tensor, sources: Sequence[Tensor]) -> dict[int, Trim]:
+        """Each source's cut from its counts: a cut bin of one value gives ``low`` at once, and a pass over the tensor
+        only when the cut falls inside that group of ties (to find the last kept one); a bin of several values
+        needs a pass that finds its entries (see the module docstring)."""
+        n = base.numel()
+        out: dict[int, Trim] = {}
+        bins, ties, above, flagged = {}, {}, {}, 0
         for k in todo:
-            c = self.counts(name, k, base, sources[k])
-            j = int(torch.searchsorted(-c.ge, torch.tensor(-keeps[k], device=c.ge.device), right=True)) - 1
-            bins[k] = c.first + j  # the highest bin whose entries and those above it number >= keep
-            above[k] = c.above(j)  # entries in higher bins: all kept
-            flagged += int(c.ge[j]) - above[k]
-        positions = self._flag(base, sources, bins, sparse=flagged * SPARSE < base.numel())
-        return {k: self._refine(keeps[k] - above[k], base, sources[k], positions[k]) for k in todo}
+            code, above[k], at, low = self.counts(name, k, base, sources[k]).locate(keys[k], compute_dtype(base))
+            if low is None:
+                bins[k] = code
+                flagged += at
+            elif keys[k] - above[k] == at:
+                out[k] = Trim(low, n)  # the whole group at ``low`` is kept
+            else:
+                ties[k] = (low, keys[k] - above[k])
+        if ties:
+            out.update(self._tie_cuts(base, sources, ties))
+        if bins:
+            positions = self._flag(base, sources, bins, sparse=flagged * SPARSE < n)
+            out.update({k: self._refine(keys[k] - above[k], base, sources[k], positions[k]) for k in bins})
+        return out
+
+    def _tie_cuts(self, base: Tensor, sources: Sequence[Tensor], ties: dict[int, tuple[float, int]]) -> dict[int, Trim]:
+        """Where the need-th entry equal to ``low`` (by flat index) is: tie counts per block of ``TIE_BLOCK`` entries
+        in one pass (all these sources at once), then a look inside the one block that holds it."""
+        n, dt = base.numel(), compute_dtype(base)
+        ks = sorted(ties)
+        whole = n // TIE_BLOCK * TIE_BLOCK
+        counts = torch.zeros(len(ks), whole // TIE_BLOCK, dtype=torch.int64, device=base.device)
+        lows = torch.tensor([ties[k][0] for k in ks], dtype=dt, device=base.device)
+        compiled = self.compiles(n)
+        kernel, step = chunk_kernel("tie_counts", compiled), max(self.chunk(n, compiled) // TIE_BLOCK, 1) * TIE_BLOCK
+        for a in range(0, whole, step):
+            e = min(a + step, whole)
+            kernel(counts[:, a // TIE_BLOCK : e // TIE_BLOCK], base[a:e], [sources[k][a:e] for k in ks], lows, dt)
+        out = {}
+        for row, k in enumerate(ks):
+            low, need = ties[k]
+            before = torch.cat([torch.zeros(1, dtype=torch.int64, device=base.device), counts[row].cumsum(0)])
+            block = int(torch.searchsorted(before, torch.tensor(need, device=base.device), right=False)) - 1
+            a = whole if block >= counts.shape[1] else block * TIE_BLOCK  # past the whole blocks: in the tail
+            e = n if a == whole else a + TIE_BLOCK
+            inside = torch.nonzero((sources[k][a:e].to(dt) - base[a:e].to(dt)).abs() == low).flatten()
+            out[k] = Trim(low, a + int(inside[need - int(before[min(block, counts.shape[1])]) - 1]) + 1)
+        return out
 
     def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int], sparse: bool) -> dict[int, Tensor]:
         """Flat indices (ascending) of the entries of each source's cut bin: one pass per 8 sources. ``sparse``:
@@ -193,6 +234,29 @@ class TrimCuts:
         if need - above == tied.numel():
             return Trim(low, base.numel())
         return Trim(low, int(tied[need - above - 1]) + 1)
+
+
+def _count(base: Tensor, source: Tensor) -> _Counts:
+    """|θ_k − θ0| counted per histogram key, with each key's least and greatest low bits."""
+    dt = compute_dtype(base)
+    shift = 48 if dt == torch.float64 else 16
+    counts = torch.zeros(BINS, dtype=torch.int64, device=base.device)
+    low_min = torch.full((BINS,), 1 << shift, dtype=torch.int64, device=base.device)
+    low_max = torch.full((BINS,), -1, dtype=torch.int64, device=base.device)
+    for a in range(0, base.numel(), SCAN):
+        mag = (source[a : a + SCAN].to(dt) - base[a : a + SCAN].to(dt)).abs()
+        keys = magnitude_key(mag)
+        low = (mag.view(torch.int64) if dt == torch.float64 else mag.view(torch.int32).to(torch.int64)) & ((1 << shift) - 1)
+        counts += torch.bincount(keys, minlength=BINS)
+        low_min.scatter_reduce_(0, keys, low, "amin")
+        low_max.scatter_reduce_(0, keys, low, "amax")
+    used = torch.nonzero(counts).flatten()
+    return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift)
+
+
+def _value(bits: int, dt: torch.dtype) -> float:
+    """The float whose bit pattern in ``dt`` is ``bits``."""
+    return float(torch.tensor([bits], dtype=torch.int64 if dt == torch.float64 else torch.int32).view(dt)[0])
 
 
 def _trivial(keep: int, n: int) -> Trim | None:
