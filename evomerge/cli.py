@@ -35,10 +35,11 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from evomerge.materialize.folder import write_merged
     from evomerge.materialize.plan import MergePlan
     from evomerge.recipes import load_recipe, to_yaml
     from evomerge.sources.pool import SourcePool
-    from evomerge.sources.writer import check_output_folder, parse_size, write_model_folder
+    from evomerge.sources.writer import check_output_folder, parse_size
 
     out = Path(args.out)
     check_output_folder(out, args.force)
@@ -47,12 +48,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     base = recipe.base if recipe.base is not None else recipe.sources[0]
     pool = SourcePool.load(base, list(recipe.sources), allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     plan = MergePlan.build(recipe, pool)
-    tensors = plan.materialize(pool)
-    write_model_folder(
-        tensors, out, template=recipe.template, shard_size=shard_size, force=args.force,
-        extra_files={"evomerge_recipe.yaml": to_yaml(recipe)},
-    )
-    print(f"wrote {out} ({len(tensors)} tensors, method {recipe.default.method})")
+    write_merged(plan, pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder, shard_size=shard_size,
+                 force=args.force, extra_files={"evomerge_recipe.yaml": to_yaml(recipe)})
+    print(f"wrote {out} ({len(plan.steps)} tensors, method {recipe.default.method})")
     return 0
 
 
@@ -90,6 +88,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         "execution.backend": args.backend, "execution.gpus_per_worker": args.gpus_per_worker,
         "execution.ray_address": args.ray_address,
     })
+    if args.plan:
+        from evomerge.materialize.memory import plan_for_config
+
+        print("\n".join(plan_for_config(cfg).lines()))
+        return 0
     space = preflight.check(cfg)
     if args.check:
         print(f"config OK: {cfg.name}, {len(cfg.sources.models)} sources, {space.dim} genes, strategy {cfg.strategy.name}")
@@ -206,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--gpus-per-worker", type=float, help="Ray: GPUs per worker actor (default: 1 when GPUs exist)")
     search.add_argument("--ray-address", help="Ray: join this cluster ('auto' or host:port) instead of starting one")
     search.add_argument("--check", action="store_true", help="check the config (models, methods, strategy, tasks) and stop")
+    search.add_argument("--plan", action="store_true", help="print the memory plan (bytes per worker and per node, what is "
+                        "cached) and stop; works from sources.shape where the model folders are not here")
     search.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     search.set_defaults(func=cmd_search)
 

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from evomerge.materialize.fused import FastMerger  # noqa: E402
+from evomerge.materialize.fused import CachePolicy, FastMerger  # noqa: E402
 from evomerge.materialize.plan import MergePlan  # noqa: E402
 from evomerge.recipes.recipe import GroupSpec, Recipe  # noqa: E402
 from evomerge.sources.pool import SourcePool  # noqa: E402
@@ -250,7 +250,8 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
         pool = SourcePool.load(base_dir, srcs)
         dest = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
         ref = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
-        merger = FastMerger(pool, cache=not args.no_cache, compile={"auto": None, "on": True, "off": False}[args.compile])
+        policy = CachePolicy(thresholds="histogram", draws="regenerated") if args.no_cache else CachePolicy()
+        merger = FastMerger(pool, policy=policy, compile={"auto": None, "on": True, "off": False}[args.compile])
         for method in methods:
             eager_repeats = args.repeats if size == "zoo" else args.eager_repeats
             skip_eager = size == "large" and method in ("ties", "dare_ties") and k not in args.large_eager_trim_ks
@@ -316,7 +317,7 @@ def main() -> None:
     p.add_argument("--mergekit-ks", default="3", help="K values that also run mergekit-yaml")
     p.add_argument("--mergekit-repeats", type=int, default=1)
     p.add_argument("--no-mergekit", action="store_true")
-    p.add_argument("--no-cache", action="store_true", help="FastMerger(cache=False): recompute sorted |τ| and draws")
+    p.add_argument("--no-cache", action="store_true", help="cache nothing: TIES cuts from histograms, DARE draws regenerated")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="FastMerger(compile=...): auto (the worker's default) compiles tensors of >= 65536 elements only")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")

@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from evomerge.config.schema import dump, load
+from evomerge.config.sizes import parse_size
 from evomerge.errors import EvomergeError
 
 DType = Literal["float32", "float16", "bfloat16", "float64"]
@@ -35,6 +36,23 @@ class SourcesConfig:
     names: tuple[str, ...] = ()  # one per entry of ``models``, in its order
     allow_pickle: bool = False  # also read .bin/.pt checkpoints (tensors only, weights_only=True)
     trust_remote_code: bool = False
+    # the folder whose tokenizer, chat template and generation config (eos) scoring and export use, as mergekit's
+    # tokenizer_source: the base (None) or one of the models (an instruct fine-tune keeps its chat template)
+    tokenizer_source: Path | None = None
+    # the base's config.json fields (model_type, hidden_size, ...): the model's shape for ``search --plan`` where
+    # the model folders are not on this machine; the folders' own headers win where they exist
+    shape: Mapping[str, Any] | None = None
+
+    def check(self) -> tuple[str, str] | None:
+        if self.tokenizer_source is not None and self.tokenizer_source not in (self.base, *self.models):
+            return "tokenizer_source", (f"must be the base or one of sources.models (leave it out for the base's tokenizer), "
+                                        f"got {str(self.tokenizer_source)!r}")
+        return None
+
+    @property
+    def tokenizer_folder(self) -> Path:
+        """Where scoring and export take tokenizer files, chat template and generation config from."""
+        return self.tokenizer_source or self.base
 
     def check(self) -> tuple[str, str] | None:
         if self.names and len(self.names) != len(self.models):
@@ -141,12 +159,23 @@ class ExecutionConfig:
     ray_address: str | None = None
     device: str = "cpu"  # cpu, cuda, cuda:N, mps
     threads: int | None = field(default=None, metadata={"ge": 1})  # torch threads per worker; None: 1 on CPU
-    merge_cache: bool = True
+    # bytes each worker may use for merging (live model, caches, sources on its GPU), e.g. "64GB"; None: from the
+    # device's memory (GPU) or this host's available memory shared by the workers (CPU). See docs/MEMORY.md.
+    memory_budget: str | None = None
 
     def check(self) -> tuple[str, str] | None:
         if not DEVICE.match(self.device):
             return "device", f"must be cpu, cuda, cuda:N or mps, got {self.device!r}"
+        if self.memory_budget is not None:
+            try:
+                parse_size(self.memory_budget)
+            except EvomergeError as e:
+                return "memory_budget", f"must be a size such as '64GB' or '1.5GiB' ({e})"
         return None
+
+    @property
+    def budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else parse_size(self.memory_budget)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """RayExecutor: one resident Worker actor per GPU (or per CPU slot), steady state, fault tolerant.
 
-Each actor is the unchanged ``Worker`` class wrapped by ``ray.remote``: it loads the sources once,
-keeps one preallocated model and the lm-eval requests, and evaluates candidates in place. Recipes
-go in and plain scores come out; no tensor ever crosses the object store.
+Each actor is the unchanged ``Worker`` class wrapped by ``ray.remote``: it keeps one preallocated
+model and the lm-eval requests, and evaluates candidates in place. Recipes go in and plain scores
+come out. The sources are read once, by the driver, block by block into Ray's object store; every
+actor maps them from its node's store without a copy (Ray moves each block to a node once, and the
+actors of a node share those pages), so a node holds the K+1 models once however many workers it runs.
 
 Steady state: ``submit`` hands a job to a free actor at once (or queues it); ``next_result``
 waits for whichever call finishes first and gives that actor the next queued job before
@@ -17,8 +19,9 @@ Faults:
   ``MAX_ATTEMPTS`` times comes back as a failed candidate instead of looping.
 - a candidate that raises or scores NaN: ``Worker.evaluate`` already returns an ``Outcome`` with
   ``error`` set, and the actor keeps serving.
-- a worker that cannot start (a source missing on its node, out of memory while loading): an
-  ``EvomergeError`` naming the node and the cause; all actors are stopped.
+- a worker that cannot start (task files or the base's folder missing on its node, out of memory):
+  an ``EvomergeError`` naming the node and the cause; all actors are stopped. (The sources are read
+  by the driver: a missing one is an error before any worker starts.)
 
 Without an address the executor starts a private local Ray (no dashboard, quiet, its temp folder
 inside the run folder when the path is short enough for Ray's sockets) and stops it on ``close``.
@@ -35,13 +38,18 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from evomerge.config.sizes import format_size
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Executor, Job, JobResult
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
+from evomerge.sources.folder import weight_bytes
+from evomerge.sources.pool import SharedSources, check_compatible, share
 
 # AF_UNIX socket paths hold at most 107 bytes. Ray puts its sockets at
 # <temp>/session_<YYYY-mm-dd_HH-MM-SS_usec>_<pid>/sockets/plasma_store, 64 bytes after <temp>
@@ -56,7 +64,7 @@ MAX_ATTEMPTS = 3  # a job that kills its worker this often is logged as a failed
 RETRY_S = 0.5  # pause between readiness checks of a restarting actor
 # set in every actor before it imports anything: offline, and no progress bars in the workers' log files
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-OBJECT_STORE_BYTES = 256 * 2**20  # only recipes and score lists travel; Ray's 30%-of-RAM default is waste
+OBJECT_STORE_BYTES = 256 * 2**20  # besides the sources, only recipes and score lists travel
 
 
 def ray_temp_dir(temp_root: Path | None) -> tuple[Path, bool]:
@@ -70,6 +78,24 @@ def ray_temp_dir(temp_root: Path | None) -> tuple[Path, bool]:
     if len(base) + len("/evomerge-ray-xxxxxxxx") > MAX_TEMP_DIR:
         base = "/tmp"
     return Path(tempfile.mkdtemp(prefix="evomerge-ray-", dir=base)), True
+
+
+def sources_bytes(spec: WorkerSpec) -> int:
+    """Object-store bytes the sources take: their weight files, plus each tensor's alignment padding."""
+    return sum(weight_bytes(p) for p in (spec.base, *spec.sources))
+
+
+class _SourcesStore:
+    """A Ray actor holding the sources' object-store handles for the workers to ask for."""
+
+    def __init__(self) -> None:
+        self.shared: SharedSources | None = None
+
+    def keep(self, shared: SharedSources) -> None:
+        self.shared = shared
+
+    def get(self) -> SharedSources | None:
+        return self.shared
 
 
 def _actor_info(worker: Worker) -> dict[str, Any]:
@@ -112,6 +138,8 @@ class RayExecutor(Executor):
         self._connected = False  # we connected this driver: on close, disconnect (and stop a Ray we started)
         self._fallback_temp: Path | None = None
         self._actors: list[Any] = []
+        self._store: Any = None  # the actor handing out the sources' handles
+        self._shared: SharedSources | None = None
         self._closed = False
         self._queue: deque[tuple[Job, int]] = deque()  # (job, attempts so far)
         self._running: dict[Any, tuple[int, Job, int]] = {}  # object ref -> (slot, job, attempt)
@@ -123,12 +151,15 @@ class RayExecutor(Executor):
         self.resubmitted = 0  # jobs re-run after their actor died (tests and status read it)
         self.restarted = 0  # actor deaths seen (each followed by a Ray restart or a replacement)
         try:
-            self._connect(address, temp_root, workers)
+            check_compatible(spec.base, spec.sources, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+            store_bytes = sources_bytes(spec)
+            self._connect(address, temp_root, workers, store_bytes)
             cluster = ray.cluster_resources()
             # the config's device decides: a cuda worker holds GPUs (Ray sets CUDA_VISIBLE_DEVICES per actor)
             num_gpus = (gpus_per_worker or 1.0) if spec.device.startswith("cuda") else 0.0
             self._check_fits(cluster, workers, num_gpus, address)
-            self.spec = spec
+            self._check_store(store_bytes, address)
+            self.spec = replace(spec, sources_store=self._share_sources(spec))
             self.options = dict(
                 num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0, max_concurrency=1,
                 runtime_env={"env_vars": WORKER_ENV},
@@ -146,7 +177,7 @@ class RayExecutor(Executor):
 
     # --- cluster ------------------------------------------------------------------------------
 
-    def _connect(self, address: str | None, temp_root: Path | None, workers: int) -> None:
+    def _connect(self, address: str | None, temp_root: Path | None, workers: int, store_bytes: int) -> None:
         import ray
 
         if ray.is_initialized():
@@ -176,7 +207,7 @@ class RayExecutor(Executor):
         temp.mkdir(parents=True, exist_ok=True)
         ray.init(
             num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, log_to_driver=False,
-            logging_level=logging.WARNING, _temp_dir=str(temp), object_store_memory=OBJECT_STORE_BYTES,
+            logging_level=logging.WARNING, _temp_dir=str(temp), object_store_memory=OBJECT_STORE_BYTES + store_bytes,
         )
         self._connected = True
 
@@ -194,6 +225,34 @@ class RayExecutor(Executor):
                 f"{where} cannot place {workers} workers: they need {' and '.join(short)}; "
                 "lower --workers or --gpus-per-worker, or add nodes to the cluster"
             )
+
+    def _share_sources(self, spec: WorkerSpec) -> str:
+        """Read the sources into the object store (block by block, by this driver) and start the actor that hands
+        their handles to the workers; returns its name. (Handles as constructor arguments would make Ray warn
+        that actor restarts depend on them; asked for in ``Worker.__init__``, they do not.)"""
+        import ray
+
+        shared = share(spec.base, spec.sources, ray.put, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+        name = f"evomerge-sources-{uuid.uuid4().hex[:12]}"
+        self._store = ray.remote(_SourcesStore).options(name=name, num_cpus=0, max_restarts=0).remote()
+        ray.get(self._store.keep.remote(shared))
+        self._shared = shared  # the driver owns the objects: they live while the executor does
+        return name
+
+    @staticmethod
+    def _check_store(store_bytes: int, address: str | None) -> None:
+        """Every node's object store must hold the sources (actors map them from there)."""
+        import ray
+
+        for node in ray.nodes():
+            have = node.get("Resources", {}).get("object_store_memory", 0.0)
+            if node.get("Alive") and have < store_bytes:
+                where = f"node {node.get('NodeManagerHostname', '?')} of the Ray cluster at '{address}'" if address else "the local Ray"
+                raise EvomergeError(
+                    f"{where} has {format_size(have)} of object store but the sources need {format_size(store_bytes)} "
+                    f"(read once per node, shared by its workers): start it with 'ray start --object-store-memory="
+                    f"{store_bytes + OBJECT_STORE_BYTES}' or more"
+                )
 
     def _new_actor(self, slot: int) -> Any:
         return self._actor_class.options(**self.options).remote(self.spec, name=f"ray-{slot}")
@@ -236,7 +295,8 @@ class RayExecutor(Executor):
         node = f"{host} ({ip})" if host and ip else (ip or "an unknown node")
         return EvomergeError(
             f"Ray worker ray-{slot} could not start on node {node}: {_cause(error)}; "
-            "every node needs the same model folders and task files at the same paths, and memory for the sources"
+            "every node needs the base's folder (config, tokenizer) and the task files at the same paths, and memory "
+            "for its workers' live models"
         )
 
     def _slot_node(self, slot: int) -> str:
@@ -272,13 +332,14 @@ class RayExecutor(Executor):
         import ray
 
         if ray.is_initialized():
-            for actor in self._actors:
+            for actor in [*self._actors, *([self._store] if self._store is not None else [])]:
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # already dead
                     pass
             if self._connected:
                 ray.shutdown()  # stops the cluster only if we started it; a joined cluster keeps running
+        self._shared = None  # the driver's references: the objects go once no worker holds them
         if self._fallback_temp is not None:
             shutil.rmtree(self._fallback_temp, ignore_errors=True)
 

@@ -1,9 +1,11 @@
 """A Worker keeps the sources and one model resident and turns recipes into scores.
 
-It never decides what to evaluate: it is handed a recipe, writes the merged tensors straight
-into its preallocated model's parameters (no disk), scores that model with lm-eval requests
-built once, and returns plain data. The same class runs in-process (LocalExecutor) and as a
-Ray actor (RayExecutor).
+It never decides what to evaluate: it is handed a recipe, merges it on its own device straight
+into its preallocated model's parameters (no disk), scores that model with lm-eval requests built
+once, and returns plain data. The same class runs in-process (LocalExecutor) and as a Ray actor
+(RayExecutor). Its sources are either read from the folders here (in process) or mapped from the
+node's shared copy (``spec.sources_store``: Ray's object store, no copy per worker); what it caches
+and where is the memory plan's ``policy``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Mapping
 import torch
 
 from evomerge.config.search import ScoringConfig, SearchConfig
-from evomerge.materialize.fused import FastMerger
-from evomerge.materialize.plan import MergePlan
+from evomerge.materialize.fused import CachePolicy, FastMerger
+from evomerge.materialize.memory import MemoryPlan, plan_for_config
+from evomerge.materialize.plan import DTYPES, MergePlan
 from evomerge.recipes.recipe import Recipe
 from evomerge.scoring.model import load_causal_lm
 from evomerge.scoring.result import TaskScore
 from evomerge.scoring.scorer import Scorer, load_tasks
-from evomerge.sources.pool import SourcePool
+from evomerge.sources.pool import SharedSources, SourcePool
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,31 @@ class WorkerSpec:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     fast_merge: bool = True  # fused merges for the methods that have one (eager operators otherwise)
-    merge_cache: bool = True  # keep sorted |τ| and draws resident; False recomputes them per candidate
+    policy: CachePolicy | None = None  # the memory plan's decisions; None: cache everything (small models, tests)
+    dtype: str | None = None  # the live model's dtype; None: the sources' own
+    tokenizer: Path | None = None  # tokenizer (and chat template) folder; None: the base's
+    sources_store: str | None = None  # the Ray actor that hands out the sources' object-store handles; None: read here
 
     @classmethod
-    def from_config(cls, cfg: SearchConfig) -> "WorkerSpec":
+    def from_config(cls, cfg: SearchConfig, plan: MemoryPlan | None = None) -> "WorkerSpec":
         """The same spec on every backend, so one config gives one log locally and on Ray."""
+        plan = plan if plan is not None else plan_for_config(cfg)
         return cls(
             base=cfg.sources.base, sources=cfg.sources.models,
             calibration_tasks=tuple(o.task_for("calibration") for o in cfg.objectives),
             heldout_tasks=tuple(o.task_for("heldout") for o in cfg.objectives),
             scoring=cfg.scoring, device=cfg.execution.device,
-            threads=cfg.execution.threads or 1, merge_cache=cfg.execution.merge_cache,
-            allow_pickle=cfg.sources.allow_pickle, trust_remote_code=cfg.sources.trust_remote_code,
+            threads=cfg.execution.threads or 1, policy=plan.policy, dtype=cfg.genome.dtype,
+            tokenizer=cfg.sources.tokenizer_source, allow_pickle=cfg.sources.allow_pickle,
+            trust_remote_code=cfg.sources.trust_remote_code,
         )
+
+    @property
+    def merge_policy(self) -> CachePolicy:
+        """The policy, or caching everything: in place on the CPU, resident on a GPU."""
+        if self.policy is not None:
+            return self.policy
+        return CachePolicy() if self.device == "cpu" else CachePolicy(sources="resident")
 
 
 @dataclass(frozen=True)
@@ -77,17 +92,27 @@ class Worker:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         torch.set_num_threads(spec.threads)
         self.spec, self.name = spec, f"{name}@{socket.gethostname()}"
-        self.pool = SourcePool.load(spec.base, list(spec.sources), allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
-        self.model, self.tokenizer = load_causal_lm(spec.base, device=spec.device, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+        self.pool = self._sources(spec)
+        dtype = DTYPES[spec.dtype] if spec.dtype else self.pool.dtype
+        self.model, self.tokenizer = load_causal_lm(spec.base, device=spec.device, allow_pickle=spec.allow_pickle,
+                                                    trust_remote_code=spec.trust_remote_code, dtype=dtype,
+                                                    tokenizer=spec.tokenizer)
         self.params = self.model.state_dict()  # views of the live parameters: copy_ writes in place
-        missing = [n for n in self.pool.tensor_names if n not in self.params]
-        if missing:
-            raise RuntimeError(f"model built from {spec.base} has no parameter named {missing[0]}")
-        # Fused merges with a cache of source-only work (DESIGN §9): up to (2K+1)× the model resident;
-        # merge_cache False recomputes per candidate, fast_merge False runs the eager operators only.
-        self.fast = FastMerger(self.pool, cache=spec.merge_cache) if spec.fast_merge else None
+        # Fused merges on the worker's device, caching what the memory plan allows (docs/MEMORY.md);
+        # fast_merge False runs the eager operators only.
+        self.fast = FastMerger(self.pool, policy=spec.merge_policy, device=spec.device) if spec.fast_merge else None
         self._scorers: dict[str, Scorer] = {}
         self.scorer("calibration")  # build requests now, not on the first candidate
+
+    @staticmethod
+    def _sources(spec: WorkerSpec) -> SourcePool:
+        if spec.sources_store is None:
+            return SourcePool.load(spec.base, list(spec.sources), allow_pickle=spec.allow_pickle,
+                                   trust_remote_code=spec.trust_remote_code)
+        import ray  # the node's copy in Ray's object store: mapped, not copied
+
+        shared: SharedSources = ray.get(ray.get_actor(spec.sources_store).get.remote())
+        return SourcePool.attach(shared, ray.get)
 
     def scorer(self, split: str) -> Scorer:
         if split not in self._scorers:
@@ -109,7 +134,8 @@ class Worker:
             for name, tensor in plan.iter_tensors(self.pool):
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     raise CandidateFailed(f"merged tensor {name} has NaN/Inf values")
-                self.params[name].copy_(tensor)
+                if name in self.params:
+                    self.params[name].copy_(tensor)
 
     def evaluate(self, recipe: Recipe, split: str = "calibration") -> Outcome:
         t0 = time.perf_counter()
@@ -122,3 +148,4 @@ class Worker:
         except Exception as e:  # the candidate is broken, not the worker: log it and keep serving
             return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name)
         return Outcome(scores, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)
+

@@ -1,7 +1,8 @@
 """Export: a chosen candidate of a run -> a Hugging Face model folder with card and recipes.
 
-The folder holds the merged weights (sharded safetensors + index when large), the base's config,
-generation config and tokenizer files, and:
+The folder holds the merged weights (sharded safetensors + index when large, written shard by shard
+through the fused kernels), the base's config (with the merged dtype), the tokenizer files, chat
+template and generation config of ``sources.tokenizer_source`` (default: the base), and:
 - ``README.md``: the model card (card.py);
 - ``evomerge_recipe.yaml``: the candidate's recipe with absolute paths; ``evomerge merge
   evomerge_recipe.yaml --out X`` rebuilds the same tensors;
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,14 @@ from evomerge.export.card import model_card
 from evomerge.export.evaluator import Evaluator, ExecutorFactory, check_sources
 from evomerge.export.finalists import DEFAULT_FINALISTS, analyze, find_candidate, parse_pick
 from evomerge.export.loadcheck import check_loads
+from evomerge.materialize.folder import write_merged
 from evomerge.materialize.plan import MergePlan
 from evomerge.recipes import Recipe, to_yaml
 from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.sources.pool import SourcePool
-from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, parse_size, write_model_folder
+from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, parse_size
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -79,12 +81,11 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     if not evaluated:
         check_sources(run)  # the evaluator checked them if it started a worker
 
-    recipe = analysis.space.to_recipe(record.x)
-    recipe.validate()
     src = cfg.sources
+    recipe = replace(analysis.space.to_recipe(record.x), tokenizer_source=src.tokenizer_source)
+    recipe.validate()
     pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
-    tensors = MergePlan.build(recipe, pool).materialize(pool)
-    out_dtype = recipe.dtype or _dtype_name(next(t for t in tensors.values() if t.is_floating_point()).dtype)
+    out_dtype = recipe.dtype or _dtype_name(pool.dtype)
     mergekit, mergekit_note = to_mergekit(recipe, pool.tensor_names, out_dtype, src.labels())
     command = ["evomerge", "export", "RUN_DIR", "--out", "MODEL_DIR", "--pick", str(record.index),
                "--rescore-heldout", str(finalists)]
@@ -95,8 +96,9 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     files = {"README.md": card, "evomerge_recipe.yaml": to_yaml(recipe)}
     if mergekit is not None:
         files["mergekit.yaml"] = mergekit
-    write_model_folder(tensors, out, template=recipe.template, shard_size=shard_bytes, force=force, extra_files=files,
-                       check=functools.partial(check_loads, trust_remote_code=src.trust_remote_code))
+    write_merged(MergePlan.build(recipe, pool), pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder,
+                 shard_size=shard_bytes, force=force, extra_files=files,  # shard by shard, through the fused kernels
+                 check=functools.partial(check_loads, trust_remote_code=src.trust_remote_code))
     run.append(ExportRecord(record.index, record.key, str(rule), finalists, str(out)))
     return ExportResult(out, record, recipe, mergekit is not None, evaluated)
 

@@ -16,6 +16,7 @@
     layer_granularity: 1
     dtype: bfloat16                    # default: each tensor keeps the base's dtype
     seed: 0                            # fixes DARE/DELLA draws
+    tokenizer_source: ./chat           # optional: tokenizer, chat template and eos of this model (default: the base)
 
 """
 
@@ -56,6 +57,7 @@ class RecipeFile:
     layer_granularity: int = field(default=1, metadata={"ge": 1})
     dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
     seed: int = field(default=0, metadata={"ge": 0})
+    tokenizer_source: Path | None = None
 
 
 def parse_recipe(data: Mapping[str, Any], root: Path | None = None) -> Recipe:
@@ -66,7 +68,7 @@ def parse_recipe(data: Mapping[str, Any], root: Path | None = None) -> Recipe:
     groups = {name: _override(default, body, n, f"groups.{name}") for name, body in file.groups.items()}
     return Recipe(
         base=file.base, sources=tuple(s.model for s in file.sources), default=default, groups=groups,
-        layer_granularity=file.layer_granularity, dtype=file.dtype, seed=file.seed,
+        layer_granularity=file.layer_granularity, dtype=file.dtype, seed=file.seed, tokenizer_source=file.tokenizer_source,
     )
 
 
@@ -81,8 +83,12 @@ def recipe_data(recipe: Recipe) -> dict[str, Any]:
         groups={g: GroupEntry(s.method, _spelled(s), tuple(_spelled(s, per_source=k) for k in range(n)))
                 for g, s in recipe.groups.items()},
         layer_granularity=recipe.layer_granularity, dtype=recipe.dtype, seed=recipe.seed,  # type: ignore[arg-type]
+        tokenizer_source=recipe.tokenizer_source,
     )
-    return dump(file)
+    data = dump(file)
+    if data["tokenizer_source"] is None:
+        del data["tokenizer_source"]  # the default (the base's): recipes without one read as before
+    return data
 
 
 def to_yaml(recipe: Recipe) -> str:

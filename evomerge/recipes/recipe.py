@@ -37,6 +37,12 @@ class Recipe:
     layer_granularity: int = 1
     dtype: str | None = None  # "float32", "float16", "bfloat16", "float64"; None: the base's
     seed: int = 0  # fixes the draws of random sparsification
+    tokenizer_source: Path | None = None  # the model whose tokenizer, chat template and eos the result carries
+
+    @property
+    def tokenizer_folder(self) -> Path:
+        """Where the merged folder's tokenizer files come from: the tokenizer source, else the template."""
+        return self.tokenizer_source or self.template
 
     def spec_for(self, group: str, kind: str | None = None) -> GroupSpec:
         """The spec of a tensor: ``group:kind`` overrides ``group``, which overrides the default."""

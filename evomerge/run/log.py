@@ -38,6 +38,7 @@ from evomerge.run.records import (
     ChangeRecord,
     ExportRecord,
     HeldoutRecord,
+    PlanRecord,
     Record,
     SessionRecord,
     from_line,
@@ -187,6 +188,9 @@ class RunLog:
 
     def sessions(self) -> list[SessionRecord]:
         return self.of_type(SessionRecord)
+
+    def plans(self) -> list[PlanRecord]:
+        return self.of_type(PlanRecord)
 
     def max_evals(self) -> int:
         """The run's total budget: the config's, or the last budget change."""

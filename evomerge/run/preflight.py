@@ -3,7 +3,8 @@
 ``load_config`` has checked every key, type and range. This checks what needs the rest of the
 program: the models (configs and tensor headers, no weights read), the genome (methods, bounds,
 parameters), the strategy and its options, the objectives' tasks, metrics and filters (lm-eval's task
-index, no model and no dataset loaded), and the execution settings. The first problem is one
+index, no model and no dataset loaded), and the execution settings with the memory plan (a budget that
+cannot hold a worker's minimum). The first problem is one
 ``EvomergeError``; nothing is written, so the same command works once the config is fixed.
 """
 
@@ -13,6 +14,7 @@ from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
 from evomerge.genome.space import GenomeSpace
 from evomerge.genome.starts import seed_points
+from evomerge.materialize.memory import plan_for_config
 from evomerge.scoring.catalog import describe_tasks
 from evomerge.sources.pool import check_compatible
 from evomerge.strategies import make_strategy
@@ -74,3 +76,4 @@ def check_execution(cfg: SearchConfig) -> None:
         if not torch.cuda.is_available():
             raise EvomergeError(f"config field 'execution.device' is {e.device} but this machine has no CUDA device: "
                                 "use device cpu, or run on a GPU machine")
+    plan_for_config(cfg)  # a budget that cannot hold a worker's minimum is refused now, not after the workers start

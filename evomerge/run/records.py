@@ -13,6 +13,7 @@ field). ``time`` is stamped by ``RunLog.append``.
 | session     | the driver, at the end        | backend, workers, utilization, why the session stopped    |
 | budget      | ``evomerge resume --max-evals`` | the run's new total budget                              |
 | change      | ``evomerge resume --force``   | accepted changes of config or sources                     |
+| plan        | the driver, at session start  | the memory plan its workers follow (bytes, what is cached)|
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Literal, Mapping, Union
 
 from evomerge.config.schema import dump, load
 from evomerge.errors import EvomergeError
+from evomerge.materialize.memory import MemoryPlan
 from evomerge.scoring.result import TaskScore
 
 Scores = Mapping[str, TaskScore]  # task name -> its scores
@@ -102,10 +104,17 @@ class ChangeRecord:
     time: float | None = None
 
 
-Record = Union[CandidateRecord, HeldoutRecord, BaselineRecord, ExportRecord, SessionRecord, BudgetRecord, ChangeRecord]
+@dataclass(frozen=True)
+class PlanRecord:
+    plan: MemoryPlan
+    time: float | None = None
+
+
+Record = Union[CandidateRecord, HeldoutRecord, BaselineRecord, ExportRecord, SessionRecord, BudgetRecord, ChangeRecord,
+               PlanRecord]
 KINDS: dict[str, type] = {
     "candidate": CandidateRecord, "heldout": HeldoutRecord, "baseline": BaselineRecord, "export": ExportRecord,
-    "session": SessionRecord, "budget": BudgetRecord, "change": ChangeRecord,
+    "session": SessionRecord, "budget": BudgetRecord, "change": ChangeRecord, "plan": PlanRecord,
 }
 _KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 

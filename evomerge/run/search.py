@@ -29,8 +29,9 @@ from evomerge.execution.executor import Executor, Job
 from evomerge.execution.worker import Outcome, WorkerSpec
 from evomerge.genome.space import GenomeSpace
 from evomerge.genome.starts import seed_points
+from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.run.log import RunLog
-from evomerge.run.records import CandidateRecord, SessionRecord
+from evomerge.run.records import CandidateRecord, PlanRecord, SessionRecord
 from evomerge.scoring.objectives import WORST, nonfinite, oriented, per_item
 from evomerge.strategies import Candidate, Evaluation, Strategy, make_strategy
 
@@ -177,9 +178,17 @@ class Search:
 
     def _submit(self, slot: _Slot) -> None:
         if self.executor is None:
-            self.executor = self.executor_factory(WorkerSpec.from_config(self.cfg))
+            self.executor = self.executor_factory(WorkerSpec.from_config(self.cfg, self._plan()))
         self.executor.submit(Job(slot.index, self.space.to_recipe(slot.candidate.x)))
         self.waiting[slot.key] = [slot]
+
+    def _plan(self) -> MemoryPlan:
+        """This session's memory plan: printed (unless quiet) and logged before the workers start."""
+        plan = plan_for_config(self.cfg)
+        self.run.append(PlanRecord(plan))
+        if not self.quiet:
+            tqdm.write("\n".join(plan.lines()))
+        return plan
 
     def _tell_next(self, progress: Progress) -> CandidateRecord:
         """Wait for the oldest pending candidate's result, log it (if new) and tell it."""

@@ -1,4 +1,4 @@
-"""A run's state, derived from its log: progress, best per objective, front size, failures, utilization."""
+"""A run's state, derived from its log: progress, best per objective, front size, failures, utilization, memory plan."""
 
 from __future__ import annotations
 
@@ -28,4 +28,7 @@ def summarize(run: RunLog) -> list[str]:
                      + (f"; {last.restarts} worker restarts" if last.restarts else ""))
         if last.stopped:
             lines.append(f"stopped    {last.stopped}")
+    plans = run.plans()
+    if plans:
+        lines.extend(plans[-1].plan.lines())
     return lines

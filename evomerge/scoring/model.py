@@ -10,22 +10,30 @@ from evomerge.errors import EvomergeError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def load_causal_lm(path: str | Path, *, device: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF folder, in eval mode on ``device``."""
+def load_causal_lm(path: str | Path, *, device: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False,
+                   dtype: Any = None, tokenizer: str | Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF folder, in eval mode on ``device``.
+
+    ``dtype``: the weights' dtype (None: transformers' default); ``tokenizer``: the folder whose
+    tokenizer (and chat template) to use, when not the model's own (an instruct source's, say).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # evomerge shows its own progress; per-load bars are noise
     path = Path(path)
+    tokenizer_path = Path(tokenizer) if tokenizer is not None else path
     if not (path / "config.json").is_file():
         raise EvomergeError(f"not a model folder (no config.json): {path}")
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise EvomergeError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy the base model's tokenizer into it")
+    if not any((tokenizer_path / f).is_file() for f in TOKENIZER_FILES):
+        raise EvomergeError(f"{tokenizer_path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy the base model's tokenizer into it")
     has_safetensors = any(path.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         raise EvomergeError(f"{path} has no .safetensors weights; convert it to safetensors or pass --allow-pickle")
+    on_device = {"device_map": {"": device}} if device != "cpu" else {}  # straight to the GPU: no host copy
     model = AutoModelForCausalLM.from_pretrained(
-        path, use_safetensors=has_safetensors, trust_remote_code=trust_remote_code, local_files_only=True
+        path, use_safetensors=has_safetensors, trust_remote_code=trust_remote_code, local_files_only=True,
+        **({"dtype": dtype} if dtype is not None else {}), **on_device,
     )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
-    return model.to(device).eval(), tokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code, local_files_only=True)
+    return model.to(device).eval(), tok

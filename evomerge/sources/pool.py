@@ -1,7 +1,7 @@
 """The base model and its fine-tunes, loaded from Hugging Face folders and checked compatible.
 
-Everything a merge needs from disk is read here, once, and checked before any search work starts;
-errors name the first offending model and tensor, and say how to fix it.
+Everything a merge needs from disk is read here (files and headers: ``folder.py``), once, and checked
+before any search work starts; errors name the first offending model and tensor, and say how to fix it.
 
 Policies:
 - Weights are read from safetensors (``model.safetensors`` or shards listed in
@@ -16,42 +16,75 @@ Policies:
   on the source, with the base's tokenizer) and decides what new rows hold.
 - Dtypes may differ (merge math runs in float32). Non-floating tensors (integer buffers) are not
   merged: ``is_mergeable`` is False and they are taken from the base unchanged.
+- Checkpoint keys that the model class does not use (old checkpoints' rotary ``inv_freq`` buffers,
+  say) are dropped with a note, as ``from_pretrained`` drops unexpected keys.
+- Tensors are kept in their own dtype, in aligned blocks (``store.py``). ``share`` reads them into
+  any store (Ray's object store: once per node); ``SourcePool.attach`` maps a store's blocks
+  without copying; ``SourcePool.load`` is both in one process.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from evomerge.errors import EvomergeError
-from evomerge.sources.layers import num_layers
-
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_FILE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
-
+from evomerge.sources.arch import used_tensors
+from evomerge.sources.folder import ModelFolder, fingerprint, natural_key
+from evomerge.sources.folder import read_config, read_tensor_names  # noqa: F401 (their old home, still imported from here)
+from evomerge.sources.layers import group_of, num_layers
+from evomerge.sources.store import Block, TensorInfo, as_buffer, layout, read_block, views
 
 @dataclass(frozen=True)
 class ModelSource:
-    """One model folder: its config, its tensors (on CPU) and a SHA-256 of its weight files."""
+    """One model folder: its config, its tensors (views into its aligned blocks, on CPU), its fingerprint."""
 
     path: Path
-    config: dict[str, Any]
-    tensors: dict[str, Tensor]
-    fingerprint: str
+    config: dict[str, Any] = field(repr=False)
+    tensors: dict[str, Tensor] = field(repr=False)
+    known_fingerprint: str | None = None  # None: computed from the files when first asked
+    blocks: tuple[Block, ...] = field(default=(), repr=False)  # the layout of ``buffers``, one block per layer group
+    buffers: tuple[Tensor, ...] = field(default=(), repr=False)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the weight files (reading them takes a while for large models: only when asked)."""
+        return self.known_fingerprint or fingerprint(self.path)
 
     @classmethod
     def load(cls, path: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ModelSource:
-        return _Folder.open(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code).load()
+        folder = ModelFolder.open(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        infos, loaded = folder.index()
+        names = sorted(infos, key=natural_key)
+        blocks = layout(names, infos, block_group(folder.config, names))
+        buffers = tuple(read_block(b, infos, loaded) for b in blocks)
+        return _model(folder.path, folder.config, blocks, buffers)
+
+
+@dataclass(frozen=True)
+class SharedSources:
+    """A pool's layout and its buffers' handles in a store (plain data: it travels to every worker).
+
+    ``handles[m][b]`` is what the store's ``put`` returned for block b of model m (model 0 is the
+    base): the buffer itself in process, an object reference in Ray's object store.
+    """
+
+    paths: tuple[Path, ...]
+    configs: tuple[dict[str, Any], ...]
+    names: tuple[str, ...]
+    blocks: tuple[tuple[Block, ...], ...]
+    handles: tuple[tuple[Any, ...], ...]
+    trust_remote_code: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the store holds: every model's blocks."""
+        return sum(b.size for model in self.blocks for b in model)
 
 
 @dataclass(frozen=True)
@@ -72,14 +105,30 @@ class SourcePool:
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
     ) -> SourcePool:
-        if not sources:
-            raise EvomergeError("no source models given: list at least one fine-tune of the base to merge")
-        folders = _open_compatible(base, sources, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        models = [folder.load() for folder in folders]
-        for model in models[1:]:
-            _check_tensors(models[0].path, _shapes(models[0].tensors), model.path, _shapes(model.tensors))
-        names = sorted(models[0].tensors, key=_natural_key)
-        return cls(models[0], models[1:], names, trust_remote_code)
+        """Read the models into this process's memory (aligned blocks in their own dtype)."""
+        shared = share(base, sources, lambda buffer: buffer, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return cls.attach(shared, lambda handles: list(handles))
+
+    @classmethod
+    def attach(cls, shared: SharedSources, get: Callable[[Sequence[Any]], Sequence[Any]]) -> SourcePool:
+        """The pool whose tensors are views into a store's buffers; ``get`` turns one model's handles into buffers."""
+        models = []
+        for path, config, blocks, handles in zip(shared.paths, shared.configs, shared.blocks, shared.handles):
+            models.append(_model(path, config, blocks, tuple(as_buffer(b) for b in get(list(handles)))))
+        return cls(models[0], models[1:], list(shared.names), shared.trust_remote_code)
+
+    @classmethod
+    def of(cls, models: Sequence[Mapping[str, Tensor]], config: dict[str, Any] | None = None) -> SourcePool:
+        """A pool of in-memory tensors (tests, benchmarks), packed as a loaded one; the first mapping is the base."""
+        names = sorted(models[0], key=natural_key)
+        group = block_group(config or {}, names)
+        packed = []
+        for i, tensors in enumerate(models):
+            infos = {n: TensorInfo(t.dtype, tuple(t.shape)) for n, t in tensors.items()}
+            blocks = layout(names, infos, group)
+            path = Path("/memory") / ("base" if i == 0 else f"source{i - 1}")
+            packed.append(_model(path, config or {}, blocks, tuple(read_block(b, infos, tensors) for b in blocks)))
+        return cls(packed[0], packed[1:], names)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -88,6 +137,20 @@ class SourcePool:
     @property
     def n_layers(self) -> int:
         return num_layers(self.config, self.tensor_names)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of most of the base's floating-point bytes: the merged model's unless a config says otherwise."""
+        bytes_of: dict[torch.dtype, int] = {}
+        for t in self.base.tensors.values():
+            if t.is_floating_point():
+                bytes_of[t.dtype] = bytes_of.get(t.dtype, 0) + t.numel() * t.element_size()
+        return max(bytes_of, key=lambda d: bytes_of[d]) if bytes_of else torch.float32
+
+    @property
+    def models(self) -> list[ModelSource]:
+        """The base, then the sources."""
+        return [self.base, *self.sources]
 
     def is_mergeable(self, name: str) -> bool:
         """Floating-point tensors are merged; integer/bool buffers are copied from the base."""
@@ -100,131 +163,74 @@ class SourcePool:
         return out
 
 
+def share(base: str | Path, sources: Sequence[str | Path], put: Callable[[Tensor], Any], *, allow_pickle: bool = False,
+          trust_remote_code: bool = False) -> SharedSources:
+    """Check the models, then read them block by block into a store: ``put(buffer)`` returns a handle.
+
+    Only one block is in this process's memory at a time when ``put`` copies it away (Ray's object
+    store); with ``put`` keeping the buffer, this is a plain in-process load.
+    """
+    folders = _open_compatible(base, sources, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    indexes = [f.index() for f in folders]
+    infos = [used_tensors(folders[0].path, folder.path, index[0], trust_remote_code) for folder, index in zip(folders, indexes)]
+    for folder, other in zip(folders[1:], infos[1:]):
+        _check_tensors(folders[0].path, _shapes(infos[0]), folder.path, _shapes(other))
+    names = sorted(infos[0], key=natural_key)
+    group = block_group(folders[0].config, names)
+    blocks, handles = [], []
+    for model_infos, (_, loaded) in zip(infos, indexes):
+        model_blocks = layout(names, model_infos, group)
+        blocks.append(model_blocks)
+        handles.append(tuple(put(read_block(b, model_infos, loaded)) for b in model_blocks))
+    return SharedSources(tuple(f.path for f in folders), tuple(f.config for f in folders), tuple(names), tuple(blocks),
+                         tuple(handles), trust_remote_code)
+
+
 def check_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_pickle: bool = False,
                      trust_remote_code: bool = False) -> None:
     """The checks ``SourcePool.load`` makes, from configs and safetensors headers alone (no tensor is read)."""
     folders = _open_compatible(base, sources, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if any(f.pickled for f in folders):
         return  # a pickle's shapes are only known once it is loaded: SourcePool.load checks them then
-    shapes = [f.header_shapes() for f in folders]
-    for folder, other in zip(folders[1:], shapes[1:]):
-        _check_tensors(folders[0].path, shapes[0], folder.path, other)
+    infos = [used_tensors(folders[0].path, f.path, f.index()[0], trust_remote_code) for f in folders]
+    for folder, other in zip(folders[1:], infos[1:]):
+        _check_tensors(folders[0].path, _shapes(infos[0]), folder.path, _shapes(other))
 
 
-def _open_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_pickle: bool, trust_remote_code: bool) -> list["_Folder"]:
+def _model(path: Path, config: dict[str, Any], blocks: tuple[Block, ...], buffers: tuple[Tensor, ...]) -> ModelSource:
+    tensors: dict[str, Tensor] = {}
+    for block, buffer in zip(blocks, buffers):
+        tensors.update(views(block, buffer))
+    return ModelSource(path, config, tensors, None, blocks, buffers)
+
+
+def block_group(config: dict[str, Any], names: Sequence[str]) -> Callable[[str], str]:
+    """A tensor's layer group at granularity 1 (its block); names no group rule knows share one block."""
+    n_layers = num_layers(config, names)
+
+    def group(name: str) -> str:
+        try:
+            return group_of(name, n_layers)
+        except EvomergeError:  # GenomeSpace reports unplaceable names; the store only needs some block
+            return "other"
+
+    return group
+
+
+def _open_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_pickle: bool, trust_remote_code: bool) -> list[ModelFolder]:
     if not sources:
         raise EvomergeError("no source models given: list at least one fine-tune of the base to merge")
-    folders = [_Folder.open(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for p in [base, *sources]]
+    folders = [ModelFolder.open(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for p in [base, *sources]]
     for folder in folders[1:]:
         _check_configs(folders[0], folder)
     return folders
 
 
-def _shapes(tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(t.shape) for name, t in tensors.items()}
+def _shapes(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
+    return {name: info.shape for name, info in infos.items()}
 
 
-@dataclass(frozen=True)
-class _Folder:
-    """A model folder whose config is read and weight files located, before any tensor is loaded."""
-
-    path: Path
-    config: dict[str, Any]
-    weight_files: list[Path]
-    pickled: bool
-
-    @classmethod
-    def open(cls, path: str | Path, *, allow_pickle: bool, trust_remote_code: bool) -> _Folder:
-        folder = Path(path).expanduser().resolve()
-        if not folder.is_dir():
-            raise EvomergeError(f"model folder {folder} does not exist: give the path of a Hugging Face model folder")
-        config = _read_json(folder / "config.json", f"{folder} has no config.json: is it a Hugging Face model folder?")
-        if "auto_map" in config and not trust_remote_code:
-            raise EvomergeError(
-                f"{folder}/config.json needs custom model code (auto_map: {', '.join(config['auto_map'])}): "
-                "pass trust_remote_code (--trust-remote-code) only if you trust that code"
-            )
-        files, pickled = _weight_files(folder)
-        if pickled and not allow_pickle:
-            raise EvomergeError(
-                f"{folder} has only pickle checkpoints ({files[0].name}), which can run code when loaded: "
-                "convert them to safetensors, or pass allow_pickle (--allow-pickle) to load their tensors only"
-            )
-        return cls(folder, config, files, pickled)
-
-    def header_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Tensor name -> shape from the safetensors headers."""
-        from safetensors import safe_open
-
-        shapes: dict[str, tuple[int, ...]] = {}
-        for file in self.weight_files:
-            try:
-                with safe_open(file, framework="pt") as f:
-                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
-            except Exception as e:  # a damaged header
-                raise EvomergeError(f"cannot read tensors from {file}: {e}") from None
-        return shapes
-
-    def load(self) -> ModelSource:
-        tensors: dict[str, Tensor] = {}
-        for file in self.weight_files:
-            for name, tensor in _read_tensors(file, self.pickled).items():
-                if name in tensors:
-                    raise EvomergeError(
-                        f"tensor '{name}' is stored twice in {self.path} (again in {file.name}): the checkpoint is damaged"
-                    )
-                tensors[name] = tensor
-        return ModelSource(self.path, self.config, tensors, _sha256(self.weight_files))
-
-
-def _weight_files(folder: Path) -> tuple[list[Path], bool]:
-    """The weight files of a folder and whether they are pickles; safetensors win when both exist."""
-    for single, index, pickled in ((SAFETENSORS_FILE, SAFETENSORS_INDEX, False), (PICKLE_FILE, PICKLE_INDEX, True)):
-        if (folder / index).is_file():
-            return _indexed_files(folder / index), pickled
-        if (folder / single).is_file():
-            return [folder / single], pickled
-    pickles = sorted([*folder.glob("*.bin"), *folder.glob("*.pt")])
-    if pickles:
-        return pickles, True
-    raise EvomergeError(
-        f"{folder} has no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or a pickle checkpoint): "
-        "save the model with save_pretrained (a LoRA adapter must be merged into its base first)"
-    )
-
-
-def _indexed_files(index: Path) -> list[Path]:
-    weight_map = _read_json(index, f"{index} is missing").get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise EvomergeError(f"{index} has no weight_map: the sharded checkpoint is damaged; save the model again")
-    files = [index.parent / name for name in sorted(set(weight_map.values()))]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise EvomergeError(f"{index} lists shard {missing[0].name}, which is missing: copy the complete checkpoint")
-    return files
-
-
-def _read_tensors(file: Path, pickled: bool) -> dict[str, Tensor]:
-    try:
-        data = torch.load(file, map_location="cpu", weights_only=True) if pickled else load_file(file)
-    except Exception as e:  # corrupt file, or a pickle holding more than tensors
-        raise EvomergeError(f"cannot read tensors from {file}: {e}") from None
-    if not isinstance(data, dict) or not all(isinstance(t, Tensor) for t in data.values()):
-        raise EvomergeError(f"{file} is not a flat name -> tensor checkpoint (a training checkpoint?): save the model's state_dict")
-    return data
-
-
-def _sha256(files: list[Path]) -> str:
-    """SHA-256 over the weight files' bytes, in file-name order: identical weights, identical hash."""
-    digest = hashlib.sha256()
-    for file in sorted(files, key=lambda f: f.name):
-        with file.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_configs(base: _Folder, other: _Folder) -> None:
+def _check_configs(base: ModelFolder, other: ModelFolder) -> None:
     for key in ("model_type", "architectures"):
         if base.config.get(key) != other.config.get(key):
             raise EvomergeError(
@@ -244,19 +250,19 @@ def _vocab_size(config: dict[str, Any]) -> Any:
 
 
 def _check_tensors(base_path: Path, base: dict[str, tuple[int, ...]], path: Path, other: dict[str, tuple[int, ...]]) -> None:
-    missing = sorted(base.keys() - other.keys(), key=_natural_key)
+    missing = sorted(base.keys() - other.keys(), key=natural_key)
     if missing:
         raise EvomergeError(
             f"{path} lacks tensor '{missing[0]}' that the base has ({len(missing)} missing): "
             "merge only full fine-tunes of the same base (merge LoRA adapters into the model first)"
         )
-    extra = sorted(other.keys() - base.keys(), key=_natural_key)
+    extra = sorted(other.keys() - base.keys(), key=natural_key)
     if extra:
         raise EvomergeError(
             f"{path} has tensor '{extra[0]}' that the base lacks ({len(extra)} extra): "
             "merge only fine-tunes of the same base architecture"
         )
-    for name in sorted(base, key=_natural_key):
+    for name in sorted(base, key=natural_key):
         if base[name] != other[name]:
             raise EvomergeError(
                 f"tensor '{name}' has shape {list(other[name])} in {path} but {list(base[name])} in the base "
@@ -264,47 +270,3 @@ def _check_tensors(base_path: Path, base: dict[str, tuple[int, ...]], path: Path
             )
 
 
-def _read_json(path: Path, missing: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise EvomergeError(missing)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvomergeError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise EvomergeError(f"{path} must hold a JSON object")
-    return data
-
-
-def _natural_key(name: str) -> list[int | str]:
-    """Sort ``layers.2`` before ``layers.10``; the order is the same on every machine."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """A model folder's config.json, without loading weights."""
-    folder = Path(path).expanduser().resolve()
-    return _read_json(folder / "config.json", f"{folder} has no config.json: is it a Hugging Face model folder?")
-
-
-def read_tensor_names(path: str | Path, *, allow_pickle: bool = False) -> list[str]:
-    """Tensor names from safetensors headers (no tensor is read), in the pool's natural order."""
-    from safetensors import safe_open
-
-    files, pickled = _weight_files(Path(path).expanduser().resolve())
-    if pickled:
-        if not allow_pickle:
-            raise EvomergeError(f"{path} has only pickle checkpoints: convert them to safetensors or allow pickle")
-        names = [n for f in files for n in _read_tensors(f, True)]
-    else:
-        names = []
-        for file in files:
-            with safe_open(file, framework="pt") as f:
-                names.extend(f.keys())
-    return sorted(names, key=_natural_key)
-
-
-def fingerprint(path: str | Path) -> str:
-    """SHA-256 of a model folder's weight files (the same value ``ModelSource.fingerprint`` records)."""
-    files, _ = _weight_files(Path(path).expanduser().resolve())
-    return _sha256(files)

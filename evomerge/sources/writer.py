@@ -1,31 +1,34 @@
 """Write tensors as a Hugging Face model folder that ``from_pretrained`` and ``SourcePool`` read back.
 
 The layout is exactly what ``save_pretrained`` writes: ``model.safetensors`` when everything fits
-one shard, else ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``. Config,
-generation config and tokenizer files come from a template folder (the base or a chosen source).
+one shard, else ``model-0000i-of-0000N.safetensors`` plus ``model.safetensors.index.json``; shards
+can be made one at a time (``write_model_shards``), so only one shard is ever in memory. config.json
+comes from a template folder (the base), tokenizer files, chat template and generation config from
+the tokenizer folder (the base, or a chosen source).
 The folder is built beside ``out`` and renamed into place, so a crash never leaves half a model.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from safetensors.torch import save_file
 from torch import Tensor
 
+from evomerge.config.sizes import parse_size
 from evomerge.errors import EvomergeError
-from evomerge.sources.pool import SAFETENSORS_FILE, SAFETENSORS_INDEX
+from evomerge.sources.folder import SAFETENSORS_FILE, SAFETENSORS_INDEX
 
 DEFAULT_SHARD_SIZE = 5 * 2**30
 
-# Everything besides the weights that a usable model folder needs, when the template has it.
-TEMPLATE_FILES = (
-    "config.json",
+MODEL_FILES = ("config.json",)  # from the template (the base)
+# Everything else a usable model folder needs, when the tokenizer folder has it (the template unless
+# a tokenizer source is chosen: an instruct fine-tune's chat template, eos and generation settings).
+TOKENIZER_FILES = (
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -38,45 +41,38 @@ TEMPLATE_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+TEMPLATE_FILES = MODEL_FILES + TOKENIZER_FILES
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")  # config.json's, taken with the tokenizer
 
-# Decimal units as Hugging Face's max_shard_size ("5GB" = 5e9), binary ones with an "i".
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a human size such as ``"500MB"``, ``"2GB"`` or ``"1.5GiB"``."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        value = size
-    else:
-        match = _SIZE.match(str(size).lower())
-        if not match or match.group(2) not in _UNITS:
-            raise EvomergeError(f"cannot read size {size!r}: write a number of bytes or e.g. '500MB', '2GB', '1GiB'")
-        value = int(float(match.group(1)) * _UNITS[match.group(2)])
-    if value <= 0:
-        raise EvomergeError(f"size must be positive, got {size!r}")
-    return value
+# (name, entries, bytes) of a tensor to write: what sharding needs before any tensor exists
+Sizes = Sequence[tuple[str, int, int]]
 
 
-def write_model_folder(
-    tensors: Mapping[str, Tensor],
-    out: Path,
-    *,
-    template: Path,
-    shard_size: int | str = DEFAULT_SHARD_SIZE,
-    force: bool = False,
-    extra_files: Mapping[str, str | bytes] = {},
-    check: Callable[[Path], None] | None = None,
-) -> Path:
+def write_model_folder(tensors: Mapping[str, Tensor], out: Path, *, template: Path, shard_size: int | str = DEFAULT_SHARD_SIZE,
+                       force: bool = False, extra_files: Mapping[str, str | bytes] = {}, tokenizer: Path | None = None,
+                       dtype: str | None = None, check: Callable[[Path], None] | None = None) -> Path:
     """Write ``tensors`` (in their given order) and the template's config/tokenizer files to ``out``.
 
     ``extra_files`` (name -> content, e.g. a model card) are written last, so they may replace a
-    template file. ``check`` runs on the finished folder before it is renamed to ``out``; if it
-    raises, nothing is written. An existing non-empty ``out`` is replaced only with ``force``.
+    template file. An existing non-empty ``out`` is replaced only with ``force``. ``tokenizer``: the
+    folder of the tokenizer files (default: the template); ``dtype``: written into config.json.
+    ``check`` runs on the finished folder before it is renamed to ``out``; if it raises, nothing is written.
     """
+    sizes = [(n, t.numel(), t.numel() * t.element_size()) for n, t in tensors.items()]
+    return write_model_shards(sizes, lambda names: {n: tensors[n] for n in names}, out, template=template,
+                              shard_size=shard_size, force=force, extra_files=extra_files, tokenizer=tokenizer, dtype=dtype,
+                              check=check)
+
+
+def write_model_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, Tensor]], out: Path, *, template: Path,
+                       shard_size: int | str = DEFAULT_SHARD_SIZE, force: bool = False,
+                       extra_files: Mapping[str, str | bytes] = {}, tokenizer: Path | None = None,
+                       dtype: str | None = None, check: Callable[[Path], None] | None = None) -> Path:
+    """As ``write_model_folder``, one shard at a time: ``make_shard(names)`` returns that shard's tensors, which are
+    written and dropped before the next shard is made (a model larger than memory can be written)."""
     out, template = Path(out), Path(template)
     max_bytes = parse_size(shard_size)
-    if not tensors:
+    if not sizes:
         raise EvomergeError("no tensors to write")
     if not (template / "config.json").is_file():
         raise EvomergeError(f"template folder {template} has no config.json: use the base model's folder as template")
@@ -84,10 +80,8 @@ def write_model_folder(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _write_shards(tensors, tmp, max_bytes)
-        for name in TEMPLATE_FILES:
-            if (template / name).is_file():
-                shutil.copy2(template / name, tmp / name)
+        _write_shards(sizes, make_shard, tmp, max_bytes)
+        _copy_template(template, Path(tokenizer) if tokenizer is not None else template, tmp, dtype)
         for name, content in extra_files.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -101,33 +95,52 @@ def write_model_folder(
     return out
 
 
-def _write_shards(tensors: Mapping[str, Tensor], folder: Path, max_bytes: int) -> None:
-    """Greedy sharding in the given order, as ``save_pretrained`` does; one file when all fit."""
-    shards: list[dict[str, Tensor]] = [{}]
+def shard_names(sizes: Sizes, max_bytes: int) -> list[list[str]]:
+    """Greedy sharding in the given order, as ``save_pretrained`` does; one shard when all fit."""
+    shards: list[list[str]] = [[]]
     used = 0
-    for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
+    for name, _, size in sizes:
         if shards[-1] and used + size > max_bytes:
-            shards.append({})
+            shards.append([])
             used = 0
-        shards[-1][name] = tensor.detach().cpu().contiguous()
+        shards[-1].append(name)
         used += size
-    if len(shards) == 1:
-        save_file(shards[0], folder / SAFETENSORS_FILE, metadata={"format": "pt"})
-        return
+    return shards
+
+
+def _write_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, Tensor]], folder: Path, max_bytes: int) -> None:
+    shards = shard_names(sizes, max_bytes)
+    files = [SAFETENSORS_FILE] if len(shards) == 1 else [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     weight_map = {}
-    for i, shard in enumerate(shards, start=1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
+    for names, file in zip(shards, files):
+        tensors = make_shard(names)
+        save_file({n: tensors[n].detach().cpu().contiguous() for n in names}, folder / file, metadata={"format": "pt"})
+        del tensors
+        weight_map.update(dict.fromkeys(names, file))
+    if len(shards) == 1:
+        return
     index = {
-        "metadata": {
-            "total_parameters": sum(t.numel() for t in tensors.values()),
-            "total_size": sum(t.numel() * t.element_size() for t in tensors.values()),
-        },
+        "metadata": {"total_parameters": sum(n for _, n, _ in sizes), "total_size": sum(b for _, _, b in sizes)},
         "weight_map": weight_map,
     }
     (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _copy_template(template: Path, tokenizer: Path, folder: Path, dtype: str | None) -> None:
+    """config.json from the template (with the dtype and the tokenizer's special token ids), the rest from the tokenizer."""
+    for name in TOKENIZER_FILES:
+        if (tokenizer / name).is_file():
+            shutil.copy2(tokenizer / name, folder / name)
+    if dtype is None and tokenizer == template:
+        shutil.copy2(template / "config.json", folder / "config.json")
+        return
+    config = json.loads((template / "config.json").read_text(encoding="utf-8"))
+    if dtype is not None:
+        config["dtype"] = config["torch_dtype"] = dtype  # transformers 5 reads dtype; 4.x torch_dtype
+    if tokenizer != template and (tokenizer / "config.json").is_file():
+        theirs = json.loads((tokenizer / "config.json").read_text(encoding="utf-8"))
+        config.update({k: theirs[k] for k in SPECIAL_TOKENS if k in theirs})
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def check_output_folder(out: Path, force: bool) -> None:

@@ -89,10 +89,19 @@ class TestOneActor:
         assert set(ex.utilization()) == {ex._slot_name[0]}
 
 
-def test_worker_that_cannot_load_sources_names_node_and_cause(ray_cluster, spec, tmp_path):
+def test_a_missing_source_is_one_line_before_any_worker_starts(ray_cluster, spec, tmp_path):
+    """The driver reads the sources into the object store: a missing one is the driver's error, not a node's."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(EvomergeError) as err:
+        RayExecutor(replace(spec, sources=(spec.sources[0], missing)), workers=2)
+    msg = str(err.value)
+    assert str(missing) in msg and "does not exist" in msg and "\n" not in msg
+
+
+def test_worker_that_cannot_start_names_node_and_cause(ray_cluster, spec, tmp_path):
     ray = ray_cluster
     missing = tmp_path / "not-on-this-node"
-    bad = replace(spec, sources=(spec.sources[0], missing))
+    bad = replace(spec, task_path=missing)  # what each node still reads itself: tasks, the base's config and tokenizer
     with pytest.raises(EvomergeError) as err:
         RayExecutor(bad, workers=2)
     msg = str(err.value)
@@ -111,7 +120,7 @@ def test_run_stops_cleanly_when_workers_cannot_start(ray_cluster, search_config_
     missing = tmp_path / "gone"
 
     def factory(spec):
-        return RayExecutor(replace(spec, sources=(*spec.sources[:-1], missing)), workers=1)
+        return RayExecutor(replace(spec, task_path=missing), workers=1)
 
     with pytest.raises(EvomergeError, match="could not start on node"):
         Search(run, factory, quiet=True).run_to_budget()

@@ -46,9 +46,19 @@ def test_missing_tensor_is_named(tiny_family: dict[str, Path], variant) -> None:
     assert f"lacks tensor '{gone}'" in message
 
 
-def test_extra_tensor_is_named(tiny_family: dict[str, Path], variant) -> None:
-    source = variant(edit=lambda t: {**t, "model.layers.0.extra.weight": torch.zeros(2)})
-    assert "has tensor 'model.layers.0.extra.weight' that the base lacks" in refused(tiny_family["base"], source)
+def test_extra_tensor_the_model_uses_is_named(tiny_family: dict[str, Path], variant) -> None:
+    gone = "model.norm.weight"
+    base = variant(edit=lambda t: {k: v for k, v in t.items() if k != gone})
+    assert f"has tensor '{gone}' that the base lacks" in refused(base, tiny_family["a"])
+
+
+def test_extra_tensor_the_model_does_not_use_is_ignored_with_a_note(tiny_family: dict[str, Path], variant, capsys) -> None:
+    """As transformers drops unexpected keys (old checkpoints' rotary buffers): one note, then the pool loads."""
+    extra = "model.layers.0.self_attn.rotary_emb.inv_freq"
+    source = variant(edit=lambda t: {**t, extra: torch.zeros(2)})
+    pool = SourcePool.load(tiny_family["base"], [source])
+    assert extra not in pool.tensor_names and extra not in pool.sources[0].tensors
+    assert f"ignoring 1 checkpoint tensor(s) that the model class does not use (e.g. {extra})" in capsys.readouterr().err
 
 
 def test_shape_mismatch_names_tensor_and_both_shapes(tiny_family: dict[str, Path], variant) -> None:

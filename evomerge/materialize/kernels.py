@@ -1,0 +1,188 @@
+"""The fused chunk kernels: plain torch on 1-D slices, compiled once per process (eager if that fails).
+
+Each kernel reads its inputs once and, compiled, is one loop with no intermediate buffer (inductor
+fuses every elementwise step and stores the result straight into ``out``), on the CPU or a GPU.
+``params`` holds a candidate's numbers as a tensor in the compute dtype, so new values never
+trigger a recompile; one compile (``dynamic=True``) serves every tensor shape.
+
+``torch.compile`` needs a working compiler (a C++ toolchain on CPU, triton on CUDA). When the first
+compiled call fails and the very same function run eagerly succeeds, the process switches every
+kernel to eager mode with one warning: slower, same results (the eager run *is* the reference the
+compiled code is tested against).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from evomerge.merge.draws import draw_bits, pair_hash
+
+TIE_BLOCK = 1 << 12  # entries per tie count (``_tie_counts``)
+
+
+
+def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype: torch.dtype) -> Tensor:
+    """Σ w_k θ_k / divisor; params = [w_0 … w_{K−1}, divisor] (divisor 1 when not normalizing)."""
+    k_count = len(sources)
+    dt = params.dtype
+    acc = sources[0].to(dt) * params[0]
+    for k in range(1, k_count):
+        acc = acc + sources[k].to(dt) * params[k]
+    merged = (acc / params[k_count]).to(plan_dtype)
+    out.copy_(merged)
+    return torch.isfinite(merged).all()
+
+
+def _draw_bits(k: int, draws: list[Tensor], index: Tensor, keys: Tensor, hashed: Tensor | None,
+               dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """Source k's 16 draw bits for this chunk: from the cache (a high and a low byte, as exact floats: byte loads
+    and byte-to-float conversions vectorize where 16-bit ones do not), or regenerated from the flat index."""
+    if draws:
+        return draws[2 * k].to(dt) * 256 + draws[2 * k + 1].to(dt), hashed
+    if k % 2 == 0:
+        hashed = pair_hash(index, keys[k // 2])
+    assert hashed is not None
+    return draw_bits(hashed, k), hashed
+
+
+def _gta_chunk(
+    out: Tensor, base: Tensor, sources: list[Tensor], draws: list[Tensor], params: Tensor, cut: Tensor,
+    start: Tensor, keys: Tensor, plan_dtype: torch.dtype, trim: bool, dare: bool, consensus: bool,
+) -> Tensor:
+    """Generalized task arithmetic over one chunk, as ``sparsify.combine`` after the masks.
+
+    params = [w (K), low (K), DARE divisor (K), λ, divisor, normalize flag]; ``start``: the chunk's
+    first flat index. Trimming keeps |τ| > low, and |τ| == low where the flat index < cut[k]. DARE
+    keeps entries whose draw bits < cut[k] (u < d exactly: ``FastMerger`` turns d into that integer,
+    which spares converting the bits to floats); the bits come from ``draws`` (cached: each source's
+    high and low bytes) or, when it is empty, are regenerated from the flat index and ``keys``.
+    """
+    k_count = len(sources)
+    dt = params.dtype
+    b = base.to(dt)
+    index = torch.arange(base.shape[0], device=base.device) + start
+    weighted = []
+    hashed = None
+    for k in range(k_count):
+        tau = sources[k].to(dt) - b
+        if trim:  # masked by a product, as the reference's ``tau * mask``
+            mag = tau.abs()
+            low = params[k_count + k]
+            tau = tau * ((mag > low) | ((mag == low) & (index < cut[k]))).to(dt)
+        if dare:
+            bits, hashed = _draw_bits(k, draws, index, keys, hashed, dt)
+            tau = torch.where(bits < cut[k], tau / params[2 * k_count + k], torch.zeros_like(tau))
+        weighted.append(tau * params[k])
+    total = weighted[0]
+    for k in range(1, k_count):
+        total = total + weighted[k]
+    if consensus:  # sign(w) == elected sign, sign(Σ w) with zero as +; masks as products, as the reference's
+        positive = total >= 0
+        mixed = torch.zeros_like(total)
+        divisor = torch.zeros_like(total)
+        for k in range(k_count):
+            agree = (((weighted[k] > 0) & positive) | ((weighted[k] < 0) & ~positive)).to(dt)
+            mixed = mixed + weighted[k] * agree
+            divisor = divisor + params[k] * agree
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+        mixed = torch.where(params[3 * k_count + 2] > 0, mixed / divisor, mixed)
+    else:
+        mixed = total / params[3 * k_count + 1]
+    merged = (b + params[3 * k_count] * mixed).to(plan_dtype)
+    out.copy_(merged)
+    return torch.isfinite(merged).all()
+
+
+def magnitude_key(mag: Tensor) -> Tensor:
+    """A histogram key of non-negative floats, monotone in the value: the top 16 bits of the bit pattern (sign,
+    exponent, 7 mantissa bits), times 2, plus 1 when any lower bit is set. The even key of a bin is its one
+    value with clear low bits (bfloat16 deltas: almost all entries); the odd key, the rest of the bin."""
+    if mag.dtype == torch.float64:
+        bits = mag.view(torch.int64)
+        return (bits >> 48) * 2 + ((bits & 0xFFFFFFFFFFFF) != 0).to(torch.int64)
+    bits = mag.view(torch.int32)
+    return (bits >> 16).to(torch.int64) * 2 + ((bits & 0xFFFF) != 0).to(torch.int64)
+
+
+def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], keys: Tensor, dt: torch.dtype) -> None:
+    """out (uint8) gets bit k set where |θ_k − θ0| has the histogram key ``keys[k]``, for up to 8 sources."""
+    b = base.to(dt)
+    flags = torch.zeros(base.shape, dtype=torch.int32, device=base.device)
+    for k in range(len(sources)):
+        key = magnitude_key((sources[k].to(dt) - b).abs())
+        flags = flags | ((key == keys[k]).to(torch.int32) << k)
+    out.copy_(flags.to(out.dtype))
+
+
+def _tie_counts(out: Tensor, base: Tensor, sources: list[Tensor], lows: Tensor, dt: torch.dtype) -> None:
+    """out[k, b] = how many entries of block b (``TIE_BLOCK`` entries) have |θ_k − θ0| == lows[k]."""
+    b = base.to(dt)
+    for k in range(len(sources)):
+        equal = ((sources[k].to(dt) - b).abs() == lows[k]).to(torch.int64)
+        out[k].copy_(equal.view(-1, TIE_BLOCK).sum(1))
+
+
+_FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags,
+                                                "tie_counts": _tie_counts}
+_COMPILED: dict[str, Callable[..., object]] = {}
+_compile_broken = False  # set by the first failed compile: every kernel runs eagerly from then on
+_PROBED: dict[str, bool] = {}
+
+
+def compile_works(device: torch.device) -> bool:
+    """Whether torch.compile works on this device type (a tiny function compiled once per process), so a merger
+    picks the eager kernels' chunking before it ever calls a kernel that would fall back on a whole tensor."""
+    global _compile_broken
+    if _compile_broken:
+        return False
+    if device.type not in _PROBED:
+        try:
+            probe = torch.compile(lambda x: x * 2 + 1, dynamic=True, backend="inductor")
+            ok = bool(torch.equal(probe(torch.ones(8, device=device)), torch.full((8,), 3.0, device=device)))
+        except Exception as error:
+            ok = False
+            warnings.warn(f"torch.compile does not work here ({type(error).__name__}: {_first_line(error)}); merging "
+                          "with the eager kernels (slower, same results)", RuntimeWarning, stacklevel=2)
+        _PROBED[device.type] = ok
+        _compile_broken = not ok
+    return _PROBED[device.type]
+
+
+def chunk_kernel(name: str, compile: bool = True) -> Callable[..., object]:
+    """The chunk function ``name`` ("linear", "gta", "bin_flags", "tie_counts"), compiled once per process unless off."""
+    fn = _FUNCTIONS[name]
+    if not compile or _compile_broken:
+        return fn
+    if name not in _COMPILED:
+        # One compiled function serves (K, dtypes, flags) variants; allow more than dynamo's default 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _COMPILED[name] = _with_fallback(fn, torch.compile(fn, dynamic=True, backend="inductor"))
+    return _COMPILED[name]
+
+
+def _with_fallback(fn: Callable[..., object], compiled: Callable[..., object]) -> Callable[..., object]:
+    """``compiled``, or ``fn`` for good once a compiled call fails where the eager call does not."""
+
+    def call(*args: object) -> object:
+        global _compile_broken
+        if _compile_broken:
+            return fn(*args)
+        try:
+            return compiled(*args)
+        except Exception as error:
+            result = fn(*args)  # raises again if the inputs, not the compiler, are the problem
+            _compile_broken = True
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); merging with the eager "
+                          "kernels from now on (slower, same results)", RuntimeWarning, stacklevel=2)
+            return result
+
+    return call
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""

@@ -1,0 +1,268 @@
+"""TIES trimming cuts: for a tensor, a source and a density, which |τ| entries survive — exactly as the reference.
+
+Top-d trimming keeps the ``keep_count(d, n)`` largest |τ_k| of a tensor, ties ranked by flat index
+(lower first). A cut is two numbers, ``Trim(low, p)``: keep |τ| > low, and |τ| == low at flat index
+< p. The fused kernel applies it in its one pass; this module finds it, two ways that give the
+same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
+
+- **sorted**: |τ_k| sorted once per worker (values + flat indices: 8 bytes per entry and source) —
+  the cut is a lookup, ``asc[n − keep]``, plus two binary searches. Fastest; the most memory.
+- **histogram**: per (tensor, source), kept once per worker (kilobytes), the count of |τ_k| per
+  key of its float bit pattern — the top 16 bits (2**15 log-spaced bins, monotone in the value),
+  split into the bin's one value with clear low bits and the rest (``kernels.magnitude_key``) — and
+  the range of the low bits under each key. The counts give the key that holds rank ``keep``. When
+  it holds one value (bfloat16 deltas: almost always), that value is ``low``, and only if the cut
+  falls inside its group of ties does one pass (a compiled kernel, all sources at once) count the
+  ties per block of entries, to find the flat index of the last kept one. Otherwise one pass flags
+  the key's entries (few: such values spread over many bins), which are gathered and counted by
+  their low 16 bits — the same ``low`` and tie index.
+
+Tensors smaller than ``HISTOGRAM_MIN`` entries always use sorted copies: they cost less than a histogram.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel, magnitude_key
+from evomerge.merge.sparsify import compute_dtype, keep_count
+
+Thresholds = Literal["sorted", "histogram"]
+HISTOGRAM_MIN = 1 << 16  # entries: below this a sorted copy (8 bytes/entry) is smaller than the counts
+BINS = 1 << 17  # histogram keys: two per value of the top 16 bits (``kernels.magnitude_key``)
+SCAN = 1 << 22  # entries per eager pass when counting (bounds the temporaries)
+FLAG_SOURCES = 8  # sources per flag pass (bits of a uint8)
+SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at a time
+
+
+@dataclass(frozen=True)
+class Trim:
+    """One source's cut for one tensor and candidate: keep |τ| > low, and |τ| == low at flat index < p."""
+
+    low: float
+    p: int
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """|τ| counted per histogram key (``kernels.magnitude_key``; the used keys only, ascending), with the range of
+    the low bits under each key: where that range is one value, the key holds one value exactly."""
+
+    keys: Tensor  # int64, ascending
+    ge: Tensor  # ge[j]: entries with keys >= keys[j]
+    low_min: Tensor  # per key, the least and greatest low bits
+    low_max: Tensor
+    shift: int  # low bits per bit pattern: 16 (float32) or 48 (float64)
+
+    def locate(self, keep: int, dt: torch.dtype) -> tuple[int, int, int, float | None]:
+        """(key holding rank ``keep``, entries under higher keys: all kept, entries under it, its one value or None)."""
+        j = int(torch.searchsorted(-self.ge, torch.tensor(-keep, device=self.ge.device), right=True)) - 1
+        above = int(self.ge[j + 1]) if j + 1 < self.ge.numel() else 0
+        key, low = int(self.keys[j]), int(self.low_min[j])
+        value = _value((key >> 1) << self.shift | low, dt) if low == int(self.low_max[j]) else None
+        return key, above, int(self.ge[j]) - above, value
+
+
+class TrimCuts:
+    """The cuts of one worker, with its cache of sorted copies or histograms (``mode``)."""
+
+    def __init__(self, mode: Thresholds, *, compiles: Callable[[int], bool], chunk: Callable[[int, bool], int]):
+        """``compiles(n)``: whether a tensor of n entries uses compiled kernels; ``chunk(n, compiled)``: entries per call."""
+        self.mode, self.compiles, self.chunk = mode, compiles, chunk
+        self._sorted: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self._counts: dict[tuple[str, int], _Counts] = {}
+        self._flags: Tensor | None = None  # scratch of the flag pass, reused across tensors
+
+    def cuts(self, name: str, densities: Sequence[float], base: Tensor, sources: Sequence[Tensor]) -> list[Trim]:
+        """The cut of every source (flattened inputs, on the merging device)."""
+        n = base.numel()
+        keeps = [keep_count(d, n) for d in densities]
+        trims: list[Trim | None] = [_trivial(keep, n) for keep in keeps]
+        todo = [k for k, t in enumerate(trims) if t is None]
+        if todo and (self.mode == "sorted" or n < HISTOGRAM_MIN):
+            for k in todo:
+                trims[k] = self._from_sorted(name, k, keeps[k], base, sources[k])
+        elif todo:
+            for k, trim in self._from_counts(name, todo, keeps, base, sources).items():
+                trims[k] = trim
+        return [t for t in trims if t is not None]
+
+    def cache_bytes(self) -> int:
+        arrays = [t for pair in self._sorted.values() for t in pair]
+        arrays += [t for c in self._counts.values() for t in (c.keys, c.ge, c.low_min, c.low_max)]
+        return sum(t.numel() * t.element_size() for t in arrays)
+
+    # -- sorted copies --------------------------------------------------------------------------------
+
+    def sorted_magnitudes(self, name: str, k: int, base: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
+        """|θ_k − θ0| flattened, stably sorted ascending: (values, flat indices), cached."""
+        key = (name, k)
+        if key not in self._sorted:
+            dt = compute_dtype(base)
+            values, order = (source.to(dt) - base.to(dt)).abs_().flatten().sort(stable=True)
+            self._sorted[key] = (values, order.to(torch.int32) if order.numel() < 2**31 else order)
+        return self._sorted[key]
+
+    def _from_sorted(self, name: str, k: int, keep: int, base: Tensor, source: Tensor) -> Trim:
+        asc, order = self.sorted_magnitudes(name, k, base, source)
+        n = asc.numel()
+        low = asc[n - keep : n - keep + 1]
+        first = int(torch.searchsorted(asc, low, right=False))  # the group of |τ| == low is asc[first:stop]
+        stop = int(torch.searchsorted(asc, low, right=True))
+        need = keep - (n - stop)  # tied entries to keep, lowest flat index first
+        if need == stop - first:
+            return Trim(float(low), n)
+        return Trim(float(low), int(order[first + need - 1]) + 1)
+
+    # -- histograms -----------------------------------------------------------------------------------
+
+    def counts(self, name: str, k: int, base: Tensor, source: Tensor) -> _Counts:
+        """|θ_k − θ0| counted (once per worker): per distinct value while there are at most ``EXACT_MAX`` of them
+        (bfloat16 deltas: a few ten thousand), else per bin; kilobytes either way."""
+        key = (name, k)
+        if key not in self._counts:
+            self._counts[key] = _count(base, source)
+        return self._counts[key]
+
+    def _from_counts(self, name: str, todo: list[int], keys: list[int], base: Tensor, sources: Sequence[Tensor]) -> dict[int, Trim]:
+        """Each source's cut from its counts: a cut bin of one value gives ``low`` at once, and a pass over the tensor
+        only when the cut falls inside that group of ties (to find the last kept one); a bin of several values
+        needs a pass that finds its entries (see the module docstring)."""
+        n = base.numel()
+        out: dict[int, Trim] = {}
+        bins, ties, above, flagged = {}, {}, {}, 0
+        for k in todo:
+            code, above[k], at, low = self.counts(name, k, base, sources[k]).locate(keys[k], compute_dtype(base))
+            if low is None:
+                bins[k] = code
+                flagged += at
+            elif keys[k] - above[k] == at:
+                out[k] = Trim(low, n)  # the whole group at ``low`` is kept
+            else:
+                ties[k] = (low, keys[k] - above[k])
+        if ties:
+            out.update(self._tie_cuts(base, sources, ties))
+        if bins:
+            positions = self._flag(base, sources, bins, sparse=flagged * SPARSE < n)
+            out.update({k: self._refine(keys[k] - above[k], base, sources[k], positions[k]) for k in bins})
+        return out
+
+    def _tie_cuts(self, base: Tensor, sources: Sequence[Tensor], ties: dict[int, tuple[float, int]]) -> dict[int, Trim]:
+        """Where the need-th entry equal to ``low`` (by flat index) is: tie counts per block of ``TIE_BLOCK`` entries
+        in one pass (all these sources at once), then a look inside the one block that holds it."""
+        n, dt = base.numel(), compute_dtype(base)
+        ks = sorted(ties)
+        whole = n // TIE_BLOCK * TIE_BLOCK
+        counts = torch.zeros(len(ks), whole // TIE_BLOCK, dtype=torch.int64, device=base.device)
+        lows = torch.tensor([ties[k][0] for k in ks], dtype=dt, device=base.device)
+        compiled = self.compiles(n)
+        kernel, step = chunk_kernel("tie_counts", compiled), max(self.chunk(n, compiled) // TIE_BLOCK, 1) * TIE_BLOCK
+        for a in range(0, whole, step):
+            e = min(a + step, whole)
+            kernel(counts[:, a // TIE_BLOCK : e // TIE_BLOCK], base[a:e], [sources[k][a:e] for k in ks], lows, dt)
+        out = {}
+        for row, k in enumerate(ks):
+            low, need = ties[k]
+            before = torch.cat([torch.zeros(1, dtype=torch.int64, device=base.device), counts[row].cumsum(0)])
+            block = int(torch.searchsorted(before, torch.tensor(need, device=base.device), right=False)) - 1
+            a = whole if block >= counts.shape[1] else block * TIE_BLOCK  # past the whole blocks: in the tail
+            e = n if a == whole else a + TIE_BLOCK
+            inside = torch.nonzero((sources[k][a:e].to(dt) - base[a:e].to(dt)).abs() == low).flatten()
+            out[k] = Trim(low, a + int(inside[need - int(before[min(block, counts.shape[1])]) - 1]) + 1)
+        return out
+
+    def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int], sparse: bool) -> dict[int, Tensor]:
+        """Flat indices (ascending) of the entries of each source's cut bin: one pass per 8 sources. ``sparse``:
+        few entries are flagged, so scanning 8 flags at a time (as int64 words) finds them faster."""
+        n = base.numel()
+        dt = compute_dtype(base)
+        out: dict[int, Tensor] = {}
+        group = sorted(bins)
+        for g in range(0, len(group), FLAG_SOURCES):
+            ks = group[g : g + FLAG_SOURCES]
+            flags = self._scratch(n, base.device)
+            codes = torch.tensor([bins[k] for k in ks], dtype=torch.int64, device=base.device)
+            compiled = self.compiles(n)
+            kernel, step = chunk_kernel("bin_flags", compiled), self.chunk(n, compiled)
+            for a in range(0, n, step):
+                e = min(a + step, n)
+                kernel(flags[a:e], base[a:e], [sources[k][a:e] for k in ks], codes, dt)
+            if sparse:
+                words = torch.nonzero(flags.view(torch.int64)).flatten()
+                near = (words[:, None] * 8 + torch.arange(8, device=base.device)).flatten()
+            else:
+                near = torch.nonzero(flags).flatten()
+            hit = flags[near]
+            for bit, k in enumerate(ks):
+                out[k] = near[((hit >> bit) & 1).bool()]
+        return out
+
+    def _scratch(self, n: int, device: torch.device) -> Tensor:
+        """A zeroed uint8 buffer of at least n bytes rounded up to whole 8-byte words."""
+        size = -(-n // 8) * 8
+        if self._flags is None or self._flags.numel() < size or self._flags.device != device:
+            self._flags = torch.empty(size, dtype=torch.uint8, device=device)
+        flags = self._flags[:size]
+        flags[n:].zero_()
+        return flags
+
+    @staticmethod
+    def _refine(need: int, base: Tensor, source: Tensor, positions: Tensor) -> Trim:
+        """The cut from the cut bin's entries: the need-th largest |τ| (ties by flat index) is the last kept.
+
+        In float32 the entries of one bin differ only in their low 16 bits, so a count per low-bits value
+        (no sort) finds the cut value; float64 (tests) sorts them."""
+        dt = compute_dtype(base)
+        values = (source[positions].to(dt) - base[positions].to(dt)).abs()
+        if dt == torch.float32:
+            bits = values.view(torch.int32) & 0xFFFF
+            ge = torch.bincount(bits, minlength=1 << 16).flip(0).cumsum(0).flip(0)  # entries with low bits >= j
+            j = int(torch.searchsorted(-ge, torch.tensor(-need, device=ge.device), right=True)) - 1
+            at = bits == j
+            above = int(ge[j + 1]) if j + 1 < ge.numel() else 0
+        else:
+            ranked = values.sort(descending=True, stable=True).values
+            at = values == ranked[need - 1]
+            above = int((values > ranked[need - 1]).sum())
+        tied = positions[at]  # ascending flat index
+        low = float(values[at][0])
+        if need - above == tied.numel():
+            return Trim(low, base.numel())
+        return Trim(low, int(tied[need - above - 1]) + 1)
+
+
+def _count(base: Tensor, source: Tensor) -> _Counts:
+    """|θ_k − θ0| counted per histogram key, with each key's least and greatest low bits."""
+    dt = compute_dtype(base)
+    shift = 48 if dt == torch.float64 else 16
+    counts = torch.zeros(BINS, dtype=torch.int64, device=base.device)
+    low_min = torch.full((BINS,), 1 << shift, dtype=torch.int64, device=base.device)
+    low_max = torch.full((BINS,), -1, dtype=torch.int64, device=base.device)
+    for a in range(0, base.numel(), SCAN):
+        mag = (source[a : a + SCAN].to(dt) - base[a : a + SCAN].to(dt)).abs()
+        keys = magnitude_key(mag)
+        low = (mag.view(torch.int64) if dt == torch.float64 else mag.view(torch.int32).to(torch.int64)) & ((1 << shift) - 1)
+        counts += torch.bincount(keys, minlength=BINS)
+        low_min.scatter_reduce_(0, keys, low, "amin")
+        low_max.scatter_reduce_(0, keys, low, "amax")
+    used = torch.nonzero(counts).flatten()
+    return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift)
+
+
+def _value(bits: int, dt: torch.dtype) -> float:
+    """The float whose bit pattern in ``dt`` is ``bits``."""
+    return float(torch.tensor([bits], dtype=torch.int64 if dt == torch.float64 else torch.int32).view(dt)[0])
+
+
+def _trivial(keep: int, n: int) -> Trim | None:
+    """The cut when every entry or none is kept; None when a real cut is needed."""
+    if keep >= n:
+        return Trim(-math.inf, n)
+    if keep <= 0:
+        return Trim(math.inf, 0)
+    return None

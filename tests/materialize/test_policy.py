@@ -1,0 +1,119 @@
+"""The memory plan never changes results: the same candidate gives the same tensors whatever is cached or where.
+
+Every ``CachePolicy`` — sources read in place or streamed group by group, TIES cuts from sorted copies
+or from histograms, DARE draws cached or regenerated in the kernel — must write bit-identical
+tensors, and those must equal the eager reference operators. The fixtures are bfloat16 sources
+whose deltas are a few ulps (so the trim cut falls inside large groups of tied magnitudes, the hard
+case for histograms), several layer groups (so streaming switches buffers), and histograms forced
+on for these small tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from evomerge.materialize.fused import CachePolicy, FastMerger
+from evomerge.materialize.plan import MergePlan, TensorStep
+from evomerge.merge.registry import get_method
+from evomerge.sources.pool import SourcePool
+
+SHAPES = {
+    "model.embed_tokens.weight": (40, 24), "model.layers.0.mlp.up_proj.weight": (48, 24),
+    "model.layers.0.input_layernorm.weight": (24,), "model.layers.1.self_attn.q_proj.weight": (24, 24),
+    "model.norm.weight": (24,), "lm_head.weight": (40, 24),
+}
+POLICIES = [CachePolicy(s, t, d) for s, t, d in itertools.product(("shared", "streamed"), ("sorted", "histogram"),
+                                                                    ("cached", "regenerated"))]
+CANDIDATES = [
+    ("ties", {"weight": [1.0, -0.7, 0.4], "density": [0.37, 0.8, 0.05]}, {}),
+    ("ties", {"weight": [0.5, 0.5, 0.5], "density": [1.0, 0.5, 0.0]}, {"lam": 0.8}),
+    ("dare_ties", {"weight": [1.0, 0.8, -0.5], "density": [0.3, 0.9, 1.0]}, {"normalize": True}),
+    ("dare_linear", {"weight": [0.7, 0.5, -0.2], "density": [0.5, 1.0, 0.05]}, {"lam": 1.1}),
+    ("task_arithmetic", {"weight": [0.7, 0.5, -0.2]}, {"lam": 0.9}),
+]
+
+
+@pytest.fixture(autouse=True)
+def histograms_for_small_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("evomerge.materialize.thresholds.HISTOGRAM_MIN", 0)
+
+
+@pytest.fixture(params=["bf16 deltas", "float32 deltas"])
+def pool(request: pytest.FixtureRequest) -> SourcePool:
+    """bf16 sources a few ulps off the base (cut bins of one value, large groups of ties) and float32 ones (cut bins
+    of many values): the two ways a histogram finds a cut."""
+    return bf16_pool() if request.param == "bf16 deltas" else float_pool()
+
+
+def bf16_pool(k: int = 3, seed: int = 0) -> SourcePool:
+    """Sources = base + a few bfloat16 ulps: many exactly tied |τ| at any cut."""
+    g = torch.Generator().manual_seed(seed)
+    base = {n: torch.randn(s, generator=g).to(torch.bfloat16) for n, s in SHAPES.items()}
+    sources = []
+    for _ in range(k):
+        sources.append({n: (b.float() * (1 + torch.randint(-3, 4, b.shape, generator=g) * 2.0**-8)).to(torch.bfloat16)
+                        for n, b in base.items()})
+    return SourcePool.of([base, *sources], config={"num_hidden_layers": 2})
+
+
+def float_pool(k: int = 3, seed: int = 0) -> SourcePool:
+    g = torch.Generator().manual_seed(seed)
+    base = {n: torch.randn(s, generator=g) for n, s in SHAPES.items()}
+    return SourcePool.of([base, *({n: b + 0.01 * torch.randn(b.shape, generator=g) for n, b in base.items()} for _ in range(k))],
+                         config={"num_hidden_layers": 2})
+
+
+def plan_for(pool: SourcePool, method: str, source_params: dict, params: dict) -> MergePlan:
+    m = get_method(method)
+    per = {key: tuple(v) for key, v in source_params.items()}
+    return MergePlan(tuple(TensorStep(n, "g", m, per, params) for n in pool.tensor_names), seed=11, dtype=None)
+
+
+def merged(pool: SourcePool, plan: MergePlan, merger: FastMerger) -> dict[str, torch.Tensor]:
+    out = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
+    assert merger.materialize(plan, out) == []
+    return out
+
+
+@pytest.mark.parametrize("method,source_params,params", CANDIDATES)
+def test_every_policy_writes_the_same_tensors_as_the_reference(pool: SourcePool, method: str, source_params: dict,
+                                                                params: dict) -> None:
+    plan = plan_for(pool, method, source_params, params)
+    reference = plan.materialize(pool)
+    for policy in POLICIES:
+        got = merged(pool, plan, FastMerger(pool, policy=policy, compile=False, chunk=64))
+        for name, want in reference.items():
+            assert torch.equal(got[name], want), f"{policy} {method} {name}"
+
+
+def test_compiled_kernels_give_the_same_tensors_under_every_policy() -> None:
+    pool = bf16_pool(seed=1)
+    plans = [plan_for(pool, *c) for c in CANDIDATES[:3]]
+    first = [merged(pool, p, FastMerger(pool, compile=False)) for p in plans]
+    for policy in (CachePolicy("shared", "histogram", "regenerated"), CachePolicy("streamed", "sorted", "cached")):
+        merger = FastMerger(pool, policy=policy, compile=True)
+        for plan, want in zip(plans, first):
+            got = merged(pool, plan, merger)
+            assert all(torch.equal(got[n], want[n]) for n in want), policy
+
+
+def test_caches_are_reused_across_candidates_and_sized_by_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real rule: histograms for tensors of 2**16 entries and more, sorted copies below
+    g = torch.Generator().manual_seed(3)
+    base = {"model.layers.0.mlp.up_proj.weight": torch.randn(512, 256, generator=g), "model.norm.weight": torch.randn(256, generator=g)}
+    pool = SourcePool.of([base, *({n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in base.items()} for _ in range(3))])
+    sorted_merger = FastMerger(pool, policy=CachePolicy(thresholds="sorted", draws="cached"), compile=False)
+    compact = FastMerger(pool, policy=CachePolicy(thresholds="histogram", draws="regenerated"), compile=False)
+    for merger in (sorted_merger, compact):
+        for c in CANDIDATES[:3]:
+            merged(pool, plan_for(pool, *c), merger)
+    entries = sum(t.numel() for t in pool.base.tensors.values())
+    assert sorted_merger.cache_bytes() == 3 * entries * (8 + 2)  # sorted values + int32 indices, 2 bytes of draws
+    small = 3 * 256 * 8  # the norm: below the histogram size, sorted
+    assert small < compact.cache_bytes() < small + 3 * (1 << 15) * 32  # per used bin: code, count, low-bits range
+    before = compact.cache_bytes()
+    merged(pool, plan_for(pool, *CANDIDATES[0]), compact)
+    assert compact.cache_bytes() == before
