@@ -1,32 +1,40 @@
 #!/usr/bin/env python
-"""Search quality on the zoo: every strategy at equal evaluation budgets, scored on held-out data.
+"""Search value on the zoo: every strategy × search metric × seed, the calibration pick against every fixed recipe, on held-out data.
 
-    .venv/bin/python scripts/bench_search.py [--config configs/zoo.yaml] [--budgets 50 100 200] [--seeds 3]
+    .venv/bin/python scripts/bench_search.py [--config configs/zoo.yaml] [--zoo zoo/seed1-llama] [--budgets 50 100 300]
+        [--seeds 3] [--strategies cmaes niches ...] [--metrics acc log-likelihood] [--jobs 2] [--work DIR] [--no-write]
 
-For each strategy (cmaes, niches, nsga2, optuna TPE, random) and seed, one run of the config with
-that strategy and seed goes to the largest budget (in-process worker, one process per run, ``--jobs``
-runs at a time). No strategy knows the budget, so the first B candidates of that run *are* the run
-with budget B; at each budget the script takes the run as it stood then (``analyze(..., upto=B)``)
-and reports two picks, both scored on the held-out tasks:
+For each strategy, search metric and seed, one run of the config with them goes to the largest budget
+(in-process worker, one process per run, ``--jobs`` runs at a time). No strategy knows its budget, so
+the run's first B candidates *are* the run with budget B: at each budget the script analyzes the run
+as it stood then (``analyze(..., upto=B)``) and takes the **calibration pick** — what ``evomerge
+export`` picks by default, the front member with the best mean normalized calibration score of the
+reported metric, chosen without held-out data — and scores it on the held-out tasks.
 
-- **calibration pick**: the front member with the best mean normalized calibration score — chosen
-  without looking at held-out data, like the task-arithmetic λ of the baselines (the main number);
-- **export pick**: what ``evomerge export`` picks by default — the best of the 5 finalists on
-  held-out, so its held-out score is slightly optimistic (it selects on the data it reports).
+Fixed recipes: every run scores them itself (``Baselines``: the base, each expert alone, the uniform
+soup, task arithmetic over λ 0.1…1.5, TIES and DARE-TIES over d ∈ {0.3, 0.5, 0.7} × λ, each grid's
+member chosen on calibration), by the same worker on the same tasks. "Best fixed" is the merge among
+them with the best held-out score — the fixed recipe a user could at best have chosen, so a gain over
+it is not flattered by the choice. Mean normalized = mean over skills of held-out accuracy / the best
+expert's, as export and report compute it.
 
-Baselines (base, each expert, uniform soup, task arithmetic with λ chosen on calibration, TIES and
-DARE-TIES at density 0.5) are scored by the same worker in every run; "mean normalized" divides each
-skill's held-out accuracy by the best expert's on that skill and averages over skills.
+Search metrics: ``acc`` (the objectives' reported metric) and ``log-likelihood`` (``search_metric:
+perplexity``: the strategy optimizes the answers' log-likelihood from the same lm-eval requests, while
+the front's pick and every table use accuracy). A strategy runs with the config's options when the
+config names it, with its own defaults otherwise; the row that is the config as written is marked
+*(default)*. ``--set SECTION.FIELD=VALUE`` changes the config for an experiment (with ``--no-write``). ``--zoo DIR`` runs the config on another zoo build: that zoo's base, experts (by folder
+name) and task folder replace the config's.
 
-Writes ``docs/bench_search.png`` (calibration best-so-far vs. evaluations, and held-out at each
-budget) and its table into docs/BENCHMARKS.md between the ``bench_search`` markers. Run folders go
-to ``--work`` (default: a temporary folder, removed at the end); a finished run found there with the
-same config is reused (only the analysis runs again).
+Writes the plot (``docs/bench_search.png``, or ``docs/bench_search-<zoo>.png`` with ``--zoo``) and
+the section ``bench_search`` (``bench_search-<zoo>``) of docs/BENCHMARKS.md through ``publish``. Run
+folders go to ``--work`` (default: a temporary folder, removed at the end); a finished run found there
+with the same config is reused (only the analysis runs again).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -39,8 +47,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from benchdoc import REPO, cpu_model, shown, write_section, zoo_config  # noqa: E402 (first: sets the offline environment)
+from benchdoc import REPO, cpu_model, fail, publish, shown, zoo_config  # noqa: E402 (first: sets the offline environment)
+
+if TYPE_CHECKING:
+    from evomerge.config.search import SearchConfig
 
 STRATEGIES = {  # label -> (strategy name, options)
     "cmaes": ("cmaes", {}),
@@ -49,253 +61,304 @@ STRATEGIES = {  # label -> (strategy name, options)
     "optuna TPE": ("optuna", {"sampler": "tpe"}),
     "random": ("random", {}),
 }
-BASELINE_ORDER = ("base", "soup", "task_arithmetic", "ties", "dare_ties")
+SEARCH_METRICS = {"acc": None, "log-likelihood": "perplexity"}  # label -> every objective's search_metric
+GOAL_MARGIN = 0.08  # the issue's number: the default config's pick >= best fixed + this at the largest budget
 
 
-def one_run(label: str, seed: int, config: str, budgets: list[int], work: str) -> dict:
-    """Search with one strategy and seed to the largest budget; the picks at every budget, scored."""
+def on_zoo(cfg: SearchConfig, zoo_dir: Path | None) -> SearchConfig:
+    """The config over another zoo build: its base, its experts named as the config's model folders, its tasks."""
+    if zoo_dir is None:
+        return cfg
+    from evomerge.zoo import load_zoo
+
+    zoo = load_zoo(zoo_dir)
+    missing = [p.name for p in cfg.sources.models if p.name not in zoo.experts]
+    if missing:
+        fail(f"--zoo {zoo_dir}: no expert '{missing[0]}' (it has {', '.join(zoo.experts)})")
+    sources = dataclasses.replace(cfg.sources, base=zoo.base, models=tuple(zoo.experts[p.name] for p in cfg.sources.models))
+    return dataclasses.replace(cfg, sources=sources, scoring=dataclasses.replace(cfg.scoring, task_path=zoo.task_dir))
+
+
+def base_config(config: str, zoo: str | None, settings: list[str]) -> SearchConfig:
+    """The config file, on ``zoo`` if given, with the ``--set SECTION.FIELD=VALUE`` changes (values in YAML)."""
+    import yaml
+
+    from evomerge.errors import EvomergeError
+
+    cfg = on_zoo(zoo_config(Path(config)), Path(zoo) if zoo else None)
+    changes = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or "." not in key:
+            fail(f"--set {setting}: write SECTION.FIELD=VALUE, e.g. genome.split_by_kind=true")
+        changes[key] = yaml.safe_load(text)
+    try:
+        return cfg.override(**changes)
+    except (EvomergeError, TypeError, AttributeError) as e:
+        fail(f"--set {' '.join(settings)}: {e}")
+
+
+def variant(cfg: SearchConfig, strategy: str, metric: str, seed: int, budget: int) -> SearchConfig:
+    """The config with this strategy (the config's options if it names it), search metric, seed and budget."""
+    name, options = STRATEGIES[strategy]
+    if name == cfg.strategy.name:
+        options = {**options, **cfg.strategy.options}
+    objectives = tuple(dataclasses.replace(o, search_metric=SEARCH_METRICS[metric]) for o in cfg.objectives)
+    return dataclasses.replace(cfg, objectives=objectives).override(**{
+        "strategy.name": name, "strategy.options": options, "seed": seed, "budget.max_evals": budget})
+
+
+def is_default(cfg: SearchConfig, strategy: str, metric: str) -> bool:
+    """Whether this strategy and search metric are the config as written."""
+    return dataclasses.replace(variant(cfg, strategy, metric, cfg.seed, cfg.budget.max_evals), name=cfg.name) == cfg
+
+
+def search(cfg: SearchConfig, root: Path) -> tuple[Any, float, bool]:
+    """The finished run in ``root`` (reused when its config matches), its search seconds, whether reused."""
+    from evomerge.execution.executor import LocalExecutor
+    from evomerge.run.log import RunLog
+    from evomerge.run.search import Search
+    from evomerge.sources.pool import fingerprint
+
+    timing = root / "bench_search_s.json"
+    if timing.is_file() and RunLog.open(root).config() == cfg:
+        return RunLog.open(root), json.loads(timing.read_text()), True
+    shutil.rmtree(root, ignore_errors=True)
+    run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
+    t0 = time.perf_counter()
+    Search(run, LocalExecutor, quiet=True).run_to_budget()
+    seconds = time.perf_counter() - t0
+    timing.write_text(json.dumps(seconds))
+    return run, seconds, False
+
+
+def one_run(strategy: str, metric: str, seed: int, config: str, zoo: str | None, settings: list[str], budgets: list[int],
+            work: str) -> dict:
+    """Search with one strategy, search metric and seed to the largest budget; the calibration pick at every budget,
+    every fixed recipe, and the best-so-far calibration curve — all as mean normalized scores."""
     import torch
 
     from evomerge.execution.executor import LocalExecutor
     from evomerge.export.evaluator import Evaluator
     from evomerge.export.finalists import analyze
     from evomerge.run import preflight
-    from evomerge.run.log import RunLog
-    from evomerge.run.search import Search
-    from evomerge.sources.pool import fingerprint
 
     torch.set_num_threads(1)
-    name, options = STRATEGIES[label]
-    cfg = zoo_config(Path(config)).override(**{
-        "strategy.name": name, "strategy.options": options, "seed": seed, "budget.max_evals": max(budgets),
-        "name": f"{name}-s{seed}"})
+    base = base_config(config, zoo, settings)
+    cfg = variant(base, strategy, metric, seed, max(budgets))
+    cfg = dataclasses.replace(cfg, name=f"{cfg.name}-{cfg.strategy.name}-{metric}-s{seed}")
     preflight.check(cfg)
-    root = Path(work) / f"{label.replace(' ', '-')}-s{seed}"
-    timing = root / "bench_search_s.json"
-    run = RunLog.open(root) if timing.is_file() else None
-    if run is not None and run.config() == cfg:  # finished earlier (--work): reuse it
-        search_s, reused = json.loads(timing.read_text()), True
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-        run = RunLog.create(root, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
-        t0 = time.perf_counter()
-        Search(run, LocalExecutor, quiet=True).run_to_budget()
-        search_s = time.perf_counter() - t0
-        timing.write_text(json.dumps(search_s))
-        reused = False
+    run, search_s, reused = search(cfg, Path(work) / f"{strategy.replace(' ', '-')}-{metric}-s{seed}")
     at: dict[int, dict] = {}
     with Evaluator(run, LocalExecutor, quiet=True) as evaluator:
         for budget in budgets:
-            a = analyze(run, evaluator, finalists=5, upto=budget)
-            cal_pick, export_pick = a.pick("calibration"), a.pick("heldout")
-            a.rescore(cal_pick)
-            at[budget] = {
-                "calibration_pick": {"index": cal_pick.index, "heldout": a.heldout_raw(cal_pick)},
-                "export_pick": {"index": export_pick.index, "heldout": a.heldout_raw(export_pick)},
-            }
-        norm = a.normalizer
-        curve = []  # best mean normalized calibration score so far, per evaluation
-        best = -math.inf
-        for r in a.candidates:
-            if r.ok:
-                best = max(best, norm.mean(a.calibration_raw(r), "calibration"))
-            curve.append(best)
-        baselines = {row.name.split("@")[0]: {"label": row.label, "heldout": row.heldout, "calibration": row.calibration}
-                     for row in a.baselines.rows}
+            a = analyze(run, evaluator, finalists=0, upto=budget)
+            pick = a.pick("calibration")
+            at[budget] = {"index": pick.index, "heldout": a.normalizer.mean(a.heldout_raw(pick), "heldout"),
+                          "calibration": a.normalizer.mean(a.calibration_raw(pick), "calibration")}
+    norm = a.normalizer
+    curve, best = [], -math.inf  # best mean normalized calibration score so far, per evaluation
+    for r in a.candidates:
+        if r.ok:
+            best = max(best, norm.mean(a.calibration_raw(r), "calibration"))
+        curve.append(best)
+    best_fixed = a.baselines.best_fixed("heldout")
     return {
-        "label": label, "seed": seed, "search_s": search_s, "reused": reused, "at": at, "curve": curve, "baselines": baselines,
-        "normalizer": norm, "tasks": [o.task for o in cfg.objectives],
-        "failed": sum(not r.ok for r in a.candidates),
+        "strategy": strategy, "metric": metric, "seed": seed, "default": is_default(base, strategy, metric),
+        "search_s": search_s, "reused": reused, "at": at, "curve": curve,
+        "failed": sum(not r.ok for r in a.candidates), "load": os.getloadavg()[0],
+        "baselines": {row.fixed.family: {"label": row.label, "heldout": norm.mean(row.heldout, "heldout"),
+                                         "calibration": norm.mean(row.calibration, "calibration")} for row in a.baselines.rows},
+        "best_fixed": {"label": best_fixed.label, "heldout": norm.mean(best_fixed.heldout, "heldout")},
     }
 
 
-def normalized(result: dict, raw: tuple[float, ...] | None) -> float:
-    """Mean over skills of held-out accuracy / the best expert's, as export and report compute it (NaN: failed)."""
-    return result["normalizer"].mean(raw, "heldout")
+# --- tables ----------------------------------------------------------------------------------------
 
 
 def mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f"{values[0]:.3f}" if len(values) < 2 else f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def summarize(results: list[dict], budgets: list[int]) -> tuple[list[str], dict[str, float], dict, dict]:
-    """Table rows (markdown), the held-out mean normalized score per baseline, and per (label, budget)
-    the mean and standard deviation over seeds (calibration pick)."""
-    first = results[0]
-    skill_count = len(first["tasks"])
-    rows, means, spreads = [], {}, {}
-    for label in STRATEGIES:
-        runs = [r for r in results if r["label"] == label]
+def cells(results: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(strategy, search metric, its runs by seed) in table order."""
+    out = []
+    for strategy in dict.fromkeys(r["strategy"] for r in results):
+        for metric in dict.fromkeys(r["metric"] for r in results):
+            runs = sorted((r for r in results if r["strategy"] == strategy and r["metric"] == metric), key=lambda r: r["seed"])
+            if runs:
+                out.append((strategy, metric, runs))
+    return out
+
+
+def search_table(results: list[dict], budgets: list[int]) -> list[str]:
+    """Per strategy, search metric and budget: the calibration pick on held-out against the run's best fixed recipe."""
+    lines = ["| strategy | search metric | budget | held-out mean norm. (mean ± sd) | per seed | Δ best fixed per seed | "
+             "above every fixed recipe | candidate picked per seed |", "|---|---|---:|---:|---|---|---:|---|"]
+    for strategy, metric, runs in cells(results):
+        label = f"**{strategy}** *(default)*" if runs[0]["default"] else strategy
         for budget in budgets:
-            cal = [r["at"][budget]["calibration_pick"]["heldout"] for r in runs]
-            exp = [r["at"][budget]["export_pick"]["heldout"] for r in runs]
-            cal_norm = [normalized(first, h) for h in cal]
-            means[(label, budget)] = statistics.fmean(cal_norm)
-            spreads[(label, budget)] = statistics.stdev(cal_norm) if len(cal_norm) > 1 else 0.0
-            skills = " | ".join(f"{statistics.fmean(h[j] for h in cal):.3f}" for j in range(skill_count))
-            rows.append(f"| {label} | {budget} | {skills} | **{mean_sd(cal_norm)}** | "
-                        f"{mean_sd([normalized(first, h) for h in exp])} | "
-                        + ", ".join(str(r["at"][budget]["calibration_pick"]["index"]) for r in runs) + " |")
-    baseline_scores: dict[str, float] = {}
-    baseline_rows = []
-    names = [n for n in BASELINE_ORDER if n != "base"]
-    sources = sorted(n for n in results[0]["baselines"] if n.startswith("source"))
-    for name in ["base", *sources, *names]:
-        held = [r["baselines"][name]["heldout"] for r in results]
-        if any(h is None for h in held):
-            baseline_rows.append(f"| {results[0]['baselines'][name]['label']} | — | failed | | | |")
-            continue
-        norm = [normalized(first, h) for h in held]
-        baseline_scores[name] = statistics.fmean(norm)
-        skills = " | ".join(f"{statistics.fmean(h[j] for h in held):.3f}" for j in range(skill_count))
-        shown_norm = mean_sd(norm) if len(set(norm)) > 1 else f"{norm[0]:.3f}"  # most baselines do not depend on the seed
-        baseline_rows.append(f"| {results[0]['baselines'][name]['label']} | — | {skills} | {shown_norm} | | |")
-    return rows + baseline_rows, baseline_scores, means, spreads
-
-
-def plot(results: list[dict], budgets: list[int], baselines: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = results[0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, label in enumerate(STRATEGIES):
-        runs = [r for r in results if r["label"] == label]
-        color = f"C{i}"
-        n = min(len(r["curve"]) for r in runs)
-        xs = range(1, n + 1)
-        mean = [statistics.fmean(r["curve"][k] for r in runs) for k in range(n)]
-        left.plot(xs, mean, color=color, label=label)
-        left.fill_between(xs, [min(r["curve"][k] for r in runs) for k in range(n)],
-                          [max(r["curve"][k] for r in runs) for k in range(n)], color=color, alpha=0.15)
-        held = [[normalized(first, r["at"][b]["calibration_pick"]["heldout"]) for r in runs] for b in budgets]
-        offset = (i - len(STRATEGIES) / 2) * 0.012 * max(budgets)
-        right.errorbar([b + offset for b in budgets], [statistics.fmean(h) for h in held],
-                       yerr=[[max(0.0, statistics.fmean(h) - min(h)) for h in held], [max(0.0, max(h) - statistics.fmean(h)) for h in held]],
-                       color=color, marker="o", capsize=3, label=label)
-    for j, (name, value) in enumerate(sorted(baselines.items(), key=lambda kv: -kv[1])):
-        if name.startswith("source") or name == "base":
-            continue
-        right.axhline(value, color="0.4", linestyle=(0, (1 + j, 2)), linewidth=1)
-        right.annotate(results[0]["baselines"][name]["label"], (max(budgets) * 1.02, value), fontsize=7, va="center")
-    left.set(xlabel="evaluations", ylabel="best mean normalized score so far", title="calibration (what the search sees)")
-    right.set(xlabel="evaluation budget", ylabel="mean normalized held-out score",
-              title="held-out, calibration pick (min–max over seeds); lines: baselines")
-    right.set_xlim(0, max(budgets) * 1.35)
-    lowest = min(normalized(first, r["at"][b]["calibration_pick"]["heldout"]) for r in results for b in budgets)
-    right.set_ylim(bottom=min(lowest, 0.85) - 0.02)  # the weak baselines (soup, base, experts) are in the table
-    left.legend(loc="lower right")
-    right.legend(loc="lower left", fontsize=8)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-
-
-def verdict(means: dict, spreads: dict, baselines: dict[str, float], labels: dict[str, str], budgets: list[int]) -> list[str]:
-    """Which strategy wins at each budget, whether the goal holds (>= 0.9 and above every baseline), and
-    whether the margin over the best baseline exceeds the winner's seed-to-seed standard deviation."""
-    best_baseline = max((v, labels[k]) for k, v in baselines.items())
-    lines = []
-    for budget in budgets:
-        ranked = sorted(((means[(label, budget)], label) for label in STRATEGIES), key=lambda sl: -sl[0])  # ties: table order
-        (score, label) = ranked[0]
-        goal = score >= 0.9 and score > best_baseline[0]
-        margin, sd = score - best_baseline[0], spreads[(label, budget)]
-        others = f" (then {', '.join(f'{l} {s:.3f}' for s, l in ranked[1:])})" if len(ranked) > 1 else ""
-        lines.append(f"- budget {budget}: best **{label}** {score:.3f}{others}; best baseline {best_baseline[1]} {best_baseline[0]:.3f}; goal (≥ 0.9 and above every baseline) "
-                     + ("**met**" if goal else "**missed**") + f"; margin {margin:+.3f} vs. seed sd {sd:.3f}"
-                     + (" (within the spread over seeds: not a clear win)" if goal and margin <= sd else ""))
+            held = [r["at"][budget]["heldout"] for r in runs]
+            gains = [h - r["best_fixed"]["heldout"] for h, r in zip(held, runs)]
+            lines.append(f"| {label} | {metric} | {budget} | **{mean_sd(held)}** | {', '.join(f'{h:.3f}' for h in held)} | "
+                         f"{', '.join(f'{g:+.3f}' for g in gains)} | {sum(g > 0 for g in gains)}/{len(runs)} | "
+                         f"{', '.join(str(r['at'][budget]['index']) for r in runs)} |")
     return lines
 
 
-def saturation(task_arithmetic: dict, tasks: list[str]) -> str:
-    """Task arithmetic's calibration accuracy per skill: a skill it already solves fully on calibration
-    gives the search no signal there (a loss on it cannot show, only gains elsewhere)."""
-    cal = task_arithmetic["calibration"]
-    if cal is None:
-        return "- task arithmetic failed on calibration"
-    full = [t for t, v in zip(tasks, cal) if v >= 1.0]
-    return (f"- {task_arithmetic['label']} on the calibration sets: " + ", ".join(f"{t} {v:.3f}" for t, v in zip(tasks, cal))
-            + (f" — saturated on {', '.join(full)}: there the search cannot see a loss" if full else ""))
+def baseline_table(results: list[dict]) -> list[str]:
+    """Every fixed recipe per seed (held-out mean normalized, the setting chosen on calibration) and the best of them."""
+    seeds = sorted({r["seed"] for r in results})
+    by_seed = {s: next(r for r in results if r["seed"] == s) for s in seeds}  # every run of a seed scores the same baselines
+    lines = ["| fixed recipe | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for family, row in by_seed[seeds[0]]["baselines"].items():
+        shown_cells = []
+        for s in seeds:
+            b = by_seed[s]["baselines"][family]
+            setting = b["label"] if b["label"] != row["label"] or family.startswith(("task_", "ties", "dare")) else ""
+            shown_cells.append(f"{b['heldout']:.3f}" + (f" ({setting})" if setting else ""))
+        lines.append(f"| {row['label'].split(' (')[0]} | " + " | ".join(shown_cells) + " |")
+    lines.append("| **best fixed** (held-out) | " + " | ".join(
+        f"**{by_seed[s]['best_fixed']['heldout']:.3f}** ({by_seed[s]['best_fixed']['label']})" for s in seeds) + " |")
+    return lines
+
+
+def verdict(results: list[dict], budgets: list[int]) -> list[str]:
+    """The default config's numbers against the goal, and the best cell at each budget."""
+    lines = []
+    top, mid = max(budgets), (100 if 100 in budgets else min(budgets))
+    for strategy, metric, runs in cells(results):
+        if not runs[0]["default"]:
+            continue
+        gains = {b: [r["at"][b]["heldout"] - r["best_fixed"]["heldout"] for r in runs] for b in (mid, top)}
+        lines.append(f"- default config ({strategy}, {metric}): at {top} evaluations the pick beats the best fixed recipe by "
+                     f"{', '.join(f'{g:+.3f}' for g in gains[top])} (goal ≥ +{GOAL_MARGIN:.2f} in every seed: "
+                     f"{'**met**' if min(gains[top]) >= GOAL_MARGIN else '**missed**'}); at {mid}: "
+                     f"{', '.join(f'{g:+.3f}' for g in gains[mid])} (goal > 0 in every seed: "
+                     f"{'**met**' if min(gains[mid]) > 0 else '**missed**'})")
+    for budget in budgets:
+        ranked = sorted(((statistics.fmean(r["at"][budget]["heldout"] for r in runs), f"{s} / {m}") for s, m, runs in cells(results)),
+                        reverse=True)
+        lines.append(f"- budget {budget}: best {ranked[0][1]} {ranked[0][0]:.3f}; worst {ranked[-1][1]} {ranked[-1][0]:.3f}")
+    return lines
+
+
+def plot(results: list[dict], budgets: list[int], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 5), dpi=110, layout="constrained")
+    left, right = fig.subplots(1, 2)
+    strategies = list(dict.fromkeys(r["strategy"] for r in results))
+    styles = dict(zip(SEARCH_METRICS, ("-", "--")))
+    for k, (strategy, metric, runs) in enumerate(cells(results)):
+        color, style = f"C{strategies.index(strategy)}", styles[metric]
+        label = f"{strategy} / {metric}" + (" (default)" if runs[0]["default"] else "")
+        n = min(len(r["curve"]) for r in runs)
+        left.plot(range(1, n + 1), [statistics.fmean(r["curve"][i] for r in runs) for i in range(n)], style, color=color, label=label)
+        held = [[r["at"][b]["heldout"] for r in runs] for b in budgets]
+        means = [statistics.fmean(h) for h in held]
+        offset = (k - len(cells(results)) / 2) * 0.006 * max(budgets)
+        right.errorbar([b + offset for b in budgets], means, yerr=[[m - min(h) for m, h in zip(means, held)],
+                                                                    [max(h) - m for m, h in zip(means, held)]],
+                       color=color, linestyle=style, marker="o", markersize=3, capsize=2, label=label)
+    best = statistics.fmean(r["best_fixed"]["heldout"] for r in results)
+    right.axhline(best, color="black", linewidth=1.2)
+    right.annotate("best fixed recipe", (max(budgets) * 1.02, best), fontsize=8, va="center")
+    right.axhline(best + GOAL_MARGIN, color="black", linestyle=":", linewidth=1)
+    right.annotate(f"best fixed + {GOAL_MARGIN:.2f}", (max(budgets) * 1.02, best + GOAL_MARGIN), fontsize=8, va="center")
+    left.set(xlabel="evaluations", ylabel="best mean normalized calibration accuracy so far", title="calibration (what the search sees)")
+    right.set(xlabel="evaluation budget", ylabel="mean normalized held-out accuracy",
+              title="held-out, calibration pick (mean, min–max over seeds)")
+    right.set_xlim(0, max(budgets) * 1.3)
+    left.legend(fontsize=7, loc="lower right")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def run_all(args: argparse.Namespace, budgets: list[int], work: Path) -> list[dict]:
+    jobs = [(s, m, seed) for seed in range(args.seeds) for s in args.strategies for m in args.metrics]
+    results = []
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(one_run, s, m, seed, args.config, args.zoo, args.set, budgets, str(work)) for s, m, seed in jobs]
+        for future in futures:
+            r = future.result()
+            results.append(r)
+            print(f"{r['strategy']:<11} {r['metric']:<14} seed {r['seed']}: search {r['search_s']:.0f} s, best fixed "
+                  f"{r['best_fixed']['heldout']:.3f}; " + ", ".join(f"@{b} {r['at'][b]['heldout']:.3f}" for b in budgets), flush=True)
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "zoo.yaml"))
-    ap.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200])
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per strategy")
+    ap.add_argument("--zoo", help="run the config on this zoo build instead of the one it names")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="change the config (a YAML value), e.g. genome.split_by_kind=true; repeatable (for experiments)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 300])
+    ap.add_argument("--seeds", type=int, default=3, help="search seeds 0 .. N-1 per strategy and search metric")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    ap.add_argument("--metrics", nargs="+", default=list(SEARCH_METRICS), choices=list(SEARCH_METRICS), help="search metrics")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one process, one torch thread each)")
     ap.add_argument("--work", help="keep the run folders here (default: a temporary folder, removed)")
     ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
-    ap.add_argument("--plot", default=str(REPO / "docs" / "bench_search.png"))
+    ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
     args = ap.parse_args()
     if min(args.budgets) < 1 or args.seeds < 1 or args.jobs < 1:
         ap.error("--budgets, --seeds and --jobs must be >= 1")
-    for name in [s for s in STRATEGIES if s not in args.strategies]:
-        del STRATEGIES[name]
     budgets = sorted(set(args.budgets))
-    zoo_config(Path(args.config))  # builds the zoo once, before the workers start
+    suffix = f"-{Path(args.zoo).resolve().name}" if args.zoo else ""
+    plot_path = REPO / "docs" / f"bench_search{suffix}.png"
+    cfg = base_config(args.config, args.zoo, args.set)  # builds the default zoo once, first
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="evm-bench-search-"))
-    load0 = os.getloadavg()
-    jobs = [(label, seed) for seed in range(args.seeds) for label in STRATEGIES]
-    results = []
+    load0, t0 = os.getloadavg(), time.perf_counter()
     try:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(one_run, label, seed, args.config, budgets, str(work)) for label, seed in jobs]
-            for future in futures:
-                r = future.result()
-                results.append(r)
-                print(f"{r['label']:<11} seed {r['seed']}: search {r['search_s']:.0f} s, " + ", ".join(
-                    f"@{b} {normalized(r, r['at'][b]['calibration_pick']['heldout']):.3f}" for b in budgets), flush=True)
+        results = run_all(args, budgets, work)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    rows, baselines, means, spreads = summarize(results, budgets)
-    plot(results, budgets, baselines, Path(args.plot))
+    if not args.no_write:
+        plot(results, budgets, plot_path)
 
     import torch
 
-    tasks = [t.removeprefix("zoo_") for t in results[0]["tasks"]]
-    command = (f".venv/bin/python scripts/bench_search.py --config {shown(args.config)} --budgets {' '.join(map(str, budgets))} "
-               f"--seeds {args.seeds} --jobs {args.jobs}" + (f" --work {shown(args.work)}" if args.work else "") + (f" --strategies {' '.join(repr(s) for s in STRATEGIES)}" if len(STRATEGIES) < 5 else ""))
-    failed = sum(r["failed"] for r in results)
-    lines = [
-        "## Search quality on the zoo (`scripts/bench_search.py`)",
+    command = (f".venv/bin/python scripts/bench_search.py --config {shown(args.config)}" + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
+               + "".join(f" --set '{s}'" for s in args.set) + f" --budgets {' '.join(map(str, budgets))} --seeds {args.seeds} --strategies {' '.join(repr(s) for s in args.strategies)}"
+               f" --metrics {' '.join(args.metrics)} --jobs {args.jobs}" + (f" --work {shown(args.work)}" if args.work else ""))
+    reused = sum(r["reused"] for r in results)
+    body = [
+        f"## Search value on the zoo `{shown(cfg.sources.base.parent.parent)}` (`scripts/bench_search.py`)",
         "",
         f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}; load average (1 min) before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}",
+        f"torch {torch.__version__}; load average (1 min) before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; "
+        f"wall time {(time.perf_counter() - t0) / 60:.0f} min",
         f"- command: `{command}`",
-        f"- {len(STRATEGIES)} strategies × {args.seeds} seeds, each one run of `{shown(args.config)}` with that strategy and seed to "
-        f"{max(budgets)} evaluations (in-process worker); a budget B is the run's first B candidates (no strategy knows its budget); "
-        f"{failed} failed candidates in all; search wall time per run: " + ", ".join(
-            f"{label} {statistics.median(r['search_s'] for r in results if r['label'] == label):.0f} s" for label in STRATEGIES)
-        + f" (median over seeds, {args.jobs} runs at a time)"
-        + (f"; {sum(r['reused'] for r in results)} of {len(results)} runs reused from an earlier invocation's --work folder "
-           "(their searches ran then; the load average above is this invocation's)" if any(r["reused"] for r in results) else ""),
-        "- held-out accuracy per skill (mean over seeds) of the **calibration pick** (the front member with the best mean normalized "
-        "calibration score, chosen without held-out data); mean normalized = mean over skills of accuracy / best expert's accuracy, "
-        "mean ± sd over seeds; *export pick* = what `evomerge export` picks by default (best of 5 finalists on held-out, so slightly "
-        "optimistic); baselines scored by the same worker (task arithmetic: λ chosen on calibration)",
-        saturation(results[0]["baselines"]["task_arithmetic"], tasks),
-        f"- plot: `{shown(args.plot)}`",
+        f"- {len(args.strategies)} strategies × {len(args.metrics)} search metrics × {args.seeds} seeds, each one run of "
+        f"`{shown(args.config)}`{' with ' + ', '.join(args.set) if args.set else ''} to {max(budgets)} evaluations (genome: {', '.join(cfg.genome.methods)}, layer granularity "
+        f"{cfg.genome.layer_granularity}{', split by kind' if cfg.genome.split_by_kind else ''}); a budget B is the run's first B "
+        f"candidates; {sum(r['failed'] for r in results)} failed candidates in all; search wall time per run (median): "
+        + ", ".join(f"{s} / {m} {statistics.median(r['search_s'] for r in runs):.0f} s" for s, m, runs in cells(results))
+        + f" ({args.jobs} runs at a time" + (f"; {reused} of {len(results)} runs reused from `--work`, searched earlier" if reused else "") + ")",
+        "- every score is a mean normalized **held-out** accuracy (mean over skills of accuracy / the best expert's); the pick is "
+        "the **calibration pick** (`evomerge export`'s default: the front member with the best calibration accuracy, no held-out "
+        "data); search metric `log-likelihood` = `search_metric: perplexity` (the search optimizes the answers' log-likelihood, "
+        "the pick and the tables use accuracy); Δ best fixed = pick − the run's best fixed recipe on held-out",
+        f"- plot: `{shown(plot_path)}`",
         "",
-        "| strategy | budget | " + " | ".join(tasks) + " | mean normalized (calibration pick) | export pick | candidate picked per seed |",
-        "|---|---:|" + "---:|" * len(tasks) + "---|---|---|",
-        *rows,
+        "Fixed recipes, scored in every run by its own worker (each grid's setting chosen on calibration; DARE's draws follow the seed):",
         "",
-        *verdict(means, spreads, baselines, {k: v["label"] for k, v in results[0]["baselines"].items()}, budgets),
+        *baseline_table(results),
+        "",
+        *search_table(results, budgets),
+        "",
+        *verdict(results, budgets),
     ]
-    write_section(Path(args.out), "bench_search", "\n".join(lines))
-    print("\n".join(lines[-len(budgets):]))
-    print(f"wrote {args.out} and {args.plot}")
+    publish(args.out, f"bench_search{suffix}", "\n".join(body), write=not args.no_write)
 
 
 if __name__ == "__main__":
