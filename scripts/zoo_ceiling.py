@@ -27,13 +27,13 @@ def ceiling(zoo_dir: Path, evaluations: int = EVALUATIONS, seed: int = 0, progre
     from evomerge.zoo.build import load_zoo, record_ceiling
     from evomerge.zoo.ceiling import search_ceiling
     from evomerge.zoo.check import own_scores
-    from evomerge.zoo.train import one_thread
+    from evomerge.zoo.train import fixed_threads
 
     zoo = load_zoo(zoo_dir)
     items = {skill: [json.loads(line) for line in files.heldout.read_text().splitlines()]
              for skill, files in zoo.skills.items()}
     start = zoo.quality["fixed"]["task_arithmetic"]["setting"]["lambda"]
-    with one_thread():
+    with fixed_threads():
         result = search_ceiling(zoo.base, zoo.experts, items, own_scores(zoo.quality["table"]), start, evaluations,
                                 seed, log=print if progress else lambda line: None)
     return record_ceiling(zoo.root, result)

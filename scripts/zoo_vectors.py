@@ -40,7 +40,7 @@ def main() -> None:
     from evomerge.errors import EvomergeError
     from evomerge.zoo import load_zoo
     from evomerge.zoo.check import Scorer
-    from evomerge.zoo.train import one_thread
+    from evomerge.zoo.train import fixed_threads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("zoo_dir", type=Path)
@@ -62,7 +62,7 @@ def main() -> None:
     skills = list(zoo.experts)
     print(f"\nbase + λ·τ alone, accuracy on {args.split} ({'/'.join(skills)})\n")
     print("| τ of | " + " | ".join(f"λ = {lam:g}" for lam in SCALES) + " |\n|---|" + "---|" * len(SCALES))
-    with one_thread():
+    with fixed_threads():
         scorer = Scorer(zoo.base, items)
         for s, vector in tau.items():
             cells = []

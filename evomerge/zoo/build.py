@@ -28,7 +28,7 @@ from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
 from evomerge.zoo.tasks import write_skill_tasks
 from evomerge.zoo.tokenizer import hf_tokenizer
-from evomerge.zoo.train import Recipe, one_thread, train_base, train_experts, worker_pool
+from evomerge.zoo.train import Recipe, fixed_threads, train_base, train_experts, worker_pool
 
 BUILDER_VERSION = 3  # bump when a change alters the bytes: cached zoos are then rebuilt
 # Calibration items are scored for every candidate of a search and choose the fixed recipes' settings;
@@ -129,7 +129,7 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
                          "calibration": str(files["calibration"]), "heldout": str(files["heldout"])}
 
     # Base: pre-trained on the mixture until it half-knows every skill.
-    with one_thread():
+    with fixed_threads():
         base, base_steps = train_base(arch, seed, recipe, {s: v["calibration"] for s, v in sets.items()}, exclude, log)
         base.save_pretrained(tmp / "models" / "base")
         hf_tokenizer().save_pretrained(tmp / "models" / "base")
@@ -145,7 +145,7 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
 
         # Check: base, experts and the fixed recipes (chosen on calibration) on held-out; the conditions.
         n = recipe.check_items
-        with one_thread():
+        with fixed_threads():
             q = quality(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()},
                         {s: v["calibration"][:n] for s, v in sets.items()}, {s: v["heldout"][:n] for s, v in sets.items()},
                         seed, recipe.lambdas, recipe.densities, pool, processes)

