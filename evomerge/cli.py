@@ -173,7 +173,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="evomerge", description="Evolve LLM merge recipes (see README.md).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_zoo(sub)
+    _add_merge(sub)
+    _add_evaluate(sub)
+    _add_search(sub)
+    _add_resume(sub)
+    _add_status(sub)
+    _add_export(sub)
+    _add_report(sub)
+    return parser
 
+
+def _add_zoo(sub: argparse._SubParsersAction) -> None:
+    """``zoo build`` and ``zoo smol``: the families tests and demos run on."""
     zoo = sub.add_parser("zoo", help="model families for tests and demos: the offline tiny zoo, a real SmolLM2 family")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
     build = zoo_sub.add_parser("build", help="build (or reuse) a zoo: base model, experts, skills and lm-eval tasks")
@@ -191,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     smol.add_argument("--quiet", action="store_true", help="no progress output")
     smol.set_defaults(func=cmd_zoo_smol)
 
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
     merge = sub.add_parser("merge", help="merge models by a recipe (evomerge or mergekit YAML)")
     merge.add_argument("recipe", help="recipe YAML file")
     merge.add_argument("--out", required=True, help="output model folder")
@@ -199,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_safety(merge)
     merge.set_defaults(func=cmd_merge)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="score a model folder with lm-eval tasks (offline)")
     evaluate.add_argument("model_dir", help="HF model folder")
     evaluate.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
@@ -214,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_safety(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="start a search from a config YAML")
     search.add_argument("config", help="search config YAML (see configs/zoo.yaml)")
     search.add_argument("--run-dir", help="run folder (default populations/<name>)")
@@ -229,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     search.set_defaults(func=cmd_search)
 
+
+def _add_resume(sub: argparse._SubParsersAction) -> None:
     resume = sub.add_parser("resume", help="continue a stopped run from its folder")
     resume.add_argument("run_dir", help="run folder")
     resume.add_argument("--max-evals", type=int, help="the run's total budget (not an increment); default: as recorded")
@@ -236,10 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--quiet", action="store_true")
     resume.set_defaults(func=cmd_resume)
 
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="show a run's progress, best scores, front and utilization")
     status.add_argument("run_dir", help="run folder")
     status.set_defaults(func=cmd_status)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="write a candidate of a run as a model folder with card and recipes")
     export.add_argument("run_dir", help="run folder")
     export.add_argument("--out", required=True, help="output model folder")
@@ -254,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quiet", action="store_true", help="no progress output")
     export.set_defaults(func=cmd_export)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="plots and a markdown summary of a run, with the baseline table")
     report.add_argument("run_dir", help="run folder")
     report.add_argument("--out", help="output folder (default RUN_DIR/report)")
@@ -261,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="finalists re-scored on held-out (default: as many as the last export, else 5)")
     report.add_argument("--quiet", action="store_true", help="no progress output")
     report.set_defaults(func=cmd_report)
-    return parser
 
 
 def _add_model_safety(p: argparse.ArgumentParser) -> None:
