@@ -64,6 +64,19 @@ def comparison_table(analysis: Analysis, record: CandidateRecord | None, label: 
     return lines
 
 
+def gain_line(analysis: Analysis, chosen: CandidateRecord, label: str) -> str:
+    """The one number a search is run for: the candidate's mean normalized held-out score minus the best fixed recipe's.
+
+    The best fixed recipe is the merge baseline with the best *held-out* score (each grid's setting itself chosen on
+    calibration): the most a user could have had without a search, so the gain is not flattered by the choice."""
+    norm, best = analysis.normalizer, analysis.baselines.best_fixed("heldout")
+    ours, theirs = norm.mean(analysis.heldout_raw(chosen), "heldout"), norm.mean(best.heldout, "heldout")
+    if not (math.isfinite(ours) and math.isfinite(theirs)):
+        return "Gain over the best fixed recipe: not known (a held-out score is missing)."
+    return (f"**Gain over the best fixed recipe: {ours - theirs:+.3f}** mean normalized held-out score: {label} {ours:.3f}; "
+            f"the best fixed recipe on held-out, {best.label}, {theirs:.3f}.")
+
+
 def reference_line(analysis: Analysis) -> str:
     ref = analysis.normalizer.reference
     parts = [f"{o.task_for('heldout')} {fmt(ref['heldout'][j])}" for j, o in enumerate(analysis.cfg.objectives)]
@@ -137,38 +150,17 @@ def model_card(
     cfg = analysis.cfg
     labels = cfg.sources.labels()
     roles = [("base", cfg.sources.base), *((f"source {k}", p) for k, p in enumerate(cfg.sources.models))]
-    meta = analysis.run.meta
-    methods = sorted({s.method for s in [recipe.default, *recipe.groups.values()]})
-    globals_ = {k: v for s in [recipe.default, *recipe.groups.values()] for k, v in s.params.items()}
-    how = {"calibration": "the Pareto-front member with the best mean normalized calibration score (held-out data "
-                          "played no part in the choice, so the held-out scores below are an unbiased estimate)",
-           "heldout": "the finalist with the best mean normalized held-out score (chosen on held-out data: the "
-                      "held-out scores below are optimistic)",
-           "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
-    in_front = any(r.key == record.key for r in analysis.front)
+    label = f"this model (candidate {record.index})"
     out: list[str] = [
         *front_matter([labels[p] for _, p in roles], declared_license(cfg.sources.base), mergekit),
         "",
-        f"# {cfg.name} — candidate {record.index}",
-        "",
-        f"A merge of {len(cfg.sources.models)} fine-tunes of one base model, found by evolutionary search with "
-        f"evomerge {evomerge_version()} (strategy `{cfg.strategy.name}`, seed {cfg.seed}, "
-        f"{len(analysis.candidates)} candidates evaluated). Method: {', '.join(f'`{m}`' for m in methods)}"
-        + (f" with {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in globals_.items())}" if globals_ else "")
-        + f"; layer granularity {recipe.layer_granularity}; output dtype {recipe.dtype or 'as the base'}.",
-        "",
-        f"Picked as {how}: candidate {record.index} (generation {record.generation}), "
-        f"{'on' if in_front else 'not on'} the Pareto front of {len(analysis.front)} candidates; "
-        f"{len(analysis.finalists)} finalists were re-scored on held-out tasks.",
+        *_introduction(analysis, record, recipe, pick),
         "",
         "## Source models",
         "",
         "| role | model | SHA-256 of the weight files |",
         "|---|---|---|",
-    ]
-    for role, path in roles:
-        out.append(f"| {role} | `{labels[path]}` | `{meta.sources.get(str(path), 'unknown')}` |")
-    out += [
+        *(f"| {role} | `{labels[path]}` | `{analysis.run.meta.sources.get(str(path), 'unknown')}` |" for role, path in roles),
         "",
         "## Genome",
         "",
@@ -184,10 +176,46 @@ def model_card(
         "",
         "## Baselines",
         "",
-        *comparison_table(analysis, record, f"**this model (candidate {record.index})**"),
+        *comparison_table(analysis, record, f"**{label}**"),
+        "",
+        gain_line(analysis, record, label),
         "",
         reference_line(analysis),
         "",
+        *_rebuild(export_command, mergekit, mergekit_note),
+    ]
+    return "\n".join(out)
+
+
+def _introduction(analysis: Analysis, record: CandidateRecord, recipe: Recipe, pick: str) -> list[str]:
+    """Title, what was merged and how it was searched, and why this candidate was picked."""
+    cfg = analysis.cfg
+    methods = sorted({s.method for s in [recipe.default, *recipe.groups.values()]})
+    globals_ = {k: v for s in [recipe.default, *recipe.groups.values()] for k, v in s.params.items()}
+    how = {"calibration": "the Pareto-front member with the best mean normalized calibration score (held-out data "
+                          "played no part in the choice, so the held-out scores below are an unbiased estimate)",
+           "heldout": "the finalist with the best mean normalized held-out score (chosen on held-out data: the "
+                      "held-out scores below are optimistic)",
+           "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
+    in_front = any(r.key == record.key for r in analysis.front)
+    return [
+        f"# {cfg.name} — candidate {record.index}",
+        "",
+        f"A merge of {len(cfg.sources.models)} fine-tunes of one base model, found by evolutionary search with "
+        f"evomerge {evomerge_version()} (strategy `{cfg.strategy.name}`, seed {cfg.seed}, "
+        f"{len(analysis.candidates)} candidates evaluated). Method: {', '.join(f'`{m}`' for m in methods)}"
+        + (f" with {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in globals_.items())}" if globals_ else "")
+        + f"; layer granularity {recipe.layer_granularity}; output dtype {recipe.dtype or 'as the base'}.",
+        "",
+        f"Picked as {how}: candidate {record.index} (generation {record.generation}), "
+        f"{'on' if in_front else 'not on'} the Pareto front of {len(analysis.front)} candidates; "
+        f"{len(analysis.finalists)} finalists were re-scored on held-out tasks.",
+    ]
+
+
+def _rebuild(export_command: str, mergekit: bool, mergekit_note: str) -> list[str]:
+    """How to rebuild the weights: evomerge's recipe, the export command, mergekit's YAML where there is one."""
+    return [
         "## Rebuild",
         "",
         "From the recipe in this folder (it names the models by the paths they had when this folder was written; "
@@ -208,4 +236,3 @@ def model_card(
         mergekit_note,
         "",
     ]
-    return "\n".join(out)

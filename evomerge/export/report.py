@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from evomerge.export.card import comparison_table, fmt, reference_line
+from evomerge.export.card import comparison_table, fmt, gain_line, reference_line
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
 from evomerge.run.log import RunLog
@@ -113,19 +113,6 @@ def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Se
         "",
     ]
     return "\n".join(lines)
-
-
-def gain_line(analysis: Analysis, chosen: CandidateRecord, label: str) -> str:
-    """The one number a search is run for: the candidate's mean normalized held-out score minus the best fixed recipe's.
-
-    The best fixed recipe is the merge baseline with the best *held-out* score (each grid's setting itself chosen on
-    calibration): the most a user could have had without a search, so the gain is not flattered by the choice."""
-    norm, best = analysis.normalizer, analysis.baselines.best_fixed("heldout")
-    ours, theirs = norm.mean(analysis.heldout_raw(chosen), "heldout"), norm.mean(best.heldout, "heldout")
-    if not (math.isfinite(ours) and math.isfinite(theirs)):
-        return "Gain over the best fixed recipe: not known (a held-out score is missing)."
-    return (f"**Gain over the best fixed recipe: {ours - theirs:+.3f}** mean normalized held-out score — the {label.split(' (')[0]} "
-            f"candidate {ours:.3f}, the best fixed recipe on held-out, {best.label}, {theirs:.3f}.")
 
 
 def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]:

@@ -55,3 +55,8 @@ def test_the_bases_declared_license_is_carried(scored_family, fake_executor, tmp
     meta = front_matter(exported_card(family, tmp_path, fake_executor))
     assert (meta["license"], meta["license_name"], meta["license_link"]) == ("other", "tiny", "LICENSE")
 
+
+
+def test_the_card_states_the_gain_over_the_best_fixed_recipe(scored_family, fake_executor, tmp_path: Path) -> None:
+    card = exported_card(scored_family, tmp_path, fake_executor)
+    assert "**Gain over the best fixed recipe: " in card and "the best fixed recipe on held-out, " in card
