@@ -101,7 +101,7 @@ def test_a_missing_source_is_one_line_before_any_worker_starts(ray_cluster, spec
 def test_worker_that_cannot_start_names_node_and_cause(ray_cluster, spec, tmp_path):
     ray = ray_cluster
     missing = tmp_path / "not-on-this-node"
-    bad = replace(spec, task_path=missing)  # what each node still reads itself: tasks, the base's config and tokenizer
+    bad = replace(spec, scoring=replace(spec.scoring, task_path=missing))  # what each node still reads itself: tasks, the base's config and tokenizer
     with pytest.raises(EvomergeError) as err:
         RayExecutor(bad, workers=2)
     msg = str(err.value)
@@ -120,7 +120,7 @@ def test_run_stops_cleanly_when_workers_cannot_start(ray_cluster, search_config_
     missing = tmp_path / "gone"
 
     def factory(spec):
-        return RayExecutor(replace(spec, task_path=missing), workers=1)
+        return RayExecutor(replace(spec, scoring=replace(spec.scoring, task_path=missing)), workers=1)
 
     with pytest.raises(EvomergeError, match="could not start on node"):
         Search(run, factory, quiet=True).run_to_budget()
