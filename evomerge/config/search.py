@@ -201,12 +201,14 @@ class SearchConfig:
         return (self.sources.base, *self.sources.models)
 
     def override(self, **changes: Any) -> "SearchConfig":
-        """CLI flags win over the file: ``override(**{"budget.max_evals": 50})``; None means not given."""
+        """CLI flags win over the file: ``override(**{"budget.max_evals": 50, "seed": 1})``; None means not given."""
         cfg = self
         for key, value in changes.items():
             if value is not None:
                 section, _, name = key.partition(".")
-                cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: value})})
+                if name:
+                    value = dataclasses.replace(getattr(cfg, section), **{name: value})
+                cfg = dataclasses.replace(cfg, **{section: value})
         return load(SearchConfig, dump(cfg))  # the same checks as a file's values
 
     def to_yaml(self) -> str:

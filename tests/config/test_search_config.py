@@ -64,6 +64,11 @@ def test_cli_overrides_are_checked_like_the_file(tmp_path: Path, tiny_family) ->
         cfg.override(**{"execution.workers": 0})
 
 
+def test_overrides_reach_top_level_fields(tmp_path: Path, tiny_family) -> None:
+    cfg = load_config(write_config(tmp_path, tiny_family)).override(**{"seed": 5, "strategy.name": "random"})
+    assert (cfg.seed, cfg.strategy.name) == (5, "random")
+
+
 @pytest.mark.parametrize("changes,fragment", [
     ({"budget__max_evals": 0}, "config field 'budget.max_evals' must be an integer >= 1, got 0"),
     ({"execution__backend": "slurm"}, "config field 'execution.backend' must be one of local, ray, got 'slurm'"),
