@@ -73,7 +73,8 @@ def _models(data: Mapping[str, Any], root: Path) -> list[tuple[Path, dict[str, A
     if not slices:
         raise EvomergeError("the mergekit recipe has neither 'models' nor 'slices'")
     if len(slices) != 1:
-        raise EvomergeError("mergekit recipes with several slices (layer stacking) are not supported; merge whole models")
+        raise EvomergeError("mergekit recipes with several slices (per-layer settings, as evomerge export writes them, or "
+                            "layer stacking) are not read here: merge the evomerge_recipe.yaml beside it, or run mergekit-yaml")
     out = []
     for src in _mappings(slices[0].get("sources"), "slices[0].sources"):
         path = _path(src.get("model"), root)

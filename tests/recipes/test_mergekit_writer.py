@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
+from evomerge.errors import EvomergeError
 from evomerge.recipes import GroupSpec, Recipe, load_recipe
 from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.sources.pool import read_tensor_names
@@ -52,6 +54,13 @@ def test_each_layer_group_is_a_slice_with_the_base_first(tiny_family) -> None:
     assert [sl["sources"][0] for sl in data["slices"]] == [{"model": str(tiny_family["base"]), "layer_range": [0, 1]},
                                                           {"model": str(tiny_family["base"]), "layer_range": [1, 2]}]
     assert [sl["sources"][1]["parameters"]["weight"] for sl in data["slices"]] == [0.2, 1.0]  # no filter where none is needed
+
+
+def test_a_sliced_yaml_read_back_points_at_the_evomerge_recipe(tiny_family, tmp_path: Path) -> None:
+    r = recipe(tiny_family, spec(), {"layers.0": spec(weight=(0.2, 0.3))})
+    (tmp_path / "mk.yaml").write_text(to_mergekit(r, read_tensor_names(r.template), "float32")[0])
+    with pytest.raises(EvomergeError, match="merge the evomerge_recipe.yaml beside it, or run mergekit-yaml"):
+        load_recipe(tmp_path / "mk.yaml")
 
 
 def test_kinds_and_outer_groups_get_filters_the_rest_one_fallback_value(tiny_family) -> None:
