@@ -48,8 +48,12 @@ def test_ties_merge_then_evaluate(smol: SmolFamily, tmp_path: Path, capsys: pyte
     assert all(merged[n].dtype == base[n].dtype for n in base)
     changed = {n for n in base if not torch.equal(base[n], merged[n])}
     assert changed == {n for n in base if n.endswith(TRAINED)}  # zero task vectors leave the base exactly
-    for name in ("config.json", "tokenizer.json", "chat_template.jinja"):
+    for name in ("tokenizer.json", "chat_template.jinja"):
         assert (out / name).read_bytes() == (smol.base / name).read_bytes()
+    config, base_config = (json.loads((folder / "config.json").read_text()) for folder in (out, smol.base))
+    assert config["dtype"] == "float32"  # the merge's dtype, written out
+    assert {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype")} == \
+        {k: v for k, v in base_config.items() if k not in ("dtype", "torch_dtype")}
 
     heldout = [smol.skills[s].heldout_task for s in SKILLS]
     scores = evaluate(out, heldout, smol.task_dir, capsys)

@@ -12,7 +12,9 @@ import torch
 
 from evomerge.errors import EvomergeError
 from evomerge.scoring.scorer import Scorer, load_tasks
+from evomerge.zoo.build import N_CALIBRATION
 from evomerge.zoo.tasks import KINDS
+
 from .conftest import ALL_NAMES, load_float64, names, prompts, simple_evaluate
 
 pytestmark = pytest.mark.slow  # every test here scores the zoo's models: the first run of a checkout builds the zoo
@@ -84,7 +86,7 @@ def test_a_multi_filter_task_is_scored_under_every_filter(base_float64, zoo_task
     model, tok = base_float64
     score = Scorer(model, tok, load_tasks(names("generate_until")[:1], zoo_tasks)).score()[names("generate_until")[0]]
     assert set(score.metrics) == {"exact_match,strict-match", "exact_match,flexible-extract"}
-    assert all(len(score.per_item[key]) == 64 for key in score.metrics)
+    assert all(len(score.per_item[key]) == N_CALIBRATION for key in score.metrics)
 
 
 def test_primary_metric_and_filter_are_the_first_of_the_task_lists(base_float64, zoo_tasks: Path) -> None:
