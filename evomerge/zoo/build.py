@@ -56,17 +56,25 @@ class Zoo:
     quality: dict[str, Any]  # {"table": row -> skill -> acc, "conditions": name -> {holds, evidence}}
 
 
+def read_manifest(root: Path, name: str, what: str, command: str) -> dict[str, Any]:
+    """A family's manifest (``zoo.json``, ``smol.json``), or a one-line error saying how to build one."""
+    if not (root / name).is_file():
+        raise EvomergeError(f"no {what} in {root} ({name} missing): build one with '{command} {root}'")
+    return json.loads((root / name).read_text())
+
+
+def skill_files(root: Path, manifest: dict[str, Any]) -> dict[str, SkillFiles]:
+    """The manifest's skills, paths resolved against the family's folder."""
+    return {s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
+            for s, v in manifest["skills"].items()}
+
+
 def load_zoo(root: str | Path) -> Zoo:
     root = Path(root).resolve()
-    manifest = root / "zoo.json"
-    if not manifest.is_file():
-        raise EvomergeError(f"no zoo in {root} (zoo.json missing): build one with 'evomerge zoo build {root}'")
-    m = json.loads(manifest.read_text())
+    m = read_manifest(root, "zoo.json", "zoo", "evomerge zoo build")
     return Zoo(
         root=root, seed=m["seed"], arch=m["arch"], base=root / m["base"],
-        experts={s: root / p for s, p in m["experts"].items()},
-        skills={s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
-                for s, v in m["skills"].items()},
+        experts={s: root / p for s, p in m["experts"].items()}, skills=skill_files(root, m),
         task_dir=root / m["task_dir"], quality=m["quality"],
     )
 

@@ -50,7 +50,7 @@ from torch import Tensor
 from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
-from evomerge.zoo.build import SkillFiles
+from evomerge.zoo.build import SkillFiles, read_manifest, skill_files
 from evomerge.zoo.train import fixed_threads
 
 BUILDER_VERSION = 1  # bump when a change alters the bytes: cached families are then rebuilt
@@ -92,14 +92,10 @@ class SmolFamily:
 
 def load_smol(root: str | Path) -> SmolFamily:
     root = Path(root).resolve()
-    manifest = root / "smol.json"
-    if not manifest.is_file():
-        raise EvomergeError(f"no SmolLM2 family in {root} (smol.json missing): build one with 'evomerge zoo smol {root}'")
-    m = json.loads(manifest.read_text())
+    m = read_manifest(root, "smol.json", "SmolLM2 family", "evomerge zoo smol")
     return SmolFamily(
         root=root, seed=m["seed"], base=root / m["base"], experts={s: root / p for s, p in m["experts"].items()},
-        skills={s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
-                for s, v in m["skills"].items()},
+        skills=skill_files(root, m),
         task_dir=root / m["task_dir"], search_config=root / m["search_config"], quality=m["quality"],
     )
 
