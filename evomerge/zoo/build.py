@@ -105,7 +105,7 @@ def build_zoo(out_dir: str | Path, *, seed: int = 0, arch: str = "llama", force:
         if steps is None:
             require(m["quality"]["conditions"], f"the zoo (seed {seed}, {arch})")
         (tmp / "zoo.json").write_text(json.dumps({**key, **m}, indent=2) + "\n")
-        _replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_zoo(out_dir)
@@ -129,7 +129,7 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
     for skill, splits in sets.items():
         files = {split: Path("data") / f"{skill}_{split}.jsonl" for split in splits}
         for split, items in splits.items():
-            _write_jsonl(tmp / files[split], items)
+            write_jsonl(tmp / files[split], items)
         # Every task kind (loglikelihood, multiple choice, generation, rolling) per split; the YAMLs
         # hold the final absolute data paths, as lm-eval resolves them from wherever it runs.
         tasks = write_skill_tasks(skill, {split: final / f for split, f in files.items()}, tmp / "tasks")["loglikelihood"]
@@ -189,13 +189,13 @@ def _as_json(verdicts: dict[str, tuple[bool | None, str]]) -> dict[str, dict[str
     return {name: {"holds": holds, "evidence": evidence} for name, (holds, evidence) in verdicts.items()}
 
 
-def _write_jsonl(path: Path, items: list[Item]) -> None:
+def write_jsonl(path: Path, items: list[Item]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
 
 
-def _replace(tmp: Path, out_dir: Path) -> None:
-    """Move the finished zoo into place; an older zoo there goes only once the new one is in."""
+def replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Move a finished build into place; an older one there goes only once the new one is in."""
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     if out_dir.exists():
         out_dir.rename(old)

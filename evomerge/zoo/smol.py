@@ -50,7 +50,7 @@ from torch import Tensor
 from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
-from evomerge.zoo.build import SkillFiles, read_manifest, skill_files
+from evomerge.zoo.build import SkillFiles, read_manifest, replace_folder, skill_files, write_jsonl
 from evomerge.zoo.train import fixed_threads
 
 BUILDER_VERSION = 1  # bump when a change alters the bytes: cached families are then rebuilt
@@ -123,7 +123,7 @@ def build_smol(out_dir: str | Path, *, seed: int = 0, force: bool = False, progr
     try:
         m = _build(tmp, out_dir, seed, print if progress else lambda line: None)
         (tmp / "smol.json").write_text(json.dumps({**key, **m}, indent=2) + "\n")
-        _replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_smol(out_dir)
@@ -149,7 +149,7 @@ def _build(tmp: Path, final: Path, seed: int, log: Callable[[str], None]) -> dic
             names = {"calibration": f"smol_{skill}", "heldout": f"smol_{skill}_heldout"}
             files = {split: Path("data") / f"{skill}_{split}.jsonl" for split in splits}
             for split, items in splits.items():
-                _write_jsonl(tmp / files[split], [_record(tokenizer, q, a) for q, a in items])
+                write_jsonl(tmp / files[split], [_record(tokenizer, q, a) for q, a in items])
                 _write_task(tmp / "tasks" / f"{names[split]}.yaml", names[split], final / files[split])
                 _write_task(tmp / "check" / f"{names[split]}.yaml", names[split], tmp / files[split])
             skills[skill] = {"task": names["calibration"], "heldout_task": names["heldout"],
@@ -359,11 +359,6 @@ def search_config(root: Path, seed: int) -> dict[str, Any]:
     }
 
 
-def _write_jsonl(path: Path, records: list[dict[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
 def _write_task(path: Path, task: str, data_file: Path) -> None:
     """An lm-eval loglikelihood task: ``acc`` is 1 when the answer (and end of turn) is the greedy continuation
     of the chat-formatted prompt. The prompt is formatted already, so the scorer needs no chat-template option;
@@ -381,15 +376,6 @@ def _write_task(path: Path, task: str, data_file: Path) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-
-
-def _replace(tmp: Path, out_dir: Path) -> None:
-    """Move the finished family into place; an older one there goes only once the new one is in."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
