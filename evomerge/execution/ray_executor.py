@@ -109,8 +109,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _cause(error: BaseException) -> str:
-    """The last line of a Ray error's remote traceback: the original exception, as its user would say it."""
+    """The last line of a Ray error's remote traceback: the original exception, as its user would say it; for Ray's
+    memory monitor killing a worker, its first line (what was used of what limit)."""
     text = _ANSI.sub("", str(error)).strip()
+    if m := re.search(r"[^\n]*running low on memory[^\n]*", text):
+        return m.group(0).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not set(line.strip()) <= {"^", "~"}]
     last = lines[-1] if lines else type(error).__name__
     return re.sub(r"^evomerge\.errors\.EvomergeError: ", "", last)
@@ -275,7 +278,7 @@ class RayExecutor(Executor):
             slot = refs[ready[0]]
             try:
                 infos[slot] = ray.get(ready[0])
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
                 raise self._start_error(slot, e) from None
         return [infos[s] for s in range(self.workers)]
 

@@ -200,3 +200,13 @@ def test_cli_joins_a_running_cluster_and_leaves_it_up(ray_cluster, search_config
     assert candidates_of(run_dir) == reference_log  # 1 Ray worker, same log as in process
     assert not (run_dir / "ray").exists()  # a joined cluster keeps its own session folder
     assert ray.cluster_resources().get("CPU") == 2  # still up after the driver left
+
+
+def test_a_worker_killed_for_memory_is_named_by_what_was_used_of_what_limit() -> None:
+    from evomerge.execution.ray_executor import _cause
+
+    text = ("1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 10.0.0.2) was "
+            "22.53GB used / 23.54GB limit (0.957)\nOOM kill reason: Memory usage exceeded threshold\n"
+            "Object store memory usage: [- objects spillable: 27\n- bytes restored: 0")
+    assert _cause(RuntimeError(text)) == ("1 worker(s) were killed due to the node running low on memory. Memory on the "
+                                          "node (IP: 10.0.0.2) was 22.53GB used / 23.54GB limit (0.957)")
