@@ -31,6 +31,8 @@ Every other method runs its eager operator on the host copy (``MergePlan.merge_t
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, MutableMapping
@@ -72,6 +74,28 @@ def fused(method: MergeMethod) -> bool:
     return method.name in FUSED_OTHERS
 
 
+# glibc's mallopt parameters: freed blocks at least this large go back to the operating system.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _RETURN_FROM = -1, -3, 1 << 20
+
+
+@functools.cache
+def return_freed_memory() -> None:
+    """Make glibc hand freed blocks of 1 MB and more back to the operating system, once per process.
+
+    By default glibc raises its mmap threshold up to 32 MB as large blocks are freed, so the first
+    candidate's per-tensor temporaries (histogram counting, chunk buffers) land in the heap and stay
+    there: measured on a 1.1B bf16 family (K=3), a worker's first TIES candidate left it 11.8 GB more
+    resident (2.2 GB of it the live model's own pages), 2.2 GB with this call. Elsewhere than glibc
+    this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _RETURN_FROM)
+    libc.mallopt(_M_TRIM_THRESHOLD, _RETURN_FROM)
+
+
 class FastMerger:
     """A worker's merger: source-only work once, one fused pass per tensor and candidate (see the module docstring)."""
 
@@ -80,6 +104,7 @@ class FastMerger:
         """``chunk``: elements per kernel call; None = whole tensors for compiled kernels, CHUNK for eager ones."""
         if chunk is not None and (chunk <= 0 or chunk & (chunk - 1)):
             raise ValueError("chunk must be a power of two (keeps every chunk's start aligned)")
+        return_freed_memory()
         self.pool, self.policy, self.compile, self.chunk = pool, policy, compile, chunk
         self.device = torch.device(device)
         self.sources = DeviceSources(pool, self.device, policy.sources)
