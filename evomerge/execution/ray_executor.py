@@ -31,6 +31,7 @@ With an address (``auto`` or ``host:port``) it joins that cluster and leaves it 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -65,6 +66,7 @@ RETRY_S = 0.5  # pause between readiness checks of a restarting actor
 # set in every actor before it imports anything: offline, and no progress bars in the workers' log files
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
 OBJECT_STORE_BYTES = 256 * 2**20  # besides the sources, only recipes and score lists travel
+SPILL_AT = 0.8  # Ray's default object_spilling_threshold: a store fuller than this spills objects to disk
 
 
 def ray_temp_dir(temp_root: Path | None) -> tuple[Path, bool]:
@@ -210,7 +212,7 @@ class RayExecutor(Executor):
         temp.mkdir(parents=True, exist_ok=True)
         ray.init(
             num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, log_to_driver=False,
-            logging_level=logging.WARNING, _temp_dir=str(temp), object_store_memory=OBJECT_STORE_BYTES + store_bytes,
+            logging_level=logging.WARNING, _temp_dir=str(temp), object_store_memory=OBJECT_STORE_BYTES + math.ceil(store_bytes / SPILL_AT),
         )
         self._connected = True
 
@@ -235,7 +237,9 @@ class RayExecutor(Executor):
         that actor restarts depend on them; asked for in ``Worker.__init__``, they do not.)"""
         import ray
 
-        shared = share(spec.base, spec.sources, ray.put, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+        # numpy arrays: Ray maps them read-only from its store on get (a torch tensor would be unpickled into a copy)
+        shared = share(spec.base, spec.sources, lambda block: ray.put(block.numpy()), allow_pickle=spec.allow_pickle,
+                       trust_remote_code=spec.trust_remote_code)
         name = f"evomerge-sources-{uuid.uuid4().hex[:12]}"
         self._store = ray.remote(_SourcesStore).options(name=name, num_cpus=0, max_restarts=0).remote()
         ray.get(self._store.keep.remote(shared))

@@ -55,15 +55,15 @@ def test_ray_temp_dir_in_run_folder_or_short_fallback(tmp_path: Path):
     assert MAX_TEMP_DIR + len("/session_2025-01-01_00-00-00_000000_4194304/sockets/plasma_store") <= 107
 
 
-def _source_memory(worker) -> tuple[str, int]:
-    """Runs in an actor: the mapping that holds the base's first tensor, and that tensor's address modulo 64."""
-    ptr = worker.pool.base.tensors[worker.pool.tensor_names[0]].data_ptr()
+def _source_memory(worker) -> tuple[set[str], set[int]]:
+    """Runs in an actor: the mappings that hold every model's every block, and the blocks' addresses modulo 64."""
+    maps = []
     for line in open("/proc/self/maps"):
         parts = line.split()
         low, high = (int(x, 16) for x in parts[0].split("-"))
-        if low <= ptr < high:
-            return " ".join(parts[5:]), ptr % 64
-    return "", ptr % 64
+        maps.append((low, high, " ".join(parts[5:])))
+    ptrs = [b.data_ptr() for model in (worker.pool.base, *worker.pool.sources) for b in model.buffers]
+    return {next((name for low, high, name in maps if low <= p < high), "") for p in ptrs}, {p % 64 for p in ptrs}
 
 
 def test_workers_map_one_shared_copy_of_the_sources(ray_cluster, spec):
@@ -72,5 +72,5 @@ def test_workers_map_one_shared_copy_of_the_sources(ray_cluster, spec):
     with RayExecutor(spec, workers=2) as ex:
         places = ray.get([actor.__ray_call__.remote(_source_memory) for actor in ex._actors])
     (first, first_align), (second, second_align) = places
-    assert first == second and first != ""  # the same file-backed shared mapping (Ray's store), not private memory
-    assert first_align == second_align == 0
+    assert first == second and len(first) == 1 and "" not in first  # every block in one shared file mapping (Ray's store)
+    assert first_align == second_align == {0}
