@@ -1,7 +1,7 @@
 """Real sizes: a 1.1B-shaped Llama family searched on Ray workers, exported, and materialized against the copy floor.
 
     .venv/bin/python scripts/bench_realsize.py [--hidden 2048 --layers 22 --ff 5632 --heads 32 --kv-heads 4
-        --vocab 32000] [--k 3] [--workers 2] [--candidates 6] [--repeats 3] [--work DIR] [--no-write]
+        --vocab 32000] [--k 3] [--workers 2] [--candidates 8] [--repeats 3] [--work DIR] [--no-write]
 
 The family is made here: random bfloat16 weights of the given Llama shape (base, and K sources = base
 + small noise), a character tokenizer and one tiny loglikelihood task (scores are meaningless; the
