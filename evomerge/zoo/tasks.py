@@ -53,10 +53,20 @@ def write_skill_tasks(skill: str, data_files: Mapping[str, Path], task_dir: Path
     for kind in KINDS:
         for split, data_file in data_files.items():
             name = task_name(skill, kind, split)
-            spec = {**_common(name, Path(data_file)), **_BY_KIND[kind](skill)}
-            (task_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+            _write(task_dir / f"{name}.yaml", {**_common(name, Path(data_file)), **_BY_KIND[kind](skill)})
             names.setdefault(kind, {})[split] = name
     return names
+
+
+def write_loglikelihood_task(path: Path, name: str, data_file: Path) -> None:
+    """A ``loglikelihood`` task (``acc`` and ``perplexity``) over JSONL items ``{prompt, answer}`` of any
+    family, not only the zoo's skills: the SmolLM2 family's chat-formatted items use it too."""
+    _write(path, {**_common(name, Path(data_file)), **_loglikelihood(name)})
+
+
+def _write(path: Path, spec: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def _common(name: str, data_file: Path) -> dict[str, Any]:
@@ -74,7 +84,7 @@ def _metric(name: str, aggregation: str, higher_is_better: bool, **kwargs: Any) 
     return {"metric": name, "aggregation": aggregation, "higher_is_better": higher_is_better, **kwargs}
 
 
-def _loglikelihood(skill: str) -> dict[str, Any]:
+def _loglikelihood(_: str) -> dict[str, Any]:
     return {
         "output_type": "loglikelihood",
         "doc_to_text": "{{prompt}}",
