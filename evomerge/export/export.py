@@ -21,7 +21,6 @@ import functools
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from evomerge.errors import EvomergeError
 from evomerge.export.card import model_card
@@ -85,8 +84,8 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     recipe = replace(analysis.space.to_recipe(record.x), tokenizer_source=src.tokenizer_source)
     recipe.validate()
     pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
-    out_dtype = recipe.dtype or _dtype_name(pool.dtype)
-    mergekit, mergekit_note = to_mergekit(recipe, pool.tensor_names, out_dtype, src.labels())
+    plan = MergePlan.build(recipe, pool)
+    mergekit, mergekit_note = to_mergekit(recipe, pool.tensor_names, plan.dtype_name(pool), src.labels())
     command = ["evomerge", "export", "RUN_DIR", "--out", "MODEL_DIR", "--pick", str(record.index),
                "--rescore-heldout", str(finalists)]
     if shard_bytes not in (DEFAULT_SHARD_SIZE, parse_size("5GB")):
@@ -96,12 +95,8 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     files = {"README.md": card, "evomerge_recipe.yaml": to_yaml(recipe)}
     if mergekit is not None:
         files["mergekit.yaml"] = mergekit
-    write_merged(MergePlan.build(recipe, pool), pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder,
+    write_merged(plan, pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder,
                  shard_size=shard_bytes, force=force, extra_files=files,  # shard by shard, through the fused kernels
                  check=functools.partial(check_loads, trust_remote_code=src.trust_remote_code))
     run.append(ExportRecord(record.index, record.key, str(rule), finalists, str(out)))
     return ExportResult(out, record, recipe, mergekit is not None, evaluated)
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).removeprefix("torch.")

@@ -42,6 +42,5 @@ def write_merged(plan: MergePlan, pool: SourcePool, out: Path, *, template: Path
                                 "nothing was written")
         return tensors
 
-    dtype = str(plan.dtype or pool.dtype).removeprefix("torch.")
     return write_model_shards(sizes, make_shard, out, template=template, tokenizer=tokenizer, shard_size=shard_size,
-                              force=force, extra_files=extra_files, dtype=dtype, check=check)
+                              force=force, extra_files=extra_files, dtype=plan.dtype_name(pool), check=check)

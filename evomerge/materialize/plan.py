@@ -61,6 +61,10 @@ class MergePlan:
             steps.append(TensorStep(name, group, get_method(spec.method), spec.source_params, spec.params))
         return cls(tuple(steps), recipe.seed, DTYPES[recipe.dtype] if recipe.dtype else None)
 
+    def dtype_name(self, pool: SourcePool) -> str:
+        """The merged model's dtype as a config names it: the recipe's, else the sources' own."""
+        return str(self.dtype or pool.dtype).removeprefix("torch.")
+
     def merge_tensor(self, step: TensorStep, pool: SourcePool) -> Tensor:
         """The merged tensor in the output dtype (the base's dtype unless the recipe sets one)."""
         base = pool.base.tensors[step.name]
