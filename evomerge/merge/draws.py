@@ -29,6 +29,7 @@ MASK32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B  # Mueller's 32-bit integer hash multiplier (< 2**27: products stay below 2**59)
 _HIGH = 0x2545F49  # folds index bits above 32 into the counter (tensors of more than 2**32 entries)
 SCALE = 2.0**-16  # draw = (bits + 0.5) * SCALE, exact in float32
+SCHEME = "pair-hash32-u16/1"  # names these bits: change it with any change to a draw (run folders record it)
 
 
 def draw_key(seed: int, tensor_name: str, source_index: int) -> int:

@@ -2,7 +2,7 @@
 
     populations/<name>/
       config.yaml     the resolved config (absolute paths), written once
-      run.json        fingerprints of config and source models, evomerge version
+      run.json        fingerprints of config and source models, evomerge version, DARE/DELLA draw scheme
       log.jsonl       append-only typed records (``records.py``): candidates in tell order, held-out
                       scores, baselines, exports, sessions, budget changes, accepted changes
       session.lock    held while a session (search, resume, export, report) writes the folder
@@ -31,6 +31,8 @@ from typing import Iterator, Mapping, TypeVar
 from evomerge.config.schema import dump, load
 from evomerge.config.search import SearchConfig, config_from_yaml
 from evomerge.errors import EvomergeError
+from evomerge.merge.draws import SCHEME as DRAW_SCHEME
+from evomerge.merge.registry import get_method
 from evomerge.run.records import (
     BaselineRecord,
     BudgetRecord,
@@ -55,6 +57,7 @@ class RunMeta:
     sources: Mapping[str, str]  # model folder -> SHA-256 of its weight files
     created: float
     evomerge: str
+    draws: str = ""  # the DARE/DELLA draw scheme (merge.draws.SCHEME); "" in folders made before it was recorded
 
 
 class RunLog:
@@ -80,7 +83,7 @@ class RunLog:
         try:
             text = config.to_yaml()
             (tmp / CONFIG).write_text(text)
-            meta = RunMeta(_sha(text), dict(fingerprints), time.time(), evomerge_version())
+            meta = RunMeta(_sha(text), dict(fingerprints), time.time(), evomerge_version(), DRAW_SCHEME)
             (tmp / META).write_text(_json(dump(meta)))
             (tmp / LOG).touch()
             if root.exists():
@@ -138,12 +141,15 @@ class RunLog:
         for key, sha in fingerprints.items():
             if meta.sources.get(key) != sha:
                 changes.append(f"source model {key} changed (fingerprint {meta.sources.get(key, 'none')[:12]} -> {sha[:12]})")
+        if meta.draws != DRAW_SCHEME and any(get_method(m).random for m in self.config().genome.methods):
+            changes.append(f"DARE/DELLA draws changed (scheme {meta.draws or 'unrecorded'} -> {DRAW_SCHEME}): the logged "
+                           "candidates would not be reproduced")
         if not changes:
             return
         if not force:
             raise EvomergeError(f"cannot resume {self.root}: {changes[0]}; resume with --force to accept and record the change")
         self.append(ChangeRecord(tuple(changes)))
-        _atomic_write(self.root / META, _json(dump(replace(meta, config_sha256=config_sha, sources=dict(fingerprints)))))
+        _atomic_write(self.root / META, _json(dump(replace(meta, config_sha256=config_sha, sources=dict(fingerprints), draws=DRAW_SCHEME))))
         self._config = None
 
     def study_storage(self) -> str:

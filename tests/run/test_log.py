@@ -122,3 +122,22 @@ def test_each_session_gets_a_fresh_study_file(tmp_path: Path, tiny_config) -> No
     (tmp_path / "run" / "optuna.db").write_bytes(b"a study of an earlier session")
     url = run.study_storage()
     assert url == f"sqlite:///{(tmp_path / 'run' / 'optuna.db').resolve()}" and not (tmp_path / "run" / "optuna.db").exists()
+
+
+def made_before_the_draw_scheme(run_dir: Path) -> None:
+    meta = json.loads((run_dir / "run.json").read_text())
+    del meta["draws"]
+    (run_dir / "run.json").write_text(json.dumps(meta))
+
+
+def test_a_dare_run_made_under_other_draws_refuses_resume(tmp_path: Path, tiny_config) -> None:
+    run = RunLog.create(tmp_path / "run", tiny_config.override(**{"genome.methods": ("dare_ties",)}), {"m": "aa"})
+    made_before_the_draw_scheme(tmp_path / "run")
+    with pytest.raises(EvomergeError, match=r"DARE/DELLA draws changed \(scheme unrecorded -> .*--force"):
+        run.check_unchanged({"m": "aa"}, force=False)
+
+
+def test_a_run_without_random_methods_resumes_under_any_draws(tmp_path: Path, tiny_config) -> None:
+    run = RunLog.create(tmp_path / "run", tiny_config, {"m": "aa"})
+    made_before_the_draw_scheme(tmp_path / "run")
+    run.check_unchanged({"m": "aa"}, force=False)
