@@ -201,22 +201,25 @@ class FastMerger:
         divisor = float(sum(weight)) if normalize else 1.0  # as ``combine``: |Σw| < 1e-8 → 1
         if normalize and abs(divisor) < 1e-8:
             divisor = 1.0
-        second, third, cuts = [0.0] * k_count, [1.0] * k_count, [n] * k_count
-        if trim:
-            for k, cut in enumerate(self.trims.cuts(step.name, density, base, sources)):
-                second[k], cuts[k] = cut.low, cut.p
+        third, cuts = [1.0] * k_count, [n] * k_count
+        trims = self.trims.cuts(step.name, density, base, sources) if trim else []
         if dare:
             cuts = [draw_threshold(d, dt) for d in density]
             third = [1.0 if d >= 1 or d <= 0 else d for d in density]
-        params = torch.tensor([*weight, *second, *third, float(glob.get("lam", 1.0)), divisor, float(normalize)], dtype=dt, device=dev)
         cut = torch.tensor(cuts, dtype=torch.int64, device=dev)
         draws, keys = self._draw_inputs(plan.seed, step.name, k_count, n, dev) if dare else ([], torch.zeros(1, dtype=torch.int64, device=dev))
         compiled = self._compiles(n)
         kernel = chunk_kernel("gta", compiled)
         plan_dtype = plan.dtype or base.dtype
-        return [kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x], params, cut,
-                       torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim, dare, family.consensus)
-                for a, e in self._chunks(n, compiled)]
+        rest = [*third, float(glob.get("lam", 1.0)), divisor, float(normalize)]
+        flags = []
+        for a, e in self._chunks(n, compiled, splits=[t.p for t in trims]):  # each side of every cut p: no index
+            lows = [t.low if a >= t.p else below(t.low, dt) for t in trims] or [0.0] * k_count
+            params = torch.tensor([*weight, *lows, *rest], dtype=dt, device=dev)
+            flags.append(kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x],
+                                params, cut, torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim, dare,
+                                family.consensus))
+        return flags
 
     # -- source-only work ------------------------------------------------------------------------------
 
@@ -255,9 +258,16 @@ class FastMerger:
         """Entries per kernel call: whole tensors compiled (no temporaries to bound), CHUNK eager."""
         return self.chunk or (max(n, 1) if compiled else CHUNK)
 
-    def _chunks(self, n: int, compiled: bool) -> list[tuple[int, int]]:
-        chunk = self._chunk(n, compiled)
-        return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    def _chunks(self, n: int, compiled: bool, splits: list[int] | None = None) -> list[tuple[int, int]]:
+        """Kernel calls' ranges: chunks of ``_chunk`` entries, also split at every point of ``splits`` inside (0, n)."""
+        points = sorted({*range(0, n, self._chunk(n, compiled)), *(p for p in splits or [] if 0 < p < n), n})
+        return list(zip(points[:-1], points[1:]))
+
+
+def below(low: float, dt: torch.dtype) -> float:
+    """The largest value of ``dt`` under ``low``: |τ| > below(low) keeps |τ| >= low, so a range of entries that
+    keeps the ties at ``low`` needs no flat-index test."""
+    return float(torch.nextafter(torch.tensor(low, dtype=dt), torch.tensor(-math.inf, dtype=dt)))
 
 
 def draw_threshold(density: float, dt: torch.dtype) -> int:

@@ -24,7 +24,6 @@ from evomerge.merge.draws import draw_bits, pair_hash
 TIE_BLOCK = 1 << 12  # entries per tie count (``_tie_counts``)
 
 
-
 def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype: torch.dtype) -> Tensor:
     """Σ w_k θ_k / divisor; params = [w_0 … w_{K−1}, divisor] (divisor 1 when not normalizing)."""
     k_count = len(sources)
@@ -56,23 +55,22 @@ def _gta_chunk(
     """Generalized task arithmetic over one chunk, as ``sparsify.combine`` after the masks.
 
     params = [w (K), low (K), DARE divisor (K), λ, divisor, normalize flag]; ``start``: the chunk's
-    first flat index. Trimming keeps |τ| > low, and |τ| == low where the flat index < cut[k]. DARE
-    keeps entries whose draw bits < cut[k] (u < d exactly: ``FastMerger`` turns d into that integer,
+    first flat index. Trimming keeps |τ| > low: ``FastMerger`` splits a tensor at each source's cut p
+    and lowers ``low`` to the next value below it where the ties at ``low`` are kept (flat index < p),
+    so no index is compared. DARE keeps entries whose draw bits < cut[k] (u < d exactly: ``FastMerger`` turns d into that integer,
     which spares converting the bits to floats); the bits come from ``draws`` (cached: each source's
     high and low bytes) or, when it is empty, are regenerated from the flat index and ``keys``.
     """
     k_count = len(sources)
     dt = params.dtype
     b = base.to(dt)
-    index = torch.arange(base.shape[0], device=base.device) + start
+    index = torch.arange(base.shape[0], device=base.device) + start if dare and not draws else start
     weighted = []
     hashed = None
     for k in range(k_count):
         tau = sources[k].to(dt) - b
         if trim:  # masked by a product, as the reference's ``tau * mask``
-            mag = tau.abs()
-            low = params[k_count + k]
-            tau = tau * ((mag > low) | ((mag == low) & (index < cut[k]))).to(dt)
+            tau = tau * (tau.abs() > params[k_count + k]).to(dt)
         if dare:
             bits, hashed = _draw_bits(k, draws, index, keys, hashed, dt)
             tau = torch.where(bits < cut[k], tau / params[2 * k_count + k], torch.zeros_like(tau))
@@ -108,6 +106,21 @@ def magnitude_key(mag: Tensor) -> Tensor:
     return (bits >> 16).to(torch.int64) * 2 + ((bits & 0xFFFF) != 0).to(torch.int64)
 
 
+def magnitude_low(mag: Tensor) -> Tensor:
+    """The bits of a magnitude's pattern below its histogram key (``magnitude_key``), as int64: 16 (float32) or 48
+    (float64) of them."""
+    if mag.dtype == torch.float64:
+        return mag.view(torch.int64) & 0xFFFFFFFFFFFF
+    return (mag.view(torch.int32) & 0xFFFF).to(torch.int64)
+
+
+def _magnitude_keys(keys: Tensor, lows: Tensor, base: Tensor, source: Tensor, dt: torch.dtype) -> None:
+    """keys and lows (int64) get the histogram key and low bits of |θ_k − θ0| (``thresholds``' counting pass)."""
+    mag = (source.to(dt) - base.to(dt)).abs()
+    keys.copy_(magnitude_key(mag))
+    lows.copy_(magnitude_low(mag))
+
+
 def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], keys: Tensor, dt: torch.dtype) -> None:
     """out (uint8) gets bit k set where |θ_k − θ0| has the histogram key ``keys[k]``, for up to 8 sources."""
     b = base.to(dt)
@@ -127,7 +140,7 @@ def _tie_counts(out: Tensor, base: Tensor, sources: list[Tensor], lows: Tensor, 
 
 
 _FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags,
-                                                "tie_counts": _tie_counts}
+                                                "tie_counts": _tie_counts, "magnitude_keys": _magnitude_keys}
 _COMPILED: dict[str, Callable[..., object]] = {}
 _compile_broken = False  # set by the first failed compile: every kernel runs eagerly from then on
 _PROBED: dict[str, bool] = {}
@@ -153,7 +166,7 @@ def compile_works(device: torch.device) -> bool:
 
 
 def chunk_kernel(name: str, compile: bool = True) -> Callable[..., object]:
-    """The chunk function ``name`` ("linear", "gta", "bin_flags", "tie_counts"), compiled once per process unless off."""
+    """The chunk function ``name`` (a key of ``_FUNCTIONS``), compiled once per process unless off."""
     fn = _FUNCTIONS[name]
     if not compile or _compile_broken:
         return fn

@@ -12,8 +12,8 @@ same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
   split into the bin's one value with clear low bits and the rest (``kernels.magnitude_key``) — and
   the range of the low bits under each key. The counts give the key that holds rank ``keep``. When
   it holds one value (bfloat16 deltas: almost always), that value is ``low``, and only if the cut
-  falls inside its group of ties does one pass (a compiled kernel, all sources at once) count the
-  ties per block of entries, to find the flat index of the last kept one. Otherwise one pass flags
+  falls inside its group of ties does a compiled kernel count the ties per block of entries, from
+  the nearer end of the tensor and only as far as the last kept one, to find its flat index. Otherwise one pass flags
   the key's entries (few: such values spread over many bins), which are gathered and counted by
   their low 16 bits — the same ``low`` and tie index.
 
@@ -29,7 +29,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel, magnitude_key
+from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel
 from evomerge.merge.sparsify import compute_dtype, keep_count
 
 Thresholds = Literal["sorted", "histogram"]
@@ -38,6 +38,7 @@ BINS = 1 << 17  # histogram keys: two per value of the top 16 bits (``kernels.ma
 SCAN = 1 << 22  # entries per eager pass when counting (bounds the temporaries)
 FLAG_SOURCES = 8  # sources per flag pass (bits of a uint8)
 SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at a time
+TIE_SCAN = 1 << 20  # entries per tie-counting call (``TrimCuts._tie_cut`` stops at the call that finds its tie)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,27 @@ class TrimCuts:
         (bfloat16 deltas: a few ten thousand), else per bin; kilobytes either way."""
         key = (name, k)
         if key not in self._counts:
-            self._counts[key] = _count(base, source)
+            self._counts[key] = self._count(base, source)
         return self._counts[key]
+
+    def _count(self, base: Tensor, source: Tensor) -> _Counts:
+        """|θ_k − θ0| counted per histogram key, with each key's least and greatest low bits: keys and low bits
+        from one kernel pass ``SCAN`` entries at a time (eagerly, the key alone took ten times the rest)."""
+        dt, n = compute_dtype(base), base.numel()
+        shift = 48 if dt == torch.float64 else 16
+        counts = torch.zeros(BINS, dtype=torch.int64, device=base.device)
+        low_min = torch.full((BINS,), 1 << shift, dtype=torch.int64, device=base.device)
+        low_max = torch.full((BINS,), -1, dtype=torch.int64, device=base.device)
+        kernel = chunk_kernel("magnitude_keys", self.compiles(n))
+        keys, lows = torch.empty(2, min(SCAN, n), dtype=torch.int64, device=base.device)
+        for a in range(0, n, SCAN):
+            e = min(a + SCAN, n)
+            kernel(keys[: e - a], lows[: e - a], base[a:e], source[a:e], dt)
+            counts += torch.bincount(keys[: e - a], minlength=BINS)
+            low_min.scatter_reduce_(0, keys[: e - a], lows[: e - a], "amin")
+            low_max.scatter_reduce_(0, keys[: e - a], lows[: e - a], "amax")
+        used = torch.nonzero(counts).flatten()
+        return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift)
 
     def _from_counts(self, name: str, todo: list[int], keys: list[int], base: Tensor, sources: Sequence[Tensor]) -> dict[int, Trim]:
         """Each source's cut from its counts: a cut bin of one value gives ``low`` at once, and a pass over the tensor
@@ -135,7 +155,7 @@ class TrimCuts:
         needs a pass that finds its entries (see the module docstring)."""
         n = base.numel()
         out: dict[int, Trim] = {}
-        bins, ties, above, flagged = {}, {}, {}, 0
+        bins, above, flagged = {}, {}, 0
         for k in todo:
             code, above[k], at, low = self.counts(name, k, base, sources[k]).locate(keys[k], compute_dtype(base))
             if low is None:
@@ -144,37 +164,51 @@ class TrimCuts:
             elif keys[k] - above[k] == at:
                 out[k] = Trim(low, n)  # the whole group at ``low`` is kept
             else:
-                ties[k] = (low, keys[k] - above[k])
-        if ties:
-            out.update(self._tie_cuts(base, sources, ties))
+                out[k] = self._tie_cut(base, sources[k], low, keys[k] - above[k], at)
         if bins:
             positions = self._flag(base, sources, bins, sparse=flagged * SPARSE < n)
             out.update({k: self._refine(keys[k] - above[k], base, sources[k], positions[k]) for k in bins})
         return out
 
-    def _tie_cuts(self, base: Tensor, sources: Sequence[Tensor], ties: dict[int, tuple[float, int]]) -> dict[int, Trim]:
-        """Where the need-th entry equal to ``low`` (by flat index) is: tie counts per block of ``TIE_BLOCK`` entries
-        in one pass (all these sources at once), then a look inside the one block that holds it."""
+    def _tie_cut(self, base: Tensor, source: Tensor, low: float, need: int, at: int) -> Trim:
+        """The cut when it falls inside the ``at`` entries equal to ``low``: the need-th of them by flat index is the
+        last kept. Ties are counted per block of ``TIE_BLOCK`` entries, ``TIE_SCAN`` entries per call, from whichever
+        end of the tensor is nearer to that tie in rank, stopping at the call that reaches it (a quarter of the
+        tensor on average, not all of it); then one block is looked into."""
         n, dt = base.numel(), compute_dtype(base)
-        ks = sorted(ties)
-        whole = n // TIE_BLOCK * TIE_BLOCK
-        counts = torch.zeros(len(ks), whole // TIE_BLOCK, dtype=torch.int64, device=base.device)
-        lows = torch.tensor([ties[k][0] for k in ks], dtype=dt, device=base.device)
+        forward = 2 * need <= at + 1
+        rank = need if forward else at - need + 1  # the tie's rank counted from the end the scan starts at
         compiled = self.compiles(n)
-        kernel, step = chunk_kernel("tie_counts", compiled), max(self.chunk(n, compiled) // TIE_BLOCK, 1) * TIE_BLOCK
-        for a in range(0, whole, step):
-            e = min(a + step, whole)
-            kernel(counts[:, a // TIE_BLOCK : e // TIE_BLOCK], base[a:e], [sources[k][a:e] for k in ks], lows, dt)
-        out = {}
-        for row, k in enumerate(ks):
-            low, need = ties[k]
-            before = torch.cat([torch.zeros(1, dtype=torch.int64, device=base.device), counts[row].cumsum(0)])
-            block = int(torch.searchsorted(before, torch.tensor(need, device=base.device), right=False)) - 1
-            a = whole if block >= counts.shape[1] else block * TIE_BLOCK  # past the whole blocks: in the tail
-            e = n if a == whole else a + TIE_BLOCK
-            inside = torch.nonzero((sources[k][a:e].to(dt) - base[a:e].to(dt)).abs() == low).flatten()
-            out[k] = Trim(low, a + int(inside[need - int(before[min(block, counts.shape[1])]) - 1]) + 1)
-        return out
+        kernel, lows = chunk_kernel("tie_counts", compiled), torch.tensor([low], dtype=dt, device=base.device)
+        step = max(min(TIE_SCAN, self.chunk(n, compiled)) // TIE_BLOCK, 1) * TIE_BLOCK
+        starts = range(0, n, step)
+        seen = 0
+        for a in starts if forward else reversed(starts):
+            e = min(a + step, n)
+            counts = self._block_counts(kernel, base[a:e], source[a:e], lows, dt)
+            total = int(counts.sum())
+            if seen + total >= rank:
+                break
+            seen += total
+        within = rank - seen if forward else total - (rank - seen) + 1  # its rank among this range's ties, from a
+        before = torch.cat([torch.zeros(1, dtype=torch.int64, device=base.device), counts.cumsum(0)])
+        block = int(torch.searchsorted(before, torch.tensor(within, device=base.device), right=False)) - 1
+        lo = a + block * TIE_BLOCK
+        hi = min(lo + TIE_BLOCK, e)
+        inside = torch.nonzero((source[lo:hi].to(dt) - base[lo:hi].to(dt)).abs() == low).flatten()
+        return Trim(low, lo + int(inside[within - int(before[block]) - 1]) + 1)
+
+    @staticmethod
+    def _block_counts(kernel: Callable[..., object], base: Tensor, source: Tensor, lows: Tensor, dt: torch.dtype) -> Tensor:
+        """Ties at ``lows[0]`` per block of ``TIE_BLOCK`` entries of this range (its last block may be shorter)."""
+        m = base.numel()
+        whole = m // TIE_BLOCK * TIE_BLOCK
+        counts = torch.zeros(1, -(-m // TIE_BLOCK), dtype=torch.int64, device=base.device)
+        if whole:
+            kernel(counts[:, : whole // TIE_BLOCK], base[:whole], [source[:whole]], lows, dt)
+        if whole < m:
+            counts[0, -1] = ((source[whole:].to(dt) - base[whole:].to(dt)).abs() == lows[0]).sum()
+        return counts[0]
 
     def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int], sparse: bool) -> dict[int, Tensor]:
         """Flat indices (ascending) of the entries of each source's cut bin: one pass per 8 sources. ``sparse``:
@@ -234,24 +268,6 @@ class TrimCuts:
         if need - above == tied.numel():
             return Trim(low, base.numel())
         return Trim(low, int(tied[need - above - 1]) + 1)
-
-
-def _count(base: Tensor, source: Tensor) -> _Counts:
-    """|θ_k − θ0| counted per histogram key, with each key's least and greatest low bits."""
-    dt = compute_dtype(base)
-    shift = 48 if dt == torch.float64 else 16
-    counts = torch.zeros(BINS, dtype=torch.int64, device=base.device)
-    low_min = torch.full((BINS,), 1 << shift, dtype=torch.int64, device=base.device)
-    low_max = torch.full((BINS,), -1, dtype=torch.int64, device=base.device)
-    for a in range(0, base.numel(), SCAN):
-        mag = (source[a : a + SCAN].to(dt) - base[a : a + SCAN].to(dt)).abs()
-        keys = magnitude_key(mag)
-        low = (mag.view(torch.int64) if dt == torch.float64 else mag.view(torch.int32).to(torch.int64)) & ((1 << shift) - 1)
-        counts += torch.bincount(keys, minlength=BINS)
-        low_min.scatter_reduce_(0, keys, low, "amin")
-        low_max.scatter_reduce_(0, keys, low, "amax")
-    used = torch.nonzero(counts).flatten()
-    return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift)
 
 
 def _value(bits: int, dt: torch.dtype) -> float:

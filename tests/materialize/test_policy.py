@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from evomerge.materialize.fused import CachePolicy, FastMerger
+from evomerge.materialize.kernels import TIE_BLOCK
 from evomerge.materialize.plan import MergePlan, TensorStep
+from evomerge.materialize.thresholds import TrimCuts
 from evomerge.merge.registry import get_method
 from evomerge.sources.pool import SourcePool
 
@@ -117,3 +119,19 @@ def test_caches_are_reused_across_candidates_and_sized_by_the_policy(monkeypatch
     before = compact.cache_bytes()
     merged(pool, plan_for(pool, *CANDIDATES[0]), compact)
     assert compact.cache_bytes() == before
+
+
+def test_tie_cuts_scanned_from_either_end_agree_with_sorted_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many |τ| tied at each value, so most cuts fall inside a group of ties and the histogram finds the last kept
+    tie by counting: over several scan calls, from the start or from the end, into a shorter last block."""
+    monkeypatch.setattr("evomerge.materialize.thresholds.HISTOGRAM_MIN", 0)
+    monkeypatch.setattr("evomerge.materialize.thresholds.TIE_SCAN", TIE_BLOCK)
+    n = 3 * TIE_BLOCK + 123
+    g = torch.Generator().manual_seed(4)
+    base = torch.randint(-8, 8, (n,), generator=g) * 0.125
+    sources = [base + torch.randint(-2, 3, (n,), generator=g) * 0.25 for _ in range(2)]
+    every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
+    histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
+    for d in (0.05, 0.2, 0.3, 0.5, 0.7, 0.9):
+        densities = [d, 1 - d]
+        assert histogram.cuts("w", densities, base, sources) == reference.cuts("w", densities, base, sources), d
