@@ -294,12 +294,13 @@ def report(what: str, search: dict | None, merge: dict | None, rows: list[dict],
             f"\n**Search** (`evomerge search`, genome TIES / DARE-TIES per layer group, random strategy, "
             f"`--backend ray --workers {args.workers}`, {args.threads} torch thread per worker, default memory plan); "
             f"before: {search['before']}; after: {search['after']}\n",
-            "| candidates (failed) | wall | merge per candidate: each worker's first (compiles, fills caches) / the rest, "
-            "median, in the worker | score per candidate (median) | peak over start | bound: (K+1)·sources + workers·live "
-            "model + 4 GB | met |",
+            "| candidates (failed) | wall | merge per candidate, in the worker: each worker's first (compiles, fills caches) "
+            "/ the rest, median (slowest: a worker's first of another method fills its caches) | score per candidate "
+            "(median) | peak over start | bound: (K+1)·sources + workers·live model + 4 GB | met |",
             "|---|---|---|---|---|---|---|",
             f"| {search['candidates']} ({search['failed']}) | {search['wall']:.0f} s | "
-            f"{fmt_s(statistics.median(search['merge'][:args.workers]))} / {fmt_s(statistics.median(search['merge'][args.workers:]))} | "
+            f"{fmt_s(statistics.median(search['merge'][:args.workers]))} / {fmt_s(statistics.median(search['merge'][args.workers:]))} "
+            f"({fmt_s(max(search['merge'][args.workers:]))}) | "
             f"{fmt_s(statistics.median(search['score']))} | {format_size(search['peak'])} | {format_size(search['bound'])} | "
             f"{verdict(search['peak'], search['bound'])} |",
             "\nThe run's memory plan (its `plan` record):\n\n```\n" + "\n".join(search["plan"].lines()) + "\n```",
