@@ -40,7 +40,7 @@ from benchdoc import REPO, publish  # noqa: E402 (first: sets the offline enviro
 
 import torch  # noqa: E402
 
-from bench_realsize import METHODS, TARGET, candidate, fmt_s, llama_config, meta_shapes, verdict  # noqa: E402
+from bench_realsize import METHODS, TARGET, add_family_args, candidate, fmt_s, llama_config, meta_shapes, verdict  # noqa: E402
 from evomerge.config.sizes import format_size  # noqa: E402
 from evomerge.materialize.fused import CachePolicy, FastMerger  # noqa: E402
 from evomerge.materialize.plan import MergePlan  # noqa: E402
@@ -155,13 +155,7 @@ def report(what: str, device: torch.device, rows: list[dict], wall: float) -> st
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--ff", type=int, default=11008)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--k", type=int, default=3, help="sources besides the base")
+    add_family_args(p, hidden=4096, layers=32, ff=11008, heads=32, kv_heads=32, vocab=32000)  # Llama-2-7B's shape
     p.add_argument("--repeats", type=int, default=5, help="timed calls per method and placement")
     p.add_argument("--placements", default="resident,streamed", help="comma list of resident, streamed (shared: CPU)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")

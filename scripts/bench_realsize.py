@@ -94,6 +94,13 @@ def machine() -> str:
 # -- the family -----------------------------------------------------------------------------------------
 
 
+def add_family_args(p: argparse.ArgumentParser, **shape: int) -> None:
+    """--hidden, --layers, --ff, --heads, --kv-heads, --vocab (defaults from ``shape``) and --k: what ``llama_config`` reads."""
+    for name, default in shape.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    p.add_argument("--k", type=int, default=3, help="sources besides the base")
+
+
 def llama_config(args: argparse.Namespace) -> dict:
     from transformers import LlamaConfig
 
@@ -334,13 +341,7 @@ def report(what: str, search: dict | None, merge: dict | None, rows: list[dict],
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--layers", type=int, default=22)
-    p.add_argument("--ff", type=int, default=5632)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--k", type=int, default=3, help="sources besides the base")
+    add_family_args(p, hidden=2048, layers=22, ff=5632, heads=32, kv_heads=4, vocab=32000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per search worker")
     p.add_argument("--timing-threads", default="1,2", help="torch threads of the in-process timings (comma list)")
