@@ -213,8 +213,9 @@ class FastMerger:
         plan_dtype = plan.dtype or base.dtype
         rest = [*third, float(glob.get("lam", 1.0)), divisor, float(normalize)]
         flags = []
+        lowered = [below(t.low, dt) for t in trims]  # where a range keeps the ties at low (before the cut p)
         for a, e in self._chunks(n, compiled, splits=[t.p for t in trims]):  # each side of every cut p: no index
-            lows = [t.low if a >= t.p else below(t.low, dt) for t in trims] or [0.0] * k_count
+            lows = [t.low if a >= t.p else under for t, under in zip(trims, lowered)] or [0.0] * k_count
             params = torch.tensor([*weight, *lows, *rest], dtype=dt, device=dev)
             flags.append(kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x],
                                 params, cut, torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim, dare,

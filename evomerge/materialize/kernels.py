@@ -57,9 +57,10 @@ def _gta_chunk(
     params = [w (K), low (K), DARE divisor (K), λ, divisor, normalize flag]; ``start``: the chunk's
     first flat index. Trimming keeps |τ| > low: ``FastMerger`` splits a tensor at each source's cut p
     and lowers ``low`` to the next value below it where the ties at ``low`` are kept (flat index < p),
-    so no index is compared. DARE keeps entries whose draw bits < cut[k] (u < d exactly: ``FastMerger`` turns d into that integer,
-    which spares converting the bits to floats); the bits come from ``draws`` (cached: each source's
-    high and low bytes) or, when it is empty, are regenerated from the flat index and ``keys``.
+    so no index is compared. DARE keeps entries whose draw bits < cut[k] (u < d exactly:
+    ``FastMerger`` turns d into that integer, which spares converting the bits to floats); the bits
+    come from ``draws`` (cached: each source's high and low bytes) or, when it is empty, are
+    regenerated from the flat index and ``keys``.
     """
     k_count = len(sources)
     dt = params.dtype
@@ -131,12 +132,10 @@ def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], keys: Tensor, d
     out.copy_(flags.to(out.dtype))
 
 
-def _tie_counts(out: Tensor, base: Tensor, sources: list[Tensor], lows: Tensor, dt: torch.dtype) -> None:
-    """out[k, b] = how many entries of block b (``TIE_BLOCK`` entries) have |θ_k − θ0| == lows[k]."""
-    b = base.to(dt)
-    for k in range(len(sources)):
-        equal = ((sources[k].to(dt) - b).abs() == lows[k]).to(torch.int64)
-        out[k].copy_(equal.view(-1, TIE_BLOCK).sum(1))
+def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torch.dtype) -> None:
+    """out[b] = how many entries of block b (``TIE_BLOCK`` entries) have |θ_k − θ0| == low (a one-element tensor)."""
+    equal = ((source.to(dt) - base.to(dt)).abs() == low).to(torch.int64)
+    out.copy_(equal.view(-1, TIE_BLOCK).sum(1))
 
 
 _FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags,

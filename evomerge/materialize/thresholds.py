@@ -13,9 +13,9 @@ same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
   the range of the low bits under each key. The counts give the key that holds rank ``keep``. When
   it holds one value (bfloat16 deltas: almost always), that value is ``low``, and only if the cut
   falls inside its group of ties does a compiled kernel count the ties per block of entries, from
-  the nearer end of the tensor and only as far as the last kept one, to find its flat index. Otherwise one pass flags
-  the key's entries (few: such values spread over many bins), which are gathered and counted by
-  their low 16 bits — the same ``low`` and tie index.
+  the nearer end of the tensor and only as far as the last kept one, to find its flat index.
+  Otherwise one pass flags the key's entries (few: such values spread over many bins), which are
+  gathered and counted by their low 16 bits — the same ``low`` and tie index.
 
 Tensors smaller than ``HISTOGRAM_MIN`` entries always use sorted copies: they cost less than a histogram.
 """
@@ -142,10 +142,11 @@ class TrimCuts:
         keys, lows = torch.empty(2, min(SCAN, n), dtype=torch.int64, device=base.device)
         for a in range(0, n, SCAN):
             e = min(a + SCAN, n)
-            kernel(keys[: e - a], lows[: e - a], base[a:e], source[a:e], dt)
-            counts += torch.bincount(keys[: e - a], minlength=BINS)
-            low_min.scatter_reduce_(0, keys[: e - a], lows[: e - a], "amin")
-            low_max.scatter_reduce_(0, keys[: e - a], lows[: e - a], "amax")
+            key, low = keys[: e - a], lows[: e - a]
+            kernel(key, low, base[a:e], source[a:e], dt)
+            counts += torch.bincount(key, minlength=BINS)
+            low_min.scatter_reduce_(0, key, low, "amin")
+            low_max.scatter_reduce_(0, key, low, "amax")
         used = torch.nonzero(counts).flatten()
         return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift)
 
@@ -179,13 +180,13 @@ class TrimCuts:
         forward = 2 * need <= at + 1
         rank = need if forward else at - need + 1  # the tie's rank counted from the end the scan starts at
         compiled = self.compiles(n)
-        kernel, lows = chunk_kernel("tie_counts", compiled), torch.tensor([low], dtype=dt, device=base.device)
+        kernel, value = chunk_kernel("tie_counts", compiled), torch.tensor([low], dtype=dt, device=base.device)
         step = max(min(TIE_SCAN, self.chunk(n, compiled)) // TIE_BLOCK, 1) * TIE_BLOCK
         starts = range(0, n, step)
         seen = 0
         for a in starts if forward else reversed(starts):
             e = min(a + step, n)
-            counts = self._block_counts(kernel, base[a:e], source[a:e], lows, dt)
+            counts = self._block_counts(kernel, base[a:e], source[a:e], value, dt)
             total = int(counts.sum())
             if seen + total >= rank:
                 break
@@ -199,16 +200,16 @@ class TrimCuts:
         return Trim(low, lo + int(inside[within - int(before[block]) - 1]) + 1)
 
     @staticmethod
-    def _block_counts(kernel: Callable[..., object], base: Tensor, source: Tensor, lows: Tensor, dt: torch.dtype) -> Tensor:
-        """Ties at ``lows[0]`` per block of ``TIE_BLOCK`` entries of this range (its last block may be shorter)."""
+    def _block_counts(kernel: Callable[..., object], base: Tensor, source: Tensor, value: Tensor, dt: torch.dtype) -> Tensor:
+        """Entries equal to ``value`` per block of ``TIE_BLOCK`` entries of this range (its last block may be shorter)."""
         m = base.numel()
         whole = m // TIE_BLOCK * TIE_BLOCK
-        counts = torch.zeros(1, -(-m // TIE_BLOCK), dtype=torch.int64, device=base.device)
+        counts = torch.zeros(-(-m // TIE_BLOCK), dtype=torch.int64, device=base.device)
         if whole:
-            kernel(counts[:, : whole // TIE_BLOCK], base[:whole], [source[:whole]], lows, dt)
+            kernel(counts[: whole // TIE_BLOCK], base[:whole], source[:whole], value, dt)
         if whole < m:
-            counts[0, -1] = ((source[whole:].to(dt) - base[whole:].to(dt)).abs() == lows[0]).sum()
-        return counts[0]
+            counts[-1] = ((source[whole:].to(dt) - base[whole:].to(dt)).abs() == value).sum()
+        return counts
 
     def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int], sparse: bool) -> dict[int, Tensor]:
         """Flat indices (ascending) of the entries of each source's cut bin: one pass per 8 sources. ``sparse``:
