@@ -1,0 +1,122 @@
+"""The fused merge kernels alone, on one tensor, against that tensor's copy floor: where a candidate's time goes.
+
+    .venv/bin/python scripts/bench_kernels.py [--rows 5632 --cols 2048] [--k 3] [--threads 1,2] [--repeats 7]
+
+``bench_realsize.py`` times whole candidates; this script splits one large bfloat16 tensor's work
+(base ~ N(0, 0.02), K sources = base + N(0, 0.002), the shapes of a 1.1B Llama's MLP matrix) into
+its parts, each the best of ``--repeats`` calls after a warm-up that compiles:
+
+- the compiled ``gta`` kernel of ``materialize/kernels.py`` for task arithmetic, TIES (trim and sign
+  election, cut values given) and DARE-TIES (draws regenerated in the kernel, and cached);
+- the TIES cuts of a candidate from the worker's histograms (``TrimCuts.cuts``, histograms filled),
+  and the one-off histogram fill of all K sources;
+- the floor: K+1 reads and one write of the tensor at this machine's copy bandwidth (same threads).
+
+The table replaces this script's section of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from typing import Callable
+
+from benchdoc import REPO, cpu_model, publish  # noqa: E402 (first: sets the offline environment)
+
+import torch  # noqa: E402
+
+from bench_materialize import copy_bandwidth  # noqa: E402
+from evomerge.materialize.fused import below  # noqa: E402
+from evomerge.materialize.kernels import chunk_kernel  # noqa: E402
+from evomerge.materialize.thresholds import TrimCuts  # noqa: E402
+from evomerge.merge.draws import draw_key  # noqa: E402
+
+
+def best(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: compiles
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def tensors(rows: int, cols: int, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randn(rows * cols, generator=g) * 0.02).to(torch.bfloat16)
+    return base, [(base.float() + 0.002 * torch.randn(rows * cols, generator=g)).to(torch.bfloat16) for _ in range(k)]
+
+
+def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> dict[str, float]:
+    """Seconds per call of each part, for one tensor (flat) and its K sources."""
+    k, n = len(sources), base.numel()
+    weight, density = [0.5, 0.3, 0.2, 0.1, 0.4, 0.6][:k], [0.5, 0.6, 0.3, 0.4, 0.7, 0.2][:k]
+    cuts = TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size)
+    fill = best(lambda: TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size).cuts(
+        "w", density, base, sources), 1)
+    trims = cuts.cuts("w", density, base, sources)
+    cut_time = best(lambda: cuts.cuts("w", [d + 0.01 for d in density], base, sources), repeats)
+    out = torch.empty_like(base)
+    kernel = chunk_kernel("gta", True)
+    keys = torch.tensor([draw_key(0, "w", j) for j in range(0, k, 2)], dtype=torch.int64)
+    dare_cut = torch.tensor([int(d * 2**16) for d in density], dtype=torch.int64)
+    cached = [row for j in range(k) for row in torch.randint(0, 256, (2, n), dtype=torch.uint8)]
+
+    def gta(lows: list[float], draws: list[torch.Tensor], cut: torch.Tensor, trim: bool, dare: bool, consensus: bool) -> None:
+        params = torch.tensor([*weight, *lows, *([0.5] * k if dare else [1.0] * k), 1.0, 1.0, 1.0])
+        kernel(out, base, sources, draws, params, cut, torch.tensor(0), keys, torch.bfloat16, trim, dare, consensus)
+
+    zeros, none = [0.0] * k, torch.zeros(k, dtype=torch.int64)
+    lowered = [below(t.low, torch.float32) for t in trims]  # the range before every cut: the ties are kept
+    return {
+        "task arithmetic kernel": best(lambda: gta(zeros, [], none, False, False, False), repeats),
+        "TIES kernel (cut values given)": best(lambda: gta(lowered, [], none, True, False, True), repeats),
+        "TIES cuts from histograms (per candidate)": cut_time,
+        "DARE-TIES kernel, draws regenerated": best(lambda: gta(zeros, [], dare_cut, False, True, True), repeats),
+        "DARE-TIES kernel, draws cached": best(lambda: gta(zeros, cached, dare_cut, False, True, True), repeats),
+        "histogram fill of all sources and the first cuts (once per worker)": fill,
+    }
+
+
+def report(rows: dict[int, dict[str, float]], floors: dict[int, float], args: argparse.Namespace, shape: str) -> str:
+    threads = sorted(rows)
+    lines = [
+        "## The fused kernels alone, on one tensor (`scripts/bench_kernels.py`)\n",
+        f"- date: {dt.date.today().isoformat()}; machine: {cpu_model()}, no GPU; torch {torch.__version__}",
+        f"- tensor: {shape}; best of {args.repeats} calls after a compiling warm-up; floor = (K+1) reads and one write "
+        "of the tensor at the copy bandwidth with the same threads\n",
+        "| part | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}: time (× floor)" for t in threads) + " |",
+        "|---|" + "---|" * len(threads),
+        "| floor | " + " | ".join(f"{floors[t] * 1e3:.1f} ms" for t in threads) + " |",
+    ]
+    for part in rows[threads[0]]:
+        lines.append(f"| {part} | " + " | ".join(f"{rows[t][part] * 1e3:.1f} ms ({rows[t][part] / floors[t]:.1f}×)"
+                                                   for t in threads) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=5632)
+    p.add_argument("--cols", type=int, default=2048)
+    p.add_argument("--k", type=int, default=3, help="sources besides the base")
+    p.add_argument("--threads", default="1,2", help="comma list of torch thread counts")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--out", default=REPO / "docs" / "BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="print the section only")
+    args = p.parse_args()
+    base, sources = tensors(args.rows, args.cols, args.k)
+    rows, floors = {}, {}
+    for t in (int(x) for x in args.threads.split(",")):
+        torch.set_num_threads(t)
+        floors[t] = (args.k + 2) * base.numel() * base.element_size() / copy_bandwidth()
+        rows[t] = measure(base, sources, args.repeats)
+        print(t, {part: round(s * 1e3, 2) for part, s in rows[t].items()}, flush=True)
+    shape = f"{args.rows} × {args.cols} bfloat16 ({base.numel() * 2 / 1e6:.1f} MB), K = {args.k}"
+    publish(args.out, "bench_kernels", report(rows, floors, args, shape), write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
