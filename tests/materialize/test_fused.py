@@ -133,12 +133,16 @@ def test_cache_is_filled_once_and_reused() -> None:
     assert merger.cache_bytes() == first
 
 
-def test_non_finite_results_are_reported() -> None:
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("options", [EAGER, dict(compile=True, chunk=256)], ids=["eager", "compiled"])
+def test_non_finite_results_are_reported(value: float, options: dict) -> None:
     pool = make_pool(3)
-    pool.sources[2].tensors["w.vec"][5] = float("inf")
+    pool.sources[2].tensors["w.big"][5, 7] = value
+    pool.sources[1].tensors["w.vec"][5] = value
     out = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
-    bad = FastMerger(pool, **EAGER).materialize(make_plan(pool, "task_arithmetic", {"weight": [1.0, 1.0, 1.0]}), out)
-    assert bad == ["w.vec"]
+    for method in ("task_arithmetic", "ties"):
+        plan = make_plan(pool, method, {"weight": [1.0, 1.0, 1.0], "density": [1.0, 1.0, 1.0]})
+        assert FastMerger(pool, **options).materialize(plan, out) == ["w.big", "w.vec"]
 
 
 COMPILED = [
