@@ -8,8 +8,10 @@ its parts, each the best of ``--repeats`` calls after a warm-up that compiles:
 
 - the compiled ``gta`` kernel of ``materialize/kernels.py`` for task arithmetic, TIES (trim and sign
   election, cut values given) and DARE-TIES (draws regenerated in the kernel, and cached);
-- the TIES cuts of a candidate from the worker's histograms (``TrimCuts.cuts``, histograms filled),
-  and the one-off histogram fill of all K sources;
+- the TIES cuts of a candidate from the worker's histograms (``TrimCuts.cuts``, histograms filled; the
+  mean over 24 candidates' densities, not the best call: where a cut falls decides its cost), the
+  same without the tie index (``TIE_KEYS`` = 0), and the one-off histogram fill (counts and tie
+  index) of all K sources;
 - the floor: K+1 reads and one write of the tensor at this machine's copy bandwidth (same threads).
 
 The table replaces this script's section of docs/BENCHMARKS.md.
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 from bench_materialize import copy_bandwidth  # noqa: E402
 from evomerge.materialize.fused import below  # noqa: E402
 from evomerge.materialize.kernels import chunk_kernel  # noqa: E402
+from evomerge.materialize import thresholds  # noqa: E402
 from evomerge.materialize.thresholds import TrimCuts  # noqa: E402
 from evomerge.merge.draws import draw_key  # noqa: E402
 
@@ -41,6 +44,19 @@ def best(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def mean_cuts(cuts: TrimCuts, base: torch.Tensor, sources: list[torch.Tensor], candidates: int = 24) -> float:
+    """Seconds per candidate of a candidate's cuts (histograms filled), the mean over densities spread in
+    [0.2, 0.9]: where a cut falls (a group of ties, a bin of several values) decides its cost."""
+    g = torch.Generator().manual_seed(1)
+    sweep = [(0.2 + 0.7 * torch.rand(len(sources), generator=g)).tolist() for _ in range(candidates)]
+    for density in sweep:  # warm-up: compiles the kernels these cuts use
+        cuts.cuts("w", density, base, sources)
+    t0 = time.perf_counter()
+    for density in sweep:
+        cuts.cuts("w", density, base, sources)
+    return (time.perf_counter() - t0) / candidates
 
 
 def tensors(rows: int, cols: int, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -57,7 +73,12 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
     fill = best(lambda: TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size).cuts(
         "w", density, base, sources), 1)
     trims = cuts.cuts("w", density, base, sources)
-    cut_time = best(lambda: cuts.cuts("w", [d + 0.01 for d in density], base, sources), repeats)
+    cut_time = mean_cuts(cuts, base, sources)
+    thresholds.TIE_KEYS, keys_before = 0, thresholds.TIE_KEYS
+    unindexed = TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size)
+    unindexed.cuts("w", density, base, sources)
+    scan_time = mean_cuts(unindexed, base, sources)
+    thresholds.TIE_KEYS = keys_before
     out = torch.empty_like(base)
     kernel = chunk_kernel("gta", True)
     keys = torch.tensor([draw_key(0, "w", j) for j in range(0, k, 2)], dtype=torch.int64)
@@ -73,10 +94,11 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
     return {
         "task arithmetic kernel": best(lambda: gta(zeros, [], none, False, False, False), repeats),
         "TIES kernel (cut values given)": best(lambda: gta(lowered, [], none, True, False, True), repeats),
-        "TIES cuts from histograms (per candidate)": cut_time,
+        "TIES cuts from histograms (per candidate: mean of 24, densities in [0.2, 0.9])": cut_time,
+        "the same without the tie index (every tie found by a counting scan)": scan_time,
         "DARE-TIES kernel, draws regenerated": best(lambda: gta(zeros, [], dare_cut, False, True, True), repeats),
         "DARE-TIES kernel, draws cached": best(lambda: gta(zeros, cached, dare_cut, False, True, True), repeats),
-        "histogram fill of all sources and the first cuts (once per worker)": fill,
+        "histogram fill (counts, tie index) of all sources and the first cuts (once per worker)": fill,
     }
 
 

@@ -127,14 +127,29 @@ def _magnitude_keys(keys: Tensor, lows: Tensor, base: Tensor, source: Tensor, dt
     lows.copy_(magnitude_low(mag))
 
 
-def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], keys: Tensor, dt: torch.dtype) -> None:
-    """out (uint8) gets bit k set where |θ_k − θ0| has the histogram key ``keys[k]``, for up to 8 sources."""
+def _value_rows(out: Tensor, base: Tensor, source: Tensor, rows: Tensor, dt: torch.dtype) -> None:
+    """out (int64) gets ``rows`` at the histogram key of |θ_k − θ0|: each entry's row in a tie index (its counting
+    pass; the same lookup eagerly takes five times as long as the whole compiled pass)."""
+    out.copy_(rows[magnitude_key((source.to(dt) - base.to(dt)).abs())])
+
+
+def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], bounds: Tensor, dt: torch.dtype) -> None:
+    """out (uint8) gets bit k set where |θ_k − θ0| has a bit pattern in [bounds[0, k], bounds[1, k]] (the patterns of
+    one histogram key: ``key_patterns``), for up to 8 sources; compared as integers of the float's width."""
     b = base.to(dt)
     flags = torch.zeros(base.shape, dtype=torch.int32, device=base.device)
     for k in range(len(sources)):
-        key = magnitude_key((sources[k].to(dt) - b).abs())
-        flags = flags | ((key == keys[k]).to(torch.int32) << k)
+        bits = (sources[k].to(dt) - b).abs().view(bounds.dtype)
+        flags = flags | (((bits >= bounds[0, k]) & (bits <= bounds[1, k])).to(torch.int32) << k)
     out.copy_(flags.to(out.dtype))
+
+
+def key_patterns(key: int, dt: torch.dtype) -> tuple[int, int]:
+    """The least and greatest bit pattern of a ``magnitude_key``: its even key is one pattern (clear low bits), its
+    odd key every pattern above that one up to the next even key's."""
+    shift = 48 if dt == torch.float64 else 16
+    first = (key >> 1) << shift
+    return (first + 1, first + (1 << shift) - 1) if key & 1 else (first, first)
 
 
 def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torch.dtype) -> None:
@@ -144,7 +159,8 @@ def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torc
 
 
 _FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags,
-                                                "tie_counts": _tie_counts, "magnitude_keys": _magnitude_keys}
+                                                "tie_counts": _tie_counts, "magnitude_keys": _magnitude_keys,
+                                                "value_rows": _value_rows}
 _COMPILED: dict[str, Callable[..., object]] = {}
 _compile_broken = False  # set by the first failed compile: every kernel runs eagerly from then on
 _PROBED: dict[str, bool] = {}

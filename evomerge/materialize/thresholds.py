@@ -12,10 +12,13 @@ same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
   split into the bin's one value with clear low bits and the rest (``kernels.magnitude_key``) — and
   the range of the low bits under each key. The counts give the key that holds rank ``keep``. When
   it holds one value (bfloat16 deltas: almost always), that value is ``low``, and only if the cut
-  falls inside its group of ties does a compiled kernel count the ties per block of entries, from
-  the nearer end of the tensor and only as far as the last kept one, to find its flat index.
-  Otherwise one pass flags the key's entries (few: such values spread over many bins), which are
-  gathered and counted by their low 16 bits — the same ``low`` and tie index.
+  falls inside its group of ties is the last kept tie's flat index needed. For the ``TIE_KEYS``
+  most frequent values of a (tensor, source) the fill also counts their entries per block of the
+  tensor (at most ``TIE_BLOCKS`` blocks; kilobytes), so that tie is found by looking into one
+  block; for a rarer value a compiled kernel counts its ties per block of entries, from the
+  nearer end of the tensor and only as far as the last kept one. Otherwise one pass flags the
+  key's entries (few: such values spread over many bins), which are gathered and counted by their
+  low 16 bits — the same ``low`` and tie index.
 
 Tensors smaller than ``HISTOGRAM_MIN`` entries always use sorted copies: they cost less than a histogram.
 """
@@ -29,7 +32,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel
+from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel, key_patterns
 from evomerge.merge.sparsify import compute_dtype, keep_count
 
 Thresholds = Literal["sorted", "histogram"]
@@ -39,6 +42,8 @@ SCAN = 1 << 22  # entries per eager pass when counting (bounds the temporaries)
 FLAG_SOURCES = 8  # sources per flag pass (bits of a uint8)
 SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at a time
 TIE_SCAN = 1 << 20  # entries per tie-counting call (``TrimCuts._tie_cut`` stops at the call that finds its tie)
+TIE_KEYS = 256  # values per (tensor, source) whose ties are counted per block when the histogram is filled
+TIE_BLOCKS = 256  # blocks of that count per tensor, at most (each a multiple of TIE_BLOCK entries)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,36 @@ class Trim:
 
     low: float
     p: int
+
+
+def tie_block(n: int) -> int:
+    """Entries per block of a tensor's tie index: ``TIE_BLOCK``, or the multiple of it that makes at most
+    ``TIE_BLOCKS`` blocks."""
+    return -(-n // (TIE_BLOCKS * TIE_BLOCK)) * TIE_BLOCK
+
+
+def tie_index_bytes(n: int) -> int:
+    """Bytes of a (tensor, source) tie index at most: the memory plan's figure."""
+    return TIE_KEYS * -(-n // tie_block(n)) * (4 if n < 2**31 else 8)
+
+
+@dataclass(frozen=True)
+class _TieIndex:
+    """Where the ties of a tensor's most frequent |τ| values lie: per value, its entries up to the end of each block.
+    A cut inside one of those groups then looks into one block instead of counting from an end of the tensor."""
+
+    rows: dict[int, int]  # histogram key (of one value) -> row of ``ends``
+    ends: Tensor  # [values, blocks]: entries equal to the value in blocks 0 … b
+    block: int  # entries per block
+
+    def find(self, key: int, rank: int) -> tuple[int, int] | None:
+        """(first entry of the block holding that value's rank-th tie, ties before it), or None when it has no row."""
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        ends = self.ends[row]
+        b = int(torch.searchsorted(ends, torch.tensor(rank, dtype=ends.dtype, device=ends.device)))  # ends[b] >= rank
+        return b * self.block, int(ends[b - 1]) if b else 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +94,7 @@ class _Counts:
     low_min: Tensor  # per key, the least and greatest low bits
     low_max: Tensor
     shift: int  # low bits per bit pattern: 16 (float32) or 48 (float64)
+    ties: _TieIndex | None  # None where no value is tied
 
     def locate(self, keep: int, dt: torch.dtype) -> tuple[int, int, int, float | None]:
         """(key holding rank ``keep``, entries under higher keys: all kept, entries under it, its one value or None)."""
@@ -96,6 +132,7 @@ class TrimCuts:
     def cache_bytes(self) -> int:
         arrays = [t for pair in self._sorted.values() for t in pair]
         arrays += [t for c in self._counts.values() for t in (c.keys, c.ge, c.low_min, c.low_max)]
+        arrays += [c.ties.ends for c in self._counts.values() if c.ties is not None]
         return sum(t.numel() * t.element_size() for t in arrays)
 
     # -- sorted copies --------------------------------------------------------------------------------
@@ -148,7 +185,30 @@ class TrimCuts:
             low_min.scatter_reduce_(0, key, low, "amin")
             low_max.scatter_reduce_(0, key, low, "amax")
         used = torch.nonzero(counts).flatten()
-        return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift)
+        ties = self._index_ties(base, source, counts, dt)
+        return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift, ties)
+
+    def _index_ties(self, base: Tensor, source: Tensor, counts: Tensor, dt: torch.dtype) -> _TieIndex | None:
+        """The tie index of the ``TIE_KEYS`` most frequent tied values (even keys: one value each), from a second pass
+        that gives every entry its value's row (a compiled lookup) and counts the rows per block."""
+        n = base.numel()
+        order = torch.sort(counts[0::2], descending=True, stable=True)
+        chosen = order.indices[:TIE_KEYS][order.values[:TIE_KEYS] > 1] * 2
+        if not chosen.numel():
+            return None
+        width = chosen.numel() + 1  # the last row: every other key
+        lut = torch.full((BINS,), width - 1, dtype=torch.int64, device=base.device)
+        lut[chosen] = torch.arange(width - 1, device=base.device)
+        kernel, block = chunk_kernel("value_rows", self.compiles(n)), tie_block(n)
+        step = max(SCAN // block, 1) * block
+        rows = torch.empty(min(step, n), dtype=torch.int64, device=base.device)
+        blocks = []
+        for a in range(0, n, step):
+            e = min(a + step, n)
+            kernel(rows[: e - a], base[a:e], source[a:e], lut, dt)
+            blocks += [torch.bincount(rows[j : min(j + block, e - a)], minlength=width)[:-1] for j in range(0, e - a, block)]
+        ends = torch.stack(blocks, 1).cumsum(1).to(torch.int32 if n < 2**31 else torch.int64)
+        return _TieIndex({int(key): row for row, key in enumerate(chosen)}, ends, block)
 
     def _from_counts(self, name: str, todo: list[int], keys: list[int], base: Tensor, sources: Sequence[Tensor]) -> dict[int, Trim]:
         """Each source's cut from its counts: a cut bin of one value gives ``low`` at once, and a pass over the tensor
@@ -158,25 +218,32 @@ class TrimCuts:
         out: dict[int, Trim] = {}
         bins, above, flagged = {}, {}, 0
         for k in todo:
-            code, above[k], at, low = self.counts(name, k, base, sources[k]).locate(keys[k], compute_dtype(base))
+            counts = self.counts(name, k, base, sources[k])
+            code, above[k], at, low = counts.locate(keys[k], compute_dtype(base))
             if low is None:
                 bins[k] = code
                 flagged += at
             elif keys[k] - above[k] == at:
                 out[k] = Trim(low, n)  # the whole group at ``low`` is kept
             else:
-                out[k] = self._tie_cut(base, sources[k], low, keys[k] - above[k], at)
+                out[k] = self._tie_cut(counts.ties, code, base, sources[k], low, keys[k] - above[k], at)
         if bins:
             positions = self._flag(base, sources, bins, sparse=flagged * SPARSE < n)
             out.update({k: self._refine(keys[k] - above[k], base, sources[k], positions[k]) for k in bins})
         return out
 
-    def _tie_cut(self, base: Tensor, source: Tensor, low: float, need: int, at: int) -> Trim:
-        """The cut when it falls inside the ``at`` entries equal to ``low``: the need-th of them by flat index is the
-        last kept. Ties are counted per block of ``TIE_BLOCK`` entries, ``TIE_SCAN`` entries per call, from whichever
-        end of the tensor is nearer to that tie in rank, stopping at the call that reaches it (a quarter of the
-        tensor on average, not all of it); then one block is looked into."""
-        n, dt = base.numel(), compute_dtype(base)
+    def _tie_cut(self, index: _TieIndex | None, code: int, base: Tensor, source: Tensor, low: float, need: int,
+                 at: int) -> Trim:
+        """The cut when it falls inside the ``at`` entries equal to ``low`` (histogram key ``code``): the need-th of
+        them by flat index is the last kept. A frequent value's tie index names the block to look into. Otherwise
+        ties are counted per block of ``TIE_BLOCK`` entries, ``TIE_SCAN`` entries per call, from whichever end of
+        the tensor is nearer to that tie in rank, stopping at the call that reaches it (a quarter of the tensor on
+        average, not all of it); then one block is looked into."""
+        n = base.numel()
+        if index is not None and (located := index.find(code, need)) is not None:
+            lo, ahead = located
+            return self._tie_in(base, source, low, lo, min(lo + index.block, n), need - ahead)
+        dt = compute_dtype(base)
         forward = 2 * need <= at + 1
         rank = need if forward else at - need + 1  # the tie's rank counted from the end the scan starts at
         compiled = self.compiles(n)
@@ -195,9 +262,14 @@ class TrimCuts:
         before = torch.cat([torch.zeros(1, dtype=torch.int64, device=base.device), counts.cumsum(0)])
         block = int(torch.searchsorted(before, torch.tensor(within, device=base.device), right=False)) - 1
         lo = a + block * TIE_BLOCK
-        hi = min(lo + TIE_BLOCK, e)
+        return self._tie_in(base, source, low, lo, min(lo + TIE_BLOCK, e), within - int(before[block]))
+
+    @staticmethod
+    def _tie_in(base: Tensor, source: Tensor, low: float, lo: int, hi: int, rank: int) -> Trim:
+        """The cut whose last kept tie is the rank-th entry of [lo, hi) with |τ| == low."""
+        dt = compute_dtype(base)
         inside = torch.nonzero((source[lo:hi].to(dt) - base[lo:hi].to(dt)).abs() == low).flatten()
-        return Trim(low, lo + int(inside[within - int(before[block]) - 1]) + 1)
+        return Trim(low, lo + int(inside[rank - 1]) + 1)
 
     @staticmethod
     def _block_counts(kernel: Callable[..., object], base: Tensor, source: Tensor, value: Tensor, dt: torch.dtype) -> Tensor:
@@ -221,12 +293,13 @@ class TrimCuts:
         for g in range(0, len(group), FLAG_SOURCES):
             ks = group[g : g + FLAG_SOURCES]
             flags = self._scratch(n, base.device)
-            codes = torch.tensor([bins[k] for k in ks], dtype=torch.int64, device=base.device)
+            bounds = torch.tensor([key_patterns(bins[k], dt) for k in ks], device=base.device).T
+            bounds = bounds.to(torch.int64 if dt == torch.float64 else torch.int32).contiguous()
             compiled = self.compiles(n)
             kernel, step = chunk_kernel("bin_flags", compiled), self.chunk(n, compiled)
             for a in range(0, n, step):
                 e = min(a + step, n)
-                kernel(flags[a:e], base[a:e], [sources[k][a:e] for k in ks], codes, dt)
+                kernel(flags[a:e], base[a:e], [sources[k][a:e] for k in ks], bounds, dt)
             if sparse:
                 words = torch.nonzero(flags.view(torch.int64)).flatten()
                 near = (words[:, None] * 8 + torch.arange(8, device=base.device)).flatten()

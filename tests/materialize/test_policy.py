@@ -18,7 +18,8 @@ import torch
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.kernels import TIE_BLOCK
 from evomerge.materialize.plan import MergePlan, TensorStep
-from evomerge.materialize.thresholds import TrimCuts
+from evomerge.materialize.thresholds import TrimCuts, tie_index_bytes
+from evomerge.merge.sparsify import keep_count
 from evomerge.merge.registry import get_method
 from evomerge.sources.pool import SourcePool
 
@@ -115,23 +116,76 @@ def test_caches_are_reused_across_candidates_and_sized_by_the_policy(monkeypatch
     entries = sum(t.numel() for t in pool.base.tensors.values())
     assert sorted_merger.cache_bytes() == 3 * entries * (8 + 2)  # sorted values + int32 indices, 2 bytes of draws
     small = 3 * 256 * 8  # the norm: below the histogram size, sorted
-    assert small < compact.cache_bytes() < small + 3 * (1 << 15) * 32  # per used bin: code, count, low-bits range
+    per_source = (1 << 15) * 32 + tie_index_bytes(512 * 256)  # per used bin: code, count, low-bits range; tie index
+    assert small < compact.cache_bytes() < small + 3 * per_source
     before = compact.cache_bytes()
     merged(pool, plan_for(pool, *CANDIDATES[0]), compact)
     assert compact.cache_bytes() == before
 
 
-def test_tie_cuts_scanned_from_either_end_agree_with_sorted_copies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many |τ| tied at each value, so most cuts fall inside a group of ties and the histogram finds the last kept
-    tie by counting: over several scan calls, from the start or from the end, into a shorter last block."""
-    monkeypatch.setattr("evomerge.materialize.thresholds.HISTOGRAM_MIN", 0)
-    monkeypatch.setattr("evomerge.materialize.thresholds.TIE_SCAN", TIE_BLOCK)
-    n = 3 * TIE_BLOCK + 123
+N_TIED = 3 * TIE_BLOCK + 123
+
+
+def tied_sources() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Base and two sources whose |τ| take three values (many ties at every cut), over 3 whole blocks of
+    ``TIE_BLOCK`` entries and a shorter last one."""
     g = torch.Generator().manual_seed(4)
-    base = torch.randint(-8, 8, (n,), generator=g) * 0.125
-    sources = [base + torch.randint(-2, 3, (n,), generator=g) * 0.25 for _ in range(2)]
+    base = torch.randint(-8, 8, (N_TIED,), generator=g) * 0.125
+    return base, [base + torch.randint(-2, 3, (N_TIED,), generator=g) * 0.25 for _ in range(2)]
+
+
+def tied_cuts_agree(densities: list[float]) -> TrimCuts:
+    """Asserts that histogram cuts equal sorted-copy cuts of ``tied_sources`` (densities d and 1 − d); returns the
+    histogram's ``TrimCuts``."""
+    base, sources = tied_sources()
     every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
     histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
-    for d in (0.05, 0.2, 0.3, 0.5, 0.7, 0.9):
-        densities = [d, 1 - d]
+    for d in densities:
+        assert histogram.cuts("w", [d, 1 - d], base, sources) == reference.cuts("w", [d, 1 - d], base, sources), d
+    return histogram
+
+
+def test_tie_cuts_scanned_from_either_end_agree_with_sorted_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tie index: the last kept tie is found by counting, over several scan calls, from the start or from the
+    end, into a shorter last block."""
+    monkeypatch.setattr("evomerge.materialize.thresholds.TIE_KEYS", 0)
+    monkeypatch.setattr("evomerge.materialize.thresholds.TIE_SCAN", TIE_BLOCK)
+    histogram = tied_cuts_agree([0.05, 0.2, 0.3, 0.5, 0.7, 0.9])
+    assert all(c.ties is None for c in histogram._counts.values())
+
+
+def test_tie_cuts_from_the_tie_index_agree_with_sorted_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two most frequent values of each source are indexed per block (the others are scanned): every cut inside
+    a group of ties, in any block, is the sorted copies' cut."""
+    monkeypatch.setattr("evomerge.materialize.thresholds.TIE_KEYS", 2)
+    histogram = tied_cuts_agree([x / 40 for x in range(1, 40)])
+    indexes = [c.ties for c in histogram._counts.values()]
+    assert all(index is not None and len(index.rows) == 2 and index.ends.shape[1] == 4 for index in indexes)
+
+
+def test_tie_index_cuts_at_the_last_tie_of_a_block_and_the_first_of_the_next() -> None:
+    base, sources = tied_sources()
+    tau = (sources[0] - base).abs()
+    value = torch.mode(tau).values  # the most frequent: indexed
+    above = int((tau > value).sum())
+    block_ends = (tau == value).view(-1)[: 3 * TIE_BLOCK].view(3, TIE_BLOCK).sum(1).cumsum(0)
+    densities = [(above + int(c) + extra + 0.5) / N_TIED for c in block_ends for extra in (0, 1)]
+    assert [keep_count(d, N_TIED) - above for d in densities[:2]] == [int(block_ends[0]), int(block_ends[0]) + 1]
+    every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
+    histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
+    for d in densities:
+        assert histogram.cuts("w", [d], base, sources[:1]) == reference.cuts("w", [d], base, sources[:1]), d
+    assert next(iter(histogram._counts.values())).ties is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuts_in_bins_of_many_values_agree_with_sorted_copies(dtype: torch.dtype) -> None:
+    """Deltas of full precision: a cut bin holds many values, found by flagging its entries (both float widths)."""
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(5000, generator=g, dtype=dtype)
+    sources = [base + 0.01 * torch.randn(5000, generator=g, dtype=dtype) for _ in range(3)]
+    every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
+    histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
+    for d in (0.1, 0.37, 0.5, 0.83):
+        densities = [d, 1 - d, d / 2]
         assert histogram.cuts("w", densities, base, sources) == reference.cuts("w", densities, base, sources), d
