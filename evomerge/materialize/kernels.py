@@ -112,19 +112,9 @@ def magnitude_key(mag: Tensor) -> Tensor:
     return (bits >> 16).to(torch.int64) * 2 + ((bits & 0xFFFF) != 0).to(torch.int64)
 
 
-def magnitude_low(mag: Tensor) -> Tensor:
-    """The bits of a magnitude's pattern below its histogram key (``magnitude_key``), as int64: 16 (float32) or 48
-    (float64) of them."""
-    if mag.dtype == torch.float64:
-        return mag.view(torch.int64) & 0xFFFFFFFFFFFF
-    return (mag.view(torch.int32) & 0xFFFF).to(torch.int64)
-
-
-def _magnitude_keys(keys: Tensor, lows: Tensor, base: Tensor, source: Tensor, dt: torch.dtype) -> None:
-    """keys and lows (int64) get the histogram key and low bits of |θ_k − θ0| (``thresholds``' counting pass)."""
-    mag = (source.to(dt) - base.to(dt)).abs()
-    keys.copy_(magnitude_key(mag))
-    lows.copy_(magnitude_low(mag))
+def _magnitude_keys(keys: Tensor, base: Tensor, source: Tensor, dt: torch.dtype) -> None:
+    """keys (int64) gets the histogram key of |θ_k − θ0| (``thresholds``' counting pass)."""
+    keys.copy_(magnitude_key((source.to(dt) - base.to(dt)).abs()))
 
 
 def _value_rows(out: Tensor, base: Tensor, source: Tensor, rows: Tensor, dt: torch.dtype) -> None:

@@ -36,7 +36,7 @@ Budget = Literal["config", "device", "host"]
 GPU_SHARE = 0.85  # of a GPU's memory: the default budget (the rest is left to scoring's activations)
 HOST_RESERVE = 2 * 10**9  # bytes of a node kept for Ray, interpreters and libraries (the driver's among them)
 WORKER_RESERVE = 5 * 10**8  # bytes per worker process besides what the plan counts (torch, transformers, lm-eval)
-# histogram keys in use per tensor and source (a key, a count and a low-bits range each, 32 bytes): |τ| of real
+# histogram keys in use per tensor and source (a key and a count each, 16 bytes): |τ| of real
 # weights spans a few dozen exponents, 256 keys each; at most 2**16 could be used. Each also has a tie index
 # (``thresholds.tie_index_bytes``: at most 256 values × 256 blocks × 4 bytes)
 HISTOGRAM_KEYS = 1 << 13
@@ -185,7 +185,7 @@ def _costs(shape: ModelShape, families: set[str]) -> dict[str, int]:
     big = [n for n in sizes if n >= HISTOGRAM_MIN]
     small = sum(n for n in sizes if n < HISTOGRAM_MIN)
     return {
-        "histograms": shape.k * sum(HISTOGRAM_KEYS * 32 + tie_index_bytes(n) for n in big) + shape.k * small * 8
+        "histograms": shape.k * sum(HISTOGRAM_KEYS * 16 + tie_index_bytes(n) for n in big) + shape.k * small * 8
         if "magnitude" in families else 0,
         "sorted": shape.k * sum(n * (8 if n < 2**31 else 12) for n in sizes) + 12 * shape.largest_tensor,  # + one sort
         "draws": shape.k * sum(sizes) * 2,

@@ -9,9 +9,9 @@ same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
   the cut is a lookup, ``asc[n − keep]``, plus two binary searches. Fastest; the most memory.
 - **histogram**: per (tensor, source), kept once per worker (kilobytes), the count of |τ_k| per
   key of its float bit pattern — the top 16 bits (2**15 log-spaced bins, monotone in the value),
-  split into the bin's one value with clear low bits and the rest (``kernels.magnitude_key``) — and
-  the range of the low bits under each key. The counts give the key that holds rank ``keep``. When
-  it holds one value (bfloat16 deltas: almost always), that value is ``low``, and only if the cut
+  split into the bin's one value with clear low bits (an even key) and the rest (an odd key;
+  ``kernels.magnitude_key``). The counts give the key that holds rank ``keep``. When it is even
+  (bfloat16 deltas: almost always), its one value is ``low``, and only if the cut
   falls inside its group of ties is the last kept tie's flat index needed. For the ``TIE_KEYS``
   most frequent values of a (tensor, source) the fill also counts their entries per block of the
   tensor (at most ``TIE_BLOCKS`` blocks; kilobytes), so that tie is found by looking into one
@@ -86,22 +86,19 @@ class _TieIndex:
 
 @dataclass(frozen=True)
 class _Counts:
-    """|τ| counted per histogram key (``kernels.magnitude_key``; the used keys only, ascending), with the range of
-    the low bits under each key: where that range is one value, the key holds one value exactly."""
+    """|τ| counted per histogram key (``kernels.magnitude_key``; the used keys only, ascending). An even key is one
+    value (its bit pattern's low bits are clear); an odd key may be many."""
 
     keys: Tensor  # int64, ascending
     ge: Tensor  # ge[j]: entries with keys >= keys[j]
-    low_min: Tensor  # per key, the least and greatest low bits
-    low_max: Tensor
-    shift: int  # low bits per bit pattern: 16 (float32) or 48 (float64)
     ties: _TieIndex | None  # None where no value is tied
 
     def locate(self, keep: int, dt: torch.dtype) -> tuple[int, int, int, float | None]:
         """(key holding rank ``keep``, entries under higher keys: all kept, entries under it, its one value or None)."""
         j = int(torch.searchsorted(-self.ge, torch.tensor(-keep, device=self.ge.device), right=True)) - 1
         above = int(self.ge[j + 1]) if j + 1 < self.ge.numel() else 0
-        key, low = int(self.keys[j]), int(self.low_min[j])
-        value = _value((key >> 1) << self.shift | low, dt) if low == int(self.low_max[j]) else None
+        key = int(self.keys[j])
+        value = None if key & 1 else _value(key_patterns(key, dt)[0], dt)
         return key, above, int(self.ge[j]) - above, value
 
 
@@ -131,7 +128,7 @@ class TrimCuts:
 
     def cache_bytes(self) -> int:
         arrays = [t for pair in self._sorted.values() for t in pair]
-        arrays += [t for c in self._counts.values() for t in (c.keys, c.ge, c.low_min, c.low_max)]
+        arrays += [t for c in self._counts.values() for t in (c.keys, c.ge)]
         arrays += [c.ties.ends for c in self._counts.values() if c.ties is not None]
         return sum(t.numel() * t.element_size() for t in arrays)
 
@@ -160,33 +157,26 @@ class TrimCuts:
     # -- histograms -----------------------------------------------------------------------------------
 
     def counts(self, name: str, k: int, base: Tensor, source: Tensor) -> _Counts:
-        """|θ_k − θ0| counted (once per worker): per distinct value while there are at most ``EXACT_MAX`` of them
-        (bfloat16 deltas: a few ten thousand), else per bin; kilobytes either way."""
+        """|θ_k − θ0| counted per histogram key, with its tie index (once per worker): kilobytes."""
         key = (name, k)
         if key not in self._counts:
             self._counts[key] = self._count(base, source)
         return self._counts[key]
 
     def _count(self, base: Tensor, source: Tensor) -> _Counts:
-        """|θ_k − θ0| counted per histogram key, with each key's least and greatest low bits: keys and low bits
-        from one kernel pass ``SCAN`` entries at a time (eagerly, the key alone took ten times the rest)."""
+        """|θ_k − θ0| counted per histogram key: the keys from a kernel pass ``SCAN`` entries at a time (eagerly, the
+        key alone took ten times the rest), then counted; and the tie index."""
         dt, n = compute_dtype(base), base.numel()
-        shift = 48 if dt == torch.float64 else 16
         counts = torch.zeros(BINS, dtype=torch.int64, device=base.device)
-        low_min = torch.full((BINS,), 1 << shift, dtype=torch.int64, device=base.device)
-        low_max = torch.full((BINS,), -1, dtype=torch.int64, device=base.device)
         kernel = chunk_kernel("magnitude_keys", self.compiles(n))
-        keys, lows = torch.empty(2, min(SCAN, n), dtype=torch.int64, device=base.device)
+        keys = torch.empty(min(SCAN, n), dtype=torch.int64, device=base.device)
         for a in range(0, n, SCAN):
             e = min(a + SCAN, n)
-            key, low = keys[: e - a], lows[: e - a]
-            kernel(key, low, base[a:e], source[a:e], dt)
-            counts += torch.bincount(key, minlength=BINS)
-            low_min.scatter_reduce_(0, key, low, "amin")
-            low_max.scatter_reduce_(0, key, low, "amax")
+            kernel(keys[: e - a], base[a:e], source[a:e], dt)
+            counts += torch.bincount(keys[: e - a], minlength=BINS)
         used = torch.nonzero(counts).flatten()
         ties = self._index_ties(base, source, counts, dt)
-        return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), low_min[used], low_max[used], shift, ties)
+        return _Counts(used, counts[used].flip(0).cumsum(0).flip(0), ties)
 
     def _index_ties(self, base: Tensor, source: Tensor, counts: Tensor, dt: torch.dtype) -> _TieIndex | None:
         """The tie index of the ``TIE_KEYS`` most frequent tied values (even keys: one value each), from a second pass

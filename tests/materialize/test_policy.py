@@ -116,7 +116,7 @@ def test_caches_are_reused_across_candidates_and_sized_by_the_policy(monkeypatch
     entries = sum(t.numel() for t in pool.base.tensors.values())
     assert sorted_merger.cache_bytes() == 3 * entries * (8 + 2)  # sorted values + int32 indices, 2 bytes of draws
     small = 3 * 256 * 8  # the norm: below the histogram size, sorted
-    per_source = (1 << 15) * 32 + tie_index_bytes(512 * 256)  # per used bin: code, count, low-bits range; tie index
+    per_source = (1 << 16) * 16 + tie_index_bytes(512 * 256)  # per used key: the key and a count; the tie index
     assert small < compact.cache_bytes() < small + 3 * per_source
     before = compact.cache_bytes()
     merged(pool, plan_for(pool, *CANDIDATES[0]), compact)
