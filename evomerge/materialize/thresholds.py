@@ -11,14 +11,14 @@ same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
   key of its float bit pattern — the top 16 bits (2**15 log-spaced bins, monotone in the value),
   split into the bin's one value with clear low bits (an even key) and the rest (an odd key;
   ``kernels.magnitude_key``). The counts give the key that holds rank ``keep``. When it is even
-  (bfloat16 deltas: almost always), its one value is ``low``, and only if the cut
-  falls inside its group of ties is the last kept tie's flat index needed. For the ``TIE_KEYS``
-  most frequent values of a (tensor, source) the fill also counts their entries per block of the
-  tensor (at most ``TIE_BLOCKS`` blocks; kilobytes), so that tie is found by looking into one
-  block; for a rarer value a compiled kernel counts its ties per block of entries, from the
-  nearer end of the tensor and only as far as the last kept one. Otherwise one pass flags the
-  key's entries (few: such values spread over many bins), which are gathered and counted by their
-  low 16 bits — the same ``low`` and tie index.
+  (bfloat16 deltas: almost always), its one value is ``low``, and only if the cut falls inside its
+  group of ties is the last kept tie's flat index needed. For the ``TIE_KEYS`` most frequent values
+  of a (tensor, source) the fill also counts their entries per block of the tensor (at most
+  ``TIE_BLOCKS`` blocks; kilobytes), so that tie is found by looking into one block; for a rarer
+  value a compiled kernel counts its ties per block of entries, from the nearer end of the tensor
+  and only as far as the last kept one. When the key is odd, one pass flags its entries (few: such
+  values spread over many bins), which are gathered and counted by their low 16 bits — the same
+  ``low`` and tie index.
 
 Tensors smaller than ``HISTOGRAM_MIN`` entries always use sorted copies: they cost less than a histogram.
 """
