@@ -361,7 +361,7 @@ def main() -> None:
         "",
         f"- date: {_dt.date.today().isoformat()}; machine: {machine()}; load average (1 min) at the end: {os.getloadavg()[0]:.2f}",
         f"- command: `{command}` ({wall / 60:.1f} min wall)",
-        f"- setting: SakanaAI/natural_niches with `--use_pre_trained` (docs/DESIGN.md, "Strategies"): digits unshuffled, 1437 train / 360 test, "
+        f"- setting: SakanaAI/natural_niches with `--use_pre_trained` (docs/DESIGN.md, 'Strategies'): digits unshuffled, 1437 train / 360 test, "
         f"MLP 64→256→10 (19,210 weights), seeds trained 10 Adam steps on digits 0–4 / 5–9 (init {_init_name(args.data_seed)}: "
         f"test {100 * bf['seed_test'][0]:.1f}% / {100 * bf['seed_test'][1]:.1f}%, train {100 * bf['seed_train'][0]:.1f}% / "
         f"{100 * bf['seed_train'][1]:.1f}%, angle between them {bf['angle_deg']:.1f}°), archive 20, split-point SLERP "
