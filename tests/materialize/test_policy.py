@@ -134,15 +134,19 @@ def tied_sources() -> tuple[torch.Tensor, list[torch.Tensor]]:
     return base, [base + torch.randint(-2, 3, (N_TIED,), generator=g) * 0.25 for _ in range(2)]
 
 
-def tied_cuts_agree(densities: list[float]) -> TrimCuts:
-    """Asserts that histogram cuts equal sorted-copy cuts of ``tied_sources`` (densities d and 1 − d); returns the
-    histogram's ``TrimCuts``."""
-    base, sources = tied_sources()
+def cuts_agree(base: torch.Tensor, sources: list[torch.Tensor], candidates: list[list[float]]) -> TrimCuts:
+    """Asserts that histogram cuts equal sorted-copy cuts for every candidate's densities (eager, whole tensors);
+    returns the histogram's ``TrimCuts``."""
     every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
     histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
-    for d in densities:
-        assert histogram.cuts("w", [d, 1 - d], base, sources) == reference.cuts("w", [d, 1 - d], base, sources), d
+    for densities in candidates:
+        assert histogram.cuts("w", densities, base, sources) == reference.cuts("w", densities, base, sources), densities
     return histogram
+
+
+def tied_cuts_agree(densities: list[float]) -> TrimCuts:
+    """``cuts_agree`` on ``tied_sources`` with densities d and 1 − d."""
+    return cuts_agree(*tied_sources(), [[d, 1 - d] for d in densities])
 
 
 def test_tie_cuts_scanned_from_either_end_agree_with_sorted_copies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,10 +175,7 @@ def test_tie_index_cuts_at_the_last_tie_of_a_block_and_the_first_of_the_next() -
     block_ends = (tau == value).view(-1)[: 3 * TIE_BLOCK].view(3, TIE_BLOCK).sum(1).cumsum(0)
     densities = [(above + int(c) + extra + 0.5) / N_TIED for c in block_ends for extra in (0, 1)]
     assert [keep_count(d, N_TIED) - above for d in densities[:2]] == [int(block_ends[0]), int(block_ends[0]) + 1]
-    every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
-    histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
-    for d in densities:
-        assert histogram.cuts("w", [d], base, sources[:1]) == reference.cuts("w", [d], base, sources[:1]), d
+    histogram = cuts_agree(base, sources[:1], [[d] for d in densities])
     assert next(iter(histogram._counts.values())).ties is not None
 
 
@@ -184,8 +185,4 @@ def test_cuts_in_bins_of_many_values_agree_with_sorted_copies(dtype: torch.dtype
     g = torch.Generator().manual_seed(6)
     base = torch.randn(5000, generator=g, dtype=dtype)
     sources = [base + 0.01 * torch.randn(5000, generator=g, dtype=dtype) for _ in range(3)]
-    every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
-    histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
-    for d in (0.1, 0.37, 0.5, 0.83):
-        densities = [d, 1 - d, d / 2]
-        assert histogram.cuts("w", densities, base, sources) == reference.cuts("w", densities, base, sources), d
+    cuts_agree(base, sources, [[d, 1 - d, d / 2] for d in (0.1, 0.37, 0.5, 0.83)])
