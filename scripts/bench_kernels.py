@@ -11,7 +11,7 @@ its parts, each the best of ``--repeats`` calls after a warm-up that compiles:
 - the TIES cuts of a candidate from the worker's histograms (``TrimCuts.cuts``, histograms filled; the
   mean over 24 candidates' densities, not the best call: where a cut falls decides its cost), the
   same without the tie index (``TIE_KEYS`` = 0), and the one-off histogram fill (counts and tie
-  index) of all K sources;
+  index) of all K sources; and how source 0's |τ| tie (what the tie index covers);
 - the floor: K+1 reads and one write of the tensor at this machine's copy bandwidth (same threads).
 
 The table replaces this script's section of docs/BENCHMARKS.md.
@@ -102,13 +102,26 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
     }
 
 
-def report(rows: dict[int, dict[str, float]], floors: dict[int, float], args: argparse.Namespace, shape: str) -> str:
+def tie_profile(base: torch.Tensor, source: torch.Tensor) -> str:
+    """How source 0's |τ| ties: distinct values, the largest group, and the share of tied entries (groups of two or
+    more) whose value the tie index holds."""
+    values, counts = torch.unique((source.float() - base.float()).abs(), return_counts=True)
+    tied = int(counts[counts > 1].sum())
+    index = TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size).counts("w", 0, base, source).ties
+    indexed = int(index.ends[:, -1].sum()) if index is not None else 0
+    return (f"source 0's |τ|: {values.numel():,} distinct values, the largest group {counts.max() / base.numel():.1%} of "
+            f"the entries; the tie index's {thresholds.TIE_KEYS} values hold {indexed / max(tied, 1):.0%} of the tied entries")
+
+
+def report(rows: dict[int, dict[str, float]], floors: dict[int, float], args: argparse.Namespace, shape: str,
+           ties: str) -> str:
     threads = sorted(rows)
     lines = [
         "## The fused kernels alone, on one tensor (`scripts/bench_kernels.py`)\n",
         f"- date: {dt.date.today().isoformat()}; machine: {cpu_model()}, no GPU; torch {torch.__version__}",
         f"- tensor: {shape}; best of {args.repeats} calls after a compiling warm-up; floor = (K+1) reads and one write "
-        "of the tensor at the copy bandwidth with the same threads\n",
+        "of the tensor at the copy bandwidth with the same threads",
+        f"- {ties}\n",
         "| part | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}: time (× floor)" for t in threads) + " |",
         "|---|" + "---|" * len(threads),
         "| floor | " + " | ".join(f"{floors[t] * 1e3:.1f} ms" for t in threads) + " |",
@@ -137,7 +150,8 @@ def main() -> None:
         rows[t] = measure(base, sources, args.repeats)
         print(t, {part: round(s * 1e3, 2) for part, s in rows[t].items()}, flush=True)
     shape = f"{args.rows} × {args.cols} bfloat16 ({base.numel() * 2 / 1e6:.1f} MB), K = {args.k}"
-    publish(args.out, "bench_kernels", report(rows, floors, args, shape), write=not args.no_write)
+    publish(args.out, "bench_kernels", report(rows, floors, args, shape, tie_profile(base, sources[0])),
+            write=not args.no_write)
 
 
 if __name__ == "__main__":
