@@ -59,6 +59,11 @@ def mean_cuts(cuts: TrimCuts, base: torch.Tensor, sources: list[torch.Tensor], c
     return (time.perf_counter() - t0) / candidates
 
 
+def histogram_cuts() -> TrimCuts:
+    """A worker's TIES cuts from histograms, compiled kernels over whole tensors (a fresh, empty cache)."""
+    return TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size)
+
+
 def tensors(rows: int, cols: int, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     base = (torch.randn(rows * cols, generator=g) * 0.02).to(torch.bfloat16)
@@ -69,13 +74,12 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
     """Seconds per call of each part, for one tensor (flat) and its K sources."""
     k, n = len(sources), base.numel()
     weight, density = [0.5, 0.3, 0.2, 0.1, 0.4, 0.6][:k], [0.5, 0.6, 0.3, 0.4, 0.7, 0.2][:k]
-    cuts = TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size)
-    fill = best(lambda: TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size).cuts(
-        "w", density, base, sources), 1)
+    cuts = histogram_cuts()
+    fill = best(lambda: histogram_cuts().cuts("w", density, base, sources), 1)
     trims = cuts.cuts("w", density, base, sources)
     cut_time = mean_cuts(cuts, base, sources)
     thresholds.TIE_KEYS, keys_before = 0, thresholds.TIE_KEYS
-    unindexed = TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size)
+    unindexed = histogram_cuts()
     unindexed.cuts("w", density, base, sources)
     scan_time = mean_cuts(unindexed, base, sources)
     thresholds.TIE_KEYS = keys_before
@@ -107,7 +111,7 @@ def tie_profile(base: torch.Tensor, source: torch.Tensor) -> str:
     more) whose value the tie index holds."""
     values, counts = torch.unique((source.float() - base.float()).abs(), return_counts=True)
     tied = int(counts[counts > 1].sum())
-    index = TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size).counts("w", 0, base, source).ties
+    index = histogram_cuts().counts("w", 0, base, source).ties
     indexed = int(index.ends[:, -1].sum()) if index is not None else 0
     return (f"source 0's |τ|: {values.numel():,} distinct values, the largest group {counts.max() / base.numel():.1%} of "
             f"the entries; the tie index's {thresholds.TIE_KEYS} values hold {indexed / max(tied, 1):.0%} of the tied entries")
