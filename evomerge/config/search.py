@@ -43,18 +43,15 @@ class SourcesConfig:
     # the model folders are not on this machine; the folders' own headers win where they exist
     shape: Mapping[str, Any] | None = None
 
-    def check(self) -> tuple[str, str] | None:
-        if self.tokenizer_source is not None and self.tokenizer_source not in (self.base, *self.models):
-            return "tokenizer_source", (f"must be the base or one of sources.models (leave it out for the base's tokenizer), "
-                                        f"got {str(self.tokenizer_source)!r}")
-        return None
-
     @property
     def tokenizer_folder(self) -> Path:
         """Where scoring and export take tokenizer files, chat template and generation config from."""
         return self.tokenizer_source or self.base
 
     def check(self) -> tuple[str, str] | None:
+        if self.tokenizer_source is not None and self.tokenizer_source not in (self.base, *self.models):
+            return "tokenizer_source", (f"must be the base or one of sources.models (leave it out for the base's tokenizer), "
+                                        f"got {str(self.tokenizer_source)!r}")
         if self.names and len(self.names) != len(self.models):
             return "names", f"must give one name per model ({len(self.models)}), got {len(self.names)}"
         labels = self.labels()

@@ -27,6 +27,7 @@ class Outer:
     items: tuple[Inner, ...] = ()
     pair: tuple[float, float] = (0.0, 1.0)
     values: Mapping[str, float] = field(default_factory=dict, metadata={"nonfinite": True})
+    flag: bool = False
 
     def check(self) -> tuple[str, str] | None:
         return ("pair", "must be increasing") if self.pair[0] > self.pair[1] else None
@@ -62,6 +63,11 @@ def test_dump_reads_back_equal_even_with_non_finite_values() -> None:
     ({"name": "x", "pair": [2.0, 1.0]}, "config field 'pair' must be increasing"),
     ({"name": ""}, "config field 'name' must be a non-empty string"),
     ({"name": "x", "inner": [1]}, "config field 'inner' must be a mapping of size, kind"),
+    ({"name": "x", "items": {"size": 1}}, "config field 'items' must be a list, got {'size': 1}"),
+    ({"name": "x", "values": [1.0]}, "config field 'values' must be a mapping, got [1.0]"),
+    ({"name": "x", "values": {"a": "big"}}, "config field 'values.a' must be a number, got 'big'"),
+    ({"name": "x", "flag": "yes"}, "config field 'flag' must be true or false, got 'yes'"),
+    ({"name": "x", "path": 3}, "config field 'path' must be a path, got 3"),
 ])
 def test_every_mistake_is_one_line_naming_the_field(data: dict, message: str) -> None:
     with pytest.raises(EvomergeError) as info:
