@@ -29,9 +29,9 @@ from benchdoc import REPO, cpu_model, publish  # noqa: E402 (first: sets the off
 import torch  # noqa: E402
 
 from bench_materialize import copy_bandwidth  # noqa: E402
+from evomerge.materialize import thresholds  # noqa: E402
 from evomerge.materialize.fused import below  # noqa: E402
 from evomerge.materialize.kernels import chunk_kernel  # noqa: E402
-from evomerge.materialize import thresholds  # noqa: E402
 from evomerge.materialize.thresholds import TrimCuts  # noqa: E402
 from evomerge.merge.draws import draw_key  # noqa: E402
 

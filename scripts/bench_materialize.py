@@ -40,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from benchdoc import REPO, cpu_model, publish  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchdoc import REPO, cpu_model, fail, publish, shown  # noqa: E402 (first: sets the offline environment)
+
 from zoo_ceiling import EVALUATIONS, ceiling
 from zoo_vectors import norms
 

@@ -72,8 +72,8 @@ def cpu_model() -> str:
 def zoo_config(path: Path) -> "SearchConfig":
     """A search config over the zoo; the default zoo is built (minutes, cached) if it is not there yet. A config that
     cannot be used stops the script with one line on stderr and exit code 2, as evomerge's CLI does."""
-    from evomerge.errors import EvomergeError
     from evomerge.config.search import load_config
+    from evomerge.errors import EvomergeError
 
     if not path.is_file():
         fail(f"{path} not found: pass --config with a search config over the zoo")

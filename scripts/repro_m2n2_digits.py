@@ -68,9 +68,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import numpy as np
-
 from benchdoc import REPO, cpu_model, publish, shown  # noqa: E402 (first: sets the offline environment)
+
+import numpy as np
 
 from evomerge.strategies import Evaluation, make_strategy  # noqa: E402
 from evomerge.strategies import operators as ops  # noqa: E402

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evomerge.config.search import SearchConfig
 from evomerge.execution.executor import Executor, Job, JobResult, LocalExecutor
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
-from evomerge.config.search import SearchConfig
 
 __all__ = ["Executor", "Job", "JobResult", "LocalExecutor", "Outcome", "Worker", "WorkerSpec", "make_executor"]
 

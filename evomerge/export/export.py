@@ -36,6 +36,7 @@ from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.sources.pool import SourcePool
 from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, parse_size
 
+
 @dataclass(frozen=True)
 class ExportResult:
     out: Path

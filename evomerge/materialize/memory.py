@@ -24,8 +24,8 @@ from evomerge.config.sizes import format_size
 from evomerge.errors import EvomergeError
 from evomerge.materialize.device import STAGE, Placement
 from evomerge.materialize.fused import CHUNK, CachePolicy, Draws, fused
-from evomerge.materialize.thresholds import HISTOGRAM_MIN, SCAN, Thresholds, tie_index_bytes
 from evomerge.materialize.plan import DTYPES
+from evomerge.materialize.thresholds import HISTOGRAM_MIN, SCAN, Thresholds, tie_index_bytes
 from evomerge.merge.registry import get_method
 from evomerge.sources.arch import infos_from_config
 from evomerge.sources.folder import read_config, read_tensor_infos

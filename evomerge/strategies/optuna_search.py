@@ -29,7 +29,6 @@ from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
 from evomerge.strategies.cmaes import default_popsize
 
 
-
 @dataclass(frozen=True)
 class OptunaOptions:
     sampler: Literal["tpe", "nsga2", "cmaes"] = "tpe"

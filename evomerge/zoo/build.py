@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from evomerge.errors import EvomergeError
 from evomerge.zoo.check import conditions, format_table, quality, require
 from evomerge.zoo.model import check_arch

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from evomerge.cli import main
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -171,8 +171,8 @@ def search_config_file(scoreable_family: dict[str, Path], tmp_path_factory: pyte
 @pytest.fixture(scope="session")
 def reference_log(search_config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """The uninterrupted local-backend run of search_config_file: what every other run must log."""
-    from evomerge.execution.executor import LocalExecutor
     from evomerge.config.search import load_config
+    from evomerge.execution.executor import LocalExecutor
     from evomerge.run.log import RunLog
     from evomerge.run.search import Search
 

@@ -11,6 +11,7 @@ from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Job
 from evomerge.execution.ray_executor import MAX_TEMP_DIR, RayExecutor, ray_temp_dir
 
+
 def scores_of(results):
     return {r.job.index: r.outcome.scores for r in results}
 

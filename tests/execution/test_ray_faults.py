@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from evomerge.config.search import load_config
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Job
 from evomerge.execution.ray_executor import RayExecutor
-from evomerge.config.search import load_config
 from evomerge.run.log import RunLog
 from evomerge.run.search import Search
 

@@ -17,7 +17,7 @@ from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord
 from evomerge.scoring.objectives import oriented
 
-from .conftest import export_config, fake_scores, synthetic_run, TASKS
+from .conftest import TASKS, export_config, fake_scores, synthetic_run
 
 
 def tensors(folder: Path) -> dict:

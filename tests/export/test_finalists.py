@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from evomerge import pareto
 from evomerge.errors import EvomergeError
 from evomerge.export.evaluator import Evaluator
 from evomerge.export.finalists import analyze
-from evomerge import pareto
 from evomerge.run.log import RunLog
 from evomerge.run.records import BaselineRecord, HeldoutRecord
 

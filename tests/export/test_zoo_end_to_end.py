@@ -11,6 +11,7 @@ import yaml
 from evomerge.cli import main
 from evomerge.run.log import RunLog
 
+
 @pytest.mark.slow
 def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) -> None:
     zoo = Path(zoo_dir)

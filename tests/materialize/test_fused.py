@@ -8,7 +8,6 @@ Small chunks (``chunk=64``) make every tensor span several chunks, so cuts that 
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -19,8 +19,8 @@ from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.kernels import TIE_BLOCK
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import TrimCuts, tie_index_bytes
-from evomerge.merge.sparsify import keep_count
 from evomerge.merge.registry import get_method
+from evomerge.merge.sparsify import keep_count
 from evomerge.sources.pool import SourcePool
 
 SHAPES = {

@@ -23,6 +23,7 @@ from evomerge.recipes.recipe import GroupSpec
 from evomerge.sources.layers import KINDS
 from evomerge.sources.pool import read_tensor_names
 
+
 def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
     m = lambda p, **params: {"model": str(p), **({"parameters": params} if params else {})}  # noqa: E731
     return {

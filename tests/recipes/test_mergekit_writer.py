@@ -104,8 +104,8 @@ def test_two_methods_get_no_yaml_and_a_reason(tiny_family) -> None:
 
 
 def test_kinds_that_filters_cannot_tell_apart_get_no_yaml(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     folder = tmp_path / "m"
     folder.mkdir()

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from evomerge.cli import main
-from evomerge.execution.executor import LocalExecutor
 from evomerge.config.search import load_config
 from evomerge.errors import RunStopped
+from evomerge.execution.executor import LocalExecutor
 from evomerge.run.log import RunLog
 from evomerge.run.records import BudgetRecord, CandidateRecord, SessionRecord
 from evomerge.run.search import FailureWatch, Search

@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.zoo.check import CONDITIONS, FIXED_KINDS, choose, conditions, fixed_merge, grid, normalized, require, settings
+from evomerge.zoo.check import (
+    CONDITIONS,
+    FIXED_KINDS,
+    choose,
+    conditions,
+    fixed_merge,
+    grid,
+    normalized,
+    require,
+    settings,
+)
 
 SKILLS = ("rev", "sort", "up", "dup")
 
