@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -115,8 +116,8 @@ def measure(pool: SourcePool, placement: str, device: torch.device, args: argpar
     rows = []
     for method in METHODS:
         plans = [MergePlan.build(candidate(method, *paths, v), pool) for v in range(args.repeats + 1)]
-        first = timed(lambda: merger.materialize(plans[0], live), device)
-        fast = min(timed(lambda: merger.materialize(plan, live), device) for plan in plans[1:])
+        first = timed(partial(merger.materialize, plans[0], live), device)
+        fast = min(timed(partial(merger.materialize, plan, live), device) for plan in plans[1:])
         row = dict(placement=placement, method=method, first=first, fast=fast, device_floor=device_floor,
                    link_floor=link_floor, cache=merger.cache_bytes())
         print(json.dumps(row), flush=True)

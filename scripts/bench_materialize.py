@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from benchdoc import REPO, cpu_model, publish  # noqa: E402 (first: sets the offline environment)
@@ -255,15 +256,15 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
             eager_repeats = args.repeats if size == "zoo" else args.eager_repeats
             skip_eager = size == "large" and method in ("ties", "dare_ties") and k not in args.large_eager_trim_ks
             eager = None if skip_eager else min(
-                timed(lambda: eager_materialize(make_plan(method, pool, base_dir, srcs, 0), pool, ref)) for _ in range(eager_repeats))
-            first = timed(lambda: merger.materialize(make_plan(method, pool, base_dir, srcs, 0), dest))
+                timed(lambda: eager_materialize(make_plan(method, pool, base_dir, srcs, 0), pool, ref)) for _ in range(eager_repeats))  # noqa: B023, F821 (timed calls it at once)
+            first = timed(lambda: merger.materialize(make_plan(method, pool, base_dir, srcs, 0), dest))  # noqa: B023, F821 (timed calls it at once)
             err = None if skip_eager else max_rel_diff(dest, ref)
             # Fast calls and model-sized copies take turns, so both see the same load (a shared machine).
             fast, copy_pass, bandwidth = float("inf"), float("inf"), 0.0
             for r in range(args.repeats):
-                fast = min(fast, timed(lambda: merger.materialize(make_plan(method, pool, base_dir, srcs, 1 + r), dest)))
+                fast = min(fast, timed(lambda: merger.materialize(make_plan(method, pool, base_dir, srcs, 1 + r), dest)))  # noqa: B023, F821 (timed calls it at once)
                 bandwidth = max(bandwidth, copy_bandwidth(1 << 29, 2))
-                copy_pass = min(copy_pass, timed(lambda: copy_model(pool, dest)))
+                copy_pass = min(copy_pass, timed(partial(copy_model, pool, dest)))
             floor = floor_bytes(method, pool) / bandwidth
             mk = None
             if not args.no_mergekit and method in MERGEKIT_METHODS and k in args.mergekit_ks:

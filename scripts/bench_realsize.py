@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from benchdoc import REPO, cpu_model, publish  # noqa: E402 (first: sets the offline environment)
@@ -262,10 +263,10 @@ def run_materialize(base: Path, sources: list[Path], policies: dict[str, CachePo
         merger = FastMerger(pool, policy=policy)
         for method in METHODS:
             plans = [MergePlan.build(candidate(method, base, sources, v), pool) for v in range(args.repeats + 1)]
-            first = timed(lambda: merger.materialize(plans[0], live))
+            first = timed(partial(merger.materialize, plans[0], live))
             best, bandwidth = float("inf"), 0.0
             for plan in plans[1:]:  # merges and copies take turns: both see the same load
-                best = min(best, timed(lambda: merger.materialize(plan, live)))
+                best = min(best, timed(partial(merger.materialize, plan, live)))
                 bandwidth = max(bandwidth, copy_bandwidth(1 << 29, 2))
             floor = (len(sources) + 2) * model / bandwidth
             row = dict(policy=label, threads=threads, method=method, first=first, fast=best, floor=floor, bandwidth=bandwidth,

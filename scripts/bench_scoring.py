@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,7 +98,7 @@ class ForwardFloor:
     def __call__(self) -> None:
         with torch.no_grad():
             for ids in self.batches:
-                self.model(ids).logits
+                self.model(ids)
 
 
 class GenerateFloor:
@@ -246,7 +247,7 @@ def main() -> None:
                 load_into(model, st)
                 for kind in args.kinds:
                     calls = {"floor": floors[kind], "scorer": scorers[kind].score,
-                             "naive": lambda: naive(model, tok, names[kind], manager, args.batch_size)}
+                             "naive": partial(naive, model, tok, names[kind], manager, args.batch_size)}
                     t = {}
                     for w in ways:
                         s = time.perf_counter()

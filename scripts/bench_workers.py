@@ -106,7 +106,7 @@ def main() -> None:
             "Ray, 1 worker": RayExecutor(spec, workers=1),
             "Ray, 2 workers": RayExecutor(spec, workers=2),
         }
-        for name, ex in executors.items():
+        for ex in executors.values():
             run_batch(ex, warmup[: args.warmup * ex.n_workers])
         rounds: dict[str, list[dict]] = {name: [] for name in executors}
         for r in range(args.rounds):

@@ -97,7 +97,7 @@ def _value(annotation: Any, data: Any, where: str, meta: Mapping[str, Any], ctx:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
         return data
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return _shape(annotation, data, where, ctx)
     if origin in (Union, types.UnionType):
         if data is None and type(None) in args:

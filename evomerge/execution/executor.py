@@ -45,7 +45,7 @@ class Executor(ABC):
         """Busy time / wall time per worker since the executor started."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op default, not abstract: LocalExecutor keeps it)
         """Release workers (and any cluster the executor started)."""
 
     def __enter__(self) -> "Executor":

@@ -19,8 +19,8 @@ from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
 from evomerge.merge.registry import get_method, method_names
 from evomerge.recipes.recipe import GroupSpec, Recipe
+from evomerge.sources.folder import read_config, read_tensor_names
 from evomerge.sources.layers import KINDS, layer_groups, num_layers
-from evomerge.sources.pool import read_config, read_tensor_names
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ them; natural niches and NSGA-II take them as their first population; optuna enq
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, Mapping
 
 from evomerge.genome.space import GenomeSpace
 from evomerge.merge.registry import get_method
@@ -35,9 +36,13 @@ def seed_points(space: GenomeSpace) -> list[tuple[float, ...]]:
             points += [space.encode(method=method, weight=[1.0] * k, density=[d] * k) for d in DENSITIES]
     depth = unit_depths(space.units)
     for start, end in SCHEDULES if scaled else ():
-        points.append(space.encode_units(lambda unit, a=start, b=end: {
-            "method": scaled[0], "weight": [a + (b - a) * depth[unit]] * k}))
+        points.append(space.encode_units(_schedule(scaled[0], start, end, depth, k)))
     return list(dict.fromkeys(points))
+
+
+def _schedule(method: str, start: float, end: float, depth: Mapping[str, float], k: int) -> Callable[[str], dict[str, Any]]:
+    """Each unit's values on a depth schedule: weight ``start`` at the first layer to ``end`` at the last."""
+    return lambda unit: {"method": method, "weight": [start + (end - start) * depth[unit]] * k}
 
 
 def unit_depths(units: tuple[str, ...]) -> dict[str, float]:

@@ -21,8 +21,8 @@ from evomerge.errors import EvomergeError
 from evomerge.merge.registry import MergeMethod, get_method, method_names
 from evomerge.recipes.evomerge_yaml import group_spec
 from evomerge.recipes.recipe import GroupSpec, Recipe
+from evomerge.sources.folder import read_config
 from evomerge.sources.layers import group_of, layer_groups, layer_index, num_layers, param_kind
-from evomerge.sources.pool import read_config
 
 IGNORED = {"int8_mask"}  # mergekit parameters that only steer its execution
 DTYPES = ("float32", "float16", "bfloat16", "float64")

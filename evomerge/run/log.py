@@ -49,6 +49,7 @@ from evomerge.run.records import (
 
 LOG, CONFIG, META, LOCK, STUDY = "log.jsonl", "config.yaml", "run.json", "session.lock", "optuna.db"
 R = TypeVar("R")
+AnyRecord = TypeVar("AnyRecord", bound=Record)  # append returns the kind of record it was given
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class RunLog:
 
     # --- records ----------------------------------------------------------------------------
 
-    def append(self, record: Record) -> Record:
+    def append(self, record: AnyRecord) -> AnyRecord:
         """Stamp, write (one write + fsync) and keep ``record``; returns the stamped record."""
         record = replace(record, time=record.time if record.time is not None else time.time())
         line = (to_line(record) + "\n").encode()

@@ -99,12 +99,12 @@ class FastHFLM(HFLM):
 
 
 @functools.cache
-def _parameters(model_class: type) -> frozenset[str]:
-    return frozenset(inspect.signature(model_class.forward).parameters)
+def _parameters(forward: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(forward).parameters)
 
 
 def _accepts(model: torch.nn.Module, name: str) -> bool:
-    return name in _parameters(type(model))
+    return name in _parameters(type(model).forward)
 
 
 def _kv_name(model: torch.nn.Module) -> str:
@@ -181,7 +181,7 @@ class LoglikelihoodPlan:
             chunks.append(_Chunk(_right_padded(group, self.lm.device), batches))
         return chunks
 
-    def _batch(self, rows: list[int], by_row: dict[int, list[int]], slot: dict[int, int] | None = None, stem_width: int = 0) -> _Batch:
+    def _batch(self, rows: Sequence[int], by_row: dict[int, list[int]], slot: dict[int, int] | None = None, stem_width: int = 0) -> _Batch:
         device = self.lm.device
         starts = [self.stem[r] for r in rows]
         width = max(len(self.inputs[r]) - s for r, s in zip(rows, starts))
@@ -193,8 +193,9 @@ class LoglikelihoodPlan:
                 _, first, cont = self.scored[i]
                 tokens += [(b, first - s + k - (width - keep), t, len(requests)) for k, t in enumerate(cont)]
                 requests.append(i)
-        cols = torch.tensor(tokens, dtype=torch.long).T.to(device)
-        batch = _Batch(_right_padded([self.inputs[r][s:] for r, s in zip(rows, starts)], device), keep, *cols, requests)
+        at_row, at_col, targets, owner = torch.tensor(tokens, dtype=torch.long).T.to(device)
+        batch = _Batch(_right_padded([self.inputs[r][s:] for r, s in zip(rows, starts)], device), keep, at_row, at_col,
+                       targets, owner, requests)
         if slot is not None:
             batch.stems = torch.tensor([slot[r] for r in rows], device=device)
             real = torch.arange(stem_width).expand(len(rows), -1) < torch.tensor(starts)[:, None]

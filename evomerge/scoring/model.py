@@ -36,4 +36,4 @@ def load_causal_lm(path: str | Path, *, device: str = "cpu", allow_pickle: bool 
         **({"dtype": dtype} if dtype is not None else {}), **on_device,
     )
     tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code, local_files_only=True)
-    return model.to(device).eval(), tok
+    return model.to(device).eval(), tok  # type: ignore[arg-type]  # transformers' decorator on .to hides its signature

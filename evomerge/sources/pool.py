@@ -35,7 +35,7 @@ from torch import Tensor
 
 from evomerge.errors import EvomergeError
 from evomerge.sources.arch import used_tensors
-from evomerge.sources.folder import ModelFolder, fingerprint, natural_key, read_config, read_tensor_names  # noqa: F401 (their old home, still imported from here)
+from evomerge.sources.folder import ModelFolder, fingerprint, natural_key
 from evomerge.sources.layers import group_of, num_layers
 from evomerge.sources.store import Block, TensorInfo, as_buffer, layout, read_block, views
 

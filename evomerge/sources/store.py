@@ -131,7 +131,7 @@ def read_block(block: Block, infos: Mapping[str, TensorInfo], loaded: Mapping[st
                 continue
             f = handles.get(info.file) or handles.setdefault(info.file, open(info.file, "rb"))
             f.seek(info.start)
-            if e.nbytes and f.readinto(memoryview(target.numpy())) != e.nbytes:
+            if e.nbytes and f.readinto(target.numpy().data) != e.nbytes:
                 raise EvomergeError(f"{info.file} ends inside tensor '{e.name}': the checkpoint is truncated; copy it again")
     finally:
         for f in handles.values():

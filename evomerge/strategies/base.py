@@ -20,7 +20,6 @@ unknown options or bad values raise :class:`~evomerge.errors.EvomergeError` nami
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections import deque
@@ -89,7 +88,7 @@ class Strategy(ABC):
         self.dim, self.n_objectives, self.seed = int(dim), int(n_objectives), int(seed)
         self.weights = _weights(weights, self.n_objectives, self.name)
         self.initial = tuple(_point(p, self.dim, f"strategy '{self.name}': initial point {i}") for i, p in enumerate(initial))
-        self.options = load(self.Options, options, what="config", where="strategy.options")
+        self.options: Any = load(self.Options, options, what="config", where="strategy.options")
         self.storage = storage  # where a strategy with external state (optuna's study) keeps it; the run provides it
         self._pending: deque[Candidate] = deque()  # asked, not yet told (only these: a long run asks 10k+ points)
         self._n_asked = 0
@@ -138,6 +137,7 @@ class Strategy(ABC):
 
     # --- for subclasses --------------------------------------------------------------------
 
+    @abstractmethod
     def _setup(self) -> None:
         """Build the strategy's own state once the common arguments and options are checked."""
 

@@ -140,13 +140,13 @@ def polynomial_mutation(
     rng: np.random.Generator, x: ArrayLike, eta: float = 20.0, rate: float | None = None, low: float = 0.0, high: float = 1.0
 ) -> Array:
     """Deb's bounded polynomial mutation; each gene mutates with probability ``rate`` (default 1/dim)."""
-    x = np.asarray(x, dtype=float).copy()
-    n = x.shape[0]
+    y = np.asarray(x, dtype=float).copy()
+    n = y.shape[0]
     rate = 1.0 / n if rate is None else rate
     mask, u = rng.random(n) < rate, rng.random(n)
     span = high - low
     for i in np.flatnonzero(mask):
-        d1, d2 = (x[i] - low) / span, (high - x[i]) / span
+        d1, d2 = (y[i] - low) / span, (high - y[i]) / span
         power = 1.0 / (eta + 1.0)
         if u[i] < 0.5:
             val = 2.0 * u[i] + (1.0 - 2.0 * u[i]) * (1.0 - d1) ** (eta + 1.0)
@@ -154,8 +154,8 @@ def polynomial_mutation(
         else:
             val = 2.0 * (1.0 - u[i]) + 2.0 * (u[i] - 0.5) * (1.0 - d2) ** (eta + 1.0)
             dq = 1.0 - val**power
-        x[i] = min(max(x[i] + dq * span, low), high)
-    return x
+        y[i] = min(max(y[i] + dq * span, low), high)
+    return y
 
 
 # --- selection ---------------------------------------------------------------------------------

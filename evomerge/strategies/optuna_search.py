@@ -49,6 +49,7 @@ class OptunaSearch(Strategy):
         sampler_seed = int(np.random.SeedSequence([self.seed, 2]).generate_state(1)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler: optuna.samplers.BaseSampler
             if o.sampler == "tpe":
                 sampler = optuna.samplers.TPESampler(
                     seed=sampler_seed, multivariate=True, constant_liar=True, n_startup_trials=o.n_startup_trials
@@ -61,12 +62,12 @@ class OptunaSearch(Strategy):
                 sampler = optuna.samplers.CmaEsSampler(seed=sampler_seed, warn_independent_sampling=False)
                 self.generation_size = default_popsize(self.dim)
         self.multi = self.n_objectives > 1 and o.sampler != "cmaes"
-        directions = ["maximize"] * (self.n_objectives if self.multi else 1)
+        directions = [optuna.study.StudyDirection.MAXIMIZE] * (self.n_objectives if self.multi else 1)
         self.study = optuna.create_study(
             study_name="evomerge", storage=self.storage, sampler=sampler, directions=directions
         )
         self.names = [f"x{i:04d}" for i in range(self.dim)]
-        self.distributions = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self.names}
+        self.distributions: dict[str, optuna.distributions.BaseDistribution] = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self.names}
         for point in self.initial:
             self.study.enqueue_trial(dict(zip(self.names, point)))
         self._trials: list[Any] = []  # asked trials not told yet, in ask order

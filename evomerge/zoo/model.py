@@ -6,6 +6,7 @@ Sizes are the zoo's (docs/ZOO.md): d=96, ff=256, 4 layers, 4 heads, tied embeddi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,6 +15,9 @@ from torch.nn.utils import parametrize
 from evomerge.errors import EvomergeError
 from evomerge.zoo.skills import TERMINATOR
 from evomerge.zoo.tokenizer import EOS, MAX_LENGTH, PAD, VOCAB
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 DIM, FF, LAYERS, HEADS = 96, 256, 4, 4
 # LoRA targets: every projection of attention and MLP (GPT-2's c_proj names both outputs).
@@ -28,14 +32,15 @@ def check_arch(arch: str) -> None:
         raise EvomergeError(f"unknown zoo arch '{arch}': choose one of {', '.join(LORA_TARGETS)}")
 
 
-def new_model(arch: str, seed: int) -> nn.Module:
+def new_model(arch: str, seed: int) -> PreTrainedModel:
     """A freshly initialized decoder; its init draws from torch's global RNG, seeded here."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     check_arch(arch)
     torch.manual_seed(seed)
-    ids = {"vocab_size": len(VOCAB), "pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": None,
+    ids: dict[str, Any] = {"vocab_size": len(VOCAB), "pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": None,
            "tie_word_embeddings": True}
+    model: PreTrainedModel
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(
             hidden_size=DIM, intermediate_size=FF, num_hidden_layers=LAYERS, num_attention_heads=HEADS,

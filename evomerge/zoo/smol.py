@@ -286,7 +286,7 @@ def save_base(gguf: Path, out: Path) -> Any:
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # a per-tensor bar with no off switch
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on the class
     del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from torch import Tensor, nn
 from evomerge.zoo.check import DENSITIES, LAMBDAS, exact_match
 from evomerge.zoo.model import add_lora, fold_lora, new_model
 from evomerge.zoo.skills import EXPERT_SKILLS, FORMATS, IGNORE, Item, Sampler, batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Starting weights of the base mixture (docs/ZOO.md): the experts' skills lightly, copy and shift
 # fully. Skills emerge abruptly and at seed-dependent steps, so the base calibrates them as it trains.
@@ -122,7 +125,7 @@ def optimize(params: list[nn.Parameter], steps: int, lr: Callable[[int], float],
 
 
 def train_base(arch: str, seed: int, recipe: Recipe, calibration: dict[str, list[Item]], exclude: set[str],
-               log: Callable[[str], None]) -> tuple[nn.Module, int]:
+               log: Callable[[str], None]) -> tuple[PreTrainedModel, int]:
     """Pre-train on the mixture until the base half-knows every skill; returns (model, steps).
 
     Skills come and go abruptly as the mixture shifts, so a seed may never have every skill in the

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evomerge.config.search import SearchConfig, SourcesConfig, config_from_yaml, load_config
+from evomerge.config.search import SourcesConfig, config_from_yaml, load_config
 from evomerge.errors import EvomergeError
 
 

@@ -12,7 +12,7 @@ from evomerge.errors import EvomergeError
 from evomerge.export.evaluator import Evaluator
 from evomerge.export.finalists import analyze
 from evomerge.run.log import RunLog
-from evomerge.run.records import BaselineRecord, HeldoutRecord
+from evomerge.run.records import HeldoutRecord
 
 from .conftest import export_config, synthetic_run
 
@@ -39,7 +39,6 @@ def test_pick_rules(tiny_run: RunLog, fake_executor) -> None:
 
 
 def test_heldout_and_baselines_are_scored_once_and_cached_in_the_log(tiny_run: RunLog, fake_executor) -> None:
-    cfg = tiny_run.config()
     with Evaluator(tiny_run, fake_executor, quiet=True) as ev:
         first = analyze(tiny_run, ev, finalists=2)
     assert ev.evaluated == len(fake_executor.jobs) > 0

@@ -45,7 +45,7 @@ def check(pool: SourcePool, plan: MergePlan, **options) -> None:
     got = merge_tensors(plan, pool, **options)
     for name, ref in want.items():
         assert got[name].dtype == ref.dtype, name
-        torch.testing.assert_close(got[name], ref, rtol=2e-6, atol=2e-6, msg=lambda m: f"{plan.steps[0].method.name} {name}: {m}")
+        torch.testing.assert_close(got[name], ref, rtol=2e-6, atol=2e-6, msg=lambda m, name=name: f"{plan.steps[0].method.name} {name}: {m}")
 
 
 EAGER = dict(compile=False, chunk=64)
@@ -96,7 +96,7 @@ def test_tied_magnitudes_at_the_cut_keep_the_lowest_flat_indices(monkeypatch: py
     for name, b in pool.base.tensors.items():
         if not b.is_floating_point():
             continue
-        for k, s in enumerate(pool.sources):
+        for s in pool.sources:
             steps = torch.randint(-2, 3, b.shape, generator=g).float() * 0.25
             s.tensors[name].copy_(b + steps)
         # exact sign ties: source 1 is the mirror image of source 0 (w equal): Σ w τ = 0 → elected +

@@ -20,8 +20,8 @@ from evomerge.merge.registry import get_method
 from evomerge.recipes import Recipe, to_yaml
 from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.recipes.recipe import GroupSpec
+from evomerge.sources.folder import read_tensor_names
 from evomerge.sources.layers import KINDS
-from evomerge.sources.pool import read_tensor_names
 
 
 def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:

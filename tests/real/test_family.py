@@ -48,7 +48,7 @@ def test_task_items_are_chat_formatted_and_calibration_and_heldout_disjoint(smol
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smol.base)
-    for skill, files in smol.skills.items():
+    for files in smol.skills.values():
         calibration, heldout = read_jsonl(files.calibration), read_jsonl(files.heldout)
         assert not {it["question"] for it in calibration} & {it["question"] for it in heldout}
         for item in calibration + heldout:

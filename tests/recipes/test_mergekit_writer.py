@@ -15,7 +15,7 @@ import yaml
 from evomerge.errors import EvomergeError
 from evomerge.recipes import GroupSpec, Recipe, load_recipe
 from evomerge.recipes.mergekit_yaml import to_mergekit
-from evomerge.sources.pool import read_tensor_names
+from evomerge.sources.folder import read_tensor_names
 
 TA = "task_arithmetic"
 
