@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evomerge.errors import EvomergeError
+from evomerge.scoring.lmeval import task_config
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def _describe(manager: Any, name: str, task_path: str | Path | None) -> TaskInfo
         raise EvomergeError(f"unknown lm-eval task '{name}' {where}; check the task names and scoring.task_path")
     if str(getattr(entry.kind, "name", entry.kind)).upper() not in ("TASK", "PY_TASK"):
         raise EvomergeError(f"'{name}' is an lm-eval group or tag, not one task: name one of its tasks")
-    cfg = manager._factory._load_full_config(entry, None)
+    cfg = task_config(manager, entry)
     output_type = cfg.get("output_type", "generate_until")
     metric_list = cfg.get("metric_list") or [{"metric": m} for m in DEFAULT_METRIC_REGISTRY.get(output_type, [])]
     filters = tuple(f["name"] for f in cfg.get("filter_list") or []) or ("none",)

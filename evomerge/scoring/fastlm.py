@@ -32,6 +32,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from transformers import DynamicCache
 
+from evomerge.scoring.lmeval import require_internals
+
 TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context tokens, continuation tokens)
 
 # Generation-config fields that leave greedy decoding as it is (sampling knobs are ignored when
@@ -44,6 +46,7 @@ class FastHFLM(HFLM):
     """HFLM with request plans memoized per list of requests (their strings name their tokens)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        require_internals()  # the two private methods below are HFLM's
         super().__init__(*args, **kwargs)
         self._max_length = self.max_length  # the property re-reads the model config on every request
         self._pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
