@@ -50,8 +50,8 @@ class SourcesConfig:
 
     def check(self) -> tuple[str, str] | None:
         if self.tokenizer_source is not None and self.tokenizer_source not in (self.base, *self.models):
-            return "tokenizer_source", (f"must be the base or one of sources.models (leave it out for the base's tokenizer), "
-                                        f"got {str(self.tokenizer_source)!r}")
+            return "tokenizer_source", ("must be the base or one of sources.models (leave it out for the base's "
+                                        f"tokenizer), got {str(self.tokenizer_source)!r}")
         if self.names and len(self.names) != len(self.models):
             return "names", f"must give one name per model ({len(self.models)}), got {len(self.names)}"
         labels = self.labels()

@@ -40,7 +40,8 @@ def seed_points(space: GenomeSpace) -> list[tuple[float, ...]]:
     return list(dict.fromkeys(points))
 
 
-def _schedule(method: str, start: float, end: float, depth: Mapping[str, float], k: int) -> Callable[[str], dict[str, Any]]:
+def _schedule(method: str, start: float, end: float, depth: Mapping[str, float],
+              k: int) -> Callable[[str], dict[str, Any]]:
     """Each unit's values on a depth schedule: weight ``start`` at the first layer to ``end`` at the last."""
     return lambda unit: {"method": method, "weight": [start + (end - start) * depth[unit]] * k}
 

@@ -116,7 +116,8 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
                 out_dtype_size: int | None, available: int | None = None, gpu_memory: int | None = None) -> MemoryPlan:
     """The plan for these models and methods; ``available`` (host) and ``gpu_memory`` feed the default budget."""
     gpu = device.startswith("cuda")
-    families: set[str] = {meth.family.sparsify for meth in map(get_method, methods) if meth.family is not None and fused(meth)}
+    families: set[str] = {meth.family.sparsify for meth in map(get_method, methods)
+                          if meth.family is not None and fused(meth)}
     eager = any(not fused(get_method(m)) for m in methods)
     budget, budget_from = _budget(shape, device, workers, budget, available, gpu_memory)
     live = shape.model_bytes(out_dtype_size)

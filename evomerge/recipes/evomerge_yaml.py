@@ -95,7 +95,8 @@ def to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe_data(recipe), sort_keys=False)
 
 
-def group_spec(method_name: str, per_source: Sequence[Mapping[str, Any]], params: Mapping[str, Any], where: str) -> GroupSpec:
+def group_spec(method_name: str, per_source: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
+               where: str) -> GroupSpec:
     """A spec from recipe spellings: one value per source for each per-source parameter any source gives."""
     method = get_method(method_name)
     keys = sorted({k for entry in per_source for k in entry})

@@ -184,7 +184,8 @@ class LoglikelihoodPlan:
             chunks.append(_Chunk(_right_padded(group, self.lm.device), batches))
         return chunks
 
-    def _batch(self, rows: Sequence[int], by_row: dict[int, list[int]], slot: dict[int, int] | None = None, stem_width: int = 0) -> _Batch:
+    def _batch(self, rows: Sequence[int], by_row: dict[int, list[int]], slot: dict[int, int] | None = None,
+               stem_width: int = 0) -> _Batch:
         device = self.lm.device
         starts = [self.stem[r] for r in rows]
         width = max(len(self.inputs[r]) - s for r, s in zip(rows, starts))

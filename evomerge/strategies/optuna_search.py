@@ -67,7 +67,8 @@ class OptunaSearch(Strategy):
             study_name="evomerge", storage=self.storage, sampler=sampler, directions=directions
         )
         self.names = [f"x{i:04d}" for i in range(self.dim)]
-        self.distributions: dict[str, optuna.distributions.BaseDistribution] = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self.names}
+        gene = optuna.distributions.FloatDistribution(0.0, 1.0)
+        self.distributions: dict[str, optuna.distributions.BaseDistribution] = {n: gene for n in self.names}
         for point in self.initial:
             self.study.enqueue_trial(dict(zip(self.names, point)))
         self._trials: list[Any] = []  # asked trials not told yet, in ask order

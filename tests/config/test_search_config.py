@@ -82,7 +82,8 @@ def test_overrides_reach_top_level_fields(tmp_path: Path, tiny_family) -> None:
     ({"objectives": [{"task": "t1", "direction": "up"}]}, "config field 'objectives[0].direction' must be one of max, min"),
     ({"budget__max_minutes": -1}, "config field 'budget.max_minutes' must be a number > 0"),
     ({"seed": 1.5}, "config field 'seed' must be an integer >= 0"),
-    ({"scoring__fewshot_as_multiturn": True}, "config field 'scoring.fewshot_as_multiturn' needs apply_chat_template: true"),
+    ({"scoring__fewshot_as_multiturn": True},
+     "config field 'scoring.fewshot_as_multiturn' needs apply_chat_template: true"),
     ({"execution__memory_budget": "lots"}, "config field 'execution.memory_budget' must be a size such as '64GB'"),
 ])
 def test_mistakes_name_the_field(tmp_path: Path, tiny_family, changes, fragment) -> None:
@@ -112,16 +113,21 @@ def test_source_name_mistakes_name_the_field(tmp_path: Path, tiny_family, names,
         load_config(write_config(tmp_path, tiny_family, sources=sources))
 
 
+def with_tokenizer(family: dict[str, Path], tokenizer_source: str) -> dict:
+    """Sources: the base and model 'a', with scoring's tokenizer from ``tokenizer_source``."""
+    source = str(family[tokenizer_source])
+    return {"base": str(family["base"]), "models": [str(family["a"])], "tokenizer_source": source}
+
+
 def test_a_tokenizer_source_that_is_neither_the_base_nor_a_model_is_refused(tmp_path: Path, tiny_family) -> None:
-    sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"])], "tokenizer_source": str(tiny_family["b"])}
-    with pytest.raises(EvomergeError, match=re.escape("config field 'sources.tokenizer_source' must be the base or one of "
-                                                      "sources.models")):
-        load_config(write_config(tmp_path, tiny_family, sources=sources))
+    fragment = "config field 'sources.tokenizer_source' must be the base or one of sources.models"
+    with pytest.raises(EvomergeError, match=re.escape(fragment)):
+        load_config(write_config(tmp_path, tiny_family, sources=with_tokenizer(tiny_family, "b")))
 
 
 def test_a_tokenizer_source_among_the_models_is_taken(tmp_path: Path, tiny_family) -> None:
-    sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"])], "tokenizer_source": str(tiny_family["a"])}
-    assert load_config(write_config(tmp_path, tiny_family, sources=sources)).sources.tokenizer_folder == tiny_family["a"]
+    cfg = load_config(write_config(tmp_path, tiny_family, sources=with_tokenizer(tiny_family, "a")))
+    assert cfg.sources.tokenizer_folder == tiny_family["a"]
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:

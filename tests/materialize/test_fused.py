@@ -45,7 +45,8 @@ def check(pool: SourcePool, plan: MergePlan, **options) -> None:
     got = merge_tensors(plan, pool, **options)
     for name, ref in want.items():
         assert got[name].dtype == ref.dtype, name
-        torch.testing.assert_close(got[name], ref, rtol=2e-6, atol=2e-6, msg=lambda m, name=name: f"{plan.steps[0].method.name} {name}: {m}")
+        torch.testing.assert_close(got[name], ref, rtol=2e-6, atol=2e-6,
+                                   msg=lambda m, name=name: f"{plan.steps[0].method.name} {name}: {m}")
 
 
 EAGER = dict(compile=False, chunk=64)

@@ -1,4 +1,4 @@
-"""Scoring uses private lm-eval names: a version whose internals moved fails here by name, and at run time in one line."""
+"""Scoring uses private lm-eval names: a version that moved them fails here by name, and at run time in one line."""
 
 from __future__ import annotations
 
