@@ -3,7 +3,7 @@
 A shape is a frozen dataclass. Its fields say everything the loader needs: the allowed keys are the
 field names, the types come from the annotations, the defaults from the field defaults, and
 constraints from the field's metadata (``ge``, ``gt``, ``le``, ``nonempty`` lists, ``empty`` strings
-allowed, ``nonfinite``); a shape
+allowed, ``oneline`` strings: printable, no line break, ``nonfinite``); a shape
 with a ``check()`` method returning ``(field, "must ...")`` adds checks that span several fields. ``load(cls, data)``
 checks all of it and builds the object; the first problem is an ``EvomergeError`` that names the
 field (``config field 'execution.workers' must be an integer >= 1, got 0``). ``dump(obj)`` is the
@@ -205,6 +205,9 @@ def _scalar(annotation: Any, data: Any, where: str, meta: Mapping[str, Any], ctx
     if annotation is str:
         if not isinstance(data, str) or not (data or meta.get("empty")):
             raise _error(ctx, where, "must be a non-empty string", data)
+        if meta.get("oneline") and not data.isprintable():
+            raise _error(ctx, where, "must be one line of printable text (no line break, tab or control character)",
+                         data)
         return data
     if annotation is Path:
         if not isinstance(data, (str, Path)) or not str(data):

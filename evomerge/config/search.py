@@ -32,8 +32,8 @@ class SourcesConfig:
     base: Path
     models: tuple[Path, ...] = field(metadata={"nonempty": True})
     # How the model card and mergekit.yaml name the models, e.g. their hub ids ("org/model"); default: folder names.
-    base_name: str | None = None
-    names: tuple[str, ...] = ()  # one per entry of ``models``, in its order
+    base_name: str | None = field(default=None, metadata={"oneline": True})
+    names: tuple[str, ...] = field(default=(), metadata={"oneline": True})  # one per entry of ``models``, in its order
     allow_pickle: bool = False  # also read .bin/.pt checkpoints (tensors only, weights_only=True)
     trust_remote_code: bool = False
     # the folder whose tokenizer, chat template and generation config (eos) scoring and export use, as mergekit's

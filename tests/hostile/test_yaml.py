@@ -1,4 +1,4 @@
-"""Hostile YAML: every YAML file evomerge reads (search configs, recipes, a run's config)
+"""Hostile YAML: every YAML file evomerge reads (search configs, recipes, a run's config, a base's card front matter)
 goes through one loader that refuses a recursive alias and bounds what aliases expand to, so a hostile file is one
 line naming it, at once, instead of a RecursionError or minutes of work."""
 
@@ -12,6 +12,7 @@ import yaml
 
 from evomerge.config.schema import MAX_YAML_VALUES, parse_yaml
 from evomerge.errors import EvomergeError
+from evomerge.export.card import declared_license
 
 from .hostile_files import assert_refused, copy_family, recipe_yaml, search_yaml
 
@@ -85,6 +86,13 @@ def test_aliases_within_the_bound_still_read_as_plain_yaml() -> None:
     assert len(data["all"]) == 2 and data["all"][0][0][0][0] == ["lol"] * 9
     with pytest.raises(EvomergeError, match="aliases expand to more than"):
         parse_yaml("\n".join([*bomb(5), "all: [*a5, *a5]"]), "test")  # 2 * 9**6 > 100,000
+
+
+def test_a_hostile_front_matter_in_the_bases_card_is_read_as_no_license(tmp_path: Path, capsys) -> None:
+    (tmp_path / "README.md").write_text("---\nlicense: &l [*l]\n---\n# base\n")
+    assert declared_license(tmp_path) == {}
+    err = capsys.readouterr().err
+    assert "alias *l refers to a node that contains it" in err and "the exported card declares no license" in err
 
 
 def parse_error(text: str) -> str:
