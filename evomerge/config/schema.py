@@ -3,7 +3,7 @@
 A shape is a frozen dataclass. Its fields say everything the loader needs: the allowed keys are the
 field names, the types come from the annotations, the defaults from the field defaults, and
 constraints from the field's metadata (``ge``, ``gt``, ``le``, ``nonempty`` lists, ``empty`` strings
-allowed, ``nonfinite``); a shape
+allowed, ``oneline`` strings: printable, no line break, ``nonfinite``); a shape
 with a ``check()`` method returning ``(field, "must ...")`` adds checks that span several fields. ``load(cls, data)``
 checks all of it and builds the object; the first problem is an ``EvomergeError`` that names the
 field (``config field 'execution.workers' must be an integer >= 1, got 0``). ``dump(obj)`` is the
@@ -27,10 +27,68 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, Union
 
+import yaml
+
 from evomerge.errors import EvomergeError
 
 T = TypeVar("T")
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+MAX_YAML_VALUES = 100_000  # values a YAML document may hold, aliases expanded: a recipe of 80 layers holds ~7,000
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The data of a YAML document, read safely (plain data only) with a bound on what aliases expand to and no
+    recursive alias: a hostile file is one EvomergeError naming ``where``, never minutes of work or a RecursionError."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)
+    except _Refused as e:
+        raise EvomergeError(f"{where} is refused at line {e.line}: {e}; write the values out") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise EvomergeError(f"{where} is not valid YAML{line}: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise EvomergeError(f"{where} nests too deeply to be read: flatten it") from None
+
+
+class _Refused(Exception):
+    """A document the bounded loader will not build, and the line where it saw why."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting every value as often as aliases repeat it and refusing an alias to a node that
+    contains it (PyYAML would build a self-referencing object)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open_anchors: set[str] = set()
+        self._expanded: dict[str, int] = {}  # anchor -> values its node holds, aliases expanded
+        self._count = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        anchor, line = event.anchor, event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self._open_anchors:
+                raise _Refused(f"alias *{anchor} refers to a node that contains it", line)
+            node = super().compose_node(parent, index)
+            self._count += self._expanded.get(anchor, 1)
+        else:
+            before = self._count
+            if anchor is not None:
+                self._open_anchors.add(anchor)
+            node = super().compose_node(parent, index)
+            self._count += 1
+            if anchor is not None:
+                self._open_anchors.discard(anchor)
+                self._expanded[anchor] = self._count - before
+        if self._count > MAX_YAML_VALUES:
+            raise _Refused(f"its aliases expand to more than {MAX_YAML_VALUES:,} values", line)
+        return node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +205,9 @@ def _scalar(annotation: Any, data: Any, where: str, meta: Mapping[str, Any], ctx
     if annotation is str:
         if not isinstance(data, str) or not (data or meta.get("empty")):
             raise _error(ctx, where, "must be a non-empty string", data)
+        if meta.get("oneline") and not data.isprintable():
+            raise _error(ctx, where, "must be one line of printable text (no line break, tab or control character)",
+                         data)
         return data
     if annotation is Path:
         if not isinstance(data, (str, Path)) or not str(data):

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from evomerge.config.schema import dump, load
+from evomerge.config.schema import dump, load, parse_yaml
 from evomerge.config.sizes import parse_size
 from evomerge.errors import EvomergeError
 
@@ -32,8 +32,8 @@ class SourcesConfig:
     base: Path
     models: tuple[Path, ...] = field(metadata={"nonempty": True})
     # How the model card and mergekit.yaml name the models, e.g. their hub ids ("org/model"); default: folder names.
-    base_name: str | None = None
-    names: tuple[str, ...] = ()  # one per entry of ``models``, in its order
+    base_name: str | None = field(default=None, metadata={"oneline": True})
+    names: tuple[str, ...] = field(default=(), metadata={"oneline": True})  # one per entry of ``models``, in its order
     allow_pickle: bool = False  # also read .bin/.pt checkpoints (tensors only, weights_only=True)
     trust_remote_code: bool = False
     # the folder whose tokenizer, chat template and generation config (eos) scoring and export use, as mergekit's
@@ -231,7 +231,7 @@ def load_config(path: str | Path) -> SearchConfig:
 
 def config_from_yaml(text: str) -> SearchConfig:
     """A run folder's resolved config."""
-    return load(SearchConfig, yaml.safe_load(text), what="run config")
+    return load(SearchConfig, parse_yaml(text, "run config"), what="run config")
 
 
 def read_yaml_mapping(path: Path, *, what: str) -> dict[str, Any]:
@@ -239,11 +239,10 @@ def read_yaml_mapping(path: Path, *, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise EvomergeError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise EvomergeError(f"{what} {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EvomergeError(f"{what} {path} is not UTF-8 text: give a YAML file") from None
+    data = parse_yaml(text, f"{what} {path}")
     if not isinstance(data, dict):
         raise EvomergeError(f"{what} {path} must be a YAML mapping of keys to values")
     return data

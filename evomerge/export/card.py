@@ -11,13 +11,17 @@ to rebuild it, with evomerge and with mergekit.
 
 from __future__ import annotations
 
+import html
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from evomerge.config.schema import parse_yaml
+from evomerge.errors import EvomergeError
 from evomerge.export.finalists import Analysis
 from evomerge.export.scores import mean
 from evomerge.recipes.recipe import GroupSpec, Recipe
@@ -28,6 +32,24 @@ from evomerge.scoring.objectives import metric_name
 PARAM_ORDER = ("weight", "density")
 LICENSE_KEYS = ("license", "license_name", "license_link")  # the hub's license fields ("other" needs the last two)
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
+
+
+def md(text: str) -> str:
+    """User text (a model, task or run name) as literal inline Markdown: HTML and the characters that start markup or
+    split a table cell are escaped, line breaks become spaces, so any name renders as itself and nothing more.
+    An underscore inside a word (``t0_heldout``) starts no emphasis and stays as it is."""
+    text = html.escape(" ".join(str(text).splitlines()), quote=False)
+    text = re.sub(r"([\\`*\[\]|~])", r"\\\1", text)
+    return re.sub(r"(?<![^\W_])_|_(?![^\W_])", r"\\_", text)
+
+
+def code(text: str) -> str:
+    """User text as an inline code span (shown verbatim, HTML included): a fence longer than any backtick run inside,
+    table pipes escaped (GitHub splits cells before it reads code spans), line breaks become spaces."""
+    text = " ".join(str(text).splitlines()).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -53,14 +75,17 @@ def comparison_table(analysis: Analysis, record: CandidateRecord | None, label: 
     """Held-out raw (normalized) per objective, their mean normalized, and the calibration mean."""
     norm = analysis.normalizer
     objectives = analysis.cfg.objectives
-    head = ["model", *(o.task_for("heldout") for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
+    tasks = [md(o.task_for("heldout")) for o in objectives]
+    head = ["model", *tasks, "mean norm. (held-out)", "mean norm. (calibration)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, cal, held in comparison_rows(analysis, record, label):
+    for i, (name, cal, held) in enumerate(comparison_rows(analysis, record, label)):
+        ours = record is not None and i == 0  # ``label`` is the caller's Markdown; a baseline's label holds model names
         held_norm = norm.normalize(held, "heldout")
         cells = [cell(None if held is None else held[j], held_norm[j]) for j in range(len(objectives))]
         if held is None:
-            cells = ["failed" if name != label else "not scored"] * len(objectives)
-        lines.append("| " + " | ".join([name, *cells, fmt(norm.mean(held, "heldout"), 2), fmt(norm.mean(cal, "calibration"), 2)]) + " |")
+            cells = ["not scored" if ours else "failed"] * len(objectives)
+        means = [fmt(norm.mean(held, "heldout"), 2), fmt(norm.mean(cal, "calibration"), 2)]
+        lines.append("| " + " | ".join([name if ours else md(name), *cells, *means]) + " |")
     return lines
 
 
@@ -74,12 +99,12 @@ def gain_line(analysis: Analysis, chosen: CandidateRecord, label: str) -> str:
     if not (math.isfinite(ours) and math.isfinite(theirs)):
         return "Gain over the best fixed recipe: not known (a held-out score is missing)."
     return (f"**Gain over the best fixed recipe: {ours - theirs:+.3f}** mean normalized held-out score: {label} {ours:.3f}; "
-            f"the best fixed recipe on held-out, {best.label}, {theirs:.3f}.")
+            f"the best fixed recipe on held-out, {md(best.label)}, {theirs:.3f}.")
 
 
 def reference_line(analysis: Analysis) -> str:
     ref = analysis.normalizer.reference
-    parts = [f"{o.task_for('heldout')} {fmt(ref['heldout'][j])}" for j, o in enumerate(analysis.cfg.objectives)]
+    parts = [f"{md(o.task_for('heldout'))} {fmt(ref['heldout'][j])}" for j, o in enumerate(analysis.cfg.objectives)]
     return (
         "Each cell is the raw metric with, in parentheses, the score normalized by the best single source model on "
         "that task (1.00 = as good as the best expert there; for lower-is-better metrics the inverse ratio). "
@@ -99,8 +124,9 @@ def scores_table(analysis: Analysis, record: CandidateRecord) -> list[str]:
     for j, o in enumerate(objectives):
         metric = metric_name(o, record.scores[o.task]) if record.scores else o.metric or "?"
         direction = "↑" if norm.higher[j] else "↓"
-        lines.append(f"| {j} | {metric} {direction} | {o.task} | {fmt(cal[j] if cal else None)} | {fmt(cal_n[j], 2)} | "
-                     f"{o.task_for('heldout')} | {fmt(held[j] if held else None)} | {fmt(held_n[j], 2)} |")
+        lines.append(f"| {j} | {md(metric)} {direction} | {md(o.task)} | {fmt(cal[j] if cal else None)} | "
+                     f"{fmt(cal_n[j], 2)} | "
+                     f"{md(o.task_for('heldout'))} | {fmt(held[j] if held else None)} | {fmt(held_n[j], 2)} |")
     lines.append(f"| mean | | | | {fmt(mean(cal_n), 2)} | | | {fmt(mean(held_n), 2)} |")
     return lines
 
@@ -110,8 +136,9 @@ def declared_license(folder: Path) -> dict[str, str]:
     card = folder / "README.md"
     match = _FRONT_MATTER.match(card.read_text(encoding="utf-8", errors="replace")) if card.is_file() else None
     try:
-        meta = yaml.safe_load(match.group(1)) if match else None
-    except yaml.YAMLError:
+        meta = parse_yaml(match.group(1), f"the front matter of {card}") if match else None
+    except EvomergeError as e:  # the license is a courtesy: a card that cannot be read declares none
+        print(f"evomerge: note: {e}; the exported card declares no license", file=sys.stderr)
         return {}
     return {k: str(meta[k]) for k in LICENSE_KEYS if meta.get(k)} if isinstance(meta, dict) else {}
 
@@ -128,7 +155,7 @@ def genome_table(recipe: Recipe, labels: Mapping[Path, str]) -> list[str]:
     methods = {s.method for s in groups.values()}
     params = sorted({p for s in groups.values() for p in s.source_params}, key=lambda p: (PARAM_ORDER.index(p) if p in PARAM_ORDER else 9, p))
     names = [labels.get(p, p.name) for p in recipe.sources]
-    head = ["group", *(["method"] if len(methods) > 1 else []), *(f"{p} · {n}" for p in params for n in names)]
+    head = ["group", *(["method"] if len(methods) > 1 else []), *(f"{p} · {md(n)}" for p in params for n in names)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, spec in groups.items():
         values = [fmt(spec.source_params[p][k]) if p in spec.source_params else "–" for p in params for k in range(len(names))]
@@ -160,7 +187,8 @@ def model_card(
         "",
         "| role | model | SHA-256 of the weight files |",
         "|---|---|---|",
-        *(f"| {role} | `{labels[path]}` | `{analysis.run.meta.sources.get(str(path), 'unknown')}` |" for role, path in roles),
+        *(f"| {role} | {code(labels[path])} | {code(analysis.run.meta.sources.get(str(path), 'unknown'))} |"
+          for role, path in roles),
         "",
         "## Genome",
         "",
@@ -199,7 +227,7 @@ def _introduction(analysis: Analysis, record: CandidateRecord, recipe: Recipe, p
            "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
     in_front = any(r.key == record.key for r in analysis.front)
     return [
-        f"# {cfg.name} — candidate {record.index}",
+        f"# {md(cfg.name)} — candidate {record.index}",
         "",
         f"A merge of {len(cfg.sources.models)} fine-tunes of one base model, found by evolutionary search with "
         f"evomerge {evomerge_version()} (strategy `{cfg.strategy.name}`, seed {cfg.seed}, "

@@ -1,4 +1,5 @@
-"""Loading a model folder for scoring: offline, safetensors unless pickle is allowed, no remote code."""
+"""Loading a model folder for scoring: offline, safetensors unless pickle is allowed, no remote code, every file checked
+first (``sources.folder.check_loadable``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import EvomergeError
+from evomerge.sources.folder import check_loadable
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -27,9 +29,8 @@ def load_causal_lm(path: str | Path, *, device: str = "cpu", allow_pickle: bool 
         raise EvomergeError(f"not a model folder (no config.json): {path}")
     if not any((tokenizer_path / f).is_file() for f in TOKENIZER_FILES):
         raise EvomergeError(f"{tokenizer_path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy the base model's tokenizer into it")
+    check_loadable(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     has_safetensors = any(path.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        raise EvomergeError(f"{path} has no .safetensors weights; convert it to safetensors or pass --allow-pickle")
     on_device = {"device_map": {"": device}} if device != "cpu" else {}  # straight to the GPU: no host copy
     model = AutoModelForCausalLM.from_pretrained(
         path, use_safetensors=has_safetensors, trust_remote_code=trust_remote_code, local_files_only=True,

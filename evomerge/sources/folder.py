@@ -89,14 +89,36 @@ def _weight_files(folder: Path) -> tuple[list[Path], bool]:
 
 
 def _indexed_files(index: Path) -> list[Path]:
+    """The shards an index lists, each a plain file name inside the model folder (never a path out of it)."""
     weight_map = _read_json(index, f"{index} is missing").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise EvomergeError(f"{index} has no weight_map: the sharded checkpoint is damaged; save the model again")
-    files = [index.parent / name for name in sorted(set(weight_map.values()))]
+    bad = next((v for v in weight_map.values() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise EvomergeError(f"{index} maps a tensor to {bad!r}, not a shard file name: the index is damaged")
+    files = [_inside(index.parent, name, index) for name in sorted(set(weight_map.values()))]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise EvomergeError(f"{index} lists shard {missing[0].name}, which is missing: copy the complete checkpoint")
     return files
+
+
+def _inside(folder: Path, name: str, index: Path) -> Path:
+    """``folder / name`` where ``name`` is a relative path with no ``..`` whose file, symlinks followed, stays in the
+    folder (or, for a Hugging Face cache snapshot, in its repository's ``blobs``); else an error naming the index."""
+    relative = Path(name)
+    if not name or relative.is_absolute() or ".." in relative.parts or "\\" in name:
+        raise EvomergeError(f"{index} lists shard {name!r}, which is not a file name inside {folder}: "
+                            "the index is damaged or hostile; save the model again")
+    path = folder / relative
+    target = path.resolve()
+    allowed = [folder.resolve()]
+    if allowed[0].parent.name == "snapshots":  # <cache>/models--org--name/snapshots/<rev>/<shard> -> ../../blobs/<sha>
+        allowed.append(allowed[0].parent.parent / "blobs")
+    if not any(target.is_relative_to(root) for root in allowed):
+        raise EvomergeError(f"{index} lists shard {name!r}, a symlink to {target} outside {folder}: "
+                            "copy the shard into the model folder")
+    return path
 
 
 def _read_pickle(file: Path) -> dict[str, Tensor]:
@@ -159,6 +181,14 @@ def read_tensor_infos(path: str | Path, *, allow_pickle: bool = False, trust_rem
     owner = Path(used_by).expanduser().resolve() if used_by is not None else folder.path
     infos = used_tensors(owner, folder.path, folder.index()[0], trust_remote_code)
     return {name: infos[name] for name in sorted(infos, key=natural_key)}
+
+
+def check_loadable(path: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+    """What ``from_pretrained`` would trip over with a traceback, refused first with one line: the weight files and
+    shard index, every safetensors header, and config.json against the weights' shapes (pickles: the files only)."""
+    folder = ModelFolder.open(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if not folder.pickled:
+        used_tensors(folder.path, folder.path, folder.index()[0], trust_remote_code)
 
 
 def weight_bytes(path: str | Path) -> int:

@@ -19,6 +19,7 @@ temporary tensor); pickle checkpoints, where allowed, are loaded and copied in.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from evomerge.errors import EvomergeError
 
+MAX_HEADER = 100_000_000  # bytes: the safetensors library's own bound on a header's length
 ALIGN = 64  # bytes: a cache line, and the widest vector load (AVX-512) the kernels use
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -140,23 +142,99 @@ def read_block(block: Block, infos: Mapping[str, TensorInfo], loaded: Mapping[st
 
 
 def safetensors_index(file: Path) -> dict[str, TensorInfo]:
-    """Every tensor of a safetensors file from its header alone: dtype, shape, absolute byte offset."""
+    """Every tensor of a safetensors file from its header alone: dtype, shape, absolute byte offset.
+
+    The header is checked as the safetensors library checks it, before anything is allocated: its length is bounded
+    (``MAX_HEADER``) and lies inside the file; it is a JSON object; each tensor has a known dtype, a shape, and data
+    offsets that follow the previous tensor's, inside the file, as long as dtype × shape says. So a damaged or hostile
+    file is one ``EvomergeError`` naming it, never a huge allocation or a crash deeper down."""
     try:
         with open(file, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        out = {}
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            begin, end = meta["data_offsets"]
-            info = TensorInfo(_SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), file, 8 + length + begin)
-            if end - begin != info.nbytes:
-                raise ValueError(f"tensor '{name}' has {end - begin} bytes for shape {meta['shape']} {meta['dtype']}")
-            out[name] = info
-        return out
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
-        raise EvomergeError(f"cannot read tensors from {file}: {e}") from None
+            size = os.fstat(f.fileno()).st_size
+            length = _header_length(f.read(8), size)
+            header = json.loads(_read_exactly(f, length), object_pairs_hook=_no_duplicate_keys)
+        return _tensor_infos(file, header, 8 + length, size - 8 - length)
+    except OSError as e:
+        raise EvomergeError(f"cannot read tensors from {file}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:  # _HeaderError, or JSON that does not parse
+        raise EvomergeError(f"{file} is not a valid safetensors file: {_what(e)}; copy or save the model again"
+                            ) from None
+
+
+class _HeaderError(ValueError):
+    """What is wrong with a safetensors header (the caller names the file)."""
+
+
+def _header_length(prefix: bytes, size: int) -> int:
+    if len(prefix) < 8:
+        raise _HeaderError(f"it has {size} bytes, fewer than the 8 of a header length")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > MAX_HEADER:
+        raise _HeaderError(f"its header length {length} exceeds the {MAX_HEADER}-byte bound")
+    if 8 + length > size:
+        raise _HeaderError(f"its header length {length} runs past the end of the {size}-byte file")
+    return length
+
+
+def _read_exactly(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise _HeaderError("the file ended while its header was read")
+    return data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _HeaderError(f"its header names {key!r} twice")
+        out[key] = value
+    return out
+
+
+def _tensor_infos(file: Path, header: Any, data_start: int, data_size: int) -> dict[str, TensorInfo]:
+    """The header's tensors, each checked; their byte ranges must tile the data area in order, as safetensors writes."""
+    if not isinstance(header, dict):
+        raise _HeaderError(f"its header is a JSON {type(header).__name__}, not an object")
+    if not isinstance(header.get("__metadata__", {}), dict):
+        raise _HeaderError("its header's __metadata__ is not an object")
+    out = {name: _tensor_info(name, meta, file, data_start) for name, meta in header.items() if name != "__metadata__"}
+    end = 0
+    for name, info in sorted(out.items(), key=lambda item: item[1].start):
+        if info.start - data_start != end:
+            raise _HeaderError(f"tensor {name!r} starts at byte {info.start - data_start} of the data, not at {end} "
+                               "where the previous tensor ends")
+        end += info.nbytes
+    if end != data_size:
+        raise _HeaderError(f"its tensors hold {end} bytes but the file has {data_size} after the header")
+    return out
+
+
+def _tensor_info(name: str, meta: Any, file: Path, data_start: int) -> TensorInfo:
+    if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= meta.keys():
+        raise _HeaderError(f"tensor {name!r} lacks its dtype, shape or data_offsets")
+    dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+        raise _HeaderError(f"tensor {name!r} has dtype {dtype!r}, not one of {', '.join(_SAFETENSORS_DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise _HeaderError(f"tensor {name!r} has shape {shape!r}, not a list of sizes >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
+        raise _HeaderError(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
+    info = TensorInfo(_SAFETENSORS_DTYPES[dtype], tuple(shape), file, data_start + offsets[0])
+    if offsets[1] - offsets[0] != info.nbytes:
+        raise _HeaderError(f"tensor {name!r} has {offsets[1] - offsets[0]} bytes in data_offsets {offsets} "
+                           f"but shape {shape} of {dtype} needs {info.nbytes}")
+    return info
+
+
+def _what(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "its header nests too deeply"
+    return str(e) if isinstance(e, _HeaderError) else f"its header is not UTF-8 JSON ({e})"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def nbytes(blocks: Iterable[Block]) -> int:
