@@ -1,8 +1,8 @@
 """The memory plan never changes results: the same candidate gives the same tensors whatever is cached or where.
 
-Every ``CachePolicy`` — sources read in place or streamed group by group, TIES cuts from sorted copies
-or from histograms, DARE draws cached or regenerated in the kernel — must write bit-identical
-tensors, and those must equal the eager reference operators. The fixtures are bfloat16 sources
+Every ``CachePolicy`` — sources read in place, copied to the device once (resident) or streamed group by
+group, TIES cuts from sorted copies or from histograms, DARE draws cached or regenerated in the kernel —
+must write bit-identical tensors, and those must equal the eager reference operators. The fixtures are bfloat16 sources
 whose deltas are a few ulps (so the trim cut falls inside large groups of tied magnitudes, the hard
 case for histograms), several layer groups (so streaming switches buffers), and histograms forced
 on for these small tensors.
@@ -29,8 +29,8 @@ SHAPES = {
     "model.layers.0.input_layernorm.weight": (24,), "model.layers.1.self_attn.q_proj.weight": (24, 24),
     "model.norm.weight": (24,), "lm_head.weight": (40, 24),
 }
-POLICIES = [CachePolicy(s, t, d) for s, t, d in itertools.product(("shared", "streamed"), ("sorted", "histogram"),
-                                                                    ("cached", "regenerated"))]
+POLICIES = [CachePolicy(s, t, d) for s, t, d in itertools.product(("shared", "resident", "streamed"),
+                                                                    ("sorted", "histogram"), ("cached", "regenerated"))]
 CANDIDATES = [
     ("ties", {"weight": [1.0, -0.7, 0.4], "density": [0.37, 0.8, 0.05]}, {}),
     ("ties", {"weight": [0.5, 0.5, 0.5], "density": [1.0, 0.5, 0.0]}, {"lam": 0.8}),
