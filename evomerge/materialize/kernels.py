@@ -14,6 +14,7 @@ compiled code is tested against).
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -154,6 +155,7 @@ _FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": 
 _COMPILED: dict[str, Callable[..., object]] = {}
 _compile_broken = False  # set by the first failed compile: every kernel runs eagerly from then on
 _PROBED: dict[str, bool] = {}
+compiled_calls: Counter[str] = Counter()  # per kernel name, calls that ran compiled: tests check the fallback did not
 
 
 def compile_works(device: torch.device) -> bool:
@@ -183,25 +185,27 @@ def chunk_kernel(name: str, compile: bool = True) -> Callable[..., object]:
     if name not in _COMPILED:
         # One compiled function serves (K, dtypes, flags) variants; allow more than dynamo's default 8.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _COMPILED[name] = _with_fallback(fn, torch.compile(fn, dynamic=True, backend="inductor"))
+        _COMPILED[name] = _with_fallback(name, fn, torch.compile(fn, dynamic=True, backend="inductor"))
     return _COMPILED[name]
 
 
-def _with_fallback(fn: Callable[..., object], compiled: Callable[..., object]) -> Callable[..., object]:
-    """``compiled``, or ``fn`` for good once a compiled call fails where the eager call does not."""
+def _with_fallback(name: str, fn: Callable[..., object], compiled: Callable[..., object]) -> Callable[..., object]:
+    """``compiled``, or ``fn`` for good once a compiled call fails where the eager call does not (kernel ``name``)."""
 
     def call(*args: object) -> object:
         global _compile_broken
         if _compile_broken:
             return fn(*args)
         try:
-            return compiled(*args)
+            result = compiled(*args)
         except Exception as error:
             result = fn(*args)  # raises again if the inputs, not the compiler, are the problem
             _compile_broken = True
             warnings.warn(f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); merging with the eager "
                           "kernels from now on (slower, same results)", RuntimeWarning, stacklevel=2)
             return result
+        compiled_calls[name] += 1
+        return result
 
     return call
 

@@ -185,14 +185,15 @@ def reference_log(search_config_file: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """One local Ray (2 CPUs) for the in-process tests; executors that find Ray running reuse it."""
+    """One local Ray (2 CPUs, no GPU: on a GPU machine too, so a cuda worker is refused everywhere) for the
+    in-process tests; executors that find Ray running reuse it."""
     import logging
 
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp = Path("/tmp") / f"evm-test-{os.getpid()}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              _temp_dir=str(temp), object_store_memory=128 * 2**20)
     yield ray
     ray.shutdown()

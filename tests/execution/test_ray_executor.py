@@ -38,7 +38,7 @@ def test_two_workers_match_local_and_share_the_work(ray_cluster, spec, make_reci
 def test_too_many_workers_for_the_cluster(ray_cluster, spec):
     with pytest.raises(EvomergeError, match="cannot place 3 workers.*3 CPUs"):
         RayExecutor(spec, workers=3)
-    with pytest.raises(EvomergeError, match="1 GPUs"):  # a cuda worker holds a GPU; this cluster has none
+    with pytest.raises(EvomergeError, match=r"1 GPUs \(1 per worker\) but it has 0"):  # ray_cluster declares none
         RayExecutor(replace(spec, device="cuda"), workers=1)
 
 

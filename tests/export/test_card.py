@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import yaml
 
 from evomerge.config.search import SourcesConfig
 from evomerge.export.export import export_candidate
+from evomerge.genome.space import GenomeSpace
+from evomerge.run.log import RunLog
 
-from .conftest import export_config, synthetic_run
+from .conftest import TASKS, export_config, fake_scores, synthetic_run
 
 
 def exported_card(family: dict[str, Path], tmp_path: Path, fake_executor, **cfg) -> str:
@@ -58,5 +61,16 @@ def test_the_bases_declared_license_is_carried(scored_family, fake_executor, tmp
 
 
 def test_the_card_states_the_gain_over_the_best_fixed_recipe(scored_family, fake_executor, tmp_path: Path) -> None:
+    """The gain's value, derived from the fake scorer: held-out = 0.9 × calibration; a source alone scores
+    0.9 × (0.25 + 0.6) on its own task, the normalizer; the best fixed recipe weighs both sources 1
+    (task arithmetic, TIES, DARE-TIES), 0.9 × (0.25 + 0.6 − 0.2) on each task."""
     card = exported_card(scored_family, tmp_path, fake_executor)
-    assert "**Gain over the best fixed recipe: " in card and "the best fixed recipe on held-out, " in card
+    chosen = int(re.search(r"— candidate (\d+)", card)[1])
+    cfg = export_config(scored_family)
+    x = next(r.x for r in RunLog.open(tmp_path / "run").candidates() if r.index == chosen)
+    held = fake_scores(GenomeSpace.for_config(cfg).to_recipe(x), TASKS, 0.9)
+    ours = sum(held[t].value for t in TASKS) / len(TASKS) / (0.9 * 0.85)
+    theirs = 0.9 * 0.65 / (0.9 * 0.85)
+    stated = re.search(r"\*\*Gain over the best fixed recipe: ([+-]\d\.\d{3})\*\*", card)
+    assert stated and abs(float(stated[1]) - (ours - theirs)) < 6e-4, (stated, ours - theirs)
+    assert f"the best fixed recipe on held-out, task arithmetic (λ=0.1), {theirs:.3f}." in card

@@ -8,6 +8,8 @@ Small chunks (``chunk=64``) make every tensor span several chunks, so cuts that 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 
@@ -135,7 +137,7 @@ def test_cache_is_filled_once_and_reused() -> None:
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("options", [EAGER, dict(compile=True, chunk=256)], ids=["eager", "compiled"])
-def test_non_finite_results_are_reported(value: float, options: dict) -> None:
+def test_non_finite_results_are_reported(value: float, options: dict, ran_compiled: Callable[..., None]) -> None:
     pool = make_pool(3)
     pool.sources[2].tensors["w.big"][5, 7] = value
     pool.sources[1].tensors["w.vec"][5] = value
@@ -143,6 +145,8 @@ def test_non_finite_results_are_reported(value: float, options: dict) -> None:
     for method in ("task_arithmetic", "ties"):
         plan = make_plan(pool, method, {"weight": [1.0, 1.0, 1.0], "density": [1.0, 1.0, 1.0]})
         assert FastMerger(pool, **options).materialize(plan, out) == ["w.big", "w.vec"]
+    if options["compile"]:
+        ran_compiled("gta")
 
 
 COMPILED = [
@@ -154,12 +158,15 @@ COMPILED = [
 ]
 
 
-def test_compiled_slerp_equals_the_reference() -> None:
+def test_compiled_slerp_equals_the_reference(ran_compiled: Callable[..., None]) -> None:
     pool = make_pool(1, seed=8)
     check(pool, make_plan(pool, "slerp", {}, {"t": 0.35}), compile=True, chunk=256)
+    ran_compiled("linear")
 
 
 @pytest.mark.parametrize("method,source_params,params", COMPILED)
-def test_compiled_kernels_equal_the_reference(method: str, source_params: dict, params: dict) -> None:
+def test_compiled_kernels_equal_the_reference(method: str, source_params: dict, params: dict,
+                                              ran_compiled: Callable[..., None]) -> None:
     pool = make_pool(3, seed=7)
     check(pool, make_plan(pool, method, source_params, params), compile=True, chunk=256)
+    ran_compiled("linear" if method == "linear" else "gta")

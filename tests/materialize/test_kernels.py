@@ -58,7 +58,7 @@ def test_a_failing_compile_falls_back_to_the_eager_kernels_with_one_warning(monk
 
 def test_an_error_of_the_inputs_is_not_taken_for_a_broken_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "_compile_broken", False)
-    call = kernels._with_fallback(lambda x: x.no_such_method(), lambda x: x.no_such_method())
+    call = kernels._with_fallback("probe", lambda x: x.no_such_method(), lambda x: x.no_such_method())
     with pytest.raises(AttributeError):
         call(torch.ones(2))
     assert kernels._compile_broken is False

@@ -1,8 +1,8 @@
 """The memory plan never changes results: the same candidate gives the same tensors whatever is cached or where.
 
-Every ``CachePolicy`` — sources read in place or streamed group by group, TIES cuts from sorted copies
-or from histograms, DARE draws cached or regenerated in the kernel — must write bit-identical
-tensors, and those must equal the eager reference operators. The fixtures are bfloat16 sources
+Every ``CachePolicy`` — sources read in place, copied to the device once (resident) or streamed group by
+group, TIES cuts from sorted copies or from histograms, DARE draws cached or regenerated in the kernel —
+must write bit-identical tensors, and those must equal the eager reference operators. The fixtures are bfloat16 sources
 whose deltas are a few ulps (so the trim cut falls inside large groups of tied magnitudes, the hard
 case for histograms), several layer groups (so streaming switches buffers), and histograms forced
 on for these small tensors.
@@ -11,6 +11,7 @@ on for these small tensors.
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ import torch
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.kernels import TIE_BLOCK
 from evomerge.materialize.plan import MergePlan, TensorStep
-from evomerge.materialize.thresholds import TrimCuts, tie_index_bytes
+from evomerge.materialize.thresholds import Trim, TrimCuts, tie_index_bytes
 from evomerge.merge.registry import get_method
 from evomerge.merge.sparsify import keep_count
 from evomerge.sources.pool import SourcePool
@@ -28,8 +29,8 @@ SHAPES = {
     "model.layers.0.input_layernorm.weight": (24,), "model.layers.1.self_attn.q_proj.weight": (24, 24),
     "model.norm.weight": (24,), "lm_head.weight": (40, 24),
 }
-POLICIES = [CachePolicy(s, t, d) for s, t, d in itertools.product(("shared", "streamed"), ("sorted", "histogram"),
-                                                                    ("cached", "regenerated"))]
+POLICIES = [CachePolicy(s, t, d) for s, t, d in itertools.product(("shared", "resident", "streamed"),
+                                                                    ("sorted", "histogram"), ("cached", "regenerated"))]
 CANDIDATES = [
     ("ties", {"weight": [1.0, -0.7, 0.4], "density": [0.37, 0.8, 0.05]}, {}),
     ("ties", {"weight": [0.5, 0.5, 0.5], "density": [1.0, 0.5, 0.0]}, {"lam": 0.8}),
@@ -81,6 +82,17 @@ def merged(pool: SourcePool, plan: MergePlan, merger: FastMerger) -> dict[str, t
     return out
 
 
+def assert_float64_reference(pool: SourcePool, candidate: tuple, got: dict[str, torch.Tensor]) -> None:
+    """``got`` is the reference operators' merge computed in float64 (from float64 copies of the bfloat16 sources),
+    rounded once to bfloat16: float32's rounding errors lie far below half a bfloat16 step, so for these inputs
+    every entry rounds the same (a tolerance of one bfloat16 step would hide a wrong λ on deltas of a few steps)."""
+    wide = SourcePool.of([{n: t.double() for n, t in m.tensors.items()} for m in pool.models],
+                         config={"num_hidden_layers": 2})
+    for name, want in plan_for(wide, *candidate).materialize(wide).items():
+        rounded = want.to(got[name].dtype)
+        assert torch.equal(got[name], rounded), f"{candidate[0]} {name}: {int((got[name] != rounded).sum())} entries"
+
+
 @pytest.mark.parametrize("method,source_params,params", CANDIDATES)
 def test_every_policy_writes_the_same_tensors_as_the_reference(pool: SourcePool, method: str, source_params: dict,
                                                                 params: dict) -> None:
@@ -92,15 +104,17 @@ def test_every_policy_writes_the_same_tensors_as_the_reference(pool: SourcePool,
             assert torch.equal(got[name], want), f"{policy} {method} {name}"
 
 
-def test_compiled_kernels_give_the_same_tensors_under_every_policy() -> None:
+def test_compiled_kernels_give_the_same_tensors_under_every_policy(ran_compiled: Callable[..., None]) -> None:
     pool = bf16_pool(seed=1)
     plans = [plan_for(pool, *c) for c in CANDIDATES[:3]]
     first = [merged(pool, p, FastMerger(pool, compile=False)) for p in plans]
     for policy in (CachePolicy("shared", "histogram", "regenerated"), CachePolicy("streamed", "sorted", "cached")):
         merger = FastMerger(pool, policy=policy, compile=True)
-        for plan, want in zip(plans, first):
+        for candidate, plan, want in zip(CANDIDATES, plans, first):
             got = merged(pool, plan, merger)
             assert all(torch.equal(got[n], want[n]) for n in want), policy
+            assert_float64_reference(pool, candidate, got)
+    ran_compiled("gta", "magnitude_keys", "value_rows")  # the merge and the histogram's counting passes
 
 
 def test_caches_are_reused_across_candidates_and_sized_by_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,13 +148,33 @@ def tied_sources() -> tuple[torch.Tensor, list[torch.Tensor]]:
     return base, [base + torch.randint(-2, 3, (N_TIED,), generator=g) * 0.25 for _ in range(2)]
 
 
+def reference_keeps(base: torch.Tensor, source: torch.Tensor, density: float) -> torch.Tensor:
+    """Top-d trimming by brute force: the max(1, int(d·n)) largest |τ| (mergekit's count), ties by lower flat index,
+    ranked in float64 by a stable sort (nothing of ``thresholds``)."""
+    tau = (source - base).abs().double()
+    n = tau.numel()
+    keep = n if density >= 1 else 0 if density <= 0 else max(1, int(density * n))
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[torch.sort(-tau, stable=True).indices[:keep]] = True
+    return kept
+
+
+def cut_keeps(cut: Trim, base: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """The entries a cut keeps, as the fused kernel applies it: |τ| > low, or |τ| == low at flat index < p."""
+    tau = (source - base).abs()
+    return (tau > cut.low) | ((tau == cut.low) & (torch.arange(tau.numel()) < cut.p))
+
+
 def cuts_agree(base: torch.Tensor, sources: list[torch.Tensor], candidates: list[list[float]]) -> TrimCuts:
-    """Asserts that histogram cuts equal sorted-copy cuts for every candidate's densities (eager, whole tensors);
-    returns the histogram's ``TrimCuts``."""
+    """Asserts that histogram cuts equal sorted-copy cuts for every candidate's densities (eager, whole tensors), and
+    keep exactly the entries of the brute-force reference; returns the histogram's ``TrimCuts``."""
     every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
     histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
     for densities in candidates:
-        assert histogram.cuts("w", densities, base, sources) == reference.cuts("w", densities, base, sources), densities
+        cuts = histogram.cuts("w", densities, base, sources)
+        assert cuts == reference.cuts("w", densities, base, sources), densities
+        for cut, source, density in zip(cuts, sources, densities):
+            assert torch.equal(cut_keeps(cut, base, source), reference_keeps(base, source, density)), (cut, density)
     return histogram
 
 

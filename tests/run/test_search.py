@@ -132,14 +132,18 @@ def candidate_lines(run_dir: Path) -> int:
     return sum(1 for line in log.read_text().splitlines() if '"candidate"' in line) if log.exists() else 0
 
 
-def kill_after(proc: subprocess.Popen, run_dir: Path, lines: int, extra_s: float) -> None:
-    """SIGKILL once the log holds ``lines`` candidates, plus ``extra_s`` (to land mid-evaluation)."""
+def kill_after(proc: subprocess.Popen, run_dir: Path, lines: int, extra_s: float) -> int:
+    """SIGKILL once the log holds ``lines`` candidates, plus ``extra_s`` (to land mid-evaluation); returns the
+    candidates logged by then. Asserts the kill hit the running process: a run that ended first (finished or
+    failed) would leave the resume test comparing two whole runs."""
     deadline = time.time() + 120
     while candidate_lines(run_dir) < lines and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(extra_s)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the kill: {proc.stderr.read()}"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, f"the run exited with {proc.returncode} before the SIGKILL landed"
+    return candidate_lines(run_dir)
 
 
 def comparable(run_dir: Path) -> list[dict]:
@@ -167,10 +171,11 @@ def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path:
     assert cli("search", str(config), "--run-dir", str(whole), "--quiet").wait() == 0
     assert max(r.generation for r in RunLog.open(whole).candidates()) == generations
 
-    kill_after(cli("search", str(config), "--run-dir", str(pieces), "--quiet"), pieces, 0, 0.0)  # during start-up
+    start = ["search", str(config), "--run-dir", str(pieces), "--quiet"]
+    assert kill_after(cli(*start), pieces, 0, 0.0) < budget  # during start-up
     for lines, extra in [(2, 0.0), (budget // 3, 0.08), (2 * budget // 3, 0.15)]:  # after a record, then mid-evaluation
-        runner = ["resume", str(pieces), "--quiet"] if (pieces / "log.jsonl").exists() else ["search", str(config), "--run-dir", str(pieces), "--quiet"]
-        kill_after(cli(*runner), pieces, lines, extra)
+        runner = ["resume", str(pieces), "--quiet"] if (pieces / "log.jsonl").exists() else start
+        assert lines <= kill_after(cli(*runner), pieces, lines, extra) < budget, "killed short of its mark or too late"
     final = cli("resume", str(pieces), "--quiet")
     assert final.wait() == 0, final.stderr.read()
     assert comparable(pieces) == comparable(whole)

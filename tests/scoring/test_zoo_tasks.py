@@ -9,10 +9,22 @@ import pytest
 
 from evomerge.errors import EvomergeError
 from evomerge.scoring.scorer import load_tasks
-from evomerge.zoo.skills import EXPERT_SKILLS, FORMATS, TERMINATOR, make_item
+from evomerge.zoo.skills import FORMATS, TERMINATOR, make_item
 from evomerge.zoo.tasks import KINDS, write_skill_tasks
 
-ITEMS = [make_item("rev", letters) for letters in ("abc", "aba", "jihgfed")]  # 'aba' reversed is itself
+# Written out by hand, not from the writer's tables: 'aba' reversed is itself, 'jihgfed' reversed is sorted.
+ITEMS = [{"prompt": "rev:abc=", "answer": "cba."}, {"prompt": "rev:aba=", "answer": "aba."},
+         {"prompt": "rev:jihgfed=", "answer": "defghij."}]
+# Each string's answers under the expert skills rev, sort, up, dup, repeats dropped (the multiple-choice options).
+OPTIONS = [["cba.", "abc.", "ABC.", "abcabc."], ["aba.", "aab.", "ABA.", "abaaba."],
+           ["defghij.", "JIHGFED.", "jihgfedjihgfed."]]
+
+
+def test_each_skill_transforms_concrete_letters_and_ends_with_the_terminator() -> None:
+    answers = {"rev": "acjb.", "sort": "abcj.", "up": "BJCA.", "dup": "bjcabjca.", "copy": "bjca.", "shift": "cadb."}
+    assert {fmt: make_item(fmt, "bjca") for fmt in answers} == {
+        fmt: {"prompt": f"{fmt}:bjca=", "answer": answer} for fmt, answer in answers.items()}
+    assert set(FORMATS) == set(answers) and TERMINATOR == "."
 
 
 @pytest.fixture
@@ -33,18 +45,15 @@ def test_every_kind_and_split_is_written_under_its_name(rev_tasks) -> None:
 def test_multiple_choice_options_are_the_expert_skills_answers_for_the_same_letters(rev_tasks) -> None:
     _, folder = rev_tasks
     task = load_tasks(["zoo_rev_mc"], folder)["zoo_rev_mc"]
-    for doc, item in zip(task.eval_docs, ITEMS):
-        letters = item["prompt"].split(":")[1][:-1]
-        options = task.doc_to_choice(doc)
-        assert options[0] == task.doc_to_target(doc) == item["answer"]
-        assert options == list(dict.fromkeys(FORMATS[skill](letters) + TERMINATOR for skill in ("rev", *EXPERT_SKILLS)))
+    assert [task.doc_to_choice(doc) for doc in task.eval_docs] == OPTIONS
+    assert [task.doc_to_target(doc) for doc in task.eval_docs] == [item["answer"] for item in ITEMS]
 
 
 def test_generation_stops_at_the_terminator_and_is_scored_against_the_answer_before_it(rev_tasks) -> None:
     _, folder = rev_tasks
     task = load_tasks(["zoo_rev_gen"], folder)["zoo_rev_gen"]
     assert task.config.generation_kwargs["until"] == [TERMINATOR]
-    assert [task.doc_to_target(doc) for doc in task.eval_docs] == [it["answer"].removesuffix(TERMINATOR) for it in ITEMS]
+    assert [task.doc_to_target(doc) for doc in task.eval_docs] == ["cba", "aba", "defghij"]
     assert [f["name"] for f in task.config.filter_list] == ["strict-match", "flexible-extract"]
 
 
