@@ -225,9 +225,14 @@ def _short_names(folders: list[Path]) -> list[str]:
 
 
 def load_config(path: str | Path) -> SearchConfig:
-    """Read and check a search config file (relative paths resolved against its folder)."""
+    """Read and check a search config file (relative paths resolved against its folder); a mergekit-evolve
+    config (top-level ``genome:`` and ``tasks:``) is read as its native equivalent (``config.mergekit_evolve``)."""
     path = Path(path)
     data = read_yaml_mapping(path, what="config")
+    from evomerge.config import mergekit_evolve  # it builds on this module
+
+    if mergekit_evolve.is_mergekit_evolve(data):
+        return mergekit_evolve.load_mergekit_evolve(path, data)
     data.setdefault("name", path.stem)
     return load(SearchConfig, data, what="config", root=path.parent.resolve())
 
