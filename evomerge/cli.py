@@ -96,6 +96,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         "execution.backend": args.backend, "execution.gpus_per_worker": args.gpus_per_worker,
         "execution.ray_address": args.ray_address,
         "scoring.task_path": Path(args.task_path).resolve() if args.task_path else None,
+        "scoring.allow_benchmark_tasks": args.allow_benchmark_tasks or None,
     })
     if args.plan:
         from evomerge.materialize.memory import plan_for_config
@@ -252,6 +253,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--ray-address", help="Ray: join this cluster ('auto' or host:port) instead of starting one")
     search.add_argument("--task-path", help="folder of lm-eval task YAMLs (overrides scoring.task_path; "
                         "mergekit-evolve's --task-search-path)")
+    search.add_argument("--allow-benchmark-tasks", action="store_true", help="allow optimizing on lm-eval's own "
+                        "benchmark test sets (mmlu, gsm8k, ...; sets scoring.allow_benchmark_tasks)")
     search.add_argument("--check", action="store_true", help="check the config (models, methods, strategy, tasks) and stop")
     search.add_argument("--plan", action="store_true", help="print the memory plan (bytes per worker and per node, what is "
                         "cached) and stop; works from sources.shape where the model folders are not here")

@@ -91,10 +91,16 @@ def _warn(notes: list[str]) -> None:
 
 def read_mergekit_evolve(path: Path, data: Mapping[str, Any]) -> tuple[SearchConfig, list[str]]:
     """(native config, warnings) of the mergekit-evolve file ``path`` holding ``data``; refusals raise EvomergeError."""
+    cfg, notes, _ = _read(path, data)
+    return cfg, notes
+
+
+def _read(path: Path, data: Mapping[str, Any]) -> tuple[SearchConfig, list[str], dict[str, str]]:
+    """(native config, warnings, the model folders found next to the config -> their paths as written there)."""
     evolve = load(EvolveConfig, data, what=WHAT)
-    root = path.parent.resolve()
     notes = _refuse_or_note(evolve)
-    sources = _sources(evolve.genome, root)
+    written: dict[str, str] = {}
+    sources = _sources(evolve.genome, path.parent, written)
     native = {
         "name": path.stem,
         "sources": sources,
@@ -104,7 +110,7 @@ def read_mergekit_evolve(path: Path, data: Mapping[str, Any]) -> tuple[SearchCon
         "objectives": [_objective(task, i) for i, task in enumerate(evolve.tasks)],
         "strategy": {"name": "cmaes"},
     }
-    return load(SearchConfig, native, what=f"{WHAT} {path}"), notes
+    return load(SearchConfig, native, what=f"{WHAT} {path}"), notes, written
 
 
 def _refuse_or_note(evolve: EvolveConfig) -> list[str]:
@@ -129,27 +135,31 @@ def _refuse(field_name: str, why: str) -> None:
     raise EvomergeError(f"{WHAT} field '{field_name}' is not supported: {why}")
 
 
-def _sources(genome: EvolveGenome, root: Path) -> dict[str, Any]:
+def _sources(genome: EvolveGenome, root: Path, written: dict[str, str]) -> dict[str, Any]:
     """Model folders (found here, offline) and, where the config names hub ids, those ids as the published names."""
-    models = [_model(ref, root, f"genome.models[{i}]") for i, ref in enumerate(genome.models)]
-    base = _model(genome.base_model, root, "genome.base_model") if genome.base_model is not None else models[0]
+    models = [_model(ref, root, f"genome.models[{i}]", written) for i, ref in enumerate(genome.models)]
+    base = _model(genome.base_model, root, "genome.base_model", written) if genome.base_model is not None else models[0]
     named = any(hub_id for _, hub_id in (base, *models))
     return {
         "base": str(base[0]),
         "models": [str(folder) for folder, _ in models],
         "base_name": base[1],
         "names": [hub_id or folder.name for folder, hub_id in models] if named else [],
-        "tokenizer_source": _tokenizer_source(genome, base, models, root),
+        "tokenizer_source": _tokenizer_source(genome, base, models, root, written),
     }
 
 
-def _model(ref: Any, root: Path, where: str) -> tuple[Path, str | None]:
+def _model(ref: Any, root: Path, where: str, written: dict[str, str]) -> tuple[Path, str | None]:
     """(local folder, hub id or None) of one model reference. As in mergekit, a folder that exists (next to the
-    config, or from here) is a folder; else an ``owner/name`` is a hub id, found in the local Hugging Face cache."""
+    config, or from here) is a folder; else an ``owner/name`` is a hub id, found in the local Hugging Face cache.
+    A folder found next to the config goes into ``written`` with its path as written."""
     text, revision = _reference(ref, where)
-    for folder in (root / text, Path(text).expanduser()):
-        if folder.is_dir():
-            return folder.resolve(), None
+    if (root / text).is_dir():
+        folder = (root / text).resolve()
+        written.setdefault(str(folder), text)
+        return folder, None
+    if Path(text).expanduser().is_dir():
+        return Path(text).expanduser().resolve(), None
     hub_id = HUB_ID.match(text) is not None
     cached = _hub_cache(text, revision) if hub_id else None
     if cached is None:
@@ -201,7 +211,7 @@ def _hub_cache(repo_id: str, revision: str | None) -> Path | None:
 
 
 def _tokenizer_source(genome: EvolveGenome, base: tuple[Path, str | None], models: list[tuple[Path, str | None]],
-                      root: Path) -> str | None:
+                      root: Path, written: dict[str, str]) -> str | None:
     """evomerge takes the tokenizer of one folder: the base (``base`` or none) or one of the models."""
     source = genome.tokenizer_source
     if source is None or source == "base":
@@ -209,7 +219,7 @@ def _tokenizer_source(genome: EvolveGenome, base: tuple[Path, str | None], model
     if source == "union":
         _refuse("genome.tokenizer_source", "evomerge merges models that share one vocabulary and takes the tokenizer "
                 "of one folder; name the base or one of the models")
-    folder, _ = _model(source, root, "genome.tokenizer_source")
+    folder, _ = _model(source, root, "genome.tokenizer_source", written)
     if folder not in (base[0], *(f for f, _ in models)):
         _refuse("genome.tokenizer_source", f"'{source}' is neither the base nor one of genome.models; evomerge takes the "
                 "tokenizer of one of the merged folders")
@@ -292,6 +302,8 @@ COMMENTS = {
     "scoring.apply_chat_template": "apply_chat_template (mergekit-evolve's default: true)",
     "scoring.fewshot_as_multiturn": "fewshot_as_multiturn (mergekit-evolve's default: true)",
     "scoring.system_instruction": "a system instruction before every prompt",
+    "scoring.allow_benchmark_tasks": "optimize on lm-eval's benchmark test sets (mergekit-evolve's "
+                                     "--i-understand-the-depths-of-the-evils-i-am-unleashing)",
     "objectives": "tasks: one each, metric,filter split; cmaes ranks by the weighted mean (mergekit-evolve's weighted "
                   "sum, scaled)\n# heldout_task: a task the search never sees, scored for the finalists (null: task again)",
     "strategy.name": "CMA-ES as mergekit-evolve; nsga2 searches the tasks' Pareto front instead of one weighted score",
@@ -317,11 +329,12 @@ def convert_text(path: Path, task_path: Path | None = None) -> str:
     data = read_yaml_mapping(path, what="config")
     if not is_mergekit_evolve(data):
         raise EvomergeError(f"{path} is not a mergekit-evolve config (it needs top-level genome: and tasks:)")
-    cfg, notes = read_mergekit_evolve(path, data)
+    cfg, notes, written = _read(path, data)
     _warn(notes)
     if task_path is not None:
         cfg = cfg.override(**{"scoring.task_path": task_path.resolve()})
-    native = _relative(dump(cfg), path.parent.resolve())
+        written.setdefault(str(task_path.resolve()), os.path.relpath(task_path.absolute(), path.parent.absolute()))
+    native = _relative(dump(cfg), path.parent.resolve(), written)
     native = {key: native[key] for key in sorted(native, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))}
     lines = [f"# Converted from the mergekit-evolve config {path.name} by `evomerge config convert` (docs/MIGRATING.md).",
              f"# Relative paths are relative to the folder of {path.name}: keep this file next to it.",
@@ -340,7 +353,11 @@ def convert_text(path: Path, task_path: Path | None = None) -> str:
 
 
 def _line(head: str, value: Any, comment: str) -> str:
+    """``head value  # comment``; a list too long for the comment column goes below, one item a line."""
     text = f"{head} {_flow(value)}" if value != "" else head
+    if isinstance(value, list) and value and len(text) >= COMMENT_COLUMN - 1:
+        indent = " " * (len(head) - len(head.lstrip()) + 2)
+        return "\n".join([_line(head, "", comment), *(f"{indent}- {_flow(item)}" for item in value)])
     return f"{text.ljust(COMMENT_COLUMN - 1)} # {comment}" if comment else text
 
 
@@ -349,23 +366,18 @@ def _flow(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).removesuffix("\n...\n").strip()
 
 
-def _relative(data: dict[str, Any], root: Path) -> dict[str, Any]:
-    """The config's paths under ``root`` written relative to it (the converted file sits next to the original)."""
+def _relative(data: dict[str, Any], root: Path, written: dict[str, str]) -> dict[str, Any]:
+    """The config's paths as the converted file next to the original reads them back: as written in the original
+    where they were, else relative to its folder, else absolute."""
     def rel(p: str | None) -> str | None:
         if p is None:
             return None
-        try:
-            return Path(p).relative_to(root).as_posix()
-        except ValueError:
-            return _relpath(Path(p), root)
+        for text in (written.get(p), os.path.relpath(p, root)):
+            if text is not None and (root / text).resolve() == Path(p):
+                return Path(text).as_posix()
+        return p
 
     src, scoring = data["sources"], data["scoring"]
     src.update(base=rel(src["base"]), models=[rel(m) for m in src["models"]], tokenizer_source=rel(src["tokenizer_source"]))
     scoring["task_path"] = rel(scoring["task_path"])
     return data
-
-
-def _relpath(path: Path, root: Path) -> str:
-    """``path`` from ``root`` with ``..`` where they share a parent below the filesystem root; else absolute."""
-    shared = Path(os.path.commonpath([path, root]))
-    return os.path.relpath(path, root) if shared != Path(shared.anchor) else str(path)

@@ -102,6 +102,8 @@ class ScoringConfig:
     apply_chat_template: bool = False  # needs a tokenizer with a chat template
     fewshot_as_multiturn: bool = False  # few-shot examples as chat turns (needs apply_chat_template)
     system_instruction: str | None = None
+    # optimize on lm-eval's own tasks of well-known benchmarks (their test sets); refused by default (run.preflight)
+    allow_benchmark_tasks: bool = False
 
     def check(self) -> tuple[str, str] | None:
         if self.fewshot_as_multiturn and not self.apply_chat_template:

@@ -242,3 +242,13 @@ def test_search_check_accepts_a_mergekit_evolve_config(tmp_path: Path, scored_fa
 def test_search_plan_accepts_a_mergekit_evolve_config(tmp_path: Path, scored_family, capsys) -> None:
     assert main(["search", str(write_evolve(tmp_path, scored_family)), "--plan"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_convert_keeps_the_model_paths_as_written_next_to_the_config(tiny_family) -> None:
+    root = tiny_family["base"].parent
+    path = write_evolve(root.parent, tiny_family, genome={"models": [f"{root.name}/a"], "base_model": f"{root.name}/base"})
+    try:
+        text = convert_text(path)
+    finally:
+        path.unlink()
+    assert f"  base: {root.name}/base " in text and f"  models: [{root.name}/a] " in text
