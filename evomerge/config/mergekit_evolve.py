@@ -305,7 +305,7 @@ COMMENTS = {
     "scoring.allow_benchmark_tasks": "optimize on lm-eval's benchmark test sets (mergekit-evolve's "
                                      "--i-understand-the-depths-of-the-evils-i-am-unleashing)",
     "objectives": "tasks: one each, metric,filter split; cmaes ranks by the weighted mean (mergekit-evolve's weighted "
-                  "sum, scaled)\n# heldout_task: a task the search never sees, scored for the finalists (null: task again)",
+                  "sum, scaled)\n  # heldout_task: a task the search never sees, scored for the finalists (null: task again)",
     "strategy.name": "CMA-ES as mergekit-evolve; nsga2 searches the tasks' Pareto front instead of one weighted score",
     "strategy.options": "cmaes: sigma0 (--sigma0, default 1/6), popsize (--force-population-size)",
     "budget.max_evals": "mergekit-evolve's --max-fevals",
