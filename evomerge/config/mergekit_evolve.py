@@ -78,7 +78,8 @@ def is_mergekit_evolve(data: Mapping[str, Any]) -> bool:
 
 
 def load_mergekit_evolve(path: Path, data: Mapping[str, Any]) -> SearchConfig:
-    """The native config of a mergekit-evolve file; what evomerge ignores is one warning line each on stderr."""
+    """The native config of a mergekit-evolve file; each field evomerge ignores is one warning line on stderr, and
+    several tasks one note saying how to search their Pareto front instead of their weighted score."""
     cfg, notes = read_mergekit_evolve(path, data)
     _warn(notes)
     return cfg
@@ -86,7 +87,7 @@ def load_mergekit_evolve(path: Path, data: Mapping[str, Any]) -> SearchConfig:
 
 def _warn(notes: list[str]) -> None:
     for note in notes:
-        print(f"evomerge: warning: {note}", file=sys.stderr)
+        print(f"evomerge: {note}", file=sys.stderr)
 
 
 def read_mergekit_evolve(path: Path, data: Mapping[str, Any]) -> tuple[SearchConfig, list[str]]:
@@ -120,13 +121,17 @@ def _refuse_or_note(evolve: EvolveConfig) -> list[str]:
                 "keep the full one as its objective's heldout_task (convert the file: evomerge config convert)")
     notes = []
     if evolve.genome.smooth:
-        notes.append(f"{WHAT} field 'genome.smooth' ignored: evomerge gives each layer group its own genes, constant "
+        notes.append(f"warning: {WHAT} field 'genome.smooth' ignored: evomerge gives each layer group its own genes, constant "
                      "within the group (no interpolation between groups); a smaller layer_granularity gives finer steps")
     if evolve.random_init:
-        notes.append(f"{WHAT} field 'random_init' ignored: evomerge's CMA-ES starts at the best of its seed points (the "
+        notes.append(f"warning: {WHAT} field 'random_init' ignored: evomerge's CMA-ES starts at the best of its seed points (the "
                      "fixed recipes and the box centre); strategy 'random' samples uniformly instead")
+    if len(evolve.tasks) > 1:
+        notes.append(f"note: the {len(evolve.tasks)} tasks are one weighted score, as mergekit-evolve scored them "
+                     "(strategy cmaes); for their Pareto front, set strategy.name: nsga2 in the native config "
+                     "(evomerge config convert)")
     if evolve.shuffle:
-        notes.append(f"{WHAT} field 'shuffle' ignored: evomerge scores every document of each task, so their order "
+        notes.append(f"warning: {WHAT} field 'shuffle' ignored: evomerge scores every document of each task, so their order "
                      "changes no score; few-shot examples are drawn with scoring.fewshot_seed")
     return notes
 
@@ -239,7 +244,7 @@ def _genome(genome: EvolveGenome, base: Path, notes: list[str]) -> dict[str, Any
         _refuse("genome.normalize", "evomerge's linear merge is normalized task arithmetic (the weighted average); an "
                 "unnormalized weighted sum of whole models has no task-vector equivalent")
     if method == "linear":
-        notes.append(f"{WHAT} field 'genome.merge_method' linear is searched as task_arithmetic with normalize: true "
+        notes.append(f"warning: {WHAT} field 'genome.merge_method' linear is searched as task_arithmetic with normalize: true "
                      "(the same weighted average of the models)")
     filters = tuple(genome.filters or ())
     if filters and set(filters) != KIND_FILTERS:
@@ -338,7 +343,7 @@ def convert_text(path: Path, task_path: Path | None = None) -> str:
     native = {key: native[key] for key in sorted(native, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))}
     lines = [f"# Converted from the mergekit-evolve config {path.name} by `evomerge config convert` (docs/MIGRATING.md).",
              f"# Relative paths are relative to the folder of {path.name}: keep this file next to it.",
-             *(f"# note: {n}" for n in notes), ""]
+             *(f"# {n}" for n in notes), ""]
     for key, value in native.items():
         section = getattr(cfg, key)
         if key == "objectives":

@@ -32,3 +32,9 @@ def test_the_mergekit_evolve_demo_gives_the_candidates_of_its_converted_config(z
     ran = search(evolve, tmp_path / "run-evolve", zoo_dir / "tasks")
     assert len(ran) == 6 and all(objectives for _, _, objectives in ran)
     assert search(native, tmp_path / "run-native", zoo_dir / "tasks") == ran
+
+
+def test_migrating_md_shows_the_demos_conversion_as_convert_prints_it(zoo_dir: Path, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)  # the command as MIGRATING.md gives it, from the repository root
+    text = convert_text(Path("configs/zoo-mergekit-evolve.yml"), task_path=Path("zoo/seed0-llama/tasks"))
+    assert text.rstrip() in (REPO / "docs" / "MIGRATING.md").read_text()

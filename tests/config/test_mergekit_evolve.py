@@ -168,6 +168,13 @@ def test_tasks_become_weighted_objectives_with_metric_and_filter(tmp_path: Path,
                    ("x", "acc", None, 1.0, None)]
 
 
+def test_several_tasks_note_how_to_search_their_pareto_front(tmp_path: Path, tiny_family, capsys) -> None:
+    load_config(write_evolve(tmp_path, tiny_family, tasks=["tiny_rev", "tiny_dup"]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("evomerge: note: the 2 tasks are one weighted score")
+    assert "strategy.name: nsga2" in lines[0]
+
+
 def test_weighted_objectives_rank_candidates_as_mergekit_evolves_weighted_sum() -> None:
     from evomerge.strategies import make_strategy
     from evomerge.strategies.base import Evaluation
