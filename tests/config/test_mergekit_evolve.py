@@ -259,3 +259,10 @@ def test_convert_keeps_the_model_paths_as_written_next_to_the_config(tiny_family
     finally:
         path.unlink()
     assert f"  base: {root.name}/base " in text and f"  models: [{root.name}/a] " in text
+
+
+def test_search_refuses_a_missing_model_in_one_line_with_exit_code_2(tmp_path: Path, tiny_family, capsys) -> None:
+    path = write_evolve(tmp_path, tiny_family, genome={"models": ["nobody/missing-7b"]})
+    assert main(["search", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("evomerge: error: mergekit-evolve config field 'genome.models[0]'")
