@@ -95,6 +95,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         "budget.max_evals": args.max_evals, "seed": args.seed, "execution.workers": args.workers,
         "execution.backend": args.backend, "execution.gpus_per_worker": args.gpus_per_worker,
         "execution.ray_address": args.ray_address,
+        "scoring.task_path": Path(args.task_path).resolve() if args.task_path else None,
+        "scoring.allow_benchmark_tasks": args.allow_benchmark_tasks or None,
     })
     if args.plan:
         from evomerge.materialize.memory import plan_for_config
@@ -109,6 +111,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     run = RunLog.create(run_dir, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
     with run.session():
         return _run_search(run, args.quiet)
+
+
+def cmd_config_convert(args: argparse.Namespace) -> int:
+    from evomerge.config.mergekit_evolve import convert_text
+
+    sys.stdout.write(convert_text(Path(args.config), Path(args.task_path) if args.task_path else None))
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -177,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge(sub)
     _add_evaluate(sub)
     _add_search(sub)
+    _add_config(sub)
     _add_resume(sub)
     _add_status(sub)
     _add_export(sub)
@@ -241,11 +251,26 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--backend", choices=["local", "ray"], help="overrides execution.backend")
     search.add_argument("--gpus-per-worker", type=float, help="Ray: GPUs per worker actor (default: 1 when GPUs exist)")
     search.add_argument("--ray-address", help="Ray: join this cluster ('auto' or host:port) instead of starting one")
+    search.add_argument("--task-path", help="folder of lm-eval task YAMLs (overrides scoring.task_path; "
+                        "mergekit-evolve's --task-search-path)")
+    search.add_argument("--allow-benchmark-tasks", action="store_true", help="allow optimizing on lm-eval's own "
+                        "benchmark test sets (mmlu, gsm8k, ...; sets scoring.allow_benchmark_tasks)")
     search.add_argument("--check", action="store_true", help="check the config (models, methods, strategy, tasks) and stop")
     search.add_argument("--plan", action="store_true", help="print the memory plan (bytes per worker and per node, what is "
                         "cached) and stop; works from sources.shape where the model folders are not here")
     search.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     search.set_defaults(func=cmd_search)
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    """``config convert``: a mergekit-evolve config as its native, commented equivalent."""
+    config = sub.add_parser("config", help="search config tools: convert a mergekit-evolve config")
+    config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    convert = config_sub.add_parser("convert", help="print the native search config (commented YAML) equivalent to a "
+                                    "mergekit-evolve config (genome: + tasks:); see docs/MIGRATING.md")
+    convert.add_argument("config", help="mergekit-evolve config YAML")
+    convert.add_argument("--task-path", help="folder of lm-eval task YAMLs (mergekit-evolve's --task-search-path)")
+    convert.set_defaults(func=cmd_config_convert)
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:

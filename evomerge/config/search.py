@@ -99,6 +99,8 @@ class ScoringConfig:
     apply_chat_template: bool = False  # needs a tokenizer with a chat template
     fewshot_as_multiturn: bool = False  # few-shot examples as chat turns (needs apply_chat_template)
     system_instruction: str | None = None
+    # optimize on lm-eval's own tasks of well-known benchmarks (their test sets); refused by default (run.preflight)
+    allow_benchmark_tasks: bool = False
 
     def check(self) -> tuple[str, str] | None:
         if self.fewshot_as_multiturn and not self.apply_chat_template:
@@ -222,9 +224,14 @@ def _short_names(folders: list[Path]) -> list[str]:
 
 
 def load_config(path: str | Path) -> SearchConfig:
-    """Read and check a search config file (relative paths resolved against its folder)."""
+    """Read and check a search config file (relative paths resolved against its folder); a mergekit-evolve
+    config (top-level ``genome:`` and ``tasks:``) is read as its native equivalent (``config.mergekit_evolve``)."""
     path = Path(path)
     data = read_yaml_mapping(path, what="config")
+    from evomerge.config import mergekit_evolve  # it builds on this module
+
+    if mergekit_evolve.is_mergekit_evolve(data):
+        return mergekit_evolve.load_mergekit_evolve(path, data)
     data.setdefault("name", path.stem)
     return load(SearchConfig, data, what="config", root=path.parent.resolve())
 

@@ -15,7 +15,7 @@ from evomerge.errors import EvomergeError
 from evomerge.genome.space import GenomeSpace
 from evomerge.genome.starts import seed_points
 from evomerge.materialize.memory import plan_for_config
-from evomerge.scoring.catalog import describe_tasks
+from evomerge.scoring.catalog import describe_tasks, is_benchmark_test_set
 from evomerge.sources.pool import check_compatible
 from evomerge.strategies import make_strategy
 
@@ -27,10 +27,23 @@ def check(cfg: SearchConfig) -> GenomeSpace:
     space = GenomeSpace.for_config(cfg)
     make_strategy(cfg.strategy.name, space.dim, len(cfg.objectives), seed=cfg.seed,
                   weights=[o.weight for o in cfg.objectives], initial=seed_points(space), **cfg.strategy.options)
+    check_benchmarks(cfg)
     check_objectives(cfg)
     check_prompt(cfg)
     check_execution(cfg)
     return space
+
+
+def check_benchmarks(cfg: SearchConfig) -> None:
+    """No search optimizes on lm-eval's own benchmark test sets unless the config says so (a held-out task may be one)."""
+    if cfg.scoring.task_path is not None or cfg.scoring.allow_benchmark_tasks:
+        return  # a folder of task YAMLs holds the user's own tasks, lm-eval's are not loaded
+    for j, o in enumerate(cfg.objectives):
+        if is_benchmark_test_set(o.task):
+            raise EvomergeError(f"config field 'objectives[{j}].task': '{o.task}' is lm-eval's test set of a well-known "
+                                "benchmark, and a search fitted to it reports a score it was tuned on; optimize on a "
+                                "calibration task of your own (held-out: the benchmark), or set "
+                                "scoring.allow_benchmark_tasks: true (search --allow-benchmark-tasks)")
 
 
 def check_objectives(cfg: SearchConfig) -> None:
