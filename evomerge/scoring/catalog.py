@@ -14,7 +14,6 @@ from typing import Any, Sequence
 from evomerge.errors import EvomergeError
 from evomerge.scoring.lmeval import task_config
 
-
 # lm-eval's own tasks of the well-known leaderboards: they score on the benchmarks' test sets, so a search that
 # optimizes on them reports a test score it was fitted to (names ending in _train are training splits)
 BENCHMARK_PREFIXES = ("mmlu", "hendrycks", "agieval", "gsm8k", "hellaswag", "winogrande", "arc_", "ai2_arc", "truthfulqa",
