@@ -190,7 +190,7 @@ def test_weighted_objectives_rank_candidates_as_mergekit_evolves_weighted_sum() 
     weights, scores = [0.5, 2.0], [(0.9, 0.1), (0.2, 0.3), (0.5, 0.5), (0.0, 0.4)]
     strategy = make_strategy("cmaes", 2, 2, seed=0, weights=weights)
     ours = sorted(scores, key=lambda s: strategy.scalarize(Evaluation(s)))
-    assert ours == sorted(scores, key=lambda s: sum(w * v for w, v in zip(weights, s)))
+    assert ours == sorted(scores, key=lambda s: sum(w * v for w, v in zip(weights, s, strict=True)))
 
 
 def test_prompt_options_keep_mergekit_evolves_defaults(tmp_path: Path, tiny_family) -> None:
