@@ -243,7 +243,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="start a search from a config YAML")
-    search.add_argument("config", help="search config YAML (see configs/zoo.yaml)")
+    search.add_argument("config", help="search config YAML (see configs/zoo.yaml), or a mergekit-evolve config "
+                        "(docs/MIGRATING.md)")
     search.add_argument("--run-dir", help="run folder (default populations/<name>)")
     search.add_argument("--max-evals", type=int, help="total candidate budget (overrides budget.max_evals)")
     search.add_argument("--seed", type=int, help="overrides seed")

@@ -1,4 +1,4 @@
-"""docs/MIGRATING.md maps every field and command-line option of the installed mergekit-evolve (a dev-only dependency)."""
+"""docs/MIGRATING.md maps every field and command-line option of the installed mergekit-evolve (dev-only)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def evolve_options() -> set[str]:
     source = Path(spec.origin).parent / "scripts" / "evolve.py"
     names = set()
     for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("option", "argument"):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr in ("option", "argument"):
             texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if node.func.attr == "argument":
                 names.add(texts[0].upper().replace("-", "_"))
@@ -43,6 +45,7 @@ def test_every_mergekit_evolve_option_is_in_the_table() -> None:
 
 def test_every_mergekit_evolve_config_field_is_in_the_table() -> None:
     evo = pytest.importorskip("mergekit.evo.config", reason="mergekit (a dev-only dependency) is not installed")
-    fields = {*evo.EvolMergeConfiguration.model_fields, *(f"genome.{f}" for f in evo.ModelGenomeDefinition.model_fields),
+    fields = {*evo.EvolMergeConfiguration.model_fields,
+              *(f"genome.{f}" for f in evo.ModelGenomeDefinition.model_fields),
               *(f"tasks[].{f}" for f in evo.TaskConfiguration.model_fields)}
     assert sorted(fields - first_column("Config fields")) == []

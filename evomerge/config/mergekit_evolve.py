@@ -73,7 +73,7 @@ class EvolveConfig:
 
 
 def is_mergekit_evolve(data: Mapping[str, Any]) -> bool:
-    """A mergekit-evolve config by its shape: ``genome:`` and ``tasks:`` at the top (a native config has no ``tasks``)."""
+    """A mergekit-evolve config by its shape: ``genome:`` and ``tasks:`` at the top (a native one has no ``tasks``)."""
     return "genome" in data and "tasks" in data
 
 
@@ -121,19 +121,23 @@ def _refuse_or_note(evolve: EvolveConfig) -> list[str]:
                 "keep the full one as its objective's heldout_task (convert the file: evomerge config convert)")
     notes = []
     if evolve.genome.smooth:
-        notes.append(f"warning: {WHAT} field 'genome.smooth' ignored: evomerge gives each layer group its own genes, constant "
-                     "within the group (no interpolation between groups); a smaller layer_granularity gives finer steps")
+        notes.append(_ignored("genome.smooth", "evomerge gives each layer group its own genes, constant within the "
+                              "group (no interpolation between groups); a smaller layer_granularity gives finer steps"))
     if evolve.random_init:
-        notes.append(f"warning: {WHAT} field 'random_init' ignored: evomerge's CMA-ES starts at the best of its seed points (the "
-                     "fixed recipes and the box centre); strategy 'random' samples uniformly instead")
+        notes.append(_ignored("random_init", "evomerge's CMA-ES starts at the best of its seed points (the fixed "
+                              "recipes and the box centre); strategy 'random' samples uniformly instead"))
     if len(evolve.tasks) > 1:
         notes.append(f"note: the {len(evolve.tasks)} tasks are one weighted score, as mergekit-evolve scored them "
                      "(strategy cmaes); for their Pareto front, set strategy.name: nsga2 in the native config "
                      "(evomerge config convert)")
     if evolve.shuffle:
-        notes.append(f"warning: {WHAT} field 'shuffle' ignored: evomerge scores every document of each task, so their order "
-                     "changes no score; few-shot examples are drawn with scoring.fewshot_seed")
+        notes.append(_ignored("shuffle", "evomerge scores every document of each task, so their order changes no "
+                              "score; few-shot examples are drawn with scoring.fewshot_seed"))
     return notes
+
+
+def _ignored(field_name: str, instead: str) -> str:
+    return f"warning: {WHAT} field '{field_name}' ignored: {instead}"
 
 
 def _refuse(field_name: str, why: str) -> None:
@@ -169,8 +173,9 @@ def _model(ref: Any, root: Path, where: str, written: dict[str, str]) -> tuple[P
     cached = _hub_cache(text, revision) if hub_id else None
     if cached is None:
         cache = " nor in the Hugging Face cache" if hub_id else ""
-        raise EvomergeError(f"{WHAT} field '{where}': model '{text}' is not a folder next to the config or here{cache}; "
-                            "evomerge runs offline: download it first (huggingface-cli download) or write its folder")
+        raise EvomergeError(f"{WHAT} field '{where}': model '{text}' is not a folder next to the config or here"
+                            f"{cache}; evomerge runs offline: download it first (huggingface-cli download) or write "
+                            "its folder")
     return cached, text
 
 
@@ -226,8 +231,8 @@ def _tokenizer_source(genome: EvolveGenome, base: tuple[Path, str | None], model
                 "of one folder; name the base or one of the models")
     folder, _ = _model(source, root, "genome.tokenizer_source", written)
     if folder not in (base[0], *(f for f, _ in models)):
-        _refuse("genome.tokenizer_source", f"'{source}' is neither the base nor one of genome.models; evomerge takes the "
-                "tokenizer of one of the merged folders")
+        _refuse("genome.tokenizer_source", f"'{source}' is neither the base nor one of genome.models; evomerge takes "
+                "the tokenizer of one of the merged folders")
     return None if folder == base[0] else str(folder)
 
 
@@ -244,12 +249,13 @@ def _genome(genome: EvolveGenome, base: Path, notes: list[str]) -> dict[str, Any
         _refuse("genome.normalize", "evomerge's linear merge is normalized task arithmetic (the weighted average); an "
                 "unnormalized weighted sum of whole models has no task-vector equivalent")
     if method == "linear":
-        notes.append(f"warning: {WHAT} field 'genome.merge_method' linear is searched as task_arithmetic with normalize: true "
-                     "(the same weighted average of the models)")
+        notes.append(f"warning: {WHAT} field 'genome.merge_method' linear is searched as task_arithmetic with "
+                     "normalize: true (the same weighted average of the models)")
     filters = tuple(genome.filters or ())
     if filters and set(filters) != KIND_FILTERS:
         _refuse("genome.filters", f"evomerge splits a layer's genes by kind (attention, mlp, the rest) and takes no "
-                f"other tensor filters; use [{', '.join(sorted(KIND_FILTERS))}] or leave filters out, got {list(filters)}")
+                f"other tensor filters; use [{', '.join(sorted(KIND_FILTERS))}] or leave filters out, "
+                f"got {list(filters)}")
     low = -1.0 if genome.allow_negative_weights else 0.0
     return {
         "methods": [METHODS[method]],
@@ -268,7 +274,8 @@ def _layer_count(base: Path) -> int:
         return int(AutoConfig.from_pretrained(base, local_files_only=True).num_hidden_layers)
     except (OSError, ValueError, AttributeError) as e:  # no readable layer count: say which field needs a number
         raise EvomergeError(f"{WHAT} field 'genome.layer_granularity' is 0 (one group of all layers) but the layer "
-                            f"count of {base} cannot be read ({type(e).__name__}); write the number of layers") from None
+                            f"count of {base} cannot be read ({type(e).__name__}); write the number of layers"
+                            ) from None
 
 
 def _objective(entry: Any, index: int) -> dict[str, Any]:
@@ -310,7 +317,8 @@ COMMENTS = {
     "scoring.allow_benchmark_tasks": "optimize on lm-eval's benchmark test sets (mergekit-evolve's "
                                      "--i-understand-the-depths-of-the-evils-i-am-unleashing)",
     "objectives": "tasks: one each, metric,filter split; cmaes ranks by the weighted mean (mergekit-evolve's weighted "
-                  "sum, scaled)\n  # heldout_task: a task the search never sees, scored for the finalists (null: task again)",
+                  "sum, scaled)\n  # heldout_task: a task the search never sees, scored for the finalists "
+                  "(null: task again)",
     "strategy.name": "CMA-ES as mergekit-evolve; nsga2 searches the tasks' Pareto front instead of one weighted score",
     "strategy.options": "cmaes: sigma0 (--sigma0, default 1/6), popsize (--force-population-size)",
     "budget.max_evals": "mergekit-evolve's --max-fevals",
@@ -341,7 +349,8 @@ def convert_text(path: Path, task_path: Path | None = None) -> str:
         written.setdefault(str(task_path.resolve()), os.path.relpath(task_path.absolute(), path.parent.absolute()))
     native = _relative(dump(cfg), path.parent.resolve(), written)
     native = {key: native[key] for key in sorted(native, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))}
-    lines = [f"# Converted from the mergekit-evolve config {path.name} by `evomerge config convert` (docs/MIGRATING.md).",
+    lines = [f"# Converted from the mergekit-evolve config {path.name} by `evomerge config convert` "
+             "(docs/MIGRATING.md).",
              f"# Relative paths are relative to the folder of {path.name}: keep this file next to it.",
              *(f"# {n}" for n in notes), ""]
     for key, value in native.items():
@@ -350,7 +359,8 @@ def convert_text(path: Path, task_path: Path | None = None) -> str:
             lines += [_line(f"{key}:", "", COMMENTS[key]), *(f"  - {_flow(o)}" for o in value), ""]
         elif dataclasses.is_dataclass(section):
             lines.append(f"{key}:")
-            lines += [_line(f"  {name}:", value[name], COMMENTS.get(f"{key}.{name}", "")) for name in fields_of(type(section))]
+            lines += [_line(f"  {name}:", value[name], COMMENTS.get(f"{key}.{name}", ""))
+                      for name in fields_of(type(section))]
             lines.append("")
         else:
             lines += [_line(f"{key}:", value, COMMENTS.get(key, ""))] + ([""] if key == "seed" else [])
@@ -383,6 +393,7 @@ def _relative(data: dict[str, Any], root: Path, written: dict[str, str]) -> dict
         return p
 
     src, scoring = data["sources"], data["scoring"]
-    src.update(base=rel(src["base"]), models=[rel(m) for m in src["models"]], tokenizer_source=rel(src["tokenizer_source"]))
+    src.update(base=rel(src["base"]), models=[rel(m) for m in src["models"]],
+               tokenizer_source=rel(src["tokenizer_source"]))
     scoring["task_path"] = rel(scoring["task_path"])
     return data

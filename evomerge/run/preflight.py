@@ -35,13 +35,13 @@ def check(cfg: SearchConfig) -> GenomeSpace:
 
 
 def check_benchmarks(cfg: SearchConfig) -> None:
-    """No search optimizes on lm-eval's own benchmark test sets unless the config says so (a held-out task may be one)."""
+    """No search optimizes on lm-eval's own benchmark test sets unless the config says so (held-out tasks may)."""
     if cfg.scoring.task_path is not None or cfg.scoring.allow_benchmark_tasks:
         return  # a folder of task YAMLs holds the user's own tasks, lm-eval's are not loaded
     for j, o in enumerate(cfg.objectives):
         if is_benchmark_test_set(o.task):
-            raise EvomergeError(f"config field 'objectives[{j}].task': '{o.task}' is lm-eval's test set of a well-known "
-                                "benchmark, and a search fitted to it reports a score it was tuned on; optimize on a "
+            raise EvomergeError(f"config field 'objectives[{j}].task': '{o.task}' is lm-eval's test set of a "
+                                "well-known benchmark, and a search fitted to it reports a score it was tuned on; optimize on a "
                                 "calibration task of your own (held-out: the benchmark), or set "
                                 "scoring.allow_benchmark_tasks: true (search --allow-benchmark-tasks)")
 

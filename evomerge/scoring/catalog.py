@@ -16,8 +16,8 @@ from evomerge.scoring.lmeval import task_config
 
 # lm-eval's own tasks of the well-known leaderboards: they score on the benchmarks' test sets, so a search that
 # optimizes on them reports a test score it was fitted to (names ending in _train are training splits)
-BENCHMARK_PREFIXES = ("mmlu", "hendrycks", "agieval", "gsm8k", "hellaswag", "winogrande", "arc_", "ai2_arc", "truthfulqa",
-                      "bigbench", "piqa", "openbookqa", "leaderboard", "bbh", "ifeval", "gpqa", "musr")
+BENCHMARK_PREFIXES = ("mmlu", "hendrycks", "agieval", "gsm8k", "hellaswag", "winogrande", "arc_", "ai2_arc",
+                      "truthfulqa", "bigbench", "piqa", "openbookqa", "leaderboard", "bbh", "ifeval", "gpqa", "musr")
 
 
 def is_benchmark_test_set(task: str) -> bool:

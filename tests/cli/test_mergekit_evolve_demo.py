@@ -1,4 +1,4 @@
-"""The demo as a mergekit-evolve config (configs/zoo-mergekit-evolve.yml) runs unchanged, as its converted config does."""
+"""The demo as a mergekit-evolve config (configs/zoo-mergekit-evolve.yml) runs unchanged, like its conversion."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""mergekit-evolve configs (genome: + tasks:) read as evomerge search configs: every field maps, is refused, or warns."""
+"""mergekit-evolve configs (genome: + tasks:) read as search configs: every field maps, is refused, or warns."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_a_genome_and_tasks_file_is_read_as_a_search_config(tmp_path: Path, tiny
 
 def test_models_resolve_against_the_config_folder(tmp_path: Path, tiny_family) -> None:
     root = tiny_family["base"].parent
-    path = write_evolve(root.parent, tiny_family, genome={"models": [f"{root.name}/a"], "base_model": f"{root.name}/base"})
+    path = write_evolve(root.parent, tiny_family,
+                        genome={"models": [f"{root.name}/a"], "base_model": f"{root.name}/base"})
     try:
         assert load_config(path).sources.models == (tiny_family["a"],)
     finally:
@@ -85,7 +86,8 @@ def test_without_base_model_the_first_model_is_the_base(tmp_path: Path, tiny_fam
 
 
 @pytest.mark.parametrize("method, normalize", [("task_arithmetic", False), ("ties", True), ("dare_ties", True)])
-def test_methods_keep_their_name_and_mergekit_evolves_normalize_default(tmp_path, tiny_family, method, normalize) -> None:
+def test_methods_keep_their_name_and_mergekit_evolves_normalize_default(tmp_path, tiny_family, method,
+                                                                        normalize) -> None:
     cfg = load_config(write_evolve(tmp_path, tiny_family, genome={"merge_method": method}))
     assert cfg.genome.methods == (method,) and cfg.genome.parameters == {"normalize": normalize}
 
@@ -125,12 +127,14 @@ def test_limit_is_refused_with_what_to_do_instead(tmp_path: Path, tiny_family) -
 
 
 @pytest.mark.parametrize("change, field_name", [
-    ({"genome": {"smooth": True}}, "genome.smooth"), ({"random_init": True}, "random_init"), ({"shuffle": True}, "shuffle"),
+    ({"genome": {"smooth": True}}, "genome.smooth"), ({"random_init": True}, "random_init"),
+    ({"shuffle": True}, "shuffle"),
 ])
 def test_ignored_fields_warn_in_one_line_each(tmp_path, tiny_family, capsys, change, field_name) -> None:
     load_config(write_evolve(tmp_path, tiny_family, **change))
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"evomerge: warning: mergekit-evolve config field '{field_name}' ignored")
+    assert len(lines) == 1
+    assert lines[0].startswith(f"evomerge: warning: mergekit-evolve config field '{field_name}' ignored")
 
 
 def test_layer_granularity_zero_is_one_group_of_all_layers(tmp_path: Path, tiny_family) -> None:
@@ -138,7 +142,8 @@ def test_layer_granularity_zero_is_one_group_of_all_layers(tmp_path: Path, tiny_
 
 
 def test_layer_granularity_is_layers_per_group(tmp_path: Path, tiny_family) -> None:
-    assert load_config(write_evolve(tmp_path, tiny_family, genome={"layer_granularity": 1})).genome.layer_granularity == 1
+    cfg = load_config(write_evolve(tmp_path, tiny_family, genome={"layer_granularity": 1}))
+    assert cfg.genome.layer_granularity == 1
 
 
 @pytest.mark.parametrize("allow, low", [(False, 0.0), (True, -1.0)])
@@ -148,7 +153,8 @@ def test_allow_negative_weights_sets_the_weight_genes_range(tmp_path, tiny_famil
 
 
 def test_filters_self_attn_and_mlp_split_genes_by_kind(tmp_path: Path, tiny_family) -> None:
-    assert load_config(write_evolve(tmp_path, tiny_family, genome={"filters": ["mlp", "self_attn"]})).genome.split_by_kind
+    cfg = load_config(write_evolve(tmp_path, tiny_family, genome={"filters": ["mlp", "self_attn"]}))
+    assert cfg.genome.split_by_kind
 
 
 def test_tokenizer_source_names_a_model_folder(tmp_path: Path, tiny_family) -> None:
@@ -157,11 +163,13 @@ def test_tokenizer_source_names_a_model_folder(tmp_path: Path, tiny_family) -> N
 
 
 def test_tokenizer_source_base_is_the_default(tmp_path: Path, tiny_family) -> None:
-    assert load_config(write_evolve(tmp_path, tiny_family, genome={"tokenizer_source": "base"})).sources.tokenizer_source is None
+    cfg = load_config(write_evolve(tmp_path, tiny_family, genome={"tokenizer_source": "base"}))
+    assert cfg.sources.tokenizer_source is None
 
 
 def test_tasks_become_weighted_objectives_with_metric_and_filter(tmp_path: Path, tiny_family) -> None:
-    tasks = ["tiny_rev", {"name": "tiny_dup", "weight": 0.25, "metric": "perplexity,none"}, {"name": "x", "metric": "acc"}]
+    tasks = ["tiny_rev", {"name": "tiny_dup", "weight": 0.25, "metric": "perplexity,none"},
+             {"name": "x", "metric": "acc"}]
     cfg = load_config(write_evolve(tmp_path, tiny_family, tasks=tasks))
     got = [(o.task, o.metric, o.filter, o.weight, o.heldout_task) for o in cfg.objectives]
     assert got == [("tiny_rev", "acc", "none", 1.0, None), ("tiny_dup", "perplexity", "none", 0.25, None),
@@ -182,7 +190,7 @@ def test_weighted_objectives_rank_candidates_as_mergekit_evolves_weighted_sum() 
     weights, scores = [0.5, 2.0], [(0.9, 0.1), (0.2, 0.3), (0.5, 0.5), (0.0, 0.4)]
     strategy = make_strategy("cmaes", 2, 2, seed=0, weights=weights)
     ours = sorted(scores, key=lambda s: strategy.scalarize(Evaluation(s)))
-    assert ours == sorted(scores, key=lambda s: sum(w * v for w, v in zip(weights, s)))
+    assert ours == sorted(scores, key=lambda s: sum(w * v for w, v in zip(weights, s, strict=True)))
 
 
 def test_prompt_options_keep_mergekit_evolves_defaults(tmp_path: Path, tiny_family) -> None:
@@ -216,10 +224,12 @@ def test_the_reader_knows_every_field_of_mergekit_evolve_with_its_default() -> N
 
 def test_convert_then_load_gives_the_same_config(tmp_path: Path, tiny_family) -> None:
     path = write_evolve(tmp_path, tiny_family, num_fewshot=2, tasks=["tiny_rev", {"name": "tiny_dup", "weight": 2}],
-                        genome={"filters": ["self_attn", "mlp"], "layer_granularity": 1, "tokenizer_source": str(tiny_family["a"])})
+                        genome={"filters": ["self_attn", "mlp"], "layer_granularity": 1,
+                                "tokenizer_source": str(tiny_family["a"])})
     native = tmp_path / "native.yaml"
     native.write_text(convert_text(path, task_path=tmp_path))
-    direct = dataclasses.replace(load_config(path), scoring=dataclasses.replace(load_config(path).scoring, task_path=tmp_path))
+    direct = load_config(path)
+    direct = dataclasses.replace(direct, scoring=dataclasses.replace(direct.scoring, task_path=tmp_path))
     assert load_config(native) == dataclasses.replace(direct, name="evolve")
 
 
@@ -253,7 +263,8 @@ def test_search_plan_accepts_a_mergekit_evolve_config(tmp_path: Path, scored_fam
 
 def test_convert_keeps_the_model_paths_as_written_next_to_the_config(tiny_family) -> None:
     root = tiny_family["base"].parent
-    path = write_evolve(root.parent, tiny_family, genome={"models": [f"{root.name}/a"], "base_model": f"{root.name}/base"})
+    path = write_evolve(root.parent, tiny_family,
+                        genome={"models": [f"{root.name}/a"], "base_model": f"{root.name}/base"})
     try:
         text = convert_text(path)
     finally:
