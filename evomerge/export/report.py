@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from evomerge.export.card import comparison_table, fmt, gain_line, reference_line
+from evomerge.export.card import code, comparison_table, fmt, gain_line, md, reference_line
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
 from evomerge.run.log import RunLog
@@ -75,7 +75,7 @@ def _chosen(analysis: Analysis, exports: list[ExportRecord]) -> tuple[CandidateR
 
 def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Sequence[ExportRecord]) -> str:
     lines = [
-        f"# Run report: {analysis.cfg.name}",
+        f"# Run report: {md(analysis.cfg.name)}",
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} from `{analysis.run.root}`.",
         "",
@@ -163,13 +163,14 @@ def _grid_table(analysis: Analysis) -> list[str]:
 
 
 def _exports(exports: Sequence[ExportRecord]) -> str:
-    return ", ".join(f"candidate {e.index} → `{e.out}`" for e in exports) or "none yet"
+    return ", ".join(f"candidate {e.index} → {code(str(e.out))}" for e in exports) or "none yet"
 
 
 def _finalists_table(analysis: Analysis) -> list[str]:
     objectives = analysis.cfg.objectives
     norm = analysis.normalizer
-    head = ["candidate", "generation", *(o.task_for("heldout") for o in objectives), "mean norm. (held-out)", "mean norm. (calibration)"]
+    tasks = [md(o.task_for("heldout")) for o in objectives]
+    head = ["candidate", "generation", *tasks, "mean norm. (held-out)", "mean norm. (calibration)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in analysis.finalists:
         held = analysis.heldout_raw(r)

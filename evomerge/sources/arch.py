@@ -68,13 +68,18 @@ def used_tensors(base: Path, folder: Path, infos: dict[str, TensorInfo], trust_r
 
 
 def _check_against_config(base: Path, infos: dict[str, TensorInfo], known: ClassTensors) -> None:
+    """Shapes are compared wherever the checkpoint and the class share a name. A parameter the weights lack is refused
+    only when every checkpoint name is the class's own: otherwise transformers may build it from names it converts
+    when loading (a Mixtral checkpoint's per-expert weights, fused into one tensor by transformers 5)."""
     for name, shape in known.shapes.items():
         if name in infos and infos[name].shape != shape:
             raise EvomergeError(f"tensor '{name}' has shape {list(infos[name].shape)} in the weights of {base} but its "
                                 f"config.json gives {list(shape)}: give the model the config.json it was saved with")
-        if name not in infos and name in known.required:
-            raise EvomergeError(f"{base}/config.json describes tensor '{name}' {list(shape)} that its weights lack: "
-                                "give the model the config.json it was saved with")
+    if set(infos) <= set(known.shapes):
+        missing = [name for name in known.shapes if name in known.required and name not in infos]
+        if missing:
+            raise EvomergeError(f"{base}/config.json describes tensor '{missing[0]}' {list(known.shapes[missing[0]])} "
+                                "that its weights lack: give the model the config.json it was saved with")
 
 
 def infos_from_config(config: Mapping[str, Any], trust_remote_code: bool = False) -> dict[str, TensorInfo]:

@@ -86,3 +86,16 @@ def test_a_name_that_is_not_one_line_is_refused_when_the_config_is_checked(field
 def test_a_code_span_fence_outgrows_the_backticks_inside() -> None:
     assert code("a`b") == "``a`b``" and code("`x`") == "`` `x` ``" and code("p|q") == "`p\\|q`"
     assert md("a\nb <i>") == "a b &lt;i&gt;" and md("_x_ y_z") == "\\_x\\_ y_z"
+
+
+def test_the_reports_summary_escapes_the_names_too(scored_family: dict[str, Path], tmp_path: Path) -> None:
+    from evomerge.export.report import write_report
+
+    f = scored_family
+    sources = SourcesConfig(f["base"], (f["a"], f["b"]), base_name=HOSTILE[0], names=HOSTILE[1:])
+    run = synthetic_run(tmp_path / "run", export_config(f, name="<h1>run</h1> | x", sources=sources), n=6)
+    summary = (write_report(run.root, tmp_path / "report", executor_factory=FakeExecutor, quiet=True) / "summary.md")
+    lines = summary.read_text().splitlines()
+    assert lines[0] == "# Run report: &lt;h1&gt;run&lt;/h1&gt; \\| x"
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; alone |" in summary.read_text()
+    assert "<" not in re.sub(r"(`+).*?\1", "", "\n".join(line for line in lines if not line.startswith("![")))

@@ -5,6 +5,7 @@ shapes the config gives; the line names the first tensor that differs and both s
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,20 @@ def test_evaluate_refuses_it_before_transformers_loads_it(fam, capsys) -> None:
     with_config(fam["a"], **DEEPER)
     argv = ["evaluate", str(fam["a"]), "--tasks", "tiny_rev", "--task-path", str(fam["tasks"])]
     assert_refused(argv, capsys, "describes tensor 'model.layers.2.self_attn.q_proj.weight'", *fam.values())
+
+
+def test_a_checkpoint_whose_names_transformers_converts_is_compared_by_shape_only(tmp_path: Path) -> None:
+    """transformers 5 saves Mixtral's experts one by one and fuses them when loading: the fused parameters are not
+    'missing', but a shape the config contradicts on a shared name still is refused."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from evomerge.errors import EvomergeError
+    from evomerge.sources.folder import check_loadable
+
+    config = MixtralConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=2, num_local_experts=2)
+    MixtralForCausalLM(config).save_pretrained(tmp_path / "moe")
+    check_loadable(tmp_path / "moe")
+    wider = with_config(shutil.copytree(tmp_path / "moe", tmp_path / "wider"), hidden_size=24)
+    with pytest.raises(EvomergeError, match=r"'model.embed_tokens.weight' has shape \[32, 16\] .* gives \[32, 24\]"):
+        check_loadable(wider)
