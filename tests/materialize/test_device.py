@@ -56,7 +56,8 @@ def assert_streams_the_pool(sources: DeviceSources, pool: SourcePool) -> None:
         seen.append(g)
         for name, views in tensors.items():
             assert [v.device.type for v in views] == [sources.device.type] * len(pool.models)
-            assert all(torch.equal(v.cpu(), m.tensors[name]) for v, m in zip(views, pool.models)), (g, name)
+            pairs = zip(views, pool.models, strict=True)
+            assert all(torch.equal(v.cpu(), m.tensors[name]) for v, m in pairs), (g, name)
     assert seen == wanted and sum(len(b.entries) for b in pool.base.blocks) == len(pool.tensor_names)
 
 
@@ -118,7 +119,7 @@ def test_gpu_merges_equal_the_reference(placement: device.Placement, where: str,
         plan = plan_for(pool, *candidate)
         got, want = merged(pool, plan, merger, where), plan.materialize(pool)
         for name, tensor in want.items():
-            torch.testing.assert_close(got[name], tensor, rtol=2e-6, atol=2e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(got[name], tensor, rtol=2e-6, atol=2e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @cuda
@@ -129,5 +130,5 @@ def test_compiled_gpu_kernels_equal_the_reference(ran_compiled: Callable[..., No
         plan = plan_for(pool, *candidate)
         got, want = merged(pool, plan, merger, "cuda"), plan.materialize(pool)
         for name, tensor in want.items():
-            torch.testing.assert_close(got[name], tensor, rtol=2e-6, atol=2e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(got[name], tensor, rtol=2e-6, atol=2e-6, msg=lambda m, name=name: f"{name}: {m}")
     ran_compiled("gta", "linear")
