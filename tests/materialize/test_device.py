@@ -56,7 +56,8 @@ def assert_streams_the_pool(sources: DeviceSources, pool: SourcePool) -> None:
         seen.append(g)
         for name, views in tensors.items():
             assert [v.device.type for v in views] == [sources.device.type] * len(pool.models)
-            assert all(torch.equal(v.cpu(), m.tensors[name]) for v, m in zip(views, pool.models)), (g, name)
+            pairs = zip(views, pool.models, strict=True)
+            assert all(torch.equal(v.cpu(), m.tensors[name]) for v, m in pairs), (g, name)
     assert seen == wanted and sum(len(b.entries) for b in pool.base.blocks) == len(pool.tensor_names)
 
 

@@ -110,7 +110,7 @@ def test_compiled_kernels_give_the_same_tensors_under_every_policy(ran_compiled:
     first = [merged(pool, p, FastMerger(pool, compile=False)) for p in plans]
     for policy in (CachePolicy("shared", "histogram", "regenerated"), CachePolicy("streamed", "sorted", "cached")):
         merger = FastMerger(pool, policy=policy, compile=True)
-        for candidate, plan, want in zip(CANDIDATES, plans, first):
+        for candidate, plan, want in zip(CANDIDATES[:3], plans, first, strict=True):
             got = merged(pool, plan, merger)
             assert all(torch.equal(got[n], want[n]) for n in want), policy
             assert_float64_reference(pool, candidate, got)
@@ -173,7 +173,7 @@ def cuts_agree(base: torch.Tensor, sources: list[torch.Tensor], candidates: list
     for densities in candidates:
         cuts = histogram.cuts("w", densities, base, sources)
         assert cuts == reference.cuts("w", densities, base, sources), densities
-        for cut, source, density in zip(cuts, sources, densities):
+        for cut, source, density in zip(cuts, sources, densities, strict=True):
             assert torch.equal(cut_keeps(cut, base, source), reference_keeps(base, source, density)), (cut, density)
     return histogram
 

@@ -27,7 +27,7 @@ def test_ask_returns_none_at_the_generation_edge_until_all_members_are_told() ->
 
 def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     """Higher is better: a is nowhere worse than b and somewhere better."""
-    return all(p >= q for p, q in zip(a, b)) and any(p > q for p, q in zip(a, b))
+    return all(p >= q for p, q in zip(a, b, strict=True)) and any(p > q for p, q in zip(a, b, strict=True))
 
 
 def non_dominated(rows: list[tuple[float, ...]]) -> set[int]:
