@@ -13,7 +13,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import yaml
 
@@ -21,7 +21,8 @@ from evomerge.config.schema import dump, load
 from evomerge.config.sizes import parse_size
 from evomerge.errors import EvomergeError
 
-DType = Literal["float32", "float16", "bfloat16", "float64"]
+DType = Literal["float32", "float16", "bfloat16", "float64"]  # the dtypes a merge may write: the one table
+DTYPE_NAMES: tuple[str, ...] = get_args(DType)  # recipes, mergekit YAML and the plan (torch dtypes) read it
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
