@@ -215,15 +215,17 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from evomerge.config.search import ScoringConfig  # its field defaults are the scoring defaults
     evaluate = sub.add_parser("evaluate", help="score a model folder with lm-eval tasks (offline)")
     evaluate.add_argument("model_dir", help="HF model folder")
     evaluate.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     evaluate.add_argument("--task-path", help="folder of task YAMLs (e.g. ZOO/tasks); default: lm-eval's own tasks")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=ScoringConfig.batch_size)
     evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
     evaluate.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
-    evaluate.add_argument("--fewshot-seed", type=int, default=1234, help="seed of the few-shot sampler (default 1234)")
+    evaluate.add_argument("--fewshot-seed", type=int, default=ScoringConfig.fewshot_seed,
+                          help=f"seed of the few-shot sampler (default {ScoringConfig.fewshot_seed})")
     evaluate.add_argument("--apply-chat-template", action="store_true", help="format prompts with the tokenizer's chat template")
     evaluate.add_argument("--fewshot-as-multiturn", action="store_true", help="few-shot examples as chat turns")
     evaluate.add_argument("--system-instruction", help="a system instruction before every prompt")

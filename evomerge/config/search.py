@@ -99,7 +99,7 @@ class ScoringConfig:
     task_path: Path | None = None  # folder of lm-eval task YAMLs; None: lm-eval's own tasks
     batch_size: int = field(default=64, metadata={"ge": 1})
     num_fewshot: int | None = field(default=None, metadata={"ge": 0})  # None: each task's own
-    fewshot_seed: int = 1234
+    fewshot_seed: int = 1234  # simple_evaluate's fewshot_random_seed default (lm_eval.defaults.DEFAULT_OTHER_SEED)
     apply_chat_template: bool = False  # needs a tokenizer with a chat template
     fewshot_as_multiturn: bool = False  # few-shot examples as chat turns (needs apply_chat_template)
     system_instruction: str | None = None
