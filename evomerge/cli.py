@@ -205,11 +205,13 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_merge(sub: argparse._SubParsersAction) -> None:
+    from evomerge.config.sizes import DEFAULT_SHARD_SIZE
     merge = sub.add_parser("merge", help="merge models by a recipe (evomerge or mergekit YAML)")
     merge.add_argument("recipe", help="recipe YAML file")
     merge.add_argument("--out", required=True, help="output model folder")
     merge.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    merge.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    merge.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE,
+                       help=f"largest safetensors shard (default {DEFAULT_SHARD_SIZE})")
     _add_model_safety(merge)
     merge.set_defaults(func=cmd_merge)
 
@@ -266,6 +268,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
+    from evomerge.config.sizes import DEFAULT_SHARD_SIZE
     export = sub.add_parser("export", help="write a candidate of a run as a model folder with card and recipes")
     export.add_argument("run_dir", help="run folder")
     export.add_argument("--out", required=True, help="output model folder")
@@ -276,7 +279,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--rescore-heldout", type=int, default=5, metavar="K",
                         help="re-score the K best front members on the held-out tasks (default 5; cached in the run log)")
     export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    export.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    export.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE,
+                        help=f"largest safetensors shard (default {DEFAULT_SHARD_SIZE})")
     export.add_argument("--quiet", action="store_true", help="no progress output")
     export.set_defaults(func=cmd_export)
 
