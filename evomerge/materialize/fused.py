@@ -47,7 +47,7 @@ from evomerge.materialize.thresholds import Thresholds, TrimCuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
 from evomerge.merge.methods import slerp as slerp_method
 from evomerge.merge.registry import MergeMethod
-from evomerge.merge.sparsify import compute_dtype
+from evomerge.merge.sparsify import compute_dtype, weight_sum_divisor
 from evomerge.sources.pool import SourcePool
 
 CHUNK = 1 << 20  # elements per eager pass: (K+2) × 4 MiB of float32 stays near the caches
@@ -179,7 +179,7 @@ class FastMerger:
             dt = compute_dtype(flat[1])
             weight = self._per_source(step, k_count).get("weight", [1.0] * k_count)
             total = float(sum(weight))
-            divisor = total if glob.get("normalize", True) and abs(total) >= 1e-8 else 1.0
+            divisor = weight_sum_divisor(total) if glob.get("normalize", True) else 1.0
             params = torch.tensor([*weight, divisor], dtype=dt, device=self.device)
             inputs = flat[1:]
         n = out.numel()
@@ -198,9 +198,7 @@ class FastMerger:
         glob = {**step.method.globals, **step.params}
         weight, density = per.get("weight", [1.0] * k_count), per.get("density", [1.0] * k_count)
         normalize = bool(glob.get("normalize"))
-        divisor = float(sum(weight)) if normalize else 1.0  # as ``combine``: |Σw| < 1e-8 → 1
-        if normalize and abs(divisor) < 1e-8:
-            divisor = 1.0
+        divisor = weight_sum_divisor(float(sum(weight))) if normalize else 1.0  # as ``combine``
         third, cuts = [1.0] * k_count, [n] * k_count
         trims = self.trims.cuts(step.name, density, base, sources) if trim else []
         if dare:

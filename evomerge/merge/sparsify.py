@@ -122,6 +122,12 @@ def drop_and_rescale(tau: Tensor, draws: Tensor, keep_probability: float | Tenso
     return torch.where(kept, tau / torch.where(kept, p.clamp(max=1.0), torch.ones_like(p)), torch.zeros_like(tau))
 
 
+def weight_sum_divisor(total: float) -> float:
+    """The divisor of a normalized weighted sum: Σ w_k, or 1 where |Σ w_k| < 1e-8 (weights that cancel leave the
+    sum undivided instead of blowing it up). The one guard of every normalizing method and kernel."""
+    return total if abs(total) >= 1e-8 else 1.0
+
+
 def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus: bool, normalize: bool, lam: float) -> Tensor:
     """θ0 + λ · (weighted sum of the surviving deltas), optionally TIES sign election and disjoint mean.
 
@@ -142,8 +148,7 @@ def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus:
         divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
     else:
         mixed = weighted.sum(dim=0)
-        divisor = w.sum()
-        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+        divisor = w.new_tensor(weight_sum_divisor(float(w.sum())))  # Σ w_k as summed in the compute dtype
     if normalize:
         mixed = mixed / divisor
     return base.to(deltas.dtype) + lam * mixed
