@@ -34,6 +34,7 @@ from evomerge.materialize.kernels import chunk_kernel  # noqa: E402
 from evomerge.materialize import thresholds  # noqa: E402
 from evomerge.materialize.thresholds import TrimCuts  # noqa: E402
 from evomerge.merge.draws import draw_key  # noqa: E402
+from evomerge.merge.sparsify import task_vector  # noqa: E402
 
 
 def best(fn: Callable[[], object], repeats: int) -> float:
@@ -109,7 +110,7 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
 def tie_profile(base: torch.Tensor, source: torch.Tensor) -> str:
     """How source 0's |τ| ties: distinct values, the largest group, and the share of tied entries (groups of two or
     more) whose value the tie index holds."""
-    values, counts = torch.unique((source.float() - base.float()).abs(), return_counts=True)
+    values, counts = torch.unique(task_vector(base, source, torch.float32).abs(), return_counts=True)
     tied = int(counts[counts > 1].sum())
     index = histogram_cuts().counts("w", 0, base, source).ties
     indexed = int(index.ends[:, -1].sum()) if index is not None else 0

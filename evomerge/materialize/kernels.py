@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from evomerge.merge.draws import draw_bits, pair_hash
+from evomerge.merge.sparsify import task_vector
 
 TIE_BLOCK = 1 << 12  # entries per tie count (``_tie_counts``)
 
@@ -75,7 +76,7 @@ def _gta_chunk(
     weighted = []
     hashed = None
     for k in range(k_count):
-        tau = sources[k].to(dt) - b
+        tau = task_vector(b, sources[k], dt)
         if trim:  # masked by a product, as the reference's ``tau * mask``
             tau = tau * (tau.abs() > params[k_count + k]).to(dt)
         if dare:
@@ -114,13 +115,13 @@ def magnitude_key(mag: Tensor) -> Tensor:
 
 def _magnitude_keys(keys: Tensor, base: Tensor, source: Tensor, dt: torch.dtype) -> None:
     """keys (int64) gets the histogram key of |θ_k − θ0| (``thresholds``' counting pass)."""
-    keys.copy_(magnitude_key((source.to(dt) - base.to(dt)).abs()))
+    keys.copy_(magnitude_key(task_vector(base, source, dt).abs()))
 
 
 def _value_rows(out: Tensor, base: Tensor, source: Tensor, rows: Tensor, dt: torch.dtype) -> None:
     """out (int64) gets ``rows`` at the histogram key of |θ_k − θ0|: each entry's row in a tie index (its counting
     pass; the same lookup eagerly takes five times as long as the whole compiled pass)."""
-    out.copy_(rows[magnitude_key((source.to(dt) - base.to(dt)).abs())])
+    out.copy_(rows[magnitude_key(task_vector(base, source, dt).abs())])
 
 
 def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], bounds: Tensor, dt: torch.dtype) -> None:
@@ -129,7 +130,7 @@ def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], bounds: Tensor,
     b = base.to(dt)
     flags = torch.zeros(base.shape, dtype=torch.int32, device=base.device)
     for k in range(len(sources)):
-        bits = (sources[k].to(dt) - b).abs().view(bounds.dtype)
+        bits = task_vector(b, sources[k], dt).abs().view(bounds.dtype)
         flags = flags | (((bits >= bounds[0, k]) & (bits <= bounds[1, k])).to(torch.int32) << k)
     out.copy_(flags.to(out.dtype))
 
@@ -144,7 +145,7 @@ def key_patterns(key: int, dt: torch.dtype) -> tuple[int, int]:
 
 def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torch.dtype) -> None:
     """out[b] = how many entries of block b (``TIE_BLOCK`` entries) have |θ_k − θ0| == low (a one-element tensor)."""
-    equal = ((source.to(dt) - base.to(dt)).abs() == low).to(torch.int64)
+    equal = (task_vector(base, source, dt).abs() == low).to(torch.int64)
     out.copy_(equal.view(-1, TIE_BLOCK).sum(1))
 
 

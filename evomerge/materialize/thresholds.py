@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel, key_patterns
-from evomerge.merge.sparsify import compute_dtype, keep_count
+from evomerge.merge.sparsify import compute_dtype, keep_count, task_vector
 
 Thresholds = Literal["sorted", "histogram"]
 HISTOGRAM_MIN = 1 << 16  # entries: below this a sorted copy (8 bytes/entry) is smaller than the counts
@@ -139,7 +139,7 @@ class TrimCuts:
         key = (name, k)
         if key not in self._sorted:
             dt = compute_dtype(base)
-            values, order = (source.to(dt) - base.to(dt)).abs_().flatten().sort(stable=True)
+            values, order = task_vector(base, source, dt).abs_().flatten().sort(stable=True)
             self._sorted[key] = (values, order.to(torch.int32) if order.numel() < 2**31 else order)
         return self._sorted[key]
 
@@ -258,7 +258,7 @@ class TrimCuts:
     def _tie_in(base: Tensor, source: Tensor, low: float, lo: int, hi: int, rank: int) -> Trim:
         """The cut whose last kept tie is the rank-th entry of [lo, hi) with |τ| == low."""
         dt = compute_dtype(base)
-        inside = torch.nonzero((source[lo:hi].to(dt) - base[lo:hi].to(dt)).abs() == low).flatten()
+        inside = torch.nonzero(task_vector(base[lo:hi], source[lo:hi], dt).abs() == low).flatten()
         return Trim(low, lo + int(inside[rank - 1]) + 1)
 
     @staticmethod
@@ -270,7 +270,7 @@ class TrimCuts:
         if whole:
             kernel(counts[: whole // TIE_BLOCK], base[:whole], source[:whole], value, dt)
         if whole < m:
-            counts[-1] = ((source[whole:].to(dt) - base[whole:].to(dt)).abs() == value).sum()
+            counts[-1] = (task_vector(base[whole:], source[whole:], dt).abs() == value).sum()
         return counts
 
     def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int], sparse: bool) -> dict[int, Tensor]:
@@ -316,7 +316,7 @@ class TrimCuts:
         In float32 the entries of one bin differ only in their low 16 bits, so a count per low-bits value
         (no sort) finds the cut value; float64 (tests) sorts them."""
         dt = compute_dtype(base)
-        values = (source[positions].to(dt) - base[positions].to(dt)).abs()
+        values = task_vector(base[positions], source[positions], dt).abs()
         if dt == torch.float32:
             bits = values.view(torch.int32) & 0xFFFF
             ge = torch.bincount(bits, minlength=1 << 16).flip(0).cumsum(0).flip(0)  # entries with low bits >= j

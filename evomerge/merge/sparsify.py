@@ -30,11 +30,17 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
+def task_vector(base: Tensor, source: Tensor, dtype: torch.dtype) -> Tensor:
+    """τ_k = θ_k − θ0 in ``dtype`` (the compute dtype): the one formula of the reference, the fused kernels and the
+    TIES cuts, so all see the same values. A base already in ``dtype`` is not converted again."""
+    return source.to(dtype) - base.to(dtype)
+
+
 def task_vectors(base: Tensor, sources: Sequence[Tensor]) -> Tensor:
     """τ stacked as [K, *shape] in the compute dtype."""
     dtype = compute_dtype(base)
     b = base.to(dtype)
-    return torch.stack([s.to(dtype) - b for s in sources])
+    return torch.stack([task_vector(b, s, dtype) for s in sources])
 
 
 def sorted_magnitudes(tau: Tensor) -> Tensor:
