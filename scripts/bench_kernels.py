@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from bench_materialize import copy_bandwidth  # noqa: E402
 from evomerge.materialize.fused import below  # noqa: E402
-from evomerge.materialize.kernels import chunk_kernel  # noqa: E402
+from evomerge.materialize.kernels import GTA_PARAMS, chunk_kernel  # noqa: E402
 from evomerge.materialize import thresholds  # noqa: E402
 from evomerge.materialize.thresholds import TrimCuts  # noqa: E402
 from evomerge.merge.draws import draw_key  # noqa: E402
@@ -91,7 +91,8 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
     cached = [row for j in range(k) for row in torch.randint(0, 256, (2, n), dtype=torch.uint8)]
 
     def gta(lows: list[float], draws: list[torch.Tensor], cut: torch.Tensor, trim: bool, dare: bool, consensus: bool) -> None:
-        params = torch.tensor([*weight, *lows, *([0.5] * k if dare else [1.0] * k), 1.0, 1.0, 1.0])
+        params = GTA_PARAMS.pack(torch.float32, base.device, weight=weight, low=lows,
+                                 dare_divisor=[0.5 if dare else 1.0] * k, lam=1.0, divisor=1.0, normalize=1.0)
         kernel(out, base, sources, draws, params, cut, torch.tensor(0), keys, torch.bfloat16, trim, dare, consensus)
 
     zeros, none = [0.0] * k, torch.zeros(k, dtype=torch.int64)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.device import DeviceSources, Placement
-from evomerge.materialize.kernels import chunk_kernel, compile_works
+from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, chunk_kernel, compile_works
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, TrimCuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
@@ -173,14 +173,15 @@ class FastMerger:
         if step.method.name == "slerp":
             dt = compute_dtype(flat[0])
             coef_a, coef_b = slerp_method.coefficients(self._slerp_cos(step.name, flat[0], flat[1]), float(glob.get("t", 0.5)))
-            params = torch.cat([coef_a.flatten(), coef_b.flatten(), torch.ones(1, dtype=dt, device=coef_a.device)])
+            coefficients = torch.cat([coef_a.flatten(), coef_b.flatten()])  # as weights of base and source 0
+            params = LINEAR_PARAMS.pack(dt, coef_a.device, weight=coefficients, divisor=1.0)
             inputs = flat[:2]
         else:
             dt = compute_dtype(flat[1])
             weight = self._per_source(step, k_count).get("weight", [1.0] * k_count)
             total = float(sum(weight))
             divisor = weight_sum_divisor(total) if glob.get("normalize", True) else 1.0
-            params = torch.tensor([*weight, divisor], dtype=dt, device=self.device)
+            params = LINEAR_PARAMS.pack(dt, self.device, weight=weight, divisor=divisor)
             inputs = flat[1:]
         n = out.numel()
         compiled = self._compiles(n)
@@ -209,12 +210,13 @@ class FastMerger:
         compiled = self._compiles(n)
         kernel = chunk_kernel("gta", compiled)
         plan_dtype = plan.dtype or base.dtype
-        rest = [*third, float(glob.get("lam", 1.0)), divisor, float(normalize)]
+        lam = float(glob.get("lam", 1.0))
         flags = []
         lowered = [below(t.low, dt) for t in trims]  # where a range keeps the ties at low (before the cut p)
         for a, e in self._chunks(n, compiled, splits=[t.p for t in trims]):  # each side of every cut p: no index
             lows = [t.low if a >= t.p else under for t, under in zip(trims, lowered)] or [0.0] * k_count
-            params = torch.tensor([*weight, *lows, *rest], dtype=dt, device=dev)
+            params = GTA_PARAMS.pack(dt, dev, weight=weight, low=lows, dare_divisor=third, lam=lam, divisor=divisor,
+                                     normalize=float(normalize))
             flags.append(kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x],
                                 params, cut, torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim, dare,
                                 family.consensus))
