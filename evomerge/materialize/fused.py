@@ -280,6 +280,16 @@ def draw_threshold(density: float, dt: torch.dtype) -> int:
     return max(0, math.ceil(d * DRAW_LEVELS - 0.5))  # exact: scaling by 2**16, then a half, in float64
 
 
+def draw_cache_bytes(n: int) -> int:
+    """Bytes of one (tensor, source) draw cache of n entries (``_cached_draws``: a high and a low byte each)."""
+    return 2 * n
+
+
+def chunk_scratch_bytes(k_count: int) -> int:
+    """Bytes of the eager kernels' temporaries over one ``CHUNK`` of K sources: K + 4 float32 chunks at most."""
+    return (k_count + 4) * CHUNK * 4
+
+
 def _cached_draws(key: Tensor, k: int, n: int, device: torch.device) -> Tensor:
     """Source k's draw bits for a tensor of n entries as [high bytes, low bytes] (uint8), a chunk at a time."""
     out = torch.empty(2, n, dtype=torch.uint8, device=device)

@@ -44,6 +44,9 @@ SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at 
 TIE_SCAN = 1 << 20  # entries per tie-counting call (``TrimCuts._tie_cut`` stops at the call that finds its tie)
 TIE_KEYS = 256  # values per (tensor, source) whose ties are counted per block when the histogram is filled
 TIE_BLOCKS = 256  # blocks of that count per tensor, at most (each a multiple of TIE_BLOCK entries)
+# histogram keys in use per tensor and source, for the memory plan: |τ| of real weights spans a few dozen
+# exponents, 256 keys each; at most 2**16 could be used
+HISTOGRAM_KEYS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,30 @@ def tie_block(n: int) -> int:
 def tie_index_bytes(n: int) -> int:
     """Bytes of a (tensor, source) tie index at most: the memory plan's figure."""
     return TIE_KEYS * -(-n // tie_block(n)) * (4 if n < 2**31 else 8)
+
+
+def sorted_bytes(n: int) -> int:
+    """Bytes of a (tensor, source) sorted copy of n entries (``sorted_magnitudes``): float32 values and int32 flat
+    indices (int64 from 2**31 entries)."""
+    return n * (8 if n < 2**31 else 12)
+
+
+def sort_scratch_bytes(n: int) -> int:
+    """Bytes a sorted copy of n entries holds while it is made (|τ| and the sort's int64 order) besides the copy."""
+    return 12 * n
+
+
+def histogram_bytes(n: int) -> int:
+    """Bytes of a (tensor, source) histogram mode's cache for n entries, estimated for the memory plan: the
+    ``HISTOGRAM_KEYS`` used keys (a key and a count, int64 each) and the tie index; a tensor under
+    ``HISTOGRAM_MIN`` entries keeps a sorted copy instead."""
+    return HISTOGRAM_KEYS * 16 + tie_index_bytes(n) if n >= HISTOGRAM_MIN else sorted_bytes(n)
+
+
+def cut_scratch_bytes(n: int) -> int:
+    """Temporaries of finding the histogram mode's cuts of a tensor of n entries: a byte of flags per entry
+    (``_scratch``), and counting ``SCAN`` entries at a time (int64 keys, rows and counts)."""
+    return n + 3 * SCAN * 8
 
 
 @dataclass(frozen=True)
