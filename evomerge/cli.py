@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
+from evomerge.env import set_offline_env
 from evomerge.errors import EvomergeError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `evomerge --help` stays instant
     from evomerge.run.log import RunLog
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+set_offline_env(quiet=True)
 
 
 class _Parser(argparse.ArgumentParser):

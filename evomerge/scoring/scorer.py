@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from evomerge.config.search import ScoringConfig
+from evomerge.env import set_offline_env
 from evomerge.errors import EvomergeError
 from evomerge.scoring.result import TaskScore, result_key
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+set_offline_env()
 
 
 def load_tasks(names: Sequence[str], task_path: str | Path | None = None) -> dict[str, Any]:
