@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
+from evomerge.env import set_offline_env
 from evomerge.errors import EvomergeError
 
 if TYPE_CHECKING:  # the commands import what they need when they run: `evomerge --help` stays instant
     from evomerge.run.log import RunLog
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+set_offline_env(quiet=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -215,25 +213,29 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_merge(sub: argparse._SubParsersAction) -> None:
+    from evomerge.config.sizes import DEFAULT_SHARD_SIZE
     merge = sub.add_parser("merge", help="merge models by a recipe (evomerge or mergekit YAML)")
     merge.add_argument("recipe", help="recipe YAML file")
     merge.add_argument("--out", required=True, help="output model folder")
     merge.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    merge.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    merge.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE,
+                       help=f"largest safetensors shard (default {DEFAULT_SHARD_SIZE})")
     _add_model_safety(merge)
     merge.set_defaults(func=cmd_merge)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from evomerge.config.search import ScoringConfig  # its field defaults are the scoring defaults
     evaluate = sub.add_parser("evaluate", help="score a model folder with lm-eval tasks (offline)")
     evaluate.add_argument("model_dir", help="HF model folder")
     evaluate.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     evaluate.add_argument("--task-path", help="folder of task YAMLs (e.g. ZOO/tasks); default: lm-eval's own tasks")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=ScoringConfig.batch_size)
     evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
     evaluate.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
-    evaluate.add_argument("--fewshot-seed", type=int, default=1234, help="seed of the few-shot sampler (default 1234)")
+    evaluate.add_argument("--fewshot-seed", type=int, default=ScoringConfig.fewshot_seed,
+                          help=f"seed of the few-shot sampler (default {ScoringConfig.fewshot_seed})")
     evaluate.add_argument("--apply-chat-template", action="store_true", help="format prompts with the tokenizer's chat template")
     evaluate.add_argument("--fewshot-as-multiturn", action="store_true", help="few-shot examples as chat turns")
     evaluate.add_argument("--system-instruction", help="a system instruction before every prompt")
@@ -290,6 +292,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
+    from evomerge.config.sizes import DEFAULT_SHARD_SIZE
     export = sub.add_parser("export", help="write a candidate of a run as a model folder with card and recipes")
     export.add_argument("run_dir", help="run folder")
     export.add_argument("--out", required=True, help="output model folder")
@@ -300,7 +303,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--rescore-heldout", type=int, default=5, metavar="K",
                         help="re-score the K best front members on the held-out tasks (default 5; cached in the run log)")
     export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    export.add_argument("--shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    export.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE,
+                        help=f"largest safetensors shard (default {DEFAULT_SHARD_SIZE})")
     export.add_argument("--quiet", action="store_true", help="no progress output")
     export.set_defaults(func=cmd_export)
 

@@ -31,9 +31,13 @@ import torch  # noqa: E402
 from bench_materialize import copy_bandwidth  # noqa: E402
 from evomerge.materialize import thresholds  # noqa: E402
 from evomerge.materialize.fused import below  # noqa: E402
-from evomerge.materialize.kernels import chunk_kernel  # noqa: E402
+from evomerge.materialize.kernels import (
+    GTA_PARAMS,  # noqa: E402
+    chunk_kernel,  # noqa: E402
+)
 from evomerge.materialize.thresholds import TrimCuts  # noqa: E402
 from evomerge.merge.draws import draw_key  # noqa: E402
+from evomerge.merge.sparsify import task_vector  # noqa: E402
 
 
 def best(fn: Callable[[], object], repeats: int) -> float:
@@ -90,7 +94,8 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
     cached = [row for j in range(k) for row in torch.randint(0, 256, (2, n), dtype=torch.uint8)]
 
     def gta(lows: list[float], draws: list[torch.Tensor], cut: torch.Tensor, trim: bool, dare: bool, consensus: bool) -> None:
-        params = torch.tensor([*weight, *lows, *([0.5] * k if dare else [1.0] * k), 1.0, 1.0, 1.0])
+        params = GTA_PARAMS.pack(torch.float32, base.device, weight=weight, low=lows,
+                                 dare_divisor=[0.5 if dare else 1.0] * k, lam=1.0, divisor=1.0, normalize=1.0)
         kernel(out, base, sources, draws, params, cut, torch.tensor(0), keys, torch.bfloat16, trim, dare, consensus)
 
     zeros, none = [0.0] * k, torch.zeros(k, dtype=torch.int64)
@@ -109,7 +114,7 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
 def tie_profile(base: torch.Tensor, source: torch.Tensor) -> str:
     """How source 0's |τ| ties: distinct values, the largest group, and the share of tied entries (groups of two or
     more) whose value the tie index holds."""
-    values, counts = torch.unique((source.float() - base.float()).abs(), return_counts=True)
+    values, counts = torch.unique(task_vector(base, source, torch.float32).abs(), return_counts=True)
     tied = int(counts[counts > 1].sum())
     index = histogram_cuts().counts("w", 0, base, source).ties
     indexed = int(index.ends[:, -1].sum()) if index is not None else 0

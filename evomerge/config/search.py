@@ -13,7 +13,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import yaml
 
@@ -21,7 +21,8 @@ from evomerge.config.schema import dump, load, parse_yaml
 from evomerge.config.sizes import parse_size
 from evomerge.errors import EvomergeError
 
-DType = Literal["float32", "float16", "bfloat16", "float64"]
+DType = Literal["float32", "float16", "bfloat16", "float64"]  # the dtypes a merge may write: the one table
+DTYPE_NAMES: tuple[str, ...] = get_args(DType)  # recipes, mergekit YAML and the plan (torch dtypes) read it
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
@@ -95,7 +96,7 @@ class ScoringConfig:
     task_path: Path | None = None  # folder of lm-eval task YAMLs; None: lm-eval's own tasks
     batch_size: int = field(default=64, metadata={"ge": 1})
     num_fewshot: int | None = field(default=None, metadata={"ge": 0})  # None: each task's own
-    fewshot_seed: int = 1234
+    fewshot_seed: int = 1234  # simple_evaluate's fewshot_random_seed default (lm_eval.defaults.DEFAULT_OTHER_SEED)
     apply_chat_template: bool = False  # needs a tokenizer with a chat template
     fewshot_as_multiturn: bool = False  # few-shot examples as chat turns (needs apply_chat_template)
     system_instruction: str | None = None

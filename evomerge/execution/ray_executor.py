@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.config.sizes import format_size
+from evomerge.env import offline_env
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Executor, Job, JobResult
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
@@ -64,7 +65,7 @@ MAX_REPLACEMENTS = 2  # fresh actors per worker slot before the slot is given up
 MAX_ATTEMPTS = 3  # a job that kills its worker this often is logged as a failed candidate
 RETRY_S = 0.5  # pause between readiness checks of a restarting actor
 # set in every actor before it imports anything: offline, and no progress bars in the workers' log files
-WORKER_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+WORKER_ENV = {**offline_env(quiet=True), "TQDM_DISABLE": "1"}
 OBJECT_STORE_BYTES = 256 * 2**20  # besides the sources, only recipes and score lists travel
 SPILL_AT = 0.8  # Ray's default object_spilling_threshold: a store fuller than this spills objects to disk
 

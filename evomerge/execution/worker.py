@@ -10,7 +10,6 @@ and where is the memory plan's ``policy``.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Mapping
 import torch
 
 from evomerge.config.search import ScoringConfig, SearchConfig
+from evomerge.env import set_offline_env
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.materialize.plan import DTYPES, MergePlan
@@ -88,8 +88,7 @@ class CandidateFailed(Exception):
 
 class Worker:
     def __init__(self, spec: WorkerSpec, name: str = "worker-0"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        set_offline_env()
         torch.set_num_threads(spec.threads)
         self.spec, self.name = spec, f"{name}@{socket.gethostname()}"
         self.pool = self._sources(spec)

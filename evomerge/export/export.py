@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from evomerge.config.sizes import DEFAULT_SHARD_SIZE, parse_size
 from evomerge.errors import EvomergeError
 from evomerge.export.card import model_card
 from evomerge.export.evaluator import Evaluator, ExecutorFactory, check_sources
@@ -34,7 +35,7 @@ from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.sources.pool import SourcePool
-from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, parse_size
+from evomerge.sources.writer import check_output_folder
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     mergekit, mergekit_note = to_mergekit(recipe, pool.tensor_names, plan.dtype_name(pool), src.labels())
     command = ["evomerge", "export", "RUN_DIR", "--out", "MODEL_DIR", "--pick", str(record.index),
                "--rescore-heldout", str(finalists)]
-    if shard_bytes not in (DEFAULT_SHARD_SIZE, parse_size("5GB")):
+    if shard_bytes != parse_size(DEFAULT_SHARD_SIZE):
         command += ["--shard-size", str(shard_size)]
     card = model_card(analysis, record, recipe, mergekit_note=mergekit_note, mergekit=mergekit is not None,
                       export_command=shlex.join(command), pick=str(rule))

@@ -15,11 +15,12 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
+from evomerge.config.sizes import DEFAULT_SHARD_SIZE
 from evomerge.errors import EvomergeError
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.plan import MergePlan
 from evomerge.sources.pool import SourcePool
-from evomerge.sources.writer import DEFAULT_SHARD_SIZE, write_model_shards
+from evomerge.sources.writer import write_model_shards
 
 ONE_PASS = CachePolicy(sources="shared", thresholds="histogram", draws="regenerated")
 

@@ -41,13 +41,13 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.device import DeviceSources, Placement
-from evomerge.materialize.kernels import chunk_kernel, compile_works
+from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, chunk_kernel, compile_works
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, TrimCuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
 from evomerge.merge.methods import slerp as slerp_method
 from evomerge.merge.registry import MergeMethod
-from evomerge.merge.sparsify import compute_dtype
+from evomerge.merge.sparsify import compute_dtype, weight_sum_divisor
 from evomerge.sources.pool import SourcePool
 
 CHUNK = 1 << 20  # elements per eager pass: (K+2) × 4 MiB of float32 stays near the caches
@@ -173,14 +173,15 @@ class FastMerger:
         if step.method.name == "slerp":
             dt = compute_dtype(flat[0])
             coef_a, coef_b = slerp_method.coefficients(self._slerp_cos(step.name, flat[0], flat[1]), float(glob.get("t", 0.5)))
-            params = torch.cat([coef_a.flatten(), coef_b.flatten(), torch.ones(1, dtype=dt, device=coef_a.device)])
+            coefficients = torch.cat([coef_a.flatten(), coef_b.flatten()])  # as weights of base and source 0
+            params = LINEAR_PARAMS.pack(dt, coef_a.device, weight=coefficients, divisor=1.0)
             inputs = flat[:2]
         else:
             dt = compute_dtype(flat[1])
             weight = self._per_source(step, k_count).get("weight", [1.0] * k_count)
             total = float(sum(weight))
-            divisor = total if glob.get("normalize", True) and abs(total) >= 1e-8 else 1.0
-            params = torch.tensor([*weight, divisor], dtype=dt, device=self.device)
+            divisor = weight_sum_divisor(total) if glob.get("normalize", True) else 1.0
+            params = LINEAR_PARAMS.pack(dt, self.device, weight=weight, divisor=divisor)
             inputs = flat[1:]
         n = out.numel()
         compiled = self._compiles(n)
@@ -198,9 +199,7 @@ class FastMerger:
         glob = {**step.method.globals, **step.params}
         weight, density = per.get("weight", [1.0] * k_count), per.get("density", [1.0] * k_count)
         normalize = bool(glob.get("normalize"))
-        divisor = float(sum(weight)) if normalize else 1.0  # as ``combine``: |Σw| < 1e-8 → 1
-        if normalize and abs(divisor) < 1e-8:
-            divisor = 1.0
+        divisor = weight_sum_divisor(float(sum(weight))) if normalize else 1.0  # as ``combine``
         third, cuts = [1.0] * k_count, [n] * k_count
         trims = self.trims.cuts(step.name, density, base, sources) if trim else []
         if dare:
@@ -211,12 +210,13 @@ class FastMerger:
         compiled = self._compiles(n)
         kernel = chunk_kernel("gta", compiled)
         plan_dtype = plan.dtype or base.dtype
-        rest = [*third, float(glob.get("lam", 1.0)), divisor, float(normalize)]
+        lam = float(glob.get("lam", 1.0))
         flags = []
         lowered = [below(t.low, dt) for t in trims]  # where a range keeps the ties at low (before the cut p)
         for a, e in self._chunks(n, compiled, splits=[t.p for t in trims]):  # each side of every cut p: no index
             lows = [t.low if a >= t.p else under for t, under in zip(trims, lowered)] or [0.0] * k_count
-            params = torch.tensor([*weight, *lows, *rest], dtype=dt, device=dev)
+            params = GTA_PARAMS.pack(dt, dev, weight=weight, low=lows, dare_divisor=third, lam=lam, divisor=divisor,
+                                     normalize=float(normalize))
             flags.append(kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x],
                                 params, cut, torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim, dare,
                                 family.consensus))
@@ -278,6 +278,16 @@ def draw_threshold(density: float, dt: torch.dtype) -> int:
         return DRAW_LEVELS
     d = float(torch.tensor(density, dtype=dt))  # the value the reference compares with, exactly
     return max(0, math.ceil(d * DRAW_LEVELS - 0.5))  # exact: scaling by 2**16, then a half, in float64
+
+
+def draw_cache_bytes(n: int) -> int:
+    """Bytes of one (tensor, source) draw cache of n entries (``_cached_draws``: a high and a low byte each)."""
+    return 2 * n
+
+
+def chunk_scratch_bytes(k_count: int) -> int:
+    """Bytes of the eager kernels' temporaries over one ``CHUNK`` of K sources: K + 4 float32 chunks at most."""
+    return (k_count + 4) * CHUNK * 4
 
 
 def _cached_draws(key: Tensor, k: int, n: int, device: torch.device) -> Tensor:

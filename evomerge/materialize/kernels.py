@@ -15,24 +15,63 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from evomerge.merge.draws import draw_bits, pair_hash
+from evomerge.merge.sparsify import task_vector
 
 TIE_BLOCK = 1 << 12  # entries per tie count (``_tie_counts``)
 
 
+@dataclass(frozen=True)
+class ParamLayout:
+    """Where a kernel finds each of a candidate's numbers in its ``params`` tensor, by name: K values per per-source
+    field (in this order), then one per scalar. ``fused.py`` packs with it and the kernel unpacks with it, so no
+    position is counted in two places."""
+
+    per_source: tuple[str, ...]
+    scalars: tuple[str, ...]
+
+    def pack(self, dtype: torch.dtype, device: torch.device, **fields: Any) -> Tensor:
+        """``params`` from every field: K numbers (or a tensor of K) per per-source field, a number per scalar.
+        Plain numbers make one tensor in one step (one copy to the device); a tensor field is concatenated on its
+        device, with no copy to the host."""
+        names = (*self.per_source, *self.scalars)
+        assert set(fields) == set(names), f"params are {names}, got {tuple(fields)}"
+        values = [fields[name] for name in names]
+        if any(isinstance(v, Tensor) for v in values):
+            return torch.cat([torch.as_tensor(v, dtype=dtype, device=device).reshape(-1) for v in values])
+        flat = [x for name in self.per_source for x in fields[name]]
+        return torch.tensor([*flat, *(fields[name] for name in self.scalars)], dtype=dtype, device=device)
+
+    def unpack(self, params: Tensor, k_count: int) -> dict[str, Tensor]:
+        """Each field's view of ``params``: [K] for a per-source field, a 0-d tensor for a scalar."""
+        out = {name: params[i * k_count : (i + 1) * k_count] for i, name in enumerate(self.per_source)}
+        first = len(self.per_source) * k_count
+        out.update({name: params[first + j] for j, name in enumerate(self.scalars)})
+        return out
+
+
+# ``divisor``: Σ w_k guarded, or 1 when not normalizing; SLERP packs its two coefficients as the weights, divisor 1
+LINEAR_PARAMS = ParamLayout(per_source=("weight",), scalars=("divisor",))
+# ``low``: |τ| above it survives trimming; ``dare_divisor``: the DARE rescale d (1 without DARE); λ; the divisor
+# without consensus; ``normalize`` (1.0 or 0.0) tells the consensus branch whether to divide
+GTA_PARAMS = ParamLayout(per_source=("weight", "low", "dare_divisor"), scalars=("lam", "divisor", "normalize"))
+
+
 def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype: torch.dtype) -> Tensor:
-    """Σ w_k θ_k / divisor; params = [w_0 … w_{K−1}, divisor] (divisor 1 when not normalizing)."""
+    """Σ w_k θ_k / divisor (``LINEAR_PARAMS``)."""
     k_count = len(sources)
     dt = params.dtype
-    acc = sources[0].to(dt) * params[0]
+    p = LINEAR_PARAMS.unpack(params, k_count)
+    acc = sources[0].to(dt) * p["weight"][0]
     for k in range(1, k_count):
-        acc = acc + sources[k].to(dt) * params[k]
-    merged = (acc / params[k_count]).to(plan_dtype)
+        acc = acc + sources[k].to(dt) * p["weight"][k]
+    merged = (acc / p["divisor"]).to(plan_dtype)
     out.copy_(merged)
     return _all_finite(merged)
 
@@ -61,28 +100,28 @@ def _gta_chunk(
 ) -> Tensor:
     """Generalized task arithmetic over one chunk, as ``sparsify.combine`` after the masks.
 
-    params = [w (K), low (K), DARE divisor (K), λ, divisor, normalize flag]; ``start``: the chunk's
-    first flat index. Trimming keeps |τ| > low: ``FastMerger`` splits a tensor at each source's cut p
-    and lowers ``low`` to the next value below it where the ties at ``low`` are kept (flat index < p),
-    so no index is compared. DARE keeps entries whose draw bits < cut[k] (u < d exactly:
-    ``FastMerger`` turns d into that integer, which spares converting the bits to floats); the bits
-    come from ``draws`` (cached: each source's high and low bytes) or, when it is empty, are
-    regenerated from the flat index and ``keys``.
+    ``params``: ``GTA_PARAMS``; ``start``: the chunk's first flat index. Trimming keeps |τ| > low:
+    ``FastMerger`` splits a tensor at each source's cut p and lowers ``low`` to the next value below it
+    where the ties at ``low`` are kept (flat index < p), so no index is compared. DARE keeps entries
+    whose draw bits < cut[k] (u < d exactly: ``FastMerger`` turns d into that integer, which spares
+    converting the bits to floats); the bits come from ``draws`` (cached: each source's high and low
+    bytes) or, when it is empty, are regenerated from the flat index and ``keys``.
     """
     k_count = len(sources)
     dt = params.dtype
+    p = GTA_PARAMS.unpack(params, k_count)
     b = base.to(dt)
     index = torch.arange(base.shape[0], device=base.device) + start if dare and not draws else start
     weighted = []
     hashed = None
     for k in range(k_count):
-        tau = sources[k].to(dt) - b
+        tau = task_vector(b, sources[k], dt)
         if trim:  # masked by a product, as the reference's ``tau * mask``
-            tau = tau * (tau.abs() > params[k_count + k]).to(dt)
+            tau = tau * (tau.abs() > p["low"][k]).to(dt)
         if dare:
             bits, hashed = _draw_bits(k, draws, index, keys, hashed, dt)
-            tau = torch.where(bits < cut[k], tau / params[2 * k_count + k], torch.zeros_like(tau))
-        weighted.append(tau * params[k])
+            tau = torch.where(bits < cut[k], tau / p["dare_divisor"][k], torch.zeros_like(tau))
+        weighted.append(tau * p["weight"][k])
     total = weighted[0]
     for k in range(1, k_count):
         total = total + weighted[k]
@@ -92,12 +131,12 @@ def _gta_chunk(
         for k in range(k_count):
             agree = (weighted[k] * sign > 0).to(dt)
             mixed = mixed + weighted[k] * agree
-            divisor = divisor + params[k] * agree
+            divisor = divisor + p["weight"][k] * agree
         divisor = torch.where(divisor == 0, 1.0, divisor)
-        mixed = torch.where(params[3 * k_count + 2] > 0, mixed / divisor, mixed)
+        mixed = torch.where(p["normalize"] > 0, mixed / divisor, mixed)
     else:
-        mixed = total / params[3 * k_count + 1]
-    merged = (b + params[3 * k_count] * mixed).to(plan_dtype)
+        mixed = total / p["divisor"]
+    merged = (b + p["lam"] * mixed).to(plan_dtype)
     out.copy_(merged)
     return _all_finite(merged)
 
@@ -115,13 +154,13 @@ def magnitude_key(mag: Tensor) -> Tensor:
 
 def _magnitude_keys(keys: Tensor, base: Tensor, source: Tensor, dt: torch.dtype) -> None:
     """keys (int64) gets the histogram key of |θ_k − θ0| (``thresholds``' counting pass)."""
-    keys.copy_(magnitude_key((source.to(dt) - base.to(dt)).abs()))
+    keys.copy_(magnitude_key(task_vector(base, source, dt).abs()))
 
 
 def _value_rows(out: Tensor, base: Tensor, source: Tensor, rows: Tensor, dt: torch.dtype) -> None:
     """out (int64) gets ``rows`` at the histogram key of |θ_k − θ0|: each entry's row in a tie index (its counting
     pass; the same lookup eagerly takes five times as long as the whole compiled pass)."""
-    out.copy_(rows[magnitude_key((source.to(dt) - base.to(dt)).abs())])
+    out.copy_(rows[magnitude_key(task_vector(base, source, dt).abs())])
 
 
 def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], bounds: Tensor, dt: torch.dtype) -> None:
@@ -130,7 +169,7 @@ def _bin_flags(out: Tensor, base: Tensor, sources: list[Tensor], bounds: Tensor,
     b = base.to(dt)
     flags = torch.zeros(base.shape, dtype=torch.int32, device=base.device)
     for k in range(len(sources)):
-        bits = (sources[k].to(dt) - b).abs().view(bounds.dtype)
+        bits = task_vector(b, sources[k], dt).abs().view(bounds.dtype)
         flags = flags | (((bits >= bounds[0, k]) & (bits <= bounds[1, k])).to(torch.int32) << k)
     out.copy_(flags.to(out.dtype))
 
@@ -145,7 +184,7 @@ def key_patterns(key: int, dt: torch.dtype) -> tuple[int, int]:
 
 def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torch.dtype) -> None:
     """out[b] = how many entries of block b (``TIE_BLOCK`` entries) have |θ_k − θ0| == low (a one-element tensor)."""
-    equal = ((source.to(dt) - base.to(dt)).abs() == low).to(torch.int64)
+    equal = (task_vector(base, source, dt).abs() == low).to(torch.int64)
     out.copy_(equal.view(-1, TIE_BLOCK).sum(1))
 
 

@@ -23,9 +23,15 @@ from evomerge.config.search import SearchConfig
 from evomerge.config.sizes import format_size
 from evomerge.errors import EvomergeError
 from evomerge.materialize.device import STAGE, Placement
-from evomerge.materialize.fused import CHUNK, CachePolicy, Draws, fused
+from evomerge.materialize.fused import CachePolicy, Draws, chunk_scratch_bytes, draw_cache_bytes, fused
 from evomerge.materialize.plan import DTYPES
-from evomerge.materialize.thresholds import HISTOGRAM_MIN, SCAN, Thresholds, tie_index_bytes
+from evomerge.materialize.thresholds import (
+    Thresholds,
+    cut_scratch_bytes,
+    histogram_bytes,
+    sort_scratch_bytes,
+    sorted_bytes,
+)
 from evomerge.merge.registry import get_method
 from evomerge.sources.arch import infos_from_config
 from evomerge.sources.folder import read_config, read_tensor_infos
@@ -36,10 +42,6 @@ Budget = Literal["config", "device", "host"]
 GPU_SHARE = 0.85  # of a GPU's memory: the default budget (the rest is left to scoring's activations)
 HOST_RESERVE = 2 * 10**9  # bytes of a node kept for Ray, interpreters and libraries (the driver's among them)
 WORKER_RESERVE = 5 * 10**8  # bytes per worker process besides what the plan counts (torch, transformers, lm-eval)
-# histogram keys in use per tensor and source (a key and a count each, 16 bytes): |τ| of real
-# weights spans a few dozen exponents, 256 keys each; at most 2**16 could be used. Each also has a tie index
-# (``thresholds.tie_index_bytes``: at most 256 values × 256 blocks × 4 bytes)
-HISTOGRAM_KEYS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -181,24 +183,22 @@ def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, av
 
 
 def _costs(shape: ModelShape, families: set[str]) -> dict[str, int]:
-    """Bytes per worker of each cache alternative, over the mergeable tensors and K sources."""
+    """Bytes per worker of each cache alternative, over the mergeable tensors and K sources (each cache's own module
+    gives its size)."""
     sizes = shape.floating()
-    big = [n for n in sizes if n >= HISTOGRAM_MIN]
-    small = sum(n for n in sizes if n < HISTOGRAM_MIN)
     return {
-        "histograms": shape.k * sum(HISTOGRAM_KEYS * 16 + tie_index_bytes(n) for n in big) + shape.k * small * 8
-        if "magnitude" in families else 0,
-        "sorted": shape.k * sum(n * (8 if n < 2**31 else 12) for n in sizes) + 12 * shape.largest_tensor,  # + one sort
-        "draws": shape.k * sum(sizes) * 2,
+        "histograms": shape.k * sum(histogram_bytes(n) for n in sizes) if "magnitude" in families else 0,
+        "sorted": shape.k * sum(sorted_bytes(n) for n in sizes) + sort_scratch_bytes(shape.largest_tensor),
+        "draws": shape.k * sum(draw_cache_bytes(n) for n in sizes),
     }
 
 
 def _scratch(shape: ModelShape, eager: bool, trim: bool) -> int:
     """Temporaries of one tensor: eager chunks, the TIES flag pass, an eager operator's full-size float32 copies."""
     largest = shape.largest_tensor
-    out = (shape.k + 4) * CHUNK * 4
+    out = chunk_scratch_bytes(shape.k)
     if trim:
-        out += largest + 3 * SCAN * 8  # a byte of flags per entry; counting a histogram's slices
+        out += cut_scratch_bytes(largest)
     if eager:
         out += (shape.k + 4) * largest * 4
     return out

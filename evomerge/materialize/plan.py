@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor
 
+from evomerge.config.search import DTYPE_NAMES
 from evomerge.errors import EvomergeError
 from evomerge.merge.draws import uniform_draws
 from evomerge.merge.registry import MergeMethod, get_method
@@ -19,7 +20,7 @@ from evomerge.recipes.recipe import Recipe
 from evomerge.sources.layers import KINDS, group_of, layer_groups, num_layers, param_kind
 from evomerge.sources.pool import SourcePool
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}  # name -> torch dtype
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel, key_patterns
-from evomerge.merge.sparsify import compute_dtype, keep_count
+from evomerge.merge.sparsify import compute_dtype, keep_count, task_vector
 
 Thresholds = Literal["sorted", "histogram"]
 HISTOGRAM_MIN = 1 << 16  # entries: below this a sorted copy (8 bytes/entry) is smaller than the counts
@@ -44,6 +44,9 @@ SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at 
 TIE_SCAN = 1 << 20  # entries per tie-counting call (``TrimCuts._tie_cut`` stops at the call that finds its tie)
 TIE_KEYS = 256  # values per (tensor, source) whose ties are counted per block when the histogram is filled
 TIE_BLOCKS = 256  # blocks of that count per tensor, at most (each a multiple of TIE_BLOCK entries)
+# histogram keys in use per tensor and source, for the memory plan: |τ| of real weights spans a few dozen
+# exponents, 256 keys each; at most 2**16 could be used
+HISTOGRAM_KEYS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,30 @@ def tie_block(n: int) -> int:
 def tie_index_bytes(n: int) -> int:
     """Bytes of a (tensor, source) tie index at most: the memory plan's figure."""
     return TIE_KEYS * -(-n // tie_block(n)) * (4 if n < 2**31 else 8)
+
+
+def sorted_bytes(n: int) -> int:
+    """Bytes of a (tensor, source) sorted copy of n entries (``sorted_magnitudes``): float32 values and int32 flat
+    indices (int64 from 2**31 entries)."""
+    return n * (8 if n < 2**31 else 12)
+
+
+def sort_scratch_bytes(n: int) -> int:
+    """Bytes a sorted copy of n entries holds while it is made (|τ| and the sort's int64 order) besides the copy."""
+    return 12 * n
+
+
+def histogram_bytes(n: int) -> int:
+    """Bytes of a (tensor, source) histogram mode's cache for n entries, estimated for the memory plan: the
+    ``HISTOGRAM_KEYS`` used keys (a key and a count, int64 each) and the tie index; a tensor under
+    ``HISTOGRAM_MIN`` entries keeps a sorted copy instead."""
+    return HISTOGRAM_KEYS * 16 + tie_index_bytes(n) if n >= HISTOGRAM_MIN else sorted_bytes(n)
+
+
+def cut_scratch_bytes(n: int) -> int:
+    """Temporaries of finding the histogram mode's cuts of a tensor of n entries: a byte of flags per entry
+    (``_scratch``), and counting ``SCAN`` entries at a time (int64 keys, rows and counts)."""
+    return n + 3 * SCAN * 8
 
 
 @dataclass(frozen=True)
@@ -139,7 +166,7 @@ class TrimCuts:
         key = (name, k)
         if key not in self._sorted:
             dt = compute_dtype(base)
-            values, order = (source.to(dt) - base.to(dt)).abs_().flatten().sort(stable=True)
+            values, order = task_vector(base, source, dt).abs_().flatten().sort(stable=True)
             self._sorted[key] = (values, order.to(torch.int32) if order.numel() < 2**31 else order)
         return self._sorted[key]
 
@@ -258,7 +285,7 @@ class TrimCuts:
     def _tie_in(base: Tensor, source: Tensor, low: float, lo: int, hi: int, rank: int) -> Trim:
         """The cut whose last kept tie is the rank-th entry of [lo, hi) with |τ| == low."""
         dt = compute_dtype(base)
-        inside = torch.nonzero((source[lo:hi].to(dt) - base[lo:hi].to(dt)).abs() == low).flatten()
+        inside = torch.nonzero(task_vector(base[lo:hi], source[lo:hi], dt).abs() == low).flatten()
         return Trim(low, lo + int(inside[rank - 1]) + 1)
 
     @staticmethod
@@ -270,7 +297,7 @@ class TrimCuts:
         if whole:
             kernel(counts[: whole // TIE_BLOCK], base[:whole], source[:whole], value, dt)
         if whole < m:
-            counts[-1] = ((source[whole:].to(dt) - base[whole:].to(dt)).abs() == value).sum()
+            counts[-1] = (task_vector(base[whole:], source[whole:], dt).abs() == value).sum()
         return counts
 
     def _flag(self, base: Tensor, sources: Sequence[Tensor], bins: dict[int, int], sparse: bool) -> dict[int, Tensor]:
@@ -316,7 +343,7 @@ class TrimCuts:
         In float32 the entries of one bin differ only in their low 16 bits, so a count per low-bits value
         (no sort) finds the cut value; float64 (tests) sorts them."""
         dt = compute_dtype(base)
-        values = (source[positions].to(dt) - base[positions].to(dt)).abs()
+        values = task_vector(base[positions], source[positions], dt).abs()
         if dt == torch.float32:
             bits = values.view(torch.int32) & 0xFFFF
             ge = torch.bincount(bits, minlength=1 << 16).flip(0).cumsum(0).flip(0)  # entries with low bits >= j

@@ -30,11 +30,17 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
+def task_vector(base: Tensor, source: Tensor, dtype: torch.dtype) -> Tensor:
+    """τ_k = θ_k − θ0 in ``dtype`` (the compute dtype): the one formula of the reference, the fused kernels and the
+    TIES cuts, so all see the same values. A base already in ``dtype`` is not converted again."""
+    return source.to(dtype) - base.to(dtype)
+
+
 def task_vectors(base: Tensor, sources: Sequence[Tensor]) -> Tensor:
     """τ stacked as [K, *shape] in the compute dtype."""
     dtype = compute_dtype(base)
     b = base.to(dtype)
-    return torch.stack([s.to(dtype) - b for s in sources])
+    return torch.stack([task_vector(b, s, dtype) for s in sources])
 
 
 def sorted_magnitudes(tau: Tensor) -> Tensor:
@@ -122,6 +128,12 @@ def drop_and_rescale(tau: Tensor, draws: Tensor, keep_probability: float | Tenso
     return torch.where(kept, tau / torch.where(kept, p.clamp(max=1.0), torch.ones_like(p)), torch.zeros_like(tau))
 
 
+def weight_sum_divisor(total: float) -> float:
+    """The divisor of a normalized weighted sum: Σ w_k, or 1 where |Σ w_k| < 1e-8 (weights that cancel leave the
+    sum undivided instead of blowing it up). The one guard of every normalizing method and kernel."""
+    return total if abs(total) >= 1e-8 else 1.0
+
+
 def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus: bool, normalize: bool, lam: float) -> Tensor:
     """θ0 + λ · (weighted sum of the surviving deltas), optionally TIES sign election and disjoint mean.
 
@@ -142,8 +154,7 @@ def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus:
         divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
     else:
         mixed = weighted.sum(dim=0)
-        divisor = w.sum()
-        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+        divisor = w.new_tensor(weight_sum_divisor(float(w.sum())))  # Σ w_k as summed in the compute dtype
     if normalize:
         mixed = mixed / divisor
     return base.to(deltas.dtype) + lam * mixed

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
 from evomerge.config.schema import dump, load
+from evomerge.config.search import DType
 from evomerge.errors import EvomergeError
 from evomerge.merge.registry import get_method
 from evomerge.recipes.recipe import GroupSpec, Recipe
@@ -55,7 +56,7 @@ class RecipeFile:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     groups: Mapping[str, GroupEntry] = field(default_factory=dict)
     layer_granularity: int = field(default=1, metadata={"ge": 1})
-    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    dtype: DType | None = None
     seed: int = field(default=0, metadata={"ge": 0})
     tokenizer_source: Path | None = None
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from evomerge.config.search import DTYPE_NAMES
 from evomerge.errors import EvomergeError
 from evomerge.merge.registry import MergeMethod, get_method, method_names
 from evomerge.recipes.evomerge_yaml import group_spec
@@ -25,7 +26,6 @@ from evomerge.sources.folder import read_config
 from evomerge.sources.layers import group_of, layer_groups, layer_index, num_layers, param_kind
 
 IGNORED = {"int8_mask"}  # mergekit parameters that only steer its execution
-DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 def mergekit_methods() -> list[str]:
@@ -61,8 +61,8 @@ def parse_mergekit(data: Mapping[str, Any], root: Path) -> Recipe:
         if spec != default:
             groups[f"layers.{i}"] = spec
     dtype = data.get("out_dtype") or data.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        raise EvomergeError(f"unknown dtype '{dtype}' (use one of: {', '.join(DTYPES)})")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise EvomergeError(f"unknown dtype '{dtype}' (use one of: {', '.join(DTYPE_NAMES)})")
     return Recipe(base=base, sources=tuple(p for p, _ in sources), default=default, groups=groups, dtype=dtype)
 
 

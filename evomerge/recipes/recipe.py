@@ -35,7 +35,7 @@ class Recipe:
     default: GroupSpec
     groups: Mapping[str, GroupSpec] = field(default_factory=dict)  # fully resolved overrides
     layer_granularity: int = 1
-    dtype: str | None = None  # "float32", "float16", "bfloat16", "float64"; None: the base's
+    dtype: str | None = None  # one of config.search.DTYPE_NAMES; None: the base's
     seed: int = 0  # fixes the draws of random sparsification
     tokenizer_source: Path | None = None  # the model whose tokenizer, chat template and eos the result carries
 

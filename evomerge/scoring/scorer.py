@@ -20,13 +20,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from evomerge.config.search import ScoringConfig
+from evomerge.env import set_offline_env
 from evomerge.errors import EvomergeError
 from evomerge.scoring.result import TaskScore, result_key
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-FEWSHOT_SEED = 1234  # simple_evaluate's fewshot_random_seed default (lm_eval.defaults.DEFAULT_OTHER_SEED)
+set_offline_env()
 
 
 def load_tasks(names: Sequence[str], task_path: str | Path | None = None) -> dict[str, Any]:
@@ -54,9 +53,10 @@ class Scorer:
     template, multi-turn few-shot and system instruction shape the prompts as lm-eval shapes them.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, tasks: dict[str, Any], *, batch_size: int = 64,
-                 num_fewshot: int | None = None, fewshot_seed: int = FEWSHOT_SEED, apply_chat_template: bool = False,
-                 fewshot_as_multiturn: bool = False, system_instruction: str | None = None):
+    def __init__(self, model: Any, tokenizer: Any, tasks: dict[str, Any], *, batch_size: int = ScoringConfig.batch_size,
+                 num_fewshot: int | None = None, fewshot_seed: int = ScoringConfig.fewshot_seed,
+                 apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
+                 system_instruction: str | None = None):
         from evomerge.scoring.fastlm import FastHFLM
 
         check_prompt_options(tokenizer, num_fewshot, apply_chat_template, fewshot_as_multiturn)

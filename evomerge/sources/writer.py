@@ -19,11 +19,9 @@ from typing import Callable, Mapping, Sequence
 from safetensors.torch import save_file
 from torch import Tensor
 
-from evomerge.config.sizes import parse_size
+from evomerge.config.sizes import DEFAULT_SHARD_SIZE, parse_size
 from evomerge.errors import EvomergeError
 from evomerge.sources.folder import SAFETENSORS_FILE, SAFETENSORS_INDEX
-
-DEFAULT_SHARD_SIZE = 5 * 2**30
 
 MODEL_FILES = ("config.json",)  # from the template (the base)
 # Everything else a usable model folder needs, when the tokenizer folder has it (the template unless

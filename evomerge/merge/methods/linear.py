@@ -1,7 +1,7 @@
 """Linear / model soup: θ = Σ w_k θ_k / Σ w_k (normalize) or Σ w_k θ_k.
 
-Guard: where |Σ w_k| < 1e-8 the sum is left undivided (the same guard as the task-vector methods'
-divisor). mergekit's ``linear`` has no guard there and returns inf/nan; elsewhere the two agree.
+Guard: where |Σ w_k| < 1e-8 the sum is left undivided (``sparsify.weight_sum_divisor``, the task-vector
+methods' guard too). mergekit's ``linear`` has no guard there and returns inf/nan; elsewhere the two agree.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from evomerge.merge.methods.params import WEIGHT, normalize
 from evomerge.merge.registry import MergeMethod, register
-from evomerge.merge.sparsify import compute_dtype
+from evomerge.merge.sparsify import compute_dtype, weight_sum_divisor
 
 
 def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[float], normalize: bool = True) -> Tensor:
@@ -23,8 +23,8 @@ def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[f
     for tensor, w in zip(sources, weight):
         out.add_(tensor.to(dtype), alpha=float(w))
     total = float(sum(weight))
-    if normalize and abs(total) >= 1e-8:
-        out.div_(total)
+    if normalize:
+        out.div_(weight_sum_divisor(total))
     return out
 
 
