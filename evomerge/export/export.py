@@ -34,7 +34,7 @@ from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.sources.pool import SourcePool
-from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, parse_size
+from evomerge.sources.writer import DEFAULT_SHARD_SIZE, check_output_folder, check_outside, parse_size
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -57,10 +57,11 @@ def export_candidate(
     quiet: bool = False,
 ) -> ExportResult:
     out = Path(out).resolve()
+    run = RunLog.open(Path(run_dir))
+    check_outside(out, run.inputs())
     check_output_folder(out, force)
     shard_bytes = parse_size(shard_size)
     rule = parse_pick(pick)
-    run = RunLog.open(Path(run_dir))
     with run.session():
         return _export(run, out, rule, finalists, force, shard_size, shard_bytes, executor_factory, quiet)
 
