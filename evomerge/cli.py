@@ -45,13 +45,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from evomerge.materialize.plan import MergePlan
     from evomerge.recipes import load_recipe, to_yaml
     from evomerge.sources.pool import SourcePool
-    from evomerge.sources.writer import check_output_folder, parse_size
+    from evomerge.sources.writer import check_output_folder, check_outside, parse_size
 
     out = Path(args.out)
-    check_output_folder(out, args.force)
     recipe = load_recipe(args.recipe)
-    shard_size = parse_size(args.shard_size)
     base = recipe.base if recipe.base is not None else recipe.sources[0]
+    check_outside(out, [("the recipe", Path(args.recipe)),
+                        *(("the model folder", p) for p in (base, *recipe.sources, recipe.tokenizer_folder))])
+    check_output_folder(out, args.force)
+    shard_size = parse_size(args.shard_size)
     pool = SourcePool.load(base, list(recipe.sources), allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     plan = MergePlan.build(recipe, pool)
     write_merged(plan, pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder, shard_size=shard_size,
@@ -119,6 +121,7 @@ def cmd_config_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from evomerge.run import preflight
     from evomerge.run.log import RunLog
     from evomerge.run.records import BudgetRecord
     from evomerge.sources.pool import fingerprint
@@ -126,8 +129,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.max_evals is not None and args.max_evals < 1:
         raise EvomergeError(f"--max-evals must be >= 1, got {args.max_evals}")
     run = RunLog.open(Path(args.run_dir))
-    with run.session():
-        run.check_unchanged({str(p): fingerprint(p) for p in run.config().model_folders}, force=args.force)
+    with run.session():  # every check first: a refused or failing resume writes nothing
+        done = len(run.candidates())
+        if args.max_evals is not None and args.max_evals < done:
+            raise EvomergeError(f"--max-evals {args.max_evals} is below the {done} candidates {run.root} has done; "
+                                f"it is the run's total budget: give {done} or more")
+        fingerprints = {str(p): fingerprint(p) for p in run.config().model_folders}
+        changes = run.check_unchanged(fingerprints, force=args.force)
+        if changes:  # what a forced change brings must pass the checks a new search passes
+            preflight.check(run.config())
+        run.space()  # every logged genome fits the config's genome space
+        run.accept(changes, fingerprints)
         if args.max_evals is not None and args.max_evals != run.max_evals():
             run.append(BudgetRecord(args.max_evals))
         return _run_search(run, args.quiet)

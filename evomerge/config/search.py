@@ -70,6 +70,15 @@ class SourcesConfig:
         labels.update(zip(self.models, self.names))
         return labels
 
+    def repeated(self) -> tuple[str, str] | None:
+        """A model listed twice, or the base among the models: the search would weigh one model as two."""
+        seen = {self.base.resolve(): "sources.base"}
+        for i, model in enumerate(self.models):
+            other = seen.setdefault(model.resolve(), f"sources.models[{i}]")
+            if other != f"sources.models[{i}]":
+                return f"models[{i}]", f"is {other} again ({model}); list each fine-tune once, the base only as base"
+        return None
+
 
 @dataclass(frozen=True)
 class GenomeConfig:
@@ -193,12 +202,22 @@ class SearchConfig:
     def check(self) -> tuple[str, str] | None:
         if sum(o.weight for o in self.objectives) <= 0:
             return "objectives", "must have weights with a positive sum"
-        return None
+        if self.name in ("", ".", "..") or any(sep in self.name for sep in ("/", "\\")):
+            return "name", (f"must be a plain name (it names the run folder populations/<name>): no '/', '\\', '.' or "
+                            f"'..'; use --run-dir to put a run elsewhere, got {self.name!r}")
+        problem = self.sources.repeated()
+        return None if problem is None else (f"sources.{problem[0]}", problem[1])
 
     @property
     def model_folders(self) -> tuple[Path, ...]:
         """Every model folder: the base first, then the sources."""
         return (self.sources.base, *self.sources.models)
+
+    @property
+    def inputs(self) -> list[tuple[str, Path]]:
+        """What a run of this config reads, labelled: the model folders and the task folder (outputs stay outside)."""
+        folders = [("the model folder", p) for p in self.model_folders]
+        return folders + ([("the task folder", self.scoring.task_path)] if self.scoring.task_path is not None else [])
 
     def override(self, **changes: Any) -> "SearchConfig":
         """CLI flags win over the file: ``override(**{"budget.max_evals": 50, "seed": 1})``; None means not given."""

@@ -35,7 +35,7 @@ from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.sources.pool import SourcePool
-from evomerge.sources.writer import check_output_folder
+from evomerge.sources.writer import check_output_folder, check_outside
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,11 @@ def export_candidate(
     quiet: bool = False,
 ) -> ExportResult:
     out = Path(out).resolve()
+    run = RunLog.open(Path(run_dir))
+    check_outside(out, run.inputs())
     check_output_folder(out, force)
     shard_bytes = parse_size(shard_size)
     rule = parse_pick(pick)
-    run = RunLog.open(Path(run_dir))
     with run.session():
         return _export(run, out, rule, finalists, force, shard_size, shard_bytes, executor_factory, quiet)
 

@@ -61,7 +61,7 @@ class Analysis:
 
     @cached_property
     def space(self) -> GenomeSpace:
-        return GenomeSpace.for_config(self.cfg)
+        return self.run.space()
 
     @property
     def normalizer(self) -> Normalizer:
@@ -133,6 +133,7 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
     if finalists < 0:
         raise EvomergeError(f"--rescore-heldout must be >= 0, got {finalists}")
     cfg = run.config()
+    run.space()  # every logged genome fits the run's genome space, checked before anything is scored
     candidates = run.candidates()[:upto]
     ok = successful(candidates)
     if not ok:

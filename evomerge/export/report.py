@@ -27,6 +27,7 @@ from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, ExportRecord
+from evomerge.sources.writer import check_outside
 
 PLOTS = ("fitness.png", "objectives.png", "front.png")
 
@@ -40,8 +41,11 @@ def write_report(
     quiet: bool = False,
 ) -> Path:
     run = RunLog.open(Path(run_dir))
+    default = run.root / "report"  # the one place inside a run folder that is an output
+    if out is not None and Path(out).resolve() != default.resolve():
+        check_outside(Path(out), run.inputs())
     with run.session():
-        return _write_report(run, Path(out) if out is not None else run.root / "report", finalists, executor_factory, quiet)
+        return _write_report(run, Path(out) if out is not None else default, finalists, executor_factory, quiet)
 
 
 def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factory: ExecutorFactory | None, quiet: bool) -> Path:

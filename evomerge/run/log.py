@@ -9,8 +9,10 @@
       optuna.db       the optuna study, when the strategy is optuna (rebuilt from the log on resume)
 
 Population, Pareto front and strategy state are derived from log.jsonl. Each record is one line
-written with a single write and fsync; a torn last line (a crash mid-write) is dropped with a
-warning when the log is opened. No pickle anywhere.
+written with a single write and fsync. Reading never writes: a torn last line (a crash or a write in
+progress) is ignored with a warning, and cut off only by the session holding the lock, before its
+first append. run.json, config.yaml and every record are checked when the folder is opened (a damaged
+file is one line naming it and the line); a file that is a link out of the folder is refused. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 from typing import Iterator, Mapping, TypeVar
 
 from evomerge.config.schema import dump, load
-from evomerge.config.search import SearchConfig, config_from_yaml
+from evomerge.config.search import SearchConfig, read_yaml_mapping
 from evomerge.errors import EvomergeError
+from evomerge.genome.space import GenomeSpace
 from evomerge.merge.draws import SCHEME as DRAW_SCHEME
 from evomerge.merge.registry import get_method
 from evomerge.run.records import (
@@ -46,6 +49,7 @@ from evomerge.run.records import (
     from_line,
     to_line,
 )
+from evomerge.sources.writer import check_outside
 
 LOG, CONFIG, META, LOCK, STUDY = "log.jsonl", "config.yaml", "run.json", "session.lock", "optuna.db"
 R = TypeVar("R")
@@ -66,6 +70,7 @@ class RunLog:
         self.root = root
         self.records = records
         self._config: SearchConfig | None = None
+        self._whole: int | None = None  # bytes of log.jsonl before a torn last line, when it has one
 
     # --- creation and opening -------------------------------------------------------------
 
@@ -73,6 +78,7 @@ class RunLog:
     def create(cls, root: Path, config: SearchConfig, fingerprints: Mapping[str, str]) -> "RunLog":
         """A new run folder, built beside ``root`` and renamed into place (never half-made)."""
         root = Path(root)
+        check_outside(root, config.inputs)
         if (root / LOG).exists() or (root / META).exists():
             raise EvomergeError(f"{root} already holds a run; continue it with 'evomerge resume {root}' or choose another --run-dir")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -97,15 +103,32 @@ class RunLog:
 
     @classmethod
     def open(cls, root: Path) -> "RunLog":
+        """The run in ``root``, read and checked without writing anything (readers need no lock)."""
         root = Path(root)
         if not (root / LOG).is_file() or not (root / META).is_file():
             raise EvomergeError(f"{root} is not a run folder (no {LOG} / {META}); start one with 'evomerge search CONFIG'")
-        return cls(root, _read_records(root / LOG))
+        run = cls(root, [])
+        _ = run.meta  # run.json is checked now, not when a later step needs it
+        run._read(warn=True)
+        return run
+
+    def _read(self, *, warn: bool) -> None:
+        """(Re)read the records, each checked against the config; a torn last line is left for ``append`` to cut."""
+        self.records, self._whole = _read_records(self._file(LOG), self.config(), warn=warn)
+
+    def _file(self, name: str) -> Path:
+        """A file of the run folder; one that is a link leading out of the folder is refused, never followed."""
+        path = self.root / name
+        if path.is_symlink() and path.resolve().parent != self.root.resolve():
+            raise EvomergeError(f"{path} is a link to {path.resolve()}, outside the run folder; a run's files must be "
+                                "in its folder: replace the link with a copy of the file")
+        return path
 
     @contextlib.contextmanager
     def session(self) -> Iterator["RunLog"]:
-        """Hold the folder's lock while writing: a second session on the same run is refused."""
-        with open(self.root / LOCK, "a+") as lock:
+        """Hold the folder's lock while writing: a second session on the same run is refused. The log is read
+        again once the lock is held (what the previous holder appended, whether it left a torn line)."""
+        with open(self._file(LOCK), "a+") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -119,24 +142,40 @@ class RunLog:
             lock.write(f"pid {os.getpid()}")
             lock.flush()
             try:
+                self._read(warn=False)
                 yield self
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def meta(self) -> RunMeta:
-        return load(RunMeta, _read_json(self.root / META), what=f"{self.root / META}")
+        return load(RunMeta, _read_json(self._file(META)), what=f"{self.root / META}")
 
     def config(self) -> SearchConfig:
         if self._config is None:
-            self._config = config_from_yaml((self.root / CONFIG).read_text())
+            path = self._file(CONFIG)
+            self._config = load(SearchConfig, read_yaml_mapping(path, what="run config"), what=f"run config {path}")
         return self._config
 
-    def check_unchanged(self, fingerprints: Mapping[str, str], *, force: bool) -> None:
-        """Refuse to resume over an edited config or changed source files, unless forced (then record it)."""
+    def inputs(self) -> list[tuple[str, Path]]:
+        """What reading this run reads, labelled (outputs stay outside): its folder, the model and task folders."""
+        return [("the run folder", self.root), *self.config().inputs]
+
+    def space(self) -> GenomeSpace:
+        """The config's genome space (read from the model folders); every logged genome must fit it."""
+        space = GenomeSpace.for_config(self.config())
+        for i, r in enumerate(self.records):  # record i is line i + 1: the log is read and appended line by line
+            if isinstance(r, CandidateRecord) and len(r.x) != space.dim:
+                raise EvomergeError(f"{self.root / LOG} line {i + 1}: candidate {r.index} has {len(r.x)} genes but the "
+                                    f"genome of {CONFIG} has {space.dim}; restore the log or the config from a backup")
+        return space
+
+    def check_unchanged(self, fingerprints: Mapping[str, str], *, force: bool) -> list[str]:
+        """Refuse to resume over an edited config or changed source files, unless forced; returns the changes a
+        forced resume records with ``accept`` once everything else is checked."""
         meta = self.meta
         changes = []
-        config_sha = _sha((self.root / CONFIG).read_text())
+        config_sha = _sha(self._file(CONFIG).read_text())
         if config_sha != meta.config_sha256:
             changes.append(f"{CONFIG} was edited")
         for key, sha in fingerprints.items():
@@ -145,12 +184,19 @@ class RunLog:
         if meta.draws != DRAW_SCHEME and any(get_method(m).random for m in self.config().genome.methods):
             changes.append(f"DARE/DELLA draws changed (scheme {meta.draws or 'unrecorded'} -> {DRAW_SCHEME}): the logged "
                            "candidates would not be reproduced")
+        if changes and not force:
+            raise EvomergeError(f"cannot resume {self.root}: {changes[0]}; resume with --force to accept and record "
+                                "the change")
+        return changes
+
+    def accept(self, changes: list[str], fingerprints: Mapping[str, str]) -> None:
+        """Record forced changes (from ``check_unchanged``) and make the current config and sources the run's."""
         if not changes:
             return
-        if not force:
-            raise EvomergeError(f"cannot resume {self.root}: {changes[0]}; resume with --force to accept and record the change")
         self.append(ChangeRecord(tuple(changes)))
-        _atomic_write(self.root / META, _json(dump(replace(meta, config_sha256=config_sha, sources=dict(fingerprints), draws=DRAW_SCHEME))))
+        meta = replace(self.meta, config_sha256=_sha(self._file(CONFIG).read_text()), sources=dict(fingerprints),
+                       draws=DRAW_SCHEME)
+        _atomic_write(self.root / META, _json(dump(meta)))
         self._config = None
 
     def study_storage(self) -> str:
@@ -165,7 +211,10 @@ class RunLog:
         """Stamp, write (one write + fsync) and keep ``record``; returns the stamped record."""
         record = replace(record, time=record.time if record.time is not None else time.time())
         line = (to_line(record) + "\n").encode()
-        fd = os.open(self.root / LOG, os.O_WRONLY | os.O_APPEND)
+        if self._whole is not None:  # a torn last line: cut off by the writer (the lock's holder), never by a reader
+            os.truncate(self._file(LOG), self._whole)
+            self._whole = None
+        fd = os.open(self._file(LOG), os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -207,29 +256,54 @@ class RunLog:
         return budget
 
 
-def _read_records(path: Path) -> list[Record]:
-    data = path.read_bytes()
-    lines = data.split(b"\n")
+def _read_records(path: Path, cfg: SearchConfig, *, warn: bool) -> tuple[list[Record], int | None]:
+    """The log's records, each checked against the config, and the length of its whole lines when a torn last line
+    follows them (else None). Reads only: the torn line stays in the file."""
+    lines = path.read_bytes().split(b"\n")
     tail = lines.pop()  # bytes after the last newline: empty unless the last write was torn
     records: list[Record] = []
+    genes: int | None = None  # the first candidate's gene count; every candidate has the same
     for i, line in enumerate(lines):
+        where = f"{path} line {i + 1}"
         try:
-            records.append(from_line(line, where=f"{path} line {i + 1}"))
+            record = from_line(line, where=where)
         except ValueError:  # not JSON: a torn write, if it is the last line
             if i == len(lines) - 1 and not tail:
                 tail = line  # a torn line that still got its newline? treat as the torn tail
                 break
-            raise EvomergeError(f"{path} line {i + 1} is corrupt (not the last line, so not a torn write); restore the file from a backup") from None
-    if tail:
-        print(f"evomerge: warning: dropped a torn last record of {path} (interrupted mid-write)", file=sys.stderr)
-        good = b"".join(line + b"\n" for line in lines[: len(records)])
-        with open(path, "r+b") as f:
-            f.truncate(len(good))
-    return records
+            raise EvomergeError(f"{where} is corrupt (not the last line, so not a torn write); restore the file from a "
+                                "backup") from None
+        if isinstance(record, CandidateRecord):
+            genes = len(record.x) if genes is None else genes
+            _check_candidate(record, genes, len(cfg.objectives), where)
+        records.append(record)
+    if not tail:
+        return records, None
+    if warn:
+        print(f"evomerge: warning: ignoring a torn last line of {path} (a write interrupted or in progress; the run's "
+              "next session cuts it off)", file=sys.stderr)
+    return records, sum(len(line) + 1 for line in lines[: len(records)])
+
+
+def _check_candidate(record: CandidateRecord, genes: int, objectives: int, where: str) -> None:
+    """A candidate fits the run: a point of the unit box of the log's dimension, one value per objective."""
+    problem = None
+    if len(record.x) != genes:
+        problem = f"has {len(record.x)} genes where the log's first candidate has {genes}"
+    elif not all(0.0 <= u <= 1.0 for u in record.x):
+        problem = "has a gene outside [0, 1]"
+    elif len(record.objectives) != objectives:
+        problem = f"has {len(record.objectives)} objective values for the run's {objectives} objectives"
+    if problem is not None:
+        raise EvomergeError(f"{where}: candidate {record.index} {problem}; restore the file from a backup")
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not UTF-8 text
+        where = f" (line {e.lineno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise EvomergeError(f"{path} is not valid JSON{where}; restore it from a backup") from None
 
 
 def _json(data: object) -> str:

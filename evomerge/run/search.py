@@ -119,7 +119,7 @@ class Search:
 
     def __init__(self, run: RunLog, executor_factory: ExecutorFactory, *, quiet: bool = False):
         self.run, self.cfg = run, run.config()
-        self.space = GenomeSpace.for_config(self.cfg)
+        self.space = run.space()
         self.strategy = make_run_strategy(self.cfg, self.space, run)
         self.executor_factory, self.quiet = executor_factory, quiet
         self.logged = run.candidates()

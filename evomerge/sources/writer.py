@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from safetensors.torch import save_file
 from torch import Tensor
@@ -22,6 +22,8 @@ from torch import Tensor
 from evomerge.config.sizes import DEFAULT_SHARD_SIZE, parse_size
 from evomerge.errors import EvomergeError
 from evomerge.sources.folder import SAFETENSORS_FILE, SAFETENSORS_INDEX
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the evomerge package: never an output
 
 MODEL_FILES = ("config.json",)  # from the template (the base)
 # Everything else a usable model folder needs, when the tokenizer folder has it (the template unless
@@ -145,6 +147,26 @@ def check_output_folder(out: Path, force: bool) -> None:
     """Refuse a non-empty output folder unless forced; callers check early, before expensive work."""
     if _occupied(out) and not force:
         raise EvomergeError(f"{out} already exists and is not empty: choose another folder or pass --force to overwrite it")
+
+
+def check_outside(out: Path, inputs: Iterable[tuple[str, Path]]) -> None:
+    """Refuse an output path that is, holds or lies inside an input (``(what, path)`` pairs) or the package itself.
+
+    Links are resolved on both sides. Callers check before any write: ``--force`` replaces an earlier output, and
+    an output that overlaps an input would replace or mix into what the command reads."""
+    target = Path(out).resolve()
+    for what, path in [*inputs, ("the evomerge package", PACKAGE)]:
+        source = Path(path).resolve()
+        if target == source:
+            relation = "is"
+        elif target in source.parents:
+            relation = "holds"
+        elif source in target.parents:
+            relation = "lies inside"
+        else:
+            continue
+        raise EvomergeError(f"output {out} {relation} {what} {path}, which this command reads; choose an output "
+                            "outside every input (--force replaces an earlier output, never an input)")
 
 
 def _occupied(out: Path) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import EvomergeError
+from evomerge.sources.writer import check_outside
 from evomerge.zoo.check import conditions, format_table, quality, require
 from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
@@ -89,6 +90,7 @@ def build_zoo(out_dir: str | Path, *, seed: int = 0, arch: str = "llama", force:
     """
     check_arch(arch)
     out_dir = Path(out_dir).resolve()
+    check_outside(out_dir, [])
     key = {"builder_version": BUILDER_VERSION, "seed": seed, "arch": arch, "steps": steps}
     manifest = out_dir / "zoo.json"
     if manifest.is_file() and not force:

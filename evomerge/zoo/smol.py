@@ -50,6 +50,7 @@ from torch import Tensor
 from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
+from evomerge.sources.writer import check_outside
 from evomerge.zoo.build import SkillFiles, read_manifest, replace_folder, skill_files, write_jsonl
 from evomerge.zoo.tasks import write_loglikelihood_task
 from evomerge.zoo.train import fixed_threads
@@ -108,6 +109,7 @@ def build_smol(out_dir: str | Path, *, seed: int = 0, force: bool = False, progr
     that misses raises EvomergeError naming the scores, rather than ship a family that shows nothing.
     """
     out_dir = Path(out_dir).resolve()
+    check_outside(out_dir, [])
     key = {"builder_version": BUILDER_VERSION, "seed": seed}
     manifest = out_dir / "smol.json"
     if manifest.is_file() and not force:

@@ -1,4 +1,5 @@
-"""RunLog: typed append-only records, torn last record dropped, one session at a time, refusal to resume over changes."""
+"""RunLog: typed append-only records, torn last record ignored by readers and cut by the writer, one session at a time,
+refusal to resume over changes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def candidate(index: int, **kw) -> CandidateRecord:
     score = TaskScore("t1", "acc", "none", {"acc": True, "perplexity": False},
                       {"acc,none": 0.5, "perplexity,none": math.inf}, {"acc,none": (1.0, 0.0)})
     fields = dict(index=index, key=f"k{index}", x=(0.25, 0.5), parents=(), operator="init", generation=0,
-                  scores={"t1": score}, error=None, objectives=(0.5,))
+                  scores={"t1": score}, error=None, objectives=(0.5, 0.5))
     fields.update(kw)
     return CandidateRecord(**fields)
 
@@ -52,15 +53,18 @@ def test_append_stamps_the_time(tmp_path: Path, tiny_config) -> None:
     assert run.append(candidate(0)).time is not None
 
 
-def test_torn_last_record_is_dropped_with_a_warning(tmp_path: Path, tiny_config, capsys) -> None:
+def test_torn_last_record_is_ignored_by_readers_and_cut_by_the_writer(tmp_path: Path, tiny_config, capsys) -> None:
     run = RunLog.create(tmp_path / "run", tiny_config, {})
     run.append(candidate(0))
     with open(tmp_path / "run" / LOG, "ab") as f:
         f.write(b'{"type": "candidate", "ind')
+    torn = (tmp_path / "run" / LOG).read_bytes()
     again = RunLog.open(tmp_path / "run")
     assert len(again.records) == 1
     assert "torn" in capsys.readouterr().err
-    again.append(candidate(1))
+    assert (tmp_path / "run" / LOG).read_bytes() == torn  # reading wrote nothing
+    with again.session():
+        again.append(candidate(1))
     lines = (tmp_path / "run" / LOG).read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [0, 1]
 
@@ -112,7 +116,7 @@ def test_edited_config_refuses_resume(tmp_path: Path, tiny_config) -> None:
 
 def test_forced_change_is_recorded_and_accepted_afterwards(tmp_path: Path, tiny_config) -> None:
     run = RunLog.create(tmp_path / "run", tiny_config, {"m": "aa"})
-    run.check_unchanged({"m": "bb"}, force=True)
+    run.accept(run.check_unchanged({"m": "bb"}, force=True), {"m": "bb"})
     assert [type(r) for r in run.records] == [ChangeRecord]
     RunLog.open(tmp_path / "run").check_unchanged({"m": "bb"}, force=False)
 

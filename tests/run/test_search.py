@@ -181,7 +181,7 @@ def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path:
     assert comparable(pieces) == comparable(whole)
 
     for run_dir in (whole, pieces):
-        assert main(["export", str(run_dir), "--out", str(run_dir / "model"), "--rescore-heldout", "2", "--quiet"]) == 0
-    exported = [load_file(d / "model" / "model.safetensors") for d in (whole, pieces)]
+        assert main(["export", str(run_dir), "--out", f"{run_dir}-model", "--rescore-heldout", "2", "--quiet"]) == 0
+    exported = [load_file(Path(f"{d}-model") / "model.safetensors") for d in (whole, pieces)]
     assert exported[0].keys() == exported[1].keys()
     assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
