@@ -98,7 +98,7 @@ def test_compiled_kernels_give_the_same_tensors_under_every_policy() -> None:
     first = [merged(pool, p, FastMerger(pool, compile=False)) for p in plans]
     for policy in (CachePolicy("shared", "histogram", "regenerated"), CachePolicy("streamed", "sorted", "cached")):
         merger = FastMerger(pool, policy=policy, compile=True)
-        for plan, want in zip(plans, first):
+        for plan, want in zip(plans, first, strict=True):
             got = merged(pool, plan, merger)
             assert all(torch.equal(got[n], want[n]) for n in want), policy
 

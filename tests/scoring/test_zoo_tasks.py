@@ -25,7 +25,7 @@ def rev_tasks(tmp_path: Path) -> tuple[dict[str, dict[str, str]], Path]:
 def test_every_kind_and_split_is_written_under_its_name(rev_tasks) -> None:
     names, folder = rev_tasks
     assert names == {kind: {"calibration": f"zoo_rev{suffix}", "heldout": f"zoo_rev{suffix}_heldout"}
-                     for kind, suffix in zip(KINDS, ("", "_mc", "_gen", "_rolling"))}
+                     for kind, suffix in zip(KINDS, ("", "_mc", "_gen", "_rolling"), strict=True)}
     tasks = load_tasks([n for splits in names.values() for n in splits.values()], folder)
     assert {name: task.OUTPUT_TYPE for name, task in tasks.items()} == {n: kind for kind, splits in names.items() for n in splits.values()}
 
@@ -33,7 +33,7 @@ def test_every_kind_and_split_is_written_under_its_name(rev_tasks) -> None:
 def test_multiple_choice_options_are_the_expert_skills_answers_for_the_same_letters(rev_tasks) -> None:
     _, folder = rev_tasks
     task = load_tasks(["zoo_rev_mc"], folder)["zoo_rev_mc"]
-    for doc, item in zip(task.eval_docs, ITEMS):
+    for doc, item in zip(task.eval_docs, ITEMS, strict=True):
         letters = item["prompt"].split(":")[1][:-1]
         options = task.doc_to_choice(doc)
         assert options[0] == task.doc_to_target(doc) == item["answer"]
