@@ -82,9 +82,9 @@ def rescaled(points: Sequence[Sequence[float]]) -> list[tuple[float, ...]]:
     """Each objective mapped to [0, 1] over ``points`` (worst 0, best 1; all equal -> 1)."""
     if not points:
         return []
-    lows = [min(col) for col in zip(*points)]
-    highs = [max(col) for col in zip(*points)]
-    return [tuple((v - lo) / (hi - lo) if hi > lo else 1.0 for v, lo, hi in zip(p, lows, highs)) for p in points]
+    lows = [min(col) for col in zip(*points, strict=True)]
+    highs = [max(col) for col in zip(*points, strict=True)]
+    return [tuple((v - lo) / (hi - lo) if hi > lo else 1.0 for v, lo, hi in zip(p, lows, highs, strict=True)) for p in points]
 
 
 def knee(items: Sequence[T], values: Callable[[T], Sequence[float]]) -> T:

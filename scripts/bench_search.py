@@ -199,7 +199,7 @@ def search_table(results: list[dict], budgets: list[int]) -> list[str]:
         label = f"**{strategy}** *(default)*" if runs[0]["default"] else strategy
         for budget in budgets:
             held = [r["at"][budget]["heldout"] for r in runs]
-            gains = [h - r["best_fixed"]["heldout"] for h, r in zip(held, runs)]
+            gains = [h - r["best_fixed"]["heldout"] for h, r in zip(held, runs, strict=True)]
             lines.append(f"| {label} | {metric} | {budget} | **{mean_sd(held)}** | {', '.join(f'{h:.3f}' for h in held)} | "
                          f"{', '.join(f'{g:+.3f}' for g in gains)} | {sum(g > 0 for g in gains)}/{len(runs)} | "
                          f"{', '.join(str(r['at'][budget]['index']) for r in runs)} |")
@@ -249,7 +249,7 @@ def plot(results: list[dict], budgets: list[int], path: Path) -> None:
     fig = Figure(figsize=(13, 5), dpi=110, layout="constrained")
     left, right = fig.subplots(1, 2)
     strategies = list(dict.fromkeys(r["strategy"] for r in results))
-    styles = dict(zip(SEARCH_METRICS, ("-", "--")))
+    styles = dict(zip(SEARCH_METRICS, ("-", "--"), strict=True))
     for k, (strategy, metric, runs) in enumerate(cells(results)):
         color, style = f"C{strategies.index(strategy)}", styles[metric]
         label = f"{strategy} / {metric}" + (" (default)" if runs[0]["default"] else "")
@@ -258,8 +258,8 @@ def plot(results: list[dict], budgets: list[int], path: Path) -> None:
         held = [[r["at"][b]["heldout"] for r in runs] for b in budgets]
         means = [statistics.fmean(h) for h in held]
         offset = (k - len(cells(results)) / 2) * 0.006 * max(budgets)
-        right.errorbar([b + offset for b in budgets], means, yerr=[[m - min(h) for m, h in zip(means, held)],
-                                                                    [max(h) - m for m, h in zip(means, held)]],
+        right.errorbar([b + offset for b in budgets], means, yerr=[[m - min(h) for m, h in zip(means, held, strict=True)],
+                                                                    [max(h) - m for m, h in zip(means, held, strict=True)]],
                        color=color, linestyle=style, marker="o", markersize=3, capsize=2, label=label)
     best = statistics.fmean(r["best_fixed"]["heldout"] for r in results)
     right.axhline(best, color="black", linewidth=1.2)

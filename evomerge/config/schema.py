@@ -182,7 +182,7 @@ def _tuple(args: tuple[Any, ...], data: Any, where: str, meta: Mapping[str, Any]
         return tuple(_value(args[0], v, f"{where}[{i}]", meta, ctx) for i, v in enumerate(data))
     if len(data) != len(args):
         raise _error(ctx, where, f"must be a list of {len(args)} values", data)
-    return tuple(_value(a, v, f"{where}[{i}]", meta, ctx) for i, (a, v) in enumerate(zip(args, data)))
+    return tuple(_value(a, v, f"{where}[{i}]", meta, ctx) for i, (a, v) in enumerate(zip(args, data, strict=True)))
 
 
 def _mapping(value_type: Any, data: Any, where: str, meta: Mapping[str, Any], ctx: _Context) -> dict[str, Any]:

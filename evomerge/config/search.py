@@ -64,10 +64,10 @@ class SourcesConfig:
         """Model folder -> its published name: the configured name, else the folder name (with parent
         folders where two folders share a name). Never an absolute path unless configured so."""
         folders = list(dict.fromkeys((self.base, *self.models)))
-        labels = dict(zip(folders, _short_names(folders)))
+        labels = dict(zip(folders, _short_names(folders), strict=True))
         if self.base_name is not None:
             labels[self.base] = self.base_name
-        labels.update(zip(self.models, self.names))
+        labels.update(zip(self.models, self.names, strict=False))
         return labels
 
     def repeated(self) -> tuple[str, str] | None:

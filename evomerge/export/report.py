@@ -225,7 +225,8 @@ def _plot_fitness(analysis: Analysis, path: Path) -> None:
     total = sum(weights) or 1.0
     gens = _by_generation(successful(analysis.candidates))
     xs = list(gens)
-    fitness = {g: [sum(w * v for w, v in zip(weights, r.objectives)) / total for r in rs] for g, rs in gens.items()}
+    fitness = {g: [sum(w * v for w, v in zip(weights, r.objectives, strict=True)) / total for r in rs]
+               for g, rs in gens.items()}
     best = [max(fitness[g]) for g in xs]
     mean = [sum(fitness[g]) / len(fitness[g]) for g in xs]
     so_far = [max(best[: i + 1]) for i in range(len(best))]
@@ -286,7 +287,7 @@ def _plot_front(analysis: Analysis, chosen: CandidateRecord, label: str, path: P
     front = [analysis.calibration_raw(r) for r in analysis.front]
     chosen_raw = analysis.calibration_raw(chosen)
     markers = "v^<>dPXhp8*"
-    for ax, (a, b) in zip(axes, pairs):
+    for ax, (a, b) in zip(axes, pairs, strict=False):
         ax.scatter([p[a] for p in points], [p[b] for p in points], s=10, color="lightgray", label="candidates")  # type: ignore[index]
         ax.scatter([p[a] for p in front], [p[b] for p in front], s=22, color="C0", label="Pareto front", zorder=3)  # type: ignore[index]
         for k, row in enumerate(analysis.baselines.rows):

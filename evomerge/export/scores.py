@@ -50,7 +50,7 @@ class Normalizer:
         if raw is None:
             return tuple(math.nan for _ in self.higher)
         out = []
-        for v, ref, up in zip(raw, self.reference.get(split, ()), self.higher):
+        for v, ref, up in zip(raw, self.reference.get(split, ()), self.higher, strict=False):
             if up:
                 out.append(v / ref if ref > 0 else math.nan)
             else:
@@ -66,7 +66,7 @@ class Normalizer:
         (which decides where nothing can be normalized); a failed evaluation ranks last."""
         if raw is None:
             return (-math.inf, -math.inf)
-        oriented = mean([v if up else -v for v, up in zip(raw, self.higher)])
+        oriented = mean([v if up else -v for v, up in zip(raw, self.higher, strict=True)])
         return (rank_key(self.mean(raw, split)), rank_key(oriented))
 
 

@@ -108,7 +108,7 @@ class GenomeSpace:
         if len(x) != self.dim:
             raise ValueError(f"genome has {len(x)} genes, space has {self.dim}")
         values: dict[str, dict[str, Any]] = {u: {} for u in self.units}
-        for gene, u in zip(self.genes, x):
+        for gene, u in zip(self.genes, x, strict=True):
             slot = values[gene.unit]
             if gene.source is None:
                 slot[gene.param] = gene.decode(u)

@@ -54,7 +54,7 @@ class DeviceSources:
         return [m.buffers[g] for m in self.pool.models]
 
     def _views(self, g: int, buffers: Sequence[Tensor]) -> dict[str, list[Tensor]]:
-        per_model = [views(m[g], buf) for m, buf in zip(self.blocks, buffers)]
+        per_model = [views(m[g], buf) for m, buf in zip(self.blocks, buffers, strict=True)]
         return {name: [v[name] for v in per_model] for name in per_model[0]}
 
 

@@ -214,7 +214,7 @@ class FastMerger:
         flags = []
         lowered = [below(t.low, dt) for t in trims]  # where a range keeps the ties at low (before the cut p)
         for a, e in self._chunks(n, compiled, splits=[t.p for t in trims]):  # each side of every cut p: no index
-            lows = [t.low if a >= t.p else under for t, under in zip(trims, lowered)] or [0.0] * k_count
+            lows = [t.low if a >= t.p else under for t, under in zip(trims, lowered, strict=True)] or [0.0] * k_count
             params = GTA_PARAMS.pack(dt, dev, weight=weight, low=lows, dare_divisor=third, lam=lam, divisor=divisor,
                                      normalize=float(normalize))
             flags.append(kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x],
@@ -262,7 +262,7 @@ class FastMerger:
     def _chunks(self, n: int, compiled: bool, splits: list[int] | None = None) -> list[tuple[int, int]]:
         """Kernel calls' ranges: chunks of ``_chunk`` entries, also split at every point of ``splits`` inside (0, n)."""
         points = sorted({*range(0, n, self._chunk(n, compiled)), *(p for p in splits or [] if 0 < p < n), n})
-        return list(zip(points[:-1], points[1:]))
+        return list(zip(points[:-1], points[1:], strict=True))
 
 
 def below(low: float, dt: torch.dtype) -> float:

@@ -231,7 +231,7 @@ def _slices(recipe: Recipe, method: MergeMethod, tensor_names: Sequence[str], so
         if shared is None or None in per_source:
             return None
         inputs = [_source(base, None, layer_range)] if base is not None else []
-        inputs += [_source(model, params, layer_range) for model, params in zip(sources, per_source)]
+        inputs += [_source(model, params, layer_range) for model, params in zip(sources, per_source, strict=True)]
         out.append({"sources": inputs, "parameters": shared})
     return out
 

@@ -97,7 +97,8 @@ class Progress:
             self.failed += 1
         else:
             weights = [o.weight for o in self.objectives]
-            self.best = max(self.best, sum(w * v for w, v in zip(weights, record.objectives)) / sum(weights))
+            fitness = sum(w * v for w, v in zip(weights, record.objectives, strict=True)) / sum(weights)
+            self.best = max(self.best, fitness)
         self.bar.set_postfix(best=f"{self.best:.4f}", failed=self.failed, refresh=False)
 
     def close(self) -> None:

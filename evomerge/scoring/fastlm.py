@@ -164,7 +164,7 @@ class LoglikelihoodPlan:
             row = row_of[seq]
             self.first[row] = min(self.first[row], len(seq) - len(cont))
             self.scored.append((row, len(seq) - len(cont), cont))
-        self.stem = stem_lengths([seq[:cap] for seq, cap in zip(self.inputs, self.first)], [len(s) for s in self.inputs])
+        self.stem = stem_lengths([seq[:cap] for seq, cap in zip(self.inputs, self.first, strict=True)], [len(s) for s in self.inputs])
         self.chunks = self._chunks(lm.batch_size)
 
     def _chunks(self, batch_size: int) -> list[_Chunk]:
@@ -188,18 +188,18 @@ class LoglikelihoodPlan:
                stem_width: int = 0) -> _Batch:
         device = self.lm.device
         starts = [self.stem[r] for r in rows]
-        width = max(len(self.inputs[r]) - s for r, s in zip(rows, starts))
-        keep = width - min(self.first[r] - s for r, s in zip(rows, starts))
+        width = max(len(self.inputs[r]) - s for r, s in zip(rows, starts, strict=True))
+        keep = width - min(self.first[r] - s for r, s in zip(rows, starts, strict=True))
         tokens: list[tuple[int, int, int, int]] = []  # (row in batch, kept column, target, request in batch)
         requests: list[int] = []
-        for b, (r, s) in enumerate(zip(rows, starts)):
+        for b, (r, s) in enumerate(zip(rows, starts, strict=True)):
             for i in by_row[r]:
                 _, first, cont = self.scored[i]
                 tokens += [(b, first - s + k - (width - keep), t, len(requests)) for k, t in enumerate(cont)]
                 requests.append(i)
         at_row, at_col, targets, owner = torch.tensor(tokens, dtype=torch.long).T.to(device)
-        batch = _Batch(_right_padded([self.inputs[r][s:] for r, s in zip(rows, starts)], device), keep, at_row, at_col,
-                       targets, owner, requests)
+        batch = _Batch(_right_padded([self.inputs[r][s:] for r, s in zip(rows, starts, strict=True)], device), keep,
+                       at_row, at_col, targets, owner, requests)
         if slot is not None:
             batch.stems = torch.tensor([slot[r] for r in rows], device=device)
             real = torch.arange(stem_width).expand(len(rows), -1) < torch.tensor(starts)[:, None]
@@ -218,7 +218,7 @@ class LoglikelihoodPlan:
             if chunk.stems is not None:
                 kv = [(k, v) for k, v, *_ in self.lm.output_kv(self.lm.run_model(chunk.stems, use_cache=True, keep=1))]
             for batch in chunk.batches:
-                for i, answer in zip(batch.requests, self._score(batch, kv)):
+                for i, answer in zip(batch.requests, self._score(batch, kv), strict=True):
                     out[i] = answer
         return out
 
@@ -236,7 +236,7 @@ class LoglikelihoodPlan:
         n = len(batch.requests)
         sums = torch.zeros(n, dtype=token_lp.dtype, device=token_lp.device).index_add_(0, batch.owner, token_lp)
         greedy = torch.zeros(n, dtype=torch.long, device=misses.device).index_add_(0, batch.owner, misses) == 0
-        return zip(sums.tolist(), greedy.tolist())
+        return zip(sums.tolist(), greedy.tolist(), strict=True)
 
 
 def _runs(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -259,13 +259,14 @@ def stem_lengths(prefixes: Sequence[tuple[int, ...]], lengths: Sequence[int]) ->
     branching depth, either the whole subtree shares the stem there, or each child subtree decides.
     """
     order = sorted(range(len(prefixes)), key=prefixes.__getitem__)
-    lcp = [_common(prefixes[a], prefixes[b]) for a, b in zip(order, order[1:])]
+    lcp = [_common(prefixes[a], prefixes[b]) for a, b in zip(order, order[1:], strict=False)]
     stem = [0] * len(prefixes)
 
     def solve(lo: int, hi: int) -> int:  # inputs order[lo:hi], at least two; returns their fewest tokens
         depth = min(lcp[lo:hi - 1])
         cuts = [k + 1 for k in range(lo, hi - 1) if lcp[k] == depth]
-        children = sum(solve(a, b) if b - a > 1 else lengths[order[a]] for a, b in zip([lo, *cuts], [*cuts, hi]))
+        children = sum(solve(a, b) if b - a > 1 else lengths[order[a]]
+                       for a, b in zip([lo, *cuts], [*cuts, hi], strict=True))
         shared = depth + sum(lengths[order[k]] - depth for k in range(lo, hi))
         if depth and shared < children:
             for k in range(lo, hi):
@@ -357,10 +358,10 @@ class GenerationPlan:
     def run(self, requests: Sequence[Any]) -> list[str]:
         out = [""] * self.n
         if self.fallback:
-            for i, text in zip(self.fallback, HFLM.generate_until(self.lm, [requests[i] for i in self.fallback], disable_tqdm=True)):
+            for i, text in zip(self.fallback, HFLM.generate_until(self.lm, [requests[i] for i in self.fallback], disable_tqdm=True), strict=True):
                 out[i] = text
         for batch in self.batches:
-            for i, tokens in zip(batch.requests, self._decode(batch)):
+            for i, tokens in zip(batch.requests, self._decode(batch), strict=True):
                 out[i] = postprocess_generated_text(self.lm.tok_decode(tokens), batch.until, None)
         return out
 
@@ -373,10 +374,11 @@ class GenerationPlan:
         generated: list[list[int]] = [[] for _ in alive]
         while True:
             nxt = output.logits[:, -1].argmax(dim=-1)
-            for r, t in zip(alive, nxt.tolist()):
+            for r, t in zip(alive, nxt.tolist(), strict=True):
                 generated[r].append(t)
             tails = self.lm.tokenizer.batch_decode([generated[r][-batch.window:] for r in alive])
-            keep = [j for j, (r, tail) in enumerate(zip(alive, tails)) if not self._done(generated[r], tail, batch)]
+            keep = [j for j, (r, tail) in enumerate(zip(alive, tails, strict=True))
+                    if not self._done(generated[r], tail, batch)]
             if not keep:
                 return generated
             cache = self.lm.output_kv(output)

@@ -113,7 +113,8 @@ class SourcePool:
     def attach(cls, shared: SharedSources, get: Callable[[Sequence[Any]], Sequence[Any]]) -> SourcePool:
         """The pool whose tensors are views into a store's buffers; ``get`` turns one model's handles into buffers."""
         models = []
-        for path, config, blocks, handles in zip(shared.paths, shared.configs, shared.blocks, shared.handles):
+        for path, config, blocks, handles in zip(shared.paths, shared.configs, shared.blocks, shared.handles,
+                                                 strict=True):
             models.append(_model(path, config, blocks, tuple(as_buffer(b) for b in get(list(handles)))))
         return cls(models[0], models[1:], list(shared.names), shared.trust_remote_code)
 
@@ -172,13 +173,13 @@ def share(base: str | Path, sources: Sequence[str | Path], put: Callable[[Tensor
     """
     folders = _open_compatible(base, sources, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     indexes = [f.index() for f in folders]
-    infos = [used_tensors(folders[0].path, folder.path, index[0], trust_remote_code) for folder, index in zip(folders, indexes)]
-    for folder, other in zip(folders[1:], infos[1:]):
+    infos = [used_tensors(folders[0].path, folder.path, index[0], trust_remote_code) for folder, index in zip(folders, indexes, strict=True)]
+    for folder, other in zip(folders[1:], infos[1:], strict=True):
         _check_tensors(folders[0].path, _shapes(infos[0]), folder.path, _shapes(other))
     names = sorted(infos[0], key=natural_key)
     group = block_group(folders[0].config, names)
     blocks, handles = [], []
-    for model_infos, (_, loaded) in zip(infos, indexes):
+    for model_infos, (_, loaded) in zip(infos, indexes, strict=True):
         model_blocks = layout(names, model_infos, group)
         blocks.append(model_blocks)
         handles.append(tuple(put(read_block(b, model_infos, loaded)) for b in model_blocks))
@@ -193,13 +194,13 @@ def check_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_p
     if any(f.pickled for f in folders):
         return  # a pickle's shapes are only known once it is loaded: SourcePool.load checks them then
     infos = [used_tensors(folders[0].path, f.path, f.index()[0], trust_remote_code) for f in folders]
-    for folder, other in zip(folders[1:], infos[1:]):
+    for folder, other in zip(folders[1:], infos[1:], strict=True):
         _check_tensors(folders[0].path, _shapes(infos[0]), folder.path, _shapes(other))
 
 
 def _model(path: Path, config: dict[str, Any], blocks: tuple[Block, ...], buffers: tuple[Tensor, ...]) -> ModelSource:
     tensors: dict[str, Tensor] = {}
-    for block, buffer in zip(blocks, buffers):
+    for block, buffer in zip(blocks, buffers, strict=True):
         tensors.update(views(block, buffer))
     return ModelSource(path, config, tensors, None, blocks, buffers)
 

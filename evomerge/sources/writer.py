@@ -112,7 +112,7 @@ def _write_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, T
     shards = shard_names(sizes, max_bytes)
     files = [SAFETENSORS_FILE] if len(shards) == 1 else [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     weight_map = {}
-    for names, file in zip(shards, files):
+    for names, file in zip(shards, files, strict=True):
         tensors = make_shard(names)
         save_file({n: tensors[n].detach().cpu().contiguous() for n in names}, folder / file, metadata={"format": "pt"})
         del tensors

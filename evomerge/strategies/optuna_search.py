@@ -70,7 +70,7 @@ class OptunaSearch(Strategy):
         gene = optuna.distributions.FloatDistribution(0.0, 1.0)
         self.distributions: dict[str, optuna.distributions.BaseDistribution] = {n: gene for n in self.names}
         for point in self.initial:
-            self.study.enqueue_trial(dict(zip(self.names, point)))
+            self.study.enqueue_trial(dict(zip(self.names, point, strict=True)))
         self._trials: list[Any] = []  # asked trials not told yet, in ask order
         self._proposed = 0
 

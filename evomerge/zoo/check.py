@@ -149,7 +149,7 @@ def grid_accuracy(base_dir: Path, expert_dirs: Mapping[str, Path], items: Mappin
 def choose(candidates: Sequence[tuple[str, Setting]], values: Sequence[float]) -> dict[str, tuple[Setting, float]]:
     """Per kind, the setting with the highest value; among equals the first in grid order."""
     best: dict[str, tuple[Setting, float]] = {}
-    for (kind, setting), value in zip(candidates, values):
+    for (kind, setting), value in zip(candidates, values, strict=True):
         if kind not in best or value > best[kind][1]:
             best[kind] = (setting, value)
     return best

@@ -37,7 +37,7 @@ def test_sparsifying_methods_start_at_their_usual_densities() -> None:
 
 def test_depth_schedules_change_the_weight_linearly_from_the_first_layer_to_the_last() -> None:
     specs = decoded(space(["task_arithmetic"]))[-len(SCHEDULES):]
-    for spec, (start, end) in zip(specs, SCHEDULES):
+    for spec, (start, end) in zip(specs, SCHEDULES, strict=True):
         layers = [spec[f"layers.{i}"].source_params["weight"][0] for i in range(3)]
         assert layers == pytest.approx([start, (start + end) / 2, end])
 

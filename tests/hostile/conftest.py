@@ -58,7 +58,7 @@ def fill_run(root: Path, cfg: SearchConfig, n: int = 6) -> RunLog:
     for i in range(n):
         x = tuple(rng.random() for _ in range(space.dim))
         scores = {t: TaskScore(t, "acc", "none", {"acc": True}, {"acc,none": v}, {"acc,none": (v,) * 4})
-                  for t, v in zip(TASKS, x)}
+                  for t, v in zip(TASKS, x, strict=False)}  # x has more genes than tasks
         run.append(CandidateRecord(i, space.key(x), x, (), "random", 0, scores, None, oriented(cfg.objectives, scores),
                                    None, 0.01, 0.02, "fake"))
     return run

@@ -50,7 +50,7 @@ def test_a_failing_compile_falls_back_to_the_eager_kernels_with_one_warning(monk
         merged = [merge_tensors(plan, pool, compile=True) for plan in plans]
     fallbacks = [w for w in seen if issubclass(w.category, RuntimeWarning) and "torch.compile" in str(w.message)]
     assert len(fallbacks) == 1 and "eager kernels" in str(fallbacks[0].message)
-    for plan, got in zip(plans, merged):
+    for plan, got in zip(plans, merged, strict=True):
         reference = plan.materialize(pool)
         for name, want in reference.items():
             torch.testing.assert_close(got[name], want, rtol=1e-6, atol=1e-7)

@@ -65,7 +65,7 @@ def ref_ranks(tau: list[float]) -> list[int]:
 def ref_topk(tau: list[float], density: float) -> list[float]:
     n = len(tau)
     k = n if density >= 1 else (0 if density <= 0 else max(1, int(density * n)))
-    return [t if r < k else 0.0 for t, r in zip(tau, ref_ranks(tau))]
+    return [t if r < k else 0.0 for t, r in zip(tau, ref_ranks(tau), strict=True)]
 
 
 def ref_breadcrumbs(tau: list[float], density: float, gamma: float) -> list[float]:
@@ -75,7 +75,7 @@ def ref_breadcrumbs(tau: list[float], density: float, gamma: float) -> list[floa
     keep, top = int(density * n), int(gamma * n)
     bottom = max(0, n - keep - top)  # dropped from the small end
     start = n - bottom - keep  # outliers actually dropped from the large end
-    return [t if start <= r < start + keep else 0.0 for t, r in zip(tau, ref_ranks(tau))]
+    return [t if start <= r < start + keep else 0.0 for t, r in zip(tau, ref_ranks(tau), strict=True)]
 
 
 def ref_della_p(tau: list[float], row_length: int, density: float, epsilon: float) -> list[float]:
@@ -89,13 +89,13 @@ def ref_della_p(tau: list[float], row_length: int, density: float, epsilon: floa
 
 
 def ref_drop(tau: list[float], u: list[float], p: list[float]) -> list[float]:
-    return [t / min(pi, 1.0) if ui < pi else 0.0 for t, ui, pi in zip(tau, u, p)]
+    return [t / min(pi, 1.0) if ui < pi else 0.0 for t, ui, pi in zip(tau, u, p, strict=True)]
 
 
 def ref_combine(base: list[float], deltas: list[list[float]], weight, *, consensus: bool, normalize: bool, lam: float) -> list[float]:
     out = []
     for i, b in enumerate(base):
-        vals = [w * d[i] for w, d in zip(weight, deltas)]
+        vals = [w * d[i] for w, d in zip(weight, deltas, strict=True)]
         if consensus:
             sign = 1.0 if sum(vals) >= 0 else -1.0
             agree = [k for k, v in enumerate(vals) if v != 0 and math.copysign(1.0, v) == sign]
@@ -110,7 +110,7 @@ def ref_combine(base: list[float], deltas: list[list[float]], weight, *, consens
 
 def ref_task_vector_merge(base, sources, weight, sparsify_one, *, consensus, normalize, lam=1.0):
     b = flat(base)
-    deltas = [sparsify_one(k, [s - x for s, x in zip(flat(src), b)]) for k, src in enumerate(sources)]
+    deltas = [sparsify_one(k, [s - x for s, x in zip(flat(src), b, strict=True)]) for k, src in enumerate(sources)]
     return as_tensor(ref_combine(b, deltas, weight, consensus=consensus, normalize=normalize, lam=lam), base)
 
 
@@ -121,12 +121,13 @@ def ref_ties(base, sources, weight, density, lam=1.0, normalize=True):
 
 def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
     na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
-    dot = sum(x * y for x, y in zip(a, b)) / ((na if na > 1e-8 else 1) * (nb if nb > 1e-8 else 1))
+    dot = sum(x * y for x, y in zip(a, b, strict=True)) / ((na if na > 1e-8 else 1) * (nb if nb > 1e-8 else 1))
     dot = max(-1.0, min(1.0, dot))
     if abs(dot) > 0.9995:
-        return [(1 - t) * x + t * y for x, y in zip(a, b)]
+        return [(1 - t) * x + t * y for x, y in zip(a, b, strict=True)]
     om = math.acos(dot)
-    return [math.sin((1 - t) * om) / math.sin(om) * x + math.sin(t * om) / math.sin(om) * y for x, y in zip(a, b)]
+    return [math.sin((1 - t) * om) / math.sin(om) * x + math.sin(t * om) / math.sin(om) * y
+            for x, y in zip(a, b, strict=True)]
 
 
 # ---- the registry's view -----------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_methods_declare_their_genes_and_randomness() -> None:
 def test_linear_is_the_normalized_weighted_average_with_negative_weights(family) -> None:
     _, srcs = family
     w = [0.5, 2.0, -0.5]
-    close(get_method("linear")(None, srcs, weight=w), sum(wi * s for wi, s in zip(w, srcs)) / sum(w))
+    close(get_method("linear")(None, srcs, weight=w), sum(wi * s for wi, s in zip(w, srcs, strict=True)) / sum(w))
 
 
 def test_linear_without_normalization_is_the_weighted_sum(family) -> None:
@@ -174,14 +175,14 @@ def test_linear_ignores_the_base(family) -> None:
 def test_task_arithmetic_adds_lambda_times_weighted_task_vectors(family) -> None:
     base, srcs = family
     w = [1.0, -0.5, 0.25]
-    want = base + 0.7 * sum(wi * (s - base) for wi, s in zip(w, srcs))
+    want = base + 0.7 * sum(wi * (s - base) for wi, s in zip(w, srcs, strict=True))
     close(get_method("task_arithmetic")(base, srcs, weight=w, lam=0.7), want)
 
 
 def test_task_arithmetic_with_normalize_divides_by_the_weight_sum_before_lambda(family) -> None:
     base, srcs = family
     w = [1.0, 0.5, 0.5]
-    want = base + 0.7 * sum(wi * (s - base) for wi, s in zip(w, srcs)) / 2.0
+    want = base + 0.7 * sum(wi * (s - base) for wi, s in zip(w, srcs, strict=True)) / 2.0
     close(get_method("task_arithmetic")(base, srcs, weight=w, lam=0.7, normalize=True), want)
 
 
@@ -346,7 +347,7 @@ def test_della_keep_probability_rises_with_rank_within_each_row() -> None:
     p = [[0.3, 0.7, 0.5, 0.4, 0.6], [0.7, 0.3, 0.6, 0.4, 0.5]]
     u = torch.full((2, 5), 0.45)
     got = get_method("della_linear")(base, [src], weight=[1.0], density=[0.5], epsilon=0.2, draws=[u])
-    want = [[v / pi if pi > 0.45 else 0.0 for v, pi in zip(row, prow)] for row, prow in zip(src.tolist(), p)]
+    want = [[v / pi if pi > 0.45 else 0.0 for v, pi in zip(row, prow, strict=True)] for row, prow in zip(src.tolist(), p, strict=True)]
     close(got, torch.tensor(want, dtype=F64))
 
 
@@ -466,8 +467,8 @@ def test_slerp_stays_spherical_just_under_the_colinear_threshold() -> None:
 
 def test_model_stock_interpolates_by_mean_cosine(family) -> None:
     base, srcs = family
-    taus = [[s - x for s, x in zip(flat(src), flat(base))] for src in srcs]
-    dot = lambda x, y: sum(p * q for p, q in zip(x, y))  # noqa: E731
+    taus = [[s - x for s, x in zip(flat(src), flat(base), strict=True)] for src in srcs]
+    dot = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True))  # noqa: E731
     cos = [dot(x, y) / math.sqrt(dot(x, x) * dot(y, y)) for i, x in enumerate(taus) for y in taus[i + 1:]]
     c = sum(cos) / len(cos)
     t = 3 * c / (1 + 2 * c)

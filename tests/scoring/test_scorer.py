@@ -113,7 +113,7 @@ def test_changing_weights_in_place_changes_the_next_score(zoo_dir: Path, zoo_tas
     before = scorer.score()
     expert, _ = load_float64(zoo_dir / "models" / "rev")
     with torch.no_grad():
-        for p, q in zip(model.parameters(), expert.parameters()):
+        for p, q in zip(model.parameters(), expert.parameters(), strict=True):
             p.copy_(q)
     after = scorer.score()
     fresh = Scorer(expert, tok, load_tasks(ALL_NAMES, zoo_tasks), batch_size=16).score()

@@ -37,7 +37,7 @@ def rev_tasks(tmp_path: Path) -> tuple[dict[str, dict[str, str]], Path]:
 def test_every_kind_and_split_is_written_under_its_name(rev_tasks) -> None:
     names, folder = rev_tasks
     assert names == {kind: {"calibration": f"zoo_rev{suffix}", "heldout": f"zoo_rev{suffix}_heldout"}
-                     for kind, suffix in zip(KINDS, ("", "_mc", "_gen", "_rolling"))}
+                     for kind, suffix in zip(KINDS, ("", "_mc", "_gen", "_rolling"), strict=True)}
     tasks = load_tasks([n for splits in names.values() for n in splits.values()], folder)
     assert {name: task.OUTPUT_TYPE for name, task in tasks.items()} == {n: kind for kind, splits in names.items() for n in splits.values()}
 

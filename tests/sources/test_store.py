@@ -15,7 +15,7 @@ def test_every_tensor_starts_on_an_aligned_address_in_its_layer_groups_block(tin
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"]])
     for model in pool.models:
         assert [b.group for b in model.blocks] == ["lm_head", "embed", "layers.0", "layers.1", "final_norm"]
-        for block, buffer in zip(model.blocks, model.buffers):
+        for block, buffer in zip(model.blocks, model.buffers, strict=True):
             for entry in block.entries:
                 view = model.tensors[entry.name]
                 assert view.data_ptr() % ALIGN == 0
@@ -47,7 +47,7 @@ def test_a_store_gets_one_block_at_a_time_and_attach_maps_them(tiny_family: dict
     pool = SourcePool.attach(shared, lambda handles: [stored[h] for h in handles])
     direct = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
     assert pool.tensor_names == direct.tensor_names
-    for mine, theirs in zip(pool.models, direct.models):
+    for mine, theirs in zip(pool.models, direct.models, strict=True):
         assert all(torch.equal(mine.tensors[n], theirs.tensors[n]) for n in pool.tensor_names)
     first = shared.handles[0][0]
     assert pool.base.buffers[0].data_ptr() == stored[first].data_ptr()  # the store's memory itself

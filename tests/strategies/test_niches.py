@@ -85,7 +85,7 @@ def test_attraction_pairs_complementary_parents() -> None:
 
     def pairs(use_attraction: bool) -> set[frozenset[int]]:
         s = make_strategy("niches", 2, 1, seed=0, initial=seeds, use_attraction=use_attraction)
-        told(s, list(zip(seeds, items)))
+        told(s, list(zip(seeds, items, strict=True)))
         return {frozenset(s.ask().parents) for _ in range(60)}
 
     assert all(1 in p for p in pairs(True))

@@ -137,7 +137,7 @@ def test_internal_scorer_agrees_with_lm_eval_acc(zoo_dir: Path) -> None:
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(folder, local_files_only=True), batch_size=64)
     tasks = [zoo.skills[s].heldout_task for s in ("sort", "up")]
     results = simple_evaluate(model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(zoo.task_dir), include_defaults=False))
-    for skill, task in zip(("sort", "up"), tasks):
+    for skill, task in zip(("sort", "up"), tasks, strict=True):
         assert results["results"][task]["acc,none"] == pytest.approx(zoo.quality["table"]["expert sort"][skill])
 
 

@@ -52,7 +52,7 @@ def generalized_task_arithmetic(
         assert density is not None
         tau = torch.stack([
             sparsified(family, t, float(d), None if draws is None else draws[k], gamma, epsilon)
-            for k, (t, d) in enumerate(zip(tau, density))
+            for k, (t, d) in enumerate(zip(tau, density, strict=True))
         ])
     return combine(base, tau, weight, consensus=family.consensus, normalize=normalize, lam=lam)
 

@@ -20,7 +20,7 @@ def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[f
     """Weighted average of the models themselves (the base is not used); a zero weight sum divides by 1."""
     dtype = compute_dtype(sources[0])
     out = torch.zeros_like(sources[0], dtype=dtype)
-    for tensor, w in zip(sources, weight):
+    for tensor, w in zip(sources, weight, strict=True):
         out.add_(tensor.to(dtype), alpha=float(w))
     total = float(sum(weight))
     if normalize:
