@@ -147,7 +147,10 @@ def _refuse(field_name: str, why: str) -> None:
 def _sources(genome: EvolveGenome, root: Path, written: dict[str, str]) -> dict[str, Any]:
     """Model folders (found here, offline) and, where the config names hub ids, those ids as the published names."""
     models = [_model(ref, root, f"genome.models[{i}]", written) for i, ref in enumerate(genome.models)]
-    base = _model(genome.base_model, root, "genome.base_model", written) if genome.base_model is not None else models[0]
+    if genome.base_model is None:  # mergekit-evolve's linear then averages whole models, the base among them
+        _refuse("genome.base_model", "evomerge merges task vectors around a base, which is never one of the searched "
+                "models; name the model the others were fine-tuned from as genome.base_model")
+    base = _model(genome.base_model, root, "genome.base_model", written)
     named = any(hub_id for _, hub_id in (base, *models))
     return {
         "base": str(base[0]),
@@ -293,7 +296,7 @@ def _objective(entry: Any, index: int) -> dict[str, Any]:
 COMMENTS = {
     "name": "the run folder's default name (populations/<name>)",
     "seed": "mergekit-evolve's --random-seed (evomerge search --seed)",
-    "sources.base": "genome.base_model; the first of genome.models where it names none",
+    "sources.base": "genome.base_model",
     "sources.models": "genome.models, as local folders: evomerge runs offline",
     "sources.base_name": "how the model card and mergekit.yaml name the base (its hub id, if written as one)",
     "sources.names": "one per model, in order: the hub ids as written in genome.models; [] = folder names",

@@ -79,10 +79,10 @@ def test_hub_ids_are_found_in_the_hf_cache_and_kept_as_names(tmp_path: Path, tin
     assert cfg.sources.names == ("org/model-a", "b") and cfg.sources.base_name is None
 
 
-def test_without_base_model_the_first_model_is_the_base(tmp_path: Path, tiny_family) -> None:
+def test_without_base_model_the_config_is_refused(tmp_path: Path, tiny_family) -> None:
     path = write_evolve(tmp_path, tiny_family, genome={"merge_method": "linear", "base_model": None})
-    cfg = load_config(path)
-    assert cfg.sources.base == tiny_family["a"] and cfg.sources.models == (tiny_family["a"], tiny_family["b"])
+    with pytest.raises(EvomergeError, match="field 'genome.base_model' is not supported: evomerge merges task vectors"):
+        load_config(path)
 
 
 @pytest.mark.parametrize("method, normalize", [("task_arithmetic", False), ("ties", True), ("dare_ties", True)])

@@ -26,7 +26,7 @@ def card(scored_family: dict[str, Path], tmp_path: Path) -> str:
     """The card of a run whose base and two sources carry hostile names, and whose run name is markup too."""
     f = scored_family
     sources = SourcesConfig(f["base"], (f["a"], f["b"]), base_name=HOSTILE[0], names=HOSTILE[1:])
-    cfg = export_config(f, name="<h1>run</h1> | x", sources=sources)
+    cfg = export_config(f, name="<h1>run<h1> | x", sources=sources)
     FakeExecutor.jobs = []
     run = synthetic_run(tmp_path / "run", cfg, n=6)
     export_candidate(run.root, tmp_path / "model", executor_factory=FakeExecutor, quiet=True)
@@ -60,7 +60,7 @@ def test_no_name_becomes_html_or_a_heading(card: str) -> None:
     prose = re.sub(r"(`+).*?\1", "", "\n".join(body(card)))
     assert "<" not in prose and "&lt;script&gt;alert(1)&lt;/script&gt;" in prose
     headings = [line for line in body(card) if line.startswith("#")]
-    assert headings[0].startswith("# &lt;h1&gt;run&lt;/h1&gt; \\| x — candidate ")
+    assert headings[0].startswith("# &lt;h1&gt;run&lt;h1&gt; \\| x — candidate ")
     assert headings[1:] == ["## Source models", "## Genome", "## Scores", "## Baselines", "## Rebuild"]
 
 
@@ -93,9 +93,9 @@ def test_the_reports_summary_escapes_the_names_too(scored_family: dict[str, Path
 
     f = scored_family
     sources = SourcesConfig(f["base"], (f["a"], f["b"]), base_name=HOSTILE[0], names=HOSTILE[1:])
-    run = synthetic_run(tmp_path / "run", export_config(f, name="<h1>run</h1> | x", sources=sources), n=6)
+    run = synthetic_run(tmp_path / "run", export_config(f, name="<h1>run<h1> | x", sources=sources), n=6)
     summary = (write_report(run.root, tmp_path / "report", executor_factory=FakeExecutor, quiet=True) / "summary.md")
     lines = summary.read_text().splitlines()
-    assert lines[0] == "# Run report: &lt;h1&gt;run&lt;/h1&gt; \\| x"
+    assert lines[0] == "# Run report: &lt;h1&gt;run&lt;h1&gt; \\| x"
     assert "&lt;script&gt;alert(1)&lt;/script&gt; alone |" in summary.read_text()
     assert "<" not in re.sub(r"(`+).*?\1", "", "\n".join(line for line in lines if not line.startswith("![")))
