@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from evomerge import pareto
+from evomerge.config.search import ObjectiveConfig
 from evomerge.run.log import RunLog
+from evomerge.run.records import CandidateRecord
+
+
+def generation_stats(objectives: Sequence[ObjectiveConfig],
+                     records: Sequence[CandidateRecord]) -> list[tuple[float, float]]:
+    """Per objective, the best and mean oriented value of the successful ``records`` (a generation); [] if none."""
+    ok = [r for r in records if r.ok]
+    if not ok:
+        return []
+    columns = [[r.objectives[j] for r in ok] for j in range(len(objectives))]
+    return [(max(values), sum(values) / len(values)) for values in columns]
 
 
 def summarize(run: RunLog) -> list[str]:

@@ -82,6 +82,12 @@ def test_overrides_reach_top_level_fields(tmp_path: Path, tiny_family) -> None:
     ({"objectives": [{"task": "t1", "direction": "up"}]}, "config field 'objectives[0].direction' must be one of max, min"),
     ({"budget__max_minutes": -1}, "config field 'budget.max_minutes' must be a number > 0"),
     ({"seed": 1.5}, "config field 'seed' must be an integer >= 0"),
+    ({"execution__trackers": [{"library": "mlflow"}]},
+     "config field 'execution.trackers[0].library' must be one of wandb, trackio, got 'mlflow'"),
+    ({"execution__trackers": [{"library": "trackio", "entity": "me"}]},
+     "config field 'execution.trackers[0].entity' is a wandb option; trackio writes locally to TRACKIO_DIR"),
+    ({"execution__trackers": [{"library": "wandb"}, {"library": "wandb", "project": "b"}]},
+     "config field 'execution.trackers' must name each library once, got ['wandb', 'wandb']"),
 ])
 def test_mistakes_name_the_field(tmp_path: Path, tiny_family, changes, fragment) -> None:
     with pytest.raises(EvomergeError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace("[", r"\[")):
@@ -108,3 +114,13 @@ def test_source_name_mistakes_name_the_field(tmp_path: Path, tiny_family, names,
     sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"]), str(tiny_family["b"])], "names": names}
     with pytest.raises(EvomergeError, match=re.escape(fragment)):
         load_config(write_config(tmp_path, tiny_family, sources=sources))
+
+
+def test_trackers_are_off_unless_configured_and_their_dir_resolves_against_the_file(tmp_path: Path,
+                                                                                    tiny_family) -> None:
+    assert load_config(write_config(tmp_path, tiny_family)).execution.trackers == ()
+    cfg = load_config(write_config(tmp_path, tiny_family, execution__trackers=[
+        {"library": "wandb", "project": "p", "mode": "offline", "dir": "tracking"}, {"library": "trackio"}]))
+    wandb, trackio = cfg.execution.trackers
+    assert (wandb.project, wandb.mode, wandb.dir) == ("p", "offline", tmp_path / "tracking")
+    assert (trackio.library, trackio.project) == ("trackio", "evomerge")
