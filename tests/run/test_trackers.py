@@ -116,18 +116,6 @@ def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, sear
     assert [r["candidate"] for r in rows if "candidate" in r] == [0, 1, 2, 3]  # replayed candidates are not sent twice
 
 
-@pytest.fixture
-def trackio_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """trackio reads TRACKIO_DIR once, at import: this module is the only one importing it, so it is set first."""
-    folder = tmp_path_factory.getbasetemp() / "trackio"
-    monkeypatch.setenv("TRACKIO_DIR", str(folder))
-    pytest.importorskip("trackio", reason="trackio (the track extra) is not installed")
-    import trackio.utils
-
-    assert trackio.utils.TRACKIO_DIR == folder, "trackio was imported before TRACKIO_DIR pointed at a temporary folder"
-    return folder
-
-
 def trackio_logs(project: str, name: str) -> list[dict[str, Any]]:
     from trackio.sqlite_storage import SQLiteStorage
 
