@@ -100,6 +100,6 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
                  shard_size=shard_bytes, force=force, extra_files=files,  # shard by shard, through the fused kernels
                  check=functools.partial(check_loads, trust_remote_code=src.trust_remote_code))
     run.append(ExportRecord(record.index, record.key, str(rule), finalists, str(out)))
-    with Trackers.start(run) as trackers:
+    with Trackers.start(run, quiet=quiet) as trackers:
         trackers.exported(record, [out / name for name in files])
     return ExportResult(out, record, recipe, mergekit is not None, evaluated)

@@ -57,7 +57,7 @@ def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factor
     _plot_objectives(analysis, out / "objectives.png")
     _plot_front(analysis, chosen, label, out / "front.png")
     _write(out / "summary.md", summary(analysis, chosen, label, exports))
-    with Trackers.start(run) as trackers:
+    with Trackers.start(run, quiet=quiet) as trackers:
         trackers.images({f"report/{Path(name).stem}": out / name for name in PLOTS})
     return out
 

@@ -141,7 +141,7 @@ class Search:
         budget = self.run.max_evals()
         deadline = time.time() + 60 * self.cfg.budget.max_minutes if self.cfg.budget.max_minutes else math.inf
         progress = Progress(self.cfg, budget, min(len(self.logged), budget), self.quiet)
-        self.trackers = Trackers.start(self.run)
+        self.trackers = Trackers.start(self.run, quiet=self.quiet)
         stopped = None
         try:
             while True:

@@ -19,10 +19,11 @@ resume, export and report continue the same tracker run.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import secrets
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -133,16 +134,17 @@ ADAPTERS: dict[str, Callable[[TrackerConfig, str], Tracker]] = {"wandb": WandbTr
 class Trackers:
     """A session's live trackers: what the driver, export and report send; a failing tracker warns once and is off."""
 
-    def __init__(self, run: RunLog):
-        self.run, self.objectives = run, run.config().objectives
+    def __init__(self, run: RunLog, quiet: bool = False):
+        self.run, self.objectives, self.quiet = run, run.config().objectives, quiet
         self.labels = objective_labels(self.objectives)
         self.live: dict[str, Tracker] = {}
         self.generation: list[tuple[CandidateRecord, bool]] = []  # the current generation's records, and told now?
 
     @classmethod
-    def start(cls, run: RunLog) -> Trackers:
-        """Open (or continue) the run's configured trackers; the caller holds the run's session lock."""
-        self = cls(run)
+    def start(cls, run: RunLog, *, quiet: bool = False) -> Trackers:
+        """Open (or continue) the run's configured trackers; the caller holds the run's session lock. ``quiet``: the
+        libraries' own output (banners, summaries) is swallowed; evomerge's warnings are not."""
+        self = cls(run, quiet)
         cfg = run.config()
         known = {r.library: r.run_id for r in run.of_type(TrackerRecord)}
         for tc in cfg.execution.trackers:
@@ -152,7 +154,8 @@ class Trackers:
                 _warn(tc.library, f"{tc.library} is not installed: pip install 'evomerge[track]'")
                 continue
             try:
-                run_id = tracker.start(known.get(tc.library), dump(cfg))
+                with self._silenced():
+                    run_id = tracker.start(known.get(tc.library), dump(cfg))
             except Exception as e:  # noqa: BLE001 - a tracker never stops a run
                 _warn(tc.library, _text(e))
                 continue
@@ -224,12 +227,21 @@ class Trackers:
     def _each(self, action: Callable[[Tracker], None]) -> None:
         for library, tracker in list(self.live.items()):
             try:
-                action(tracker)
+                with self._silenced():
+                    action(tracker)
             except Exception as e:  # noqa: BLE001 - a tracker never stops a run
                 _warn(library, _text(e))
                 del self.live[library]
-                with contextlib.suppress(Exception):  # let the library close what it opened
+                with contextlib.suppress(Exception), self._silenced():  # let the library close what it opened
                     tracker.finish()
+
+    @contextlib.contextmanager
+    def _silenced(self) -> Iterator[None]:
+        if not self.quiet:
+            yield
+            return
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
 
 
 def objective_labels(objectives: Sequence[ObjectiveConfig]) -> list[str]:

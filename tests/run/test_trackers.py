@@ -104,7 +104,7 @@ def test_wandb_gets_every_candidate_each_generation_and_the_front(tmp_path: Path
     assert ids == [t.run_id for t in run.of_type(TrackerRecord)]
 
 
-def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, search_config, wandb) -> None:
+def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, search_config, wandb, capfd) -> None:
     run = start_run(tmp_path, scored_family, search_config, [wandb_config(tmp_path)], max_evals=2)
     search(run)
     again = RunLog.open(run.root)
@@ -114,6 +114,8 @@ def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, sear
     assert len(ids) == 2 and len(set(ids)) == 1  # two sessions, one tracker run
     assert [r.run_id for r in RunLog.open(run.root).of_type(TrackerRecord)] == ids[:1]
     assert [r["candidate"] for r in rows if "candidate" in r] == [0, 1, 2, 3]  # replayed candidates are not sent twice
+    out, err = capfd.readouterr()
+    assert "wandb:" not in out + err  # a quiet search swallows the library's banners and summaries
 
 
 def trackio_logs(project: str, name: str) -> list[dict[str, Any]]:
