@@ -4,7 +4,9 @@ Off unless ``execution.trackers`` names one; a library is imported only when con
 
 - from the driver, per candidate told in the session: ``candidate``, ``generation``, ``objective/<task>``
   (oriented: higher is better; left out when it failed), ``merge_s``, ``score_s``, ``failed``, ``cached``;
-- from the driver, per generation that ends: ``generation``, ``gen/<task>/best``, ``gen/<task>/mean``;
+- from the driver, per generation that ends: ``generation``, ``gen/<task>/best``, ``gen/<task>/mean`` (a
+  generation is reported by the session that told its last candidate; one cut by the budget at the end of the
+  session, and again, whole, if a resume with a larger budget continues it);
 - from the driver, at the end of a search session: ``front`` (a table: candidate, generation, objectives) and
   ``front_size``;
 - from export: ``export/candidate``, ``export/<task>``, and the card and recipes as a ``model`` artifact (not the

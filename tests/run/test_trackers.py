@@ -13,26 +13,47 @@ from typing import Any
 import pytest
 
 from evomerge.config.search import load_config
+from evomerge.errors import RunStopped
 from evomerge.execution.executor import LocalExecutor
 from evomerge.run.log import RunLog
 from evomerge.run.records import BudgetRecord, TrackerRecord
 from evomerge.run.search import Search
+from evomerge.run.status import summarize
 from evomerge.sources.pool import fingerprint
+from evomerge.strategies import Candidate
 
 TASKS = ("tiny_rev", "tiny_dup")
 
 
 def start_run(tmp_path: Path, family: dict[str, Path], search_config, trackers: list[dict],
               max_evals: int = 4) -> RunLog:
-    """A 4-candidate CMA-ES search over scored_family in generations of 2, reporting to ``trackers``."""
-    config = search_config(tmp_path, family, strategy={"name": "cmaes", "options": {"popsize": 2}},
-                           budget={"max_evals": max_evals}, execution={"in_flight": 2, "trackers": trackers})
+    """A search over scored_family reporting to ``trackers``."""
+    config = search_config(tmp_path, family, budget={"max_evals": max_evals},
+                           execution={"in_flight": 2, "trackers": trackers})
     cfg = load_config(config)
     return RunLog.create(tmp_path / "run", cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
 
 
+class TwoGenerations:
+    """A stand-in strategy: four distinct candidates, two in generation 0 and two in generation 1 (CMA-ES would
+    spend its first dozen candidates on the fixed recipes, all generation 0)."""
+
+    needs_items = False
+
+    def __init__(self, dim: int):
+        self.candidates = [Candidate((0.2 * (i + 1),) * dim, operator="scripted", generation=i // 2) for i in range(4)]
+
+    def ask(self) -> Candidate | None:
+        return self.candidates.pop(0) if self.candidates else None
+
+    def tell(self, candidate, evaluation) -> None:
+        pass
+
+
 def search(run: RunLog) -> None:
-    Search(run, LocalExecutor, quiet=True).run_to_budget()
+    driver = Search(run, LocalExecutor, quiet=True)
+    driver.strategy = TwoGenerations(driver.space.dim)
+    driver.run_to_budget()
 
 
 # --- reading back what wandb wrote offline: its run file is a leveldb-style log of protobuf records ------------
@@ -96,7 +117,7 @@ def test_wandb_gets_every_candidate_each_generation_and_the_front(tmp_path: Path
         assert (row["generation"], row["merge_s"], row["score_s"], row["failed"]) == (
             record.generation, record.merge_s, record.score_s, 0)
     generations = [r for r in rows if "gen/tiny_rev/best" in r]
-    assert [g["generation"] for g in generations] == sorted({c.generation for c in logged})
+    assert [g["generation"] for g in generations] == sorted({c.generation for c in logged}) == [0, 1]
     first = [c.objectives[0] for c in logged if c.generation == generations[0]["generation"]]
     assert generations[0]["gen/tiny_rev/best"] == pytest.approx(max(first))
     assert generations[0]["gen/tiny_rev/mean"] == pytest.approx(sum(first) / len(first))
@@ -113,9 +134,28 @@ def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, sear
     ids, rows = wandb_run(tmp_path / "tracking")
     assert len(ids) == 2 and len(set(ids)) == 1  # two sessions, one tracker run
     assert [r.run_id for r in RunLog.open(run.root).of_type(TrackerRecord)] == ids[:1]
+    assert f"trackers   wandb run {ids[0]}" in summarize(RunLog.open(run.root))  # evomerge status names it
     assert [r["candidate"] for r in rows if "candidate" in r] == [0, 1, 2, 3]  # replayed candidates are not sent twice
+    assert [r["generation"] for r in rows if "gen/tiny_dup/mean" in r] == [0, 1]  # each generation once
     out, err = capfd.readouterr()
     assert "wandb:" not in out + err  # a quiet search swallows the library's banners and summaries
+
+
+def test_a_failed_candidate_is_sent_as_failed_without_objectives(tmp_path: Path, scored_family, search_config,
+                                                               wandb) -> None:
+    broken = {"methods": ["task_arithmetic"], "bounds": {"weight": [1e39, 1e39]}}  # every merge overflows
+    config = search_config(tmp_path, scored_family, genome=broken,
+                           budget={"max_evals": 2, "stop_after_failures": 2},
+                           execution={"trackers": [wandb_config(tmp_path)]})
+    cfg = load_config(config)
+    run = RunLog.create(tmp_path / "run", cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
+    with pytest.raises(RunStopped):
+        search(run)
+    _, rows = wandb_run(tmp_path / "tracking")
+    candidates = [r for r in rows if "candidate" in r]
+    assert [(r["candidate"], r["failed"]) for r in candidates] == [(0, 1), (1, 1)]
+    assert not any(key.startswith("objective/") for r in candidates for key in r)
+    assert [r["front_size"] for r in rows if "front_size" in r] == [0]
 
 
 def trackio_logs(project: str, name: str) -> list[dict[str, Any]]:
