@@ -152,12 +152,12 @@ class Trackers:
         for tc in cfg.execution.trackers:
             try:
                 tracker = ADAPTERS[tc.library](tc, cfg.name)
-            except ImportError:
-                _warn(tc.library, f"{tc.library} is not installed: pip install 'evomerge[track]'")
-                continue
-            try:
                 with self._silenced():
                     run_id = tracker.start(known.get(tc.library), dump(cfg))
+            except ImportError as e:  # the library itself missing, or a broken install of it
+                missing = f"{tc.library} is not installed: pip install 'evomerge[track]'"
+                _warn(tc.library, missing if e.name == tc.library else _text(e))
+                continue
             except Exception as e:  # noqa: BLE001 - a tracker never stops a run
                 _warn(tc.library, _text(e))
                 continue
