@@ -125,7 +125,7 @@ def test_wandb_gets_every_candidate_each_generation_and_the_front(tmp_path: Path
     assert ids == [t.run_id for t in run.of_type(TrackerRecord)]
 
 
-def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, search_config, wandb, capfd) -> None:
+def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, search_config, wandb, capsys) -> None:
     run = start_run(tmp_path, scored_family, search_config, [wandb_config(tmp_path)], max_evals=2)
     search(run)
     again = RunLog.open(run.root)
@@ -137,7 +137,7 @@ def test_resume_continues_the_same_wandb_run(tmp_path: Path, scored_family, sear
     assert f"trackers   wandb run {ids[0]}" in summarize(RunLog.open(run.root))  # evomerge status names it
     assert [r["candidate"] for r in rows if "candidate" in r] == [0, 1, 2, 3]  # replayed candidates are not sent twice
     assert [r["generation"] for r in rows if "gen/tiny_dup/mean" in r] == [0, 1]  # each generation once
-    out, err = capfd.readouterr()
+    out, err = capsys.readouterr()
     assert "wandb:" not in out + err  # a quiet search swallows the library's banners and summaries
 
 
