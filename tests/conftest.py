@@ -105,6 +105,19 @@ def scored_family(tmp_path_factory: pytest.TempPathFactory, tiny_family: dict[st
     return out
 
 
+@pytest.fixture
+def trackio_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where trackio keeps its runs in tests. It reads TRACKIO_DIR once, at import, so every test uses this one
+    folder of the session, and only tests that take this fixture import trackio."""
+    folder = tmp_path_factory.getbasetemp() / "trackio"
+    monkeypatch.setenv("TRACKIO_DIR", str(folder))
+    pytest.importorskip("trackio", reason="trackio (the track extra) is not installed")
+    import trackio.utils
+
+    assert trackio.utils.TRACKIO_DIR == folder, "trackio was imported before TRACKIO_DIR pointed at a temporary folder"
+    return folder
+
+
 @pytest.fixture(scope="session")
 def zoo_dir() -> Path:
     """The default zoo (seed 0, llama), built once into the repo's gitignored zoo/ and reused by

@@ -9,10 +9,11 @@ from evomerge.config.search import (
     SearchConfig,
     SourcesConfig,
     StrategyConfig,
+    TrackerConfig,
     load_config,
 )
 
 __all__ = [
     "BudgetConfig", "ExecutionConfig", "GenomeConfig", "ObjectiveConfig", "ScoringConfig", "SearchConfig",
-    "SourcesConfig", "StrategyConfig", "load_config",
+    "SourcesConfig", "StrategyConfig", "TrackerConfig", "load_config",
 ]

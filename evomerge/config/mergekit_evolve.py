@@ -335,6 +335,7 @@ COMMENTS = {
     "execution.device": "cpu, cuda, cuda:N or mps (mergekit-evolve's --merge-cuda: cuda)",
     "execution.threads": "torch threads per worker; null = 1 on CPU",
     "execution.memory_budget": "bytes per worker for merging, e.g. 8GB; null = from the device or this host",
+    "execution.trackers": "--wandb: [{library: wandb, project: P, entity: E}] (or trackio); [] = none",
 }
 COMMENT_COLUMN = 33
 ORDER = ("name", "seed", "sources", "genome", "scoring", "objectives", "strategy", "budget", "execution")  # zoo.yaml's

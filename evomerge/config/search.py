@@ -158,6 +158,29 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class TrackerConfig:
+    """An experiment tracker the run reports to (``evomerge.run.trackers``): Weights & Biases or trackio."""
+
+    library: Literal["wandb", "trackio"]
+    project: str = "evomerge"
+    # the tracker run's name; None: the run's name (trackio, which resumes runs by name: with a random suffix)
+    name: str | None = None
+    group: str | None = None
+    entity: str | None = None  # wandb: the team or user; None: the logged-in default
+    tags: tuple[str, ...] = ()  # wandb
+    mode: Literal["online", "offline"] | None = None  # wandb; None: WANDB_MODE, else online
+    dir: Path | None = None  # wandb: the folder of its local files; None: wandb's default (./wandb)
+
+    def check(self) -> tuple[str, str] | None:
+        if self.library == "trackio":
+            for name in ("entity", "tags", "mode", "dir"):
+                if getattr(self, name):
+                    return name, ("is a wandb option; trackio writes locally to TRACKIO_DIR (an environment variable; "
+                                  "default ~/.cache/huggingface/trackio): leave it out")
+        return None
+
+
+@dataclass(frozen=True)
 class ExecutionConfig:
     """Where candidates run. The same config gives the same log on either backend and any worker count."""
 
@@ -171,8 +194,14 @@ class ExecutionConfig:
     # bytes each worker may use for merging (live model, caches, sources on its GPU), e.g. "64GB"; None: from the
     # device's memory (GPU) or this host's available memory shared by the workers (CPU). See docs/MEMORY.md.
     memory_budget: str | None = None
+    # experiment trackers that get every candidate, each generation's best and mean, the front, exports and
+    # reports; none by default. A tracker that fails (not installed, no login) warns once and the run goes on.
+    trackers: tuple[TrackerConfig, ...] = ()
 
     def check(self) -> tuple[str, str] | None:
+        libraries = [t.library for t in self.trackers]
+        if len(set(libraries)) != len(libraries):
+            return "trackers", f"must name each library once, got {libraries}"
         if not DEVICE.match(self.device):
             return "device", f"must be cpu, cuda, cuda:N or mps, got {self.device!r}"
         if self.memory_budget is not None:

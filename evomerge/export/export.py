@@ -34,6 +34,7 @@ from evomerge.recipes import Recipe, to_yaml
 from evomerge.recipes.mergekit_yaml import to_mergekit
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, ExportRecord
+from evomerge.run.trackers import Trackers
 from evomerge.sources.pool import SourcePool
 from evomerge.sources.writer import check_output_folder, check_outside
 
@@ -102,4 +103,6 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
                  shard_size=shard_bytes, force=force, extra_files=files,  # shard by shard, through the fused kernels
                  check=functools.partial(check_loads, trust_remote_code=src.trust_remote_code))
     run.append(ExportRecord(record.index, record.key, str(rule), finalists, str(out)))
+    with Trackers.start(run, quiet=quiet) as trackers:
+        trackers.exported(record, [out / name for name in files])
     return ExportResult(out, record, recipe, mergekit is not None, evaluated)

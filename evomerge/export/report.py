@@ -27,6 +27,7 @@ from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, ExportRecord
+from evomerge.run.trackers import Trackers
 from evomerge.sources.writer import check_outside
 
 PLOTS = ("fitness.png", "objectives.png", "front.png")
@@ -60,6 +61,8 @@ def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factor
     _plot_objectives(analysis, out / "objectives.png")
     _plot_front(analysis, chosen, label, out / "front.png")
     _write(out / "summary.md", summary(analysis, chosen, label, exports))
+    with Trackers.start(run, quiet=quiet) as trackers:
+        trackers.images({f"report/{Path(name).stem}": out / name for name in PLOTS})
     return out
 
 

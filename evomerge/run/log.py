@@ -4,7 +4,8 @@
       config.yaml     the resolved config (absolute paths), written once
       run.json        fingerprints of config and source models, evomerge version, DARE/DELLA draw scheme
       log.jsonl       append-only typed records (``records.py``): candidates in tell order, held-out
-                      scores, baselines, exports, sessions, budget changes, accepted changes
+                      scores, baselines, exports, sessions, budget changes, accepted changes,
+                      experiment trackers' run ids
       session.lock    held while a session (search, resume, export, report) writes the folder
       optuna.db       the optuna study, when the strategy is optuna (rebuilt from the log on resume)
 

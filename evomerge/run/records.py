@@ -14,6 +14,7 @@ field). ``time`` is stamped by ``RunLog.append``.
 | budget      | ``evomerge resume --max-evals`` | the run's new total budget                              |
 | change      | ``evomerge resume --force``   | accepted changes of config or sources                     |
 | plan        | the driver, at session start  | the memory plan its workers follow (bytes, what is cached)|
+| tracker     | ``run.trackers``, at its start | an experiment tracker's run id, so later sessions continue it |
 """
 
 from __future__ import annotations
@@ -110,11 +111,19 @@ class PlanRecord:
     time: float | None = None
 
 
+@dataclass(frozen=True)
+class TrackerRecord:
+    library: str  # wandb, trackio
+    run_id: str  # what the library resumes a run by (wandb: its id; trackio: its name)
+    time: float | None = None
+
+
 Record = Union[CandidateRecord, HeldoutRecord, BaselineRecord, ExportRecord, SessionRecord, BudgetRecord, ChangeRecord,
-               PlanRecord]
+               PlanRecord, TrackerRecord]
 KINDS: dict[str, type] = {
     "candidate": CandidateRecord, "heldout": HeldoutRecord, "baseline": BaselineRecord, "export": ExportRecord,
     "session": SessionRecord, "budget": BudgetRecord, "change": ChangeRecord, "plan": PlanRecord,
+    "tracker": TrackerRecord,
 }
 _KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 

@@ -9,6 +9,9 @@ Resume is the same loop: the log's candidates are told from the log instead of b
 after checking that the strategy asked exactly the logged genome. A candidate that was in flight
 when the run stopped is simply asked again and evaluated.
 
+Experiment trackers (``run.trackers``, when configured) hear from here: each candidate told in this session, each
+generation's best and mean, the front at the end.
+
 A broken setup does not spend the budget: when the first candidates all fail, or consecutive
 failures share one cause, the run stops with that cause (``RunStopped``) and keeps its log.
 """
@@ -32,6 +35,8 @@ from evomerge.genome.starts import seed_points
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, PlanRecord, SessionRecord
+from evomerge.run.status import generation_stats
+from evomerge.run.trackers import Trackers
 from evomerge.scoring.objectives import WORST, nonfinite, oriented, per_item
 from evomerge.strategies import Candidate, Evaluation, Strategy, make_strategy
 
@@ -105,12 +110,10 @@ class Progress:
         self.bar.close()
 
     def _generation_line(self) -> None:
-        ok = [r for r in self.generation if r.ok]
-        if ok and not self.quiet:
-            cols = []
-            for j, o in enumerate(self.objectives):
-                values = [r.objectives[j] for r in ok]
-                cols.append(f"{o.task} best {max(values):.3f} mean {sum(values) / len(values):.3f}")
+        stats = generation_stats(self.objectives, self.generation)
+        if stats and not self.quiet:
+            cols = [f"{o.task} best {best:.3f} mean {mean:.3f}"
+                    for o, (best, mean) in zip(self.objectives, stats, strict=True)]
             tqdm.write(f"gen {self.generation[0].generation:>3} ({len(self.generation)} cand): " + " | ".join(cols))
         self.generation = []
 
@@ -132,12 +135,14 @@ class Search:
         self.ready: dict[int, CandidateRecord] = {}
         self.waiting: dict[str, list[_Slot]] = {}  # key of an in-flight job -> duplicates asked meanwhile
         self.next_index = self.told_now = 0
+        self.trackers: Trackers | None = None  # started by run_to_budget
 
     def run_to_budget(self) -> int:
         """Evaluate up to the run's budget; returns the number of candidates told in this session."""
         budget = self.run.max_evals()
         deadline = time.time() + 60 * self.cfg.budget.max_minutes if self.cfg.budget.max_minutes else math.inf
         progress = Progress(self.cfg, budget, min(len(self.logged), budget), self.quiet)
+        self.trackers = Trackers.start(self.run, quiet=self.quiet)
         stopped = None
         try:
             while True:
@@ -151,6 +156,8 @@ class Search:
                                      f"'evomerge resume {self.run.root}')")
         finally:
             progress.close()
+            self.trackers.session_end(complete=len(self.run.candidates()) >= budget)
+            self.trackers.finish()
             self._end_session(stopped)
         if self.watch.seen and not self.watch.ok:
             raise RunStopped(f"run {self.run.root}: every candidate failed; the last with: {self.watch.streak[-1]}")
@@ -210,6 +217,8 @@ class Search:
             self.told_now += 1
         self.strategy.tell(head.candidate, self._evaluation(record))
         progress.update(record, new)
+        assert self.trackers is not None
+        self.trackers.told(record, new)
         return record
 
     def _end_session(self, stopped: str | None) -> None:

@@ -85,6 +85,12 @@ def test_overrides_reach_top_level_fields(tmp_path: Path, tiny_family) -> None:
     ({"scoring__fewshot_as_multiturn": True},
      "config field 'scoring.fewshot_as_multiturn' needs apply_chat_template: true"),
     ({"execution__memory_budget": "lots"}, "config field 'execution.memory_budget' must be a size such as '64GB'"),
+    ({"execution__trackers": [{"library": "mlflow"}]},
+     "config field 'execution.trackers[0].library' must be one of wandb, trackio, got 'mlflow'"),
+    ({"execution__trackers": [{"library": "trackio", "entity": "me"}]},
+     "config field 'execution.trackers[0].entity' is a wandb option; trackio writes locally to TRACKIO_DIR"),
+    ({"execution__trackers": [{"library": "wandb"}, {"library": "wandb", "project": "b"}]},
+     "config field 'execution.trackers' must name each library once, got ['wandb', 'wandb']"),
 ])
 def test_mistakes_name_the_field(tmp_path: Path, tiny_family, changes, fragment) -> None:
     with pytest.raises(EvomergeError, match=fragment.replace(".", r"\.").replace("(", r"\(").replace("[", r"\[")):
@@ -147,3 +153,13 @@ def test_a_config_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     path.write_text("- name: t\n")
     with pytest.raises(EvomergeError, match=re.escape(f"config {path} must be a YAML mapping of keys to values")):
         load_config(path)
+
+
+def test_trackers_are_off_unless_configured_and_their_dir_resolves_against_the_file(tmp_path: Path,
+                                                                                    tiny_family) -> None:
+    assert load_config(write_config(tmp_path, tiny_family)).execution.trackers == ()
+    cfg = load_config(write_config(tmp_path, tiny_family, execution__trackers=[
+        {"library": "wandb", "project": "p", "mode": "offline", "dir": "tracking"}, {"library": "trackio"}]))
+    wandb, trackio = cfg.execution.trackers
+    assert (wandb.project, wandb.mode, wandb.dir) == ("p", "offline", tmp_path / "tracking")
+    assert (trackio.library, trackio.project) == ("trackio", "evomerge")
