@@ -27,7 +27,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from evomerge import pareto
 from evomerge.config.schema import dump
@@ -35,9 +35,6 @@ from evomerge.config.search import ObjectiveConfig, TrackerConfig
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, TrackerRecord
 from evomerge.run.status import generation_stats
-
-if TYPE_CHECKING:
-    from typing import Self  # Python 3.11+; annotations are not evaluated at run time
 
 
 class Tracker(Protocol):
@@ -166,7 +163,7 @@ class Trackers:
             self.live[tc.library] = tracker
         return self
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Trackers:
         return self
 
     def __exit__(self, *exc: object) -> None:
