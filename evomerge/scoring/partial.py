@@ -12,8 +12,8 @@ A metric pools its per-item values as lm-eval aggregates them: the mean, or for 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

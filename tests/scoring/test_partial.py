@@ -6,8 +6,16 @@ import math
 
 import pytest
 
-from evomerge.scoring.partial import (Objective, chunk_bounds, fitness, item_order, mean_estimate, n_chunks,
-                                      paired_difference, pooled)
+from evomerge.scoring.partial import (
+    Objective,
+    chunk_bounds,
+    fitness,
+    item_order,
+    mean_estimate,
+    n_chunks,
+    paired_difference,
+    pooled,
+)
 
 ACC = Objective("mean", 1.0, 1.0)
 
