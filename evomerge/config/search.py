@@ -102,6 +102,12 @@ class ScoringConfig:
     apply_chat_template: bool = False  # needs a tokenizer with a chat template
     fewshot_as_multiturn: bool = False  # few-shot examples as chat turns (needs apply_chat_template)
     system_instruction: str | None = None
+    # full: every candidate on every calibration item. racing (docs/SCORING.md, "Cheap fitness"): a ranking
+    # strategy's generation is scored in chunks of common items, and a candidate stops once it is confidently
+    # above or below the generation's selection cut (paired differences, ``racing_z`` standard errors)
+    fidelity: Literal["full", "racing"] = "full"
+    chunk_items: int = field(default=64, metadata={"ge": 2})  # racing: items of the largest task per chunk
+    racing_z: float = field(default=1.5, metadata={"gt": 0})  # racing: confidence of a stop, in standard errors
 
     def check(self) -> tuple[str, str] | None:
         if self.fewshot_as_multiturn and not self.apply_chat_template:

@@ -356,7 +356,7 @@ class RayExecutor(Executor):
         while self._idle and self._queue:
             slot = self._idle.popleft()
             job, attempt = self._queue.popleft()
-            ref = self._actors[slot].evaluate.remote(job.recipe, job.split)
+            ref = self._actors[slot].evaluate.remote(job.recipe, job.split, job.items)
             self._running[ref] = (slot, job, attempt)
 
     def _harvest(self, timeout: float | None) -> None:

@@ -45,6 +45,10 @@ class CandidateRecord:
     merge_s: float = 0.0
     score_s: float = 0.0
     worker: str = field(default="", metadata={"empty": True})
+    # scoring.fidelity racing: the chunks of items scored (scores then hold only those items, in chunk order)
+    # and the calibration items they hold, all tasks; None: scored on every item in one job
+    chunks: int | None = None
+    items: int | None = None
     time: float | None = None
 
     @property

@@ -12,14 +12,22 @@ A metric pools its per-item values as lm-eval aggregates them: the mean, or for 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from evomerge.scoring.objectives import LOG_LIKELIHOOD_METRICS
+from evomerge.scoring.result import TaskScore
 
 ORDER_STREAM = 20  # the seed stream of item orders (issue 20), apart from every other use of the run's seed
 POOLED_AGGREGATIONS = ("mean", "perplexity")  # lm-eval aggregations a prefix of items estimates
 LOG_LIKELIHOOD_POOL = "perplexity"  # per item the answer's log-likelihood; the task's value is exp(-mean)
+
+
+def pool_of(metric: str) -> str:
+    """How ``metric``'s items pool into its value: exp(−mean) for a log-likelihood metric, else the mean."""
+    return LOG_LIKELIHOOD_POOL if metric in LOG_LIKELIHOOD_METRICS else "mean"
 
 
 def item_order(n: int, seed: int, task: int) -> tuple[int, ...]:
@@ -35,8 +43,8 @@ def n_chunks(sizes: Sequence[int], chunk_items: int) -> int:
 
 def chunk_bounds(n: int, chunks: int) -> tuple[int, ...]:
     """Where each chunk of a task with ``n`` items ends (``chunks + 1`` positions from 0 to n):
-    every task advances by the same fraction of its items per chunk."""
-    return tuple(k * n // chunks for k in range(chunks + 1))
+    every task advances by the same fraction of its items per chunk, and the first chunk holds an item of each."""
+    return tuple(-(-k * n // chunks) for k in range(chunks + 1))
 
 
 def pooled(aggregation: str, values: Sequence[float]) -> float:
@@ -114,3 +122,15 @@ def paired_difference(objectives: Sequence[Objective], a: Sequence[Sequence[floa
         mean_ab = (sum(va[:m]) + sum(vb[:m])) / (2 * m)
         var += (o.weight * o.sign * pooled_slope(o.aggregation, mean_ab) * d.se) ** 2
     return Estimate(value, math.sqrt(var), int(n))
+
+
+def combine(parts: Sequence[Mapping[str, TaskScore]]) -> dict[str, TaskScore]:
+    """One candidate's chunk scores as one score per task: per-item values in chunk order, each metric pooled
+    over all of them (chunks scored only the metrics a prefix estimates, see ``Scorer.score``)."""
+    out: dict[str, TaskScore] = {}
+    for name in dict.fromkeys(n for part in parts for n in part):
+        scores = [part[name] for part in parts if name in part]
+        per_item = {key: tuple(v for s in scores for v in s.per_item[key]) for key in scores[0].per_item}
+        out[name] = replace(scores[0], per_item=per_item,
+                            metrics={key: pooled(pool_of(key.split(",")[0]), v) for key, v in per_item.items()})
+    return out

@@ -1,0 +1,94 @@
+"""Racing a generation against its selection cut (scoring.fidelity: racing): decisions, records, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evomerge.config.search import load_config
+from evomerge.execution.executor import LocalExecutor
+from evomerge.run.log import RunLog
+from evomerge.run.racing import Chunks, Verdict, verdicts
+from evomerge.run.search import Search
+from evomerge.scoring.partial import Objective, fitness
+from evomerge.sources.pool import fingerprint
+
+ACC = [Objective("mean", 1.0, 1.0)]
+RACING = {"fidelity": "racing", "chunk_items": 3, "racing_z": 1.0}
+CMAES = {"name": "cmaes", "options": {"popsize": 4}}
+
+
+def generation() -> list[list[list[float]]]:
+    """Six members on 40 common items: two strong, two weak, two at the cut (keep 3)."""
+    strong = [1.0] * 36 + [0.0] * 4
+    weak = [0.0] * 36 + [1.0] * 4
+    cut = [1.0, 0.0] * 20
+    near = [0.0, 1.0] * 20
+    return [[strong], [weak], [cut], [strong[:]], [weak[:]], [near]]
+
+
+def test_clear_winners_and_losers_resolve_after_a_few_items_and_the_cut_pair_does_not() -> None:
+    members = [[m[0][:10]] for m in generation()]  # the first chunk of 10 items
+    assert verdicts(members, 3, ACC, z=1.5) == [Verdict.ABOVE, Verdict.BELOW, None, Verdict.ABOVE, Verdict.BELOW, None]
+
+
+def test_a_member_stopped_below_is_below_the_cut_on_its_full_score() -> None:
+    full = generation()
+    order = sorted(range(len(full)), key=lambda i: -fitness(ACC, full[i]))
+    kept = set(order[:3])
+    for n in (4, 10, 20, 40):
+        for i, v in enumerate(verdicts([[m[0][:n]] for m in full], 3, ACC, z=1.5)):
+            if v is Verdict.BELOW:
+                assert i not in kept
+            if i in kept:
+                assert v is not Verdict.BELOW  # a member above the cut is never stopped as a loser
+
+
+def test_failed_members_rank_below_and_no_cut_means_no_stops() -> None:
+    members = generation()
+    assert verdicts([None, *members[:2]], 1, ACC, z=1.5)[0] is Verdict.BELOW
+    assert verdicts(members[:3], 3, ACC, z=1.5) == [None, None, None]
+
+
+def test_chunks_slice_a_logged_candidate_back_into_its_chunks() -> None:
+    chunks = Chunks.plan({"a": 12, "b": 5}, chunk_items=4, seed=0)
+    assert chunks.count == 3 and chunks.total() == 17
+    assert sorted(p for k in range(3) for p in chunks.items(k)["a"]) == list(range(12))
+    assert [len(chunks.items(k).get("b", ())) for k in range(3)] == [2, 2, 1]
+
+
+def start_run(tmp_path: Path, config: Path, name: str = "run") -> RunLog:
+    cfg = load_config(config)
+    return RunLog.create(tmp_path / name, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
+
+
+def test_racing_scores_a_generation_in_chunks_and_records_what_it_scored(tmp_path: Path, scored_family, search_config) -> None:
+    config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 13})
+    run = start_run(tmp_path, config)
+    Search(run, LocalExecutor, quiet=True).run_to_budget()
+    records = run.candidates()
+    initial = [r for r in records if r.operator == "init"]
+    raced = [r for r in records if r.operator == "cma"]
+    assert len(raced) == 8 and all(r.chunks is None and r.items is None for r in initial)
+    assert all(1 <= r.chunks <= 4 and r.items == sum(len(s.per_item["perplexity,none"]) for s in r.scores.values())
+               for r in raced)
+    assert any(r.items < 24 for r in raced)  # some were resolved before their last chunk
+
+
+def test_a_racing_run_resumed_from_any_prefix_of_its_log_equals_the_whole_run(tmp_path: Path, scored_family,
+                                                                               search_config) -> None:
+    config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 13})
+    whole = start_run(tmp_path, config, "whole")
+    Search(whole, LocalExecutor, quiet=True).run_to_budget()
+    lines = (whole.root / "log.jsonl").read_text().splitlines()
+    expected = [{**r.__dict__, "time": None, "merge_s": 0, "score_s": 0} for r in whole.candidates()]
+    for cut in (6, 8, 10):  # mid-generation: the resumed run must remake the decisions the log's prefix saw
+        prefix = start_run(tmp_path, config, f"prefix{cut}")
+        kept = [line for line in lines if '"candidate"' in line][:cut]
+        with open(prefix.root / "log.jsonl", "a") as f:
+            f.write("".join(line + "\n" for line in kept))
+        resumed = RunLog.open(prefix.root)
+        Search(resumed, LocalExecutor, quiet=True).run_to_budget()
+        got = [{**r.__dict__, "time": None, "merge_s": 0, "score_s": 0} for r in RunLog.open(prefix.root).candidates()]
+        assert got == expected, cut
