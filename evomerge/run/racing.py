@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from evomerge.config.search import ObjectiveConfig
+from evomerge.config.search import ObjectiveConfig, ScoringConfig
 from evomerge.run.records import CandidateRecord
 from evomerge.scoring.objectives import higher_is_better, metric_name, score_of
 from evomerge.scoring.partial import (
@@ -131,3 +131,13 @@ def items_scored(records: Sequence[CandidateRecord]) -> tuple[int, int] | None:
         return None
     evaluated = [r for r in records if r.cached_from is None]
     return sum(full if r.items is None else r.items for r in evaluated), full * len(evaluated)
+
+
+def scoring_summary(scoring: ScoringConfig, records: Sequence[CandidateRecord]) -> str | None:
+    """How many calibration items the candidates were scored on, and what racing saved (status and report)."""
+    counted = items_scored(records)
+    if counted is None:
+        return None
+    scored, full = counted
+    mode = f"racing (chunks of {scoring.chunk_items} items, z {scoring.racing_z:g})" if scoring.fidelity == "racing" else "full"
+    return f"{mode}: {scored:,} of {full:,} calibration items scored" + (f" ({1 - scored / full:.0%} saved)" if full else "")

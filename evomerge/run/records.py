@@ -14,6 +14,7 @@ field). ``time`` is stamped by ``RunLog.append``.
 | budget      | ``evomerge resume --max-evals`` | the run's new total budget                              |
 | change      | ``evomerge resume --force``   | accepted changes of config or sources                     |
 | plan        | the driver, at session start  | the memory plan its workers follow (bytes, what is cached)|
+| completed   | finalists                     | a raced candidate's scores on every calibration item      |
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ class HeldoutRecord:
     key: str
     index: int
     scores: Scores | None
+    error: str | None
+    time: float | None = None
+
+
+@dataclass(frozen=True)
+class CompletedRecord:
+    key: str
+    index: int
+    scores: Scores | None  # calibration tasks, every item
     error: str | None
     time: float | None = None
 
@@ -115,10 +125,11 @@ class PlanRecord:
 
 
 Record = Union[CandidateRecord, HeldoutRecord, BaselineRecord, ExportRecord, SessionRecord, BudgetRecord, ChangeRecord,
-               PlanRecord]
+               PlanRecord, CompletedRecord]
 KINDS: dict[str, type] = {
     "candidate": CandidateRecord, "heldout": HeldoutRecord, "baseline": BaselineRecord, "export": ExportRecord,
     "session": SessionRecord, "budget": BudgetRecord, "change": ChangeRecord, "plan": PlanRecord,
+    "completed": CompletedRecord,
 }
 _KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 

@@ -3,22 +3,8 @@
 from __future__ import annotations
 
 from evomerge import pareto
-from evomerge.config.search import ScoringConfig
 from evomerge.run.log import RunLog
-from evomerge.run.racing import items_scored
-from evomerge.run.records import CandidateRecord
-
-
-def scoring_lines(scoring: ScoringConfig, cands: list[CandidateRecord]) -> list[str]:
-    """How many calibration items the candidates were scored on, and what racing saved."""
-    counted = items_scored(cands)
-    if counted is None:
-        return []
-    scored, full = counted
-    mode = (f"racing (chunks of {scoring.chunk_items} items, z {scoring.racing_z})" if scoring.fidelity == "racing"
-            else "full")
-    return [f"scoring    {mode}: {scored:,} of {full:,} calibration items scored"
-            + (f" ({1 - scored / full:.0%} saved)" if full else "")]
+from evomerge.run.racing import scoring_summary
 
 
 def summarize(run: RunLog) -> list[str]:
@@ -35,7 +21,9 @@ def summarize(run: RunLog) -> list[str]:
             best = max(ok, key=lambda r: r.objectives[j])
             lines.append(f"objective  {o.task}: best {best.objectives[j]:.4f} (candidate {best.index})")
     lines.append(f"front      {len(pareto.front(run.evaluated(), lambda r: r.objectives))} non-dominated candidates")
-    lines.extend(scoring_lines(cfg.scoring, cands))
+    scored = scoring_summary(cfg.scoring, cands)
+    if scored is not None:
+        lines.append(f"scoring    {scored}")
     sessions = run.sessions()
     if sessions:
         last = sessions[-1]

@@ -92,3 +92,23 @@ def test_a_racing_run_resumed_from_any_prefix_of_its_log_equals_the_whole_run(tm
         Search(resumed, LocalExecutor, quiet=True).run_to_budget()
         got = [{**r.__dict__, "time": None, "merge_s": 0, "score_s": 0} for r in RunLog.open(prefix.root).candidates()]
         assert got == expected, cut
+
+
+def test_the_front_is_completed_on_every_calibration_item_once(tmp_path: Path, scored_family, search_config) -> None:
+    from evomerge import pareto
+    from evomerge.export.evaluator import Evaluator
+    from evomerge.export.finalists import complete_front, successful
+    from evomerge.run.records import CompletedRecord
+
+    config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 13})
+    run = start_run(tmp_path, config)
+    Search(run, LocalExecutor, quiet=True).run_to_budget()
+    with Evaluator(run, quiet=True) as evaluate:
+        candidates = complete_front(run, run.candidates(), evaluate)
+    front = pareto.front([r for r in successful(candidates) if r.cached_from is None], lambda r: r.objectives)
+    completed = {r.key for r in run.of_type(CompletedRecord)}
+    assert completed and all(r.items is None or r.key in completed for r in front)
+    assert all(len(s.per_item["perplexity,none"]) == 12 for r in front for s in r.scores.values())
+    with Evaluator(RunLog.open(run.root), quiet=True) as again:
+        complete_front(RunLog.open(run.root), RunLog.open(run.root).candidates(), again)
+    assert again.evaluated == 0  # read back from the log
