@@ -60,6 +60,14 @@ class Recipe:
         """The default and every group's spec."""
         return [self.default, *self.groups.values()]
 
+    def same_merge(self, other: "Recipe", tol: float = 1e-9) -> bool:
+        """Whether both recipes merge the same models the same way in every group: one method per group, its
+        per-source values equal within ``tol`` (a unit-box round trip), its global parameters with defaults filled."""
+        if (self.base, self.sources, self.dtype, self.seed, self.layer_granularity) != (
+                other.base, other.sources, other.dtype, other.seed, other.layer_granularity):
+            return False
+        return all(_same_spec(self.spec_for(g), other.spec_for(g), tol) for g in {*self.groups, *other.groups, ""})
+
     def validate(self) -> None:
         for name, spec in [("recipe", self.default), *self.groups.items()]:
             method = spec.merge_method
@@ -69,3 +77,21 @@ class Recipe:
                 method.validate(len(self.sources), spec.source_params, spec.params)
             except EvomergeError as e:
                 raise EvomergeError(f"{e} (in {name if name == 'recipe' else 'group ' + name})") from None
+
+
+def _same_spec(a: GroupSpec, b: GroupSpec, tol: float) -> bool:
+    if a.method != b.method:
+        return False
+    method = a.merge_method
+    pa, pb = {**method.per_source, **a.source_params}, {**method.per_source, **b.source_params}
+    if set(pa) != set(pb) or {**method.globals, **a.params} != {**method.globals, **b.params}:
+        return False
+    return all(_close(pa[k], pb[k], tol) for k in pa)
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol
+    return bool(a == b)

@@ -112,3 +112,22 @@ def test_the_front_is_completed_on_every_calibration_item_once(tmp_path: Path, s
     with Evaluator(RunLog.open(run.root), quiet=True) as again:
         complete_front(RunLog.open(run.root), RunLog.open(run.root).candidates(), again)
     assert again.evaluated == 0  # read back from the log
+
+
+def test_fixed_recipes_the_search_started_from_are_read_from_the_log_not_scored(tmp_path: Path, scored_family,
+                                                                                 search_config) -> None:
+    from evomerge.export.baselines import cached_or_scored, recipe_of, scored_start
+    from evomerge.recipes.fixed import fixed_recipes
+
+    config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 5})
+    run = start_run(tmp_path, config)
+    Search(run, LocalExecutor, quiet=True).run_to_budget()
+    members = [m for family in fixed_recipes(2).values() for m in family]
+    reused = [m for m in members if scored_start(run, recipe_of(run.config(), m)) is not None]
+    assert {m.name for m in reused} == {"ties@d0.3,l1", "ties@d0.5,l1", "ties@d0.7,l1"}  # the run's TIES seed points
+
+    def never(*args):
+        raise AssertionError("a start point was scored again")
+
+    start = scored_start(run, recipe_of(run.config(), reused[0]))
+    assert cached_or_scored(run, reused[0], "calibration", never).scores == start.scores
