@@ -61,8 +61,8 @@ class Recipe:
         return [self.default, *self.groups.values()]
 
     def same_merge(self, other: "Recipe", tol: float = 1e-9) -> bool:
-        """Whether both recipes merge the same models the same way in every group: one method per group, its
-        per-source values equal within ``tol`` (a unit-box round trip), its global parameters with defaults filled."""
+        """Whether both recipes make the same merge in every group (up to float rounding): one method per group,
+        its parameters with defaults filled, per-source values equal within ``tol`` (a unit-box round trip)."""
         if (self.base, self.sources, self.dtype, self.seed, self.layer_granularity) != (
                 other.base, other.sources, other.dtype, other.seed, other.layer_granularity):
             return False
@@ -82,11 +82,21 @@ class Recipe:
 def _same_spec(a: GroupSpec, b: GroupSpec, tol: float) -> bool:
     if a.method != b.method:
         return False
-    method = a.merge_method
-    pa, pb = {**method.per_source, **a.source_params}, {**method.per_source, **b.source_params}
-    if set(pa) != set(pb) or {**method.globals, **a.params} != {**method.globals, **b.params}:
-        return False
-    return all(_close(pa[k], pb[k], tol) for k in pa)
+    (ga, pa), (gb, pb) = _canonical(a), _canonical(b)
+    return ga == gb and set(pa) == set(pb) and all(_close(pa[k], pb[k], tol) for k in pa)
+
+
+def _canonical(spec: GroupSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Global and per-source parameters with defaults filled; for a task-vector method that does not normalize,
+    θ0 + λ Σ w_k m_k τ_k depends on λ·w only (masks and elected signs do not change when every w_k scales)."""
+    method = spec.merge_method
+    params = {**method.globals, **spec.params}
+    per_source = {**method.per_source, **spec.source_params}
+    weight = per_source.get("weight")
+    if method.family is not None and not params.get("normalize") and "lam" in params and isinstance(weight, tuple):
+        per_source["weight"] = tuple(params["lam"] * w for w in weight)
+        params["lam"] = 1.0
+    return params, per_source
 
 
 def _close(a: Any, b: Any, tol: float) -> bool:

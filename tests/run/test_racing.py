@@ -131,3 +131,19 @@ def test_fixed_recipes_the_search_started_from_are_read_from_the_log_not_scored(
 
     start = scored_start(run, recipe_of(run.config(), reused[0]))
     assert cached_or_scored(run, reused[0], "calibration", never).scores == start.scores
+
+
+def test_task_arithmetic_with_lambda_or_with_weights_is_the_same_merge(tiny_config) -> None:
+    from dataclasses import replace
+
+    from evomerge.export.baselines import recipe_of
+    from evomerge.recipes.fixed import fixed_recipes
+    from evomerge.recipes.recipe import GroupSpec
+
+    fixed = recipe_of(tiny_config, fixed_recipes(2)["task_arithmetic"][6])  # weights 1, λ 0.7
+    scaled = replace(fixed, default=GroupSpec("task_arithmetic", {"weight": (0.7, 0.7 + 1e-12)}, {"lam": 1.0}))
+    assert scaled.same_merge(fixed)
+    assert not replace(scaled, default=GroupSpec("task_arithmetic", {"weight": (0.7, 0.6)}, {"lam": 1.0})).same_merge(fixed)
+    ties = replace(fixed, default=GroupSpec("ties", {"weight": (0.7, 0.7), "density": (0.5, 0.5)}, {"lam": 1.0}))
+    assert not ties.same_merge(replace(ties, default=GroupSpec("ties", {"weight": (1.0, 1.0), "density": (0.5, 0.5)},
+                                                              {"lam": 0.7})))  # TIES divides by the weights' sum
