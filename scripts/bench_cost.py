@@ -27,7 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_search import one_run  # noqa: E402 (benchdoc, imported by it, sets the offline environment)
+from bench_search import (
+    one_run,  # first: benchdoc, imported by it, sets the offline environment
+)
 from benchdoc import REPO, cpu_model, publish, shown
 
 TARGET_GAIN_GAP, TARGET_FRACTION = 0.01, 0.25  # issue 20's numbers
@@ -115,11 +117,11 @@ def main() -> None:
     body = [
         "## Cheap fitness: racing against full scoring (`scripts/bench_cost.py`)",
         "",
-        f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average (1 min) "
-        f"before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time {(time.perf_counter() - t0) / 60:.0f} min",
+        (f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average (1 min) "
+         f"before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time {(time.perf_counter() - t0) / 60:.0f} min"),
         f"- command: `{command}`",
-        "- cost is counted in calibration items scored by the search (tokens are not counted yet); the export's "
-        "completion of the front and the baselines are not in it",
+        ("- cost is counted in calibration items scored by the search (tokens are not counted yet); the export's "
+         "completion of the front and the baselines are not in it"),
         "",
         *table(results),
         "",

@@ -42,7 +42,7 @@ from evomerge.scoring.objectives import (
     score_of,
 )
 from evomerge.scoring.partial import combine
-from evomerge.scoring.result import TaskScore
+from evomerge.scoring.result import TaskScore, result_key
 from evomerge.scoring.scorer import count_items
 from evomerge.strategies import (
     Candidate,
@@ -333,8 +333,9 @@ class Search:
         if entry.selection is not None:
             for o in self.cfg.objectives:
                 score = score_of(o, scores, "calibration")
-                if score.key(metric_name(o, score, search=True), o.filter) not in score.per_item:
-                    raise EvomergeError(f"objective {o.task}: its search metric '{metric_name(o, score, search=True)}' is "
+                metric = metric_name(o, score, search=True)
+                if result_key(metric, o.filter or score.filter) not in score.per_item:
+                    raise EvomergeError(f"objective {o.task}: its search metric '{metric}' is "
                                         "not a mean over items, which scoring.fidelity racing needs (acc, exact_match, "
                                         "perplexity, ...); choose another metric or scoring.fidelity: full")
         return nonfinite(self.cfg.objectives, scores)
