@@ -40,7 +40,9 @@ def cost_run(strategy: str, seed: int, fidelity: str, args: argparse.Namespace, 
     from evomerge.run.log import RunLog
     from evomerge.run.racing import items_scored
 
-    settings = [f"scoring.fidelity={fidelity}", f"scoring.chunk_items={args.chunk_items}", f"scoring.racing_z={args.z}"]
+    settings = [f"scoring.fidelity={fidelity}"]  # a full run's config leaves the racing knobs alone: reused across them
+    if fidelity == "racing":
+        settings += [f"scoring.chunk_items={args.chunk_items}", f"scoring.racing_z={args.z}"]
     folder = work / fidelity
     result = one_run(strategy, "acc", seed, args.config, args.zoo, settings, [args.evals], str(folder))
     counted = items_scored(RunLog.open(folder / f"{strategy}-acc-s{seed}").candidates()[:args.evals])
