@@ -147,3 +147,19 @@ def test_task_arithmetic_with_lambda_or_with_weights_is_the_same_merge(tiny_conf
     ties = replace(fixed, default=GroupSpec("ties", {"weight": (0.7, 0.7), "density": (0.5, 0.5)}, {"lam": 1.0}))
     assert not ties.same_merge(replace(ties, default=GroupSpec("ties", {"weight": (1.0, 1.0), "density": (0.5, 0.5)},
                                                               {"lam": 0.7})))  # TIES divides by the weights' sum
+
+
+def test_status_counts_items_scored_against_full_scoring() -> None:
+    from evomerge.config.search import ScoringConfig
+    from evomerge.run.racing import scoring_summary
+    from evomerge.run.records import CandidateRecord
+    from evomerge.scoring.result import TaskScore
+
+    def record(index: int, n: int, items: int | None, cached_from: int | None = None) -> CandidateRecord:
+        score = TaskScore("t", "acc", "none", {"acc": True}, {"acc,none": 0.5}, {"acc,none": (0.5,) * n})
+        return CandidateRecord(index, f"k{index}", (0.5,), (), "x", 1, {"t": score}, None, (0.5,), cached_from=cached_from,
+                               chunks=None if items is None else 1, items=items)
+
+    records = [record(0, 100, None), record(1, 25, 25), record(2, 50, 50), record(3, 25, 25, cached_from=1)]
+    line = scoring_summary(ScoringConfig(fidelity="racing", chunk_items=25), records)
+    assert line == "racing (chunks of 25 items, z 1.5): 175 of 300 calibration items scored (42% saved)"
