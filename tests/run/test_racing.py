@@ -163,3 +163,11 @@ def test_status_counts_items_scored_against_full_scoring() -> None:
     records = [record(0, 100, None), record(1, 25, 25), record(2, 50, 50), record(3, 25, 25, cached_from=1)]
     line = scoring_summary(ScoringConfig(fidelity="racing", chunk_items=25), records)
     assert line == "racing (chunks of 25 items, z 1.5): 175 of 300 calibration items scored (42% saved)"
+
+
+def test_racing_knobs_are_checked_where_the_config_is_read(tmp_path: Path, scored_family, search_config) -> None:
+    from evomerge.errors import EvomergeError
+
+    for bad, field in (({"fidelity": "cheap"}, "fidelity"), ({"chunk_items": 1}, "chunk_items"), ({"racing_z": 0}, "racing_z")):
+        with pytest.raises(EvomergeError, match=field):
+            load_config(search_config(tmp_path / field, scored_family, scoring=bad))
