@@ -106,7 +106,7 @@ class ScoringConfig:
     # strategy's generation is scored in chunks of common items, and a candidate stops once it is confidently
     # above or below the generation's selection cut (paired differences, ``racing_z`` standard errors)
     fidelity: Literal["full", "racing"] = "full"
-    chunk_items: int = field(default=64, metadata={"ge": 2})  # racing: items of the largest task per chunk
+    chunk_items: int = field(default=64, metadata={"ge": 2})  # racing: items per chunk, all tasks together
     racing_z: float = field(default=1.5, metadata={"gt": 0})  # racing: confidence of a stop, in standard errors
 
     def check(self) -> tuple[str, str] | None:

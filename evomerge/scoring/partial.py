@@ -37,8 +37,8 @@ def item_order(n: int, seed: int, task: int) -> tuple[int, ...]:
 
 
 def n_chunks(sizes: Sequence[int], chunk_items: int) -> int:
-    """Chunks per candidate: the largest task is cut into pieces of at most ``chunk_items`` items."""
-    return max(1, max(math.ceil(n / chunk_items) for n in sizes))
+    """Chunks per candidate: about ``chunk_items`` items of all tasks together in each."""
+    return max(1, math.ceil(sum(sizes) / chunk_items))
 
 
 def chunk_bounds(n: int, chunks: int) -> tuple[int, ...]:
