@@ -98,9 +98,6 @@ class Chunks:
         """Items of all tasks in the first ``k`` chunks."""
         return sum(b[k] for b in self.bounds.values())
 
-    def total(self) -> int:
-        return self.n_items(self.count)
-
     def slice(self, scores: Scores, k: int) -> dict[str, TaskScore] | None:
         """Chunk ``k``'s scores out of a logged candidate's scores (chunks concatenated in order); None where
         the log holds no values for it (the chunk failed before scoring)."""

@@ -53,7 +53,7 @@ def test_failed_members_rank_below_and_no_cut_means_no_stops() -> None:
 
 def test_chunks_slice_a_logged_candidate_back_into_its_chunks() -> None:
     chunks = Chunks.plan({"a": 12, "b": 5}, chunk_items=6, seed=0)
-    assert chunks.count == 3 and chunks.total() == 17
+    assert chunks.count == 3 and chunks.n_items(3) == 17
     assert sorted(p for k in range(3) for p in chunks.items(k)["a"]) == list(range(12))
     assert [len(chunks.items(k).get("b", ())) for k in range(3)] == [2, 2, 1]
 
