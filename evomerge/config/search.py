@@ -111,6 +111,12 @@ class ScoringConfig:
     system_instruction: str | None = None
     # optimize on lm-eval's own tasks of well-known benchmarks (their test sets); refused by default (run.preflight)
     allow_benchmark_tasks: bool = False
+    # full: every candidate on every calibration item. racing (docs/SCORING.md, "Cheap fitness"): a ranking
+    # strategy's generation is scored in chunks of common items, and a candidate stops once it is confidently
+    # above or below the generation's selection cut (paired differences, ``racing_z`` standard errors)
+    fidelity: Literal["full", "racing"] = "full"
+    chunk_items: int = field(default=64, metadata={"ge": 2})  # racing: items per chunk, all tasks together
+    racing_z: float = field(default=1.5, metadata={"gt": 0})  # racing: confidence of a stop, in standard errors
 
     def check(self) -> tuple[str, str] | None:
         if self.fewshot_as_multiturn and not self.apply_chat_template:

@@ -11,6 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
+from typing import Mapping
 
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
 from evomerge.recipes.recipe import Recipe
@@ -21,6 +22,7 @@ class Job:
     index: int  # position in ask order (or a negative id for baselines / finalists)
     recipe: Recipe
     split: str = "calibration"
+    items: Mapping[str, tuple[int, ...]] | None = None  # a chunk: task -> document positions; None: every item
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,12 @@ class LocalExecutor(Executor):
         self.queue.append(job)
 
     def next_result(self) -> JobResult:
-        job = self.queue.popleft()
+        """Runs a queued job, first one of the recipe the worker holds (no merge), else the oldest."""
+        job = next((j for j in self.queue if j.recipe == self.worker.merged), self.queue[0])
+        self.queue.remove(job)
         t0 = time.perf_counter()
         try:
-            outcome = self.worker.evaluate(job.recipe, job.split)
+            outcome = self.worker.evaluate(job.recipe, job.split, job.items)
         finally:
             self.busy += time.perf_counter() - t0
         return JobResult(job, outcome)

@@ -50,6 +50,7 @@ from evomerge.env import offline_env
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Executor, Job, JobResult
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
+from evomerge.recipes.recipe import Recipe
 from evomerge.sources.folder import weight_bytes
 from evomerge.sources.pool import SharedSources, check_compatible, share
 
@@ -148,6 +149,7 @@ class RayExecutor(Executor):
         self._shared: SharedSources | None = None
         self._closed = False
         self._queue: deque[tuple[Job, int]] = deque()  # (job, attempts so far)
+        self._held: dict[int, Recipe] = {}  # slot -> the recipe its actor was last handed
         self._running: dict[Any, tuple[int, Job, int]] = {}  # object ref -> (slot, job, attempt)
         self._idle: deque[int] = deque()
         self._done: deque[JobResult] = deque()
@@ -354,10 +356,15 @@ class RayExecutor(Executor):
     # --- scheduling ---------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Free actors take queued jobs: one of the recipe an actor last merged first (a raced candidate's next
+        chunk, no merge), else the oldest. Only speed depends on it: a worker merges whatever it is handed."""
         while self._idle and self._queue:
             slot = self._idle.popleft()
-            job, attempt = self._queue.popleft()
-            ref = self._actors[slot].evaluate.remote(job.recipe, job.split)
+            pick = next((i for i, (job, _) in enumerate(self._queue) if job.recipe == self._held.get(slot)), 0)
+            job, attempt = self._queue[pick]
+            del self._queue[pick]
+            self._held[slot] = job.recipe
+            ref = self._actors[slot].evaluate.remote(job.recipe, job.split, job.items)
             self._running[ref] = (slot, job, attempt)
 
     def _harvest(self, timeout: float | None) -> None:

@@ -14,7 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -101,6 +101,7 @@ class Worker:
         # fast_merge False runs the eager operators only.
         self.fast = FastMerger(self.pool, policy=spec.merge_policy, device=spec.device) if spec.fast_merge else None
         self._scorers: dict[str, Scorer] = {}
+        self.merged: Recipe | None = None  # the recipe the live model holds (a candidate's next chunk reuses it)
         self.scorer("calibration")  # build requests now, not on the first candidate
 
     @staticmethod
@@ -122,7 +123,14 @@ class Worker:
         return self._scorers[split]
 
     def materialize(self, recipe: Recipe) -> None:
-        """Write the merged model into the resident parameters; refuse non-finite weights."""
+        """Write the merged model into the resident parameters, unless they hold it already; refuse non-finite weights."""
+        if recipe == self.merged:
+            return
+        self.merged = None  # half-written until the merge succeeds
+        self._merge(recipe)
+        self.merged = recipe
+
+    def _merge(self, recipe: Recipe) -> None:
         plan = MergePlan.build(recipe, self.pool)
         if self.fast is not None:  # fused path for the methods it covers, the eager operator for the rest
             bad = self.fast.materialize(plan, self.params)
@@ -136,13 +144,15 @@ class Worker:
                 if name in self.params:
                     self.params[name].copy_(tensor)
 
-    def evaluate(self, recipe: Recipe, split: str = "calibration") -> Outcome:
+    def evaluate(self, recipe: Recipe, split: str = "calibration",
+                 items: Mapping[str, Sequence[int]] | None = None) -> Outcome:
+        """Scores of ``recipe`` on ``split``: every item, or only ``items`` (task -> document positions: a chunk)."""
         t0 = time.perf_counter()
         try:
             self.materialize(recipe)
             t1 = time.perf_counter()
             with torch.no_grad():
-                scores = self.scorer(split).score()
+                scores = self.scorer(split).score(items)
             t2 = time.perf_counter()
         except Exception as e:  # the candidate is broken, not the worker: log it and keep serving
             return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name)

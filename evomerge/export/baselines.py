@@ -4,7 +4,8 @@ The families are ``evomerge.recipes.fixed``'s: the base, each source alone, the 
 arithmetic, TIES and DARE-TIES over their grids. Each member is an ordinary Recipe over the run's
 base and sources, evaluated by the run's own worker on the same tasks as the candidates, and cached
 in the run log as a ``BaselineRecord`` — a later export or report reuses the record whose name, split
-and recipe all match, and never scores it again. A grid family's members are scored on calibration;
+and recipe all match, and never scores it again. A member the search started from (a seed point that
+merges exactly as the member does) takes that candidate's calibration scores from the log instead. A grid family's members are scored on calibration;
 the one with the best mean normalized calibration score (ties: the first) is scored on held-out and
 shown in tables — chosen without looking at held-out data.
 
@@ -21,10 +22,11 @@ from typing import Callable, Sequence
 from evomerge.config.search import SearchConfig
 from evomerge.execution.worker import Outcome
 from evomerge.export.scores import Normalizer
+from evomerge.genome.space import GenomeSpace
 from evomerge.recipes import GroupSpec, Recipe, recipe_data
 from evomerge.recipes.fixed import GRID_FAMILIES, FixedRecipe, fixed_recipes
 from evomerge.run.log import RunLog
-from evomerge.run.records import BaselineRecord
+from evomerge.run.records import BaselineRecord, CandidateRecord
 from evomerge.scoring.objectives import raw_values
 
 Evaluate = Callable[[Recipe, str, str], Outcome]  # (recipe, split, what) -> outcome
@@ -66,16 +68,29 @@ def recipe_of(cfg: SearchConfig, fixed: FixedRecipe) -> Recipe:
 
 
 def cached_or_scored(run: RunLog, fixed: FixedRecipe, split: str, evaluate: Evaluate) -> BaselineRecord:
-    """The log's record of this baseline on this split, or a fresh evaluation appended to the log."""
+    """The log's record of this baseline on this split, the search's own scores where it started from this
+    recipe (on calibration), or a fresh evaluation appended to the log."""
     recipe = recipe_of(run.config(), fixed)
     want = recipe_data(recipe)
     for r in run.baselines():
         if r.name == fixed.name and r.split == split and r.recipe == want:
             return r
+    start = scored_start(run, recipe) if split == "calibration" else None
+    if start is not None:
+        return BaselineRecord(fixed.name, split, want, start.scores, start.error)  # type: ignore[arg-type]
     outcome = evaluate(recipe, split, f"baseline {fixed.label}")
     record = run.append(BaselineRecord(fixed.name, split, want, outcome.scores, outcome.error))  # type: ignore[arg-type]
     assert isinstance(record, BaselineRecord)
     return record
+
+
+def scored_start(run: RunLog, recipe: Recipe) -> CandidateRecord | None:
+    """The search's start point (scored on every calibration item) that merges exactly as ``recipe``, if any."""
+    space = GenomeSpace.for_config(run.config())
+    for r in run.candidates():
+        if r.operator == "init" and r.cached_from is None and r.items is None and space.to_recipe(r.x).same_merge(recipe):
+            return r
+    return None
 
 
 def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool]) -> Baselines:

@@ -9,8 +9,9 @@ so nothing scored on changed models ever enters the log.
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
+
+from tqdm import tqdm
 
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Executor, Job, LocalExecutor
@@ -28,18 +29,25 @@ class Evaluator:
         self.factory: ExecutorFactory = executor_factory or LocalExecutor
         self.executor: Executor | None = None
         self.evaluated = 0  # evaluations run by this evaluator (0 when everything came from the log)
+        self.bar: tqdm | None = None  # one progress bar for every model scored, not a line each
 
     def __call__(self, recipe: Recipe, split: str, what: str) -> Outcome:
         if self.executor is None:
             check_sources(self.run)
             self.executor = self.factory(WorkerSpec.from_config(self.cfg))
-        if not self.quiet:
-            print(f"evomerge: scoring {what} on the {split} tasks", file=sys.stderr)
+        if self.bar is None:
+            self.bar = tqdm(desc="evomerge: scoring", unit="model", disable=self.quiet, dynamic_ncols=True)
+        self.bar.set_postfix_str(f"{what} ({split})", refresh=True)
         self.evaluated += 1
         self.executor.submit(Job(-self.evaluated, recipe, split))  # negative ids: not search candidates
-        return self.executor.next_result().outcome
+        outcome = self.executor.next_result().outcome
+        self.bar.update(1)
+        return outcome
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if self.executor is not None:
             self.executor.close()
             self.executor = None

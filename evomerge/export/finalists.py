@@ -1,5 +1,9 @@
 """Finalists: the front's best members re-scored on held-out data, the baselines beside them, and the pick.
 
+Raced candidates (``scoring.fidelity: racing``) carry estimates from a prefix of the calibration items: the
+front's raced members are first scored on every calibration item (a ``CompletedRecord``, reused later),
+until the front, the finalists and the pick rest on full calibration scores only.
+
 The search only ever sees calibration scores, so the front is optimistic: its members were chosen
 on the very items they are scored on. The finalists — the K front members with the best mean
 normalized calibration score — are scored once more on the held-out tasks, by the run's worker,
@@ -19,7 +23,7 @@ The picked candidate is scored on held-out too when it is not a finalist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Sequence
 
@@ -30,8 +34,8 @@ from evomerge.export.baselines import Baselines, Evaluate, evaluate_baselines
 from evomerge.export.scores import Normalizer
 from evomerge.genome.space import GenomeSpace
 from evomerge.run.log import RunLog
-from evomerge.run.records import CandidateRecord, HeldoutRecord
-from evomerge.scoring.objectives import directions, raw_values
+from evomerge.run.records import CandidateRecord, CompletedRecord, HeldoutRecord
+from evomerge.scoring.objectives import WORST, directions, nonfinite, oriented, raw_values
 
 DEFAULT_FINALISTS = 5
 PICK_RULES = ("calibration", "heldout", "knee")
@@ -86,7 +90,8 @@ class Analysis:
         return held
 
     def candidate(self, index: int) -> CandidateRecord:
-        return find_candidate(self.run, index)
+        """That candidate, with its full calibration scores (a raced one alone is its own front)."""
+        return complete_front(self.run, [find_candidate(self.run, index)], self.evaluate)[0]
 
     def pick(self, rule: str | int) -> CandidateRecord:
         rule = parse_pick(rule)
@@ -134,7 +139,7 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
         raise EvomergeError(f"--rescore-heldout must be >= 0, got {finalists}")
     cfg = run.config()
     run.space()  # every logged genome fits the run's genome space, checked before anything is scored
-    candidates = run.candidates()[:upto]
+    candidates = complete_front(run, run.candidates()[:upto], evaluate)
     ok = successful(candidates)
     if not ok:
         raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue it with 'evomerge resume {run.root}'")
@@ -148,6 +153,34 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
     for r in analysis.finalists:
         analysis.rescore(r)
     return analysis
+
+
+def complete_front(run: RunLog, candidates: list[CandidateRecord], evaluate: Evaluate) -> list[CandidateRecord]:
+    """The candidates with full calibration scores wherever the front needs them: raced members of the front
+    (scored on a prefix of items) are scored on every item (read back from the log, or scored now and
+    logged) until the front holds full scores only; candidates off the front keep their estimates."""
+    cfg, space = run.config(), GenomeSpace.for_config(run.config())
+    done = {r.key: r for r in run.of_type(CompletedRecord)}
+    while True:
+        candidates = [completed(cfg, r, done.get(r.key)) for r in candidates]
+        front = pareto.front([r for r in successful(candidates) if r.cached_from is None], lambda r: r.objectives)
+        partial = [r for r in front if r.items is not None and r.key not in done]
+        if not partial:
+            return candidates
+        for r in partial:
+            outcome = evaluate(space.to_recipe(r.x), "calibration", f"candidate {r.index} on every calibration item")
+            record = run.append(CompletedRecord(r.key, r.index, outcome.scores, outcome.error))
+            assert isinstance(record, CompletedRecord)
+            done[r.key] = record
+
+
+def completed(cfg: SearchConfig, record: CandidateRecord, full: CompletedRecord | None) -> CandidateRecord:
+    """A raced candidate's record with its scores on every calibration item, when it has them."""
+    if full is None or record.items is None:
+        return record
+    error = full.error if full.scores is None else nonfinite(cfg.objectives, full.scores)
+    objectives = tuple(WORST for _ in cfg.objectives) if error else oriented(cfg.objectives, full.scores)
+    return replace(record, scores=full.scores, error=error, objectives=objectives)
 
 
 def rank_on_calibration(front: Sequence[CandidateRecord], norm: Normalizer, cfg: SearchConfig) -> list[CandidateRecord]:

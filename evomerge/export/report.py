@@ -26,6 +26,7 @@ from evomerge.export.card import code, comparison_table, fmt, gain_line, md, ref
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
 from evomerge.run.log import RunLog
+from evomerge.run.racing import scoring_summary
 from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.run.trackers import Trackers
 from evomerge.sources.writer import check_outside
@@ -153,6 +154,7 @@ def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]
         f"| generations | {len({r.generation for r in cands})} |",
         f"| wall time | {elapsed} |",
         f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
+        f"| scoring | {scoring_summary(cfg.scoring, cands) or '–'} |",
         f"| utilization | {util} |",
         f"| Pareto front | {len(analysis.front)} candidates (calibration objectives) |",
         f"| exports | {_exports(exports)} |",

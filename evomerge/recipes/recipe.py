@@ -60,6 +60,14 @@ class Recipe:
         """The default and every group's spec."""
         return [self.default, *self.groups.values()]
 
+    def same_merge(self, other: "Recipe", tol: float = 1e-9) -> bool:
+        """Whether both recipes make the same merge in every group (up to float rounding): one method per group,
+        its parameters with defaults filled, per-source values equal within ``tol`` (a unit-box round trip)."""
+        if (self.base, self.sources, self.dtype, self.seed, self.layer_granularity) != (
+                other.base, other.sources, other.dtype, other.seed, other.layer_granularity):
+            return False
+        return all(_same_spec(self.spec_for(g), other.spec_for(g), tol) for g in {*self.groups, *other.groups, ""})
+
     def validate(self) -> None:
         for name, spec in [("recipe", self.default), *self.groups.items()]:
             method = spec.merge_method
@@ -69,3 +77,31 @@ class Recipe:
                 method.validate(len(self.sources), spec.source_params, spec.params)
             except EvomergeError as e:
                 raise EvomergeError(f"{e} (in {name if name == 'recipe' else 'group ' + name})") from None
+
+
+def _same_spec(a: GroupSpec, b: GroupSpec, tol: float) -> bool:
+    if a.method != b.method:
+        return False
+    (ga, pa), (gb, pb) = _canonical(a), _canonical(b)
+    return ga == gb and set(pa) == set(pb) and all(_close(pa[k], pb[k], tol) for k in pa)
+
+
+def _canonical(spec: GroupSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Global and per-source parameters with defaults filled; for a task-vector method that does not normalize,
+    θ0 + λ Σ w_k m_k τ_k depends on λ·w only (masks and elected signs do not change when every w_k scales)."""
+    method = spec.merge_method
+    params = {**method.globals, **spec.params}
+    per_source = {**method.per_source, **spec.source_params}
+    weight = per_source.get("weight")
+    if method.family is not None and not params.get("normalize") and "lam" in params and isinstance(weight, tuple):
+        per_source["weight"] = tuple(params["lam"] * w for w in weight)
+        params["lam"] = 1.0
+    return params, per_source
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol
+    return bool(a == b)

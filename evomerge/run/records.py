@@ -15,6 +15,7 @@ field). ``time`` is stamped by ``RunLog.append``.
 | change      | ``evomerge resume --force``   | accepted changes of config or sources                     |
 | plan        | the driver, at session start  | the memory plan its workers follow (bytes, what is cached)|
 | tracker     | ``run.trackers``, at its start | an experiment tracker's run id, so later sessions continue it |
+| completed   | finalists                     | a raced candidate's scores on every calibration item      |
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class CandidateRecord:
     merge_s: float = 0.0
     score_s: float = 0.0
     worker: str = field(default="", metadata={"empty": True})
+    # scoring.fidelity racing: the chunks of items scored (scores then hold only those items, in chunk order)
+    # and the calibration items they hold, all tasks; None: scored on every item in one job
+    chunks: int | None = None
+    items: int | None = None
     time: float | None = None
 
     @property
@@ -58,6 +63,15 @@ class HeldoutRecord:
     key: str
     index: int
     scores: Scores | None
+    error: str | None
+    time: float | None = None
+
+
+@dataclass(frozen=True)
+class CompletedRecord:
+    key: str
+    index: int
+    scores: Scores | None  # calibration tasks, every item
     error: str | None
     time: float | None = None
 
@@ -119,11 +133,11 @@ class TrackerRecord:
 
 
 Record = Union[CandidateRecord, HeldoutRecord, BaselineRecord, ExportRecord, SessionRecord, BudgetRecord, ChangeRecord,
-               PlanRecord, TrackerRecord]
+               PlanRecord, TrackerRecord, CompletedRecord]
 KINDS: dict[str, type] = {
     "candidate": CandidateRecord, "heldout": HeldoutRecord, "baseline": BaselineRecord, "export": ExportRecord,
     "session": SessionRecord, "budget": BudgetRecord, "change": ChangeRecord, "plan": PlanRecord,
-    "tracker": TrackerRecord,
+    "tracker": TrackerRecord, "completed": CompletedRecord,
 }
 _KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 

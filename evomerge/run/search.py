@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 
 from tqdm import tqdm
 
@@ -34,13 +34,31 @@ from evomerge.genome.space import GenomeSpace
 from evomerge.genome.starts import seed_points
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.run.log import RunLog
+from evomerge.run.racing import Chunks, Verdict, race_items, verdicts
 from evomerge.run.records import CandidateRecord, PlanRecord, SessionRecord
 from evomerge.run.status import generation_stats
 from evomerge.run.trackers import Trackers
-from evomerge.scoring.objectives import WORST, nonfinite, oriented, per_item
-from evomerge.strategies import Candidate, Evaluation, Strategy, make_strategy
+from evomerge.scoring.objectives import (
+    WORST,
+    metric_name,
+    nonfinite,
+    oriented,
+    per_item,
+    score_of,
+)
+from evomerge.scoring.partial import combine
+from evomerge.scoring.result import TaskScore, result_key
+from evomerge.scoring.scorer import count_items
+from evomerge.strategies import (
+    Candidate,
+    Evaluation,
+    Selection,
+    Strategy,
+    make_strategy,
+)
 
 ExecutorFactory = Callable[[WorkerSpec], Executor]
+Scores = Mapping[str, TaskScore]
 
 
 def make_run_strategy(cfg: SearchConfig, space: GenomeSpace, run: RunLog) -> Strategy:
@@ -57,6 +75,30 @@ class _Slot:
     index: int
     candidate: Candidate
     key: str
+
+
+@dataclass
+class _Entry:
+    """A candidate being scored: in one job on every item, or (raced) in chunks; its results so far."""
+
+    slot: _Slot
+    selection: Selection | None  # the generation it is raced in; None: one job on every item
+    dups: list[_Slot] = field(default_factory=list)  # the same genome asked meanwhile: they get its record
+    issued: int = 0  # jobs handed out
+    parts: list[Scores] = field(default_factory=list)  # results of the jobs processed so far, in order
+    processed: int = 0
+    error: str | None = None
+    verdict: Verdict | None = None
+    merge_s: float = 0.0
+    score_s: float = 0.0
+    worker: str = ""
+
+    def wants(self, chunks: int) -> bool:
+        """Whether it needs another job: not failed, not resolved, items left."""
+        return self.error is None and self.verdict is None and self.issued < (chunks if self.selection else 1)
+
+    def finished(self, chunks: int) -> bool:
+        return not self.wants(chunks) and self.processed == self.issued
 
 
 class FailureWatch:
@@ -119,7 +161,16 @@ class Progress:
 
 
 class Search:
-    """One session of a run: replay the log, then evaluate until the budget is spent."""
+    """One session of a run: replay the log, then evaluate until the budget is spent.
+
+    The unit of work is a job: a candidate on every item, or (``scoring.fidelity: racing``) one chunk of a
+    raced candidate's items. Jobs are numbered as the driver hands them out and their results are processed
+    in that order (early finishers wait in a buffer), at most L = ``execution.in_flight`` jobs ahead; what
+    is handed out next depends only on processed results, so the jobs, the racing decisions and the log are
+    the same on any backend and worker count. On resume the logged candidates' jobs are answered from the
+    log (a raced candidate's chunks are slices of its logged scores), so the resumed run makes the same
+    decisions as the uninterrupted one.
+    """
 
     def __init__(self, run: RunLog, executor_factory: ExecutorFactory, *, quiet: bool = False):
         self.run, self.cfg = run, run.config()
@@ -131,10 +182,15 @@ class Search:
         self.sizes: list[int] | None = None  # per objective, its number of calibration items
         self.watch = FailureWatch(self.cfg.budget.stop_after_failures)
         self.executor: Executor | None = None
-        self.pending: deque[_Slot] = deque()
+        self.pending: deque[_Slot] = deque()  # asked, not yet told, in ask order
         self.ready: dict[int, CandidateRecord] = {}
-        self.waiting: dict[str, list[_Slot]] = {}  # key of an in-flight job -> duplicates asked meanwhile
-        self.next_index = self.told_now = 0
+        self.entries: dict[str, _Entry] = {}  # genome key -> the candidate being scored
+        self.groups: dict[int, list[_Entry]] = {}  # generation -> its raced members
+        self.asked_in: dict[int, int] = {}  # generation -> members asked (raced, duplicates and cached)
+        self.jobs: deque[tuple[int, _Entry]] = deque()  # handed out, not processed: (job number, entry)
+        self.results: dict[int, Outcome] = {}  # finished early, waiting for their turn
+        self.next_index = self.next_job = self.told_now = 0
+        self.chunks: Chunks | None = None  # racing: the items of each chunk
         self.trackers: Trackers | None = None  # started by run_to_budget
 
     def run_to_budget(self) -> int:
@@ -147,8 +203,12 @@ class Search:
         try:
             while True:
                 self._ask_while_room(budget, deadline)
+                self._hand_out()
                 if not self.pending:
                     break
+                if self.pending[0].index not in self.ready:
+                    self._process_next()
+                    continue
                 record = self._tell_next(progress)
                 stopped = self.watch.see(record)
                 if stopped is not None:
@@ -166,29 +226,82 @@ class Search:
     # --- the loop -----------------------------------------------------------------------------
 
     def _ask_while_room(self, budget: int, deadline: float) -> None:
-        """Ask until L candidates are pending, the budget is reached, or the strategy waits for tells."""
-        while len(self.pending) < self.cfg.execution.in_flight and self.next_index < budget and (
-                self.next_index < len(self.logged) or time.time() < deadline):
+        """Ask until L candidates are pending (and a raced generation is asked whole), the budget is reached,
+        or the strategy waits for tells."""
+        while (len(self.pending) < self.cfg.execution.in_flight or self._generation_open()) and (
+                self.next_index < budget and (self.next_index < len(self.logged) or time.time() < deadline)):
             candidate = self.strategy.ask()
             if candidate is None:
                 return
             slot = _Slot(self.next_index, candidate, self.space.key(candidate.x))
+            if slot.index < len(self.logged) and self.logged[slot.index].key != slot.key:
+                raise EvomergeError(
+                    f"replaying {self.run.root}: candidate {slot.index} differs from the log (strategy or config changed "
+                    "since the run was started); it cannot be resumed exactly"
+                )
             self.next_index += 1
             self.pending.append(slot)
-            if slot.index < len(self.logged):
-                self.ready[slot.index] = self._replayed(slot)
-            elif slot.key in self.first:
-                self.ready[slot.index] = self._cached(slot, self.first[slot.key])
-            elif slot.key in self.waiting:
-                self.waiting[slot.key].append(slot)
+            selection = self.strategy.selection(candidate) if self.cfg.scoring.fidelity == "racing" else None
+            if selection is not None:
+                self.asked_in[selection.generation] = self.asked_in.get(selection.generation, 0) + 1
+            if slot.key in self.first:
+                self.ready[slot.index] = self._copy(slot, self.first[slot.key])
+            elif slot.key in self.entries:
+                self.entries[slot.key].dups.append(slot)
             else:
-                self._submit(slot)
+                entry = _Entry(slot, selection)
+                self.entries[slot.key] = entry
+                if selection is not None:
+                    self.groups.setdefault(selection.generation, []).append(entry)
 
-    def _submit(self, slot: _Slot) -> None:
+    def _generation_open(self) -> bool:
+        """Whether the newest candidate is raced in a generation not yet asked whole (its cut needs them all)."""
+        if not self.pending or self.cfg.scoring.fidelity != "racing":
+            return False
+        selection = self.strategy.selection(self.pending[-1].candidate)
+        return selection is not None and self.asked_in.get(selection.generation, 0) < selection.size
+
+    def _hand_out(self) -> None:
+        """Hand out jobs up to L ahead: the entry with the fewest jobs, the oldest first (chunks of a
+        generation's members interleave; a worker never waits for one candidate's items)."""
+        while len(self.jobs) < self.cfg.execution.in_flight:
+            wanting = [e for e in self.entries.values() if e.wants(self._jobs_of(e))]
+            if not wanting:
+                return
+            entry = min(wanting, key=lambda e: (e.issued, e.slot.index))
+            number, k = self.next_job, entry.issued
+            self.next_job += 1
+            entry.issued += 1
+            self.jobs.append((number, entry))
+            if entry.slot.index < len(self.logged):
+                self.results[number] = self._from_log(entry, k)
+            else:
+                self._submit(number, entry, k)
+
+    def _jobs_of(self, entry: _Entry) -> int:
+        """How many jobs score every item of this entry: its chunks when raced, else one."""
+        return self._chunks().count if entry.selection is not None else 1
+
+    def _submit(self, number: int, entry: _Entry, k: int) -> None:
         if self.executor is None:
             self.executor = self.executor_factory(WorkerSpec.from_config(self.cfg, self._plan()))
-        self.executor.submit(Job(slot.index, self.space.to_recipe(slot.candidate.x)))
-        self.waiting[slot.key] = [slot]
+        items = self._chunks().items(k) if entry.selection is not None else None
+        self.executor.submit(Job(number, self.space.to_recipe(entry.slot.candidate.x), items=items))
+
+    def _from_log(self, entry: _Entry, k: int) -> Outcome:
+        """A logged candidate's job result, read back from its record (a chunk: the slice of its scores)."""
+        record = self.logged[entry.slot.index]
+        if entry.selection is None:
+            return Outcome(record.scores, error=record.error)
+        part = None if record.scores is None else self._chunks().slice(record.scores, k)
+        return Outcome(part, error=None if part is not None else record.error or "chunk missing from the log")
+
+    def _chunks(self) -> Chunks:
+        if self.chunks is None:
+            tasks = list(dict.fromkeys(o.task_for("calibration") for o in self.cfg.objectives))
+            self.chunks = Chunks.plan(count_items(tasks, self.cfg.scoring.task_path), self.cfg.scoring.chunk_items,
+                                      self.cfg.seed)
+        return self.chunks
 
     def _plan(self) -> MemoryPlan:
         """This session's memory plan: printed (unless quiet) and logged before the workers start."""
@@ -198,18 +311,80 @@ class Search:
             tqdm.write("\n".join(plan.lines()))
         return plan
 
-    def _tell_next(self, progress: Progress) -> CandidateRecord:
-        """Wait for the oldest pending candidate's result, log it (if new) and tell it."""
-        head = self.pending[0]
-        while head.index not in self.ready:
+    def _process_next(self) -> None:
+        """Process the oldest handed-out job's result (waiting for it if need be): its candidate's scores
+        grow, its generation's racing decisions are made, a finished candidate gets its record."""
+        number, entry = self.jobs.popleft()
+        while number not in self.results:
             assert self.executor is not None
             result = self.executor.next_result()
-            slots = self.waiting.pop(next(s.key for s in self.pending if s.index == result.job.index))
-            record = self._evaluated(slots[0], result.outcome)
-            self.ready[slots[0].index] = record
-            for dup in slots[1:]:
-                self.ready[dup.index] = self._cached(dup, record)
-        self.pending.popleft()
+            self.results[result.job.index] = result.outcome
+        outcome = self.results.pop(number)
+        entry.processed += 1
+        entry.merge_s += outcome.merge_s
+        entry.score_s += outcome.score_s
+        entry.worker = entry.worker or outcome.worker
+        if entry.error is None:
+            error = outcome.error if outcome.scores is None else self._nonfinite(entry, outcome.scores)
+            if outcome.scores is not None:
+                entry.parts.append(outcome.scores)
+            entry.error = error
+        members = [entry]
+        if entry.selection is not None:
+            self._decide(entry.selection)
+            members = list(self.groups[entry.selection.generation])  # a decision may finish any of them
+        for member in members:
+            if self.entries.get(member.slot.key) is member and member.finished(self._jobs_of(member)):
+                self._finish(member)
+
+    def _nonfinite(self, entry: _Entry, scores: Scores) -> str | None:
+        if entry.selection is not None:
+            for o in self.cfg.objectives:
+                score = score_of(o, scores, "calibration")
+                metric = metric_name(o, score, search=True)
+                if result_key(metric, o.filter or score.filter) not in score.per_item:
+                    raise EvomergeError(f"objective {o.task}: its search metric '{metric}' is "
+                                        "not a mean over items, which scoring.fidelity racing needs (acc, exact_match, "
+                                        "perplexity, ...); choose another metric or scoring.fidelity: full")
+        return nonfinite(self.cfg.objectives, scores)
+
+    def _decide(self, selection: Selection) -> None:
+        """Racing: once the generation is asked whole and each member has a result, resolve the members
+        confidently above or below its cut."""
+        members = self.groups[selection.generation]
+        if self.asked_in[selection.generation] < selection.size or any(m.processed == 0 for m in members):
+            return
+        items = [None if m.error is not None else race_items(self.cfg.objectives, combine(m.parts))[1] for m in members]
+        ok = next((m for m in members if m.error is None), None)
+        if ok is None:
+            return
+        specs = race_items(self.cfg.objectives, combine(ok.parts))[0]
+        keep = min(selection.keep, len(members))
+        for member, verdict in zip(members, verdicts(items, keep, specs, self.cfg.scoring.racing_z), strict=True):
+            if member.verdict is None and member.error is None:
+                member.verdict = verdict
+
+    def _finish(self, entry: _Entry) -> None:
+        """A candidate with every job processed: its record (the logged one when replaying), for it and its duplicates."""
+        slot = entry.slot
+        del self.entries[slot.key]
+        record = self.logged[slot.index] if slot.index < len(self.logged) else self._evaluated(entry)
+        if record.cached_from is None:
+            self.first[slot.key] = record
+        self.ready[slot.index] = record
+        for dup in entry.dups:
+            self.ready[dup.index] = self._copy(dup, record)
+        generation = entry.selection.generation if entry.selection is not None else None
+        if generation is not None and all(self.entries.get(m.slot.key) is not m for m in self.groups[generation]):
+            del self.groups[generation]  # every member finished: no decision left to make
+
+    def _copy(self, slot: _Slot, first: CandidateRecord) -> CandidateRecord:
+        """A repeated genome's record: the logged one when replaying, else a copy of its first evaluation."""
+        return self.logged[slot.index] if slot.index < len(self.logged) else self._cached(slot, first)
+
+    def _tell_next(self, progress: Progress) -> CandidateRecord:
+        """Log the oldest pending candidate's record (if new) and tell it."""
+        head = self.pending.popleft()
         record = self.ready.pop(head.index)
         new = head.index >= len(self.logged)
         if new:
@@ -231,28 +406,18 @@ class Search:
 
     # --- records ------------------------------------------------------------------------------
 
-    def _replayed(self, slot: _Slot) -> CandidateRecord:
-        record = self.logged[slot.index]
-        if record.key != slot.key:
-            raise EvomergeError(
-                f"replaying {self.run.root}: candidate {slot.index} differs from the log (strategy or config changed "
-                "since the run was started); it cannot be resumed exactly"
-            )
-        if record.cached_from is None:
-            self.first[slot.key] = record
-        return record
-
-    def _evaluated(self, slot: _Slot, outcome: Outcome) -> CandidateRecord:
-        c = slot.candidate
-        error = outcome.error if outcome.scores is None else nonfinite(self.cfg.objectives, outcome.scores)
-        record = CandidateRecord(
-            index=slot.index, key=slot.key, x=c.x, parents=c.parents, operator=c.operator, generation=c.generation,
-            scores=outcome.scores, error=error,
-            objectives=tuple(WORST for _ in self.cfg.objectives) if error else oriented(self.cfg.objectives, outcome.scores),
-            merge_s=round(outcome.merge_s, 6), score_s=round(outcome.score_s, 6), worker=outcome.worker,
+    def _evaluated(self, entry: _Entry) -> CandidateRecord:
+        c, raced = entry.slot.candidate, entry.selection is not None
+        scores = (combine(entry.parts) if raced else entry.parts[0]) if entry.parts else None
+        error = entry.error
+        return CandidateRecord(
+            index=entry.slot.index, key=entry.slot.key, x=c.x, parents=c.parents, operator=c.operator,
+            generation=c.generation, scores=scores, error=error,
+            objectives=tuple(WORST for _ in self.cfg.objectives) if error else oriented(self.cfg.objectives, scores),
+            merge_s=round(entry.merge_s, 6), score_s=round(entry.score_s, 6), worker=entry.worker,
+            chunks=entry.processed if raced else None,
+            items=self._chunks().n_items(len(entry.parts)) if raced else None,
         )
-        self.first[slot.key] = record
-        return record
 
     def _cached(self, slot: _Slot, first: CandidateRecord) -> CandidateRecord:
         c = slot.candidate

@@ -8,6 +8,7 @@ from typing import Sequence
 from evomerge import pareto
 from evomerge.config.search import ObjectiveConfig
 from evomerge.run.log import RunLog
+from evomerge.run.racing import scoring_summary
 from evomerge.run.records import CandidateRecord, TrackerRecord
 
 
@@ -35,6 +36,9 @@ def summarize(run: RunLog) -> list[str]:
             best = max(ok, key=lambda r: r.objectives[j])
             lines.append(f"objective  {o.task}: best {best.objectives[j]:.4f} (candidate {best.index})")
     lines.append(f"front      {len(pareto.front(run.evaluated(), lambda r: r.objectives))} non-dominated candidates")
+    scored = scoring_summary(cfg.scoring, cands)
+    if scored is not None:
+        lines.append(f"scoring    {scored}")
     trackers = {r.library: r.run_id for r in run.of_type(TrackerRecord)}
     if trackers:
         lines.append("trackers   " + ", ".join(f"{library} run {run_id}" for library, run_id in trackers.items()))

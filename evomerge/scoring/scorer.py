@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 from evomerge.config.search import ScoringConfig
 from evomerge.env import set_offline_env
 from evomerge.errors import EvomergeError
+from evomerge.scoring.partial import LOG_LIKELIHOOD_POOL, pool_of
 from evomerge.scoring.result import TaskScore, result_key
 
 set_offline_env()
@@ -43,6 +44,12 @@ def load_tasks(names: Sequence[str], task_path: str | Path | None = None) -> dic
         where = f"in {task_path}" if task_path else "among lm-eval's tasks"
         raise EvomergeError(f"unknown lm-eval task '{missing[0]}' {where}; check --tasks / --task-path")
     return dict(manager.load(list(names))["tasks"])
+
+
+def count_items(names: Sequence[str], task_path: str | Path | None = None) -> dict[str, int]:
+    """Each task's number of documents (the items a Scorer scores), in the order of ``names``."""
+    tasks = load_tasks(names, task_path)
+    return {n: sum(1 for _ in tasks[n].doc_iterator(rank=0, world_size=1)) for n in names}
 
 
 class Scorer:
@@ -78,15 +85,25 @@ class Scorer:
         # Documents never change: list them once instead of re-reading the dataset per candidate.
         self.docs = {name: list(task.doc_iterator(rank=0, world_size=1)) for name, task in self.tasks.items()}
 
-    def score(self) -> dict[str, TaskScore]:
-        for reqtype, instances in self.requests.items():
+    def score(self, items: Mapping[str, Sequence[int]] | None = None) -> dict[str, TaskScore]:
+        """Every task on all its documents; or, with ``items`` (task -> positions in its document list), only
+        those documents, in that order, and only the metrics a subset estimates (``partial.POOLED_AGGREGATIONS``).
+        A subset's requests get their own plan, built on its first call, so a chunk costs its own forwards."""
+        chosen = None if items is None else {(name, self.docs[name][p][0]) for name, ps in items.items() for p in ps}
+        for reqtype, all_instances in self.requests.items():
+            instances = all_instances if chosen is None else [i for i in all_instances if (i.task_name, i.doc_id) in chosen]
             for instance in instances:
                 instance.resps = []
                 instance.filtered_resps = {}
             cloned = [inst for inst in instances for _ in range(inst.repeats)]
+            if not cloned:
+                continue
             for response, inst in zip(getattr(self.lm, reqtype)(cloned, disable_tqdm=True), cloned, strict=True):
                 inst.resps.append(response)
-        return {name: self._collect(name, task, self.docs[name]) for name, task in self.tasks.items()}
+        if items is None:
+            return {name: self._collect(name, task, self.docs[name]) for name, task in self.tasks.items()}
+        return {name: self._collect(name, task, [self.docs[name][p] for p in items[name]], pooled_only=True)
+                for name, task in self.tasks.items() if items.get(name)}
 
     def table(self, scores: Mapping[str, TaskScore]) -> str:
         """lm-eval's results table (markdown): a row per task, filter and metric, with n-shot and direction."""
@@ -100,15 +117,18 @@ class Scorer:
         })
 
     @staticmethod
-    def _collect(name: str, task: Any, docs: list[tuple[int, Any]]) -> TaskScore:
-        """lm-eval's own filters, ``process_results`` and aggregations, under every filter of the task."""
+    def _collect(name: str, task: Any, docs: list[tuple[int, Any]], pooled_only: bool = False) -> TaskScore:
+        """lm-eval's own filters, ``process_results`` and aggregations, under every filter of the task, on ``docs``."""
         from lm_eval.api.metrics import mean
 
-        task.apply_filters()
+        ids = {doc_id for doc_id, _ in docs}
+        instances = [inst for inst in task.instances if inst.doc_id in ids]
+        for ensemble in task._filters:  # Task.apply_filters, on these documents' instances only
+            ensemble.apply(instances)
         by_doc = defaultdict(list)
-        for inst in task.instances:
+        for inst in instances:
             by_doc[inst.doc_id].append(inst)
-        filters = list(task.instances[0].filtered_resps)
+        filters = list(instances[0].filtered_resps)
         raw: dict[str, list[Any]] = defaultdict(list)
         for doc_id, doc in docs:
             insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
@@ -116,18 +136,30 @@ class Scorer:
                 for metric, value in task.process_results(doc, [i.filtered_resps[filter_name] for i in insts]).items():
                     raw[result_key(metric, filter_name)].append(value)
         aggregations = task.aggregation()
+        primary = next(m for m in aggregations if result_key(m, filters[0]) in raw)  # the first of the task's metric_list
+        per_item = {key: tuple(float(v) for v in values) for key, values in raw.items()
+                    if all(isinstance(v, numbers.Real) for v in values)}
+        if pooled_only:
+            raw = {key: values for key, values in raw.items() if key in per_item and _pools(key, aggregations)}
         # lm-eval aggregates a metric it has no aggregation for with the mean
         metrics = {key: float(aggregations.get(key.split(",")[0], mean)(values)) for key, values in raw.items()}
-        primary = next(m for m in aggregations if result_key(m, filters[0]) in raw)  # the first of the task's metric_list
         return TaskScore(
             task=name,
             metric=primary,
             filter=filters[0],
             higher_is_better={m: bool(task.higher_is_better().get(m, True)) for m in aggregations},
             metrics=metrics,
-            per_item={key: tuple(float(v) for v in values) for key, values in raw.items()
-                      if all(isinstance(v, numbers.Real) for v in values)},
+            per_item={key: values for key, values in per_item.items() if key in metrics},
         )
+
+
+def _pools(key: str, aggregations: Mapping[str, Any]) -> bool:
+    """Whether lm-eval aggregates this metric as ``partial.pooled`` does (so a subset of items estimates it)."""
+    from lm_eval.api import metrics
+
+    metric = key.split(",")[0]
+    expected = metrics.perplexity if pool_of(metric) == LOG_LIKELIHOOD_POOL else metrics.mean
+    return aggregations.get(metric, metrics.mean) is expected
 
 
 def check_prompt_options(tokenizer: Any, num_fewshot: int | None, apply_chat_template: bool, fewshot_as_multiturn: bool) -> None:

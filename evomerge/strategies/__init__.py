@@ -19,7 +19,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from evomerge.errors import EvomergeError
-from evomerge.strategies.base import Candidate, Evaluation, Strategy
+from evomerge.strategies.base import Candidate, Evaluation, Selection, Strategy
 from evomerge.strategies.cmaes import CMAES
 from evomerge.strategies.niches import NaturalNiches
 from evomerge.strategies.nsga2 import NSGA2
@@ -64,6 +64,6 @@ def make_strategy(
 
 
 __all__ = [
-    "Candidate", "Evaluation", "Strategy", "STRATEGIES", "make_strategy", "strategy_names", "strategy_options",
+    "Candidate", "Evaluation", "Selection", "Strategy", "STRATEGIES", "make_strategy", "strategy_names", "strategy_options",
     "strategy_class", "CMAES", "NaturalNiches", "NSGA2", "OptunaSearch", "RandomSearch",
 ]

@@ -52,6 +52,16 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """How a generational strategy ranks a candidate's generation: ``size`` members asked together, the best
+    ``keep`` of which (by scalarized fitness) it selects. The driver may race them against that cut."""
+
+    generation: int
+    size: int
+    keep: int
+
+
+@dataclass(frozen=True)
 class NoOptions:
     """A strategy without options."""
 
@@ -153,6 +163,11 @@ class Strategy(ABC):
         x = self.initial[self._n_initial_asked]
         self._n_initial_asked += 1
         return Candidate(x=x, operator="init", generation=0)
+
+    def selection(self, candidate: Candidate) -> Selection | None:
+        """For the candidate just asked: its generation's ranking, when the strategy needs only which side of
+        the cut each member falls and an estimate of its fitness; None (the default): it needs the full score."""
+        return None
 
     def scalarize(self, evaluation: Evaluation) -> float:
         """Weighted mean of the oriented objectives (higher is better); -inf when not finite."""

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
+from evomerge.strategies.base import Candidate, Evaluation, Selection, Strategy, as_point
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,13 @@ class CMAES(Strategy):
         x = self._solutions[self._handed]
         self._handed += 1
         return Candidate(x=as_point(x), operator="cma", generation=self._generation)
+
+    def selection(self, candidate: Candidate) -> Selection | None:
+        """A CMA-ES generation's λ members, of which its recombination keeps the best μ (the initial points are
+        told one by one, outside any generation, and need their full scores)."""
+        if candidate.operator != "cma":
+            return None
+        return Selection(candidate.generation, len(self._solutions), int(self.es.sp.weights.mu))
 
     def _tell(self, index: int, candidate: Candidate, evaluation: Evaluation) -> None:
         value = self.scalarize(evaluation)

@@ -125,7 +125,8 @@ def local_scores(spec: WorkerSpec, make_recipe) -> dict[int, dict]:
 
 
 # record fields that must be equal between runs of the same config: everything but timing and worker
-SAME = ("index", "key", "x", "parents", "operator", "generation", "scores", "error", "objectives", "cached_from")
+SAME = ("index", "key", "x", "parents", "operator", "generation", "scores", "error", "objectives", "cached_from",
+        "chunks", "items")
 
 
 def comparable(records: list) -> list[dict]:

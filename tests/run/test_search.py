@@ -25,7 +25,8 @@ from evomerge.sources.pool import fingerprint
 from evomerge.strategies import Candidate
 
 REPO = Path(__file__).resolve().parents[2]
-COMPARED = ("index", "key", "x", "parents", "operator", "generation", "scores", "objectives", "error", "cached_from")
+COMPARED = ("index", "key", "x", "parents", "operator", "generation", "scores", "objectives", "error", "cached_from",
+            "chunks", "items")
 
 
 def start_run(tmp_path: Path, config: Path) -> RunLog:
@@ -156,6 +157,7 @@ def comparable(run_dir: Path) -> list[dict]:
 # (5 seed points: each source alone, TIES at three densities)
 RESUMABLE = {
     "cmaes": ({"name": "cmaes", "options": {"popsize": 4}}, 21, 4),  # 5 seed points, then 4 generations of 4
+    "cmaes-racing": ({"name": "cmaes", "options": {"popsize": 4}}, 21, 4),  # the same, generations raced in chunks
     "niches": ({"name": "niches"}, 14, 1),  # steady state: every child competes at once
     "nsga2": ({"name": "nsga2", "options": {"population": 4}}, 17, 3),  # the 5 seeds, then generations 1-3 of 4
     "optuna": ({"name": "optuna", "options": {"n_startup_trials": 4}}, 12, 1),  # TPE proposes after the seeds
@@ -166,7 +168,8 @@ RESUMABLE = {
 @pytest.mark.parametrize("strategy", sorted(RESUMABLE))
 def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path: Path, scored_family, search_config, strategy) -> None:
     settings, budget, generations = RESUMABLE[strategy]
-    config = search_config(tmp_path, scored_family, strategy=settings, budget={"max_evals": budget})
+    scoring = {"fidelity": "racing", "chunk_items": 3, "racing_z": 1.0} if strategy.endswith("racing") else {}
+    config = search_config(tmp_path, scored_family, strategy=settings, budget={"max_evals": budget}, scoring=scoring)
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     assert cli("search", str(config), "--run-dir", str(whole), "--quiet").wait() == 0
     assert max(r.generation for r in RunLog.open(whole).candidates()) == generations

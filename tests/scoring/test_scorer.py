@@ -154,3 +154,25 @@ def test_evaluate_prints_lm_evals_table_with_every_filter(zoo_dir: Path, zoo_tas
     assert [c.strip() for c in header[1:6]] == ["Tasks", "Version", "Filter", "n-shot", "Metric"]
     assert [(r[3].strip(), r[5].strip(), float(r[7])) for r in rows] == [
         ("flexible-extract", "exact_match", 1.0), ("strict-match", "exact_match", 1.0)]
+
+
+def test_a_chunk_of_items_scores_those_items_as_the_full_run_does(zoo_tasks: Path) -> None:
+    """Cheap fitness scores candidates chunk by chunk: each chunk's per-item values are the full run's, in the
+    chunk's order, and its metrics are those items' pooled values (only the metrics a subset estimates)."""
+    from evomerge.scoring.partial import pool_of, pooled
+    from evomerge.zoo.model import new_model
+    from evomerge.zoo.tokenizer import hf_tokenizer
+
+    model, tok = new_model("gpt2", seed=3).double().eval(), hf_tokenizer()
+    scorer = Scorer(model, tok, load_tasks(ALL_NAMES, zoo_tasks), batch_size=16)
+    full = scorer.score()
+    chunk = {name: (5, 0, 17) for name in ALL_NAMES[::2]}
+    part = scorer.score(chunk)
+    assert set(part) == set(chunk)
+    assert all(part[name].per_item for name in chunk if "rolling" not in name)  # rolling: corpus-level metrics only
+    for name, positions in chunk.items():
+        assert set(part[name].per_item) <= set(full[name].per_item)
+        for key, values in part[name].per_item.items():
+            assert values == pytest.approx([full[name].per_item[key][p] for p in positions], rel=1e-9)
+            assert part[name].metrics[key] == pytest.approx(pooled(pool_of(key.split(",")[0]), values), rel=1e-12)
+    assert scorer.score() == full  # the full plan is unchanged by the chunks'
