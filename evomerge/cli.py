@@ -141,7 +141,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         run.space()  # every logged genome fits the config's genome space
         run.accept(changes, fingerprints)
         if args.max_evals is not None and args.max_evals != run.max_evals():
-            run.append(BudgetRecord(args.max_evals))
+            run.stage(BudgetRecord(args.max_evals))  # written with the session's first record
         return _run_search(run, args.quiet)
 
 

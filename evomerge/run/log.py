@@ -72,6 +72,8 @@ class RunLog:
         self.records = records
         self._config: SearchConfig | None = None
         self._whole: int | None = None  # bytes of log.jsonl before a torn last line, when it has one
+        self._staged: list[Record] = []  # kept, not yet written: see ``stage``
+        self._staged_meta: RunMeta | None = None
 
     # --- creation and opening -------------------------------------------------------------
 
@@ -145,7 +147,9 @@ class RunLog:
             try:
                 self._read(warn=False)
                 yield self
+                self._write_staged()  # the session went well: what it staged is the run's now
             finally:
+                self._staged, self._staged_meta = [], None  # a failed session writes nothing it staged
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
@@ -191,13 +195,13 @@ class RunLog:
         return changes
 
     def accept(self, changes: list[str], fingerprints: Mapping[str, str]) -> None:
-        """Record forced changes (from ``check_unchanged``) and make the current config and sources the run's."""
+        """Stage forced changes (from ``check_unchanged``): the current config and sources become the run's with
+        the session's first record (``stage``), so a resume whose replay then fails writes nothing."""
         if not changes:
             return
-        self.append(ChangeRecord(tuple(changes)))
-        meta = replace(self.meta, config_sha256=_sha(self._file(CONFIG).read_text()), sources=dict(fingerprints),
-                       draws=DRAW_SCHEME)
-        _atomic_write(self.root / META, _json(dump(meta)))
+        self.stage(ChangeRecord(tuple(changes)))
+        self._staged_meta = replace(self.meta, config_sha256=_sha(self._file(CONFIG).read_text()),
+                                    sources=dict(fingerprints), draws=DRAW_SCHEME)
         self._config = None
 
     def study_storage(self) -> str:
@@ -208,9 +212,30 @@ class RunLog:
 
     # --- records ----------------------------------------------------------------------------
 
-    def append(self, record: AnyRecord) -> AnyRecord:
-        """Stamp, write (one write + fsync) and keep ``record``; returns the stamped record."""
+    def stage(self, record: AnyRecord) -> AnyRecord:
+        """Keep ``record`` (read back like any other at once) but write it only before the session's next
+        ``append``, or when its ``session`` ends without an error; a session that fails first never writes it."""
         record = replace(record, time=record.time if record.time is not None else time.time())
+        self.records.append(record)
+        self._staged.append(record)
+        return record
+
+    def _write_staged(self) -> None:
+        staged, meta, self._staged, self._staged_meta = self._staged, self._staged_meta, [], None
+        for record in staged:
+            self._write(record)
+        if meta is not None:
+            _atomic_write(self.root / META, _json(dump(meta)))
+
+    def append(self, record: AnyRecord) -> AnyRecord:
+        """Stamp, write (one write + fsync) and keep ``record``, after what was staged; returns the stamped record."""
+        record = replace(record, time=record.time if record.time is not None else time.time())
+        self._write_staged()
+        self._write(record)
+        self.records.append(record)
+        return record
+
+    def _write(self, record: Record) -> None:
         line = (to_line(record) + "\n").encode()
         if self._whole is not None:  # a torn last line: cut off by the writer (the lock's holder), never by a reader
             os.truncate(self._file(LOG), self._whole)
@@ -221,8 +246,6 @@ class RunLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.records.append(record)
-        return record
 
     def of_type(self, kind: type[R]) -> list[R]:
         return [r for r in self.records if isinstance(r, kind)]

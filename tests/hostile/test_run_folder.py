@@ -119,3 +119,12 @@ def test_a_forced_resume_that_fails_writes_nothing(refused, run_dir: Path, famil
     config = run_dir / "config.yaml"
     config.write_text(config.read_text().replace("- task_arithmetic", "- tiez"))
     refused(["resume", str(run_dir), "--force", "--quiet"], "tiez", run_dir, *family.values())
+
+
+def test_a_forced_resume_whose_replay_fails_writes_nothing(refused, run_dir: Path, family) -> None:
+    """The fixture's genomes are not what the strategy asks, so the replay fails at candidate 0: the forced change
+    and the new budget, staged before the replay, are never written."""
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("batch_size: 16", "batch_size: 8"))
+    refused(["resume", str(run_dir), "--force", "--max-evals", "8", "--quiet"], "candidate 0 differs from the log",
+            run_dir, *family.values())

@@ -116,9 +116,29 @@ def test_edited_config_refuses_resume(tmp_path: Path, tiny_config) -> None:
 
 def test_forced_change_is_recorded_and_accepted_afterwards(tmp_path: Path, tiny_config) -> None:
     run = RunLog.create(tmp_path / "run", tiny_config, {"m": "aa"})
-    run.accept(run.check_unchanged({"m": "bb"}, force=True), {"m": "bb"})
-    assert [type(r) for r in run.records] == [ChangeRecord]
+    with run.session():
+        run.accept(run.check_unchanged({"m": "bb"}, force=True), {"m": "bb"})
+        assert [type(r) for r in run.records] == [ChangeRecord]
     RunLog.open(tmp_path / "run").check_unchanged({"m": "bb"}, force=False)
+
+
+def test_a_session_that_fails_writes_nothing_it_staged(tmp_path: Path, tiny_config) -> None:
+    run = RunLog.create(tmp_path / "run", tiny_config, {"m": "aa"})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.name != "session.lock"}
+    with pytest.raises(RuntimeError), run.session():
+        run.accept(run.check_unchanged({"m": "bb"}, force=True), {"m": "bb"})
+        run.stage(BudgetRecord(9))
+        raise RuntimeError("the replay failed")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.name != "session.lock"} == before
+
+
+def test_staged_records_are_written_before_the_next_record(tmp_path: Path, tiny_config) -> None:
+    run = RunLog.create(tmp_path / "run", tiny_config, {"m": "aa"})
+    with run.session():
+        run.stage(BudgetRecord(9))
+        assert run.max_evals() == 9 and RunLog.open(tmp_path / "run").records == []
+        run.append(BudgetRecord(10))
+    assert [r.max_evals for r in RunLog.open(tmp_path / "run").of_type(BudgetRecord)] == [9, 10]
 
 
 def test_each_session_gets_a_fresh_study_file(tmp_path: Path, tiny_config) -> None:
