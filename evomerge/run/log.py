@@ -299,7 +299,8 @@ def _read_records(path: Path, cfg: SearchConfig, *, warn: bool) -> tuple[list[Re
                                 "backup") from None
         if isinstance(record, CandidateRecord):
             genes = len(record.x) if genes is None else genes
-            _check_candidate(record, genes, len(cfg.objectives), where)
+            _check_candidate(record, sum(isinstance(r, CandidateRecord) for r in records), genes, len(cfg.objectives),
+                             where)
         records.append(record)
     if not tail:
         return records, None
@@ -309,10 +310,13 @@ def _read_records(path: Path, cfg: SearchConfig, *, warn: bool) -> tuple[list[Re
     return records, sum(len(line) + 1 for line in lines[: len(records)])
 
 
-def _check_candidate(record: CandidateRecord, genes: int, objectives: int, where: str) -> None:
-    """A candidate fits the run: a point of the unit box of the log's dimension, one value per objective."""
+def _check_candidate(record: CandidateRecord, index: int, genes: int, objectives: int, where: str) -> None:
+    """A candidate fits the run: the next index (the driver logs in ask order), a point of the unit box of the
+    log's dimension, one value per objective."""
     problem = None
-    if len(record.x) != genes:
+    if record.index != index:
+        problem = f"comes where candidate {index} belongs (the driver logs candidates in order, each once)"
+    elif len(record.x) != genes:
         problem = f"has {len(record.x)} genes where the log's first candidate has {genes}"
     elif not all(0.0 <= u <= 1.0 for u in record.x):
         problem = "has a gene outside [0, 1]"

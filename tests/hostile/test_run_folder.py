@@ -42,6 +42,8 @@ DAMAGE = {  # how a file is damaged, and what the one line must say
                              "log.jsonl line 5: candidate 4 has 1 objective values for the run's 2 objectives"),
     "a gene that is no number": (lambda run: edit_line(run / "log.jsonl", 3, lambda r: r["x"].__setitem__(0, "half")),
                                  "log.jsonl line 3 field 'x[0]' must be a number"),
+    "a candidate logged twice": (lambda run: edit_line(run / "log.jsonl", 4, lambda r: r.update(index=2)),
+                                 "log.jsonl line 4: candidate 2 comes where candidate 3 belongs"),
 }
 
 
