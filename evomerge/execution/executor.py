@@ -43,6 +43,12 @@ class Executor(ABC):
     def next_result(self) -> JobResult:
         """Block until some submitted job has finished and return it."""
 
+    @property
+    def restarted(self) -> int:
+        """Worker deaths seen so far, each followed by a restart (the session record logs it); 0 where workers
+        cannot die apart from the driver."""
+        return 0
+
     def utilization(self) -> dict[str, float]:
         """Busy time / wall time per worker since the executor started."""
         return {}

@@ -157,7 +157,7 @@ class RayExecutor(Executor):
         self._recovering: dict[int, float] = {}  # slot -> when to ask its actor again whether it is back
         self._replacements = [0] * workers
         self.resubmitted = 0  # jobs re-run after their actor died (tests and status read it)
-        self.restarted = 0  # actor deaths seen (each followed by a Ray restart or a replacement)
+        self._restarted = 0  # actor deaths seen (each followed by a Ray restart or a replacement)
         try:
             check_compatible(spec.base, spec.sources, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
             store_bytes = sources_bytes(spec)
@@ -331,6 +331,10 @@ class RayExecutor(Executor):
             self._harvest(timeout=None)
         return self._done.popleft()
 
+    @property
+    def restarted(self) -> int:
+        return self._restarted
+
     def utilization(self) -> dict[str, float]:
         wall = time.perf_counter() - self.started if hasattr(self, "started") else 0.0
         return {name: (busy / wall if wall > 0 else 0.0) for name, busy in getattr(self, "busy", {}).items()}
@@ -410,7 +414,7 @@ class RayExecutor(Executor):
     def _job_lost(self, slot: int, job: Job, attempt: int, error: BaseException) -> None:
         """The actor died under a job: the job goes back to the head of the queue (any actor may take it);
         the lost attempt produced no result, so the job is still counted exactly once."""
-        self.restarted += 1
+        self._restarted += 1
         if attempt + 1 >= MAX_ATTEMPTS:
             outcome = Outcome(None, error=f"the worker process died {attempt + 1} times while evaluating this candidate "
                                           f"(last: {_cause(error)})", worker=self._slot_name[slot])
@@ -430,7 +434,7 @@ class RayExecutor(Executor):
                 raise self._start_error(slot, error)  # a (re)start could not load the sources: stop cleanly
             if self._replacements[slot] >= MAX_REPLACEMENTS:
                 raise EvomergeError(
-                    f"Ray worker ray-{slot} keeps dying ({self.restarted} worker deaths so far, last on node "
+                    f"Ray worker ray-{slot} keeps dying ({self._restarted} worker deaths so far, last on node "
                     f"{self._slot_node(slot)}: {_cause(error)}); check that node's memory and Ray logs"
                 )
             self._replacements[slot] += 1

@@ -399,9 +399,8 @@ class Search:
     def _end_session(self, stopped: str | None) -> None:
         if self.executor is None:
             return
-        restarts = getattr(self.executor, "restarted", 0)
         self.run.append(SessionRecord(self.cfg.execution.backend, self.executor.n_workers, self.told_now,
-                                      self.executor.utilization(), restarts, stopped))
+                                      self.executor.utilization(), self.executor.restarted, stopped))
         self.executor.close()
 
     # --- records ------------------------------------------------------------------------------
