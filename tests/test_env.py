@@ -21,7 +21,7 @@ def test_set_offline_env_sets_what_is_missing_and_keeps_what_the_user_set(monkey
 
 
 def test_ray_workers_get_the_same_variables() -> None:
-    from evomerge.execution.ray_executor import WORKER_ENV
+    from evomerge.execution.ray_cluster import WORKER_ENV
 
     assert offline_env(quiet=True) == {**OFFLINE, **QUIET}
     assert {k: WORKER_ENV[k] for k in offline_env(quiet=True)} == offline_env(quiet=True)

@@ -2,9 +2,7 @@
 
 Each actor is the unchanged ``Worker`` class wrapped by ``ray.remote``: it keeps one preallocated
 model and the lm-eval requests, and evaluates candidates in place. Recipes go in and plain scores
-come out. The sources are read once, by the driver, block by block into Ray's object store; every
-actor maps them from its node's store without a copy (Ray moves each block to a node once, and the
-actors of a node share those pages), so a node holds the K+1 models once however many workers it runs.
+come out. The cluster they run on, and the sources they map, are ``RayCluster``'s (ray_cluster.py).
 
 Steady state: ``submit`` hands a job to a free actor at once (or queues it); ``next_result``
 waits for whichever call finishes first and gives that actor the next queued job before
@@ -22,84 +20,28 @@ Faults:
 - a worker that cannot start (task files or the base's folder missing on its node, out of memory):
   an ``EvomergeError`` naming the node and the cause; all actors are stopped. (The sources are read
   by the driver: a missing one is an error before any worker starts.)
-
-Without an address the executor starts a private local Ray (no dashboard, quiet, its temp folder
-inside the run folder when the path is short enough for Ray's sockets) and stops it on ``close``.
-With an address (``auto`` or ``host:port``) it joins that cluster and leaves it running.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import re
-import shutil
 import socket
-import sys
-import tempfile
 import time
-import uuid
 from collections import deque
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from evomerge.config.sizes import format_size
-from evomerge.env import offline_env
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Executor, Job, JobResult
+from evomerge.execution.ray_cluster import RayCluster
 from evomerge.execution.worker import Outcome, Worker, WorkerSpec
 from evomerge.recipes.recipe import Recipe
-from evomerge.sources.folder import weight_bytes
-from evomerge.sources.pool import SharedSources, check_compatible, share
-
-# AF_UNIX socket paths hold at most 107 bytes. Ray puts its sockets at
-# <temp>/session_<YYYY-mm-dd_HH-MM-SS_usec>_<pid>/sockets/plasma_store, 64 bytes after <temp>
-# for a 7-digit pid, so a temp folder longer than this cannot host a Ray session.
-SOCKET_PATH_MAX = 107
-SESSION_SOCKET_SUFFIX = len("/session_2025-01-01_00-00-00_000000_4194304/sockets/plasma_store")
-MAX_TEMP_DIR = SOCKET_PATH_MAX - SESSION_SOCKET_SUFFIX
 
 MAX_RESTARTS = 3  # Ray restarts of one actor before it is replaced by a fresh one
 MAX_REPLACEMENTS = 2  # fresh actors per worker slot before the slot is given up
 MAX_ATTEMPTS = 3  # a job that kills its worker this often is logged as a failed candidate
 RETRY_S = 0.5  # pause between readiness checks of a restarting actor
-# set in every actor before it imports anything: offline, and no progress bars in the workers' log files
-WORKER_ENV = {**offline_env(quiet=True), "TQDM_DISABLE": "1"}
-OBJECT_STORE_BYTES = 256 * 2**20  # besides the sources, only recipes and score lists travel
-SPILL_AT = 0.8  # Ray's default object_spilling_threshold: a store fuller than this spills objects to disk
-
-
-def ray_temp_dir(temp_root: Path | None) -> tuple[Path, bool]:
-    """Where a locally started Ray keeps its session: ``<temp_root>/ray`` if short enough, else a fresh
-    short folder under the system temp dir. Returns (path, is_fallback)."""
-    if temp_root is not None:
-        wanted = Path(temp_root).resolve() / "ray"
-        if len(str(wanted)) <= MAX_TEMP_DIR:
-            return wanted, False
-    base = tempfile.gettempdir()
-    if len(base) + len("/evomerge-ray-xxxxxxxx") > MAX_TEMP_DIR:
-        base = "/tmp"
-    return Path(tempfile.mkdtemp(prefix="evomerge-ray-", dir=base)), True
-
-
-def sources_bytes(spec: WorkerSpec) -> int:
-    """Object-store bytes the sources take: their weight files, plus each tensor's alignment padding."""
-    return sum(weight_bytes(p) for p in (spec.base, *spec.sources))
-
-
-class _SourcesStore:
-    """A Ray actor holding the sources' object-store handles for the workers to ask for."""
-
-    def __init__(self) -> None:
-        self.shared: SharedSources | None = None
-
-    def keep(self, shared: SharedSources) -> None:
-        self.shared = shared
-
-    def get(self) -> SharedSources | None:
-        return self.shared
 
 
 def _actor_info(worker: Worker) -> dict[str, Any]:
@@ -124,6 +66,8 @@ def _cause(error: BaseException) -> str:
 
 
 class RayExecutor(Executor):
+    """Builds its ``RayCluster`` first, then one worker actor per slot on it; ``close`` stops both."""
+
     def __init__(
         self,
         spec: WorkerSpec,
@@ -137,135 +81,36 @@ class RayExecutor(Executor):
     ):
         import ray
 
-        if workers < 1:
-            raise EvomergeError(f"--workers must be >= 1, got {workers}")
-        if gpus_per_worker < 0:
-            raise EvomergeError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-        self.workers, self.max_restarts = workers, max_restarts
-        self._connected = False  # we connected this driver: on close, disconnect (and stop a Ray we started)
-        self._fallback_temp: Path | None = None
+        self.cluster = RayCluster(spec, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+                                  temp_root=temp_root)
+        self.workers, self._closed = workers, False
         self._actors: list[Any] = []
-        self._store: Any = None  # the actor handing out the sources' handles
-        self._shared: SharedSources | None = None
-        self._closed = False
-        self._queue: deque[tuple[Job, int]] = deque()  # (job, attempts so far)
-        self._held: dict[int, Recipe] = {}  # slot -> the recipe its actor was last handed
-        self._running: dict[Any, tuple[int, Job, int]] = {}  # object ref -> (slot, job, attempt)
-        self._idle: deque[int] = deque()
-        self._done: deque[JobResult] = deque()
-        self._probes: dict[Any, int] = {}  # readiness call -> slot of an actor coming back
-        self._recovering: dict[int, float] = {}  # slot -> when to ask its actor again whether it is back
-        self._replacements = [0] * workers
-        self.resubmitted = 0  # jobs re-run after their actor died (tests and status read it)
-        self._restarted = 0  # actor deaths seen (each followed by a Ray restart or a replacement)
         try:
-            check_compatible(spec.base, spec.sources, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
-            store_bytes = sources_bytes(spec)
-            self._connect(address, temp_root, workers, store_bytes)
-            cluster = ray.cluster_resources()
-            # the config's device decides: a cuda worker holds GPUs (Ray sets CUDA_VISIBLE_DEVICES per actor)
-            num_gpus = (gpus_per_worker or 1.0) if spec.device.startswith("cuda") else 0.0
-            self._check_fits(cluster, workers, num_gpus, address)
-            self._check_store(store_bytes, address)
-            self.spec = replace(spec, sources_store=self._share_sources(spec))
-            self.options = dict(
-                num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0, max_concurrency=1,
-                runtime_env={"env_vars": WORKER_ENV},
-            )
-            self._actor_class = ray.remote(Worker)
+            self._actor_class = ray.remote(Worker).options(
+                **self.cluster.worker_options, max_restarts=max_restarts, max_task_retries=0, max_concurrency=1)
             self._actors = [self._new_actor(slot) for slot in range(workers)]
             self._nodes = self._wait_ready(start_timeout_s)
         except BaseException:
             self.close()
             raise
-        self.busy = {info["name"]: 0.0 for info in self._nodes}
         self._slot_name = [info["name"] for info in self._nodes]
-        self._idle.extend(range(workers))
+        self._queue: deque[tuple[Job, int]] = deque()  # (job, attempts so far)
+        self._held: dict[int, Recipe] = {}  # slot -> the recipe its actor was last handed
+        self._running: dict[Any, tuple[int, Job, int]] = {}  # object ref -> (slot, job, attempt)
+        self._idle: deque[int] = deque(range(workers))
+        self._done: deque[JobResult] = deque()
+        self._probes: dict[Any, int] = {}  # readiness call -> slot of an actor coming back
+        self._recovering: dict[int, float] = {}  # slot -> when to ask its actor again whether it is back
+        self._replacements = [0] * workers
+        self.resubmitted = 0  # jobs re-run after their actor died (the fault tests read it)
+        self._restarted = 0  # actor deaths seen (each followed by a Ray restart or a replacement)
+        self.busy = dict.fromkeys(self._slot_name, 0.0)
         self.started = time.perf_counter()
 
-    # --- cluster ------------------------------------------------------------------------------
-
-    def _connect(self, address: str | None, temp_root: Path | None, workers: int, store_bytes: int) -> None:
-        import ray
-
-        if ray.is_initialized():
-            return  # the caller (a test, a notebook) already connected Ray: use it, leave it alone
-        address = address or os.environ.get("RAY_ADDRESS")  # inside a Ray job: join its cluster, as ray.init() would
-        if address is not None:
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise EvomergeError(
-                    f"could not join the Ray cluster at '{address}': {e}; start one with 'ray start --head' "
-                    "(and 'ray start --address=HEAD:6379' on the other nodes), or drop --ray-address to run locally"
-                ) from None
-            self._connected = True
-            return
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        temp, fallback = ray_temp_dir(temp_root)
-        if fallback:
-            self._fallback_temp = temp
-            if temp_root is not None:
-                print(
-                    f"evomerge: note: {Path(temp_root).resolve() / 'ray'} is too long for Ray's socket paths "
-                    f"(over {MAX_TEMP_DIR} characters); Ray's session folder is {temp} instead (removed on exit)",
-                    file=sys.stderr,
-                )
-        temp.mkdir(parents=True, exist_ok=True)
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, log_to_driver=False,
-            logging_level=logging.WARNING, _temp_dir=str(temp), object_store_memory=OBJECT_STORE_BYTES + math.ceil(store_bytes / SPILL_AT),
-        )
-        self._connected = True
-
-    @staticmethod
-    def _check_fits(cluster: dict[str, float], workers: int, num_gpus: float, address: str | None) -> None:
-        cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-        short = []
-        if workers > cpus:
-            short.append(f"{workers} CPUs (one per worker) but it has {cpus:g}")
-        if num_gpus > 0 and workers * num_gpus > gpus:
-            short.append(f"{workers * num_gpus:g} GPUs ({num_gpus:g} per worker) but it has {gpus:g}")
-        if short:
-            where = f"the Ray cluster at '{address}'" if address else "the local Ray"
-            raise EvomergeError(
-                f"{where} cannot place {workers} workers: they need {' and '.join(short)}; "
-                "lower --workers or --gpus-per-worker, or add nodes to the cluster"
-            )
-
-    def _share_sources(self, spec: WorkerSpec) -> str:
-        """Read the sources into the object store (block by block, by this driver) and start the actor that hands
-        their handles to the workers; returns its name. (Handles as constructor arguments would make Ray warn
-        that actor restarts depend on them; asked for in ``Worker.__init__``, they do not.)"""
-        import ray
-
-        # numpy arrays: Ray maps them read-only from its store on get (a torch tensor would be unpickled into a copy)
-        shared = share(spec.base, spec.sources, lambda block: ray.put(block.numpy()), allow_pickle=spec.allow_pickle,
-                       trust_remote_code=spec.trust_remote_code)
-        name = f"evomerge-sources-{uuid.uuid4().hex[:12]}"
-        self._store = ray.remote(_SourcesStore).options(name=name, num_cpus=0, max_restarts=0).remote()
-        ray.get(self._store.keep.remote(shared))
-        self._shared = shared  # the driver owns the objects: they live while the executor does
-        return name
-
-    @staticmethod
-    def _check_store(store_bytes: int, address: str | None) -> None:
-        """Every node's object store must hold the sources (actors map them from there)."""
-        import ray
-
-        for node in ray.nodes():
-            have = node.get("Resources", {}).get("object_store_memory", 0.0)
-            if node.get("Alive") and have < store_bytes:
-                where = f"node {node.get('NodeManagerHostname', '?')} of the Ray cluster at '{address}'" if address else "the local Ray"
-                raise EvomergeError(
-                    f"{where} has {format_size(have)} of object store but the sources need {format_size(store_bytes)} "
-                    f"(read once per node, shared by its workers): start it with 'ray start --object-store-memory="
-                    f"{store_bytes + OBJECT_STORE_BYTES}' or more"
-                )
+    # --- actors -------------------------------------------------------------------------------
 
     def _new_actor(self, slot: int) -> Any:
-        return self._actor_class.options(**self.options).remote(self.spec, name=f"ray-{slot}")
+        return self._actor_class.remote(self.cluster.spec, name=f"ray-{slot}")
 
     def _wait_ready(self, timeout_s: float) -> list[dict[str, Any]]:
         """Block until every actor has loaded its sources; a failure names the node and the cause."""
@@ -286,22 +131,14 @@ class RayExecutor(Executor):
             try:
                 infos[slot] = ray.get(ready[0])
             except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
-                raise self._start_error(slot, e) from None
+                raise self._start_error(slot, e, None) from None
         return [infos[s] for s in range(self.workers)]
 
-    def _start_error(self, slot: int, error: BaseException) -> EvomergeError:
-        import ray
-
+    def _start_error(self, slot: int, error: BaseException, known_ip: str | None) -> EvomergeError:
+        """One line naming the node a worker could not (re)start on (the error's IP, else the one it ran on)."""
         text = _ANSI.sub("", str(error))
-        ip = m.group(1) if (m := re.search(r"\bip=([0-9a-fA-F.:]+)", text)) else None
-        known = getattr(self, "_nodes", None)
-        if ip is None and known:
-            ip = known[slot]["ip"]
-        host = None
-        try:
-            host = next((n["NodeManagerHostname"] for n in ray.nodes() if n["NodeManagerAddress"] == ip), None)
-        except Exception:  # the cluster itself may be going down; the IP alone still names the node
-            pass
+        ip = m.group(1) if (m := re.search(r"\bip=([0-9a-fA-F.:]+)", text)) else known_ip
+        host = self.cluster.host_of(ip) if ip else None
         node = f"{host} ({ip})" if host and ip else (ip or "an unknown node")
         return EvomergeError(
             f"Ray worker ray-{slot} could not start on node {node}: {_cause(error)}; "
@@ -336,26 +173,23 @@ class RayExecutor(Executor):
         return self._restarted
 
     def utilization(self) -> dict[str, float]:
-        wall = time.perf_counter() - self.started if hasattr(self, "started") else 0.0
-        return {name: (busy / wall if wall > 0 else 0.0) for name, busy in getattr(self, "busy", {}).items()}
+        wall = time.perf_counter() - self.started
+        return {name: (busy / wall if wall > 0 else 0.0) for name, busy in self.busy.items()}
 
     def close(self) -> None:
+        """Stop the actors, then the cluster (which stops a Ray it started)."""
         if self._closed:
             return
         self._closed = True
         import ray
 
         if ray.is_initialized():
-            for actor in [*self._actors, *([self._store] if self._store is not None else [])]:
+            for actor in self._actors:
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # already dead
                     pass
-            if self._connected:
-                ray.shutdown()  # stops the cluster only if we started it; a joined cluster keeps running
-        self._shared = None  # the driver's references: the objects go once no worker holds them
-        if self._fallback_temp is not None:
-            shutil.rmtree(self._fallback_temp, ignore_errors=True)
+        self.cluster.close()
 
     # --- scheduling ---------------------------------------------------------------------------
 
@@ -431,7 +265,7 @@ class RayExecutor(Executor):
 
         if isinstance(error, ray.exceptions.ActorDiedError):
             if error.actor_init_failed:
-                raise self._start_error(slot, error)  # a (re)start could not load the sources: stop cleanly
+                raise self._start_error(slot, error, self._nodes[slot]["ip"])  # a (re)start could not load the sources: stop cleanly
             if self._replacements[slot] >= MAX_REPLACEMENTS:
                 raise EvomergeError(
                     f"Ray worker ray-{slot} keeps dying ({self._restarted} worker deaths so far, last on node "

@@ -9,7 +9,8 @@ import pytest
 
 from evomerge.errors import EvomergeError
 from evomerge.execution.executor import Job
-from evomerge.execution.ray_executor import MAX_TEMP_DIR, RayExecutor, ray_temp_dir
+from evomerge.execution.ray_cluster import MAX_TEMP_DIR, ray_temp_dir
+from evomerge.execution.ray_executor import RayExecutor
 
 
 def scores_of(results):
@@ -19,8 +20,8 @@ def scores_of(results):
 def test_two_workers_match_local_and_share_the_work(ray_cluster, spec, make_recipe, local_scores, weights):
     with RayExecutor(spec, workers=2) as ex:
         assert ex.n_workers == 2
-        assert ex.options["num_cpus"] == 1 and ex.options["num_gpus"] == 0
-        assert ex.spec.threads == 1  # one torch thread per worker, as in process
+        assert ex.cluster.worker_options["num_cpus"] == 1 and ex.cluster.worker_options["num_gpus"] == 0
+        assert ex.cluster.spec.threads == 1  # one torch thread per worker, as in process
         for i, w in enumerate(weights):
             ex.submit(Job(i, make_recipe(w)))
         assert len(ex._running) == 2 and len(ex._queue) == len(weights) - 2  # no barrier: both busy at once
