@@ -147,7 +147,8 @@ def _check_store(store_bytes: int, address: str | None) -> None:
     for node in ray.nodes():
         have = node.get("Resources", {}).get("object_store_memory", 0.0)
         if node.get("Alive") and have < store_bytes:
-            where = f"node {node.get('NodeManagerHostname', '?')} of the Ray cluster at '{address}'" if address else "the local Ray"
+            host = node.get("NodeManagerHostname", "?")
+            where = f"node {host} of the Ray cluster at '{address}'" if address else "the local Ray"
             raise EvomergeError(
                 f"{where} has {format_size(have)} of object store but the sources need {format_size(store_bytes)} "
                 f"(read once per node, shared by its workers): start it with 'ray start --object-store-memory="
@@ -188,7 +189,8 @@ class RayCluster:
             raise EvomergeError(f"--workers must be >= 1, got {workers}")
         if gpus_per_worker < 0:
             raise EvomergeError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-        check_compatible(spec.base, spec.sources, allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+        check_compatible(spec.base, spec.sources, allow_pickle=spec.allow_pickle,
+                         trust_remote_code=spec.trust_remote_code)
         store_bytes = sources_bytes(spec)
         self._connection = _Connection(address, temp_root, workers, store_bytes)
         try:

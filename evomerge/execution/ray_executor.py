@@ -265,7 +265,8 @@ class RayExecutor(Executor):
 
         if isinstance(error, ray.exceptions.ActorDiedError):
             if error.actor_init_failed:
-                raise self._start_error(slot, error, self._nodes[slot]["ip"])  # a (re)start could not load the sources: stop cleanly
+                # a (re)start could not load the sources: stop cleanly
+                raise self._start_error(slot, error, self._nodes[slot]["ip"])
             if self._replacements[slot] >= MAX_REPLACEMENTS:
                 raise EvomergeError(
                     f"Ray worker ray-{slot} keeps dying ({self._restarted} worker deaths so far, last on node "
