@@ -8,7 +8,7 @@ its parts, each the best of ``--repeats`` calls after a warm-up that compiles:
 
 - the compiled ``gta`` kernel of ``materialize/kernels.py`` for task arithmetic, TIES (trim and sign
   election, cut values given) and DARE-TIES (draws regenerated in the kernel, and cached);
-- the TIES cuts of a candidate from the worker's histograms (``TrimCuts.cuts``, histograms filled; the
+- the TIES cuts of a candidate from the worker's histograms (``HistogramCuts.cuts``, histograms filled; the
   mean over 24 candidates' densities, not the best call: where a cut falls decides its cost), the
   same without the tie index (``TIE_KEYS`` = 0), and the one-off histogram fill (counts and tie
   index) of all K sources; and how source 0's |τ| tie (what the tie index covers);
@@ -35,7 +35,7 @@ from evomerge.materialize.kernels import (
     GTA_PARAMS,  # noqa: E402
     chunk_kernel,  # noqa: E402
 )
-from evomerge.materialize.thresholds import TrimCuts  # noqa: E402
+from evomerge.materialize.thresholds import HistogramCuts  # noqa: E402
 from evomerge.merge.draws import draw_key  # noqa: E402
 from evomerge.merge.sparsify import task_vector  # noqa: E402
 
@@ -50,7 +50,7 @@ def best(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def mean_cuts(cuts: TrimCuts, base: torch.Tensor, sources: list[torch.Tensor], candidates: int = 24) -> float:
+def mean_cuts(cuts: HistogramCuts, base: torch.Tensor, sources: list[torch.Tensor], candidates: int = 24) -> float:
     """Seconds per candidate of a candidate's cuts (histograms filled), the mean over densities spread in
     [0.2, 0.9]: where a cut falls (a group of ties, a bin of several values) decides its cost."""
     g = torch.Generator().manual_seed(1)
@@ -63,9 +63,9 @@ def mean_cuts(cuts: TrimCuts, base: torch.Tensor, sources: list[torch.Tensor], c
     return (time.perf_counter() - t0) / candidates
 
 
-def histogram_cuts() -> TrimCuts:
+def histogram_cuts() -> HistogramCuts:
     """A worker's TIES cuts from histograms, compiled kernels over whole tensors (a fresh, empty cache)."""
-    return TrimCuts("histogram", compiles=lambda _: True, chunk=lambda size, _: size)
+    return HistogramCuts(compiles=lambda _: True, chunk=lambda size, _: size)
 
 
 def tensors(rows: int, cols: int, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -43,7 +43,7 @@ from torch import Tensor
 from evomerge.materialize.device import DeviceSources, Placement
 from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, chunk_kernel, compile_works
 from evomerge.materialize.plan import MergePlan, TensorStep
-from evomerge.materialize.thresholds import Thresholds, TrimCuts
+from evomerge.materialize.thresholds import Thresholds, make_trim_cuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
 from evomerge.merge.methods import slerp as slerp_method
 from evomerge.merge.registry import MergeMethod
@@ -108,7 +108,7 @@ class FastMerger:
         self.pool, self.policy, self.compile, self.chunk = pool, policy, compile, chunk
         self.device = torch.device(device)
         self.sources = DeviceSources(pool, self.device, policy.sources)
-        self.trims = TrimCuts(policy.thresholds, compiles=self._compiles, chunk=self._chunk)
+        self.trims = make_trim_cuts(policy.thresholds, compiles=self._compiles, chunk=self._chunk)
         self._draws: dict[tuple[int, str, int], Tensor] = {}
         self._cos: dict[str, Tensor] = {}
         self._group = {e.name: g for g, block in enumerate(pool.base.blocks) for e in block.entries}

@@ -5,9 +5,9 @@ Top-d trimming keeps the ``keep_count(d, n)`` largest |τ_k| of a tensor, ties r
 < p. The fused kernel applies it in its one pass; this module finds it, two ways that give the
 same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
 
-- **sorted**: |τ_k| sorted once per worker (values + flat indices: 8 bytes per entry and source) —
+- **sorted** (``SortedCuts``): |τ_k| sorted once per worker (values + flat indices: 8 bytes per entry and source) —
   the cut is a lookup, ``asc[n − keep]``, plus two binary searches. Fastest; the most memory.
-- **histogram**: per (tensor, source), kept once per worker (kilobytes), the count of |τ_k| per
+- **histogram** (``HistogramCuts``): per (tensor, source), kept once per worker (kilobytes), the count of |τ_k| per
   key of its float bit pattern — the top 16 bits (2**15 log-spaced bins, monotone in the value),
   split into the bin's one value with clear low bits (an even key) and the rest (an odd key;
   ``kernels.magnitude_key``). The counts give the key that holds rank ``keep``. When it is even
@@ -26,6 +26,7 @@ Tensors smaller than ``HISTOGRAM_MIN`` entries always use sorted copies: they co
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -41,7 +42,7 @@ BINS = 1 << 17  # histogram keys: two per value of the top 16 bits (``kernels.ma
 SCAN = 1 << 22  # entries per eager pass when counting (bounds the temporaries)
 FLAG_SOURCES = 8  # sources per flag pass (bits of a uint8)
 SPARSE = 64  # flagged entries under 1/64 of a tensor: scan the flags a word at a time
-TIE_SCAN = 1 << 20  # entries per tie-counting call (``TrimCuts._tie_cut`` stops at the call that finds its tie)
+TIE_SCAN = 1 << 20  # entries per tie-counting call (``HistogramCuts._tie_cut`` stops at the call that finds its tie)
 TIE_KEYS = 256  # values per (tensor, source) whose ties are counted per block when the histogram is filled
 TIE_BLOCKS = 256  # blocks of that count per tensor, at most (each a multiple of TIE_BLOCK entries)
 # histogram keys in use per tensor and source, for the memory plan: |τ| of real weights spans a few dozen
@@ -129,15 +130,8 @@ class _Counts:
         return key, above, int(self.ge[j]) - above, value
 
 
-class TrimCuts:
-    """The cuts of one worker, with its cache of sorted copies or histograms (``mode``)."""
-
-    def __init__(self, mode: Thresholds, *, compiles: Callable[[int], bool], chunk: Callable[[int, bool], int]):
-        """``compiles(n)``: whether a tensor of n entries uses compiled kernels; ``chunk(n, compiled)``: entries per call."""
-        self.mode, self.compiles, self.chunk = mode, compiles, chunk
-        self._sorted: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
-        self._counts: dict[tuple[str, int], _Counts] = {}
-        self._flags: Tensor | None = None  # scratch of the flag pass, reused across tensors
+class TrimCuts(ABC):
+    """A worker's TIES cuts, with its cache: sorted copies (``SortedCuts``) or histograms (``HistogramCuts``)."""
 
     def cuts(self, name: str, densities: Sequence[float], base: Tensor, sources: Sequence[Tensor]) -> list[Trim]:
         """The cut of every source (flattened inputs, on the merging device)."""
@@ -145,21 +139,35 @@ class TrimCuts:
         keeps = [keep_count(d, n) for d in densities]
         trims: list[Trim | None] = [_trivial(keep, n) for keep in keeps]
         todo = [k for k, t in enumerate(trims) if t is None]
-        if todo and (self.mode == "sorted" or n < HISTOGRAM_MIN):
-            for k in todo:
-                trims[k] = self._from_sorted(name, k, keeps[k], base, sources[k])
-        elif todo:
-            for k, trim in self._from_counts(name, todo, keeps, base, sources).items():
+        if todo:
+            for k, trim in self._cuts(name, todo, keeps, base, sources).items():
                 trims[k] = trim
         return [t for t in trims if t is not None]
 
-    def cache_bytes(self) -> int:
-        arrays = [t for pair in self._sorted.values() for t in pair]
-        arrays += [t for c in self._counts.values() for t in (c.keys, c.ge)]
-        arrays += [c.ties.ends for c in self._counts.values() if c.ties is not None]
-        return sum(t.numel() * t.element_size() for t in arrays)
+    @abstractmethod
+    def _cuts(self, name: str, todo: list[int], keeps: list[int], base: Tensor,
+              sources: Sequence[Tensor]) -> dict[int, Trim]:
+        """The cuts of sources ``todo`` (source -> cut), each keeping ``keeps[k]`` entries, neither none nor all."""
 
-    # -- sorted copies --------------------------------------------------------------------------------
+    @abstractmethod
+    def cache_bytes(self) -> int:
+        """Bytes the cache holds now."""
+
+
+def make_trim_cuts(mode: Thresholds, *, compiles: Callable[[int], bool], chunk: Callable[[int, bool], int]) -> TrimCuts:
+    """The cuts of the memory plan's ``thresholds``. ``compiles(n)``: whether a tensor of n entries uses compiled
+    kernels; ``chunk(n, compiled)``: entries per call (the histograms' passes)."""
+    return SortedCuts() if mode == "sorted" else HistogramCuts(compiles=compiles, chunk=chunk)
+
+
+class SortedCuts(TrimCuts):
+    """Cuts from |τ_k| sorted once per (tensor, source): a lookup and two binary searches per cut."""
+
+    def __init__(self) -> None:
+        self._sorted: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self._sorted.values() for t in pair)
 
     def sorted_magnitudes(self, name: str, k: int, base: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
         """|θ_k − θ0| flattened, stably sorted ascending: (values, flat indices), cached."""
@@ -170,7 +178,11 @@ class TrimCuts:
             self._sorted[key] = (values, order.to(torch.int32) if order.numel() < 2**31 else order)
         return self._sorted[key]
 
-    def _from_sorted(self, name: str, k: int, keep: int, base: Tensor, source: Tensor) -> Trim:
+    def _cuts(self, name: str, todo: list[int], keeps: list[int], base: Tensor,
+              sources: Sequence[Tensor]) -> dict[int, Trim]:
+        return {k: self._cut(name, k, keeps[k], base, sources[k]) for k in todo}
+
+    def _cut(self, name: str, k: int, keep: int, base: Tensor, source: Tensor) -> Trim:
         asc, order = self.sorted_magnitudes(name, k, base, source)
         n = asc.numel()
         low = asc[n - keep : n - keep + 1]
@@ -181,7 +193,27 @@ class TrimCuts:
             return Trim(float(low), n)
         return Trim(float(low), int(order[first + need - 1]) + 1)
 
-    # -- histograms -----------------------------------------------------------------------------------
+
+class HistogramCuts(TrimCuts):
+    """Cuts from |τ_k| counted per histogram key (kilobytes per tensor and source; see the module docstring); a
+    tensor under ``HISTOGRAM_MIN`` entries uses a sorted copy, which costs less."""
+
+    def __init__(self, *, compiles: Callable[[int], bool], chunk: Callable[[int, bool], int]):
+        self.compiles, self.chunk = compiles, chunk
+        self._small = SortedCuts()
+        self._counts: dict[tuple[str, int], _Counts] = {}
+        self._flags: Tensor | None = None  # scratch of the flag pass, reused across tensors
+
+    def cache_bytes(self) -> int:
+        arrays = [t for c in self._counts.values() for t in (c.keys, c.ge)]
+        arrays += [c.ties.ends for c in self._counts.values() if c.ties is not None]
+        return self._small.cache_bytes() + sum(t.numel() * t.element_size() for t in arrays)
+
+    def _cuts(self, name: str, todo: list[int], keeps: list[int], base: Tensor,
+              sources: Sequence[Tensor]) -> dict[int, Trim]:
+        if base.numel() < HISTOGRAM_MIN:
+            return self._small._cuts(name, todo, keeps, base, sources)
+        return self._from_counts(name, todo, keeps, base, sources)
 
     def counts(self, name: str, k: int, base: Tensor, source: Tensor) -> _Counts:
         """|θ_k − θ0| counted per histogram key, with its tie index (once per worker): kilobytes."""

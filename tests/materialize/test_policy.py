@@ -19,7 +19,7 @@ import torch
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.kernels import TIE_BLOCK
 from evomerge.materialize.plan import MergePlan, TensorStep
-from evomerge.materialize.thresholds import Trim, TrimCuts, tie_index_bytes
+from evomerge.materialize.thresholds import HistogramCuts, SortedCuts, Trim, tie_index_bytes
 from evomerge.merge.registry import get_method
 from evomerge.merge.sparsify import keep_count
 from evomerge.sources.pool import SourcePool
@@ -165,11 +165,10 @@ def cut_keeps(cut: Trim, base: torch.Tensor, source: torch.Tensor) -> torch.Tens
     return (tau > cut.low) | ((tau == cut.low) & (torch.arange(tau.numel()) < cut.p))
 
 
-def cuts_agree(base: torch.Tensor, sources: list[torch.Tensor], candidates: list[list[float]]) -> TrimCuts:
+def cuts_agree(base: torch.Tensor, sources: list[torch.Tensor], candidates: list[list[float]]) -> HistogramCuts:
     """Asserts that histogram cuts equal sorted-copy cuts for every candidate's densities (eager, whole tensors), and
-    keep exactly the entries of the brute-force reference; returns the histogram's ``TrimCuts``."""
-    every = dict(compiles=lambda n: False, chunk=lambda n, compiled: n)
-    histogram, reference = TrimCuts("histogram", **every), TrimCuts("sorted", **every)
+    keep exactly the entries of the brute-force reference; returns the ``HistogramCuts``."""
+    histogram, reference = HistogramCuts(compiles=lambda n: False, chunk=lambda n, compiled: n), SortedCuts()
     for densities in candidates:
         cuts = histogram.cuts("w", densities, base, sources)
         assert cuts == reference.cuts("w", densities, base, sources), densities
@@ -178,7 +177,7 @@ def cuts_agree(base: torch.Tensor, sources: list[torch.Tensor], candidates: list
     return histogram
 
 
-def tied_cuts_agree(densities: list[float]) -> TrimCuts:
+def tied_cuts_agree(densities: list[float]) -> HistogramCuts:
     """``cuts_agree`` on ``tied_sources`` with densities d and 1 − d."""
     return cuts_agree(*tied_sources(), [[d, 1 - d] for d in densities])
 
