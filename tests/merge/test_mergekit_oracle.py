@@ -34,6 +34,9 @@ def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
                  "models": [m(a, weight=1.0, density=0.5), m(b, weight=0.8, density=0.6), m(c, weight=0.5, density=0.3)]},
         "slerp": {"merge_method": "slerp", "base_model": str(base), "models": [m(base), m(a)], "parameters": {"t": 0.35}},
         "model_stock": {"merge_method": "model_stock", "base_model": str(base), "models": [m(a), m(b), m(c)]},
+        "nearswap": {"merge_method": "nearswap", "base_model": str(base), "models": [m(a)], "parameters": {"t": 0.03}},
+        "sce": {"merge_method": "sce", "base_model": str(base), "models": [m(a), m(b), m(c)],
+                "parameters": {"select_topk": 0.6}},
     }
 
 
@@ -47,22 +50,27 @@ def differential(family: dict[str, Path], method: str, tmp_path: Path, mergekit)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce"])
 def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path, mergekit) -> None:
     differential(tiny_family, method, tmp_path, mergekit)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce"])
 def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path, mergekit) -> None:
     models = zoo_dir / "models"
     differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path,
                  mergekit)
 
 
+# Numeric globals are drawn from (0.2, 0.9) but for these: NearSwap's t is a distance, and the tiny sources lie
+# N(0, 0.05²) from their base, so t in (0.01, 0.08) both swaps entries and moves others.
+GLOBAL_RANGES = {("nearswap", "t"): (0.01, 0.08)}
+
+
 def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) -> Recipe:
     """Different values in every group — embed, each layer group narrowed to each kind, final_norm, lm_head —
-    for every per-source parameter and every numeric global one (λ, t)."""
+    for every per-source parameter and every numeric global one (λ, t, select_topk)."""
     m = get_method(method)
     sources = (family["a"],) if m.max_sources == 1 else (family["a"], family["b"], family["c"])
     n_layers = 2
@@ -74,7 +82,7 @@ def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) ->
         ranges = {"weight": (0.2, 1.5), "density": (0.3, 0.9)}
         per_source = {p: tuple(rng.uniform(*ranges[p]) for _ in sources) for p in m.per_source}
         numeric = {p: v for p, v in m.globals.items() if isinstance(v, float)}
-        return GroupSpec(method, per_source, {p: rng.uniform(0.2, 0.9) for p in numeric})
+        return GroupSpec(method, per_source, {p: rng.uniform(*GLOBAL_RANGES.get((method, p), (0.2, 0.9))) for p in numeric})
 
     groups = {u: spec() for u in units}
     return Recipe(base=family["base"], sources=sources, default=groups["embed"], groups=groups,
@@ -94,7 +102,7 @@ def mergekit_matches_evomerge(recipe: Recipe, tmp_path: Path, mergekit) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties", "nearswap", "sce"])
 def test_mergekit_yaml_of_a_per_layer_per_kind_recipe_gives_its_tensors(method: str, tiny_family, tmp_path: Path,
                                                                          mergekit) -> None:
     data = mergekit_matches_evomerge(varied_recipe(method, tiny_family), tmp_path, mergekit)

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from evomerge.errors import EvomergeError
 from evomerge.merge import sparsify
 from evomerge.merge.draws import uniform_draws
 from evomerge.merge.registry import get_method, method_names
@@ -135,7 +136,7 @@ def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
 
 def test_every_method_of_the_design_is_registered() -> None:
     want = {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-            "della", "della_linear", "slerp", "model_stock"}
+            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce"}
     assert want <= set(method_names())
 
 
@@ -486,12 +487,96 @@ def test_model_stock_of_sources_equal_to_the_base_is_the_base(family) -> None:
     close(get_method("model_stock")(base, [base.clone(), base.clone()]), base)
 
 
+# ---- NearSwap ------------------------------------------------------------------------------------
+
+
+def ref_nearswap(a: list[float], b: list[float], t: float) -> list[float]:
+    """Each entry: the source's where |b − a| ≤ t, else moved by t towards it (distances under 1e-6 count as 1e-6)."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        w = min(1.0, max(0.0, t / max(abs(y - x), 1e-6)))
+        out.append(w * y + (1 - w) * x)
+    return out
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.3, 5.0])
+def test_nearswap_matches_the_reference(t) -> None:
+    a, b = rand(4, 6, seed=5), rand(4, 6, seed=6)
+    close(get_method("nearswap")(a, [b], t=t), as_tensor(ref_nearswap(flat(a), flat(b), t), a))
+
+
+def test_nearswap_swaps_near_entries_and_moves_far_ones_by_t() -> None:
+    got = get_method("nearswap")(vec(0.0, 0.0, 1.0), [vec(0.1, -2.0, 1.0)], t=0.5)
+    close(got, vec(0.1, -0.5, 1.0))
+
+
+# ---- SCE -----------------------------------------------------------------------------------------
+
+
+def ref_sce(base: torch.Tensor, sources: list[torch.Tensor], select: float) -> torch.Tensor:
+    """Select by cross-source variance (ties by index), weight by mean square, erase the minority sign."""
+    b = flat(base)
+    taus = [[s - x for s, x in zip(flat(src), b, strict=True)] for src in sources]
+    n, k_count = len(b), len(taus)
+    if select < 1:
+        var = [sum((t[i] - sum(u[i] for u in taus) / k_count) ** 2 for t in taus) / k_count for i in range(n)]
+        keep = int(sum(v != 0 for v in var) * select) if select > 0 else 0
+        chosen = set(sorted(range(n), key=lambda i: (-var[i], i))[:keep])
+        taus = [[t[i] if i in chosen else 0.0 for i in range(n)] for t in taus]
+    energy = [sum(v * v for v in t) / n for t in taus]
+    weights = [e / sum(energy) for e in energy] if abs(sum(energy)) >= 1e-6 else [1 / k_count] * k_count
+    out = []
+    for i in range(n):
+        sign = 1.0 if sum(t[i] for t in taus) >= 0 else -1.0
+        agree = [k for k in range(k_count) if taus[k][i] != 0 and math.copysign(1.0, taus[k][i]) == sign]
+        den = max(sum(weights[k] for k in agree), 1e-6)
+        out.append(b[i] + sum(weights[k] * taus[k][i] for k in agree) / den)
+    return as_tensor(out, base)
+
+
+@pytest.mark.parametrize("select", [0.0, 0.3, 0.75, 1.0])
+def test_sce_matches_the_reference(family, select) -> None:
+    base, srcs = family
+    srcs = [base + (k + 1) * (s - base) for k, s in enumerate(srcs)]  # unequal energies
+    close(get_method("sce")(base, srcs, select_topk=select), ref_sce(base, srcs, select))
+
+
+def test_sce_weights_are_uniform_when_the_task_vectors_are_nearly_zero(family) -> None:
+    base, srcs = family
+    small = [base + 1e-4 * (s - base) for s in srcs]  # Σ mean(τ²) ≈ 3e-10 < 1e-6
+    close(get_method("sce")(base, small), ref_sce(base, small, 1.0))
+
+
+def test_sce_of_identical_sources_is_that_source(family) -> None:
+    base, srcs = family
+    close(get_method("sce")(base, [srcs[0]] * 3), srcs[0])
+
+
+# ---- bad parameters: one line naming the parameter and its domain --------------------------------
+
+
+@pytest.mark.parametrize("name,params,message", [
+    ("nearswap", {"t": -0.1}, "nearswap: 't' = -0.1 is outside [0, inf]"),
+    ("sce", {"select_topk": 1.5}, "sce: 'select_topk' = 1.5 is outside [0, 1]"),
+    ("sce", {"select_topk": "half"}, "sce: 'select_topk' must be a number, got 'half'"),
+])
+def test_a_bad_parameter_is_refused_in_one_line(name, params, message) -> None:
+    with pytest.raises(EvomergeError) as error:
+        get_method(name).validate(1, {}, params)
+    assert str(error.value) == message
+
+
+def test_nearswap_refuses_a_second_source() -> None:
+    with pytest.raises(EvomergeError, match="^method 'nearswap' needs exactly 1 source model"):
+        get_method("nearswap").validate(2, {}, {})
+
+
 # ---- dtypes --------------------------------------------------------------------------------------
 
 
 def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tensor:
     method = get_method(name)
-    srcs = srcs[:1] if name == "slerp" else srcs
+    srcs = srcs[:method.max_sources] if method.max_sources else srcs
     kwargs = {key: [default] * len(srcs) for key, default in method.per_source.items()}
     if "density" in kwargs:
         kwargs["density"] = [0.5] * len(srcs)
@@ -501,7 +586,7 @@ def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tenso
 
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-       "della", "della_linear", "slerp", "model_stock"]
+       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
