@@ -122,6 +122,7 @@ def test_slerp_with_cached_angle(t: float) -> None:
     ("breadcrumbs", 3, {"weight": [1.0, 0.5, 0.2], "density": [0.5, 0.6, 0.7]}, {}),
     ("nearswap", 1, {}, {"t": 0.05}),
     ("sce", 3, {}, {"select_topk": 0.5}),
+    ("karcher", 3, {}, {"max_iter": 3}),
 ])
 def test_other_methods_fall_back_to_the_eager_operator(method: str, k: int, source_params: dict, params: dict) -> None:
     pool = make_pool(k, seed=4)

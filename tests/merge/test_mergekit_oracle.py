@@ -37,6 +37,7 @@ def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
         "nearswap": {"merge_method": "nearswap", "base_model": str(base), "models": [m(a)], "parameters": {"t": 0.03}},
         "sce": {"merge_method": "sce", "base_model": str(base), "models": [m(a), m(b), m(c)],
                 "parameters": {"select_topk": 0.6}},
+        "karcher": {"merge_method": "karcher", "models": [m(a), m(b), m(c)], "parameters": {"max_iter": 4, "tol": 1e-6}},
     }
 
 
@@ -50,13 +51,13 @@ def differential(family: dict[str, Path], method: str, tmp_path: Path, mergekit)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher"])
 def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path, mergekit) -> None:
     differential(tiny_family, method, tmp_path, mergekit)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher"])
 def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path, mergekit) -> None:
     models = zoo_dir / "models"
     differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path,
@@ -64,8 +65,9 @@ def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp
 
 
 # Numeric globals are drawn from (0.2, 0.9) but for these: NearSwap's t is a distance, and the tiny sources lie
-# N(0, 0.05²) from their base, so t in (0.01, 0.08) both swaps entries and moves others.
-GLOBAL_RANGES = {("nearswap", "t"): (0.01, 0.08)}
+# N(0, 0.05²) from their base, so t in (0.01, 0.08) both swaps entries and moves others; Karcher's tolerance is
+# small and its step count a whole number.
+GLOBAL_RANGES = {("nearswap", "t"): (0.01, 0.08), ("karcher", "tol"): (1e-7, 1e-5), ("karcher", "max_iter"): (1, 10)}
 
 
 def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) -> Recipe:
@@ -81,8 +83,10 @@ def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) ->
     def spec() -> GroupSpec:
         ranges = {"weight": (0.2, 1.5), "density": (0.3, 0.9)}
         per_source = {p: tuple(rng.uniform(*ranges[p]) for _ in sources) for p in m.per_source}
-        numeric = {p: v for p, v in m.globals.items() if isinstance(v, float)}
-        return GroupSpec(method, per_source, {p: rng.uniform(*GLOBAL_RANGES.get((method, p), (0.2, 0.9))) for p in numeric})
+        numeric = {p: v for p, v in m.globals.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        draw = lambda p, v: rng.randint(*GLOBAL_RANGES[method, p]) if isinstance(v, int) else rng.uniform(  # noqa: E731
+            *GLOBAL_RANGES.get((method, p), (0.2, 0.9)))
+        return GroupSpec(method, per_source, {p: draw(p, v) for p, v in numeric.items()})
 
     groups = {u: spec() for u in units}
     return Recipe(base=family["base"], sources=sources, default=groups["embed"], groups=groups,
@@ -102,7 +106,8 @@ def mergekit_matches_evomerge(recipe: Recipe, tmp_path: Path, mergekit) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties", "nearswap", "sce"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties", "nearswap", "sce",
+                                    "karcher"])
 def test_mergekit_yaml_of_a_per_layer_per_kind_recipe_gives_its_tensors(method: str, tiny_family, tmp_path: Path,
                                                                          mergekit) -> None:
     data = mergekit_matches_evomerge(varied_recipe(method, tiny_family), tmp_path, mergekit)

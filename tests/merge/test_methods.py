@@ -136,7 +136,7 @@ def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
 
 def test_every_method_of_the_design_is_registered() -> None:
     want = {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce"}
+            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher"}
     assert want <= set(method_names())
 
 
@@ -552,6 +552,53 @@ def test_sce_of_identical_sources_is_that_source(family) -> None:
     close(get_method("sce")(base, [srcs[0]] * 3), srcs[0])
 
 
+# ---- Karcher mean --------------------------------------------------------------------------------
+
+
+def ref_karcher(points: list[list[float]], max_iter: int, tol: float) -> list[float]:
+    """Riemannian mean of the directions by exp/log-map steps, times the mean norm (plain float64 Python)."""
+    dot = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True))  # noqa: E731
+    norms = [math.sqrt(dot(p, p)) for p in points]
+    units = [[v / r for v in p] for p, r in zip(points, norms, strict=True) if r > tol]
+    n = len(points[0])
+    mu = [sum(u[i] for u in units) / len(units) for i in range(n)]
+    length = math.sqrt(dot(mu, mu))
+    mu = list(units[0]) if length < tol else [v / length for v in mu]
+    for _ in range(max_iter):
+        step = [0.0] * n
+        for u in units:
+            c = max(-1.0, min(1.0, dot(mu, u)))
+            angle = math.acos(c)
+            if angle >= tol:
+                step = [s + angle / math.sin(angle) / len(units) * (ui - c * mi) for s, ui, mi in zip(step, u, mu, strict=True)]
+        size = math.sqrt(dot(step, step))
+        if size < tol:
+            break
+        mu = [math.cos(size) * m + math.sin(size) * s / size for m, s in zip(mu, step, strict=True)]
+        length = math.sqrt(dot(mu, mu))
+        mu = [v / length for v in mu] if length > tol else mu
+    scale = sum(norms) / len(norms)
+    return [scale * v for v in mu]
+
+
+@pytest.mark.parametrize("max_iter", [0, 1, 10])
+def test_karcher_matches_the_reference(family, max_iter) -> None:
+    _, srcs = family
+    srcs = [s * (k + 1) for k, s in enumerate(srcs)]  # unequal norms
+    got = get_method("karcher")(None, srcs, max_iter=max_iter)
+    close(got, as_tensor(ref_karcher([flat(s) for s in srcs], max_iter, 1e-5), srcs[0]))
+
+
+def test_karcher_mean_of_two_orthogonal_directions_bisects_them() -> None:
+    got = get_method("karcher")(None, [vec(2.0, 0.0), vec(0.0, 4.0)])
+    close(got, vec(3.0 / math.sqrt(2), 3.0 / math.sqrt(2)))
+
+
+def test_karcher_leaves_near_zero_tensors_out_of_the_direction() -> None:
+    got = get_method("karcher")(None, [vec(0.0, 3.0), vec(1e-7, 0.0)])
+    close(got, vec(0.0, 1.5 + 5e-8))
+
+
 # ---- bad parameters: one line naming the parameter and its domain --------------------------------
 
 
@@ -559,6 +606,8 @@ def test_sce_of_identical_sources_is_that_source(family) -> None:
     ("nearswap", {"t": -0.1}, "nearswap: 't' = -0.1 is outside [0, inf]"),
     ("sce", {"select_topk": 1.5}, "sce: 'select_topk' = 1.5 is outside [0, 1]"),
     ("sce", {"select_topk": "half"}, "sce: 'select_topk' must be a number, got 'half'"),
+    ("karcher", {"max_iter": 2.5}, "karcher: 'max_iter' must be a whole number, got 2.5"),
+    ("karcher", {"tol": 0}, "karcher: 'tol' = 0 is outside (0, 1]"),
 ])
 def test_a_bad_parameter_is_refused_in_one_line(name, params, message) -> None:
     with pytest.raises(EvomergeError) as error:
@@ -586,7 +635,7 @@ def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tenso
 
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce"]
+       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
