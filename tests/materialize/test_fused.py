@@ -123,6 +123,8 @@ def test_slerp_with_cached_angle(t: float) -> None:
     ("nearswap", 1, {}, {"t": 0.05}),
     ("sce", 3, {}, {"select_topk": 0.5}),
     ("karcher", 3, {}, {"max_iter": 3}),
+    ("nuslerp", 2, {"weight": [0.4, 1.1]}, {"nuslerp_flatten": False}),
+    ("multislerp", 3, {"weight": [0.4, 1.1, 0.2]}, {}),
 ])
 def test_other_methods_fall_back_to_the_eager_operator(method: str, k: int, source_params: dict, params: dict) -> None:
     pool = make_pool(k, seed=4)

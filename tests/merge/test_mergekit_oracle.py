@@ -38,6 +38,10 @@ def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
         "sce": {"merge_method": "sce", "base_model": str(base), "models": [m(a), m(b), m(c)],
                 "parameters": {"select_topk": 0.6}},
         "karcher": {"merge_method": "karcher", "models": [m(a), m(b), m(c)], "parameters": {"max_iter": 4, "tol": 1e-6}},
+        "nuslerp": {"merge_method": "nuslerp", "base_model": str(base), "models": [m(a, weight=0.3), m(b, weight=0.9)],
+                    "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}},
+        "multislerp": {"merge_method": "multislerp", "base_model": str(base),
+                       "models": [m(a, weight=0.5), m(b, weight=1.2), m(c, weight=-0.3)]},
     }
 
 
@@ -51,13 +55,15 @@ def differential(family: dict[str, Path], method: str, tmp_path: Path, mergekit)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
+                                    "nuslerp", "multislerp"])
 def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path, mergekit) -> None:
     differential(tiny_family, method, tmp_path, mergekit)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher"])
+@pytest.mark.slow  # not multislerp: mergekit refuses the zoo's tensors that no source changed (evomerge keeps the base's)
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
+                                    "nuslerp"])
 def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path, mergekit) -> None:
     models = zoo_dir / "models"
     differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path,
@@ -66,15 +72,16 @@ def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp
 
 # Numeric globals are drawn from (0.2, 0.9) but for these: NearSwap's t is a distance, and the tiny sources lie
 # N(0, 0.05²) from their base, so t in (0.01, 0.08) both swaps entries and moves others; Karcher's tolerance is
-# small and its step count a whole number.
-GLOBAL_RANGES = {("nearswap", "t"): (0.01, 0.08), ("karcher", "tol"): (1e-7, 1e-5), ("karcher", "max_iter"): (1, 10)}
+# small and its step count a whole number; Multi-SLERP's ε stays a guard.
+GLOBAL_RANGES = {("nearswap", "t"): (0.01, 0.08), ("karcher", "tol"): (1e-7, 1e-5), ("karcher", "max_iter"): (1, 10),
+                 ("multislerp", "eps"): (1e-9, 1e-7)}
 
 
 def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) -> Recipe:
     """Different values in every group — embed, each layer group narrowed to each kind, final_norm, lm_head —
     for every per-source parameter and every numeric global one (λ, t, select_topk)."""
     m = get_method(method)
-    sources = (family["a"],) if m.max_sources == 1 else (family["a"], family["b"], family["c"])
+    sources = (family["a"], family["b"], family["c"])[:m.max_sources or 3]
     n_layers = 2
     layer_groups = [f"layers.{i}" for i in range(n_layers)] if granularity == 1 else [f"layers.0-{n_layers - 1}"]
     units = ["embed", *(f"{g}:{k}" for g in layer_groups for k in KINDS), "final_norm", "lm_head"]
@@ -107,7 +114,7 @@ def mergekit_matches_evomerge(recipe: Recipe, tmp_path: Path, mergekit) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties", "nearswap", "sce",
-                                    "karcher"])
+                                    "karcher", "nuslerp", "multislerp"])
 def test_mergekit_yaml_of_a_per_layer_per_kind_recipe_gives_its_tensors(method: str, tiny_family, tmp_path: Path,
                                                                          mergekit) -> None:
     data = mergekit_matches_evomerge(varied_recipe(method, tiny_family), tmp_path, mergekit)

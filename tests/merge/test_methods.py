@@ -136,7 +136,7 @@ def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
 
 def test_every_method_of_the_design_is_registered() -> None:
     want = {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher"}
+            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp"}
     assert want <= set(method_names())
 
 
@@ -599,6 +599,103 @@ def test_karcher_leaves_near_zero_tensors_out_of_the_direction() -> None:
     close(got, vec(0.0, 1.5 + 5e-8))
 
 
+# ---- NuSLERP and Multi-SLERP (task vectors on the sphere) ---------------------------------------
+
+
+def ref_nuslerp_rows(a: list[list[float]], b: list[list[float]], t: float) -> list[list[float]]:
+    """SLERP of each pair of vectors (norms under 1e-7 count as 1e-7; linear where 1 − cos² ≤ 1e-16)."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        nx, ny = max(math.sqrt(sum(v * v for v in x)), 1e-7), max(math.sqrt(sum(v * v for v in y)), 1e-7)
+        c = max(-1.0, min(1.0, sum(p / nx * q / ny for p, q in zip(x, y, strict=True))))
+        if 1 - c * c <= 1e-16:
+            out.append([(1 - t) * p + t * q for p, q in zip(x, y, strict=True)])
+            continue
+        om = math.acos(c)
+        out.append([(math.sin((1 - t) * om) * p + math.sin(t * om) * q) / math.sin(om) for p, q in zip(x, y, strict=True)])
+    return out
+
+
+def ref_nuslerp(base: torch.Tensor, srcs: list[torch.Tensor], weight: list[float], layout: str) -> torch.Tensor:
+    """θ0 + SLERP of the two task vectors at t = w1 / (w0 + w1): whole tensor, its rows, or its columns."""
+    t = 0.5 if abs(sum(weight)) < 1e-6 else weight[1] / sum(weight)
+    a, b = srcs[0] - base, srcs[1] - base
+    if layout == "columns":
+        a, b = a.T, b.T
+    rows = lambda x: [flat(x)] if layout == "whole" else x.tolist()  # noqa: E731
+    mixed = torch.tensor(ref_nuslerp_rows(rows(a), rows(b), t), dtype=F64).reshape(a.shape)
+    return base + (mixed.T if layout == "columns" else mixed)
+
+
+LAYOUTS = {"whole": {}, "rows": {"nuslerp_flatten": False}, "columns": {"nuslerp_flatten": False, "nuslerp_row_wise": True}}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("weight", [[1.0, 3.0], [0.5, -0.5]], ids=["t0.75", "weights-cancel"])
+def test_nuslerp_matches_the_reference(family, layout, weight) -> None:
+    base, srcs = family
+    got = get_method("nuslerp")(base, srcs[:2], weight=weight, **LAYOUTS[layout])
+    close(got, ref_nuslerp(base, srcs[:2], weight, layout))
+
+
+def test_nuslerp_of_colinear_task_vectors_is_linear(family) -> None:
+    base, srcs = family
+    tau = srcs[0] - base
+    close(get_method("nuslerp")(base, [base + tau, base + 3 * tau], weight=[1.0, 1.0]), base + 2 * tau)
+
+
+def ref_multislerp(base: torch.Tensor, srcs: list[torch.Tensor], weight: list[float], normalize: bool,
+                   eps: float = 1e-8) -> torch.Tensor:
+    taus = [[s - x for s, x in zip(flat(src), flat(base), strict=True)] for src in srcs]
+    w = [x / sum(weight) for x in weight] if normalize else list(weight)
+    norms = [math.sqrt(sum(v * v for v in t)) for t in taus]
+    units = [[v / (r + eps) for v in t] for t, r in zip(taus, norms, strict=True)]
+    n = len(taus[0])
+    mean = [sum(wk * u[i] for wk, u in zip(w, units, strict=True)) for i in range(n)]
+    length = math.sqrt(sum(v * v for v in mean))
+    mean = [v / length for v in mean]
+    tangent = [0.0] * n
+    for wk, u in zip(w, units, strict=True):
+        d = sum(p * q for p, q in zip(u, mean, strict=True))
+        tangent = [g + wk * (ui - d * mi) for g, ui, mi in zip(tangent, u, mean, strict=True)]
+    size = math.sqrt(sum(v * v for v in tangent)) + eps
+    scale = sum(wk * r for wk, r in zip(w, norms, strict=True))
+    out = [b + scale * (m * math.cos(size) + g * math.sin(size) / size)
+           for b, m, g in zip(flat(base), mean, tangent, strict=True)]
+    return as_tensor(out, base)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_multislerp_matches_the_reference(family, normalize) -> None:
+    base, srcs = family
+    w = [0.5, 1.5, -0.25]
+    close(get_method("multislerp")(base, srcs, weight=w, normalize_weights=normalize), ref_multislerp(base, srcs, w, normalize))
+
+
+def test_multislerp_of_two_opposite_task_vectors_with_equal_weights_is_linear(family) -> None:
+    base, srcs = family
+    tau = srcs[0] - base
+    close(get_method("multislerp")(base, [base + tau, base - tau], weight=[1.0, 1.0]), base)
+
+
+def test_multislerp_refuses_three_task_vectors_whose_unit_mean_cancels(family) -> None:
+    base, srcs = family
+    tau = srcs[0] - base
+    with pytest.raises(EvomergeError, match="^multislerp: the weighted mean of the sources' unit task vectors is zero"):
+        get_method("multislerp")(base, [base + tau, base - tau, base + 2 * tau], weight=[1.0, 2.0, 1.0])
+
+
+def test_multislerp_keeps_a_tensor_no_source_changed(family) -> None:
+    base, _ = family
+    close(get_method("multislerp")(base, [base.clone()] * 3, weight=[1.0, 2.0, 1.0]), base)
+
+
+def test_multislerp_refuses_to_normalize_weights_that_sum_to_zero(family) -> None:
+    base, srcs = family
+    with pytest.raises(EvomergeError, match="^multislerp: the weights sum to 0"):
+        get_method("multislerp")(base, srcs[:2], weight=[1.0, -1.0])
+
+
 # ---- bad parameters: one line naming the parameter and its domain --------------------------------
 
 
@@ -608,10 +705,12 @@ def test_karcher_leaves_near_zero_tensors_out_of_the_direction() -> None:
     ("sce", {"select_topk": "half"}, "sce: 'select_topk' must be a number, got 'half'"),
     ("karcher", {"max_iter": 2.5}, "karcher: 'max_iter' must be a whole number, got 2.5"),
     ("karcher", {"tol": 0}, "karcher: 'tol' = 0 is outside (0, 1]"),
+    ("nuslerp", {"nuslerp_flatten": "no"}, "nuslerp: 'nuslerp_flatten' must be true or false, got 'no'"),
+    ("multislerp", {"eps": 2.0}, "multislerp: 'eps' = 2.0 is outside (0, 1]"),
 ])
 def test_a_bad_parameter_is_refused_in_one_line(name, params, message) -> None:
     with pytest.raises(EvomergeError) as error:
-        get_method(name).validate(1, {}, params)
+        get_method(name).validate(get_method(name).min_sources, {}, params)
     assert str(error.value) == message
 
 
@@ -635,7 +734,7 @@ def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tenso
 
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher"]
+       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
