@@ -10,6 +10,7 @@ tensor), tensor by tensor, in float32, and mergekit must write every tensor evom
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,17 @@ def test_mergekit_yaml_of_a_per_layer_per_kind_recipe_gives_its_tensors(method: 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["della", "della_linear", "dare_linear"])
+def test_random_drop_methods_at_density_one_give_mergekits_tensors(method: str, tiny_family, tmp_path: Path,
+                                                                   mergekit) -> None:
+    """d = 1 drops nothing in either tool, so there the random-drop methods are exact: every other value varies."""
+    recipe = varied_recipe(method, tiny_family)
+    whole = lambda s: replace(s, source_params={**s.source_params, "density": (1.0,) * len(recipe.sources)})  # noqa: E731
+    recipe = replace(recipe, default=whole(recipe.default), groups={g: whole(s) for g, s in recipe.groups.items()})
+    mergekit_matches_evomerge(recipe, tmp_path, mergekit)
+
+
+@pytest.mark.slow
 def test_mergekit_yaml_of_layer_groups_spans_each_group(tiny_family, tmp_path: Path, mergekit) -> None:
     data = mergekit_matches_evomerge(varied_recipe("ties", tiny_family, granularity=2), tmp_path, mergekit)
     assert [s["sources"][-1]["layer_range"] for s in data["slices"]] == [[0, 2]]
@@ -137,9 +149,11 @@ def test_the_comparison_fails_when_mergekit_writes_nothing(tiny_family, tmp_path
 
 
 @pytest.mark.slow
-def test_mergekit_runs_the_closest_setting_of_a_random_drop_recipe(tiny_family, tmp_path: Path, mergekit) -> None:
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_mergekit_runs_the_closest_setting_of_a_random_drop_recipe(method: str, tiny_family, tmp_path: Path,
+                                                                   mergekit) -> None:
     """DELLA's draws cannot be reproduced, but mergekit takes its YAML, also where evomerge's d ± ε leaves (0, 1)."""
-    recipe = varied_recipe("della", tiny_family)
+    recipe = varied_recipe(method, tiny_family)
     assert any(d + s.params["epsilon"] >= 1 for s in recipe.specs for d in s.source_params["density"])
     text, _ = to_mergekit(recipe, read_tensor_names(recipe.template), "float32")
     (tmp_path / "mergekit.yaml").write_text(text)
