@@ -52,7 +52,7 @@ class Param:
     """One parameter of a merge method."""
 
     name: str  # the Python argument name
-    default: Any
+    default: Any  # its type is the parameter's: a bool is a flag, an int takes whole numbers only
     per_source: bool = False  # one value per source model (a gene per source when searched)
     domain: Domain | None = None  # allowed values; None: any finite number (or a bool for flags)
     search: tuple[float, float] | None = None  # default search bounds of its gene
@@ -151,6 +151,8 @@ def _check_value(method: str, param: Param, value: Any) -> None:
         raise EvomergeError(f"{method}: '{param.recipe_name}' = {value} is outside {param.domain.describe()}")
     if not math.isfinite(float(value)):
         raise EvomergeError(f"{method}: '{param.recipe_name}' must be finite, got {value}")
+    if isinstance(param.default, int) and not float(value).is_integer():
+        raise EvomergeError(f"{method}: '{param.recipe_name}' must be a whole number, got {value!r}")
 
 
 _REGISTRY: dict[str, MergeMethod] = {}

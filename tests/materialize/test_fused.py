@@ -118,9 +118,17 @@ def test_slerp_with_cached_angle(t: float) -> None:
     check(pool, make_plan(pool, "slerp", {}, {"t": t}), **EAGER)
 
 
-def test_other_methods_fall_back_to_the_eager_operator() -> None:
-    pool = make_pool(3, seed=4)
-    check(pool, make_plan(pool, "breadcrumbs", {"weight": [1.0, 0.5, 0.2], "density": [0.5, 0.6, 0.7]}), **EAGER)
+@pytest.mark.parametrize("method,k,source_params,params", [
+    ("breadcrumbs", 3, {"weight": [1.0, 0.5, 0.2], "density": [0.5, 0.6, 0.7]}, {}),
+    ("nearswap", 1, {}, {"t": 0.05}),
+    ("sce", 3, {}, {"select_topk": 0.5}),
+    ("karcher", 3, {}, {"max_iter": 3}),
+    ("nuslerp", 2, {"weight": [0.4, 1.1]}, {"nuslerp_flatten": False}),
+    ("multislerp", 3, {"weight": [0.4, 1.1, 0.2]}, {}),
+])
+def test_other_methods_fall_back_to_the_eager_operator(method: str, k: int, source_params: dict, params: dict) -> None:
+    pool = make_pool(k, seed=4)
+    check(pool, make_plan(pool, method, source_params, params), **EAGER)
 
 
 def test_cache_is_filled_once_and_reused() -> None:

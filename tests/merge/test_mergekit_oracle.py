@@ -10,6 +10,7 @@ tensor), tensor by tensor, in float32, and mergekit must write every tensor evom
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,14 @@ def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
                  "models": [m(a, weight=1.0, density=0.5), m(b, weight=0.8, density=0.6), m(c, weight=0.5, density=0.3)]},
         "slerp": {"merge_method": "slerp", "base_model": str(base), "models": [m(base), m(a)], "parameters": {"t": 0.35}},
         "model_stock": {"merge_method": "model_stock", "base_model": str(base), "models": [m(a), m(b), m(c)]},
+        "nearswap": {"merge_method": "nearswap", "base_model": str(base), "models": [m(a)], "parameters": {"t": 0.03}},
+        "sce": {"merge_method": "sce", "base_model": str(base), "models": [m(a), m(b), m(c)],
+                "parameters": {"select_topk": 0.6}},
+        "karcher": {"merge_method": "karcher", "models": [m(a), m(b), m(c)], "parameters": {"max_iter": 4, "tol": 1e-6}},
+        "nuslerp": {"merge_method": "nuslerp", "base_model": str(base), "models": [m(a, weight=0.3), m(b, weight=0.9)],
+                    "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}},
+        "multislerp": {"merge_method": "multislerp", "base_model": str(base),
+                       "models": [m(a, weight=0.5), m(b, weight=1.2), m(c, weight=-0.3)]},
     }
 
 
@@ -47,24 +56,33 @@ def differential(family: dict[str, Path], method: str, tmp_path: Path, mergekit)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
+                                    "nuslerp", "multislerp"])
 def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path, mergekit) -> None:
     differential(tiny_family, method, tmp_path, mergekit)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock"])
+@pytest.mark.slow  # not multislerp: mergekit refuses the zoo's tensors that no source changed (evomerge keeps the base's)
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
+                                    "nuslerp"])
 def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path, mergekit) -> None:
     models = zoo_dir / "models"
     differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path,
                  mergekit)
 
 
+# Numeric globals are drawn from (0.2, 0.9) but for these: NearSwap's t is a distance, and the tiny sources lie
+# N(0, 0.05²) from their base, so t in (0.01, 0.08) both swaps entries and moves others; Karcher's tolerance is
+# small and its step count a whole number; Multi-SLERP's ε stays a guard.
+GLOBAL_RANGES = {("nearswap", "t"): (0.01, 0.08), ("karcher", "tol"): (1e-7, 1e-5), ("karcher", "max_iter"): (1, 10),
+                 ("multislerp", "eps"): (1e-9, 1e-7)}
+
+
 def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) -> Recipe:
     """Different values in every group — embed, each layer group narrowed to each kind, final_norm, lm_head —
-    for every per-source parameter and every numeric global one (λ, t)."""
+    for every per-source parameter and every numeric global one (λ, t, select_topk)."""
     m = get_method(method)
-    sources = (family["a"],) if m.max_sources == 1 else (family["a"], family["b"], family["c"])
+    sources = (family["a"], family["b"], family["c"])[:m.max_sources or 3]
     n_layers = 2
     layer_groups = [f"layers.{i}" for i in range(n_layers)] if granularity == 1 else [f"layers.0-{n_layers - 1}"]
     units = ["embed", *(f"{g}:{k}" for g in layer_groups for k in KINDS), "final_norm", "lm_head"]
@@ -73,8 +91,10 @@ def varied_recipe(method: str, family: dict[str, Path], granularity: int = 1) ->
     def spec() -> GroupSpec:
         ranges = {"weight": (0.2, 1.5), "density": (0.3, 0.9)}
         per_source = {p: tuple(rng.uniform(*ranges[p]) for _ in sources) for p in m.per_source}
-        numeric = {p: v for p, v in m.globals.items() if isinstance(v, float)}
-        return GroupSpec(method, per_source, {p: rng.uniform(0.2, 0.9) for p in numeric})
+        numeric = {p: v for p, v in m.globals.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        draw = lambda p, v: rng.randint(*GLOBAL_RANGES[method, p]) if isinstance(v, int) else rng.uniform(  # noqa: E731
+            *GLOBAL_RANGES.get((method, p), (0.2, 0.9)))
+        return GroupSpec(method, per_source, {p: draw(p, v) for p, v in numeric.items()})
 
     groups = {u: spec() for u in units}
     return Recipe(base=family["base"], sources=sources, default=groups["embed"], groups=groups,
@@ -94,12 +114,24 @@ def mergekit_matches_evomerge(recipe: Recipe, tmp_path: Path, mergekit) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "breadcrumbs_ties", "nearswap", "sce",
+                                    "karcher", "nuslerp", "multislerp"])
 def test_mergekit_yaml_of_a_per_layer_per_kind_recipe_gives_its_tensors(method: str, tiny_family, tmp_path: Path,
                                                                          mergekit) -> None:
     data = mergekit_matches_evomerge(varied_recipe(method, tiny_family), tmp_path, mergekit)
     assert [s["sources"][-1]["layer_range"] for s in data["slices"]] == [[0, 1], [1, 2]]
     assert "filter" in str(data["slices"][0])  # the kinds, and the embeddings, have values of their own
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["della", "della_linear", "dare_linear"])
+def test_random_drop_methods_at_density_one_give_mergekits_tensors(method: str, tiny_family, tmp_path: Path,
+                                                                   mergekit) -> None:
+    """d = 1 drops nothing in either tool, so there the random-drop methods are exact: every other value varies."""
+    recipe = varied_recipe(method, tiny_family)
+    whole = lambda s: replace(s, source_params={**s.source_params, "density": (1.0,) * len(recipe.sources)})  # noqa: E731
+    recipe = replace(recipe, default=whole(recipe.default), groups={g: whole(s) for g, s in recipe.groups.items()})
+    mergekit_matches_evomerge(recipe, tmp_path, mergekit)
 
 
 @pytest.mark.slow
@@ -117,9 +149,11 @@ def test_the_comparison_fails_when_mergekit_writes_nothing(tiny_family, tmp_path
 
 
 @pytest.mark.slow
-def test_mergekit_runs_the_closest_setting_of_a_random_drop_recipe(tiny_family, tmp_path: Path, mergekit) -> None:
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_mergekit_runs_the_closest_setting_of_a_random_drop_recipe(method: str, tiny_family, tmp_path: Path,
+                                                                   mergekit) -> None:
     """DELLA's draws cannot be reproduced, but mergekit takes its YAML, also where evomerge's d ± ε leaves (0, 1)."""
-    recipe = varied_recipe("della", tiny_family)
+    recipe = varied_recipe(method, tiny_family)
     assert any(d + s.params["epsilon"] >= 1 for s in recipe.specs for d in s.source_params["density"])
     text, _ = to_mergekit(recipe, read_tensor_names(recipe.template), "float32")
     (tmp_path / "mergekit.yaml").write_text(text)

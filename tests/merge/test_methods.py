@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from evomerge.errors import EvomergeError
 from evomerge.merge import sparsify
 from evomerge.merge.draws import uniform_draws
 from evomerge.merge.registry import get_method, method_names
@@ -135,7 +136,7 @@ def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
 
 def test_every_method_of_the_design_is_registered() -> None:
     want = {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-            "della", "della_linear", "slerp", "model_stock"}
+            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp"}
     assert want <= set(method_names())
 
 
@@ -486,12 +487,244 @@ def test_model_stock_of_sources_equal_to_the_base_is_the_base(family) -> None:
     close(get_method("model_stock")(base, [base.clone(), base.clone()]), base)
 
 
+# ---- NearSwap ------------------------------------------------------------------------------------
+
+
+def ref_nearswap(a: list[float], b: list[float], t: float) -> list[float]:
+    """Each entry: the source's where |b − a| ≤ t, else moved by t towards it (distances under 1e-6 count as 1e-6)."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        w = min(1.0, max(0.0, t / max(abs(y - x), 1e-6)))
+        out.append(w * y + (1 - w) * x)
+    return out
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.3, 5.0])
+def test_nearswap_matches_the_reference(t) -> None:
+    a, b = rand(4, 6, seed=5), rand(4, 6, seed=6)
+    close(get_method("nearswap")(a, [b], t=t), as_tensor(ref_nearswap(flat(a), flat(b), t), a))
+
+
+def test_nearswap_swaps_near_entries_and_moves_far_ones_by_t() -> None:
+    got = get_method("nearswap")(vec(0.0, 0.0, 1.0), [vec(0.1, -2.0, 1.0)], t=0.5)
+    close(got, vec(0.1, -0.5, 1.0))
+
+
+# ---- SCE -----------------------------------------------------------------------------------------
+
+
+def ref_sce(base: torch.Tensor, sources: list[torch.Tensor], select: float) -> torch.Tensor:
+    """Select by cross-source variance (ties by index), weight by mean square, erase the minority sign."""
+    b = flat(base)
+    taus = [[s - x for s, x in zip(flat(src), b, strict=True)] for src in sources]
+    n, k_count = len(b), len(taus)
+    if select < 1:
+        var = [sum((t[i] - sum(u[i] for u in taus) / k_count) ** 2 for t in taus) / k_count for i in range(n)]
+        keep = int(sum(v != 0 for v in var) * select) if select > 0 else 0
+        chosen = set(sorted(range(n), key=lambda i: (-var[i], i))[:keep])
+        taus = [[t[i] if i in chosen else 0.0 for i in range(n)] for t in taus]
+    energy = [sum(v * v for v in t) / n for t in taus]
+    weights = [e / sum(energy) for e in energy] if abs(sum(energy)) >= 1e-6 else [1 / k_count] * k_count
+    out = []
+    for i in range(n):
+        sign = 1.0 if sum(t[i] for t in taus) >= 0 else -1.0
+        agree = [k for k in range(k_count) if taus[k][i] != 0 and math.copysign(1.0, taus[k][i]) == sign]
+        den = max(sum(weights[k] for k in agree), 1e-6)
+        out.append(b[i] + sum(weights[k] * taus[k][i] for k in agree) / den)
+    return as_tensor(out, base)
+
+
+@pytest.mark.parametrize("select", [0.0, 0.3, 0.75, 1.0])
+def test_sce_matches_the_reference(family, select) -> None:
+    base, srcs = family
+    srcs = [base + (k + 1) * (s - base) for k, s in enumerate(srcs)]  # unequal energies
+    close(get_method("sce")(base, srcs, select_topk=select), ref_sce(base, srcs, select))
+
+
+def test_sce_weights_are_uniform_when_the_task_vectors_are_nearly_zero(family) -> None:
+    base, srcs = family
+    small = [base + 1e-4 * (s - base) for s in srcs]  # Σ mean(τ²) ≈ 3e-10 < 1e-6
+    close(get_method("sce")(base, small), ref_sce(base, small, 1.0))
+
+
+def test_sce_of_identical_sources_is_that_source(family) -> None:
+    base, srcs = family
+    close(get_method("sce")(base, [srcs[0]] * 3), srcs[0])
+
+
+# ---- Karcher mean --------------------------------------------------------------------------------
+
+
+def ref_karcher(points: list[list[float]], max_iter: int, tol: float) -> list[float]:
+    """Riemannian mean of the directions by exp/log-map steps, times the mean norm (plain float64 Python)."""
+    dot = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True))  # noqa: E731
+    norms = [math.sqrt(dot(p, p)) for p in points]
+    units = [[v / r for v in p] for p, r in zip(points, norms, strict=True) if r > tol]
+    n = len(points[0])
+    mu = [sum(u[i] for u in units) / len(units) for i in range(n)]
+    length = math.sqrt(dot(mu, mu))
+    mu = list(units[0]) if length < tol else [v / length for v in mu]
+    for _ in range(max_iter):
+        step = [0.0] * n
+        for u in units:
+            c = max(-1.0, min(1.0, dot(mu, u)))
+            angle = math.acos(c)
+            if angle >= tol:
+                step = [s + angle / math.sin(angle) / len(units) * (ui - c * mi) for s, ui, mi in zip(step, u, mu, strict=True)]
+        size = math.sqrt(dot(step, step))
+        if size < tol:
+            break
+        mu = [math.cos(size) * m + math.sin(size) * s / size for m, s in zip(mu, step, strict=True)]
+        length = math.sqrt(dot(mu, mu))
+        mu = [v / length for v in mu] if length > tol else mu
+    scale = sum(norms) / len(norms)
+    return [scale * v for v in mu]
+
+
+@pytest.mark.parametrize("max_iter", [0, 1, 10])
+def test_karcher_matches_the_reference(family, max_iter) -> None:
+    _, srcs = family
+    srcs = [s * (k + 1) for k, s in enumerate(srcs)]  # unequal norms
+    got = get_method("karcher")(None, srcs, max_iter=max_iter)
+    close(got, as_tensor(ref_karcher([flat(s) for s in srcs], max_iter, 1e-5), srcs[0]))
+
+
+def test_karcher_mean_of_two_orthogonal_directions_bisects_them() -> None:
+    got = get_method("karcher")(None, [vec(2.0, 0.0), vec(0.0, 4.0)])
+    close(got, vec(3.0 / math.sqrt(2), 3.0 / math.sqrt(2)))
+
+
+def test_karcher_leaves_near_zero_tensors_out_of_the_direction() -> None:
+    got = get_method("karcher")(None, [vec(0.0, 3.0), vec(1e-7, 0.0)])
+    close(got, vec(0.0, 1.5 + 5e-8))
+
+
+# ---- NuSLERP and Multi-SLERP (task vectors on the sphere) ---------------------------------------
+
+
+def ref_nuslerp_rows(a: list[list[float]], b: list[list[float]], t: float) -> list[list[float]]:
+    """SLERP of each pair of vectors (norms under 1e-7 count as 1e-7; linear where 1 − cos² ≤ 1e-16)."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        nx, ny = max(math.sqrt(sum(v * v for v in x)), 1e-7), max(math.sqrt(sum(v * v for v in y)), 1e-7)
+        c = max(-1.0, min(1.0, sum(p / nx * q / ny for p, q in zip(x, y, strict=True))))
+        if 1 - c * c <= 1e-16:
+            out.append([(1 - t) * p + t * q for p, q in zip(x, y, strict=True)])
+            continue
+        om = math.acos(c)
+        out.append([(math.sin((1 - t) * om) * p + math.sin(t * om) * q) / math.sin(om) for p, q in zip(x, y, strict=True)])
+    return out
+
+
+def ref_nuslerp(base: torch.Tensor, srcs: list[torch.Tensor], weight: list[float], layout: str) -> torch.Tensor:
+    """θ0 + SLERP of the two task vectors at t = w1 / (w0 + w1): whole tensor, its rows, or its columns."""
+    t = 0.5 if abs(sum(weight)) < 1e-6 else weight[1] / sum(weight)
+    a, b = srcs[0] - base, srcs[1] - base
+    if layout == "columns":
+        a, b = a.T, b.T
+    rows = lambda x: [flat(x)] if layout == "whole" else x.tolist()  # noqa: E731
+    mixed = torch.tensor(ref_nuslerp_rows(rows(a), rows(b), t), dtype=F64).reshape(a.shape)
+    return base + (mixed.T if layout == "columns" else mixed)
+
+
+LAYOUTS = {"whole": {}, "rows": {"nuslerp_flatten": False}, "columns": {"nuslerp_flatten": False, "nuslerp_row_wise": True}}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("weight", [[1.0, 3.0], [0.5, -0.5]], ids=["t0.75", "weights-cancel"])
+def test_nuslerp_matches_the_reference(family, layout, weight) -> None:
+    base, srcs = family
+    got = get_method("nuslerp")(base, srcs[:2], weight=weight, **LAYOUTS[layout])
+    close(got, ref_nuslerp(base, srcs[:2], weight, layout))
+
+
+def test_nuslerp_of_colinear_task_vectors_is_linear(family) -> None:
+    base, srcs = family
+    tau = srcs[0] - base
+    close(get_method("nuslerp")(base, [base + tau, base + 3 * tau], weight=[1.0, 1.0]), base + 2 * tau)
+
+
+def ref_multislerp(base: torch.Tensor, srcs: list[torch.Tensor], weight: list[float], normalize: bool,
+                   eps: float = 1e-8) -> torch.Tensor:
+    taus = [[s - x for s, x in zip(flat(src), flat(base), strict=True)] for src in srcs]
+    w = [x / sum(weight) for x in weight] if normalize else list(weight)
+    norms = [math.sqrt(sum(v * v for v in t)) for t in taus]
+    units = [[v / (r + eps) for v in t] for t, r in zip(taus, norms, strict=True)]
+    n = len(taus[0])
+    mean = [sum(wk * u[i] for wk, u in zip(w, units, strict=True)) for i in range(n)]
+    length = math.sqrt(sum(v * v for v in mean))
+    mean = [v / length for v in mean]
+    tangent = [0.0] * n
+    for wk, u in zip(w, units, strict=True):
+        d = sum(p * q for p, q in zip(u, mean, strict=True))
+        tangent = [g + wk * (ui - d * mi) for g, ui, mi in zip(tangent, u, mean, strict=True)]
+    size = math.sqrt(sum(v * v for v in tangent)) + eps
+    scale = sum(wk * r for wk, r in zip(w, norms, strict=True))
+    out = [b + scale * (m * math.cos(size) + g * math.sin(size) / size)
+           for b, m, g in zip(flat(base), mean, tangent, strict=True)]
+    return as_tensor(out, base)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_multislerp_matches_the_reference(family, normalize) -> None:
+    base, srcs = family
+    w = [0.5, 1.5, -0.25]
+    close(get_method("multislerp")(base, srcs, weight=w, normalize_weights=normalize), ref_multislerp(base, srcs, w, normalize))
+
+
+def test_multislerp_of_two_opposite_task_vectors_with_equal_weights_is_linear(family) -> None:
+    base, srcs = family
+    tau = srcs[0] - base
+    close(get_method("multislerp")(base, [base + tau, base - tau], weight=[1.0, 1.0]), base)
+
+
+def test_multislerp_refuses_three_task_vectors_whose_unit_mean_cancels(family) -> None:
+    base, srcs = family
+    tau = srcs[0] - base
+    with pytest.raises(EvomergeError, match="^multislerp: the weighted mean of the sources' unit task vectors is zero"):
+        get_method("multislerp")(base, [base + tau, base - tau, base + 2 * tau], weight=[1.0, 2.0, 1.0])
+
+
+def test_multislerp_keeps_a_tensor_no_source_changed(family) -> None:
+    base, _ = family
+    close(get_method("multislerp")(base, [base.clone()] * 3, weight=[1.0, 2.0, 1.0]), base)
+
+
+def test_multislerp_refuses_to_normalize_weights_that_sum_to_zero(family) -> None:
+    base, srcs = family
+    with pytest.raises(EvomergeError, match="^multislerp: the weights sum to 0"):
+        get_method("multislerp")(base, srcs[:2], weight=[1.0, -1.0])
+
+
+# ---- bad parameters: one line naming the parameter and its domain --------------------------------
+
+
+@pytest.mark.parametrize("name,params,message", [
+    ("nearswap", {"t": -0.1}, "nearswap: 't' = -0.1 is outside [0, inf]"),
+    ("sce", {"select_topk": 1.5}, "sce: 'select_topk' = 1.5 is outside [0, 1]"),
+    ("sce", {"select_topk": "half"}, "sce: 'select_topk' must be a number, got 'half'"),
+    ("karcher", {"max_iter": 2.5}, "karcher: 'max_iter' must be a whole number, got 2.5"),
+    ("karcher", {"tol": 0}, "karcher: 'tol' = 0 is outside (0, 1]"),
+    ("nuslerp", {"nuslerp_flatten": "no"}, "nuslerp: 'nuslerp_flatten' must be true or false, got 'no'"),
+    ("multislerp", {"eps": 2.0}, "multislerp: 'eps' = 2.0 is outside (0, 1]"),
+])
+def test_a_bad_parameter_is_refused_in_one_line(name, params, message) -> None:
+    with pytest.raises(EvomergeError) as error:
+        get_method(name).validate(get_method(name).min_sources, {}, params)
+    assert str(error.value) == message
+
+
+def test_nearswap_refuses_a_second_source() -> None:
+    with pytest.raises(EvomergeError, match="^method 'nearswap' needs exactly 1 source model"):
+        get_method("nearswap").validate(2, {}, {})
+
+
 # ---- dtypes --------------------------------------------------------------------------------------
 
 
 def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tensor:
     method = get_method(name)
-    srcs = srcs[:1] if name == "slerp" else srcs
+    srcs = srcs[:method.max_sources] if method.max_sources else srcs
     kwargs = {key: [default] * len(srcs) for key, default in method.per_source.items()}
     if "density" in kwargs:
         kwargs["density"] = [0.5] * len(srcs)
@@ -501,7 +734,7 @@ def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tenso
 
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-       "della", "della_linear", "slerp", "model_stock"]
+       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

@@ -1,7 +1,8 @@
 """Built-in merge methods; importing this package registers them.
 
 ``gta``: every task-vector method (task arithmetic, TIES, DARE, breadcrumbs, DELLA) as one body and a
-family; ``linear``, ``slerp``, ``model_stock``: the others. ``params``: parameters they share.
+family; ``linear``, ``slerp``, ``nuslerp``, ``multislerp``, ``model_stock``, ``nearswap``, ``sce``,
+``karcher``: the others. ``params``: parameters they share.
 """
 
-from evomerge.merge.methods import gta, linear, model_stock, slerp  # noqa: F401
+from evomerge.merge.methods import gta, karcher, linear, model_stock, multislerp, nearswap, nuslerp, sce, slerp  # noqa: F401
