@@ -67,6 +67,16 @@ def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factor
     return out
 
 
+def _weighted_note(analysis: Analysis) -> list[str]:
+    """CMA-ES ranks by one weighted score of the objectives (as mergekit-evolve did): say how to see their front."""
+    objectives = analysis.cfg.objectives
+    if analysis.cfg.strategy.name != "cmaes" or len(objectives) < 2:
+        return []
+    weights = ", ".join(f"{md(o.task)} {o.weight:g}" for o in objectives)
+    return [f"The search (cmaes) ranked candidates by one weighted score of its {len(objectives)} objectives "
+            f"({weights}); to search their Pareto front instead, set `strategy.name: nsga2` and start a new run.", ""]
+
+
 def _chosen(analysis: Analysis, exports: list[ExportRecord]) -> tuple[CandidateRecord, str]:
     """The last exported candidate, or the one 'evomerge export' would pick by default."""
     keys = {r.key for r in analysis.candidates if r.ok}
@@ -99,6 +109,7 @@ def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Se
         "",
         reference_line(analysis),
         "",
+        *_weighted_note(analysis),
         "## Finalists",
         "",
         f"The {len(analysis.finalists)} front members with the best mean normalized calibration score, re-scored on held-out tasks.",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evomerge.config.search import StrategyConfig
 from evomerge.export.evaluator import Evaluator
 from evomerge.export.finalists import analyze
 from evomerge.export.report import PLOTS, write_report
 from evomerge.run.log import RunLog
+
+from .conftest import export_config, synthetic_run
 
 
 def test_report_writes_the_plots_and_a_summary(tiny_run: RunLog, fake_executor, tmp_path: Path) -> None:
@@ -34,3 +37,20 @@ def test_summary_states_the_gain_over_the_best_fixed_recipe_on_held_out(tiny_run
     gain = analysis.normalizer.mean(analysis.heldout_raw(chosen), "heldout") - analysis.normalizer.mean(best.heldout, "heldout")
     assert f"**Gain over the best fixed recipe: {gain:+.3f}** mean normalized held-out score" in summary
     assert f"the best fixed recipe on held-out, {best.label}," in summary
+
+
+def test_summary_says_how_to_search_the_front_of_weighted_objectives(tiny_run: RunLog, fake_executor,
+                                                                     tmp_path: Path) -> None:
+    summary = (write_report(tiny_run.root, tmp_path / "report", executor_factory=fake_executor, quiet=True)
+               / "summary.md").read_text()
+    assert ("ranked candidates by one weighted score of its 2 objectives (t0 1, t1 1); to search their "
+            "Pareto front instead, set `strategy.name: nsga2`") in summary
+
+
+def test_a_pareto_search_gets_no_weighted_score_note(scored_family: dict[str, Path], fake_executor,
+                                                     tmp_path: Path) -> None:
+    cfg = export_config(scored_family, strategy=StrategyConfig(name="nsga2"))
+    run = synthetic_run(tmp_path / "run", cfg)
+    summary = (write_report(run.root, tmp_path / "report", executor_factory=fake_executor, quiet=True)
+               / "summary.md").read_text()
+    assert "weighted score" not in summary
