@@ -319,6 +319,10 @@ COMMENTS = {
     "scoring.system_instruction": "a system instruction before every prompt",
     "scoring.allow_benchmark_tasks": "optimize on lm-eval's benchmark test sets (mergekit-evolve's "
                                      "--i-understand-the-depths-of-the-evils-i-am-unleashing)",
+    "scoring.fidelity": "full: every candidate on every item (as mergekit-evolve); racing: cmaes generations "
+                        "scored in chunks, a candidate stops once clearly above or below the cut (its limit, adaptive)",
+    "scoring.chunk_items": "racing: items per chunk, all tasks together",
+    "scoring.racing_z": "racing: standard errors that make a stop confident",
     "objectives": "tasks: one each, metric,filter split; cmaes ranks by the weighted mean (mergekit-evolve's weighted "
                   "sum, scaled)\n  # heldout_task: a task the search never sees, scored for the finalists "
                   "(null: task again)",

@@ -219,7 +219,7 @@ class Trackers:
         records = [r for r, _ in self.generation]
         stats = generation_stats(self.objectives, records)
         values: dict[str, Any] = {"generation": records[0].generation}
-        for label, (best, mean) in zip(self.labels, stats, strict=True):
+        for label, (best, mean) in zip(self.labels, stats, strict=False):  # stats: [] when every member failed
             values.update({f"gen/{label}/best": best, f"gen/{label}/mean": mean})
         self._each(lambda t: t.log(values))
 

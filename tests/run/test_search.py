@@ -178,7 +178,10 @@ def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path:
     assert kill_after(cli(*start), pieces, 0, 0.0) < budget  # during start-up
     for lines, extra in [(2, 0.0), (budget // 3, 0.08), (2 * budget // 3, 0.15)]:  # after a record, then mid-evaluation
         runner = ["resume", str(pieces), "--quiet"] if (pieces / "log.jsonl").exists() else start
-        assert lines <= kill_after(cli(*runner), pieces, lines, extra) < budget, "killed short of its mark or too late"
+        killed_at = kill_after(cli(*runner), pieces, lines, extra)
+        # a tiny run can log its last candidates within ``extra`` (its epilogue still running, so the kill still
+        # hits it): only the kill right at its mark must land short of the budget
+        assert lines <= killed_at and (extra > 0 or killed_at < budget), "killed short of its mark or too late"
     final = cli("resume", str(pieces), "--quiet")
     assert final.wait() == 0, final.stderr.read()
     assert comparable(pieces) == comparable(whole)
