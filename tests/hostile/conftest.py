@@ -3,8 +3,6 @@ a digest of every input tree (what "no input byte changed" compares)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 import shutil
 from pathlib import Path
@@ -12,14 +10,15 @@ from typing import Callable
 
 import pytest
 
-from evomerge.cli import main
 from evomerge.config.search import SearchConfig, load_config
 from evomerge.genome.space import GenomeSpace
-from evomerge.run.log import LOCK, RunLog
+from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord
 from evomerge.scoring.objectives import oriented
 from evomerge.scoring.result import TaskScore
 from evomerge.sources.pool import fingerprint
+
+from .hostile_files import assert_refused, digest
 
 TASKS = ("tiny_rev", "tiny_dup")
 
@@ -76,20 +75,6 @@ def run_dir(tmp_path: Path, family: dict[str, Path]) -> Path:
     return fill_run(tmp_path / "run", load_config(write_config(tmp_path / "cfg", family))).root
 
 
-def digest(*roots: Path) -> dict[str, str]:
-    """Every path under ``roots``: a file's SHA-256, a link's target, or 'dir'. The run's session.lock is left out:
-    it holds the pid of whoever last took the lock, not run data."""
-    out = {}
-    for root in roots:
-        for path in [Path(root), *sorted(Path(root).rglob("*"))]:
-            if path.name == LOCK:
-                continue
-            out[str(path)] = ("-> " + os.readlink(path) if path.is_symlink() else
-                              hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else
-                              "dir" if path.is_dir() else "absent")
-    return out
-
-
 @pytest.fixture
 def snapshot() -> Callable[..., dict[str, str]]:
     """``digest``, for tests that compare input trees themselves."""
@@ -105,17 +90,6 @@ def refused(capsys: pytest.CaptureFixture[str]) -> Refused:
     and leaves every input tree byte for byte as it was; returns the line."""
 
     def check(argv: list[str], fragment: str, *inputs: Path) -> str:
-        before = digest(*inputs)
-        try:
-            code = main(argv)
-        except SystemExit as e:  # argparse usage errors
-            code = e.code
-        err = capsys.readouterr().err
-        lines = err.strip().splitlines()
-        assert code == 2, err
-        assert len(lines) == 1 and "Traceback" not in err, err
-        assert fragment in lines[0], lines[0]
-        assert digest(*inputs) == before, f"{argv} changed its inputs"
-        return lines[0]
+        return assert_refused(argv, capsys, fragment, *inputs)
 
     return check

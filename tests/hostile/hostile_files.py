@@ -4,6 +4,7 @@ and recipes over them, and the CLI's refusal checked byte for byte against every
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from evomerge.cli import main
+from evomerge.run.log import LOCK
 
 
 def copy_family(root: Path, scored_family: dict[str, Path]) -> dict[str, Path]:
@@ -46,12 +48,16 @@ def recipe_yaml(folder: Path, base: Path, sources: list[Path]) -> Path:
 
 
 def digest(*roots: Path) -> dict[str, str]:
-    """Every file under ``roots`` (a root may be a file) with its SHA-256; folders and links by what they are."""
+    """Every path under ``roots`` (a root may be a file): a file's SHA-256, a link's target, or 'dir'. A run's
+    session.lock is left out: it holds the pid of whoever last took the lock, not run data."""
     out = {}
-    for root in roots:
+    for root in map(Path, roots):
         for path in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
-            out[str(path)] = ("link" if path.is_symlink() else "dir" if path.is_dir() else
-                              hashlib.sha256(path.read_bytes()).hexdigest())
+            if path.name == LOCK:
+                continue
+            out[str(path)] = ("-> " + os.readlink(path) if path.is_symlink() else
+                              hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else
+                              "dir" if path.is_dir() else "absent")
     return out
 
 
