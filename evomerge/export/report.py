@@ -29,6 +29,7 @@ from evomerge.run.log import RunLog
 from evomerge.run.racing import scoring_summary
 from evomerge.run.records import CandidateRecord, ExportRecord
 from evomerge.run.trackers import Trackers
+from evomerge.scoring.objectives import fitness as scalarized
 from evomerge.sources.writer import check_outside
 
 PLOTS = ("fitness.png", "objectives.png", "front.png")
@@ -237,12 +238,9 @@ def _by_generation(records: Sequence[CandidateRecord]) -> dict[int, list[Candida
 
 
 def _plot_fitness(analysis: Analysis, path: Path) -> None:
-    weights = [o.weight for o in analysis.cfg.objectives]
-    total = sum(weights) or 1.0
     gens = _by_generation(successful(analysis.candidates))
     xs = list(gens)
-    fitness = {g: [sum(w * v for w, v in zip(weights, r.objectives, strict=True)) / total for r in rs]
-               for g, rs in gens.items()}
+    fitness = {g: [scalarized(analysis.cfg.objectives, r.objectives) for r in rs] for g, rs in gens.items()}
     best = [max(fitness[g]) for g in xs]
     mean = [sum(fitness[g]) / len(fitness[g]) for g in xs]
     so_far = [max(best[: i + 1]) for i in range(len(best))]

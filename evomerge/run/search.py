@@ -40,6 +40,7 @@ from evomerge.run.status import generation_stats
 from evomerge.run.trackers import Trackers
 from evomerge.scoring.objectives import (
     WORST,
+    fitness,
     metric_name,
     nonfinite,
     oriented,
@@ -143,9 +144,7 @@ class Progress:
         if not record.ok:
             self.failed += 1
         else:
-            weights = [o.weight for o in self.objectives]
-            fitness = sum(w * v for w, v in zip(weights, record.objectives, strict=True)) / sum(weights)
-            self.best = max(self.best, fitness)
+            self.best = max(self.best, fitness(self.objectives, record.objectives))
         self.bar.set_postfix(best=f"{self.best:.4f}", failed=self.failed, refresh=False)
 
     def close(self) -> None:

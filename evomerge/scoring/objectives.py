@@ -73,6 +73,12 @@ def oriented(objectives: Sequence[ObjectiveConfig], scores: Scores | None) -> tu
     return tuple(out)
 
 
+def fitness(objectives: Sequence[ObjectiveConfig], values: Sequence[float]) -> float:
+    """The scalarized fitness of oriented ``values``: their mean weighted by the objectives' weights."""
+    weights = [o.weight for o in objectives]
+    return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+
+
 def nonfinite(objectives: Sequence[ObjectiveConfig], scores: Scores) -> str | None:
     """Why these calibration scores cannot be optimized on (a search metric is NaN or infinite), or None."""
     for j, o in enumerate(objectives):
