@@ -25,7 +25,7 @@ from zoo_ceiling import EVALUATIONS, ceiling
 from zoo_vectors import norms
 
 ZOOS = [("llama", seed) for seed in range(5)] + [("gpt2", 0)]
-SHORT = {"task_arithmetic": "TA", "ties": "TIES", "dare_ties": "DARE-TIES", "uniform_soup": "soup"}
+SHORT = {"soup": "soup", "task_arithmetic": "TA", "ties": "TIES", "dare_ties": "DARE-TIES"}  # the manifest's order
 
 
 def build(root: Path, arch: str, seed: int, evaluations: int) -> dict[str, Any] | str:
@@ -39,33 +39,28 @@ def build(root: Path, arch: str, seed: int, evaluations: int) -> dict[str, Any] 
     except EvomergeError as e:
         return str(e)
     recorded = zoo.quality.get("ceiling", {})
-    if arch == "llama" and (recorded.get("budget"), recorded.get("seed")) != (evaluations, 0):
+    if arch == "llama" and (recorded.get("evaluations"), recorded.get("seed")) != (evaluations, 0):
         zoo = ceiling(folder, evaluations, seed=0, progress=False)
     return zoo.quality
 
 
 def row(arch: str, seed: int, folder: Path, q: dict[str, Any] | str) -> str:
     from evomerge.zoo import load_zoo
+    from evomerge.zoo.check import own_scores
 
     if isinstance(q, str):
         return f"| {arch} {seed} | build failed: {q} |" + " |" * 9
     manifest = json.loads((folder / "zoo.json").read_text())
     skills = list(q["table"]["base"])
-    own = "/".join(f"{q['table'][f'expert {s}'][s]:.2f}" for s in skills)
+    own = "/".join(f"{v:.2f}" for v in own_scores(q["table"]).values())
     base = "/".join(f"{q['table']['base'][s]:.2f}" for s in skills)
     size = "/".join(f"{n:.0f}" for n in norms(load_zoo(folder)).values())
-    fixed = [f"{f['heldout']:.3f} ({setting(f['setting'])})" if f["setting"] else f"{f['heldout']:.3f}"
-             for f in q["fixed"].values()]
+    fixed = [f"{f['heldout']:.3f}" + (f" ({f['name'].partition('@')[2]})" if "@" in f["name"] else "") for f in q["fixed"].values()]
     ceiling_value = f"{q['ceiling']['heldout']:.3f}" if "ceiling" in q else "–"
     verdicts = ["✓" if v["holds"] else "✗" if v["holds"] is False else "–" for v in q["conditions"].values()]
     load = manifest["build_load_average"][0]
     return (f"| {arch} {seed} | {own} | {base} | {size} | " + " | ".join(fixed) + f" | {ceiling_value} | " + " ".join(verdicts)
             + f" | {manifest['build_seconds']:.0f} ({load:.1f}) |")
-
-
-def setting(values: dict[str, float]) -> str:
-    names = {"lambda": "λ", "density": "d"}
-    return " ".join(f"{names[k]} {v:g}" for k, v in values.items())
 
 
 def main() -> None:
@@ -95,8 +90,8 @@ def main() -> None:
         "each zoo: `evomerge zoo build DIR --seed N --arch A`, then for llama `scripts/zoo_ceiling.py DIR`",
         "- accuracies on held-out (512 items per skill), skills rev/sort/up/dup (rev, sort drifting; up, dup anchored); "
         "‖τ‖: norm of each expert's task vector (`scripts/zoo_vectors.py`); fixed recipes: mean normalized accuracy "
-        "on held-out (per skill ÷ its expert's, averaged), each kind's setting chosen on calibration (256 items per skill) "
-        "from λ 0.1…1.5 and d ∈ {0.3, 0.5, 0.7}",
+        "on held-out (per skill ÷ the best expert's, averaged), each family's member chosen on calibration (256 items "
+        "per skill) from λ 0.1…1.5 and d ∈ {0.3, 0.5, 0.7} (`evomerge.zoo.check`: the reports' fixed recipes and rule)",
         f"- ceiling: CMA-ES over per-layer × per-expert task-arithmetic weights in [0, 2] scored on held-out itself "
         f"(budget {args.evaluations} evaluations, seed 0, from the best TA recipe): a bound for verification, "
         "asked of llama zoos only",

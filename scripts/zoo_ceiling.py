@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/zoo_ceiling.py zoo/seed0-llama [--evaluations 240] [--seed 0]
 
-Searches per-layer × per-expert task-arithmetic weights in [0, 2] with CMA-ES, from the zoo's best
-fixed task-arithmetic recipe, scored by the zoo's exact-match scorer on the held-out items themselves
+Searches per-layer × per-expert task-arithmetic weights in [0, 2] with the cmaes strategy, from the zoo's
+best fixed task-arithmetic recipe, merged and scored as a run's candidates are, on the held-out tasks themselves
 (``evomerge.zoo.ceiling``: a ceiling for verification, not a result). Records it under
 ``quality.ceiling`` in the zoo's zoo.json, with the conditions judged again, and exits 1 naming
 condition (c) when the ceiling is short of best fixed + 0.12 (2 on a bad argument). Deterministic:
@@ -13,7 +13,6 @@ the same zoo, evaluations and seed give the same ceiling.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,16 +25,12 @@ def ceiling(zoo_dir: Path, evaluations: int = EVALUATIONS, seed: int = 0, progre
     """Search the ceiling of the zoo in ``zoo_dir`` and record it in its zoo.json; returns the zoo."""
     from evomerge.zoo.build import load_zoo, record_ceiling
     from evomerge.zoo.ceiling import search_ceiling
-    from evomerge.zoo.check import own_scores
     from evomerge.zoo.train import fixed_threads
 
     zoo = load_zoo(zoo_dir)
-    items = {skill: [json.loads(line) for line in files.heldout.read_text().splitlines()]
-             for skill, files in zoo.skills.items()}
-    start = zoo.quality["fixed"]["task_arithmetic"]["setting"]["lambda"]
+    start = zoo.quality["fixed"]["task_arithmetic"]["params"]["lam"]
     with fixed_threads():
-        result = search_ceiling(zoo.base, zoo.experts, items, own_scores(zoo.quality["table"]), start, evaluations,
-                                seed, log=print if progress else lambda line: None)
+        result = search_ceiling(zoo.family(), start, evaluations, seed, log=print if progress else lambda line: None)
     return record_ceiling(zoo.root, result)
 
 

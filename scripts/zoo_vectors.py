@@ -10,7 +10,6 @@ appears as its vector grows, and what it does to the other skills on the way (do
 from __future__ import annotations
 
 import argparse
-import json
 from itertools import combinations
 from pathlib import Path
 
@@ -35,11 +34,11 @@ def norms(zoo) -> dict[str, float]:
 
 def main() -> None:
     import torch
-    from safetensors.torch import load_file
 
     from evomerge.errors import EvomergeError
+    from evomerge.recipes.recipe import GroupSpec, Recipe
     from evomerge.zoo import load_zoo
-    from evomerge.zoo.check import Scorer
+    from evomerge.zoo.check import FamilyScorer
     from evomerge.zoo.train import fixed_threads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,18 +56,18 @@ def main() -> None:
     print("\n| pair | cos(τ_a, τ_b) |\n|---|---:|")
     print("\n".join(f"| {a}, {b} | {float(torch.nn.functional.cosine_similarity(flat[a], flat[b], 0)):+.3f} |"
                     for a, b in combinations(flat, 2)))
-    items = {s: [json.loads(line) for line in getattr(f, args.split).read_text().splitlines()] for s, f in zoo.skills.items()}
-    base = load_file(zoo.base / "model.safetensors")
-    skills = list(zoo.experts)
-    print(f"\nbase + λ·τ alone, accuracy on {args.split} ({'/'.join(skills)})\n")
+    family = zoo.family()
+    print(f"\nbase + λ·τ alone (task arithmetic, one expert), accuracy on {args.split} ({'/'.join(family.skills)})\n")
     print("| τ of | " + " | ".join(f"λ = {lam:g}" for lam in SCALES) + " |\n|---|" + "---|" * len(SCALES))
     with fixed_threads():
-        scorer = Scorer(zoo.base, items)
-        for s, vector in tau.items():
+        scorer = FamilyScorer(family)
+        for i, s in enumerate(family.skills):
+            onehot = tuple(1.0 if j == i else 0.0 for j in range(len(family.skills)))
             cells = []
             for lam in SCALES:
-                acc = scorer({n: base[n] + lam * vector[n] for n in base})
-                cells.append(" / ".join(f"{acc[k]:.2f}" for k in skills))
+                spec = GroupSpec("task_arithmetic", {"weight": onehot}, {"lam": lam})
+                acc, error = scorer.raw(Recipe(family.base, family.sources, spec), args.split)
+                cells.append(" / ".join(f"{a:.2f}" for a in acc) if acc is not None else f"failed: {error}")
             print(f"| {s} | " + " | ".join(cells) + " |")
 
 

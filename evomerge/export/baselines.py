@@ -21,12 +21,12 @@ from typing import Callable, Sequence
 
 from evomerge.config.search import SearchConfig
 from evomerge.execution.worker import Outcome
-from evomerge.export.scores import Normalizer
 from evomerge.genome.space import GenomeSpace
-from evomerge.recipes import GroupSpec, Recipe, recipe_data
-from evomerge.recipes.fixed import GRID_FAMILIES, FixedRecipe, fixed_recipes
+from evomerge.recipes import Recipe, recipe_data
+from evomerge.recipes.fixed import GRID_FAMILIES, MERGE_FAMILIES, FixedRecipe, fixed_recipes
 from evomerge.run.log import RunLog
 from evomerge.run.records import BaselineRecord, CandidateRecord
+from evomerge.scoring.normalize import Normalizer
 from evomerge.scoring.objectives import raw_values
 
 Evaluate = Callable[[Recipe, str, str], Outcome]  # (recipe, split, what) -> outcome
@@ -57,14 +57,12 @@ class Baselines:
 
     def best_fixed(self, split: str) -> BaselineScores:
         """The row with the best mean normalized score on ``split`` among the merges (not the base or a source alone)."""
-        merges = [r for r in self.rows if r.fixed.family == "soup" or r.fixed.family in GRID_FAMILIES]
-        return max(merges, key=lambda r: self.normalizer.rank(getattr(r, split), split))
+        return self.normalizer.best([(r, getattr(r, split)) for r in self.rows if r.fixed.family in MERGE_FAMILIES], split)
 
 
 def recipe_of(cfg: SearchConfig, fixed: FixedRecipe) -> Recipe:
-    spec = GroupSpec(fixed.method, dict(fixed.source_params), dict(fixed.params))
-    return Recipe(base=cfg.sources.base, sources=cfg.sources.models, default=spec,
-                  layer_granularity=cfg.genome.layer_granularity, dtype=cfg.genome.dtype, seed=cfg.seed)
+    return fixed.recipe(cfg.sources.base, cfg.sources.models, layer_granularity=cfg.genome.layer_granularity,
+                        dtype=cfg.genome.dtype, seed=cfg.seed)
 
 
 def cached_or_scored(run: RunLog, fixed: FixedRecipe, split: str, evaluate: Evaluate) -> BaselineRecord:
@@ -113,5 +111,5 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool]) 
     })
     grids = {family: tuple((m, raw_values(cfg.objectives, calibration(m).scores, "calibration")) for m in families[family])
              for family in GRID_FAMILIES}
-    chosen = [max(grid, key=lambda item: normalizer.rank(item[1], "calibration"))[0] for grid in grids.values()]
+    chosen = [normalizer.best(grid, "calibration") for grid in grids.values()]
     return Baselines((*singles, *(both(m) for m in chosen)), grids, normalizer)

@@ -23,10 +23,10 @@ import yaml
 from evomerge.config.schema import parse_yaml
 from evomerge.errors import EvomergeError
 from evomerge.export.finalists import Analysis
-from evomerge.export.scores import mean
 from evomerge.recipes.recipe import GroupSpec, Recipe
 from evomerge.run.log import evomerge_version
 from evomerge.run.records import CandidateRecord
+from evomerge.scoring.normalize import mean
 from evomerge.scoring.objectives import metric_name
 
 PARAM_ORDER = ("weight", "density")

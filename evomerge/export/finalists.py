@@ -31,10 +31,10 @@ from evomerge import pareto
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
 from evomerge.export.baselines import Baselines, Evaluate, evaluate_baselines
-from evomerge.export.scores import Normalizer
 from evomerge.genome.space import GenomeSpace
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, CompletedRecord, HeldoutRecord
+from evomerge.scoring.normalize import Normalizer
 from evomerge.scoring.objectives import WORST, directions, nonfinite, oriented, raw_values
 
 DEFAULT_FINALISTS = 5

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evomerge.config.search import ObjectiveConfig, ScoringConfig
 from evomerge.errors import EvomergeError
 from evomerge.sources.writer import check_outside
-from evomerge.zoo.check import conditions, format_table, quality, require
+from evomerge.zoo.check import Family, check_fixed, conditions, format_table, require
 from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
-from evomerge.zoo.tasks import write_skill_tasks
+from evomerge.zoo.tasks import task_name, write_loglikelihood_task, write_skill_tasks
 from evomerge.zoo.tokenizer import hf_tokenizer
 from evomerge.zoo.train import Recipe, fixed_threads, train_base, train_experts, worker_pool
 
@@ -54,6 +55,18 @@ class Zoo:
     skills: dict[str, SkillFiles]
     task_dir: Path
     quality: dict[str, Any]  # {"table": row -> skill -> acc, "conditions": name -> {holds, evidence}}
+
+    def family(self) -> Family:
+        """The zoo as the family checks see it: each skill's loglikelihood tasks, scored on ``acc``."""
+        return zoo_family(self.base, self.experts, self.task_dir, {s: (f.task, f.heldout_task) for s, f in self.skills.items()},
+                          self.seed)
+
+
+def zoo_family(base: Path, experts: dict[str, Path], task_dir: Path, tasks: dict[str, tuple[str, str]], seed: int,
+               items: int | None = None) -> Family:
+    """A tiny-zoo family: ``tasks`` maps each skill to its calibration and held-out task in ``task_dir``."""
+    objectives = {s: ObjectiveConfig(task=cal, heldout_task=held, metric="acc") for s, (cal, held) in tasks.items()}
+    return Family(base, experts, objectives, ScoringConfig(task_path=task_dir), seed=seed, items=items)
 
 
 def read_manifest(root: Path, name: str, what: str, command: str) -> dict[str, Any]:
@@ -146,6 +159,11 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
 
     # Experts, then the check's grid of fixed merges: shared out over worker processes, one thread each.
     experts = {skill: Path("models") / skill for skill in EXPERT_SKILLS}
+    # The check scores lm-eval tasks over the data here (the zoo's own tasks point into the final folder).
+    check = {s: {split: task_name(s, "loglikelihood", split) for split in ("calibration", "heldout")} for s in sets}
+    for skill, names in check.items():
+        for split, name in names.items():
+            write_loglikelihood_task(tmp / "check" / f"{name}.yaml", name, tmp / skills[skill][split])
     processes = min(len(experts), os.cpu_count() or 1)
     with worker_pool(processes) as pool:
         seconds = train_experts(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, arch, seed, recipe,
@@ -153,11 +171,12 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
         log("experts: " + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items()))
 
         # Check: base, experts and the fixed recipes (chosen on calibration) on held-out; the conditions.
-        n = recipe.check_items
+        family = zoo_family(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, tmp / "check",
+                            {s: (names["calibration"], names["heldout"]) for s, names in check.items()}, seed,
+                            recipe.check_items)
         with fixed_threads():
-            q = quality(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()},
-                        {s: v["calibration"][:n] for s, v in sets.items()}, {s: v["heldout"][:n] for s, v in sets.items()},
-                        seed, recipe.lambdas, recipe.densities, pool, processes)
+            q = check_fixed(family, lambdas=recipe.lambdas, densities=recipe.densities, pool=pool, parts=processes)
+    shutil.rmtree(tmp / "check")
     verdicts = conditions(q)
     log(format_table(q["table"]))
     for name, (holds, evidence) in verdicts.items():

@@ -1,67 +1,88 @@
-"""The zoo's ceiling: what per-layer × per-expert task-arithmetic weights reach when they are chosen on
+"""A family's ceiling: what per-layer × per-expert task-arithmetic weights reach when they are chosen on
 the held-out items themselves.
 
 No search is allowed to see held-out data, so this is not a result anyone can claim. It shows how
 high per-layer weights can go on held-out, where a search scored on calibration can hardly do better,
-and condition (c) asks exactly that: that the zoo leaves room beyond the best fixed recipe. CMA-ES (the ``cma`` package) over weights in [0, 2], one per
-layer group (``evomerge.sources.layers``: embed, layers.<i>, final_norm) and expert, starts at the
-best fixed task-arithmetic recipe (every weight = its λ) and keeps the best candidate it scores.
+and condition (c) asks exactly that: that the family leaves room beyond the best fixed recipe.
+
+It is a search as ``evomerge search`` runs one, on held-out: the genome (``genome.GenomeSpace``: one
+weight gene in [0, 2] per layer group and expert, task arithmetic at λ 1) decodes unit-box points to
+recipes, the ``cmaes`` strategy (``strategies.make_strategy``) asks and is told, the family's Worker merges
+and scores (``zoo.check.FamilyScorer``), and a candidate's value is its mean normalized held-out score
+(``scoring.normalize``, by the best expert alone). It starts at the best fixed task-arithmetic recipe (every
+weight = its λ) and keeps the best candidate it scores.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Mapping
+import math
+from typing import Any, Callable, Sequence
 
-from evomerge.zoo.check import Scorer, normalized
-from evomerge.zoo.skills import Item
+from evomerge.errors import EvomergeError
+from evomerge.genome.space import GenomeSpace
+from evomerge.recipes.fixed import source_name
+from evomerge.scoring.normalize import Normalizer
+from evomerge.sources.folder import read_config, read_tensor_names
+from evomerge.sources.layers import layer_groups, num_layers
+from evomerge.strategies import Evaluation, make_strategy
+from evomerge.zoo.check import Family, FamilyScorer
 
 WEIGHT_BOUNDS = (0.0, 2.0)
-SIGMA0 = 0.3  # CMA-ES's initial step, in weight units: three steps of the λ grid
+SIGMA0 = 0.15  # CMA-ES's initial step in unit-box units: 0.3 in weight units, three steps of the λ grid
+STRATEGY = "cmaes"
+
+Point = tuple[float, ...]
 
 
-def search_ceiling(base_dir: Path, expert_dirs: Mapping[str, Path], items: Mapping[str, list[Item]],
-                   own: Mapping[str, float], start_lambda: float, evaluations: int, seed: int,
+def ceiling_space(family: Family, layer_granularity: int = 1) -> GenomeSpace:
+    """Per layer group (``sources.layers``: embed, layers.<i>, final_norm) and expert, one task-arithmetic weight."""
+    names = read_tensor_names(family.base)
+    groups = layer_groups(names, num_layers(read_config(family.base), names), layer_granularity)
+    return GenomeSpace(groups, base=family.base, sources=family.sources, methods=["task_arithmetic"],
+                       bounds={"weight": WEIGHT_BOUNDS}, parameters={"lambda": 1.0}, layer_granularity=layer_granularity,
+                       seed=family.seed)
+
+
+def maximize(value: Callable[[Point], float], dim: int, start: Point, evaluations: int, seed: int,
+             log: Callable[[str], None] = lambda line: None) -> list[tuple[Point, float]]:
+    """Every point the ``cmaes`` strategy asks (``start`` first) with its value, ``evaluations`` of them; each
+    is told before the next ask, so the strategy never waits. A non-finite value is told as a failure."""
+    strategy = make_strategy(STRATEGY, dim, 1, seed=seed, initial=[start], sigma0=SIGMA0)
+    history: list[tuple[Point, float]] = []
+    best = -math.inf
+    for _ in range(evaluations):
+        candidate = strategy.ask()
+        assert candidate is not None  # every earlier candidate is told: no generation is left waiting
+        v = value(candidate.x)
+        strategy.tell(candidate, Evaluation((v,), failed=not math.isfinite(v)))
+        history.append((candidate.x, v))
+        if v > best:
+            best = v
+            log(f"ceiling: {len(history)} evaluations, best {best:.4f}")
+    return history
+
+
+def search_ceiling(family: Family, start_lambda: float, evaluations: int, seed: int, *, layer_granularity: int = 1,
                    log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Best mean normalized score found on ``items`` (normalized by ``own``) within ``evaluations``
-    candidates (whole CMA-ES generations, the start point included), its weights, and the start's score."""
-    import cma
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
+    """Best mean normalized held-out score found within ``evaluations`` candidates (the start included), its
+    weights (layer group -> skill -> weight), and the start's score."""
+    if evaluations < 1:
+        raise EvomergeError(f"a ceiling search needs at least 1 evaluation (the start), got {evaluations}")
+    scorer = FamilyScorer(family)
+    singles = family.recipes()
+    sources = [scorer.fixed(singles[source_name(i)][0], "heldout") for i in range(len(family.experts))]
+    assert scorer.higher is not None  # set by the experts' evaluations
+    normalizer = Normalizer.from_sources(scorer.higher, {"heldout": sources})
+    space = ceiling_space(family, layer_granularity)
 
-    import evomerge.merge.methods  # noqa: F401  (registers the methods)
-    from evomerge.merge.registry import get_method
-    from evomerge.sources.layers import group_of, layer_groups, num_layers
+    def value(x: Sequence[float]) -> float:
+        return normalizer.mean(scorer.raw(space.to_recipe(x), "heldout")[0], "heldout")
 
-    task_arithmetic = get_method("task_arithmetic").fn
-    base = load_file(base_dir / "model.safetensors")
-    experts = [load_file(d / "model.safetensors") for d in expert_dirs.values()]
-    skills = list(expert_dirs)
-    n_layers = num_layers(AutoConfig.from_pretrained(base_dir, local_files_only=True).to_dict(), base)
-    groups = layer_groups(base, n_layers)
-    group = {name: groups.index(group_of(name, n_layers)) for name in base}
-    scorer = Scorer(base_dir, items)
-
-    def value(x: list[float]) -> float:
-        """Task arithmetic (the project's method, λ 1) with the weights of each tensor's layer group."""
-        w = [list(map(float, x[i * len(skills) : (i + 1) * len(skills)])) for i in range(len(groups))]
-        merged = {name: task_arithmetic(b, [e[name] for e in experts], weight=w[group[name]]) for name, b in base.items()}
-        return normalized(scorer(merged), own)
-
-    x0 = [start_lambda] * (len(groups) * len(skills))
-    best_x, best = x0, value(x0)
-    start, count = best, 1
-    # cma reads seed 0 as "seed from the clock": shift it so every seed, 0 included, fixes the run.
-    es = cma.CMAEvolutionStrategy(x0, SIGMA0, {"bounds": list(WEIGHT_BOUNDS), "seed": seed + 1, "verbose": -9})
-    while count + es.popsize <= evaluations:
-        xs = es.ask()
-        values = [value(list(x)) for x in xs]
-        es.tell(xs, [-v for v in values])
-        count += len(xs)
-        i = max(range(len(values)), key=values.__getitem__)
-        if values[i] > best:
-            best_x, best = [float(v) for v in xs[i]], values[i]
-        log(f"ceiling: {count} evaluations, best {best:.4f}")
-    weights = {g: {s: round(best_x[i * len(skills) + k], 4) for k, s in enumerate(skills)} for i, g in enumerate(groups)}
-    return {"heldout": round(best, 4), "start": round(start, 4), "start_lambda": start_lambda,
-            "budget": evaluations, "evaluations": count, "seed": seed, "weights": weights}
+    start = space.encode(weight=[start_lambda] * len(family.experts))
+    history = maximize(value, space.dim, start, evaluations, seed, log)
+    best_x, best = max(history, key=lambda h: h[1] if math.isfinite(h[1]) else -math.inf)  # ties: the first
+    specs = space.decode(best_x)
+    weights = {unit: {s: round(w, 4) for s, w in zip(family.skills, spec.source_params["weight"], strict=True)}
+               for unit, spec in specs.items()}
+    return {"heldout": round(best, 4), "start": round(history[0][1], 4), "start_lambda": start_lambda,
+            "evaluations": len(history), "seed": seed, "weights": weights}

@@ -1,32 +1,49 @@
-"""Quality of a zoo: a fast exact-match scorer, the fixed merges a user tries first, and the zoo's conditions.
+"""A family's checks on evomerge's own pipeline: the fixed recipes the reports show, and the conditions.
 
-The scorer computes lm-eval's ``acc`` for loglikelihood tasks (the greedy continuation equals the
-answer) from batched forward passes, so the build can score its 106 fixed merges in minutes.
+Any family — the tiny zoo, the SmolLM2 family — is described by plain data (:class:`Family`: base and
+expert folders, each skill's calibration and held-out lm-eval tasks, the scoring options). Every model
+is then made and scored exactly as a run's report makes and scores its baselines: the members of
+``recipes.fixed`` (base, each expert alone, the soup, task arithmetic over λ, TIES and DARE-TIES over
+density × λ) merged and scored by the execution ``Worker`` (the merge plan, lm-eval through
+``scoring.Scorer``), normalized by the best expert per skill (``scoring.normalize.Normalizer``), each
+grid family represented by its best member on calibration (``Normalizer.best``, as export/baselines.py
+chooses). Rows and families carry the reports' names: ``base``, ``source0``, ``soup``,
+``task_arithmetic@0.2``, ``ties@d0.3,l0.4``.
 
-A merge's score is *mean normalized* accuracy: per skill, its accuracy divided by that skill's own
-expert's accuracy on the same items, averaged over the skills (1.0 = every expert kept whole).
+Why lm-eval and not a scorer of the zoo's own: on the seed-0 zoo the Scorer (``FastHFLM``'s batched,
+prefix-sharing forwards) scores a model's 1024 calibration items in 0.20-0.26 s after a 0.4-1.0 s
+set-up, where the build's former exact-match over token tensors took 0.34-0.38 s, with equal
+accuracies (one thread, this machine; ``/tmp`` scratch script in the commit message).
+
+The conditions a family must meet for a search to show anything (the tiny zoo's, docs/ZOO.md):
+(a) distinct experts over a base that lacks their skills, (b) no fixed recipe nearly as good as the
+experts, (c) per-layer weights can be (``zoo.ceiling``).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-from torch import Tensor, nn
-
+from evomerge.config.search import ObjectiveConfig, ScoringConfig
 from evomerge.errors import EvomergeError
-from evomerge.recipes.fixed import DENSITIES, LAMBDAS
-from evomerge.zoo.skills import IGNORE, Item, batch
+from evomerge.execution.worker import Worker, WorkerSpec
+from evomerge.recipes.fixed import (
+    DENSITIES,
+    GRID_FAMILIES,
+    LAMBDAS,
+    MERGE_FAMILIES,
+    FixedRecipe,
+    fixed_recipes,
+    source_name,
+)
+from evomerge.recipes.recipe import Recipe
+from evomerge.scoring.normalize import Normalizer, rank_key
+from evomerge.scoring.objectives import directions, raw_values
 
-# The fixed recipes, each kind's setting chosen on calibration: task arithmetic over the λ grid, TIES
-# and DARE-TIES over densities × that grid (the grids every run report uses, evomerge.recipes.fixed),
-# and the uniform soup (the plain average of the experts).
-FIXED_KINDS = ("task_arithmetic", "ties", "dare_ties", "uniform_soup")
-# The conditions: (a) distinct experts over a base that lacks their skills; (b) no fixed recipe is
-# nearly as good as the experts; (c) per-layer weights can be (the ceiling, scripts/zoo_ceiling.py).
 OWN_MIN = 0.95
 BASE_GAP = 0.40
 FIXED_MAX = 0.85
@@ -37,182 +54,161 @@ CONDITIONS = {
     "b": "b: the best fixed recipe keeps <= 0.85 mean normalized on held-out",
     "c": "c: a per-layer search on held-out (the ceiling) reaches >= best fixed + 0.12",
 }
+SPLITS = ("calibration", "heldout")
 
-Table = dict[str, dict[str, float]]  # row ("base", "expert <skill>", a fixed recipe) -> skill -> accuracy
-Setting = dict[str, float]  # a fixed recipe's hyperparameters: {"density": 0.5, "lambda": 0.4}
-
-
-@torch.no_grad()
-def exact_match(model: nn.Module, ids: Tensor, labels: Tensor, batch_size: int = 256) -> Tensor:
-    """Per item: is the argmax at every answer position the answer token?"""
-    hits = []
-    for i in range(0, len(ids), batch_size):
-        predicted = model(ids[i : i + batch_size]).logits.argmax(-1)
-        target = labels[i : i + batch_size]
-        hits.append(((predicted == target) | (target == IGNORE)).all(1))
-    return torch.cat(hits)
+Table = dict[str, dict[str, float]]  # row (a fixed recipe's name) -> skill -> score
+Values = tuple[float, ...]  # one raw score per skill, in the family's skill order
+Raw = Values | None  # None: the evaluation failed
 
 
-class Scorer:
-    """Accuracy per skill of any weights of the zoo's architecture on fixed item sets.
+@dataclass(frozen=True)
+class Family:
+    """A family to check, as plain data (it travels to worker processes).
 
-    Items are batched once, sorted by length ``BUCKET`` at a time, so each batch is padded only to its
-    own longest item (a quarter less time than one batch per skill, measured on 512 items per skill).
+    ``experts`` and ``objectives`` name the same skills in the same order; the i-th expert is the
+    reports' ``source<i>``. ``seed`` fixes DARE's draws as a search with that seed draws them; ``items``
+    scores only the first that many documents of each task (None: all).
     """
 
-    BUCKET = 128
+    base: Path
+    experts: Mapping[str, Path]  # skill -> expert folder
+    objectives: Mapping[str, ObjectiveConfig]  # skill -> its calibration and held-out tasks and metric
+    scoring: ScoringConfig = ScoringConfig()  # task folder, batch size, prompt options
+    seed: int = 0
+    items: int | None = None
+    threads: int = 1  # torch threads per worker: fixed, because reductions split over threads round differently
 
-    def __init__(self, template_dir: Path, items: Mapping[str, list[Item]]) -> None:
-        from transformers import AutoModelForCausalLM
+    def __post_init__(self) -> None:
+        if list(self.experts) != list(self.objectives):
+            raise EvomergeError(f"a family's experts ({', '.join(self.experts)}) and objectives "
+                                f"({', '.join(self.objectives)}) must name the same skills in the same order")
 
-        self.model = AutoModelForCausalLM.from_pretrained(template_dir, local_files_only=True).eval()
-        self.batches = {}
-        for skill, its in items.items():
-            ordered = sorted(its, key=lambda it: len(it["prompt"]) + len(it["answer"]))
-            self.batches[skill] = [batch(ordered[i : i + self.BUCKET]) for i in range(0, len(ordered), self.BUCKET)]
+    @property
+    def skills(self) -> tuple[str, ...]:
+        return tuple(self.experts)
 
-    def __call__(self, tensors: Mapping[str, Tensor]) -> dict[str, float]:
-        self.model.load_state_dict(tensors, strict=False)  # strict=False: the tied lm_head is not saved
-        out = {}
-        for skill, batches in self.batches.items():
-            hits = sum(int(exact_match(self.model, ids, labels).sum()) for ids, labels in batches)
-            out[skill] = hits / sum(len(ids) for ids, _ in batches)
-        return out
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        return tuple(self.experts.values())
+
+    def recipes(self, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES) -> dict[str, list[FixedRecipe]]:
+        """``recipes.fixed``'s families over these experts (labelled by skill)."""
+        return fixed_recipes(len(self.experts), self.skills, lambdas=lambdas, densities=densities)
+
+    def recipe(self, fixed: FixedRecipe) -> Recipe:
+        return fixed.recipe(self.base, self.sources, seed=self.seed)
+
+    def worker_spec(self) -> WorkerSpec:
+        objectives = list(self.objectives.values())
+        return WorkerSpec(base=self.base, sources=self.sources, scoring=self.scoring, threads=self.threads,
+                          calibration_tasks=tuple(o.task_for("calibration") for o in objectives),
+                          heldout_tasks=tuple(o.task_for("heldout") for o in objectives))
 
 
-def normalized(acc: Mapping[str, float], own: Mapping[str, float]) -> float:
-    """Mean over skills of accuracy ÷ the skill's own expert's accuracy on the same items."""
-    return sum(acc[s] / max(own[s], 1e-9) for s in own) / len(own)
+class FamilyScorer:
+    """One Worker over a family: a recipe's raw score per skill on a split, as a run's report reads them."""
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+        self.worker = Worker(family.worker_spec())
+        self.higher: tuple[bool, ...] | None = None  # per skill, as the tasks declare it (known after a success)
+
+    def raw(self, recipe: Recipe, split: str) -> tuple[Raw, str | None]:
+        """One value per skill (``scoring.objectives.raw_values``), or None and the reason it failed."""
+        objectives = list(self.family.objectives.values())
+        items = None
+        if self.family.items is not None:
+            docs = self.worker.scorer(split).docs
+            items = {task: range(min(self.family.items, len(docs[task]))) for task in (o.task_for(split) for o in objectives)}
+        outcome = self.worker.evaluate(recipe, split, items)
+        if outcome.scores is not None and self.higher is None:
+            self.higher = directions(objectives, outcome.scores, split)
+        return raw_values(objectives, outcome.scores, split), outcome.error
+
+    def fixed(self, member: FixedRecipe, split: str) -> Values:
+        """A fixed recipe's raw scores; its failure is the family's (the models cannot be merged and scored)."""
+        raw, error = self.raw(self.family.recipe(member), split)
+        if raw is None:
+            raise EvomergeError(f"fixed recipe {member.name} failed on {split} ({error}): the family's models cannot "
+                                "be merged and scored as a run would; check them with 'evomerge evaluate'")
+        return raw
+
+
+def scores_of(family: Family, split: str, members: Sequence[FixedRecipe]) -> list[Values]:
+    """Raw scores of ``members`` on ``split`` from a Worker of its own: a worker process's share of a grid."""
+    scorer = FamilyScorer(family)
+    return [scorer.fixed(m, split) for m in members]
+
+
+def check_fixed(family: Family, *, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES,
+                pool: Executor | None = None, parts: int = 1) -> dict[str, Any]:
+    """The base, each expert alone, the soup and the grid families, each grid represented by its best member on
+    calibration; the table's rows then scored on held-out. With a ``pool``, the calibration grid is scored in
+    ``parts`` shares on it.
+
+    Returns ``{"table": held-out rows, "calibration_table": calibration rows, "fixed": family -> {"name",
+    "label", "params" (the member's global parameters: ``lam``), "calibration", "heldout"}}``: rows are fixed
+    recipe names -> skill -> raw score; the ``fixed`` scores are mean normalized (by the best expert per
+    skill, on that split).
+    """
+    families = family.recipes(lambdas, densities)
+    members = [m for ms in families.values() for m in ms]
+    here = FamilyScorer(family)
+    calibration: list[Values]
+    if pool is None:
+        calibration = [here.fixed(m, "calibration") for m in members]
+    else:
+        shares = [members[i::parts] for i in range(parts)]  # interleaved: every share gets some of each family
+        calibration = [()] * len(members)
+        for i, share in enumerate(pool.map(partial(scores_of, family, "calibration"), shares)):
+            calibration[i::parts] = share
+    raw = dict(zip((m.name for m in members), calibration, strict=True))
+    singles = [ms[0] for name, ms in families.items() if name not in GRID_FAMILIES]
+    heldout = {m.name: here.fixed(m, "heldout") for m in singles}
+    assert here.higher is not None  # set by the successful evaluations above
+    sources = [source_name(i) for i in range(len(family.experts))]
+    normalizer = Normalizer.from_sources(here.higher, {"calibration": [raw[s] for s in sources],
+                                                       "heldout": [heldout[s] for s in sources]})
+    chosen = {name: normalizer.best([(m, raw[m.name]) for m in families[name]], "calibration") for name in GRID_FAMILIES}
+    heldout |= {m.name: here.fixed(m, "heldout") for m in chosen.values()}
+    shown = [*singles, *chosen.values()]
+    tables = {"calibration": {m.name: raw[m.name] for m in shown}, "heldout": heldout}
+    fixed = {m.family: {"name": m.name, "label": m.label, "params": dict(m.params),
+                        **{split: round(normalizer.mean(tables[split][m.name], split), 4) for split in SPLITS}}
+             for m in shown if m.family in MERGE_FAMILIES}
+
+    def named(rows: Mapping[str, Values]) -> Table:
+        return {name: dict(zip(family.skills, values, strict=True)) for name, values in rows.items()}
+
+    return {"table": named(tables["heldout"]), "calibration_table": named(tables["calibration"]), "fixed": fixed}
 
 
 def own_scores(table: Table) -> dict[str, float]:
-    """Each skill's own expert's accuracy, from a table's ``expert <skill>`` rows."""
-    return {s: table[f"expert {s}"][s] for s in table["base"]}
-
-
-def settings(kind: str, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES) -> list[Setting]:
-    """The grid a kind's setting is chosen from."""
-    if kind == "task_arithmetic":
-        return [{"lambda": lam} for lam in lambdas]
-    if kind in ("ties", "dare_ties"):
-        return [{"density": d, "lambda": lam} for d in densities for lam in lambdas]
-    if kind == "uniform_soup":
-        return [{}]
-    raise ValueError(f"unknown fixed recipe kind {kind!r}")
-
-
-def label(kind: str, setting: Setting) -> str:
-    """A fixed recipe's row name: ``ties density=0.5 lambda=0.4``."""
-    return " ".join([kind, *(f"{k}={v:g}" for k, v in setting.items())])
-
-
-def fixed_merge(kind: str, setting: Setting, base: Mapping[str, Tensor], experts: list[Mapping[str, Tensor]],
-                seed: int) -> dict[str, Tensor]:
-    """One fixed recipe of all experts, weight 1 each, through the project's own merge methods.
-
-    DARE's draws are the common random numbers a search with this ``seed`` would use.
-    """
-    import evomerge.merge.methods  # noqa: F401  (registers the methods)
-    from evomerge.merge.draws import uniform_draws
-    from evomerge.merge.registry import get_method
-
-    ones = [1.0] * len(experts)
-    out = {}
-    for name, b in base.items():
-        sources = [e[name] for e in experts]
-        if kind == "uniform_soup":
-            out[name] = get_method("linear").fn(None, sources, weight=ones)
-            continue
-        kwargs: dict[str, Any] = {"weight": ones, "lam": setting["lambda"]}
-        if "density" in setting:
-            kwargs["density"] = [setting["density"]] * len(experts)
-        if kind == "dare_ties":
-            kwargs["draws"] = [uniform_draws(seed, name, k, b.shape) for k in range(len(experts))]
-        out[name] = get_method(kind).fn(b, sources, **kwargs)
-    return out
-
-
-def grid(lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES) -> list[tuple[str, Setting]]:
-    """Every fixed recipe the check tries, kind by kind, each kind's settings in grid order."""
-    return [(kind, setting) for kind in FIXED_KINDS for setting in settings(kind, lambdas, densities)]
-
-
-def grid_accuracy(base_dir: Path, expert_dirs: Mapping[str, Path], items: Mapping[str, list[Item]], seed: int,
-                  candidates: Sequence[tuple[str, Setting]]) -> list[dict[str, float]]:
-    """Accuracy per skill of each fixed recipe in ``candidates``; it loads what it needs, so a worker
-    process can score its share of the grid."""
-    base, experts = _load(base_dir, expert_dirs)
-    scorer = Scorer(base_dir, items)
-    return [scorer(fixed_merge(kind, setting, base, list(experts.values()), seed)) for kind, setting in candidates]
-
-
-def choose(candidates: Sequence[tuple[str, Setting]], values: Sequence[float]) -> dict[str, tuple[Setting, float]]:
-    """Per kind, the setting with the highest value; among equals the first in grid order."""
-    best: dict[str, tuple[Setting, float]] = {}
-    for (kind, setting), value in zip(candidates, values, strict=True):
-        if kind not in best or value > best[kind][1]:
-            best[kind] = (setting, value)
-    return best
-
-
-def quality(base_dir: Path, expert_dirs: Mapping[str, Path], calibration: Mapping[str, list[Item]],
-            heldout: Mapping[str, list[Item]], seed: int, lambdas: Sequence[float] = LAMBDAS,
-            densities: Sequence[float] = DENSITIES, pool: Executor | None = None, parts: int = 1) -> dict[str, Any]:
-    """Base, experts and the fixed recipes (chosen on calibration over the λ and density grids) scored
-    on both splits; with a ``pool``, the grid is scored in ``parts`` shares on it.
-
-    Returns ``{"table": held-out rows, "calibration_table": calibration rows, "fixed": kind ->
-    {"setting", "row", "calibration", "heldout"}}``; the ``fixed`` scores are mean normalized.
-    """
-    candidates = grid(lambdas, densities)
-    shares = [candidates[i::parts] for i in range(parts)]  # interleaved: every share gets some of each kind
-    run = partial(grid_accuracy, base_dir, dict(expert_dirs), calibration, seed)
-    results = pool.map(run, shares) if pool is not None else map(run, shares)  # a pool starts at once
-    base, experts = _load(base_dir, expert_dirs)
-    on = {"calibration": Scorer(base_dir, calibration), "heldout": Scorer(base_dir, heldout)}
-    tables: dict[str, Table] = {split: {"base": score(base)} for split, score in on.items()}
-    for split, score in on.items():
-        tables[split].update({f"expert {s}": score(t) for s, t in experts.items()})
-    own = {split: own_scores(table) for split, table in tables.items()}
-    accuracy: list[dict[str, float]] = [{}] * len(candidates)
-    for i, share in enumerate(results):
-        accuracy[i::parts] = share
-    fixed = {}
-    for kind, (setting, value) in choose(candidates, [normalized(a, own["calibration"]) for a in accuracy]).items():
-        row = label(kind, setting)
-        tables["calibration"][row] = accuracy[candidates.index((kind, setting))]
-        tables["heldout"][row] = on["heldout"](fixed_merge(kind, setting, base, list(experts.values()), seed))
-        fixed[kind] = {"setting": setting, "row": row, "calibration": round(value, 4),
-                       "heldout": round(normalized(tables["heldout"][row], own["heldout"]), 4)}
-    return {"table": tables["heldout"], "calibration_table": tables["calibration"], "fixed": fixed}
-
-
-def _load(base_dir: Path, expert_dirs: Mapping[str, Path]) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-    from safetensors.torch import load_file
-
-    return load_file(base_dir / "model.safetensors"), {s: load_file(d / "model.safetensors") for s, d in expert_dirs.items()}
+    """Each skill's own expert's score (the i-th skill's expert is ``source<i>``)."""
+    return {s: table[source_name(i)][s] for i, s in enumerate(table["base"])}
 
 
 def best_fixed(q: Mapping[str, Any]) -> tuple[str, float]:
-    """The fixed recipe kind with the best held-out score, and that score."""
-    kind = max(q["fixed"], key=lambda k: q["fixed"][k]["heldout"])
-    return kind, q["fixed"][kind]["heldout"]
+    """The fixed recipe family with the best mean normalized held-out score (ties: the first; NaN last), and
+    that score: condition (b)'s "best fixed recipe", the bar a per-layer search must clear."""
+    family = max(q["fixed"], key=lambda f: rank_key(q["fixed"][f]["heldout"]))
+    return family, q["fixed"][family]["heldout"]
 
 
 def conditions(q: Mapping[str, Any]) -> dict[str, tuple[bool | None, str]]:
-    """Name -> (holds, evidence) for (a), (b), (c) on a zoo's quality record; (c) is None until a
-    ceiling (``q["ceiling"]["heldout"]``) is recorded. A zoo failing one cannot show search winning."""
+    """Name -> (holds, evidence) for (a), (b), (c) on a family's quality record (``check_fixed``'s); (c) is
+    None until a ceiling (``q["ceiling"]["heldout"]``) is recorded. A family failing one cannot show search winning."""
     table = q["table"]
     own = own_scores(table)
     base = table["base"]
-    kind, best = best_fixed(q)
-    fixed = ", ".join(f"{f['row']} {f['heldout']:.3f}" for f in q["fixed"].values())
+    family, best = best_fixed(q)
+    fixed = ", ".join(f"{f['name']} {f['heldout']:.3f}" for f in q["fixed"].values())
     out: dict[str, tuple[bool | None, str]] = {
         CONDITIONS["a"]: (
             all(own[s] >= OWN_MIN - EPS and own[s] - base[s] >= BASE_GAP - EPS for s in own),
             ", ".join(f"{s}: expert {own[s]:.3f}, base {base[s]:.3f}" for s in own),
         ),
-        CONDITIONS["b"]: (best <= FIXED_MAX + EPS, f"best {kind} {best:.3f} (held-out; {fixed})"),
+        CONDITIONS["b"]: (best <= FIXED_MAX + EPS, f"best {q['fixed'][family]['name']} {best:.3f} (held-out; {fixed})"),
     }
     if "ceiling" in q:
         ceiling = q["ceiling"]["heldout"]

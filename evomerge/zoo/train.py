@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evomerge.zoo.check import DENSITIES, LAMBDAS, exact_match
+from evomerge.recipes.fixed import DENSITIES, LAMBDAS
 from evomerge.zoo.model import add_lora, fold_lora, new_model
 from evomerge.zoo.skills import EXPERT_SKILLS, FORMATS, IGNORE, Item, Sampler, batch
 
@@ -101,6 +101,18 @@ def fixed_threads(count: int = 1) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+
+
+@torch.no_grad()
+def exact_match(model: nn.Module, ids: Tensor, labels: Tensor, batch_size: int = 256) -> Tensor:
+    """Per item: is the argmax at every answer position the answer token? (lm-eval's ``acc`` of the zoo's
+    loglikelihood tasks, computed on the training process's own model while the base calibrates its mixture.)"""
+    hits = []
+    for i in range(0, len(ids), batch_size):
+        predicted = model(ids[i : i + batch_size]).logits.argmax(-1)
+        target = labels[i : i + batch_size]
+        hits.append(((predicted == target) | (target == IGNORE)).all(1))
+    return torch.cat(hits)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

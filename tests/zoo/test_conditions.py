@@ -1,26 +1,22 @@
-"""The zoo's conditions, on hand-made quality records: what passes, what fails, and that a failure names itself."""
+"""A family's check: the conditions on hand-made quality records, and ``check_fixed`` on constructed scores
+(what it scores, how it names, normalizes and chooses)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
+from evomerge.config.search import ObjectiveConfig
 from evomerge.errors import EvomergeError
-from evomerge.zoo.check import (
-    CONDITIONS,
-    FIXED_KINDS,
-    choose,
-    conditions,
-    fixed_merge,
-    grid,
-    normalized,
-    require,
-    settings,
-)
+from evomerge.recipes.fixed import GRID_FAMILIES, MERGE_FAMILIES, FixedRecipe, fixed_recipes
+from evomerge.scoring.normalize import Normalizer
+from evomerge.zoo import check
+from evomerge.zoo.check import CONDITIONS, Family, check_fixed, conditions, require
 
 SKILLS = ("rev", "sort", "up", "dup")
+GRID = {"lambdas": (0.2, 0.6), "densities": (0.5,)}
 
 
 def record(*, own: float = 1.0, base: float = 0.3, fixed: float = 0.7, ceiling: float | None = None,
@@ -29,9 +25,9 @@ def record(*, own: float = 1.0, base: float = 0.3, fixed: float = 0.7, ceiling: 
     recipe keeping ``fixed`` of each skill (so ``fixed`` mean normalized), the ceiling if given."""
     experts = {s: 0.9 if s == weak else own for s in SKILLS}
     table = {"base": {s: base for s in SKILLS}}
-    table |= {f"expert {s}": {t: experts[s] if t == s else base for t in SKILLS} for s in SKILLS}
-    fixed_rows = {kind: {"setting": {}, "row": kind, "calibration": fixed, "heldout": fixed} for kind in FIXED_KINDS}
-    table |= {kind: {s: fixed * experts[s] for s in SKILLS} for kind in FIXED_KINDS}
+    table |= {f"source{i}": {t: experts[s] if t == s else base for t in SKILLS} for i, s in enumerate(SKILLS)}
+    fixed_rows = {f: {"name": f, "label": f, "params": {}, "calibration": fixed, "heldout": fixed} for f in MERGE_FAMILIES}
+    table |= {f: {s: fixed * experts[s] for s in SKILLS} for f in MERGE_FAMILIES}
     q: dict[str, Any] = {"table": table, "fixed": fixed_rows}
     if ceiling is not None:
         q["ceiling"] = {"heldout": ceiling}
@@ -70,40 +66,78 @@ def test_bounds_are_inclusive() -> None:
     assert holds(record(own=0.95, base=0.55, fixed=0.85, ceiling=0.97)) == {"a": True, "b": True, "c": True}
 
 
-def test_best_fixed_is_the_best_kind_on_held_out() -> None:
+def test_best_fixed_is_the_best_family_on_held_out() -> None:
     q = record(ceiling=0.9)
-    q["fixed"]["ties"]["heldout"] = 0.8
+    q["fixed"]["ties"] |= {"name": "ties@d0.3,l0.4", "heldout": 0.8}
     evidence = {name: text for name, (_, text) in conditions(q).items()}
-    assert evidence[CONDITIONS["b"]].startswith("best ties 0.800")
+    assert evidence[CONDITIONS["b"]].startswith("best ties@d0.3,l0.4 0.800")
     assert holds(q)["c"] is False  # 0.9 < 0.8 + 0.12
 
 
-def test_normalized_divides_each_skill_by_its_own_expert() -> None:
-    assert normalized({"rev": 0.5, "up": 0.9}, {"rev": 1.0, "up": 0.9}) == pytest.approx(0.75)
+class ConstructedScores:
+    """Stands in for ``check.FamilyScorer``: every fixed recipe's raw scores from a table built in code, and
+    the (name, split) of each evaluation asked of it."""
+
+    asked: list[tuple[str, str]] = []
+
+    def __init__(self, family: Family) -> None:
+        self.higher = (True,) * len(family.skills)
+
+    def fixed(self, member: FixedRecipe, split: str) -> tuple[float, ...]:
+        self.asked.append((member.name, split))
+        return constructed(member, split)
 
 
-def test_grids_are_the_issue_s() -> None:
-    assert [s["lambda"] for s in settings("task_arithmetic")] == pytest.approx([0.1 * i for i in range(1, 16)])
-    assert len(settings("ties")) == len(settings("dare_ties")) == 45 and settings("uniform_soup") == [{}]
-    assert {s["density"] for s in settings("dare_ties")} == {0.3, 0.5, 0.7}
+def constructed(member: FixedRecipe, split: str) -> tuple[float, ...]:
+    """Distinct scores per member and split: each expert 0.9 on its own skill, but the best on skill 0 is expert 3
+    (0.95), so normalizing by the best source differs from normalizing by each skill's own; every merge differs."""
+    if member.family.startswith("source"):
+        i = int(member.family.removeprefix("source"))
+        return tuple(0.9 if j == i else 0.95 if (i, j) == (3, 0) else 0.2 + 0.1 * i for j in range(4))
+    seed = sum(map(ord, member.name)) + (7 if split == "heldout" else 0)
+    return tuple(0.1 + ((seed * (j + 3)) % 17) / 20 for j in range(4))
 
 
-def test_fixed_recipes_are_the_merge_methods_of_the_project() -> None:
-    base = {"w": torch.zeros(4)}
-    experts = [{"w": torch.tensor([1.0, 0.0, 2.0, 0.0])}, {"w": torch.tensor([0.0, 1.0, 2.0, 0.0])}]
-    assert torch.equal(fixed_merge("task_arithmetic", {"lambda": 0.5}, base, experts, seed=0)["w"],
-                       torch.tensor([0.5, 0.5, 2.0, 0.0]))
-    assert torch.equal(fixed_merge("uniform_soup", {}, base, experts, seed=0)["w"], torch.tensor([0.5, 0.5, 2.0, 0.0]))
-    # TIES keeps the top half of each τ by magnitude and averages the agreeing entries (normalized by default).
-    assert torch.equal(fixed_merge("ties", {"density": 0.5, "lambda": 1.0}, base, experts, seed=0)["w"],
-                       torch.tensor([1.0, 1.0, 2.0, 0.0]))
+@pytest.fixture
+def constructed_check(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setattr(check, "FamilyScorer", ConstructedScores)
+    ConstructedScores.asked = []
+    family = Family(Path("base"), {s: Path(s) for s in SKILLS}, {s: ObjectiveConfig(task=f"zoo_{s}") for s in SKILLS})
+    return check_fixed(family, **GRID)
 
 
-def test_each_kind_takes_its_best_setting_and_the_first_of_equals() -> None:
-    candidates = grid(lambdas=(0.2, 0.4, 0.6), densities=(0.3, 0.7))
-    assert [kind for kind, _ in candidates] == ["task_arithmetic"] * 3 + ["ties"] * 6 + ["dare_ties"] * 6 + ["uniform_soup"]
-    values = {"task_arithmetic": [0.5, 0.7, 0.7], "ties": [0.1, 0.2, 0.3, 0.6, 0.2, 0.1],
-              "dare_ties": [0.4] * 6, "uniform_soup": [0.3]}
-    chosen = choose(candidates, [v for kind in FIXED_KINDS for v in values[kind]])
-    assert chosen == {"task_arithmetic": ({"lambda": 0.4}, 0.7), "ties": ({"density": 0.7, "lambda": 0.2}, 0.6),
-                      "dare_ties": ({"density": 0.3, "lambda": 0.2}, 0.4), "uniform_soup": ({}, 0.3)}
+def test_the_check_scores_fixed_recipes_grid_on_calibration(constructed_check: dict[str, Any]) -> None:
+    families = fixed_recipes(len(SKILLS), SKILLS, **GRID)
+    expected = [m.name for members in families.values() for m in members]
+    assert [name for name, split in ConstructedScores.asked if split == "calibration"] == expected
+    held = [name for name, split in ConstructedScores.asked if split == "heldout"]
+    assert held == ["base", "source0", "source1", "source2", "source3", "soup",
+                    *(constructed_check["fixed"][f]["name"] for f in GRID_FAMILIES)]  # the table's rows only
+
+
+def test_the_soup_and_the_grid_members_carry_the_reports_names(constructed_check: dict[str, Any]) -> None:
+    assert list(constructed_check["fixed"]) == list(MERGE_FAMILIES) == ["soup", "task_arithmetic", "ties", "dare_ties"]
+    assert constructed_check["fixed"]["soup"]["name"] == "soup" and "soup" in constructed_check["table"]
+    assert constructed_check["fixed"]["task_arithmetic"]["name"] in ("task_arithmetic@0.2", "task_arithmetic@0.6")
+    assert set(constructed_check["table"]) == set(constructed_check["calibration_table"])
+
+
+def test_fixed_scores_are_the_normalizer_s_and_members_its_choice_on_calibration(constructed_check: dict[str, Any]) -> None:
+    families = fixed_recipes(len(SKILLS), SKILLS, **GRID)
+    sources = [families[f"source{i}"][0] for i in range(len(SKILLS))]
+    normalizer = Normalizer.from_sources([True] * 4, {split: [constructed(m, split) for m in sources]
+                                                      for split in ("calibration", "heldout")})
+    assert normalizer.reference["calibration"] == (0.95, 0.9, 0.9, 0.9)
+    for name in MERGE_FAMILIES:
+        chosen = normalizer.best([(m, constructed(m, "calibration")) for m in families[name]], "calibration")
+        assert constructed_check["fixed"][name] == {
+            "name": chosen.name, "label": chosen.label, "params": dict(chosen.params),
+            "calibration": round(normalizer.mean(constructed(chosen, "calibration"), "calibration"), 4),
+            "heldout": round(normalizer.mean(constructed(chosen, "heldout"), "heldout"), 4)}
+        assert constructed_check["table"][chosen.name] == dict(zip(SKILLS, constructed(chosen, "heldout"), strict=True))
+
+
+def test_a_family_s_experts_and_objectives_name_the_same_skills() -> None:
+    with pytest.raises(EvomergeError, match="same skills in the same order"):
+        Family(Path("base"), {"rev": Path("rev"), "up": Path("up")},
+               {"up": ObjectiveConfig(task="zoo_up"), "rev": ObjectiveConfig(task="zoo_rev")})

@@ -1,5 +1,5 @@
-"""The zoo: conditions (a) and (b) on a fresh evaluation, layout and data splits, lm-eval agreement, the
-ceiling script, determinism, caching, offline loading."""
+"""The zoo: conditions (a) and (b) on a fresh evaluation, layout and data splits, the training probe's agreement
+with lm-eval, the ceiling script, determinism, caching, offline loading."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from evomerge.errors import EvomergeError
+from evomerge.recipes.fixed import MERGE_FAMILIES
 from evomerge.zoo import build_zoo, load_zoo
 from evomerge.zoo.build import BUILDER_VERSION, N_CALIBRATION, N_HELDOUT
 from evomerge.zoo.ceiling import search_ceiling
-from evomerge.zoo.check import CONDITIONS, FIXED_KINDS, conditions, quality
+from evomerge.zoo.check import CONDITIONS, check_fixed, conditions
 from evomerge.zoo.skills import EXPERT_SKILLS, FORMATS, TERMINATOR, Sampler, letters_of
 from evomerge.zoo.tokenizer import encode
 
@@ -36,9 +38,7 @@ def quick_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_default_zoo_meets_a_and_b_on_a_fresh_evaluation(zoo_dir: Path) -> None:
     zoo = load_zoo(zoo_dir)
-    splits = {split: {skill: read_jsonl(getattr(files, split)) for skill, files in zoo.skills.items()}
-              for split in ("calibration", "heldout")}
-    fresh = quality(zoo.base, zoo.experts, splits["calibration"], splits["heldout"], zoo.seed)
+    fresh = check_fixed(zoo.family())
     verdicts = conditions(fresh)
     assert verdicts[CONDITIONS["a"]][0] and verdicts[CONDITIONS["b"]][0], verdicts
     for key in ("table", "calibration_table", "fixed"):  # the manifest reports what the folders hold
@@ -56,8 +56,8 @@ def test_quick_build_layout_and_manifest(quick_zoo: Path) -> None:
             text = (zoo.task_dir / f"{task}.yaml").read_text()
             assert f"task: {task}\n" in text and str(data) in text  # absolute data paths: lm-eval runs from anywhere
     q = zoo.quality
-    assert set(q["fixed"]) == set(FIXED_KINDS) and set(q["table"]) == set(q["calibration_table"])
-    assert {f["row"] for f in q["fixed"].values()} <= set(q["table"])
+    assert list(q["fixed"]) == list(MERGE_FAMILIES) and set(q["table"]) == set(q["calibration_table"])
+    assert {f["name"] for f in q["fixed"].values()} <= set(q["table"])
     assert q["conditions"][CONDITIONS["c"]]["holds"] is None  # judged by scripts/zoo_ceiling.py, not by the build
 
 
@@ -82,13 +82,12 @@ def test_training_never_draws_an_evaluation_string(quick_zoo: Path) -> None:
 def test_the_grid_scored_in_worker_shares_equals_one_process(zoo_dir: Path) -> None:
     from evomerge.zoo.train import worker_pool
 
-    zoo = load_zoo(zoo_dir)
-    items = {skill: read_jsonl(files.calibration)[:64] for skill, files in zoo.skills.items()}
+    family = replace(load_zoo(zoo_dir).family(), items=64)
     grid = {"lambdas": (0.2, 0.4, 0.6), "densities": (0.5,)}
-    alone = quality(zoo.base, zoo.experts, items, items, zoo.seed, **grid)
+    alone = check_fixed(family, **grid)
     assert len({f["calibration"] for f in alone["fixed"].values()}) > 1  # scores that tell the recipes apart
     with worker_pool(2) as pool:
-        shared = quality(zoo.base, zoo.experts, items, items, zoo.seed, **grid, pool=pool, parts=2)
+        shared = check_fixed(family, **grid, pool=pool, parts=2)
     assert shared == alone
 
 
@@ -100,36 +99,28 @@ def test_ceiling_script_records_c_and_fails_naming_it_on_a_zoo_without_room(quic
     assert f"misses condition {CONDITIONS['c']}" in run.stderr  # 3 training steps teach nothing: no room
     q = load_zoo(zoo_dir).quality
     assert q["ceiling"]["evaluations"] == 1  # the start point only: the best fixed task-arithmetic recipe
-    assert q["ceiling"]["start_lambda"] == q["fixed"]["task_arithmetic"]["setting"]["lambda"]
+    assert q["ceiling"]["start_lambda"] == q["fixed"]["task_arithmetic"]["params"]["lam"]
     assert q["conditions"][CONDITIONS["c"]]["holds"] is False
-
-
-def test_ceiling_weights_one_per_layer_group_and_expert_within_bounds(quick_zoo: Path) -> None:
-    zoo = load_zoo(quick_zoo)
-    items = {skill: read_jsonl(files.heldout)[:16] for skill, files in zoo.skills.items()}
-    result = search_ceiling(zoo.base, zoo.experts, items, {s: 1.0 for s in items}, 0.5, evaluations=14, seed=0)
-    assert result["evaluations"] == 14  # the start and one generation of 13
-    assert list(result["weights"]) == ["embed", "layers.0", "layers.1", "layers.2", "layers.3", "final_norm"]
-    assert all(list(w) == list(EXPERT_SKILLS) and all(0 <= x <= 2 for x in w.values()) for w in result["weights"].values())
 
 
 @pytest.mark.slow
 def test_ceiling_search_improves_on_its_start_and_repeats_exactly(zoo_dir: Path) -> None:
-    zoo = load_zoo(zoo_dir)
-    items = {skill: read_jsonl(files.heldout)[:64] for skill, files in zoo.skills.items()}
-    own = {s: zoo.quality["table"][f"expert {s}"][s] for s in items}
-    runs = [search_ceiling(zoo.base, zoo.experts, items, own, 0.4, evaluations=40, seed=1) for _ in range(2)]
+    family = replace(load_zoo(zoo_dir).family(), items=64)
+    runs = [search_ceiling(family, 0.4, evaluations=40, seed=1) for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0]["heldout"] > runs[0]["start"]
 
 
 @pytest.mark.slow
-def test_internal_scorer_agrees_with_lm_eval_acc(zoo_dir: Path) -> None:
-    """The build's fast exact match is lm-eval's `acc` on the zoo's own task YAMLs."""
+def test_training_probe_agrees_with_lm_eval_acc(zoo_dir: Path) -> None:
+    """The exact match the base's training calibrates its mixture with is lm-eval's `acc` on the zoo's task YAMLs."""
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.zoo.skills import batch
+    from evomerge.zoo.train import exact_match
 
     zoo = load_zoo(zoo_dir)
     folder = zoo.experts["sort"]
@@ -138,7 +129,8 @@ def test_internal_scorer_agrees_with_lm_eval_acc(zoo_dir: Path) -> None:
     tasks = [zoo.skills[s].heldout_task for s in ("sort", "up")]
     results = simple_evaluate(model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(zoo.task_dir), include_defaults=False))
     for skill, task in zip(("sort", "up"), tasks, strict=True):
-        assert results["results"][task]["acc,none"] == pytest.approx(zoo.quality["table"]["expert sort"][skill])
+        probe = exact_match(model, *batch(read_jsonl(zoo.skills[skill].heldout))).float().mean().item()
+        assert results["results"][task]["acc,none"] == pytest.approx(probe)
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(quick_zoo: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from evomerge.export.scores import Normalizer
+from evomerge.scoring.normalize import Normalizer
 
 
 def test_normalized_score_is_relative_to_the_best_source_on_that_task() -> None:

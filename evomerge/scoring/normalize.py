@@ -1,9 +1,7 @@
-"""Scores after the search: raw metric values per objective, and the same relative to the best expert.
+"""Scores relative to the best expert: what run reports and the zoo's checks call "mean normalized".
 
-A worker returns, per task, every metric and the primary one's per-item values. For each objective
-this module reads the objective's metric on the task of a split (``task`` for calibration,
-``heldout_task`` — or ``task`` when there is none — for held-out) and normalizes it by the best
-single source model's score on that same task:
+For each objective (its metric read off the task of a split by ``scoring.objectives.raw_values``) a
+score is normalized by the best single source model's score on that same task:
 
     normalized = score / best_source          (higher is better)
     normalized = best_source / score          (lower is better)
@@ -11,13 +9,18 @@ single source model's score on that same task:
 so 1.0 means "as good as the best expert there", above 1.0 better. A ratio is only meaningful for
 positive scores; where the reference (or, for lower-is-better, the score) is not positive the
 normalized value is NaN and means skip it.
+
+A family of fixed recipes is represented by its best member on calibration (``Normalizer.best``):
+the reports' baselines and the zoo's conditions choose with that one rule, never on held-out data.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
 
 
 def mean(values: Sequence[float]) -> float:
@@ -34,7 +37,7 @@ class Normalizer:
     reference: dict[str, tuple[float, ...]]  # split -> best source's raw value per objective (NaN: none)
 
     @classmethod
-    def from_sources(cls, higher: Sequence[bool], sources: dict[str, list[tuple[float, ...] | None]]) -> "Normalizer":
+    def from_sources(cls, higher: Sequence[bool], sources: Mapping[str, Sequence[tuple[float, ...] | None]]) -> "Normalizer":
         """``sources``: split -> each source's raw values (None where it failed)."""
         reference = {}
         for split, rows in sources.items():
@@ -68,6 +71,11 @@ class Normalizer:
             return (-math.inf, -math.inf)
         oriented = mean([v if up else -v for v, up in zip(raw, self.higher, strict=True)])
         return (rank_key(self.mean(raw, split)), rank_key(oriented))
+
+    def best(self, members: Sequence[tuple[T, Sequence[float] | None]], split: str = "calibration") -> T:
+        """The member whose raw values rank highest on ``split`` (ties: the first): how a family of fixed
+        recipes picks the member that stands for it."""
+        return max(members, key=lambda member: self.rank(member[1], split))[0]
 
 
 def rank_key(value: float) -> float:
