@@ -27,7 +27,7 @@ from evomerge.sources.writer import check_outside
 from evomerge.zoo.check import Family, check_fixed, conditions, format_table, require
 from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
-from evomerge.zoo.tasks import task_name, write_loglikelihood_task, write_skill_tasks
+from evomerge.zoo.tasks import write_loglikelihood_task, write_skill_tasks
 from evomerge.zoo.tokenizer import hf_tokenizer
 from evomerge.zoo.train import Recipe, fixed_threads, train_base, train_experts, worker_pool
 
@@ -180,10 +180,10 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
     # Experts, then the check's grid of fixed merges: shared out over worker processes, one thread each.
     experts = {skill: Path("models") / skill for skill in EXPERT_SKILLS}
     # The check scores lm-eval tasks over the data here (the zoo's own tasks point into the final folder).
-    check = {s: {split: task_name(s, "loglikelihood", split) for split in ("calibration", "heldout")} for s in sets}
-    for skill, names in check.items():
-        for split, name in names.items():
-            write_loglikelihood_task(tmp / "check" / f"{name}.yaml", name, tmp / skills[skill][split])
+    check = {s: (v["task"], v["heldout_task"]) for s, v in skills.items()}
+    for v in skills.values():
+        for split, name in (("calibration", v["task"]), ("heldout", v["heldout_task"])):
+            write_loglikelihood_task(tmp / "check" / f"{name}.yaml", name, tmp / v[split])
     processes = min(len(experts), os.cpu_count() or 1)
     with worker_pool(processes) as pool:
         seconds = train_experts(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, arch, seed, recipe,
@@ -191,9 +191,8 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
         log("experts: " + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items()))
 
         # Check: base, experts and the fixed recipes (chosen on calibration) on held-out; the conditions.
-        family = zoo_family(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, tmp / "check",
-                            {s: (names["calibration"], names["heldout"]) for s, names in check.items()}, seed,
-                            recipe.check_items)
+        family = zoo_family(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, tmp / "check", check,
+                            seed, recipe.check_items)
         with fixed_threads():
             q = check_fixed(family, lambdas=recipe.lambdas, densities=recipe.densities, pool=pool, parts=processes)
     shutil.rmtree(tmp / "check")

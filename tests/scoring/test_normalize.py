@@ -17,3 +17,10 @@ def test_normalized_score_is_relative_to_the_best_source_on_that_task() -> None:
     zero = Normalizer.from_sources([True, True], {"heldout": [(0.0, 0.5)]})
     assert math.isnan(zero.normalize((0.3, 0.25), "heldout")[0])
     assert zero.mean((0.3, 0.25), "heldout") == 0.5
+
+
+def test_best_is_the_highest_mean_normalized_member_the_first_among_equals_and_a_failure_last() -> None:
+    norm = Normalizer.from_sources([True, False], {"calibration": [(0.8, 2.0)]})
+    members = [("failed", None), ("weak", (0.4, 4.0)), ("strong", (0.8, 4.0)), ("strong again", (0.8, 4.0))]
+    assert norm.best(members, "calibration") == "strong"  # mean normalized 0.75 against 0.5; the first of equals
+    assert norm.best(members[:2], "calibration") == "weak"  # any score ranks above a failure
