@@ -82,7 +82,7 @@ def test_every_condition_is_judged_and_recorded(smol: SmolFamily) -> None:
 def test_a_built_family_is_reused_not_rebuilt(smol: SmolFamily) -> None:
     files = [smol.root / "smol.json", smol.base / "model.safetensors", *(p / "model.safetensors" for p in smol.experts.values())]
     before = [os.stat(f).st_mtime_ns for f in files]
-    assert build_smol(smol.root, seed=smol.seed, progress=False) == smol
+    assert build_smol(smol.root, seed=smol.seed, variant=smol.variant, progress=False) == smol
     assert [os.stat(f).st_mtime_ns for f in files] == before
 
 
