@@ -18,8 +18,9 @@ from evomerge.config.search import load_config
 from evomerge.zoo.smol import RECIPES, SKILLS, SmolFamily, build_smol
 from evomerge.zoo.smol.check import CONDITIONS
 from evomerge.zoo.smol.config import search_config
+from evomerge.zoo.smol.data import IGNORE, batch, stem_ids
 
-from .conftest import FAMILY_TIMEOUT, REPO, evaluate
+from .conftest import FAMILY_TIMEOUT, REPO, evaluate, lm_eval_encode
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(FAMILY_TIMEOUT)]
 
@@ -60,6 +61,22 @@ def test_task_items_are_chat_formatted_and_calibration_and_heldout_disjoint(smol
             chat = [{"role": "user", "content": item["question"]}]
             assert item["prompt"] == tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
             assert item["answer"].endswith("<|im_end|>")
+
+
+def test_training_labels_are_the_tokens_lm_eval_scores(smol: SmolFamily) -> None:
+    """The loss covers exactly the continuation lm-eval scores (the prompt's trailing newline, the answer, the end
+    of turn), so what the experts learn is what their accuracy counts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smol.base)
+    stem = stem_ids(tokenizer)
+    for skill in SKILLS:
+        item = read_jsonl(smol.skills[skill].heldout)[0]
+        ids, _, labels = batch(tokenizer, [(item["question"], item["answer"].removesuffix(tokenizer.eos_token))], stem)
+        whole = lm_eval_encode(tokenizer, item["prompt"] + item["answer"])
+        start = len(lm_eval_encode(tokenizer, item["prompt"].rstrip()))
+        assert stem + ids[0].tolist() == whole
+        assert labels[0][labels[0] != IGNORE].tolist() == whole[start:], skill
 
 
 def test_the_quality_table_is_what_evaluate_prints(smol: SmolFamily, capsys: pytest.CaptureFixture[str]) -> None:

@@ -84,12 +84,15 @@ def stem_ids(tokenizer: Any) -> list[int]:
 
 def batch(tokenizer: Any, items: Iterable[Pair], stem: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """(ids, attention mask, labels) of the items after their common ``stem``: right-padded; labels hold
-    the next token at answer positions only (the answer and the end of turn)."""
+    the next token where lm-eval scores one: the answer, the end of turn, and the generation prompt's
+    trailing newline, which lm-eval moves from the context into the continuation. Left unsupervised, a
+    fine-tune can drift there (one predicted the end of turn after "assistant") and score 0 however
+    well it answers."""
     rows = []
     for q, a in items:
         prompt = chat_prompt(tokenizer, q)
         ids = tokenizer(prompt + a + tokenizer.eos_token, add_special_tokens=False).input_ids
-        n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        n_prompt = len(tokenizer(prompt.rstrip(), add_special_tokens=False).input_ids)
         if ids[: len(stem)] != stem or n_prompt <= len(stem):
             raise ValueError(f"the chat prompt of {q!r} does not start with the template's stem")
         rows.append((ids[len(stem):], n_prompt - len(stem)))
