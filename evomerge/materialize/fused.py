@@ -26,7 +26,11 @@ tensors of at least ``COMPILE_MIN`` elements use compiled kernels, so tiny model
 compile; ``True`` compiles everything, ``False`` runs the same functions eagerly.
 
 Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``.
-Every other method runs its eager operator on the host copy (``MergePlan.merge_tensor``).
+``tsvm`` has no kernel but keeps its source-only work: each matrix's decorrelated components (the SVDs) are
+computed once per worker on its device (``tsvm.components``), and a candidate costs one matrix product per
+matrix (``tsvm.assemble``), the eager operator's own two steps. Every other method (``pcb``, ``sce``,
+``karcher``, …) runs its eager operator on the host copy (``MergePlan.merge_tensor``): the same numbers as
+``evomerge merge``, at the eager operator's cost per candidate.
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, make_trim_cuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
 from evomerge.merge.methods import slerp as slerp_method
+from evomerge.merge.methods import tsvm as tsvm_method
 from evomerge.merge.registry import MergeMethod
-from evomerge.merge.sparsify import compute_dtype, weight_sum_divisor
+from evomerge.merge.sparsify import compute_dtype, task_vectors, weight_sum_divisor
 from evomerge.sources.pool import SourcePool
 
 CHUNK = 1 << 20  # elements per eager pass: (K+2) × 4 MiB of float32 stays near the caches
@@ -111,11 +116,13 @@ class FastMerger:
         self.trims = make_trim_cuts(policy.thresholds, compiles=self._compiles, chunk=self._chunk)
         self._draws: dict[tuple[int, str, int], Tensor] = {}
         self._cos: dict[str, Tensor] = {}
+        self._tsvm: dict[str, tsvm_method.Components] = {}
         self._group = {e.name: g for g, block in enumerate(pool.base.blocks) for e in block.entries}
 
     def cache_bytes(self) -> int:
         """Bytes of source-only work kept between candidates (sorted copies or histograms, draws)."""
-        return self.trims.cache_bytes() + sum(t.numel() * t.element_size() for t in self._draws.values())
+        parts = [t for c in self._tsvm.values() for t in (c.u, c.s, c.v, c.owner)]
+        return self.trims.cache_bytes() + sum(t.numel() * t.element_size() for t in [*self._draws.values(), *parts])
 
     def supports(self, step: TensorStep) -> bool:
         return step.method is not None and fused(step.method)
@@ -147,7 +154,10 @@ class FastMerger:
             return True
         if self.supports(step):
             return self._merge_into(step, plan, dst, inputs)
-        tensor = plan.merge_tensor(step, self.pool)
+        if step.method.name == "tsvm" and inputs[0].dim() == 2:
+            tensor = self._tsvm_matrix(step, plan, inputs)
+        else:
+            tensor = plan.merge_tensor(step, self.pool)
         dst.copy_(tensor)
         return bool(torch.isfinite(tensor).all())
 
@@ -235,6 +245,17 @@ class FastMerger:
             if (seed, name, k) not in self._draws:
                 self._draws[(seed, name, k)] = _cached_draws(keys[k // 2], k, n, device)
         return [self._draws[(seed, name, k)] for k in range(k_count)], keys
+
+    def _tsvm_matrix(self, step: TensorStep, plan: MergePlan, inputs: list[Tensor]) -> Tensor:
+        """TSV-M of one matrix in the output dtype: components once per worker, then θ0 + λ u diag(w·s) vᵀ."""
+        assert step.method is not None
+        base = inputs[0]
+        if step.name not in self._tsvm:
+            self._tsvm[step.name] = tsvm_method.components(task_vectors(base, inputs[1:]))
+        parts = self._tsvm[step.name]
+        weight = torch.tensor(self._per_source(step, len(inputs) - 1)["weight"], dtype=parts.s.dtype, device=base.device)
+        lam = float({**step.method.globals, **step.params}["lam"])
+        return (base.to(parts.s.dtype) + lam * tsvm_method.assemble(parts, weight)).to(plan.dtype or base.dtype)
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:
         """cos Ω of base and source 0 over the flattened tensor, [1, 1], exactly as ``methods/slerp.py``."""

@@ -32,6 +32,7 @@ from evomerge.materialize.thresholds import (
     sort_scratch_bytes,
     sorted_bytes,
 )
+from evomerge.merge.methods.tsvm import component_bytes
 from evomerge.merge.registry import get_method
 from evomerge.sources.arch import infos_from_config
 from evomerge.sources.folder import read_config, read_tensor_infos
@@ -120,11 +121,14 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     gpu = device.startswith("cuda")
     families: set[str] = {meth.family.sparsify for meth in map(get_method, methods)
                           if meth.family is not None and fused(meth)}
-    eager = any(not fused(get_method(m)) for m in methods)
+    eager = [meth.eager_copies for meth in map(get_method, methods) if not fused(meth)]
     budget, budget_from = _budget(shape, device, workers, budget, available, gpu_memory)
     live = shape.model_bytes(out_dtype_size)
-    scratch = _scratch(shape, eager, "magnitude" in families)
+    scratch = _scratch(shape, max((a * shape.k + b for a, b in eager), default=0), "magnitude" in families)
     worker = {f"live model ({'GPU' if gpu else 'host'}; one per worker)": live, "scratch (one tensor's temporaries)": scratch}
+    if "tsvm" in methods:
+        worker["TSV-M components (each matrix's SVDs, once per worker)"] = sum(
+            component_bytes(i.shape, shape.k) for i in shape.infos.values() if i.dtype.is_floating_point)
     costs = _costs(shape, families)
     notes: list[str] = []
     if "magnitude" in families:
@@ -193,15 +197,14 @@ def _costs(shape: ModelShape, families: set[str]) -> dict[str, int]:
     }
 
 
-def _scratch(shape: ModelShape, eager: bool, trim: bool) -> int:
-    """Temporaries of one tensor: eager chunks, the TIES flag pass, an eager operator's full-size float32 copies."""
+def _scratch(shape: ModelShape, eager_copies: int, trim: bool) -> int:
+    """Temporaries of one tensor: eager chunks, the TIES flag pass, the eager operators' full-size float32 copies
+    (the most any of them declares, ``MergeMethod.eager_copies``)."""
     largest = shape.largest_tensor
     out = chunk_scratch_bytes(shape.k)
     if trim:
         out += cut_scratch_bytes(largest)
-    if eager:
-        out += (shape.k + 4) * largest * 4
-    return out
+    return out + eager_copies * largest * 4
 
 
 def _choose(worker: dict[str, int], budget: int, wanted: bool, item: str, cost: int, notes: list[str], instead: str) -> bool:

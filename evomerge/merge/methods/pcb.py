@@ -49,22 +49,27 @@ def pcb(base: Tensor, sources: Sequence[Tensor], *, weight: Sequence[float], den
         return base.to(tau.dtype)
     clipped, scale = balanced(tau, density)
     w = torch.tensor([float(x) for x in weight], dtype=tau.dtype, device=tau.device).unsqueeze(1)
-    merged = (w * scale * clipped).sum(dim=0) / scale.sum(dim=0).clamp(min=MIN_DIVISOR)
+    divisor = scale.sum(dim=0).clamp(min=MIN_DIVISOR)
+    merged = clipped.mul_(scale).mul_(w).sum(dim=0) / divisor
     return base.to(tau.dtype) + lam * merged.reshape(base.shape)
 
 
 def balanced(tau: Tensor, density: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """(τ̂, β̂) of steps 1–4 for task vectors flattened to K × n."""
+    """(τ̂, β̂) of steps 1–4 for task vectors flattened to K × n. Order statistics by selection (``kthvalue``), not
+    sorts, and in-place steps: the peak is a few K × n float32 arrays, not a sort's values and int64 indices."""
     k, n = tau.shape
-    ascending = tau.abs().sort(dim=1).values
-    magnitude = tau.abs().clamp(min=ascending[:, int(n * CLIP)].unsqueeze(1),
-                                max=ascending[:, max(0, int(n * (1 - CLIP)) - 1)].unsqueeze(1))
-    intra = torch.exp(k * rescaled(magnitude).square())
-    inter = torch.tanh(tau * tau.sum(dim=0))
-    balance = intra * inter
-    ranked = balance.sort(dim=1).values
-    cuts = torch.stack([ranked[i, cut_rank(n, float(d))] for i, d in enumerate(density)]).unsqueeze(1)
-    return tau.sign() * magnitude, rescaled(balance.clamp(min=cuts))
+    magnitude = tau.abs()
+    magnitude.clamp_(min=order_statistic(magnitude, [int(n * CLIP)] * k),
+                     max=order_statistic(magnitude, [max(0, int(n * (1 - CLIP)) - 1)] * k))
+    balance = rescaled(magnitude).square_().mul_(k).exp_()
+    balance.mul_(torch.tanh(tau * tau.sum(dim=0)))
+    cuts = order_statistic(balance, [cut_rank(n, float(d)) for d in density])
+    return magnitude.mul_(tau.sign()), rescaled(balance.clamp_(min=cuts))
+
+
+def order_statistic(x: Tensor, ranks: Sequence[int]) -> Tensor:
+    """Per row i, its value at ascending rank ``ranks[i]`` (0 = smallest), as a K × 1 column."""
+    return torch.stack([row.kthvalue(r + 1).values for row, r in zip(x, ranks, strict=True)]).unsqueeze(1)
 
 
 def cut_rank(n: int, density: float) -> int:
@@ -76,9 +81,9 @@ def rescaled(x: Tensor) -> Tensor:
     """Each row mapped onto [0, 1] by its minimum and maximum; a row of equal values maps to 0."""
     low, high = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
     span = high - low
-    return torch.where(span > 0, (x - low) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
+    return (x - low).div_(torch.where(span > 0, span, torch.ones_like(span)))  # equal values: x − low = 0
 
 
-register(MergeMethod("pcb", pcb, (WEIGHT, DENSITY, LAMBDA), task_vector=True, mergekit=False,
+register(MergeMethod("pcb", pcb, (WEIGHT, DENSITY, LAMBDA), task_vector=True, mergekit=False, eager_copies=(5, 1),
                      doc="Weight each entry of each task vector by its importance to its task and its agreement "
                          "with the others, drop the least balanced, average (PCB)."))

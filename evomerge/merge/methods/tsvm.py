@@ -83,6 +83,15 @@ def assemble(parts: Components, weight: Tensor) -> Tensor:
     return (parts.u * (weight[parts.owner] * parts.s)) @ parts.v.T
 
 
-register(MergeMethod("tsvm", tsvm, (WEIGHT, LAMBDA), task_vector=True, mergekit=False,
+def component_bytes(shape: Sequence[int], k: int) -> int:
+    """Bytes of a matrix's ``Components`` in float32, at most: R ≤ min(m, n) columns of u and v, s and owner."""
+    if len(shape) != 2:
+        return 0
+    m, n = shape
+    rank = k * (min(m, n) // k)
+    return (m + n) * rank * 4 + rank * (4 + 8)
+
+
+register(MergeMethod("tsvm", tsvm, (WEIGHT, LAMBDA), task_vector=True, mergekit=False, eager_copies=(3, 6),
                      doc="Cut each task matrix to its top 1/K singular components, decorrelate the stacked "
                          "bases, sum (TSV-M)."))
