@@ -26,9 +26,10 @@ tensors of at least ``COMPILE_MIN`` elements use compiled kernels, so tiny model
 compile; ``True`` compiles everything, ``False`` runs the same functions eagerly.
 
 Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``.
-``tsvm`` has no kernel but keeps its source-only work: each matrix's decorrelated components (the SVDs) are
-computed once per worker on its device (``tsvm.components``), and a candidate costs one matrix product per
-matrix (``tsvm.assemble``), the eager operator's own two steps. Every other method (``pcb``, ``sce``,
+``tsvm`` has no kernel but keeps its source-only work where the policy says ``svds="cached"``: each matrix's
+decorrelated components (the SVDs) are computed once per worker on its device (``tsvm.components``), and a
+candidate costs one matrix product per matrix (``tsvm.assemble``), the eager operator's own two steps
+(``recomputed``: both steps per candidate, as a one-pass merge needs them). Every other method (``pcb``, ``sce``,
 ``karcher``, …) runs its eager operator on the host copy (``MergePlan.merge_tensor``): the same numbers as
 ``evomerge merge``, at the eager operator's cost per candidate.
 """
@@ -60,6 +61,7 @@ COMPILE_MIN = 1 << 16  # smaller tensors run the chunk functions eagerly: no com
 FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a fused kernel
 FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
 Draws = Literal["cached", "regenerated"]
+SVDs = Literal["cached", "recomputed"]  # TSV-M's per-matrix components
 DRAW_LEVELS = 1 << 16  # draw bits are 16-bit integers
 
 
@@ -70,6 +72,7 @@ class CachePolicy:
     sources: Placement = "shared"
     thresholds: Thresholds = "sorted"
     draws: Draws = "cached"
+    svds: SVDs = "cached"
 
 
 def fused(method: MergeMethod) -> bool:
@@ -250,9 +253,9 @@ class FastMerger:
         """TSV-M of one matrix in the output dtype: components once per worker, then θ0 + λ u diag(w·s) vᵀ."""
         assert step.method is not None
         base = inputs[0]
-        if step.name not in self._tsvm:
-            self._tsvm[step.name] = tsvm_method.components(task_vectors(base, inputs[1:]))
-        parts = self._tsvm[step.name]
+        parts = self._tsvm.get(step.name) or tsvm_method.components(task_vectors(base, inputs[1:]))
+        if self.policy.svds == "cached":
+            self._tsvm[step.name] = parts
         weight = torch.tensor(self._per_source(step, len(inputs) - 1)["weight"], dtype=parts.s.dtype, device=base.device)
         lam = float({**step.method.globals, **step.params}["lam"])
         return (base.to(parts.s.dtype) + lam * tsvm_method.assemble(parts, weight)).to(plan.dtype or base.dtype)

@@ -23,7 +23,7 @@ from evomerge.config.search import SearchConfig
 from evomerge.config.sizes import format_size
 from evomerge.errors import EvomergeError
 from evomerge.materialize.device import STAGE, Placement
-from evomerge.materialize.fused import CachePolicy, Draws, chunk_scratch_bytes, draw_cache_bytes, fused
+from evomerge.materialize.fused import CachePolicy, Draws, SVDs, chunk_scratch_bytes, draw_cache_bytes, fused
 from evomerge.materialize.plan import DTYPES
 from evomerge.materialize.thresholds import (
     Thresholds,
@@ -89,10 +89,11 @@ class MemoryPlan:
     worker_bytes: Mapping[str, int] = field(default_factory=dict)  # item -> bytes, per worker
     node_bytes: Mapping[str, int] = field(default_factory=dict)  # item -> bytes, per node
     notes: tuple[str, ...] = ()  # what the alternatives would need
+    svds: SVDs = "cached"  # TSV-M's components (the default reads back plans recorded before TSV-M)
 
     @property
     def policy(self) -> CachePolicy:
-        return CachePolicy(self.sources, self.thresholds, self.draws)
+        return CachePolicy(self.sources, self.thresholds, self.draws, self.svds)
 
     @property
     def per_worker(self) -> int:
@@ -126,9 +127,6 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     live = shape.model_bytes(out_dtype_size)
     scratch = _scratch(shape, max((a * shape.k + b for a, b in eager), default=0), "magnitude" in families)
     worker = {f"live model ({'GPU' if gpu else 'host'}; one per worker)": live, "scratch (one tensor's temporaries)": scratch}
-    if "tsvm" in methods:
-        worker["TSV-M components (each matrix's SVDs, once per worker)"] = sum(
-            component_bytes(i.shape, shape.k) for i in shape.infos.values() if i.dtype.is_floating_point)
     costs = _costs(shape, families)
     notes: list[str] = []
     if "magnitude" in families:
@@ -146,6 +144,9 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
             f"the memory budget of {format_size(budget)} per worker cannot hold the minimum of {format_size(minimum)} "
             f"({', '.join(f'{k} {format_size(v)}' for k, v in worker.items())}): raise execution.memory_budget, use fewer "
             "workers per node, or a smaller dtype (genome.dtype)")
+    svds = _choose(worker, budget, "tsvm" in methods, "TSV-M components: cached", sum(
+        component_bytes(i.shape, shape.k) for i in shape.infos.values() if i.dtype.is_floating_point), notes,
+        "recomputed per candidate (K + 2 SVDs per matrix)")
     if "random" in families and gpu:
         notes.append("DARE draws: regenerated in the kernel (on a GPU the hash runs at memory speed: no cache)")
     draws = _choose(worker, budget, "random" in families and not gpu, "DARE draws: cached, 16 bits", costs["draws"], notes,
@@ -163,7 +164,7 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     if not gpu:
         node["workers' memory (the per-worker items below, all workers)"] = workers * sum(worker.values())
     return MemoryPlan(device, workers, budget, budget_from, placement, thresholds, "cached" if draws else "regenerated",
-                      worker, node, tuple(notes))
+                      worker, node, tuple(notes), svds="cached" if svds else "recomputed")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,

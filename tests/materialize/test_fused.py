@@ -160,6 +160,15 @@ def test_tsvm_computes_each_matrix_s_components_once_and_only_weighs_them_per_ca
         torch.testing.assert_close(out[name], want, rtol=2e-6, atol=2e-6)
 
 
+def test_tsvm_recomputing_its_components_keeps_nothing_and_merges_the_same() -> None:
+    pool = make_pool(3, seed=5)
+    plan = make_plan(pool, "tsvm", {"weight": [0.2, 1.5, -0.3]}, {"lam": 0.7})
+    cached, recomputed = FastMerger(pool, **EAGER), FastMerger(pool, policy=CachePolicy(svds="recomputed"), **EAGER)
+    a, b = ({n: torch.empty_like(t) for n, t in pool.base.tensors.items()} for _ in range(2))
+    assert cached.materialize(plan, a) == recomputed.materialize(plan, b) == []
+    assert recomputed.cache_bytes() == 0 and all(torch.equal(a[n], b[n]) for n in a)
+
+
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("options", [EAGER, dict(compile=True, chunk=256)], ids=["eager", "compiled"])
 def test_non_finite_results_are_reported(value: float, options: dict, ran_compiled: Callable[..., None]) -> None:
