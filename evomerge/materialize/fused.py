@@ -26,10 +26,11 @@ tensors of at least ``COMPILE_MIN`` elements use compiled kernels, so tiny model
 compile; ``True`` compiles everything, ``False`` runs the same functions eagerly.
 
 Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``.
-``tsvm`` has no kernel but keeps its source-only work where the policy says ``svds="cached"``: each matrix's
-decorrelated components (the SVDs) are computed once per worker on its device (``tsvm.components``), and a
-candidate costs one matrix product per matrix (``tsvm.assemble``), the eager operator's own two steps
-(``recomputed``: both steps per candidate, as a one-pass merge needs them). Every other method (``pcb``, ``sce``,
+``tsvm`` has no kernel but keeps its source-only work as the policy's ``svds`` says: each matrix's K
+decorrelated task matrices P_k (``products``: a candidate is a weighted sum of K matrices), or the SVDs'
+results they come from (``components``: a candidate also pays the products, 2R flops per entry), or nothing
+(``recomputed``: the SVDs per candidate, as a one-pass merge needs them). All three compute the P_k and their
+sum as the eager operator does (``methods/tsvm.py``), so they give the same tensors. Every other method (``pcb``, ``sce``,
 ``karcher``, …) runs its eager operator on the host copy (``MergePlan.merge_tensor``): the same numbers as
 ``evomerge merge``, at the eager operator's cost per candidate.
 """
@@ -61,7 +62,7 @@ COMPILE_MIN = 1 << 16  # smaller tensors run the chunk functions eagerly: no com
 FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a fused kernel
 FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
 Draws = Literal["cached", "regenerated"]
-SVDs = Literal["cached", "recomputed"]  # TSV-M's per-matrix components
+SVDs = Literal["products", "components", "recomputed"]  # what TSV-M keeps per matrix (``methods/tsvm.py``)
 DRAW_LEVELS = 1 << 16  # draw bits are 16-bit integers
 
 
@@ -72,7 +73,7 @@ class CachePolicy:
     sources: Placement = "shared"
     thresholds: Thresholds = "sorted"
     draws: Draws = "cached"
-    svds: SVDs = "cached"
+    svds: SVDs = "products"
 
 
 def fused(method: MergeMethod) -> bool:
@@ -119,12 +120,12 @@ class FastMerger:
         self.trims = make_trim_cuts(policy.thresholds, compiles=self._compiles, chunk=self._chunk)
         self._draws: dict[tuple[int, str, int], Tensor] = {}
         self._cos: dict[str, Tensor] = {}
-        self._tsvm: dict[str, tsvm_method.Components] = {}
+        self._tsvm: dict[str, tsvm_method.Components | list[Tensor]] = {}
         self._group = {e.name: g for g, block in enumerate(pool.base.blocks) for e in block.entries}
 
     def cache_bytes(self) -> int:
         """Bytes of source-only work kept between candidates (sorted copies or histograms, draws)."""
-        parts = [t for c in self._tsvm.values() for t in (c.u, c.s, c.v, c.owner)]
+        parts = [t for c in self._tsvm.values() for t in (c if isinstance(c, list) else (c.u, c.s, c.v))]
         return self.trims.cache_bytes() + sum(t.numel() * t.element_size() for t in [*self._draws.values(), *parts])
 
     def supports(self, step: TensorStep) -> bool:
@@ -250,15 +251,20 @@ class FastMerger:
         return [self._draws[(seed, name, k)] for k in range(k_count)], keys
 
     def _tsvm_matrix(self, step: TensorStep, plan: MergePlan, inputs: list[Tensor]) -> Tensor:
-        """TSV-M of one matrix in the output dtype: components once per worker, then θ0 + λ u diag(w·s) vᵀ."""
+        """TSV-M of one matrix in the output dtype: θ0 + λ Σ_k w_k P_k, from what the policy keeps."""
         assert step.method is not None
-        base = inputs[0]
-        parts = self._tsvm.get(step.name) or tsvm_method.components(task_vectors(base, inputs[1:]))
-        if self.policy.svds == "cached":
-            self._tsvm[step.name] = parts
-        weight = torch.tensor(self._per_source(step, len(inputs) - 1)["weight"], dtype=parts.s.dtype, device=base.device)
+        base, k = inputs[0], len(inputs) - 1
+        held = self._tsvm.get(step.name)
+        if held is None:
+            held = tsvm_method.components(task_vectors(base, inputs[1:]))
+            if self.policy.svds == "products":
+                held = [tsvm_method.product(held, i) for i in range(k)]
+            if self.policy.svds != "recomputed":
+                self._tsvm[step.name] = held
+        products = held if isinstance(held, list) else map(functools.partial(tsvm_method.product, held), range(k))
+        merged = tsvm_method.weighted_sum(products, self._per_source(step, k)["weight"])
         lam = float({**step.method.globals, **step.params}["lam"])
-        return (base.to(parts.s.dtype) + lam * tsvm_method.assemble(parts, weight)).to(plan.dtype or base.dtype)
+        return (base.to(merged.dtype) + lam * merged).to(plan.dtype or base.dtype)
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:
         """cos Ω of base and source 0 over the flattened tensor, [1, 1], exactly as ``methods/slerp.py``."""

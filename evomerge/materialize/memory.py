@@ -32,7 +32,7 @@ from evomerge.materialize.thresholds import (
     sort_scratch_bytes,
     sorted_bytes,
 )
-from evomerge.merge.methods.tsvm import component_bytes
+from evomerge.merge.methods.tsvm import component_bytes, product_bytes
 from evomerge.merge.registry import get_method
 from evomerge.sources.arch import infos_from_config
 from evomerge.sources.folder import read_config, read_tensor_infos
@@ -89,7 +89,7 @@ class MemoryPlan:
     worker_bytes: Mapping[str, int] = field(default_factory=dict)  # item -> bytes, per worker
     node_bytes: Mapping[str, int] = field(default_factory=dict)  # item -> bytes, per node
     notes: tuple[str, ...] = ()  # what the alternatives would need
-    svds: SVDs = "cached"  # TSV-M's components (the default reads back plans recorded before TSV-M)
+    svds: SVDs = "products"  # what TSV-M keeps (the default reads back plans recorded before TSV-M)
 
     @property
     def policy(self) -> CachePolicy:
@@ -144,9 +144,11 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
             f"the memory budget of {format_size(budget)} per worker cannot hold the minimum of {format_size(minimum)} "
             f"({', '.join(f'{k} {format_size(v)}' for k, v in worker.items())}): raise execution.memory_budget, use fewer "
             "workers per node, or a smaller dtype (genome.dtype)")
-    svds = _choose(worker, budget, "tsvm" in methods, "TSV-M components: cached", sum(
-        component_bytes(i.shape, shape.k) for i in shape.infos.values() if i.dtype.is_floating_point), notes,
-        "recomputed per candidate (K + 2 SVDs per matrix)")
+    matrices = [i.shape for i in shape.infos.values() if i.dtype.is_floating_point]
+    products = _choose(worker, budget, "tsvm" in methods, "TSV-M: per-source products",
+                       sum(product_bytes(m, shape.k) for m in matrices), notes, "components")
+    parts = _choose(worker, budget, "tsvm" in methods and not products, "TSV-M: components",
+                    sum(component_bytes(m, shape.k) for m in matrices), notes, "recomputed per candidate (K + 2 SVDs per matrix)")
     if "random" in families and gpu:
         notes.append("DARE draws: regenerated in the kernel (on a GPU the hash runs at memory speed: no cache)")
     draws = _choose(worker, budget, "random" in families and not gpu, "DARE draws: cached, 16 bits", costs["draws"], notes,
@@ -164,7 +166,7 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     if not gpu:
         node["workers' memory (the per-worker items below, all workers)"] = workers * sum(worker.values())
     return MemoryPlan(device, workers, budget, budget_from, placement, thresholds, "cached" if draws else "regenerated",
-                      worker, node, tuple(notes), svds="cached" if svds else "recomputed")
+                      worker, node, tuple(notes), svds="products" if products else "components" if parts else "recomputed")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,

@@ -57,14 +57,19 @@ def test_eager_methods_size_the_scratch_by_their_declared_copies() -> None:
     assert pcb.worker_bytes[scratch] - one.worker_bytes[scratch] == (5 * 3 + 1) * 100_000_000 * 4
 
 
-def test_tsvm_caches_its_components_where_they_fit_else_recomputes_them() -> None:
+def test_tsvm_keeps_its_products_else_its_components_else_recomputes_them() -> None:
     infos = {"a.weight": TensorInfo(torch.bfloat16, (300, 200)), "a.bias": TensorInfo(torch.bfloat16, (300,))}
     model = ModelShape(infos, {"a.weight": "layers.0", "a.bias": "layers.0"}, 3, 4 * 2 * 60_300)
-    plan = plan_memory(model, ["tsvm"], device="cpu", workers=1, budget=GB, out_dtype_size=None)
-    assert plan.worker_bytes["TSV-M components: cached"] == (300 + 200) * 198 * 4 + 198 * 12
-    assert plan.policy.svds == "cached"
-    tight = plan_memory(model, ["tsvm"], device="cpu", workers=1, budget=plan.per_worker - 1, out_dtype_size=None)
-    assert tight.policy.svds == "recomputed" and any(n.startswith("TSV-M components: recomputed") for n in tight.notes)
+
+    def plan(budget: int):
+        return plan_memory(model, ["tsvm"], device="cpu", workers=1, budget=budget, out_dtype_size=None)
+
+    roomy = plan(GB)
+    assert roomy.policy.svds == "products" and roomy.worker_bytes["TSV-M: per-source products"] == 3 * 300 * 200 * 4
+    middle = plan(roomy.per_worker - 1)
+    assert middle.policy.svds == "components" and middle.worker_bytes["TSV-M: components"] == (300 + 200 + 1) * 198 * 4
+    tight = plan(middle.per_worker - 1)
+    assert tight.policy.svds == "recomputed" and any(n.startswith("TSV-M: recomputed per candidate") for n in tight.notes)
 
 
 def test_a_budget_below_the_minimum_is_one_line_naming_the_items() -> None:

@@ -19,14 +19,18 @@ below the numerical-rank tolerance of their τ_k (``max(m, n) · eps · s_max``;
 zero) take no part, where the paper's code would orthogonalize with whatever basis LAPACK returns
 for them (a zero τ_k has none of its own), which differs between devices.
 
-Everything but the weighted sum in step 3 depends on the sources only: ``components`` is what a
-worker can compute once per tensor, and ``assemble`` is the per-candidate work.
+Everything but the weights in step 3 depends on the sources only. Step 3 is computed as Σ_k w_k P_k with
+P_k = U⊥_k diag(s_k) V⊥_kᵀ, source k's columns (``product``), so a worker can keep either the ``components``
+(the SVDs' results, ≤ 8 bytes per entry; a candidate then costs the products, 2R flops per entry) or the K
+products themselves (4K bytes per entry; a candidate is then a weighted sum of K matrices, as task
+arithmetic) — every way computes the same P_k and sums them in the same order (``weighted_sum``), so all give
+the same tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -38,22 +42,23 @@ from evomerge.merge.sparsify import task_vectors
 
 @dataclass(frozen=True)
 class Components:
-    """A matrix's decorrelated task components: θ − θ0 = u diag(scale · s) vᵀ, scale per component's source."""
+    """A matrix's decorrelated task components: source k owns the columns ``spans[k]`` of u, s and v."""
 
     u: Tensor  # m × R, orthonormal columns
     s: Tensor  # R singular values
     v: Tensor  # n × R, orthonormal columns
-    owner: Tensor  # R source indices (long)
+    spans: tuple[tuple[int, int], ...]  # per source, its [start, stop) columns (in source order)
 
 
 def tsvm(base: Tensor, sources: Sequence[Tensor], *, weight: Sequence[float], lam: float = 1.0) -> Tensor:
     """θ0 + λ · (decorrelated low-rank task matrices, summed) for a matrix; θ0 + λ · mean_k w_k τ_k otherwise."""
     tau = task_vectors(base, sources)
-    w = torch.tensor([float(x) for x in weight], dtype=tau.dtype, device=tau.device)
     if base.dim() != 2:
+        w = torch.tensor([float(x) for x in weight], dtype=tau.dtype, device=tau.device)
         merged = (tau * w.reshape(-1, *([1] * base.dim()))).sum(dim=0) / len(sources)
     else:
-        merged = assemble(components(tau), w)
+        parts = components(tau)
+        merged = weighted_sum((product(parts, k) for k in range(len(sources))), weight)
     return base.to(tau.dtype) + lam * merged
 
 
@@ -65,9 +70,10 @@ def components(tau: Tensor) -> Components:
     u, s, v = u[:, :, :rank], s[:, :rank], vh[:, :rank, :].transpose(1, 2)
     tolerance = max(m, n) * torch.finfo(tau.dtype).eps * s[:, :1]  # per source; s is sorted, largest first
     keep = s > tolerance
-    owner = torch.arange(k, device=tau.device).unsqueeze(1).expand(k, rank)[keep]
+    stops = torch.cumsum(keep.sum(dim=1), 0).tolist()
+    spans = tuple(zip([0, *stops[:-1]], stops, strict=True))
     u_all, v_all = u.permute(0, 2, 1)[keep].T, v.permute(0, 2, 1)[keep].T  # columns in source order
-    return Components(polar(u_all), s[keep], polar(v_all), owner)
+    return Components(polar(u_all), s[keep], polar(v_all), spans)
 
 
 def polar(a: Tensor) -> Tensor:
@@ -78,18 +84,35 @@ def polar(a: Tensor) -> Tensor:
     return p @ qh
 
 
-def assemble(parts: Components, weight: Tensor) -> Tensor:
-    """Step 3 without λ: u diag(w_owner · s) vᵀ."""
-    return (parts.u * (weight[parts.owner] * parts.s)) @ parts.v.T
+def product(parts: Components, k: int) -> Tensor:
+    """P_k = u_k diag(s_k) v_kᵀ over source k's columns: its decorrelated task matrix (m × n)."""
+    a, b = parts.spans[k]
+    return (parts.u[:, a:b] * parts.s[a:b]) @ parts.v[:, a:b].T
+
+
+def weighted_sum(products: Iterable[Tensor], weight: Sequence[float]) -> Tensor:
+    """Σ_k w_k P_k, accumulated in source order (the one summation every path uses)."""
+    out: Tensor | None = None
+    for p, w in zip(products, weight, strict=True):
+        if out is None:
+            out = torch.zeros_like(p)
+        out.add_(p, alpha=float(w))
+    assert out is not None, "TSV-M needs at least one source"
+    return out
 
 
 def component_bytes(shape: Sequence[int], k: int) -> int:
-    """Bytes of a matrix's ``Components`` in float32, at most: R ≤ min(m, n) columns of u and v, s and owner."""
+    """Bytes of a matrix's ``Components`` in float32, at most: R ≤ min(m, n) columns of u and v, and s."""
     if len(shape) != 2:
         return 0
     m, n = shape
     rank = k * (min(m, n) // k)
-    return (m + n) * rank * 4 + rank * (4 + 8)
+    return (m + n) * rank * 4 + rank * 4
+
+
+def product_bytes(shape: Sequence[int], k: int) -> int:
+    """Bytes of a matrix's K products P_k in float32."""
+    return k * shape[0] * shape[1] * 4 if len(shape) == 2 else 0
 
 
 register(MergeMethod("tsvm", tsvm, (WEIGHT, LAMBDA), task_vector=True, mergekit=False, eager_copies=(3, 6),
