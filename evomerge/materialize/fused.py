@@ -26,11 +26,11 @@ tensors of at least ``COMPILE_MIN`` elements use compiled kernels, so tiny model
 compile; ``True`` compiles everything, ``False`` runs the same functions eagerly.
 
 Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``.
-``tsvm`` has no kernel but keeps its source-only work as the policy's ``svds`` says: each matrix's K
-decorrelated task matrices P_k (``products``: a candidate is a weighted sum of K matrices), or the SVDs'
-results they come from (``components``: a candidate also pays the products, 2R flops per entry), or nothing
-(``recomputed``: the SVDs per candidate, as a one-pass merge needs them). All three compute the P_k and their
-sum as the eager operator does (``methods/tsvm.py``), so they give the same tensors. Every other method (``pcb``, ``sce``,
+``tsvm`` keeps its source-only work as the policy's ``svds`` says: each matrix's K decorrelated task
+matrices P_k (``products``: a candidate is the linear kernel over θ0 and the P_k, as task arithmetic), or the
+SVDs' results they come from (``components``: a candidate also pays the products, 2R flops per entry), or
+nothing (``recomputed``: the SVDs per candidate, as a one-pass merge needs them). The three give the same
+tensors; its vectors (biases, norms) run the eager operator. Every other method (``pcb``, ``sce``,
 ``karcher``, …) runs its eager operator on the host copy (``MergePlan.merge_tensor``): the same numbers as
 ``evomerge merge``, at the eager operator's cost per candidate.
 """
@@ -156,12 +156,9 @@ class FastMerger:
         if step.method is None:  # integer buffers: the base's
             dst.copy_(inputs[0])
             return True
-        if self.supports(step):
+        if self.supports(step) or (step.method.name == "tsvm" and inputs[0].dim() == 2):
             return self._merge_into(step, plan, dst, inputs)
-        if step.method.name == "tsvm" and inputs[0].dim() == 2:
-            tensor = self._tsvm_matrix(step, plan, inputs)
-        else:
-            tensor = plan.merge_tensor(step, self.pool)
+        tensor = plan.merge_tensor(step, self.pool)
         dst.copy_(tensor)
         return bool(torch.isfinite(tensor).all())
 
@@ -173,6 +170,8 @@ class FastMerger:
         flat = [base.reshape(-1), *(s.reshape(-1) for s in sources)]
         if step.method.name in ("linear", "slerp"):
             flags = self._linear(step, plan, target.view(-1), flat)
+        elif step.method.name == "tsvm":
+            flags = self._tsvm_matrix(step, plan, target.view(-1), inputs)
         else:
             flags = self._gta(step, plan, target.view(-1), flat)
         if target is not dst:
@@ -250,8 +249,9 @@ class FastMerger:
                 self._draws[(seed, name, k)] = _cached_draws(keys[k // 2], k, n, device)
         return [self._draws[(seed, name, k)] for k in range(k_count)], keys
 
-    def _tsvm_matrix(self, step: TensorStep, plan: MergePlan, inputs: list[Tensor]) -> Tensor:
-        """TSV-M of one matrix in the output dtype: θ0 + λ Σ_k w_k P_k, from what the policy keeps."""
+    def _tsvm_matrix(self, step: TensorStep, plan: MergePlan, out: Tensor, inputs: list[Tensor]) -> list[Any]:
+        """TSV-M of one matrix: θ0 + Σ_k (λ w_k) P_k by the linear kernel over θ0 and the P_k the policy keeps
+        (or makes now, from kept or fresh components)."""
         assert step.method is not None
         base, k = inputs[0], len(inputs) - 1
         held = self._tsvm.get(step.name)
@@ -261,10 +261,15 @@ class FastMerger:
                 held = [tsvm_method.product(held, i) for i in range(k)]
             if self.policy.svds != "recomputed":
                 self._tsvm[step.name] = held
-        products = held if isinstance(held, list) else map(functools.partial(tsvm_method.product, held), range(k))
-        merged = tsvm_method.weighted_sum(products, self._per_source(step, k)["weight"])
+        products = held if isinstance(held, list) else [tsvm_method.product(held, i) for i in range(k)]
         lam = float({**step.method.globals, **step.params}["lam"])
-        return (base.to(merged.dtype) + lam * merged).to(plan.dtype or base.dtype)
+        weight = [1.0, *(lam * w for w in self._per_source(step, k)["weight"])]
+        params = LINEAR_PARAMS.pack(compute_dtype(base), self.device, weight=weight, divisor=1.0)
+        flat = [base.reshape(-1), *(p.reshape(-1) for p in products)]
+        compiled = self._compiles(out.numel())
+        kernel = chunk_kernel("linear", compiled)
+        return [kernel(out[a:b], [x[a:b] for x in flat], params.to(out.device), plan.dtype or base.dtype)
+                for a, b in self._chunks(out.numel(), compiled)]
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:
         """cos Ω of base and source 0 over the flattened tensor, [1, 1], exactly as ``methods/slerp.py``."""

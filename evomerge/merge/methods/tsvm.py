@@ -23,7 +23,7 @@ Everything but the weights in step 3 depends on the sources only. Step 3 is comp
 P_k = U⊥_k diag(s_k) V⊥_kᵀ, source k's columns (``product``), so a worker can keep either the ``components``
 (the SVDs' results, ≤ 8 bytes per entry; a candidate then costs the products, 2R flops per entry) or the K
 products themselves (4K bytes per entry; a candidate is then a weighted sum of K matrices, as task
-arithmetic) — every way computes the same P_k and sums them in the same order (``weighted_sum``), so all give
+arithmetic) — every way computes the same P_k and sums them in the same order (``combine``), so all give
 the same tensors.
 """
 
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from evomerge.merge.methods.params import LAMBDA, WEIGHT
 from evomerge.merge.registry import MergeMethod, register
-from evomerge.merge.sparsify import task_vectors
+from evomerge.merge.sparsify import compute_dtype, task_vectors
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,9 @@ def tsvm(base: Tensor, sources: Sequence[Tensor], *, weight: Sequence[float], la
     if base.dim() != 2:
         w = torch.tensor([float(x) for x in weight], dtype=tau.dtype, device=tau.device)
         merged = (tau * w.reshape(-1, *([1] * base.dim()))).sum(dim=0) / len(sources)
-    else:
-        parts = components(tau)
-        merged = weighted_sum((product(parts, k) for k in range(len(sources))), weight)
-    return base.to(tau.dtype) + lam * merged
+        return base.to(tau.dtype) + lam * merged
+    parts = components(tau)
+    return combine(base, (product(parts, k) for k in range(len(sources))), weight, lam)
 
 
 def components(tau: Tensor) -> Components:
@@ -90,14 +89,12 @@ def product(parts: Components, k: int) -> Tensor:
     return (parts.u[:, a:b] * parts.s[a:b]) @ parts.v[:, a:b].T
 
 
-def weighted_sum(products: Iterable[Tensor], weight: Sequence[float]) -> Tensor:
-    """Σ_k w_k P_k, accumulated in source order (the one summation every path uses)."""
-    out: Tensor | None = None
+def combine(base: Tensor, products: Iterable[Tensor], weight: Sequence[float], lam: float) -> Tensor:
+    """θ0 + Σ_k (λ w_k) P_k, accumulated onto a copy of θ0 in the compute dtype, in source order: the one
+    summation every path uses (one new tensor and K passes over it per candidate)."""
+    out = base.to(compute_dtype(base), copy=True)
     for p, w in zip(products, weight, strict=True):
-        if out is None:
-            out = torch.zeros_like(p)
-        out.add_(p, alpha=float(w))
-    assert out is not None, "TSV-M needs at least one source"
+        out.add_(p, alpha=lam * float(w))
     return out
 
 
