@@ -23,8 +23,8 @@ Everything but the weights in step 3 depends on the sources only. Step 3 is comp
 P_k = U⊥_k diag(s_k) V⊥_kᵀ, source k's columns (``product``), so a worker can keep either the ``components``
 (the SVDs' results, ≤ 8 bytes per entry; a candidate then costs the products, 2R flops per entry) or the K
 products themselves (4K bytes per entry; a candidate is then a weighted sum of K matrices, as task
-arithmetic) — every way computes the same P_k and sums them in the same order (``combine``), so all give
-the same tensors.
+arithmetic). Here the sum is accumulated onto θ0 in source order (``combine``); the fast path's linear kernel
+computes it over the same P_k (``materialize/fused.py``), equal within float32 rounding.
 """
 
 from __future__ import annotations
