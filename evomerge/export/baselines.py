@@ -7,7 +7,8 @@ in the run log as a ``BaselineRecord`` — a later export or report reuses the r
 and recipe all match, and never scores it again. A member the search started from (a seed point that
 merges exactly as the member does) takes that candidate's calibration scores from the log instead. A grid family's members are scored on calibration;
 the one with the best mean normalized calibration score (ties: the first) is scored on held-out and
-shown in tables — chosen without looking at held-out data.
+shown in tables — chosen without looking at held-out data. The greedy soup (``greedy_soup``) is chosen on
+calibration too and scored on held-out like a grid's choice.
 
 "Base alone" and "source alone" go through the same merge path as every candidate rather than
 being loaded from their folders: the arithmetic is exact, so the scores are those of the folders,
@@ -23,7 +24,7 @@ from evomerge.config.search import SearchConfig
 from evomerge.execution.worker import Outcome
 from evomerge.genome.space import GenomeSpace
 from evomerge.recipes import Recipe, recipe_data
-from evomerge.recipes.fixed import GRID_FAMILIES, MERGE_FAMILIES, FixedRecipe, fixed_recipes
+from evomerge.recipes.fixed import GRID_FAMILIES, FixedRecipe, fixed_recipes, merges, soup_of, source_name
 from evomerge.run.log import RunLog
 from evomerge.run.records import BaselineRecord, CandidateRecord
 from evomerge.scoring.normalize import Normalizer
@@ -57,7 +58,7 @@ class Baselines:
 
     def best_fixed(self, split: str) -> BaselineScores:
         """The row with the best mean normalized score on ``split`` among the merges (not the base or a source alone)."""
-        return self.normalizer.best([(r, getattr(r, split)) for r in self.rows if r.fixed.family in MERGE_FAMILIES], split)
+        return self.normalizer.best([(r, getattr(r, split)) for r in self.rows if merges(r.fixed.family)], split)
 
 
 def recipe_of(cfg: SearchConfig, fixed: FixedRecipe) -> Recipe:
@@ -112,4 +113,25 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool]) 
     grids = {family: tuple((m, raw_values(cfg.objectives, calibration(m).scores, "calibration")) for m in families[family])
              for family in GRID_FAMILIES}
     chosen = [normalizer.best(grid, "calibration") for grid in grids.values()]
-    return Baselines((*singles, *(both(m) for m in chosen)), grids, normalizer)
+
+    def rank(fixed: FixedRecipe) -> tuple[float, float]:
+        return normalizer.rank(raw_values(cfg.objectives, calibration(fixed).scores, "calibration"), "calibration")
+
+    k, names = len(cfg.sources.models), tuple(labels[m] for m in cfg.sources.models)
+    order = sorted(range(k), key=lambda i: rank(families[source_name(i)][0]), reverse=True)  # ties: source order
+    greedy = greedy_soup(order, lambda members: soup_of(members, k, names), rank)
+    return Baselines((*singles, *(both(m) for m in chosen), both(greedy)), grids, normalizer)
+
+
+def greedy_soup(order: Sequence[int], soup: Callable[[Sequence[int]], FixedRecipe],
+                rank: Callable[[FixedRecipe], tuple[float, float]]) -> FixedRecipe:
+    """Wortsman et al.'s greedy soup (Model soups, ICML 2022): the sources in ``order`` (best calibration score
+    first), each added to the soup only if the soup's calibration score does not drop; ``soup(members)`` is the
+    uniform soup of those sources and ``rank`` its calibration score (higher is better)."""
+    chosen = [order[0]]
+    best = rank(soup(chosen))
+    for i in order[1:]:
+        score = rank(soup([*chosen, i]))
+        if score >= best:
+            chosen, best = [*chosen, i], score
+    return soup(chosen)
