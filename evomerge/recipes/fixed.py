@@ -25,7 +25,6 @@ from typing import Any, Mapping, Sequence
 
 from evomerge.recipes.recipe import GroupSpec, Recipe
 
-
 LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 16))  # 0.1 … 1.5
 DENSITIES = (0.3, 0.5, 0.7)  # the densities TIES and DARE papers and mergekit examples use
 GRID_FAMILIES = ("task_arithmetic", "ties", "dare_ties")  # families with more than one member
