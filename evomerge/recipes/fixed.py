@@ -29,7 +29,8 @@ LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 16))  # 0.1 … 1.5
 DENSITIES = (0.3, 0.5, 0.7)  # the densities TIES and DARE papers and mergekit examples use
 GRID_FAMILIES = ("task_arithmetic", "ties", "dare_ties")  # families with more than one member
 GREEDY_SOUP = "greedy_soup"  # the family of the greedy soup's trial soups (a procedure, not a fixed_recipes family)
-MERGE_FAMILIES = ("soup", *GRID_FAMILIES, "tsvm")  # the fixed_recipes families that merge (not the base or one source)
+# the fixed_recipes families that merge (not the base or one source), in the tables' order: one-member families first
+MERGE_FAMILIES = ("soup", "tsvm", *GRID_FAMILIES)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evomerge.export.scores import Normalizer
-
 from evomerge.config.search import ScoringConfig
 from evomerge.execution.worker import Outcome
 from evomerge.export.baselines import GridRace, logged_full, recipe_of
@@ -13,6 +11,7 @@ from evomerge.recipes import recipe_data
 from evomerge.recipes.fixed import fixed_recipes
 from evomerge.recipes.recipe import Recipe
 from evomerge.run.racing import Chunks
+from evomerge.scoring.normalize import Normalizer
 from evomerge.scoring.result import TaskScore
 
 from .conftest import TASKS, export_config, synthetic_run
