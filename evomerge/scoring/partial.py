@@ -90,7 +90,7 @@ def mean_estimate(values: Sequence[float]) -> Estimate:
 @dataclass(frozen=True)
 class Objective:
     """How one objective's per-item values become the oriented value a strategy sees, or (``reference``
-    given) the normalized value reports rank by (``export.scores.Normalizer``: value / reference when higher is
+    given) the normalized value reports rank by (``scoring.normalize.Normalizer``: value / reference when higher is
     better, reference / value when lower is)."""
 
     aggregation: str  # one of POOLED_AGGREGATIONS
