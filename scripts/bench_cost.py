@@ -4,7 +4,7 @@ racing; and what the export scores, every grid member in full vs raced.
 
     .venv/bin/python scripts/bench_cost.py [--config configs/zoo.yaml] [--zoo DIR] [--parts search export]
         [--evals 300] [--seeds 3] [--strategies cmaes nsga2] [--z 1.5] [--chunk-items 64]
-        [--export-evals 300] [--work DIR] [--no-write]
+        [--export-evals 300] [--export-set SECTION.FIELD=VALUE ...] [--work DIR] [--no-write]
 
 ``search``: each strategy × search seed runs twice on the same config: ``scoring.fidelity: full`` and
 ``racing`` (the chunk size and z given). A run is ``scripts/bench_search.py``'s: searched to ``--evals``
@@ -15,7 +15,8 @@ columns count the calibration items and tokens the search scored (read from the 
 issue's target (issue 20): racing reaches the full run's held-out gain within 0.01 with at most 1/4 of its
 scored tokens, in every seed.
 
-``export``: the config as written (the demo's: ``scripts/demo``) searched to ``--export-evals`` candidates,
+``export``: the config as written (the demo's: ``scripts/demo``; ``--export-set`` changes it) searched to
+``--export-evals`` candidates,
 then exported twice from copies of its folder — every grid member scored on every item (the export before
 its grids were raced) and raced — with the demo's 5 finalists and the calibration pick: the jobs, items and
 tokens each export scored (baselines, finalists, completions), its time, the pick and the best fixed recipe
@@ -113,8 +114,8 @@ def export_runs(args: argparse.Namespace, work: Path) -> list[dict]:
     from evomerge.run.log import RunLog
     from evomerge.run.records import CompletedRecord
 
-    run, search_s, _ = search(base_config(args.config, args.zoo, []).override(**{"budget.max_evals": args.export_evals}),
-                              work / "export-demo")
+    cfg = base_config(args.config, args.zoo, args.export_set).override(**{"budget.max_evals": args.export_evals})
+    run, search_s, _ = search(cfg, work / "export-demo")
     results = []
     for race in (False, True):
         folder = work / f"export-{'raced' if race else 'full'}"
@@ -165,6 +166,8 @@ def main() -> None:
     ap.add_argument("--chunk-items", type=int, default=64)
     ap.add_argument("--parts", nargs="+", choices=["search", "export"], default=["search", "export"])
     ap.add_argument("--export-evals", type=int, default=300, help="the demo's search budget before its export")
+    ap.add_argument("--export-set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="change the export's config, e.g. scoring.chunk_items=32 (the grids race with its knobs)")
     ap.add_argument("--work", help="keep the run folders here (default: a temporary folder, removed)")
     ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
@@ -216,13 +219,15 @@ def export_part(args: argparse.Namespace, work: Path) -> None:
     load0, t0 = os.getloadavg(), time.perf_counter()
     results = export_runs(args, work)
     command = (f".venv/bin/python scripts/bench_cost.py --parts export --config {shown(args.config)}"
-               + (f" --zoo {shown(args.zoo)}" if args.zoo else "") + f" --export-evals {args.export_evals}")
+               + (f" --zoo {shown(args.zoo)}" if args.zoo else "") + f" --export-evals {args.export_evals}"
+               + (f" --export-set {' '.join(args.export_set)}" if args.export_set else ""))
     body = [
         "## Cheap fitness: what the export scores (`scripts/bench_cost.py`)",
         "",
         machine(load0, t0),
         f"- command: `{command}`",
-        (f"- the config as written (scoring.fidelity {results[0]['fidelity']}), searched to "
+        (f"- the config {'with --export-set' if args.export_set else 'as written'} (scoring.fidelity "
+         f"{results[0]['fidelity']}), searched to "
          f"{args.export_evals} candidates in {results[0]['search_s']:.0f} s, then exported twice from copies of its "
          "folder: 5 finalists re-scored on held-out and the calibration pick; items and tokens of every baseline, "
          "held-out and completion record the export wrote"),

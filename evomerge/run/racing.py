@@ -121,7 +121,8 @@ class Chunks:
 
     def in_document_order(self, scores: Scores) -> dict[str, TaskScore]:
         """Every chunk's scores (``partial.combine``) back in document order, each metric pooled over them as
-        lm-eval pools it in that order: the numbers one job on every item gives."""
+        lm-eval pools it in that order (a chunk's per-item values can differ from one job's in the last bits: its
+        forwards are batched differently)."""
         out = {}
         for t, s in scores.items():
             order = self.orders[t]

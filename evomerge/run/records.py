@@ -8,7 +8,7 @@ field). ``time`` is stamped by ``RunLog.append``.
 |-------------|-------------------------------|-----------------------------------------------------------|
 | candidate   | the driver, in tell order     | a genome, its scores (or error), oriented objectives      |
 | heldout     | finalists                     | a genome's scores on the held-out tasks                   |
-| baseline    | baselines                     | a fixed recipe's scores on one split                      |
+| baseline    | baselines                     | a fixed recipe's scores on one split (raced: its chunks)  |
 | export      | export                        | which candidate went to which folder                      |
 | session     | the driver, at the end        | backend, workers, utilization, why the session stopped    |
 | budget      | ``evomerge resume --max-evals`` | the run's new total budget                              |
