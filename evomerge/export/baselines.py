@@ -153,7 +153,7 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool], 
     chosen = [normalizer.best([item for item in grid if item[0].name not in stopped], "calibration") for grid in grids.values()]
 
     def rank(fixed: FixedRecipe) -> tuple[float, float]:
-        return normalizer.rank(raw_values(cfg.objectives, calibration(fixed).scores, "calibration"), "calibration")
+        return calibration_rank(normalizer, cfg, calibration(fixed).scores)
 
     k, names = len(cfg.sources.models), tuple(labels[m] for m in cfg.sources.models)
     order = sorted(range(k), key=lambda i: rank(families[source_name(i)][0]), reverse=True)  # ties: source order
@@ -173,6 +173,12 @@ def greedy_soup(order: Sequence[int], soup: Callable[[Sequence[int]], FixedRecip
         if score >= best:
             chosen, best = [*chosen, i], score
     return soup(chosen)
+
+
+def calibration_rank(normalizer: Normalizer, cfg: SearchConfig, scores: Scores | None) -> tuple[float, float]:
+    """How a grid's choice ranks scores on calibration (higher is better; a failure last): the greedy soup and the
+    grid race rank with it."""
+    return normalizer.rank(raw_values(cfg.objectives, scores, "calibration"), "calibration")
 
 
 def calibration_sizes(cfg: SearchConfig, full: Sequence[Scores | None]) -> dict[str, int] | None:
@@ -262,7 +268,7 @@ class GridRace:
             m.full = full
 
     def _rank(self, scores: Scores | None) -> tuple[float, float]:
-        return self.normalizer.rank(raw_values(self.cfg.objectives, scores, "calibration"), "calibration")
+        return calibration_rank(self.normalizer, self.cfg, scores)
 
     def _score_all(self, m: _Member) -> None:
         """One job on every item, for a member with nothing to race against (the family's first, or a grid that
