@@ -104,10 +104,14 @@ def cached_or_scored(run: RunLog, fixed: FixedRecipe, split: str, evaluate: Eval
     return record
 
 
+def logged_records(run: RunLog, name: str, split: str, want: Mapping[str, Any]) -> list[BaselineRecord]:
+    """The log's records of this baseline on this split, in log order: in full or a raced member's chunks."""
+    return [r for r in run.baselines() if (r.name, r.split, r.recipe) == (name, split, want)]
+
+
 def logged_full(run: RunLog, name: str, split: str, want: Mapping[str, Any]) -> BaselineRecord | None:
     """The log's record of this baseline on this split scored on every item (not a raced member's chunks)."""
-    return next((r for r in run.baselines() if (r.name, r.split, r.recipe) == (name, split, want) and r.items is None),
-                None)
+    return next((r for r in logged_records(run, name, split, want) if r.items is None), None)
 
 
 def scored_start(run: RunLog, recipe: Recipe) -> CandidateRecord | None:
@@ -243,7 +247,7 @@ class GridRace:
         if logged is not None:
             m.full, m.error = logged.scores, logged.error
             return m
-        raced = [r for r in self.run.baselines() if (r.name, r.split, r.recipe) == (fixed.name, "calibration", want)]
+        raced = logged_records(self.run, fixed.name, "calibration", want)
         if raced and raced[-1].scores is not None:
             slices = [self.chunks.slice(raced[-1].scores, k) for k in range(raced[-1].chunks or 0)]
             m.parts, m.tokens = [part for part in slices if part is not None], raced[-1].tokens or 0
