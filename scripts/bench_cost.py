@@ -1,20 +1,30 @@
 #!/usr/bin/env python
-"""Cheap fitness: held-out gain over the best fixed recipe against calibration items scored, full vs racing.
+"""Cheap fitness: held-out gain over the best fixed recipe against calibration items and tokens scored, full vs
+racing; and what the export scores, every grid member in full vs raced.
 
-    .venv/bin/python scripts/bench_cost.py [--config configs/zoo.yaml] [--zoo DIR] [--evals 300] [--seeds 3]
-        [--strategies cmaes nsga2] [--z 1.5] [--chunk-items 64] [--work DIR] [--no-write]
+    .venv/bin/python scripts/bench_cost.py [--config configs/zoo.yaml] [--zoo DIR] [--parts search export]
+        [--evals 300] [--seeds 3] [--strategies cmaes nsga2] [--z 1.5] [--chunk-items 64]
+        [--export-evals 300] [--export-set SECTION.FIELD=VALUE ...] [--work DIR] [--no-write]
 
-Each strategy × search seed runs twice on the same config: ``scoring.fidelity: full`` and ``racing`` (the
-chunk size and z given). A run is ``scripts/bench_search.py``'s: searched to ``--evals`` candidates, its
-calibration pick (chosen without held-out data; with racing the front is completed on every calibration
-item first) scored on held-out against the run's best fixed recipe on held-out. The cost column counts the
-calibration items the search scored (read from the run log: a raced candidate's ``items``), against
-what full scoring scores; wall time is the search's. The issue's target (issue 20): racing reaches the
-full run's held-out gain within 0.01 with at most 1/4 of its scored items, in every seed.
+``search``: each strategy × search seed runs twice on the same config: ``scoring.fidelity: full`` and
+``racing`` (the chunk size and z given). A run is ``scripts/bench_search.py``'s: searched to ``--evals``
+candidates, its calibration pick (chosen without held-out data; with racing the finalists are completed on
+every calibration item first) scored on held-out against the run's best fixed recipe on held-out. The cost
+columns count the calibration items and tokens the search scored (read from the run log: a raced candidate's
+``items`` and every record's ``tokens``), against what full scoring scores; wall time is the search's. The
+issue's target (issue 20): racing reaches the full run's held-out gain within 0.01 with at most 1/4 of its
+scored tokens, in every seed.
 
-Reduced runs (``--evals``, ``--seeds``, ``--strategies``) are for a shared machine; the table says which
-command produced it. Writes the section ``bench_cost`` of docs/BENCHMARKS.md (unless ``--no-write``) and
-the plot ``docs/bench_cost.png``.
+``export``: the config as written (the demo's: ``scripts/demo``; ``--export-set`` changes it) searched to
+``--export-evals`` candidates,
+then exported twice from copies of its folder — every grid member scored on every item (the export before
+its grids were raced) and raced — with the demo's 5 finalists and the calibration pick: the jobs, items and
+tokens each export scored (baselines, finalists, completions), its time, the pick and the best fixed recipe
+on held-out (the target: ≤ 1/4 of the tokens, the same pick and the same best-fixed row).
+
+Reduced runs (``--evals``, ``--seeds``, ``--strategies``, ``--export-evals``) are for a shared machine; each
+section says which command produced it. Writes the sections ``bench_cost`` and ``bench_cost_export`` of
+docs/BENCHMARKS.md (unless ``--no-write``) and the plot ``docs/bench_cost.png``.
 """
 
 from __future__ import annotations
@@ -39,25 +49,26 @@ TARGET_GAIN_GAP, TARGET_FRACTION = 0.01, 0.25  # issue 20's numbers
 def cost_run(strategy: str, seed: int, fidelity: str, args: argparse.Namespace, work: Path) -> dict:
     """One search and its analysis, with the calibration items its candidates were scored on."""
     from evomerge.run.log import RunLog
-    from evomerge.run.racing import items_scored
+    from evomerge.run.racing import scoring_cost
 
     settings = [f"scoring.fidelity={fidelity}"]  # a full run's config leaves the racing knobs alone: reused across them
     if fidelity == "racing":
         settings += [f"scoring.chunk_items={args.chunk_items}", f"scoring.racing_z={args.z}"]
     folder = work / fidelity
     result = one_run(strategy, "acc", seed, args.config, args.zoo, settings, [args.evals], str(folder))
-    counted = items_scored(RunLog.open(folder / f"{strategy}-acc-s{seed}").candidates()[:args.evals])
-    assert counted is not None
-    result.update(fidelity=fidelity, items=counted[0], full_items=counted[1],
-                  gain=result["at"][args.evals]["heldout"] - result["best_fixed"]["heldout"])
+    cost = scoring_cost(RunLog.open(folder / f"{strategy}-acc-s{seed}").candidates()[:args.evals])
+    assert cost is not None and cost.tokens is not None
+    result.update(fidelity=fidelity, items=cost.items, full_items=cost.full_items, tokens=cost.tokens,
+                  full_tokens=cost.full_tokens, gain=result["at"][args.evals]["heldout"] - result["best_fixed"]["heldout"])
     return result
 
 
 def table(results: list[dict]) -> list[str]:
-    lines = ["| strategy | seed | fidelity | items scored | of full | search s | held-out pick | best fixed | gain |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| strategy | seed | fidelity | items scored | of full | tokens scored | of full | search s | held-out pick | "
+             "best fixed | gain |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['strategy']} | {r['seed']} | {r['fidelity']} | {r['items']:,} | {r['items'] / r['full_items']:.2f} | "
+                     f"{r['tokens']:,} | {r['tokens'] / r['full_tokens']:.2f} | "
                      f"{r['search_s']:.0f} | {r['at'][max(r['at'])]['heldout']:.3f} | {r['best_fixed']['heldout']:.3f} | "
                      f"{r['gain']:+.3f} |")
     return lines
@@ -68,9 +79,9 @@ def verdicts(results: list[dict]) -> list[str]:
     lines = []
     for full in (r for r in results if r["fidelity"] == "full"):
         race = next(r for r in results if r["fidelity"] == "racing" and (r["strategy"], r["seed"]) == (full["strategy"], full["seed"]))
-        fraction, gap = race["items"] / full["items"], full["gain"] - race["gain"]
+        fraction, gap = race["tokens"] / full["tokens"], full["gain"] - race["gain"]
         met = fraction <= TARGET_FRACTION and gap <= TARGET_GAIN_GAP
-        lines.append(f"- {full['strategy']} seed {full['seed']}: racing scored {fraction:.2f} of the full run's items, "
+        lines.append(f"- {full['strategy']} seed {full['seed']}: racing scored {fraction:.2f} of the full run's tokens, "
                      f"gain {race['gain']:+.3f} vs {full['gain']:+.3f} — target {'**met**' if met else '**missed**'}")
     return lines
 
@@ -83,14 +94,65 @@ def plot(results: list[dict], path: Path) -> None:
     for k, strategy in enumerate(dict.fromkeys(r["strategy"] for r in results)):
         for fidelity, marker in (("full", "o"), ("racing", "^")):
             rs = [r for r in results if r["strategy"] == strategy and r["fidelity"] == fidelity]
-            ax.scatter([r["items"] for r in rs], [r["gain"] for r in rs], marker=marker, color=f"C{k}", label=f"{strategy} / {fidelity}")
+            ax.scatter([r["tokens"] for r in rs], [r["gain"] for r in rs], marker=marker, color=f"C{k}", label=f"{strategy} / {fidelity}")
     ax.axhline(0, color="black", linewidth=1)
-    ax.set(xlabel="calibration items scored by the search", ylabel="held-out gain over the best fixed recipe")
+    ax.set(xlabel="calibration tokens scored by the search", ylabel="held-out gain over the best fixed recipe")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
     os.replace(tmp, path)
+
+
+def export_runs(args: argparse.Namespace, work: Path) -> list[dict]:
+    """The config searched to ``--export-evals``, exported from two copies of its folder: grids in full, raced."""
+    from bench_search import base_config, search
+    from evomerge.execution.executor import LocalExecutor
+    from evomerge.export.evaluator import Evaluator
+    from evomerge.export.finalists import DEFAULT_FINALISTS, analyze
+    from evomerge.export.report import export_cost
+    from evomerge.run.log import RunLog
+    from evomerge.run.records import CompletedRecord
+
+    cfg = base_config(args.config, args.zoo, args.export_set).override(**{"budget.max_evals": args.export_evals})
+    run, search_s, _ = search(cfg, work / "export-demo")
+    results = []
+    for race in (False, True):
+        folder = work / f"export-{'raced' if race else 'full'}"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(run.root, folder, ignore=shutil.ignore_patterns("session.lock"))
+        copy = RunLog.open(folder)
+        before, t0 = len(copy.records), time.perf_counter()
+        with Evaluator(copy, LocalExecutor, quiet=True) as evaluator:
+            a = analyze(copy, evaluator, finalists=DEFAULT_FINALISTS, race_baselines=race)
+            pick = a.pick("calibration")
+        items, tokens = export_cost(copy.records[before:])
+        heldout = export_cost([r for r in copy.records[before:] if getattr(r, "split", "heldout") == "heldout"
+                               and not isinstance(r, CompletedRecord)])[1]
+        best = a.baselines.best_fixed("heldout")
+        results.append({"race": race, "jobs": evaluator.evaluated, "items": items, "tokens": tokens, "heldout": heldout,
+                        "seconds": time.perf_counter() - t0, "pick": pick.index, "best": best.label,
+                        "best_row": (best.calibration, best.heldout), "stopped": len(a.baselines.stopped),
+                        "grid": sum(len(g) for g in a.baselines.grids.values()), "search_s": search_s,
+                        "fidelity": run.config().scoring.fidelity})
+    return results
+
+
+def export_table(results: list[dict]) -> list[str]:
+    full = results[0]
+    lines = ["| export | jobs | items scored | tokens scored | of full | of which held-out | s | grid members stopped | "
+             "pick | best fixed recipe on held-out |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {'grids raced' if r['race'] else 'every grid member in full'} | {r['jobs']} | {r['items']:,} | "
+                     f"{r['tokens']:,} | {r['tokens'] / full['tokens']:.2f} | {r['heldout']:,} | {r['seconds']:.0f} | {r['stopped']} of "
+                     f"{r['grid']} | {r['pick']} | {r['best']} |")
+    raced = results[1]
+    same = (raced["pick"], raced["best"], raced["best_row"]) == (full["pick"], full["best"], full["best_row"])
+    met = same and raced["tokens"] <= TARGET_FRACTION * full["tokens"]
+    return [*lines, "", f"- raced export: {raced['tokens'] / full['tokens']:.2f} of the tokens, "
+            f"{'the same' if same else 'NOT the same'} pick and best-fixed row (raw values on both splits) — target "
+            f"{'**met**' if met else '**missed**'}; held-out scoring (the table's rows and the finalists, unchanged) "
+            f"is {full['heldout'] / full['tokens']:.2f} of the full export's tokens by itself"]
 
 
 def main() -> None:
@@ -102,39 +164,77 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=["cmaes", "nsga2"])
     ap.add_argument("--z", type=float, default=1.5)
     ap.add_argument("--chunk-items", type=int, default=64)
+    ap.add_argument("--parts", nargs="+", choices=["search", "export"], default=["search", "export"])
+    ap.add_argument("--export-evals", type=int, default=300, help="the demo's search budget before its export")
+    ap.add_argument("--export-set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="change the export's config, e.g. scoring.chunk_items=32 (the grids race with its knobs)")
     ap.add_argument("--work", help="keep the run folders here (default: a temporary folder, removed)")
     ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
     args = ap.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="evm-bench-cost-"))
-    load0, t0 = os.getloadavg(), time.perf_counter()
     try:
-        results = [cost_run(s, seed, fidelity, args, work) for s in args.strategies for seed in range(args.seeds)
-                   for fidelity in ("full", "racing")]
+        if "search" in args.parts:
+            search_part(args, work)
+        if "export" in args.parts:
+            export_part(args, work)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    command = (f".venv/bin/python scripts/bench_cost.py --config {shown(args.config)}" + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
+
+
+def machine(load0: tuple[float, ...], t0: float) -> str:
+    return (f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average (1 min) "
+            f"before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time {(time.perf_counter() - t0) / 60:.0f} min")
+
+
+def search_part(args: argparse.Namespace, work: Path) -> None:
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    results = [cost_run(s, seed, fidelity, args, work) for s in args.strategies for seed in range(args.seeds)
+               for fidelity in ("full", "racing")]
+    command = (f".venv/bin/python scripts/bench_cost.py --parts search --config {shown(args.config)}"
+               + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
                + f" --evals {args.evals} --seeds {args.seeds} --strategies {' '.join(args.strategies)} --z {args.z:g}"
                f" --chunk-items {args.chunk_items}")
     body = [
         "## Cheap fitness: racing against full scoring (`scripts/bench_cost.py`)",
         "",
-        (f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average (1 min) "
-         f"before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time {(time.perf_counter() - t0) / 60:.0f} min"),
+        machine(load0, t0),
         f"- command: `{command}`",
-        ("- cost is counted in calibration items scored by the search (tokens are not counted yet); the export's "
-         "completion of the front and the baselines are not in it"),
+        ("- cost is counted in calibration items and tokens (``Scorer.tokens``) scored by the search; the export's "
+         "cost is the next section"),
         "",
         *table(results),
         "",
         *verdicts(results),
         "",
-        "![gain against items scored](bench_cost.png)",
+        "![gain against tokens scored](bench_cost.png)",
     ]
     if not args.no_write:
         plot(results, REPO / "docs" / "bench_cost.png")
     publish(args.out, "bench_cost", "\n".join(body), write=not args.no_write)
+
+
+def export_part(args: argparse.Namespace, work: Path) -> None:
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    results = export_runs(args, work)
+    command = (f".venv/bin/python scripts/bench_cost.py --parts export --config {shown(args.config)}"
+               + (f" --zoo {shown(args.zoo)}" if args.zoo else "") + f" --export-evals {args.export_evals}"
+               + (f" --export-set {' '.join(args.export_set)}" if args.export_set else ""))
+    body = [
+        "## Cheap fitness: what the export scores (`scripts/bench_cost.py`)",
+        "",
+        machine(load0, t0),
+        f"- command: `{command}`",
+        (f"- the config {'with --export-set' if args.export_set else 'as written'} (scoring.fidelity "
+         f"{results[0]['fidelity']}), searched to "
+         f"{args.export_evals} candidates in {results[0]['search_s']:.0f} s, then exported twice from copies of its "
+         "folder: 5 finalists re-scored on held-out and the calibration pick; items and tokens of every baseline, "
+         "held-out and completion record the export wrote"),
+        "",
+        *export_table(results),
+    ]
+    publish(args.out, "bench_cost_export", "\n".join(body), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -134,8 +134,10 @@ def recipe_params(method: str, k: int, variant: int) -> tuple[dict, dict]:
     density = [round(d - e, 4) for d in (0.5, 0.6, 0.3, 0.4)[:k]]
     if method == "linear":
         return {"weight": weight}, {}
-    if method == "task_arithmetic":
+    if method in ("task_arithmetic", "tsvm"):
         return {"weight": weight}, {"lam": 0.9}
+    if method == "pcb":
+        return {"weight": weight, "density": density}, {"lam": 0.9}
     if method in ("ties", "dare_ties", "dare_linear"):
         return {"weight": weight, "density": density}, {}
     if method == "slerp":

@@ -22,16 +22,27 @@ EVALUATIONS = 240  # ~20 CMA-ES generations of 13 over 24 weights: minutes on on
 
 
 def ceiling(zoo_dir: Path, evaluations: int = EVALUATIONS, seed: int = 0, progress: bool = True):  # -> Zoo
-    """Search the ceiling of the zoo in ``zoo_dir`` and record it in its zoo.json; returns the zoo."""
+    """Search the ceiling of the zoo in ``zoo_dir`` and record it in its zoo.json; returns the zoo.
+
+    The search runs where the zoo was built: in a child process whose math libraries compute alike on
+    every AVX2 CPU (``evomerge.env.run_reproducibly``), one thread, so the ceiling is the same everywhere.
+    """
+    from evomerge.env import run_reproducibly
     from evomerge.zoo.build import load_zoo, record_ceiling
+
+    return record_ceiling(load_zoo(zoo_dir).root, run_reproducibly(search, zoo_dir, evaluations, seed, progress))
+
+
+def search(zoo_dir: Path, evaluations: int, seed: int, progress: bool) -> dict:
+    """The ceiling search on the zoo's held-out items, from its best fixed task-arithmetic recipe."""
+    from evomerge.zoo.build import load_zoo
     from evomerge.zoo.ceiling import search_ceiling
     from evomerge.zoo.train import fixed_threads
 
     zoo = load_zoo(zoo_dir)
     start = zoo.quality["fixed"]["task_arithmetic"]["params"]["lam"]
     with fixed_threads():
-        result = search_ceiling(zoo.family(), start, evaluations, seed, log=print if progress else lambda line: None)
-    return record_ceiling(zoo.root, result)
+        return search_ceiling(zoo.family(), start, evaluations, seed, log=print if progress else lambda line: None)
 
 
 def main(argv: list[str] | None = None) -> int:

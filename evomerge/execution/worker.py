@@ -80,6 +80,7 @@ class Outcome:
     merge_s: float = 0.0
     score_s: float = 0.0
     worker: str = ""
+    tokens: int = 0  # tokens of the requests scored (``Scorer.tokens``); 0 when nothing was scored
 
 
 class CandidateFailed(Exception):
@@ -156,5 +157,5 @@ class Worker:
             t2 = time.perf_counter()
         except Exception as e:  # the candidate is broken, not the worker: log it and keep serving
             return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name)
-        return Outcome(scores, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name)
+        return Outcome(scores, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name, tokens=self.scorer(split).tokens(items))
 

@@ -9,7 +9,7 @@ so nothing scored on changed models ever enters the log.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 from tqdm import tqdm
 
@@ -31,15 +31,16 @@ class Evaluator:
         self.evaluated = 0  # evaluations run by this evaluator (0 when everything came from the log)
         self.bar: tqdm | None = None  # one progress bar for every model scored, not a line each
 
-    def __call__(self, recipe: Recipe, split: str, what: str) -> Outcome:
+    def __call__(self, recipe: Recipe, split: str, what: str, items: Mapping[str, tuple[int, ...]] | None = None) -> Outcome:
+        """``recipe`` on every item of ``split``, or on ``items`` (task -> document positions: a chunk)."""
         if self.executor is None:
             check_sources(self.run)
             self.executor = self.factory(WorkerSpec.from_config(self.cfg))
         if self.bar is None:
-            self.bar = tqdm(desc="evomerge: scoring", unit="model", disable=self.quiet, dynamic_ncols=True)
+            self.bar = tqdm(desc="evomerge: scoring", unit="job", disable=self.quiet, dynamic_ncols=True)
         self.bar.set_postfix_str(f"{what} ({split})", refresh=True)
         self.evaluated += 1
-        self.executor.submit(Job(-self.evaluated, recipe, split))  # negative ids: not search candidates
+        self.executor.submit(Job(-self.evaluated, recipe, split, items))  # negative ids: not search candidates
         outcome = self.executor.next_result().outcome
         self.bar.update(1)
         return outcome

@@ -1,8 +1,11 @@
 """Finalists: the front's best members re-scored on held-out data, the baselines beside them, and the pick.
 
 Raced candidates (``scoring.fidelity: racing``) carry estimates from a prefix of the calibration items: the
-front's raced members are first scored on every calibration item (a ``CompletedRecord``, reused later),
-until the front, the finalists and the pick rest on full calibration scores only.
+export completes only what it compares — the front's best K by calibration rank (the finalists, the
+calibration pick first among them) are scored on every calibration item (a ``CompletedRecord``, reused
+later), re-ranked, and completed again until the top K rest on full calibration scores only. Other front
+members keep their estimates (the front and its plot show them as such); a pick by another rule
+(knee, an index) is completed when picked.
 
 The search only ever sees calibration scores, so the front is optimistic: its members were chosen
 on the very items they are scored on. The finalists — the K front members with the best mean
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Sequence
+from typing import Callable, Sequence
 
 from evomerge import pareto
 from evomerge.config.search import SearchConfig
@@ -84,7 +87,7 @@ class Analysis:
             return self.heldout[record.key]
         recipe = self.space.to_recipe(record.x)
         outcome = self.evaluate(recipe, "heldout", f"candidate {record.index}")
-        held = self.run.append(HeldoutRecord(record.key, record.index, outcome.scores, outcome.error))
+        held = self.run.append(HeldoutRecord(record.key, record.index, outcome.scores, outcome.error, outcome.tokens))
         assert isinstance(held, HeldoutRecord)
         self.heldout[record.key] = held
         return held
@@ -98,7 +101,7 @@ class Analysis:
         if isinstance(rule, int):
             record = self.candidate(rule)
         elif rule == "knee":
-            record = pareto.knee(self.front, lambda r: r.objectives)
+            record = self.candidate(pareto.knee(self.front, lambda r: r.objectives).index)  # completed if raced
         elif rule == "calibration":
             record = rank_on_calibration(self.front, self.normalizer, self.cfg)[0]
         else:
@@ -130,22 +133,27 @@ def successful(candidates: Sequence[CandidateRecord]) -> list[CandidateRecord]:
 
 
 def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALISTS,
-            upto: int | None = None) -> Analysis:
+            upto: int | None = None, race_baselines: bool = True) -> Analysis:
     """Front, baselines (scored if missing), finalists re-scored on held-out (if missing).
 
     ``upto``: consider only the first ``upto`` candidates — the run as it stood at that budget
-    (what an export would have picked then; benchmarks compare strategies at equal budgets)."""
+    (what an export would have picked then; benchmarks compare strategies at equal budgets).
+    ``race_baselines`` False scores every grid member on every item (what ``bench_cost`` compares racing with)."""
     if finalists < 0:
         raise EvomergeError(f"--rescore-heldout must be >= 0, got {finalists}")
     cfg = run.config()
     run.space()  # every logged genome fits the run's genome space, checked before anything is scored
-    candidates = complete_front(run, run.candidates()[:upto], evaluate)
+    candidates = run.candidates()[:upto]
     ok = successful(candidates)
     if not ok:
         raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue it with 'evomerge resume {run.root}'")
     higher = directions(cfg.objectives, ok[0].scores)
     assert higher is not None
-    baselines = evaluate_baselines(run, evaluate, higher)
+    baselines = evaluate_baselines(run, evaluate, higher, race=race_baselines)
+    compared = max(finalists, 1)  # the finalists, and the calibration pick (the first of them)
+    candidates = complete_front(run, candidates, evaluate,
+                                lambda front: rank_on_calibration(front, baselines.normalizer, cfg)[:compared])
+    ok = successful(candidates)
     front = pareto.front([r for r in ok if r.cached_from is None], lambda r: r.objectives)
     ranked = rank_on_calibration(front, baselines.normalizer, cfg)
     heldout = run.heldout()
@@ -155,21 +163,23 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
     return analysis
 
 
-def complete_front(run: RunLog, candidates: list[CandidateRecord], evaluate: Evaluate) -> list[CandidateRecord]:
-    """The candidates with full calibration scores wherever the front needs them: raced members of the front
-    (scored on a prefix of items) are scored on every item (read back from the log, or scored now and
-    logged) until the front holds full scores only; candidates off the front keep their estimates."""
+def complete_front(run: RunLog, candidates: list[CandidateRecord], evaluate: Evaluate,
+                   compared: Callable[[list[CandidateRecord]], list[CandidateRecord]] | None = None) -> list[CandidateRecord]:
+    """The candidates with full calibration scores wherever the export compares them: the raced members of the
+    front that ``compared`` selects (default: all of it; ``analyze``: the finalists by calibration rank) are
+    scored on every item (read back from the log, or scored now and logged) until those selected from the
+    front hold full scores only; the other candidates keep their estimates."""
     cfg, space = run.config(), GenomeSpace.for_config(run.config())
     done = {r.key: r for r in run.of_type(CompletedRecord)}
     while True:
         candidates = [completed(cfg, r, done.get(r.key)) for r in candidates]
         front = pareto.front([r for r in successful(candidates) if r.cached_from is None], lambda r: r.objectives)
-        partial = [r for r in front if r.items is not None and r.key not in done]
+        partial = [r for r in (front if compared is None else compared(front)) if r.items is not None and r.key not in done]
         if not partial:
             return candidates
         for r in partial:
             outcome = evaluate(space.to_recipe(r.x), "calibration", f"candidate {r.index} on every calibration item")
-            record = run.append(CompletedRecord(r.key, r.index, outcome.scores, outcome.error))
+            record = run.append(CompletedRecord(r.key, r.index, outcome.scores, outcome.error, outcome.tokens))
             assert isinstance(record, CompletedRecord)
             done[r.key] = record
 

@@ -26,8 +26,8 @@ from evomerge.export.card import code, comparison_table, fmt, gain_line, md, ref
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
 from evomerge.run.log import RunLog
-from evomerge.run.racing import scoring_summary
-from evomerge.run.records import CandidateRecord, ExportRecord
+from evomerge.run.racing import scored_items, scoring_summary
+from evomerge.run.records import BaselineRecord, CandidateRecord, CompletedRecord, ExportRecord, HeldoutRecord
 from evomerge.run.trackers import Trackers
 from evomerge.scoring.objectives import fitness as scalarized
 from evomerge.sources.writer import check_outside
@@ -119,7 +119,8 @@ def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Se
         "",
         "## Fixed-recipe grids (calibration)",
         "",
-        "Each family's best member on calibration (✓) is the row shown in the tables above.",
+        "Each family's best member on calibration (✓) is the row shown in the tables above; the members are raced (a "
+        "member confidently below its family's best stops early), and the best is chosen among those scored in full.",
         "",
         *_grid_table(analysis),
         "",
@@ -167,18 +168,39 @@ def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]
         f"| wall time | {elapsed} |",
         f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
         f"| scoring | {scoring_summary(cfg.scoring, cands) or '–'} |",
+        f"| baselines and finalists | {_export_cost(analysis)} |",
         f"| utilization | {util} |",
         f"| Pareto front | {len(analysis.front)} candidates (calibration objectives) |",
         f"| exports | {_exports(exports)} |",
     ]
 
 
+def export_cost(records: Sequence[Any]) -> tuple[int, int | None]:
+    """(items, tokens) that scoring baselines and finalists cost, from these log records (tokens None where a
+    record predates their counting)."""
+    scored = [r for r in records if isinstance(r, (BaselineRecord, HeldoutRecord, CompletedRecord))]
+    items = sum(r.items if isinstance(r, BaselineRecord) and r.items is not None else scored_items(r.scores)
+                for r in scored)
+    known = all(r.tokens is not None for r in scored)
+    return items, sum(r.tokens or 0 for r in scored) if known else None
+
+
+def _export_cost(analysis: Analysis) -> str:
+    """What scoring the baselines and finalists cost, and how many grid members racing stopped early."""
+    items, tokens = export_cost(analysis.run.records)
+    grid = sum(len(g) for g in analysis.baselines.grids.values())
+    return (f"{items:,} items" + (f", {tokens:,} tokens" if tokens is not None else "")
+            + f" scored (both splits); {len(analysis.baselines.stopped)} of {grid} grid members stopped early by racing")
+
+
 def _grid_table(analysis: Analysis) -> list[str]:
-    """Every member of the grid families with its mean normalized calibration score; the chosen one marked."""
-    chosen = {r.name for r in analysis.baselines.rows}
+    """Every member of the grid families with its mean normalized calibration score; the chosen one marked, a member
+    racing stopped early shown as the estimate it is."""
+    chosen, stopped = {r.name for r in analysis.baselines.rows}, analysis.baselines.stopped
     lines = ["| fixed recipe | mean norm. (calibration) |", "|---|---|"]
     for grid in analysis.baselines.grids.values():
-        lines += [f"| {fixed.label}{' ✓' if fixed.name in chosen else ''} | {fmt(analysis.normalizer.mean(raw, 'calibration'), 2)} |"
+        lines += [f"| {fixed.label}{' ✓' if fixed.name in chosen else ''} | {fmt(analysis.normalizer.mean(raw, 'calibration'), 2)}"
+                  + (f" (estimate: stopped after {stopped[fixed.name]} items)" if fixed.name in stopped else "") + " |"
                   for fixed, raw in grid]
     return lines
 

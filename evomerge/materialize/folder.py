@@ -4,7 +4,7 @@
 allocated, merged by ``FastMerger`` (the same kernels a worker runs, so the same tensors as the
 eager reference operators) and written, then dropped before the next shard; memory holds the
 sources, one shard and one tensor's scratch. Nothing is cached across tensors that a single pass
-would not use: TIES cuts come from histograms, DARE draws are regenerated.
+would not use: TIES cuts come from histograms, DARE draws are regenerated, TSV-M's SVDs are not kept.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from evomerge.materialize.plan import MergePlan
 from evomerge.sources.pool import SourcePool
 from evomerge.sources.writer import write_model_shards
 
-ONE_PASS = CachePolicy(sources="shared", thresholds="histogram", draws="regenerated")
+ONE_PASS = CachePolicy(sources="shared", thresholds="histogram", draws="regenerated", svds="recomputed")
 
 
 def write_merged(plan: MergePlan, pool: SourcePool, out: Path, *, template: Path, tokenizer: Path | None = None,

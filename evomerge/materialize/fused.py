@@ -26,7 +26,13 @@ tensors of at least ``COMPILE_MIN`` elements use compiled kernels, so tiny model
 compile; ``True`` compiles everything, ``False`` runs the same functions eagerly.
 
 Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``.
-Every other method runs its eager operator on the host copy (``MergePlan.merge_tensor``).
+``tsvm`` keeps its source-only work as the policy's ``svds`` says: each matrix's K decorrelated task
+matrices P_k (``products``: a candidate is the linear kernel over θ0 and the P_k, as task arithmetic), or the
+SVDs' results they come from (``components``: a candidate also pays the products, 2R flops per entry), or
+nothing (``recomputed``: the SVDs per candidate, as a one-pass merge needs them). The three give the same
+tensors; its vectors (biases, norms) run the eager operator. Every other method (``pcb``, ``sce``,
+``karcher``, …) runs its eager operator on the host copy (``MergePlan.merge_tensor``): the same numbers as
+``evomerge merge``, at the eager operator's cost per candidate.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, make_trim_cuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
 from evomerge.merge.methods import slerp as slerp_method
+from evomerge.merge.methods import tsvm as tsvm_method
 from evomerge.merge.registry import MergeMethod
-from evomerge.merge.sparsify import compute_dtype, weight_sum_divisor
+from evomerge.merge.sparsify import compute_dtype, task_vectors, weight_sum_divisor
 from evomerge.sources.pool import SourcePool
 
 CHUNK = 1 << 20  # elements per eager pass: (K+2) × 4 MiB of float32 stays near the caches
@@ -55,6 +62,7 @@ COMPILE_MIN = 1 << 16  # smaller tensors run the chunk functions eagerly: no com
 FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a fused kernel
 FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
 Draws = Literal["cached", "regenerated"]
+SVDs = Literal["products", "components", "recomputed"]  # what TSV-M keeps per matrix (``methods/tsvm.py``)
 DRAW_LEVELS = 1 << 16  # draw bits are 16-bit integers
 
 
@@ -65,6 +73,7 @@ class CachePolicy:
     sources: Placement = "shared"
     thresholds: Thresholds = "sorted"
     draws: Draws = "cached"
+    svds: SVDs = "products"
 
 
 def fused(method: MergeMethod) -> bool:
@@ -111,11 +120,13 @@ class FastMerger:
         self.trims = make_trim_cuts(policy.thresholds, compiles=self._compiles, chunk=self._chunk)
         self._draws: dict[tuple[int, str, int], Tensor] = {}
         self._cos: dict[str, Tensor] = {}
+        self._tsvm: dict[str, tsvm_method.Components | list[Tensor]] = {}
         self._group = {e.name: g for g, block in enumerate(pool.base.blocks) for e in block.entries}
 
     def cache_bytes(self) -> int:
         """Bytes of source-only work kept between candidates (sorted copies or histograms, draws)."""
-        return self.trims.cache_bytes() + sum(t.numel() * t.element_size() for t in self._draws.values())
+        parts = [t for c in self._tsvm.values() for t in (c if isinstance(c, list) else (c.u, c.s, c.v))]
+        return self.trims.cache_bytes() + sum(t.numel() * t.element_size() for t in [*self._draws.values(), *parts])
 
     def supports(self, step: TensorStep) -> bool:
         return step.method is not None and fused(step.method)
@@ -145,7 +156,7 @@ class FastMerger:
         if step.method is None:  # integer buffers: the base's
             dst.copy_(inputs[0])
             return True
-        if self.supports(step):
+        if self.supports(step) or (step.method.name == "tsvm" and inputs[0].dim() == 2):
             return self._merge_into(step, plan, dst, inputs)
         tensor = plan.merge_tensor(step, self.pool)
         dst.copy_(tensor)
@@ -159,6 +170,8 @@ class FastMerger:
         flat = [base.reshape(-1), *(s.reshape(-1) for s in sources)]
         if step.method.name in ("linear", "slerp"):
             flags = self._linear(step, plan, target.view(-1), flat)
+        elif step.method.name == "tsvm":
+            flags = self._tsvm_matrix(step, plan, target.view(-1), inputs)
         else:
             flags = self._gta(step, plan, target.view(-1), flat)
         if target is not dst:
@@ -235,6 +248,28 @@ class FastMerger:
             if (seed, name, k) not in self._draws:
                 self._draws[(seed, name, k)] = _cached_draws(keys[k // 2], k, n, device)
         return [self._draws[(seed, name, k)] for k in range(k_count)], keys
+
+    def _tsvm_matrix(self, step: TensorStep, plan: MergePlan, out: Tensor, inputs: list[Tensor]) -> list[Any]:
+        """TSV-M of one matrix: θ0 + Σ_k (λ w_k) P_k by the linear kernel over θ0 and the P_k the policy keeps
+        (or makes now, from kept or fresh components)."""
+        assert step.method is not None
+        base, k = inputs[0], len(inputs) - 1
+        held = self._tsvm.get(step.name)
+        if held is None:
+            held = tsvm_method.components(task_vectors(base, inputs[1:]))
+            if self.policy.svds == "products":
+                held = [tsvm_method.product(held, i) for i in range(k)]
+            if self.policy.svds != "recomputed":
+                self._tsvm[step.name] = held
+        products = held if isinstance(held, list) else [tsvm_method.product(held, i) for i in range(k)]
+        lam = float({**step.method.globals, **step.params}["lam"])
+        weight = [1.0, *(lam * w for w in self._per_source(step, k)["weight"])]
+        params = LINEAR_PARAMS.pack(compute_dtype(base), self.device, weight=weight, divisor=1.0)
+        flat = [base.reshape(-1), *(p.reshape(-1) for p in products)]
+        compiled = self._compiles(out.numel())
+        kernel = chunk_kernel("linear", compiled)
+        return [kernel(out[a:b], [x[a:b] for x in flat], params.to(out.device), plan.dtype or base.dtype)
+                for a, b in self._chunks(out.numel(), compiled)]
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:
         """cos Ω of base and source 0 over the flattened tensor, [1, 1], exactly as ``methods/slerp.py``."""

@@ -23,7 +23,7 @@ from evomerge.config.search import SearchConfig
 from evomerge.config.sizes import format_size
 from evomerge.errors import EvomergeError
 from evomerge.materialize.device import STAGE, Placement
-from evomerge.materialize.fused import CachePolicy, Draws, chunk_scratch_bytes, draw_cache_bytes, fused
+from evomerge.materialize.fused import CachePolicy, Draws, SVDs, chunk_scratch_bytes, draw_cache_bytes, fused
 from evomerge.materialize.plan import DTYPES
 from evomerge.materialize.thresholds import (
     Thresholds,
@@ -32,6 +32,7 @@ from evomerge.materialize.thresholds import (
     sort_scratch_bytes,
     sorted_bytes,
 )
+from evomerge.merge.methods.tsvm import component_bytes, product_bytes
 from evomerge.merge.registry import get_method
 from evomerge.sources.arch import infos_from_config
 from evomerge.sources.folder import read_config, read_tensor_infos
@@ -88,10 +89,11 @@ class MemoryPlan:
     worker_bytes: Mapping[str, int] = field(default_factory=dict)  # item -> bytes, per worker
     node_bytes: Mapping[str, int] = field(default_factory=dict)  # item -> bytes, per node
     notes: tuple[str, ...] = ()  # what the alternatives would need
+    svds: SVDs = "products"  # what TSV-M keeps (the default reads back plans recorded before TSV-M)
 
     @property
     def policy(self) -> CachePolicy:
-        return CachePolicy(self.sources, self.thresholds, self.draws)
+        return CachePolicy(self.sources, self.thresholds, self.draws, self.svds)
 
     @property
     def per_worker(self) -> int:
@@ -120,10 +122,10 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     gpu = device.startswith("cuda")
     families: set[str] = {meth.family.sparsify for meth in map(get_method, methods)
                           if meth.family is not None and fused(meth)}
-    eager = any(not fused(get_method(m)) for m in methods)
+    eager = [meth.eager_copies for meth in map(get_method, methods) if not fused(meth)]
     budget, budget_from = _budget(shape, device, workers, budget, available, gpu_memory)
     live = shape.model_bytes(out_dtype_size)
-    scratch = _scratch(shape, eager, "magnitude" in families)
+    scratch = _scratch(shape, max((a * shape.k + b for a, b in eager), default=0), "magnitude" in families)
     worker = {f"live model ({'GPU' if gpu else 'host'}; one per worker)": live, "scratch (one tensor's temporaries)": scratch}
     costs = _costs(shape, families)
     notes: list[str] = []
@@ -142,6 +144,11 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
             f"the memory budget of {format_size(budget)} per worker cannot hold the minimum of {format_size(minimum)} "
             f"({', '.join(f'{k} {format_size(v)}' for k, v in worker.items())}): raise execution.memory_budget, use fewer "
             "workers per node, or a smaller dtype (genome.dtype)")
+    matrices = [i.shape for i in shape.infos.values() if i.dtype.is_floating_point]
+    products = _choose(worker, budget, "tsvm" in methods, "TSV-M: per-source products",
+                       sum(product_bytes(m, shape.k) for m in matrices), notes, "components")
+    parts = _choose(worker, budget, "tsvm" in methods and not products, "TSV-M: components",
+                    sum(component_bytes(m, shape.k) for m in matrices), notes, "recomputed per candidate (K + 2 SVDs per matrix)")
     if "random" in families and gpu:
         notes.append("DARE draws: regenerated in the kernel (on a GPU the hash runs at memory speed: no cache)")
     draws = _choose(worker, budget, "random" in families and not gpu, "DARE draws: cached, 16 bits", costs["draws"], notes,
@@ -159,7 +166,7 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     if not gpu:
         node["workers' memory (the per-worker items below, all workers)"] = workers * sum(worker.values())
     return MemoryPlan(device, workers, budget, budget_from, placement, thresholds, "cached" if draws else "regenerated",
-                      worker, node, tuple(notes))
+                      worker, node, tuple(notes), svds="products" if products else "components" if parts else "recomputed")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,
@@ -193,15 +200,14 @@ def _costs(shape: ModelShape, families: set[str]) -> dict[str, int]:
     }
 
 
-def _scratch(shape: ModelShape, eager: bool, trim: bool) -> int:
-    """Temporaries of one tensor: eager chunks, the TIES flag pass, an eager operator's full-size float32 copies."""
+def _scratch(shape: ModelShape, eager_copies: int, trim: bool) -> int:
+    """Temporaries of one tensor: eager chunks, the TIES flag pass, the eager operators' full-size float32 copies
+    (the most any of them declares, ``MergeMethod.eager_copies``)."""
     largest = shape.largest_tensor
     out = chunk_scratch_bytes(shape.k)
     if trim:
         out += cut_scratch_bytes(largest)
-    if eager:
-        out += (shape.k + 4) * largest * 4
-    return out
+    return out + eager_copies * largest * 4
 
 
 def _choose(worker: dict[str, int], budget: int, wanted: bool, item: str, cost: int, notes: list[str], instead: str) -> bool:

@@ -84,9 +84,13 @@ class MergeMethod:
     needs_base: bool = True
     min_sources: int = 1
     max_sources: int | None = None
-    family: Family | None = None  # None: not a task-vector method (linear, slerp, model_stock)
+    family: Family | None = None  # None: not a GTA family member (linear, slerp, model_stock, tsvm, pcb)
+    task_vector: bool = False  # a task-vector method over any number of sources with its own body (tsvm, pcb)
     mergekit: bool = True  # mergekit has a method of this name that computes the same
     doc: str = ""
+    # Peak full-size float32 temporaries of the eager operator, a·K + b copies of the tensor (the memory plan's
+    # scratch where the method has no fused kernel; tsvm and pcb measured by ru_maxrss on a 2048 × 4096 tensor).
+    eager_copies: tuple[int, int] = (1, 4)
 
     @property
     def per_source(self) -> dict[str, Any]:
@@ -106,7 +110,7 @@ class MergeMethod:
     @property
     def searchable(self) -> bool:
         """Per-layer, per-source genes make sense: a task-vector method over any number of sources."""
-        return self.family is not None
+        return self.family is not None or self.task_vector
 
     def param(self, name: str) -> Param:
         for p in self.params:

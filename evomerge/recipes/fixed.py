@@ -11,6 +11,10 @@ that is the fair "best fixed recipe" a searched merge is compared with.
 | ``task_arithmetic`` | weights 1, λ from LAMBDAS                                              |
 | ``ties``          | weights 1, density from DENSITIES × λ from LAMBDAS                       |
 | ``dare_ties``     | weights 1, density from DENSITIES × λ from LAMBDAS (the run's draws)      |
+| ``tsvm``          | TSV-M at its paper's default: weights 1, λ (the paper's α) 1.0           |
+
+One more baseline is a procedure over scores, not a grid: the greedy soup (``export.baselines.greedy_soup``),
+whose trial soups are ``soup_of`` subsets of the sources.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from evomerge.recipes.recipe import GroupSpec, Recipe
 LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 16))  # 0.1 … 1.5
 DENSITIES = (0.3, 0.5, 0.7)  # the densities TIES and DARE papers and mergekit examples use
 GRID_FAMILIES = ("task_arithmetic", "ties", "dare_ties")  # families with more than one member
-MERGE_FAMILIES = ("soup", *GRID_FAMILIES)  # the families that merge (not the base or one source alone)
+GREEDY_SOUP = "greedy_soup"  # the family of the greedy soup's trial soups (a procedure, not a fixed_recipes family)
+# the fixed_recipes families that merge (not the base or one source), in the tables' order: one-member families first
+MERGE_FAMILIES = ("soup", "tsvm", *GRID_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ def fixed_recipes(k: int, source_names: tuple[str, ...] | None = None, *, lambda
     for i in range(k):
         onehot = tuple(1.0 if j == i else 0.0 for j in range(k))
         families[source_name(i)] = [FixedRecipe(source_name(i), source_name(i), f"{names[i]} alone", "linear", {"weight": onehot})]
-    families["soup"] = [FixedRecipe("soup", "soup", "uniform soup", "linear", {"weight": (1.0 / k,) * k})]
+    families["soup"] = [uniform_soup(k)]
     families["task_arithmetic"] = [
         FixedRecipe(f"task_arithmetic@{lam:g}", "task_arithmetic", f"task arithmetic (λ={lam:g})", "task_arithmetic",
                     {"weight": ones}, {"lam": lam}) for lam in lambdas]
@@ -66,4 +72,26 @@ def fixed_recipes(k: int, source_names: tuple[str, ...] | None = None, *, lambda
         families[method] = [
             FixedRecipe(f"{method}@d{d:g},l{lam:g}", method, f"{title} (d={d:g}, λ={lam:g})", method,
                         {"weight": ones, "density": (d,) * k}, {"lam": lam}) for d in densities for lam in lambdas]
+    families["tsvm"] = [FixedRecipe("tsvm", "tsvm", "TSV-M (α=1)", "tsvm", {"weight": ones}, {"lam": 1.0})]
     return families
+
+
+def merges(family: str) -> bool:
+    """Whether a family merges models (the base and each source alone do not): the "best fixed recipe" is one of these."""
+    return family in MERGE_FAMILIES or family == GREEDY_SOUP
+
+
+def uniform_soup(k: int) -> FixedRecipe:
+    return FixedRecipe("soup", "soup", "uniform soup", "linear", {"weight": (1.0 / k,) * k})
+
+
+def soup_of(members: Sequence[int], k: int, source_names: tuple[str, ...] | None = None) -> FixedRecipe:
+    """The uniform soup of some sources, in the greedy soup's family. One source is ``source<i>`` and all k are
+    ``soup`` by name, the same merges as those rows, so their scores are read from the log instead of scored again."""
+    names = source_names or tuple(f"source {i}" for i in range(k))
+    chosen = sorted(set(members))
+    weights = tuple(1.0 / len(chosen) if i in chosen else 0.0 for i in range(k))
+    name = source_name(chosen[0]) if len(chosen) == 1 else "soup" if len(chosen) == k else \
+        f"{GREEDY_SOUP}@{'+'.join(map(str, chosen))}"
+    label = f"greedy soup ({' + '.join(names[i] for i in chosen)})"
+    return FixedRecipe(name, GREEDY_SOUP, label, "linear", {"weight": weights})

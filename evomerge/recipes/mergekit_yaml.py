@@ -147,8 +147,10 @@ def to_mergekit(recipe: Recipe, tensor_names: Sequence[str], out_dtype: str,
     """
     methods = sorted({s.method for s in recipe.specs})
     if len(methods) > 1:
+        missing = [m for m in methods if not get_method(m).mergekit]
+        none = f" (mergekit has no method matching {', '.join(missing)})" if missing else ""
         return None, (f"no mergekit.yaml: mergekit applies one merge method to the whole model, and this genome uses "
-                      f"{', '.join(methods)} in different layer groups; evomerge_recipe.yaml rebuilds it.")
+                      f"{', '.join(methods)} in different layer groups{none}; evomerge_recipe.yaml rebuilds it.")
     method = get_method(methods[0])
     if not method.mergekit:
         return None, f"no mergekit.yaml: mergekit has no method matching evomerge's '{method.name}'."

@@ -113,28 +113,86 @@ class Chunks:
         return out
 
 
-def items_per_candidate(records: Sequence[CandidateRecord]) -> int | None:
-    """Calibration items a candidate scored in full (all tasks), read off a fully scored record; None: none yet."""
+    def in_chunk_order(self, scores: Scores) -> dict[str, TaskScore]:
+        """A full score (documents in their order) with its per-item values in chunk order: its prefixes pair
+        with a raced member's (calibration tasks only)."""
+        return {t: replace(s, per_item={k: tuple(v[i] for i in self.orders[t]) for k, v in s.per_item.items()})
+                for t, s in scores.items() if t in self.orders}
+
+    def in_document_order(self, scores: Scores) -> dict[str, TaskScore]:
+        """Every chunk's scores (``partial.combine``) back in document order, each metric pooled over them as
+        lm-eval pools it in that order (a chunk's per-item values can differ from one job's in the last bits: its
+        forwards are batched differently)."""
+        out = {}
+        for t, s in scores.items():
+            order = self.orders[t]
+            per_item = {}
+            for k, v in s.per_item.items():
+                doc = [0.0] * len(v)
+                for i, value in zip(order, v, strict=True):
+                    doc[i] = value
+                per_item[k] = tuple(doc)
+            out[t] = replace(s, per_item=per_item,
+                             metrics={k: pooled(pool_of(k.split(",")[0]), v) for k, v in per_item.items()})
+        return out
+
+
+def scored_items(scores: Scores | None) -> int:
+    """Items (documents, all tasks) these scores hold."""
+    return sum(len(next(iter(s.per_item.values()), ())) for s in (scores or {}).values())
+
+
+def full_cost(records: Sequence[CandidateRecord]) -> tuple[int, int | None] | None:
+    """(calibration items, tokens) of one candidate scored in full (all tasks), read off a fully scored record
+    (tokens None where the log predates their counting); None: no such record yet."""
     for r in records:
         if r.items is None and r.scores is not None:
-            return sum(len(next(iter(s.per_item.values()), ())) for s in r.scores.values())
+            return scored_items(r.scores), r.tokens
     return None
 
 
-def items_scored(records: Sequence[CandidateRecord]) -> tuple[int, int] | None:
-    """(items scored, items full scoring would have scored) over the evaluated (not cached) candidates."""
-    full = items_per_candidate(records)
+@dataclass(frozen=True)
+class Cost:
+    """What the evaluated (not cached) candidates were scored on, against what full scoring scores."""
+
+    candidates: int
+    items: int
+    full_items: int
+    tokens: int | None  # None: some record predates token counting
+    full_tokens: int | None
+
+    @property
+    def saved(self) -> float:
+        """The fraction of tokens (items where tokens are not known) racing did not score."""
+        scored, full = (self.tokens, self.full_tokens) if self.tokens is not None and self.full_tokens else (
+            self.items, self.full_items)
+        return 1 - scored / full if full else 0.0
+
+
+def scoring_cost(records: Sequence[CandidateRecord]) -> Cost | None:
+    """The search's scoring cost, from the log alone (so it survives resume); None before a full score exists."""
+    full = full_cost(records)
     if full is None:
         return None
     evaluated = [r for r in records if r.cached_from is None]
-    return sum(full if r.items is None else r.items for r in evaluated), full * len(evaluated)
+    items = sum(full[0] if r.items is None else r.items for r in evaluated)
+    known = full[1] is not None and all(r.tokens is not None for r in evaluated)
+    tokens = sum(r.tokens or 0 for r in evaluated) if known else None
+    return Cost(len(evaluated), items, full[0] * len(evaluated), tokens,
+                full[1] * len(evaluated) if known and full[1] is not None else None)
 
 
 def scoring_summary(scoring: ScoringConfig, records: Sequence[CandidateRecord]) -> str | None:
-    """How many calibration items the candidates were scored on, and what racing saved (status and report)."""
-    counted = items_scored(records)
-    if counted is None:
+    """Calibration items and tokens the candidates were scored on, in total and per candidate, and what racing
+    saved (status and report)."""
+    cost = scoring_cost(records)
+    if cost is None:
         return None
-    scored, full = counted
     mode = f"racing (chunks of {scoring.chunk_items} items, z {scoring.racing_z:g})" if scoring.fidelity == "racing" else "full"
-    return f"{mode}: {scored:,} of {full:,} calibration items scored" + (f" ({1 - scored / full:.0%} saved)" if full else "")
+    n = max(cost.candidates, 1)
+    line = (f"{mode}: {cost.items:,} of {cost.full_items:,} calibration items scored "
+            f"({cost.items / n:,.0f} per candidate of {cost.full_items / n:,.0f})")
+    if cost.tokens is not None and cost.full_tokens is not None:
+        line += (f", {cost.tokens:,} of {cost.full_tokens:,} tokens "
+                 f"({cost.tokens / n:,.0f} per candidate of {cost.full_tokens / n:,.0f})")
+    return line + f"; {cost.saved:.0%} saved"

@@ -8,7 +8,7 @@ field). ``time`` is stamped by ``RunLog.append``.
 |-------------|-------------------------------|-----------------------------------------------------------|
 | candidate   | the driver, in tell order     | a genome, its scores (or error), oriented objectives      |
 | heldout     | finalists                     | a genome's scores on the held-out tasks                   |
-| baseline    | baselines                     | a fixed recipe's scores on one split                      |
+| baseline    | baselines                     | a fixed recipe's scores on one split (raced: its chunks)  |
 | export      | export                        | which candidate went to which folder                      |
 | session     | the driver, at the end        | backend, workers, utilization, why the session stopped    |
 | budget      | ``evomerge resume --max-evals`` | the run's new total budget                              |
@@ -51,6 +51,7 @@ class CandidateRecord:
     # and the calibration items they hold, all tasks; None: scored on every item in one job
     chunks: int | None = None
     items: int | None = None
+    tokens: int | None = None  # tokens of the requests scored (all jobs); None: logged before tokens were counted
     time: float | None = None
 
     @property
@@ -64,6 +65,7 @@ class HeldoutRecord:
     index: int
     scores: Scores | None
     error: str | None
+    tokens: int | None = None
     time: float | None = None
 
 
@@ -73,6 +75,7 @@ class CompletedRecord:
     index: int
     scores: Scores | None  # calibration tasks, every item
     error: str | None
+    tokens: int | None = None
     time: float | None = None
 
 
@@ -83,6 +86,11 @@ class BaselineRecord:
     recipe: Mapping[str, Any]  # the recipe's YAML form: the cache key together with name and split
     scores: Scores | None
     error: str | None
+    # a grid member raced on calibration (export/baselines.py): the chunks scored (scores then hold only those
+    # items, in chunk order) and the items they hold; None: every item, in one job or in every chunk
+    chunks: int | None = None
+    items: int | None = None
+    tokens: int | None = None
     time: float | None = None
 
 

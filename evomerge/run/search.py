@@ -92,6 +92,7 @@ class _Entry:
     verdict: Verdict | None = None
     merge_s: float = 0.0
     score_s: float = 0.0
+    tokens: int = 0
     worker: str = ""
 
     def wants(self, chunks: int) -> bool:
@@ -322,6 +323,7 @@ class Search:
         entry.processed += 1
         entry.merge_s += outcome.merge_s
         entry.score_s += outcome.score_s
+        entry.tokens += outcome.tokens
         entry.worker = entry.worker or outcome.worker
         if entry.error is None:
             error = outcome.error if outcome.scores is None else self._nonfinite(entry, outcome.scores)
@@ -414,7 +416,7 @@ class Search:
             objectives=tuple(WORST for _ in self.cfg.objectives) if error else oriented(self.cfg.objectives, scores),
             merge_s=round(entry.merge_s, 6), score_s=round(entry.score_s, 6), worker=entry.worker,
             chunks=entry.processed if raced else None,
-            items=self._chunks().n_items(len(entry.parts)) if raced else None,
+            items=self._chunks().n_items(len(entry.parts)) if raced else None, tokens=entry.tokens,
         )
 
     def _cached(self, slot: _Slot, first: CandidateRecord) -> CandidateRecord:

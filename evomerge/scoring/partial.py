@@ -89,14 +89,28 @@ def mean_estimate(values: Sequence[float]) -> Estimate:
 
 @dataclass(frozen=True)
 class Objective:
-    """How one objective's per-item values become the oriented value a strategy sees."""
+    """How one objective's per-item values become the oriented value a strategy sees, or (``reference``
+    given) the normalized value reports rank by (``scoring.normalize.Normalizer``: value / reference when higher is
+    better, reference / value when lower is)."""
 
     aggregation: str  # one of POOLED_AGGREGATIONS
     sign: float  # +1 when higher is better, −1 when lower is
     weight: float  # the objective's share of the scalarized fitness (weights sum to 1)
+    reference: float | None = None  # the best single source's value: normalize by it
+
+    def of_pooled(self, p: float) -> float:
+        if self.reference is None:
+            return self.sign * p
+        return p / self.reference if self.sign > 0 else self.reference / p
+
+    def slope(self, p: float) -> float:
+        """d of_pooled / d p at ``p``."""
+        if self.reference is None:
+            return self.sign
+        return 1 / self.reference if self.sign > 0 else -self.reference / p ** 2
 
     def value(self, values: Sequence[float]) -> float:
-        return self.sign * pooled(self.aggregation, values)
+        return self.of_pooled(pooled(self.aggregation, values))
 
 
 def fitness(objectives: Sequence[Objective], items: Sequence[Sequence[float]]) -> float:
@@ -120,7 +134,8 @@ def paired_difference(objectives: Sequence[Objective], a: Sequence[Sequence[floa
         d = mean_estimate([x - y for x, y in zip(va[:m], vb[:m], strict=True)])
         value += o.weight * (o.value(va[:m]) - o.value(vb[:m]))
         mean_ab = (sum(va[:m]) + sum(vb[:m])) / (2 * m)
-        var += (o.weight * o.sign * pooled_slope(o.aggregation, mean_ab) * d.se) ** 2
+        slope = o.slope(pooled(o.aggregation, [mean_ab])) * pooled_slope(o.aggregation, mean_ab)
+        var += (o.weight * slope * d.se) ** 2
     return Estimate(value, math.sqrt(var), int(n))
 
 

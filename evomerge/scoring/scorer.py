@@ -84,6 +84,18 @@ class Scorer:
                 self.requests[instance.request_type].append(instance)
         # Documents never change: list them once instead of re-reading the dataset per candidate.
         self.docs = {name: list(task.doc_iterator(rank=0, world_size=1)) for name, task in self.tasks.items()}
+        self.doc_tokens: dict[tuple[str, int], int] = defaultdict(int)  # (task, document id) -> its requests' tokens
+        for instances in self.requests.values():
+            for instance in instances:
+                self.doc_tokens[(instance.task_name, instance.doc_id)] += instance.repeats * request_tokens(self.lm, instance)
+
+    def tokens(self, items: Mapping[str, Sequence[int]] | None = None) -> int:
+        """Tokens of the requests ``score(items)`` sends the model (every document's when None): the cost figure
+        status and reports count (the prompt and answer of each request; stems shared between requests and the
+        tokens a generation produces are not counted)."""
+        if items is None:
+            return sum(self.doc_tokens[(name, doc_id)] for name in self.tasks for doc_id, _ in self.docs[name])
+        return sum(self.doc_tokens[(name, self.docs[name][p][0])] for name, ps in items.items() for p in ps)
 
     def score(self, items: Mapping[str, Sequence[int]] | None = None) -> dict[str, TaskScore]:
         """Every task on all its documents; or, with ``items`` (task -> positions in its document list), only
@@ -151,6 +163,17 @@ class Scorer:
             metrics=metrics,
             per_item={key: values for key, values in per_item.items() if key in metrics},
         )
+
+
+def request_tokens(lm: Any, instance: Any) -> int:
+    """Tokens of one request as the model reads it: context and continuation of a log-likelihood (as
+    ``TemplateLM.loglikelihood`` encodes them), the text of a rolling log-likelihood, a generation's prompt."""
+    if instance.request_type == "loglikelihood":
+        context, continuation = instance.args
+        if not context:
+            return 1 + len(lm.tok_encode(continuation))  # lm-eval puts the prefix token before an empty context
+        return sum(len(part) for part in lm._encode_pair(context, continuation))
+    return len(lm.tok_encode(instance.args[0]))
 
 
 def _pools(key: str, aggregations: Mapping[str, Any]) -> bool:

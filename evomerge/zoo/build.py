@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from evomerge.config.search import ObjectiveConfig, ScoringConfig
+from evomerge.env import run_reproducibly
 from evomerge.errors import EvomergeError
 from evomerge.sources.writer import check_outside
 from evomerge.zoo.check import Family, check_fixed, conditions, format_table, require
@@ -33,7 +34,7 @@ from evomerge.zoo.train import Recipe, fixed_threads, train_base, train_experts,
 
 T = TypeVar("T")
 
-BUILDER_VERSION = 3  # bump when a change alters the bytes: cached zoos are then rebuilt
+BUILDER_VERSION = 4  # bump when a change alters the bytes: cached zoos are then rebuilt (4: evomerge.env.REPRODUCIBLE)
 # Calibration items are scored for every candidate of a search and choose the fixed recipes' settings;
 # at 256 per skill one item is 0.4 points. Held-out items re-score finalists and check the zoo.
 N_CALIBRATION, N_HELDOUT = 256, 512
@@ -107,7 +108,8 @@ def build_zoo(out_dir: str | Path, *, seed: int = 0, arch: str = "llama", force:
     recipe = Recipe.quick(steps) if steps else Recipe()
 
     def build(tmp: Path, final: Path) -> dict[str, Any]:
-        m = _build(tmp, final, seed, arch, recipe, progress)
+        # Training and check in a child process whose math libraries compute alike on every AVX2 CPU.
+        m = run_reproducibly(_build, tmp, final, seed, arch, recipe, progress)
         if steps is None:
             require(m["quality"]["conditions"], f"the zoo (seed {seed}, {arch})")
         return m

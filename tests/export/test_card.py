@@ -63,7 +63,8 @@ def test_the_bases_declared_license_is_carried(scored_family, fake_executor, tmp
 def test_the_card_states_the_gain_over_the_best_fixed_recipe(scored_family, fake_executor, tmp_path: Path) -> None:
     """The gain's value, derived from the fake scorer: held-out = 0.9 × calibration; a source alone scores
     0.9 × (0.25 + 0.6) on its own task, the normalizer; the best fixed recipe weighs both sources 1
-    (task arithmetic, TIES, DARE-TIES), 0.9 × (0.25 + 0.6 − 0.2) on each task."""
+    (TSV-M, task arithmetic, TIES, DARE-TIES: the first in table order is named), 0.9 × (0.25 + 0.6 − 0.2) on each
+    task."""
     card = exported_card(scored_family, tmp_path, fake_executor)
     chosen = int(re.search(r"— candidate (\d+)", card)[1])
     cfg = export_config(scored_family)
@@ -73,4 +74,4 @@ def test_the_card_states_the_gain_over_the_best_fixed_recipe(scored_family, fake
     theirs = 0.9 * 0.65 / (0.9 * 0.85)
     stated = re.search(r"\*\*Gain over the best fixed recipe: ([+-]\d\.\d{3})\*\*", card)
     assert stated and abs(float(stated[1]) - (ours - theirs)) < 6e-4, (stated, ours - theirs)
-    assert f"the best fixed recipe on held-out, task arithmetic (λ=0.1), {theirs:.3f}." in card
+    assert f"the best fixed recipe on held-out, TSV-M (α=1), {theirs:.3f}." in card

@@ -15,6 +15,7 @@ import torch
 
 from evomerge.materialize.fused import CachePolicy, FastMerger, merge_tensors
 from evomerge.materialize.plan import MergePlan, TensorStep
+from evomerge.merge.methods import tsvm
 from evomerge.merge.registry import get_method
 from evomerge.sources.pool import SourcePool
 
@@ -125,6 +126,8 @@ def test_slerp_with_cached_angle(t: float) -> None:
     ("karcher", 3, {}, {"max_iter": 3}),
     ("nuslerp", 2, {"weight": [0.4, 1.1]}, {"nuslerp_flatten": False}),
     ("multislerp", 3, {"weight": [0.4, 1.1, 0.2]}, {}),
+    ("pcb", 3, {"weight": [1.0, 0.7, 1.2], "density": [0.2, 0.5, 0.9]}, {"lam": 1.1}),
+    ("tsvm", 3, {"weight": [1.0, -0.4, 0.8]}, {"lam": 0.9}),
 ])
 def test_other_methods_fall_back_to_the_eager_operator(method: str, k: int, source_params: dict, params: dict) -> None:
     pool = make_pool(k, seed=4)
@@ -141,6 +144,33 @@ def test_cache_is_filled_once_and_reused() -> None:
     assert first == 3 * 8 * sum(t.numel() for t in pool.base.tensors.values() if t.is_floating_point() and t.numel() > 1)
     merger.materialize(make_plan(pool, "ties", {"weight": [0.1, 0.2, 0.5], "density": [0.9, 0.1, 0.3]}), out)
     assert merger.cache_bytes() == first
+
+
+@pytest.mark.parametrize("svds", ["products", "components"])
+def test_tsvm_keeps_its_source_only_work_and_only_weighs_it_per_candidate(svds: str) -> None:
+    pool = make_pool(3, seed=5)
+    merger = FastMerger(pool, policy=CachePolicy(svds=svds), **EAGER)  # type: ignore[arg-type]
+    out = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
+    assert merger.materialize(make_plan(pool, "tsvm", {"weight": [1.0, 1.0, 1.0]}), out) == []
+    cached = merger.cache_bytes()
+    size = {"products": tsvm.product_bytes, "components": tsvm.component_bytes}[svds]
+    assert cached == size(SHAPES["w.big"], 3)  # the one matrix (R = 3 · (37 // 3) components)
+    second = make_plan(pool, "tsvm", {"weight": [0.2, 1.5, -0.3]}, {"lam": 0.7})
+    assert merger.materialize(second, out) == [] and merger.cache_bytes() == cached
+    for name, want in second.materialize(pool).items():
+        torch.testing.assert_close(out[name], want, rtol=2e-6, atol=2e-6)
+
+
+def test_tsvm_merges_the_same_tensors_whatever_it_keeps() -> None:
+    pool = make_pool(3, seed=5)
+    plan = make_plan(pool, "tsvm", {"weight": [0.2, 1.5, -0.3]}, {"lam": 0.7})
+    outs = []
+    for svds in ("products", "components", "recomputed"):
+        merger = FastMerger(pool, policy=CachePolicy(svds=svds), **EAGER)  # type: ignore[arg-type]
+        outs.append({n: torch.empty_like(t) for n, t in pool.base.tensors.items()})
+        assert merger.materialize(plan, outs[-1]) == []
+    assert merger.cache_bytes() == 0  # recomputed keeps nothing
+    assert all(torch.equal(outs[0][n], other[n]) for other in outs[1:] for n in outs[0])
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])

@@ -50,6 +50,28 @@ def test_draws_come_before_sorted_copies() -> None:
     assert (plan.thresholds, plan.draws) == ("histogram", "cached")
 
 
+def test_eager_methods_size_the_scratch_by_their_declared_copies() -> None:
+    one = plan_memory(shape(), ["ties"], device="cpu", workers=1, budget=100 * GB, out_dtype_size=None)
+    pcb = plan_memory(shape(), ["ties", "pcb"], device="cpu", workers=1, budget=100 * GB, out_dtype_size=None)
+    scratch = "scratch (one tensor's temporaries)"
+    assert pcb.worker_bytes[scratch] - one.worker_bytes[scratch] == (5 * 3 + 1) * 100_000_000 * 4
+
+
+def test_tsvm_keeps_its_products_else_its_components_else_recomputes_them() -> None:
+    infos = {"a.weight": TensorInfo(torch.bfloat16, (300, 200)), "a.bias": TensorInfo(torch.bfloat16, (300,))}
+    model = ModelShape(infos, {"a.weight": "layers.0", "a.bias": "layers.0"}, 3, 4 * 2 * 60_300)
+
+    def plan(budget: int):
+        return plan_memory(model, ["tsvm"], device="cpu", workers=1, budget=budget, out_dtype_size=None)
+
+    roomy = plan(GB)
+    assert roomy.policy.svds == "products" and roomy.worker_bytes["TSV-M: per-source products"] == 3 * 300 * 200 * 4
+    middle = plan(roomy.per_worker - 1)
+    assert middle.policy.svds == "components" and middle.worker_bytes["TSV-M: components"] == (300 + 200 + 1) * 198 * 4
+    tight = plan(middle.per_worker - 1)
+    assert tight.policy.svds == "recomputed" and any(n.startswith("TSV-M: recomputed per candidate") for n in tight.notes)
+
+
 def test_a_budget_below_the_minimum_is_one_line_naming_the_items() -> None:
     with pytest.raises(EvomergeError) as info:
         plan_memory(shape(), ["ties"], device="cpu", workers=2, budget=500 * MB, out_dtype_size=None)

@@ -136,7 +136,8 @@ def ref_slerp(a: list[float], b: list[float], t: float) -> list[float]:
 
 def test_every_method_of_the_design_is_registered() -> None:
     want = {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp"}
+            "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp",
+            "tsvm", "pcb"}
     assert want <= set(method_names())
 
 
@@ -734,7 +735,7 @@ def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tenso
 
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp"]
+       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp", "tsvm", "pcb"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

@@ -22,7 +22,7 @@ TA = "task_arithmetic"
 
 def spec(method: str = TA, weight: tuple[float, ...] = (1.0, 0.5), **params) -> GroupSpec:
     per_source = {"weight": weight} if method != "slerp" else {}
-    if method in ("ties", "della"):
+    if method in ("ties", "della", "pcb"):
         per_source["density"] = params.pop("density", (0.5,) * len(weight))
     return GroupSpec(method, per_source, params)
 
@@ -101,6 +101,13 @@ def test_random_drops_are_said_to_be_another_sample(tiny_family) -> None:
 def test_two_methods_get_no_yaml_and_a_reason(tiny_family) -> None:
     data, note = written(recipe(tiny_family, spec(), {"layers.1": spec("ties")}))
     assert data is None and note.startswith("no mergekit.yaml: mergekit applies one merge method")
+
+
+def test_a_method_mergekit_lacks_gets_no_yaml_and_is_named(tiny_family) -> None:
+    data, note = written(recipe(tiny_family, spec("tsvm")))
+    assert data is None and note == "no mergekit.yaml: mergekit has no method matching evomerge's 'tsvm'."
+    _, note = written(recipe(tiny_family, spec(), {"layers.1": spec("pcb", density=(0.2, 0.3))}))
+    assert "(mergekit has no method matching pcb)" in note
 
 
 def test_kinds_that_filters_cannot_tell_apart_get_no_yaml(tmp_path: Path) -> None:

@@ -150,6 +150,8 @@ def test_task_arithmetic_with_lambda_or_with_weights_is_the_same_merge(tiny_conf
 
 
 def test_status_counts_items_scored_against_full_scoring() -> None:
+    from dataclasses import replace
+
     from evomerge.config.search import ScoringConfig
     from evomerge.run.racing import scoring_summary
     from evomerge.run.records import CandidateRecord
@@ -162,7 +164,27 @@ def test_status_counts_items_scored_against_full_scoring() -> None:
 
     records = [record(0, 100, None), record(1, 25, 25), record(2, 50, 50), record(3, 25, 25, cached_from=1)]
     line = scoring_summary(ScoringConfig(fidelity="racing", chunk_items=25), records)
-    assert line == "racing (chunks of 25 items, z 1.5): 175 of 300 calibration items scored (42% saved)"
+    assert line == ("racing (chunks of 25 items, z 1.5): 175 of 300 calibration items scored (58 per candidate of 100); "
+                    "42% saved")
+    counted = [replace(r, tokens=10 * (r.items or 100)) for r in records]
+    line = scoring_summary(ScoringConfig(fidelity="racing", chunk_items=25), counted)
+    assert line.endswith(", 1,750 of 3,000 tokens (583 per candidate of 1,000); 42% saved")
+
+
+def test_tokens_scored_survive_resume(tmp_path: Path, scored_family, search_config) -> None:
+    from evomerge.run.racing import scoring_cost
+
+    config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 13})
+    whole = start_run(tmp_path, config, "whole")
+    Search(whole, LocalExecutor, quiet=True).run_to_budget()
+    prefix = start_run(tmp_path, config, "prefix")
+    kept = [line for line in (whole.root / "log.jsonl").read_text().splitlines() if '"candidate"' in line][:7]
+    with open(prefix.root / "log.jsonl", "a") as f:
+        f.write("".join(line + "\n" for line in kept))
+    Search(RunLog.open(prefix.root), LocalExecutor, quiet=True).run_to_budget()
+    cost = scoring_cost(RunLog.open(prefix.root).candidates())
+    assert cost is not None and cost.tokens is not None and 0 < cost.tokens < cost.full_tokens
+    assert cost == scoring_cost(whole.candidates())
 
 
 def test_racing_knobs_are_checked_where_the_config_is_read(tmp_path: Path, scored_family, search_config) -> None:
@@ -171,3 +193,46 @@ def test_racing_knobs_are_checked_where_the_config_is_read(tmp_path: Path, score
     for bad, field in (({"fidelity": "cheap"}, "fidelity"), ({"chunk_items": 1}, "chunk_items"), ({"racing_z": 0}, "racing_z")):
         with pytest.raises(EvomergeError, match=field):
             load_config(search_config(tmp_path / field, scored_family, scoring=bad))
+
+
+def test_raced_grids_keep_the_best_fixed_row_and_the_pick_of_scoring_every_member_in_full(tmp_path: Path, scored_family,
+                                                                                          search_config) -> None:
+    import shutil
+
+    from evomerge.export.evaluator import Evaluator
+    from evomerge.export.finalists import analyze
+
+    config = search_config(tmp_path, scored_family, scoring={"chunk_items": 3}, budget={"max_evals": 6})
+    Search(start_run(tmp_path, config, "full"), LocalExecutor, quiet=True).run_to_budget()
+    shutil.copytree(tmp_path / "full", tmp_path / "raced")
+    out = {}
+    for name, race in (("full", False), ("raced", True)):
+        run = RunLog.open(tmp_path / name)
+        with Evaluator(run, quiet=True) as evaluate:
+            a = analyze(run, evaluate, finalists=2, race_baselines=race)
+            best = a.baselines.best_fixed("heldout")
+            out[name] = (best.name, best.calibration, best.heldout, a.pick("calibration").index, a.baselines.stopped)
+    assert out["raced"][:4] == out["full"][:4]
+    assert out["raced"][4] and not out["full"][4]  # the grids were raced: some members stopped early
+
+
+def test_the_export_completes_the_finalists_it_compares_not_the_whole_front(tmp_path: Path, scored_family,
+                                                                           search_config) -> None:
+    import shutil
+
+    from evomerge.export.evaluator import Evaluator
+    from evomerge.export.finalists import analyze, complete_front
+    from evomerge.run.records import CompletedRecord
+
+    config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 29})
+    Search(start_run(tmp_path, config, "front"), LocalExecutor, quiet=True).run_to_budget()
+    shutil.copytree(tmp_path / "front", tmp_path / "finalists")
+    whole = RunLog.open(tmp_path / "front")
+    with Evaluator(whole, quiet=True) as evaluate:
+        complete_front(whole, whole.candidates(), evaluate)
+    run = RunLog.open(tmp_path / "finalists")
+    with Evaluator(run, quiet=True) as evaluate:
+        a = analyze(run, evaluate, finalists=1)
+    completed = {r.key for r in run.of_type(CompletedRecord)}
+    assert all(r.items is None or r.key in completed for r in a.finalists)
+    assert len(completed) < len(whole.of_type(CompletedRecord))

@@ -75,3 +75,14 @@ def test_paired_difference_is_weighted_and_oriented_through_each_objectives_pool
 def test_confidence_bounds_at_z() -> None:
     d = paired_difference([ACC], [[1.0, 1.0, 1.0, 0.0]], [[0.0, 0.0, 1.0, 0.0]])  # diffs 1,1,0,0: 0.5 ± 0.2887
     assert d.above(1.5) and not d.above(2.0) and not d.below(1.5)
+
+
+def test_a_normalized_objective_is_the_ratio_to_its_reference_in_the_better_direction() -> None:
+    """What the export's grids race on: value / reference when higher is better, reference / value when lower is,
+    with the standard error carried through the ratio's slope."""
+    acc = Objective("mean", 1.0, 1.0, reference=0.5)
+    assert acc.value([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.75 / 0.5)
+    d = paired_difference([acc], [[1.0, 1.0, 1.0, 0.0]], [[0.0, 0.0, 1.0, 0.0]])
+    assert d.value == pytest.approx(0.5 / 0.5) and d.se == pytest.approx(math.sqrt(1 / 12) / 0.5)
+    ppl = Objective("perplexity", -1.0, 1.0, reference=math.e)
+    assert ppl.value([-1.0, -1.0]) == pytest.approx(1.0) and ppl.value([-2.0, -2.0]) == pytest.approx(math.e / math.e ** 2)

@@ -176,3 +176,20 @@ def test_a_chunk_of_items_scores_those_items_as_the_full_run_does(zoo_tasks: Pat
             assert values == pytest.approx([full[name].per_item[key][p] for p in positions], rel=1e-9)
             assert part[name].metrics[key] == pytest.approx(pooled(pool_of(key.split(",")[0]), values), rel=1e-12)
     assert scorer.score() == full  # the full plan is unchanged by the chunks'
+
+
+def test_tokens_are_the_requests_tokens_and_chunks_add_up_to_every_item(zoo_tasks: Path) -> None:
+    """The cost figure status and reports count: a chunk's tokens are its documents' requests' (context and answer
+    of a log-likelihood, as lm-eval encodes them), and disjoint chunks add up to every item's."""
+    from evomerge.zoo.model import new_model
+    from evomerge.zoo.tokenizer import hf_tokenizer
+
+    model, tok = new_model("gpt2", seed=3).eval(), hf_tokenizer()
+    task = names("loglikelihood")[0]
+    scorer = Scorer(model, tok, load_tasks([task], zoo_tasks), batch_size=16)
+    n = len(scorer.docs[task])
+    halves = [{task: tuple(range(0, n, 2))}, {task: tuple(range(1, n, 2))}]
+    assert scorer.tokens(halves[0]) + scorer.tokens(halves[1]) == scorer.tokens() > 0
+    first = [i for i in scorer.requests["loglikelihood"] if i.doc_id == scorer.docs[task][0][0]]
+    assert scorer.tokens({task: (0,)}) == sum(len(tok(c + a, add_special_tokens=False).input_ids) for c, a in
+                                             (i.args for i in first))

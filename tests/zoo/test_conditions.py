@@ -111,12 +111,12 @@ def test_the_check_scores_fixed_recipes_grid_on_calibration(constructed_check: d
     expected = [m.name for members in families.values() for m in members]
     assert [name for name, split in ConstructedScores.asked if split == "calibration"] == expected
     held = [name for name, split in ConstructedScores.asked if split == "heldout"]
-    assert held == ["base", "source0", "source1", "source2", "source3", "soup",
+    assert held == ["base", "source0", "source1", "source2", "source3", "soup", "tsvm",
                     *(constructed_check["fixed"][f]["name"] for f in GRID_FAMILIES)]  # the table's rows only
 
 
 def test_the_soup_and_the_grid_members_carry_the_reports_names(constructed_check: dict[str, Any]) -> None:
-    assert list(constructed_check["fixed"]) == list(MERGE_FAMILIES) == ["soup", "task_arithmetic", "ties", "dare_ties"]
+    assert list(constructed_check["fixed"]) == list(MERGE_FAMILIES) == ["soup", "tsvm", "task_arithmetic", "ties", "dare_ties"]
     assert constructed_check["fixed"]["soup"]["name"] == "soup" and "soup" in constructed_check["table"]
     assert constructed_check["fixed"]["task_arithmetic"]["name"] in ("task_arithmetic@0.2", "task_arithmetic@0.6")
     assert set(constructed_check["table"]) == set(constructed_check["calibration_table"])

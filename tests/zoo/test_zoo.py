@@ -1,8 +1,9 @@
 """The zoo: conditions (a) and (b) on a fresh evaluation, layout and data splits, the training probe's agreement
-with lm-eval, the ceiling script, determinism, caching, offline loading."""
+with lm-eval, the ceiling script, determinism (the same bytes on every machine), caching, offline loading."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from evomerge.env import run_reproducibly
 from evomerge.errors import EvomergeError
 from evomerge.recipes.fixed import MERGE_FAMILIES
 from evomerge.zoo import build_zoo, load_zoo
@@ -24,10 +26,53 @@ from evomerge.zoo.tokenizer import encode
 
 QUICK_STEPS = 3  # enough for every model to move away from its init; these tests are about bytes and files
 REPO = Path(__file__).resolve().parents[2]
+# SHA-256 of each model file of seed 0 (llama), as every x86-64 CPU with AVX2 builds them (evomerge.env.REPRODUCIBLE):
+# the full zoo and the quick one (QUICK_STEPS). Recorded with builder version 4, torch 2.13.0+cpu (MKL 2024.2) and
+# transformers 5.25.0; a change of the builder (bump BUILDER_VERSION) or of those libraries may change them.
+SEED0_SHA256 = {
+    "base": "0d171fd228569124d7dfdc784228c4bf7fd6012861482f7b40e5da86d17e3630",
+    "rev": "ee11b7bfacdafca52c2b4abd5acb6f3fbe4c9c0b029547f63cb4cfb9939ed20e",
+    "sort": "fd75227861ea6efbe156ec6f607dbdd260001920312a40fd5b7b343c635a0019",
+    "up": "098ae922444ae94f2806914a6a30656e311079896ffda752728c116919bc32fe",
+    "dup": "5e9ae87afcd6fb61bd7f45ba18c0c4e69684c24c1cd344300005082bfe33930f",
+}
+QUICK_SEED0_SHA256 = {
+    "base": "be8b5d8c1d6da770cb9116dbe3cc74e704f05bca6d7bacf18d98668e1cc5a8db",
+    "rev": "edefbddb45eb18f82783a769685101b87d2ad4fef0caaeaba4ae8a3a396953e6",
+    "sort": "bd824f4a8ca995aa5974ba7cfd82a5dc92e70559b9fef1c9770d76b68368a1a0",
+    "up": "76afaa46ef7b8e8e8e5fbce863ad1a6725e6e51b88f860d2ed3c74f9f451d05e",
+    "dup": "9a057c8ea619a6f465b3dda84cf5cac1a454700d7a808c3e33236cc608ce8857",
+}
 
 
 def read_jsonl(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it, else the machine's architecture."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.is_file() else [])
+             if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
+def assert_recorded_bytes(root: Path, expected: dict[str, str], what: str) -> None:
+    """Each model file of the zoo in ``root`` has the SHA-256 recorded for it, or a failure naming those that differ."""
+    import torch
+    import transformers
+
+    digests = {name: hashlib.sha256((root / "models" / name / "model.safetensors").read_bytes()).hexdigest()
+               for name in expected}
+    differ = [f"{name} is {digests[name][:12]}…, recorded {sha[:12]}…" for name, sha in expected.items()
+              if digests[name] != sha]
+    assert not differ, (
+        f"{what}: {'; '.join(differ)}. The zoo is not CPU-independent on this machine ({cpu_name()}, torch "
+        f"{torch.__version__}, transformers {transformers.__version__}): docs/ZOO.md promises the same bytes on every "
+        f"x86-64 CPU with AVX2. After a deliberate change of the builder or of those libraries, bump BUILDER_VERSION "
+        f"and record the new digests here.")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +83,8 @@ def quick_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_default_zoo_meets_a_and_b_on_a_fresh_evaluation(zoo_dir: Path) -> None:
     zoo = load_zoo(zoo_dir)
-    fresh = check_fixed(zoo.family())
+    # Under the build's own math settings: scores computed with other kernels may differ from the manifest's.
+    fresh = run_reproducibly(check_fixed, zoo.family())
     verdicts = conditions(fresh)
     assert verdicts[CONDITIONS["a"]][0] and verdicts[CONDITIONS["b"]][0], verdicts
     for key in ("table", "calibration_table", "fixed"):  # the manifest reports what the folders hold
@@ -48,7 +94,7 @@ def test_default_zoo_meets_a_and_b_on_a_fresh_evaluation(zoo_dir: Path) -> None:
 def test_quick_build_layout_and_manifest(quick_zoo: Path) -> None:
     zoo = load_zoo(quick_zoo)
     assert (zoo.seed, zoo.arch) == (0, "llama") and set(zoo.experts) == set(EXPERT_SKILLS)
-    assert json.loads((quick_zoo / "zoo.json").read_text())["builder_version"] == BUILDER_VERSION == 3
+    assert json.loads((quick_zoo / "zoo.json").read_text())["builder_version"] == BUILDER_VERSION == 4
     for skill, files in zoo.skills.items():
         assert zoo.experts[skill] == zoo.root / "models" / skill
         assert (zoo.experts[skill] / "model.safetensors").is_file()
@@ -131,6 +177,15 @@ def test_training_probe_agrees_with_lm_eval_acc(zoo_dir: Path) -> None:
     for skill, task in zip(("sort", "up"), tasks, strict=True):
         probe = exact_match(model, *batch(read_jsonl(zoo.skills[skill].heldout))).float().mean().item()
         assert results["results"][task]["acc,none"] == pytest.approx(probe)
+
+
+@pytest.mark.slow
+def test_seed0_zoo_has_the_recorded_bytes_on_every_machine(zoo_dir: Path) -> None:
+    assert_recorded_bytes(zoo_dir, SEED0_SHA256, "the seed-0 zoo")
+
+
+def test_quick_seed0_zoo_has_the_recorded_bytes_on_every_machine(quick_zoo: Path) -> None:
+    assert_recorded_bytes(quick_zoo, QUICK_SEED0_SHA256, f"the seed-0 zoo of {QUICK_STEPS} steps")
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(quick_zoo: Path, tmp_path: Path) -> None:

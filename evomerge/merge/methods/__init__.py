@@ -1,8 +1,21 @@
 """Built-in merge methods; importing this package registers them.
 
 ``gta``: every task-vector method (task arithmetic, TIES, DARE, breadcrumbs, DELLA) as one body and a
-family; ``linear``, ``slerp``, ``nuslerp``, ``multislerp``, ``model_stock``, ``nearswap``, ``sce``,
-``karcher``: the others. ``params``: parameters they share.
+family; ``tsvm`` and ``pcb``: task-vector methods of the literature with bodies of their own (no
+mergekit equivalent); ``linear``, ``slerp``, ``nuslerp``, ``multislerp``, ``model_stock``, ``nearswap``,
+``sce``, ``karcher``: the others. ``params``: parameters they share.
 """
 
-from evomerge.merge.methods import gta, karcher, linear, model_stock, multislerp, nearswap, nuslerp, sce, slerp  # noqa: F401
+from evomerge.merge.methods import (  # noqa: F401
+    gta,
+    karcher,
+    linear,
+    model_stock,
+    multislerp,
+    nearswap,
+    nuslerp,
+    pcb,
+    sce,
+    slerp,
+    tsvm,
+)

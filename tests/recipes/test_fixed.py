@@ -1,0 +1,28 @@
+"""The fixed recipes: the TSV-M family and the greedy soup's trial soups."""
+
+from __future__ import annotations
+
+from evomerge.recipes.fixed import fixed_recipes, merges, soup_of
+
+
+def test_tsvm_joins_the_fixed_recipes_at_its_paper_default() -> None:
+    (tsvm,) = fixed_recipes(3)["tsvm"]
+    assert (tsvm.method, dict(tsvm.source_params), dict(tsvm.params)) == ("tsvm", {"weight": (1.0, 1.0, 1.0)}, {"lam": 1.0})
+
+
+def test_a_soup_of_some_sources_weighs_them_equally_in_the_greedy_soup_family() -> None:
+    soup = soup_of([2, 0], 4, ("a", "b", "c", "d"))
+    assert soup.source_params["weight"] == (0.5, 0.0, 0.5, 0.0) and soup.family == "greedy_soup"
+    assert soup.name == "greedy_soup@0+2" and soup.label == "greedy soup (a + c)"
+
+
+def test_a_soup_of_one_or_all_sources_shares_the_name_and_merge_of_that_row() -> None:
+    families = fixed_recipes(3)
+    for members, row in (([1], families["source1"][0]), ([0, 1, 2], families["soup"][0])):
+        soup = soup_of(members, 3)
+        assert (soup.name, soup.method, soup.source_params) == (row.name, row.method, row.source_params)
+
+
+def test_the_best_fixed_recipe_is_chosen_among_merges_only() -> None:
+    assert [f for f in fixed_recipes(2) if not merges(f)] == ["base", "source0", "source1"]
+    assert merges("greedy_soup") and merges("tsvm")
