@@ -36,7 +36,7 @@ def cmd_zoo_smol(args: argparse.Namespace) -> int:
     from evomerge.zoo.smol import build_smol
 
     family = build_smol(Path(args.dir), seed=args.seed, variant="reduced" if args.reduced else "full", force=args.force,
-                        progress=not args.quiet)
+                        progress=not args.quiet, check_room=args.check_room)
     print(f"SmolLM2 family ready: {family.root} (search config: {family.search_config})")
     return 0
 
@@ -222,6 +222,9 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     smol.add_argument("--seed", type=int, default=0, help="data and training seed (default 0); same seed, same bytes")
     smol.add_argument("--reduced", action="store_true",
                       help="the CI variant: every build step on fewer items and training steps; conditions recorded, not enforced")
+    smol.add_argument("--check-room", action="store_true",
+                      help="also judge conditions (b) and (c): the reports' fixed grid and a ceiling search (about an hour "
+                      "of CPU for the full family; recorded in smol.json, a built family is not rebuilt)")
     smol.add_argument("--force", action="store_true", help="rebuild even if a matching family exists")
     smol.add_argument("--quiet", action="store_true", help="no progress output")
     smol.set_defaults(func=cmd_zoo_smol)

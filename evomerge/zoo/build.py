@@ -220,10 +220,15 @@ def record_ceiling(root: str | Path, ceiling: dict[str, Any]) -> Zoo:
     manifest = json.loads((zoo.root / "zoo.json").read_text())
     q = {k: v for k, v in manifest["quality"].items() if k != "conditions"} | {"ceiling": ceiling}
     manifest["quality"] = {**q, "conditions": _as_json(conditions(q))}
-    tmp = zoo.root / ".zoo.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, zoo.root / "zoo.json")
+    rewrite_manifest(zoo.root / "zoo.json", manifest)
     return load_zoo(root)
+
+
+def rewrite_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Replace a family's manifest in one rename: a reader sees the old one or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _as_json(verdicts: dict[str, tuple[bool | None, str]]) -> dict[str, dict[str, Any]]:

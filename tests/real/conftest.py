@@ -22,7 +22,7 @@ FAMILY_TIMEOUT = 1800
 
 @pytest.fixture(scope="session")
 def smol() -> SmolFamily:
-    return build_smol(REPO / "zoo" / "smollm2-reduced", seed=0, variant="reduced", progress=False)
+    return build_smol(REPO / "zoo" / "smollm2-reduced", seed=0, variant="reduced", progress=False, check_room=True)
 
 
 def lm_eval_encode(tokenizer: Any, text: str) -> list[int]:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from evomerge.cli import main
 from evomerge.config.search import load_config
+from evomerge.recipes.fixed import MERGE_FAMILIES
 from evomerge.zoo.smol import RECIPES, SKILLS, SmolFamily, build_smol
 from evomerge.zoo.smol.check import CONDITIONS
 from evomerge.zoo.smol.config import search_config
@@ -87,19 +88,21 @@ def test_the_quality_table_is_what_evaluate_prints(smol: SmolFamily, capsys: pyt
 
 
 def test_every_condition_is_judged_and_recorded(smol: SmolFamily) -> None:
-    """The reduced variant runs (b)'s fixed grid and (c)'s ceiling too; its verdicts are recorded, not enforced."""
+    """Asked to check room, the reduced variant runs (b)'s fixed grid and (c)'s ceiling; its verdicts are recorded,
+    not enforced."""
     conditions = smol.quality["conditions"]
     assert list(conditions) == list(CONDITIONS.values())
     assert all(isinstance(v["holds"], bool) and v["evidence"] for v in conditions.values())
-    assert set(smol.quality["fixed"]) == {"soup", "task_arithmetic", "ties", "dare_ties"}
+    assert set(smol.quality["fixed"]) == set(MERGE_FAMILIES)
     ceiling = smol.quality["ceiling"]
     assert ceiling["evaluations"] == 3 and ceiling["heldout"] >= ceiling["start"]
 
 
-def test_a_built_family_is_reused_not_rebuilt(smol: SmolFamily) -> None:
+def test_a_built_family_is_reused_not_rebuilt_nor_its_room_checked_again(smol: SmolFamily) -> None:
     files = [smol.root / "smol.json", smol.base / "model.safetensors", *(p / "model.safetensors" for p in smol.experts.values())]
     before = [os.stat(f).st_mtime_ns for f in files]
     assert build_smol(smol.root, seed=smol.seed, variant=smol.variant, progress=False) == smol
+    assert build_smol(smol.root, seed=smol.seed, variant=smol.variant, progress=False, check_room=True) == smol
     assert [os.stat(f).st_mtime_ns for f in files] == before
 
 
@@ -109,6 +112,11 @@ def test_the_example_config_is_the_familys_search_config(smol: SmolFamily, tmp_p
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(search_config(REPO / "zoo" / "smollm2", smol.seed)))
     assert load_config(REPO / "configs" / "smollm2.yaml") == load_config(tmp_path / "search.yaml")
     assert yaml.safe_load(smol.search_config.read_text()) == search_config(smol.root, smol.seed)
+
+
+def test_the_familys_search_config_passes_the_searchs_own_checks(smol: SmolFamily, capsys: pytest.CaptureFixture[str]) -> None:
+    """Loading is not enough: `search --check` also judges the backend, workers, models and tasks together."""
+    assert main(["search", str(smol.search_config), "--check"]) == 0, capsys.readouterr().err
 
 
 def test_an_offline_machine_gets_one_line_saying_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -40,8 +40,10 @@ def test_the_bounds_are_inclusive() -> None:
     assert holds(verdicts(table(own=0.90, base=0.50), room(fixed=0.85, ceiling=0.95))) == {"a": True, "b": True, "c": True}
 
 
-def test_without_a_room_record_only_a_is_judged() -> None:
-    assert list(verdicts(table(weak="add"), None)) == [CONDITIONS["a"]]
+def test_without_a_room_record_only_a_is_judged_and_the_others_say_how_to_judge_them() -> None:
+    v = verdicts(table(weak="add"), None, "not checked: run --check-room")
+    assert holds(v) == {"a": False, "b": None, "c": None}
+    assert [v[CONDITIONS[c]]["evidence"] for c in "bc"] == ["not checked: run --check-room"] * 2
 
 
 @pytest.mark.parametrize(("rows", "q", "failing"), [

@@ -25,9 +25,17 @@ import yaml
 from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
-from evomerge.zoo.build import SkillFiles, cached_build, read_manifest, skill_files, write_jsonl, zoo_family
-from evomerge.zoo.check import Table, require
-from evomerge.zoo.smol.check import CheckPlan, condition_a, heldout_table, room, verdicts
+from evomerge.zoo.build import (
+    SkillFiles,
+    cached_build,
+    read_manifest,
+    rewrite_manifest,
+    skill_files,
+    write_jsonl,
+    zoo_family,
+)
+from evomerge.zoo.check import Family, Table, require
+from evomerge.zoo.smol.check import CheckPlan, Verdicts, heldout_table, room, verdicts
 from evomerge.zoo.smol.config import search_config
 from evomerge.zoo.smol.data import SKILLS, eval_sets, record
 from evomerge.zoo.smol.model import GGUF_NAME, GGUF_SHA256, WHEEL, fetch_gguf, require_gguf, save_base
@@ -70,6 +78,11 @@ class SmolFamily:
     search_config: Path
     quality: dict[str, Any]  # {"table": model -> skill -> held-out acc, "conditions": name -> {holds, evidence}}
 
+    def family(self) -> Family:
+        """The family as the checks see it: each skill's loglikelihood tasks, scored on ``acc``."""
+        return zoo_family(self.base, self.experts, self.task_dir,
+                          {s: (f.task, f.heldout_task) for s, f in self.skills.items()}, self.seed)
+
 
 def load_smol(root: str | Path) -> SmolFamily:
     root = Path(root).resolve()
@@ -82,25 +95,49 @@ def load_smol(root: str | Path) -> SmolFamily:
 
 
 def build_smol(out_dir: str | Path, *, seed: int = 0, variant: str = "full", force: bool = False,
-               progress: bool = True) -> SmolFamily:
+               progress: bool = True, check_room: bool = False) -> SmolFamily:
     """Build the family in ``out_dir``, or return the one there if it was built the same way.
 
-    A full family that misses a condition raises EvomergeError naming it, rather than ship a family
-    on which a search cannot show anything.
+    The build judges (a). The room conditions (b) and (c) score the report's whole fixed grid and a
+    ceiling search on hundreds of items per model, far more than the build itself (docs/ZOO.md); with
+    ``check_room`` they are judged too, on a new build or the one already there, and recorded in
+    smol.json. A full family that misses a judged condition raises EvomergeError naming it, rather
+    than ship a family on which a search cannot show anything.
     """
     if variant not in VARIANTS:
         raise EvomergeError(f"unknown SmolLM2 family variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     size = VARIANTS[variant]
+    log: Callable[[str], None] = print if progress else lambda line: None
+    what = f"the SmolLM2 family (seed {seed})"
 
     def build(tmp: Path, final: Path) -> dict[str, Any]:
         require_gguf()
-        m = _build(tmp, final, seed, size, print if progress else lambda line: None)
+        m = _build(tmp, final, seed, size, log)
         if size.enforce:
-            require(m["quality"]["conditions"], f"the SmolLM2 family (seed {seed})")
+            require(m["quality"]["conditions"], what)
         return m
 
     key = {"builder_version": BUILDER_VERSION, "seed": seed, "variant": variant}
-    return cached_build(out_dir, "smol.json", key, "SmolLM2 family", build, load_smol, force=force)
+    family = cached_build(out_dir, "smol.json", key, "SmolLM2 family", build, load_smol, force=force)
+    if check_room and "fixed" not in family.quality:
+        family = _record_room(family, size, log)
+        if size.enforce:
+            require(family.quality["conditions"], what)
+    return family
+
+
+def _record_room(family: SmolFamily, size: Variant, log: Callable[[str], None]) -> SmolFamily:
+    """(b) and (c) judged on a built family and written into its smol.json beside (a)."""
+    with fixed_threads(THREADS):
+        q = room(family.family(), size.check, log)
+    table = family.quality["table"]
+    conditions = verdicts(table, q)
+    _log_verdicts(conditions, log)
+    quality = {"table": table, "fixed_table": q["table"], "calibration_table": q["calibration_table"],
+               "fixed": q["fixed"], "ceiling": q["ceiling"], "conditions": conditions}
+    rewrite_manifest(family.root / "smol.json", {**read_manifest(family.root, "smol.json", "SmolLM2 family",
+                                                                 "evomerge zoo smol"), "quality": quality})
+    return load_smol(family.root)
 
 
 def recipes(size: Variant) -> dict[str, ExpertRecipe]:
@@ -135,18 +172,15 @@ def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str]
             tokenizer.save_pretrained(tmp / folder)
             log(f"expert {skill}: {plan[skill].steps} steps, {time.perf_counter() - t0:.0f} s")
 
-    # Check: (a) from the base and the experts on held-out; then, unless a full build already missed (a),
-    # the fixed recipes and the ceiling for (b) and (c).
+    # Check: (a) from the base and the experts on held-out; (b) and (c) are build_smol's check_room.
     family = zoo_family(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, tmp / "check",
                         {s: (v["task"], v["heldout_task"]) for s, v in skills.items()}, seed)
     with fixed_threads(THREADS):
         table = heldout_table(family)
-        log(_format(table))
-        q = room(family, size.check, log) if condition_a(table)[0] or not size.enforce else None
+    log(_format(table))
     shutil.rmtree(tmp / "check")
-    conditions = verdicts(table, q)
-    for name, v in conditions.items():
-        log(f"{'ok  ' if v['holds'] else 'FAIL'} {name}: {v['evidence']}")
+    conditions = verdicts(table, None, f"not checked: evomerge zoo smol {final} --check-room")
+    _log_verdicts(conditions, log)
 
     # Write: a search config for the family, checked as `evomerge search` would load it.
     config = search_config(final, seed)
@@ -163,10 +197,13 @@ def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str]
         "build_seconds": round(elapsed, 1),
         # The machine's 1/5/15-minute load at the end: build seconds on a shared machine mean little without it.
         "build_load_average": [round(x, 2) for x in os.getloadavg()],
-        "quality": {"table": table, **({"fixed_table": q["table"], "calibration_table": q["calibration_table"],
-                                        "fixed": q["fixed"], "ceiling": q["ceiling"]} if q else {}),
-                    "conditions": conditions},
+        "quality": {"table": table, "conditions": conditions},
     }
+
+
+def _log_verdicts(conditions: Verdicts, log: Callable[[str], None]) -> None:
+    for name, v in conditions.items():
+        log(f"{ {True: 'ok  ', False: 'FAIL', None: '--  '}[v['holds']]} {name}: {v['evidence']}")
 
 
 def _write_skill(tmp: Path, final: Path, tokenizer: Any, skill: str, splits: dict[str, list[tuple[str, str]]]) -> dict[str, str]:

@@ -67,11 +67,13 @@ def room(family: Family, plan: CheckPlan, log: Callable[[str], None] = lambda li
     return q
 
 
-def verdicts(table: Table, q: Mapping[str, Any] | None) -> Verdicts:
-    """(a) on the held-out table; (b) and (c) on ``room``'s record (None: not checked, as (a) failed)."""
+def verdicts(table: Table, q: Mapping[str, Any] | None, unchecked: str = "not checked") -> Verdicts:
+    """(a) on the held-out table; (b) and (c) on ``room``'s record, or (None) not judged, ``unchecked`` saying why."""
     holds, evidence = condition_a(table)
-    out = {CONDITIONS["a"]: {"holds": holds, "evidence": evidence}}
-    if q is not None:
+    out: Verdicts = {CONDITIONS["a"]: {"holds": holds, "evidence": evidence}}
+    if q is None:
+        out |= {CONDITIONS[c]: {"holds": None, "evidence": unchecked} for c in "bc"}
+    else:
         family, best = best_fixed(q)
         fixed = ", ".join(f"{f['name']} {f['heldout']:.3f}" for f in q["fixed"].values())
         out[CONDITIONS["b"]] = {"holds": best <= FIXED_MAX + EPS,
