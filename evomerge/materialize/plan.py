@@ -60,6 +60,10 @@ class MergePlan:
                 continue
             spec = recipe.spec_for(group, param_kind(name))
             steps.append(TensorStep(name, group, get_method(spec.method), spec.source_params, spec.params))
+        needing = sorted({s.method.name for s in steps if s.method is not None and s.method.statistics})
+        if needing:
+            raise EvomergeError(f"method '{needing[0]}' needs statistics of calibration data (the sources' input Gram "
+                                f"matrices), which merging a recipe does not compute yet; use another method")
         return cls(tuple(steps), recipe.seed, DTYPES[recipe.dtype] if recipe.dtype else None)
 
     def dtype_name(self, pool: SourcePool) -> str:
