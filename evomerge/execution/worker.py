@@ -24,6 +24,7 @@ from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.materialize.plan import DTYPES, MergePlan
 from evomerge.recipes.recipe import Recipe
+from evomerge.scoring.gram import calibration_tokens, data_fingerprint, gram_matrices
 from evomerge.scoring.model import load_causal_lm
 from evomerge.scoring.result import TaskScore
 from evomerge.scoring.scorer import Scorer, load_tasks
@@ -144,6 +145,22 @@ class Worker:
                     raise CandidateFailed(f"merged tensor {name} has NaN/Inf values")
                 if name in self.params:
                     self.params[name].copy_(tensor)
+
+    def calibration_fingerprint(self) -> str:
+        """SHA-256 of the calibration token sequences the statistics of ``source_grams`` come from."""
+        return data_fingerprint(calibration_tokens(self.scorer("calibration")))
+
+    def source_grams(self, source: int) -> dict[str, torch.Tensor]:
+        """Source ``source``'s input Gram matrices on the calibration prompts (``scoring.gram``), on the CPU: the
+        live model is loaded with that source's weights for the forwards (the next candidate merges afresh)."""
+        self.merged = None
+        with torch.no_grad():
+            for name, tensor in self.pool.sources[source].tensors.items():
+                if name in self.params:
+                    self.params[name].copy_(tensor)
+        grams = gram_matrices(self.model, calibration_tokens(self.scorer("calibration")),
+                              batch_size=self.spec.scoring.batch_size)
+        return {name: g.cpu() for name, g in grams.items()}
 
     def evaluate(self, recipe: Recipe, split: str = "calibration",
                  items: Mapping[str, Sequence[int]] | None = None) -> Outcome:
