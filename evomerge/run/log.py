@@ -8,8 +8,6 @@
                       experiment trackers' run ids
       session.lock    held while a session (search, resume, export, report) writes the folder
       optuna.db       the optuna study, when the strategy is optuna (rebuilt from the log on resume)
-      statistics/     per source, statistics of calibration data a merge method needs (RegMean's Gram
-                      matrices), under a fingerprint of model and data (``run/statistics.py``)
 
 Population, Pareto front and strategy state are derived from log.jsonl. Each record is one line
 written with a single write and fsync. Reading never writes: a torn last line (a crash or a write in

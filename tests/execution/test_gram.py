@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evomerge.execution.worker import Worker
-from evomerge.run.statistics import fingerprint, gram_path, source_grams
+from evomerge.materialize.statistics import gram_path, source_grams
 from evomerge.scoring.gram import calibration_tokens, gram_matrices
 
 
@@ -57,14 +57,39 @@ def test_the_live_model_is_merged_again_after_the_statistics(worker: Worker, mak
 
 def test_a_resumed_run_reads_the_statistics_back_instead_of_computing_them(spec, tmp_path: Path) -> None:
     first = Worker(spec)
-    wanted = fingerprint("sha-of-source-0", first.calibration_fingerprint())
-    stored = source_grams(tmp_path, 0, wanted, lambda: first.source_grams(0))
+    stored = source_grams(tmp_path, 0, "sha-of-source-0", first.calibration_fingerprint(), lambda: first.source_grams(0))
     written = gram_path(tmp_path, 0).stat().st_mtime_ns
     resumed = Worker(spec)  # a new session builds its workers afresh: the same prompts, the same fingerprint
 
     def refuse() -> dict:
         raise AssertionError("recomputed statistics the run folder holds")
 
-    again = source_grams(tmp_path, 0, fingerprint("sha-of-source-0", resumed.calibration_fingerprint()), refuse)
+    again = source_grams(tmp_path, 0, "sha-of-source-0", resumed.calibration_fingerprint(), refuse)
     assert gram_path(tmp_path, 0).stat().st_mtime_ns == written
     assert set(again) == set(stored) and all(torch.equal(again[n], stored[n]) for n in stored)
+
+
+def test_evomerge_merge_makes_a_regmean_recipe_from_a_folder_of_statistics(worker: Worker, tmp_path: Path) -> None:
+    import yaml
+    from safetensors.torch import load_file
+
+    from evomerge.cli import main
+    from evomerge.materialize.statistics import load_grams
+    from evomerge.merge.methods.regmean import regmean
+
+    folder, pool = tmp_path / "statistics", worker.pool
+    for k, source in enumerate(pool.sources):
+        source_grams(folder, k, source.fingerprint, worker.calibration_fingerprint(), lambda k=k: worker.source_grams(k))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"method": "regmean", "sources": [{"model": str(s.path)} for s in pool.sources],
+                                      "parameters": {"alpha": 0.8}, "statistics": str(folder)}))
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    grams = load_grams(folder, pool)
+    linear = "model.layers.1.mlp.down_proj.weight"
+    want = regmean(None, [s.tensors[linear] for s in pool.sources], alpha=0.8, grams=[g[linear] for g in grams])
+    assert torch.equal(merged[linear], want)
+    assert not torch.equal(merged[linear], sum(s.tensors[linear] for s in pool.sources) / 3)
+    norm = "model.norm.weight"
+    torch.testing.assert_close(merged[norm], sum(s.tensors[norm] for s in pool.sources) / 3)
+    assert yaml.safe_load((tmp_path / "out" / "evomerge_recipe.yaml").read_text())["statistics"] == str(folder)

@@ -46,12 +46,12 @@ def test_unknown_group_is_refused_naming_the_groups(tiny_family: dict[str, Path]
         MergePlan.build(ta_recipe(tiny_family, {"layers.7": bogus}), pool)
 
 
-def test_a_method_that_needs_calibration_statistics_is_refused_without_them(tiny_family: dict[str, Path]) -> None:
+def test_a_method_that_needs_calibration_statistics_is_refused_without_a_folder_of_them(tiny_family: dict[str, Path]) -> None:
     import pytest
 
     from evomerge.errors import EvomergeError
 
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
     recipe = Recipe(base=None, sources=(tiny_family["a"], tiny_family["b"]), default=GroupSpec("regmean", {}, {}))
-    with pytest.raises(EvomergeError, match="method 'regmean' needs statistics of calibration data"):
+    with pytest.raises(EvomergeError, match="method 'regmean' needs the sources' input Gram matrices of calibration data: set 'statistics:'"):
         MergePlan.build(recipe, pool)

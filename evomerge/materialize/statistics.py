@@ -1,0 +1,95 @@
+"""Statistics of calibration data per source — RegMean's input Gram matrices — in a folder, one file per source:
+
+    <folder>/gram-source<k>.safetensors
+
+holds source k's Gram matrices (``scoring.gram``), keyed by the linear weight's tensor name, with what they
+were computed from in the file's metadata: the source model's SHA-256 (the one run.json records) and the
+calibration token sequences' SHA-256, and the fingerprint of both. A run keeps them in its ``statistics/``
+folder; a recipe names such a folder (``statistics:``) for ``evomerge merge``.
+
+Storing (``source_grams``): a file whose fingerprint matches is read back, never rewritten (resume, export
+and every later session reuse it); a missing file, a damaged one, or one for other data or another model is
+recomputed and replaced (written to a temporary sibling, then renamed). The computing is the caller's (a
+worker: it holds a live model on the run's device). Reading for a merge (``load_grams``) checks each file
+against the source it is for; a merge never computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor
+
+from evomerge.errors import EvomergeError
+from evomerge.sources.pool import SourcePool
+
+Grams = Mapping[str, Tensor]  # linear weight's tensor name -> its input Gram matrix (in × in)
+
+
+def fingerprint(source_sha256: str, data_sha256: str) -> str:
+    """What a statistics file was computed from: one model and one calibration data set."""
+    return hashlib.sha256(f"{source_sha256}\n{data_sha256}".encode()).hexdigest()
+
+
+def gram_path(folder: Path, source: int) -> Path:
+    return folder / f"gram-source{source}.safetensors"
+
+
+def stored_metadata(path: Path) -> dict[str, str]:
+    """The file's metadata; empty when there is no readable file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (FileNotFoundError, SafetensorError, OSError):
+        return {}
+
+
+def source_grams(folder: Path, source: int, source_sha256: str, data_sha256: str,
+                 compute: Callable[[], Grams]) -> dict[str, Tensor]:
+    """Source ``source``'s Gram matrices for this model and data: read back when ``folder`` holds them, else
+    ``compute()``d and stored."""
+    path = gram_path(folder, source)
+    wanted = fingerprint(source_sha256, data_sha256)
+    if stored_metadata(path).get("fingerprint") == wanted:
+        return load_file(str(path))
+    grams = {name: t.contiguous() for name, t in compute().items()}
+    folder.mkdir(exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(grams, str(partial), metadata={"fingerprint": wanted, "source_sha256": source_sha256,
+                                            "data_sha256": data_sha256})
+    os.replace(partial, path)
+    return grams
+
+
+def load_grams(folder: Path, pool: SourcePool) -> tuple[dict[str, Tensor], ...]:
+    """Every source's Gram matrices from ``folder``, each file checked against the model it is for."""
+    out = []
+    for k, source in enumerate(pool.sources):
+        path = gram_path(folder, k)
+        meta = stored_metadata(path)
+        if not meta:
+            raise EvomergeError(f"no statistics for source {k} ({source.path}) in {folder}: expected a readable "
+                                f"{path.name} (a run's statistics/ folder holds them)")
+        if meta.get("source_sha256") != source.fingerprint:
+            raise EvomergeError(f"{path} was computed for another model than source {k} ({source.path}); point "
+                                f"'statistics:' at the statistics of these sources")
+        out.append(load_file(str(path)))
+    return tuple(out)
+
+
+def linear_grams(name: str, grams: tuple[Grams, ...], folder: Path) -> list[Tensor] | None:
+    """The sources' Gram matrices of tensor ``name``; None for a tensor that is no linear weight (no source has one).
+    A linear weight some source's statistics lack is an error: they come from another model."""
+    having = [name in g for g in grams]
+    if not any(having):
+        return None
+    if not all(having):
+        k = having.index(False)
+        raise EvomergeError(f"no Gram matrix for linear weight {name} in source {k}'s statistics "
+                            f"({gram_path(folder, k)}); recompute them for these models")
+    return [g[name] for g in grams]
