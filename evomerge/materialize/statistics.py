@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -59,16 +60,41 @@ def source_grams(folder: Path, source: int, source_sha256: str, data_sha256: str
         return load_file(str(path))
     grams = {name: t.contiguous() for name, t in compute().items()}
     folder.mkdir(exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # workers of one node never share one
     save_file(grams, str(partial), metadata={"fingerprint": wanted, "source_sha256": source_sha256,
                                             "data_sha256": data_sha256})
     os.replace(partial, path)
     return grams
 
 
-def load_grams(folder: Path, pool: SourcePool) -> tuple[dict[str, Tensor], ...]:
-    """Every source's Gram matrices from ``folder``, each file checked against the model it is for."""
-    out = []
+@dataclass(frozen=True)
+class GramFiles:
+    """Every source's statistics file, checked against its source; a linear weight's matrices are read when merged
+    (memory-mapped), so a merge holds K matrices of one layer at a time, not every layer's."""
+
+    folder: Path
+    names: tuple[frozenset[str], ...]  # per source, the linear weights its file has
+
+    def of(self, name: str) -> list[Tensor] | None:
+        """The sources' Gram matrices of tensor ``name``; None for a tensor that is no linear weight (no source
+        has one). A linear weight some source's statistics lack is an error: they come from another model."""
+        having = [name in names for names in self.names]
+        if not any(having):
+            return None
+        if not all(having):
+            k = having.index(False)
+            raise EvomergeError(f"no Gram matrix for linear weight {name} in source {k}'s statistics "
+                                f"({gram_path(self.folder, k)}); recompute them for these models")
+        out = []
+        for k in range(len(self.names)):
+            with safe_open(str(gram_path(self.folder, k)), framework="pt") as f:
+                out.append(f.get_tensor(name))
+        return out
+
+
+def load_grams(folder: Path, pool: SourcePool) -> GramFiles:
+    """Every source's statistics in ``folder``, each file checked against the model it is for."""
+    names = []
     for k, source in enumerate(pool.sources):
         path = gram_path(folder, k)
         meta = stored_metadata(path)
@@ -78,18 +104,6 @@ def load_grams(folder: Path, pool: SourcePool) -> tuple[dict[str, Tensor], ...]:
         if meta.get("source_sha256") != source.fingerprint:
             raise EvomergeError(f"{path} was computed for another model than source {k} ({source.path}); point "
                                 f"'statistics:' at the statistics of these sources")
-        out.append(load_file(str(path)))
-    return tuple(out)
-
-
-def linear_grams(name: str, grams: tuple[Grams, ...], folder: Path) -> list[Tensor] | None:
-    """The sources' Gram matrices of tensor ``name``; None for a tensor that is no linear weight (no source has one).
-    A linear weight some source's statistics lack is an error: they come from another model."""
-    having = [name in g for g in grams]
-    if not any(having):
-        return None
-    if not all(having):
-        k = having.index(False)
-        raise EvomergeError(f"no Gram matrix for linear weight {name} in source {k}'s statistics "
-                            f"({gram_path(folder, k)}); recompute them for these models")
-    return [g[name] for g in grams]
+        with safe_open(str(path), framework="pt") as f:
+            names.append(frozenset(f.keys()))
+    return GramFiles(folder, tuple(names))

@@ -85,9 +85,8 @@ def test_evomerge_merge_makes_a_regmean_recipe_from_a_folder_of_statistics(worke
                                       "parameters": {"alpha": 0.8}, "statistics": str(folder)}))
     assert main(["merge", str(recipe), "--out", str(tmp_path / "out")]) == 0
     merged = load_file(tmp_path / "out" / "model.safetensors")
-    grams = load_grams(folder, pool)
     linear = "model.layers.1.mlp.down_proj.weight"
-    want = regmean(None, [s.tensors[linear] for s in pool.sources], alpha=0.8, grams=[g[linear] for g in grams])
+    want = regmean(None, [s.tensors[linear] for s in pool.sources], alpha=0.8, grams=load_grams(folder, pool).of(linear))
     assert torch.equal(merged[linear], want)
     assert not torch.equal(merged[linear], sum(s.tensors[linear] for s in pool.sources) / 3)
     norm = "model.norm.weight"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.materialize.statistics import gram_path, linear_grams, load_grams, source_grams
+from evomerge.materialize.statistics import GramFiles, gram_path, load_grams, source_grams
 from evomerge.sources.pool import SourcePool
 
 DATA, MODEL = "data-sha", "model-sha"
@@ -72,8 +72,8 @@ def test_a_merge_reads_each_sources_statistics_checked_against_that_source(tiny_
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
     for k, source in enumerate(pool.sources):
         source_grams(tmp_path, k, source.fingerprint, DATA, Compute(float(k + 1)))
-    grams = load_grams(tmp_path, pool)
-    assert [float(g[NAME][0, 0]) for g in grams] == [1.0, 2.0]
+    grams = load_grams(tmp_path, pool).of(NAME)
+    assert grams is not None and [float(g[0, 0]) for g in grams] == [1.0, 2.0]
 
 
 def test_statistics_of_another_model_are_refused_in_one_line(tiny_family, tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_a_missing_statistics_file_is_refused_in_one_line(tiny_family, tmp_path:
 
 
 def test_a_linear_weight_one_sources_statistics_lack_is_refused_and_other_tensors_have_none(tmp_path: Path) -> None:
-    grams = ({NAME: torch.eye(3)}, {})
-    assert linear_grams("model.norm.weight", grams, tmp_path) is None
+    files = GramFiles(tmp_path, (frozenset({NAME}), frozenset()))
+    assert files.of("model.norm.weight") is None
     with pytest.raises(EvomergeError, match=f"no Gram matrix for linear weight {NAME} in source 1's statistics"):
-        linear_grams(NAME, grams, tmp_path)
+        files.of(NAME)
