@@ -10,6 +10,7 @@ and where is the memory plan's ``policy``.
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from evomerge.env import set_offline_env
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.materialize.plan import DTYPES, MergePlan
+from evomerge.materialize.statistics import source_grams
 from evomerge.recipes.recipe import Recipe
 from evomerge.scoring.gram import calibration_tokens, data_fingerprint, gram_matrices
 from evomerge.scoring.model import load_causal_lm
@@ -133,6 +135,8 @@ class Worker:
         self.merged = recipe
 
     def _merge(self, recipe: Recipe) -> None:
+        if recipe.statistics is not None and any(spec.merge_method.statistics for spec in recipe.specs):
+            self.ensure_grams(recipe.statistics)
         plan = MergePlan.build(recipe, self.pool)
         if self.fast is not None:  # fused path for the methods it covers, the eager operator for the rest
             bad = self.fast.materialize(plan, self.params)
@@ -161,6 +165,13 @@ class Worker:
         grams = gram_matrices(self.model, calibration_tokens(self.scorer("calibration")),
                               batch_size=self.spec.scoring.batch_size)
         return {name: g.cpu() for name, g in grams.items()}
+
+    def ensure_grams(self, folder: Path) -> None:
+        """Every source's Gram matrices in ``folder``: computed here where it lacks them for these models and this
+        calibration data (``materialize/statistics.py``), else left as they are."""
+        data = self.calibration_fingerprint()
+        for k, source in enumerate(self.pool.sources):
+            source_grams(folder, k, source.fingerprint, data, functools.partial(self.source_grams, k))
 
     def evaluate(self, recipe: Recipe, split: str = "calibration",
                  items: Mapping[str, Sequence[int]] | None = None) -> Outcome:
