@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,11 @@ def calibration_tokens(scorer: Scorer) -> list[list[int]]:
 def data_fingerprint(sequences: Sequence[Sequence[int]]) -> str:
     """SHA-256 of the token sequences the statistics come from (the calibration data as the model reads it)."""
     return hashlib.sha256(json.dumps([list(s) for s in sequences]).encode()).hexdigest()
+
+
+def accumulator_bytes(in_features: Iterable[int]) -> int:
+    """Bytes of ``gram_matrices``' float64 accumulators on the model's device: in² · 8 per linear layer."""
+    return sum(8 * n * n for n in in_features)
 
 
 def gram_matrices(model: nn.Module, sequences: Sequence[Sequence[int]], *, batch_size: int = 8) -> dict[str, Tensor]:

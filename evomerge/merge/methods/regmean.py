@@ -44,27 +44,29 @@ def regmean(base: Tensor | None, sources: Sequence[Tensor], *, alpha: float = 0.
     if grams is None:
         return torch.stack([s.to(dtype) for s in sources]).mean(dim=0)
     check_grams(sources, grams)
-    scaled = [scale_off_diagonal(gram.to(torch.float64), alpha) for gram in grams]
-    lhs = torch.stack(scaled).sum(dim=0)  # Σ G̃_k, symmetric
-    unseen = torch.diagonal(lhs) == 0  # features no source saw: zero rows and columns of every G_k
-    any_unseen = bool(unseen.any())
+    features = sources[0].shape[1]
+    lhs = torch.zeros(features, features, dtype=torch.float64, device=sources[0].device)  # Σ G̃_k, symmetric
     rhs = torch.zeros(sources[0].shape, dtype=torch.float64, device=sources[0].device)  # Σ W_k G̃_k, out × in
-    for weight, gram in zip(sources, scaled, strict=True):
-        w = weight.to(torch.float64)
-        rhs.addmm_(w, gram)
-        if any_unseen:
-            rhs[:, unseen] += w[:, unseen]
-    lhs[unseen, unseen] = float(len(sources))  # their diagonal entries: the column becomes Σ_k W_k / K
+    for weight, gram in zip(sources, grams, strict=True):  # one source's float64 copies at a time
+        scaled = scale_off_diagonal(gram.to(torch.float64, copy=True), alpha)
+        lhs.add_(scaled)
+        rhs.addmm_(weight.to(torch.float64), scaled)
+        del scaled
+    unseen = torch.diagonal(lhs) == 0  # features no source saw: zero rows and columns of every G_k
+    if bool(unseen.any()):  # their columns: Σ_k W_k / K, from diagonal entries K
+        lhs[unseen, unseen] = float(len(sources))
+        for weight in sources:
+            rhs[:, unseen] += weight[:, unseen].to(torch.float64)
     merged = torch.linalg.solve(lhs, rhs.T).T  # W* Σ G̃ = Σ W G̃, Σ G̃ symmetric
     return merged.to(dtype)
 
 
 def scale_off_diagonal(gram: Tensor, alpha: float) -> Tensor:
-    """G̃ = α G + (1 − α) diag(G): the off-diagonal entries scaled by α, the diagonal kept."""
+    """G̃ = α G + (1 − α) diag(G), in place: the off-diagonal entries scaled by α, the diagonal kept."""
     diagonal = torch.diagonal(gram).clone()
-    scaled = gram.mul(alpha)
-    torch.diagonal(scaled).copy_(diagonal)
-    return scaled
+    gram.mul_(alpha)
+    torch.diagonal(gram).copy_(diagonal)
+    return gram
 
 
 def check_grams(sources: Sequence[Tensor], grams: Sequence[Tensor]) -> None:
@@ -80,7 +82,14 @@ def check_grams(sources: Sequence[Tensor], grams: Sequence[Tensor]) -> None:
                                 f"{list(shape)} takes {shape[1]} inputs; recompute the statistics for these models")
 
 
+def scratch_bytes(features: int, k: int) -> int:
+    """Peak bytes of one linear weight's merge besides its weight-sized copies (``eager_copies``): the K float32
+    Gram matrices read for it, and Σ G̃ and one G̃ in float64 (four float32 in × in matrices; ru_maxrss of
+    2048 × 4096, 4096 × 2048 and 1024 × 4096 weights, K = 3: at most 4·in² + 4·out·in float32 entries)."""
+    return (k + 4) * features * features * 4
+
+
 register(MergeMethod("regmean", regmean, (ALPHA,), needs_base=False, mergekit=False, statistics="gram",
-                     eager_copies=(0, 9),
+                     eager_copies=(0, 4),
                      doc="Per linear layer, the weight whose outputs best match every source's on calibration "
                          "inputs (closed form from input Gram matrices); other tensors averaged (RegMean)."))
