@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -58,13 +59,34 @@ def source_grams(folder: Path, source: int, source_sha256: str, data_sha256: str
     wanted = fingerprint(source_sha256, data_sha256)
     if stored_metadata(path).get("fingerprint") == wanted:
         return load_file(str(path))
+    start = time.perf_counter()
     grams = {name: t.contiguous() for name, t in compute().items()}
+    seconds = time.perf_counter() - start
     folder.mkdir(exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # workers of one node never share one
     save_file(grams, str(partial), metadata={"fingerprint": wanted, "source_sha256": source_sha256,
-                                            "data_sha256": data_sha256})
+                                            "data_sha256": data_sha256, "seconds": f"{seconds:.3f}"})
     os.replace(partial, path)
     return grams
+
+
+@dataclass(frozen=True)
+class StatisticsCost:
+    """What a folder's statistics cost to compute (their files' metadata): for reports."""
+
+    sources: int
+    seconds: float  # the computations' wall time, summed over sources
+    bytes: int  # on disk
+
+
+def statistics_cost(folder: Path) -> StatisticsCost | None:
+    """The cost of the statistics ``folder`` holds; None when it holds none."""
+    paths = sorted(folder.glob("gram-source*.safetensors")) if folder.is_dir() else []
+    metas = [stored_metadata(p) for p in paths]
+    if not any(metas):
+        return None
+    return StatisticsCost(sum(1 for m in metas if m), sum(float(m.get("seconds", 0.0)) for m in metas),
+                          sum(p.stat().st_size for p, m in zip(paths, metas, strict=True) if m))
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,14 @@ def test_a_linear_weight_one_sources_statistics_lack_is_refused_and_other_tensor
     assert files.of("model.norm.weight") is None
     with pytest.raises(EvomergeError, match=f"no Gram matrix for linear weight {NAME} in source 1's statistics"):
         files.of(NAME)
+
+
+def test_a_folders_statistics_say_what_they_cost_to_compute(tmp_path: Path) -> None:
+    from evomerge.materialize.statistics import statistics_cost
+
+    assert statistics_cost(tmp_path / "none") is None
+    source_grams(tmp_path, 0, MODEL, DATA, Compute())
+    source_grams(tmp_path, 1, "source-1-sha", DATA, Compute())
+    cost = statistics_cost(tmp_path)
+    assert cost is not None and cost.sources == 2 and cost.seconds >= 0.0
+    assert cost.bytes == gram_path(tmp_path, 0).stat().st_size + gram_path(tmp_path, 1).stat().st_size
