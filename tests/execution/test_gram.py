@@ -69,7 +69,8 @@ def test_a_resumed_run_reads_the_statistics_back_instead_of_computing_them(spec,
     assert set(again) == set(stored) and all(torch.equal(again[n], stored[n]) for n in stored)
 
 
-def test_evomerge_merge_makes_a_regmean_recipe_from_a_folder_of_statistics(worker: Worker, tmp_path: Path) -> None:
+def test_evomerge_statistics_then_merge_make_a_regmean_recipe(worker: Worker, scoreable_family, tmp_path: Path,
+                                                              capsys) -> None:
     import yaml
     from safetensors.torch import load_file
 
@@ -77,12 +78,17 @@ def test_evomerge_merge_makes_a_regmean_recipe_from_a_folder_of_statistics(worke
     from evomerge.materialize.statistics import load_grams
     from evomerge.merge.methods.regmean import regmean
 
+    from .conftest import TASK
+
     folder, pool = tmp_path / "statistics", worker.pool
-    for k, source in enumerate(pool.sources):
-        source_grams(folder, k, source.fingerprint, worker.calibration_fingerprint(), lambda k=k: worker.source_grams(k))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"method": "regmean", "sources": [{"model": str(s.path)} for s in pool.sources],
-                                      "parameters": {"alpha": 0.8}, "statistics": str(folder)}))
+    body = {"method": "regmean", "sources": [{"model": str(s.path)} for s in pool.sources], "parameters": {"alpha": 0.8}}
+    recipe.write_text(yaml.safe_dump(body))
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "nothing")]) == 2  # without statistics: one line
+    assert "set 'statistics:' in the recipe" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+    assert main(["statistics", str(recipe), "--tasks", TASK, "--task-path", str(scoreable_family["tasks"]),
+                 "--out", str(folder)]) == 0
+    recipe.write_text(yaml.safe_dump({**body, "statistics": str(folder)}))
     assert main(["merge", str(recipe), "--out", str(tmp_path / "out")]) == 0
     merged = load_file(tmp_path / "out" / "model.safetensors")
     linear = "model.layers.1.mlp.down_proj.weight"
