@@ -150,9 +150,14 @@ class Worker:
                 if name in self.params:
                     self.params[name].copy_(tensor)
 
+    @functools.cached_property
+    def calibration_tokens(self) -> list[list[int]]:
+        """The calibration prompts' token sequences the statistics come from (``scoring.gram``), tokenized once."""
+        return calibration_tokens(self.scorer("calibration"))
+
     def calibration_fingerprint(self) -> str:
         """SHA-256 of the calibration token sequences the statistics of ``source_grams`` come from."""
-        return data_fingerprint(calibration_tokens(self.scorer("calibration")))
+        return data_fingerprint(self.calibration_tokens)
 
     def source_grams(self, source: int) -> dict[str, torch.Tensor]:
         """Source ``source``'s input Gram matrices on the calibration prompts (``scoring.gram``), on the CPU: the
@@ -162,8 +167,7 @@ class Worker:
             for name, tensor in self.pool.sources[source].tensors.items():
                 if name in self.params:
                     self.params[name].copy_(tensor)
-        grams = gram_matrices(self.model, calibration_tokens(self.scorer("calibration")),
-                              batch_size=self.spec.scoring.batch_size)
+        grams = gram_matrices(self.model, self.calibration_tokens, batch_size=self.spec.scoring.batch_size)
         return {name: g.cpu() for name, g in grams.items()}
 
     def ensure_grams(self, folder: Path) -> None:
