@@ -52,7 +52,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     base = recipe.base if recipe.base is not None else recipe.sources[0]
     check_outside(out, [("the recipe", Path(args.recipe)),
-                        *(("the model folder", p) for p in (base, *recipe.sources, recipe.tokenizer_folder))])
+                        *(("the model folder", p) for p in (base, *recipe.sources, recipe.tokenizer_folder)),
+                        *(("the statistics folder", p) for p in [recipe.statistics] if p is not None)])
     check_output_folder(out, args.force)
     shard_size = parse_size(args.shard_size)
     pool = SourcePool.load(base, list(recipe.sources), allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
@@ -60,6 +61,34 @@ def cmd_merge(args: argparse.Namespace) -> int:
     write_merged(plan, pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder, shard_size=shard_size,
                  force=args.force, extra_files={"evomerge_recipe.yaml": to_yaml(recipe)})
     print(f"wrote {out} ({len(plan.steps)} tensors, method {recipe.default.method})")
+    return 0
+
+
+def cmd_statistics(args: argparse.Namespace) -> int:
+    from evomerge.config.search import ScoringConfig
+    from evomerge.execution.worker import Worker, WorkerSpec
+    from evomerge.materialize.statistics import statistics_cost
+    from evomerge.recipes import load_recipe
+    from evomerge.sources.writer import check_outside
+
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
+        raise EvomergeError("--tasks is empty: name the calibration tasks whose prompts the statistics come from")
+    out = Path(args.out)
+    recipe = load_recipe(args.recipe)
+    task_path = Path(args.task_path) if args.task_path else None
+    check_outside(out, [("the recipe", Path(args.recipe)),
+                        *(("the model folder", p) for p in (recipe.template, *recipe.sources)),
+                        *(("the task folder", p) for p in [task_path] if p is not None)])
+    spec = WorkerSpec(base=recipe.template, sources=recipe.sources, calibration_tasks=tuple(names),
+                      heldout_tasks=tuple(names), scoring=ScoringConfig(task_path=task_path, batch_size=args.batch_size),
+                      device=args.device, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    out.mkdir(parents=True, exist_ok=True)
+    Worker(spec).ensure_grams(out)
+    cost = statistics_cost(out)
+    assert cost is not None
+    print(f"wrote {out} (input Gram matrices of {cost.sources} source(s), {cost.seconds:.1f} s): "
+          f"set 'statistics: {out}' in the recipe")
     return 0
 
 
@@ -195,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_zoo(sub)
     _add_merge(sub)
+    _add_statistics(sub)
     _add_evaluate(sub)
     _add_search(sub)
     _add_config(sub)
@@ -240,6 +270,20 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
                        help=f"largest safetensors shard (default {DEFAULT_SHARD_SIZE})")
     _add_model_safety(merge)
     merge.set_defaults(func=cmd_merge)
+
+
+def _add_statistics(sub: argparse._SubParsersAction) -> None:
+    from evomerge.config.search import ScoringConfig  # its field defaults are the scoring defaults
+    statistics = sub.add_parser("statistics", help="compute a recipe's sources' calibration statistics (for regmean)")
+    statistics.add_argument("recipe", help="recipe YAML file (its sources, and its base's or first source's config)")
+    statistics.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks whose prompts calibrate")
+    statistics.add_argument("--task-path", help="folder of task YAMLs; default: lm-eval's own tasks")
+    statistics.add_argument("--out", required=True,
+                            help="statistics folder (files there for these models and prompts are reused)")
+    statistics.add_argument("--batch-size", type=int, default=ScoringConfig.batch_size)
+    statistics.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    _add_model_safety(statistics)
+    statistics.set_defaults(func=cmd_statistics)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

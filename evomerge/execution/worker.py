@@ -10,6 +10,7 @@ and where is the memory plan's ``policy``.
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from evomerge.env import set_offline_env
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.materialize.plan import DTYPES, MergePlan
+from evomerge.materialize.statistics import source_grams
 from evomerge.recipes.recipe import Recipe
+from evomerge.scoring.gram import calibration_tokens, data_fingerprint, gram_matrices
 from evomerge.scoring.model import load_causal_lm
 from evomerge.scoring.result import TaskScore
 from evomerge.scoring.scorer import Scorer, load_tasks
@@ -132,6 +135,8 @@ class Worker:
         self.merged = recipe
 
     def _merge(self, recipe: Recipe) -> None:
+        if recipe.statistics is not None and any(spec.merge_method.statistics for spec in recipe.specs):
+            self.ensure_grams(recipe.statistics)
         plan = MergePlan.build(recipe, self.pool)
         if self.fast is not None:  # fused path for the methods it covers, the eager operator for the rest
             bad = self.fast.materialize(plan, self.params)
@@ -144,6 +149,33 @@ class Worker:
                     raise CandidateFailed(f"merged tensor {name} has NaN/Inf values")
                 if name in self.params:
                     self.params[name].copy_(tensor)
+
+    @functools.cached_property
+    def calibration_tokens(self) -> list[list[int]]:
+        """The calibration prompts' token sequences the statistics come from (``scoring.gram``), tokenized once."""
+        return calibration_tokens(self.scorer("calibration"))
+
+    def calibration_fingerprint(self) -> str:
+        """SHA-256 of the calibration token sequences the statistics of ``source_grams`` come from."""
+        return data_fingerprint(self.calibration_tokens)
+
+    def source_grams(self, source: int) -> dict[str, torch.Tensor]:
+        """Source ``source``'s input Gram matrices on the calibration prompts (``scoring.gram``), on the CPU: the
+        live model is loaded with that source's weights for the forwards (the next candidate merges afresh)."""
+        self.merged = None
+        with torch.no_grad():
+            for name, tensor in self.pool.sources[source].tensors.items():
+                if name in self.params:
+                    self.params[name].copy_(tensor)
+        grams = gram_matrices(self.model, self.calibration_tokens, batch_size=self.spec.scoring.batch_size)
+        return {name: g.cpu() for name, g in grams.items()}
+
+    def ensure_grams(self, folder: Path) -> None:
+        """Every source's Gram matrices in ``folder``: computed here where it lacks them for these models and this
+        calibration data (``materialize/statistics.py``), else left as they are."""
+        data = self.calibration_fingerprint()
+        for k, source in enumerate(self.pool.sources):
+            source_grams(folder, k, source.fingerprint, data, functools.partial(self.source_grams, k))
 
     def evaluate(self, recipe: Recipe, split: str = "calibration",
                  items: Mapping[str, Sequence[int]] | None = None) -> Outcome:

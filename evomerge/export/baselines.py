@@ -26,13 +26,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from evomerge.config.search import SearchConfig
 from evomerge.execution.worker import Outcome
 from evomerge.genome.space import GenomeSpace
 from evomerge.recipes import Recipe, recipe_data
-from evomerge.recipes.fixed import GRID_FAMILIES, FixedRecipe, fixed_recipes, merges, soup_of, source_name
+from evomerge.recipes.fixed import (
+    GRID_FAMILIES,
+    FixedRecipe,
+    calibrated_recipes,
+    fixed_recipes,
+    merges,
+    soup_of,
+    source_name,
+)
 from evomerge.run.log import RunLog
 from evomerge.run.racing import Chunks
 from evomerge.run.records import BaselineRecord, CandidateRecord
@@ -81,15 +90,16 @@ class Baselines:
         return self.normalizer.best([(r, getattr(r, split)) for r in self.rows if merges(r.fixed.family)], split)
 
 
-def recipe_of(cfg: SearchConfig, fixed: FixedRecipe) -> Recipe:
+def recipe_of(cfg: SearchConfig, fixed: FixedRecipe, statistics: Path | None = None) -> Recipe:
+    """``fixed`` over the run's models; ``statistics``: the run's statistics folder, for a method that needs it."""
     return fixed.recipe(cfg.sources.base, cfg.sources.models, layer_granularity=cfg.genome.layer_granularity,
-                        dtype=cfg.genome.dtype, seed=cfg.seed)
+                        dtype=cfg.genome.dtype, seed=cfg.seed, statistics=statistics)
 
 
 def cached_or_scored(run: RunLog, fixed: FixedRecipe, split: str, evaluate: Evaluate) -> BaselineRecord:
     """The log's record of this baseline on this split, the search's own scores where it started from this
     recipe (on calibration), or a fresh evaluation appended to the log."""
-    recipe = recipe_of(run.config(), fixed)
+    recipe = recipe_of(run.config(), fixed, run.statistics_dir)
     want = recipe_data(recipe)
     logged = logged_full(run, fixed.name, split, want)
     if logged is not None:
@@ -129,6 +139,7 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool], 
     cfg = run.config()
     labels = cfg.sources.labels()
     families = fixed_recipes(len(cfg.sources.models), tuple(labels[m] for m in cfg.sources.models))
+    families |= calibrated_recipes(len(cfg.sources.models))
 
     def calibration(fixed: FixedRecipe) -> BaselineRecord:
         return cached_or_scored(run, fixed, "calibration", evaluate)
@@ -241,7 +252,7 @@ class GridRace:
     def _from_log(self, fixed: FixedRecipe) -> _Member:
         """A member as the log has it: scored in full (by an earlier export, or as one of the search's start points;
         or failed), or on some chunks (an earlier export stopped it)."""
-        m = _Member(fixed, recipe_of(self.cfg, fixed))
+        m = _Member(fixed, recipe_of(self.cfg, fixed, self.run.statistics_dir))
         want = recipe_data(m.recipe)
         logged = logged_full(self.run, fixed.name, "calibration", want) or scored_start(self.run, m.recipe)
         if logged is not None:

@@ -22,9 +22,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from evomerge.config.sizes import format_size
 from evomerge.export.card import code, comparison_table, fmt, gain_line, md, reference_line
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
+from evomerge.materialize.statistics import statistics_cost
 from evomerge.run.log import RunLog
 from evomerge.run.racing import scored_items, scoring_summary
 from evomerge.run.records import BaselineRecord, CandidateRecord, CompletedRecord, ExportRecord, HeldoutRecord
@@ -169,6 +171,7 @@ def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]
         f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
         f"| scoring | {scoring_summary(cfg.scoring, cands) or '–'} |",
         f"| baselines and finalists | {_export_cost(analysis)} |",
+        f"| statistics | {_statistics_cost(analysis.run)} |",
         f"| utilization | {util} |",
         f"| Pareto front | {len(analysis.front)} candidates (calibration objectives) |",
         f"| exports | {_exports(exports)} |",
@@ -191,6 +194,15 @@ def _export_cost(analysis: Analysis) -> str:
     grid = sum(len(g) for g in analysis.baselines.grids.values())
     return (f"{items:,} items" + (f", {tokens:,} tokens" if tokens is not None else "")
             + f" scored (both splits); {len(analysis.baselines.stopped)} of {grid} grid members stopped early by racing")
+
+
+def _statistics_cost(run: RunLog) -> str:
+    """What the calibration statistics of the baselines that need them (RegMean's) cost: computed once per source."""
+    cost = statistics_cost(run.statistics_dir)
+    if cost is None:
+        return "–"
+    return (f"RegMean's input Gram matrices of {cost.sources} source(s): computed once in {_duration(cost.seconds)}, "
+            f"{format_size(cost.bytes)} in `statistics/`")
 
 
 def _grid_table(analysis: Analysis) -> list[str]:

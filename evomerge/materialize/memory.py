@@ -32,8 +32,10 @@ from evomerge.materialize.thresholds import (
     sort_scratch_bytes,
     sorted_bytes,
 )
+from evomerge.merge.methods.regmean import scratch_bytes as regmean_scratch_bytes
 from evomerge.merge.methods.tsvm import component_bytes, product_bytes
 from evomerge.merge.registry import get_method
+from evomerge.scoring.gram import accumulator_bytes
 from evomerge.sources.arch import infos_from_config
 from evomerge.sources.folder import read_config, read_tensor_infos
 from evomerge.sources.pool import block_group
@@ -160,6 +162,7 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
             thresholds = "sorted"
         else:
             worker["TIES cuts: histograms"] = histograms
+    notes.append(regmean_note(shape))
     node = {f"sources, once per node ({shape.k + 1} models, shared by its workers)": shape.source_bytes}
     if gpu and placement == "streamed":
         node[f"pinned host chunks for streaming ({workers} workers × 2 × {format_size(STAGE)})"] = workers * 2 * STAGE
@@ -167,6 +170,17 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
         node["workers' memory (the per-worker items below, all workers)"] = workers * sum(worker.values())
     return MemoryPlan(device, workers, budget, budget_from, placement, thresholds, "cached" if draws else "regenerated",
                       worker, node, tuple(notes), svds="products" if products else "components" if parts else "recomputed")
+
+
+def regmean_note(shape: ModelShape) -> str:
+    """What the report's RegMean baseline adds while an export or report scores it (not a search: no gene uses it),
+    over the 2-D weights (their input widths; the embedding counted too: an upper bound)."""
+    widths = [i.shape[1] for i in shape.infos.values() if len(i.shape) == 2 and i.dtype.is_floating_point]
+    if not widths:
+        return "RegMean baseline: no matrices"
+    return (f"RegMean baseline (export, report): its statistics pass {format_size(accumulator_bytes(widths))} of float64 "
+            f"accumulators per source on the worker's device, its merge {format_size(regmean_scratch_bytes(max(widths), shape.k))} "
+            f"of Gram matrices beside the scratch")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,

@@ -1,12 +1,13 @@
 """MergePlan: a recipe resolved against loaded models — for each tensor, the operator and its parameters.
 
 This is the one place where a recipe meets tensor names. Materializing a plan is pure tensor work:
-no file is read or written here.
+no file is read or written here, but the statistics a recipe names (``statistics:``: checked by ``build``, each
+linear weight's read as it is merged).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from evomerge.config.search import DTYPE_NAMES
 from evomerge.errors import EvomergeError
+from evomerge.materialize.statistics import GramFiles, load_grams
 from evomerge.merge.draws import uniform_draws
 from evomerge.merge.registry import MergeMethod, get_method
 from evomerge.recipes.recipe import Recipe
@@ -39,6 +41,7 @@ class MergePlan:
     steps: tuple[TensorStep, ...]
     seed: int
     dtype: torch.dtype | None
+    grams: GramFiles | None = field(default=None, repr=False)  # the sources' statistics, when a method needs them
 
     @classmethod
     def build(cls, recipe: Recipe, pool: SourcePool) -> "MergePlan":
@@ -60,7 +63,15 @@ class MergePlan:
                 continue
             spec = recipe.spec_for(group, param_kind(name))
             steps.append(TensorStep(name, group, get_method(spec.method), spec.source_params, spec.params))
-        return cls(tuple(steps), recipe.seed, DTYPES[recipe.dtype] if recipe.dtype else None)
+        needing = sorted({s.method.name for s in steps if s.method is not None and s.method.statistics})
+        grams = None
+        if needing:
+            if recipe.statistics is None:
+                raise EvomergeError(f"method '{needing[0]}' needs the sources' input Gram matrices of calibration data: "
+                                    f"set 'statistics:' in the recipe to the folder that holds them (a run's statistics/)")
+            grams = load_grams(recipe.statistics, pool)
+        dtype = DTYPES[recipe.dtype] if recipe.dtype else None
+        return cls(tuple(steps), recipe.seed, dtype, grams)
 
     def dtype_name(self, pool: SourcePool) -> str:
         """The merged model's dtype as a config names it: the recipe's, else the sources' own."""
@@ -75,6 +86,8 @@ class MergePlan:
         kwargs: dict[str, Any] = {**{k: list(v) for k, v in step.source_params.items()}, **step.params}
         if step.method.random:
             kwargs["draws"] = [uniform_draws(self.seed, step.name, k, base.shape) for k in range(len(sources))]
+        if step.method.statistics == "gram" and self.grams is not None:
+            kwargs["grams"] = self.grams.of(step.name)
         merged = step.method(base, sources, **kwargs)
         return merged.to(self.dtype or base.dtype)
 

@@ -87,6 +87,9 @@ class MergeMethod:
     family: Family | None = None  # None: not a GTA family member (linear, slerp, model_stock, tsvm, pcb)
     task_vector: bool = False  # a task-vector method over any number of sources with its own body (tsvm, pcb)
     mergekit: bool = True  # mergekit has a method of this name that computes the same
+    # Statistics of calibration data the method takes besides the tensors: "gram" (RegMean) receives
+    # ``grams``, one input Gram matrix per source for a linear weight, None for every other tensor.
+    statistics: Literal["gram"] | None = None
     doc: str = ""
     # Peak full-size float32 temporaries of the eager operator, a·K + b copies of the tensor (the memory plan's
     # scratch where the method has no fused kernel; tsvm and pcb measured by ru_maxrss on a 2048 × 4096 tensor).

@@ -17,6 +17,7 @@
     dtype: bfloat16                    # default: each tensor keeps the base's dtype
     seed: 0                            # fixes DARE/DELLA draws
     tokenizer_source: ./chat           # optional: tokenizer, chat template and eos of this model (default: the base)
+    statistics: ./run/statistics       # for regmean: the folder of the sources' input Gram matrices (a run's statistics/)
 
 """
 
@@ -59,6 +60,7 @@ class RecipeFile:
     dtype: DType | None = None
     seed: int = field(default=0, metadata={"ge": 0})
     tokenizer_source: Path | None = None
+    statistics: Path | None = None
 
 
 def parse_recipe(data: Mapping[str, Any], root: Path | None = None) -> Recipe:
@@ -70,6 +72,7 @@ def parse_recipe(data: Mapping[str, Any], root: Path | None = None) -> Recipe:
     return Recipe(
         base=file.base, sources=tuple(s.model for s in file.sources), default=default, groups=groups,
         layer_granularity=file.layer_granularity, dtype=file.dtype, seed=file.seed, tokenizer_source=file.tokenizer_source,
+        statistics=file.statistics,
     )
 
 
@@ -84,11 +87,12 @@ def recipe_data(recipe: Recipe) -> dict[str, Any]:
         groups={g: GroupEntry(s.method, _spelled(s), tuple(_spelled(s, per_source=k) for k in range(n)))
                 for g, s in recipe.groups.items()},
         layer_granularity=recipe.layer_granularity, dtype=recipe.dtype, seed=recipe.seed,  # type: ignore[arg-type]
-        tokenizer_source=recipe.tokenizer_source,
+        tokenizer_source=recipe.tokenizer_source, statistics=recipe.statistics,
     )
     data = dump(file)
-    if data["tokenizer_source"] is None:
-        del data["tokenizer_source"]  # the default (the base's): recipes without one read as before
+    for optional in ("tokenizer_source", "statistics"):
+        if data[optional] is None:
+            del data[optional]  # the default: recipes without one read as before
     return data
 
 

@@ -12,7 +12,10 @@ that is the fair "best fixed recipe" a searched merge is compared with.
 | ``ties``          | weights 1, density from DENSITIES × λ from LAMBDAS                       |
 | ``dare_ties``     | weights 1, density from DENSITIES × λ from LAMBDAS (the run's draws)      |
 | ``tsvm``          | TSV-M at its paper's default: weights 1, λ (the paper's α) 1.0           |
+| ``regmean``       | RegMean at α = 0.9, from the sources' calibration statistics (a run's)   |
 
+``regmean`` is data-dependent: its recipe names the folder of the sources' input Gram matrices, which a run
+keeps (``calibrated_recipes``, apart from ``fixed_recipes``: the zoo's checks have no such folder).
 One more baseline is a procedure over scores, not a grid: the greedy soup (``export.baselines.greedy_soup``),
 whose trial soups are ``soup_of`` subsets of the sources.
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from evomerge.merge.registry import get_method
 from evomerge.recipes.recipe import GroupSpec, Recipe
 
 LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 16))  # 0.1 … 1.5
@@ -31,6 +35,7 @@ GRID_FAMILIES = ("task_arithmetic", "ties", "dare_ties")  # families with more t
 GREEDY_SOUP = "greedy_soup"  # the family of the greedy soup's trial soups (a procedure, not a fixed_recipes family)
 # the fixed_recipes families that merge (not the base or one source), in the tables' order: one-member families first
 MERGE_FAMILIES = ("soup", "tsvm", *GRID_FAMILIES)
+CALIBRATED_FAMILIES = ("regmean",)  # the families of ``calibrated_recipes``: they merge too
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,13 @@ class FixedRecipe:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def recipe(self, base: Path, sources: tuple[Path, ...], *, layer_granularity: int = 1, dtype: str | None = None,
-               seed: int = 0) -> Recipe:
-        """This member over ``base`` and ``sources``; ``seed`` fixes DARE's draws as a search with it draws them."""
+               seed: int = 0, statistics: Path | None = None) -> Recipe:
+        """This member over ``base`` and ``sources``; ``seed`` fixes DARE's draws as a search with it draws them;
+        ``statistics``: the sources' statistics folder, named by the recipe only where the method needs it."""
         spec = GroupSpec(self.method, dict(self.source_params), dict(self.params))
-        return Recipe(base=base, sources=sources, default=spec, layer_granularity=layer_granularity, dtype=dtype, seed=seed)
+        folder = statistics if get_method(self.method).statistics else None
+        return Recipe(base=base, sources=sources, default=spec, layer_granularity=layer_granularity, dtype=dtype, seed=seed,
+                      statistics=folder)
 
 
 def source_name(i: int) -> str:
@@ -76,9 +84,15 @@ def fixed_recipes(k: int, source_names: tuple[str, ...] | None = None, *, lambda
     return families
 
 
+def calibrated_recipes(k: int) -> dict[str, list[FixedRecipe]]:
+    """The families whose method needs the sources' calibration statistics, at their papers' defaults."""
+    alpha = get_method("regmean").globals["alpha"]
+    return {"regmean": [FixedRecipe("regmean", "regmean", f"RegMean (α={alpha:g})", "regmean", {}, {"alpha": alpha})]}
+
+
 def merges(family: str) -> bool:
     """Whether a family merges models (the base and each source alone do not): the "best fixed recipe" is one of these."""
-    return family in MERGE_FAMILIES or family == GREEDY_SOUP
+    return family in MERGE_FAMILIES or family in CALIBRATED_FAMILIES or family == GREEDY_SOUP
 
 
 def uniform_soup(k: int) -> FixedRecipe:

@@ -38,6 +38,7 @@ class Recipe:
     dtype: str | None = None  # one of config.search.DTYPE_NAMES; None: the base's
     seed: int = 0  # fixes the draws of random sparsification
     tokenizer_source: Path | None = None  # the model whose tokenizer, chat template and eos the result carries
+    statistics: Path | None = None  # the folder of the sources' calibration statistics, for methods that need them
 
     @property
     def tokenizer_folder(self) -> Path:
@@ -63,8 +64,8 @@ class Recipe:
     def same_merge(self, other: "Recipe", tol: float = 1e-9) -> bool:
         """Whether both recipes make the same merge in every group (up to float rounding): one method per group,
         its parameters with defaults filled, per-source values equal within ``tol`` (a unit-box round trip)."""
-        if (self.base, self.sources, self.dtype, self.seed, self.layer_granularity) != (
-                other.base, other.sources, other.dtype, other.seed, other.layer_granularity):
+        if (self.base, self.sources, self.dtype, self.seed, self.layer_granularity, self.statistics) != (
+                other.base, other.sources, other.dtype, other.seed, other.layer_granularity, other.statistics):
             return False
         return all(_same_spec(self.spec_for(g), other.spec_for(g), tol) for g in {*self.groups, *other.groups, ""})
 

@@ -8,6 +8,9 @@
                       experiment trackers' run ids
       session.lock    held while a session (search, resume, export, report) writes the folder
       optuna.db       the optuna study, when the strategy is optuna (rebuilt from the log on resume)
+      statistics/     per source, calibration statistics a baseline's method needs (RegMean's Gram matrices),
+                      written by the worker that first merges it, under a fingerprint of model and data
+                      (``materialize/statistics.py``); reused by every later session
 
 Population, Pareto front and strategy state are derived from log.jsonl. Each record is one line
 written with a single write and fsync. Reading never writes: a torn last line (a crash or a write in
@@ -53,6 +56,7 @@ from evomerge.run.records import (
 from evomerge.sources.writer import check_outside
 
 LOG, CONFIG, META, LOCK, STUDY = "log.jsonl", "config.yaml", "run.json", "session.lock", "optuna.db"
+STATISTICS = "statistics"
 R = TypeVar("R")
 AnyRecord = TypeVar("AnyRecord", bound=Record)  # append returns the kind of record it was given
 
@@ -203,6 +207,11 @@ class RunLog:
         self._staged_meta = replace(self.meta, config_sha256=_sha(self._file(CONFIG).read_text()),
                                     sources=dict(fingerprints), draws=DRAW_SCHEME)
         self._config = None
+
+    @property
+    def statistics_dir(self) -> Path:
+        """The folder of the sources' calibration statistics (``materialize/statistics.py``; made when first written)."""
+        return self._file(STATISTICS).resolve()  # as recipes name it, however the folder was opened
 
     def study_storage(self) -> str:
         """A fresh SQLite URL for an optuna study in this folder (resume rebuilds the study from the log)."""

@@ -71,6 +71,7 @@ def family_recipe(tmp_path: Path, fam: dict[str, Path], **overrides) -> Path:
     return path
 
 
+REGMEAN = {"method": "regmean", "sources": [{"model": "A"}, {"model": "B"}], "base": None}
 CASES = {
     "missing recipe file": (lambda t, f, o: ["merge", str(t / "nope.yaml"), "--out", str(o)], "not found"),
     "malformed yaml": (lambda t, f, o: ["merge", str(_text(t, "method: [ties\n")), "--out", str(o)], "not valid YAML"),
@@ -97,6 +98,19 @@ CASES = {
     "evaluate unknown task": (
         lambda t, f, o: ["evaluate", str(f["a"]), "--tasks", "no_such_task", "--task-path", str(t)], "unknown lm-eval task 'no_such_task'"),
     "unknown zoo arch": (lambda t, f, o: ["zoo", "build", str(o), "--arch", "transformer-xl"], "transformer-xl"),
+    "regmean without statistics": (lambda t, f, o: ["merge", str(family_recipe(t, f, **REGMEAN)), "--out", str(o)],
+                                   "method 'regmean' needs the sources' input Gram matrices"),
+    "regmean statistics missing": (
+        lambda t, f, o: ["merge", str(family_recipe(t, f, **REGMEAN, statistics=str(t / "stats"))), "--out", str(o)],
+        "no statistics for source 0"),
+    "output inside the statistics folder": (
+        lambda t, f, o: ["merge", str(family_recipe(t, f, **REGMEAN, statistics=str(o.parent))), "--out", str(o)],
+        "lies inside the statistics folder"),
+    "statistics empty tasks": (lambda t, f, o: ["statistics", str(family_recipe(t, f)), "--tasks", ",", "--out", str(o)],
+                               "--tasks is empty"),
+    "statistics into a model folder": (
+        lambda t, f, o: ["statistics", str(family_recipe(t, f)), "--tasks", "x", "--out", str(f["a"] / "stats")],
+        "lies inside the model folder"),
 }
 
 

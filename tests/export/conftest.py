@@ -30,7 +30,8 @@ TASKS = ("t0", "t1")
 
 def fake_scores(recipe: Recipe, tasks: tuple[str, ...], scale: float = 1.0) -> dict[str, TaskScore]:
     specs = [recipe.default, *recipe.groups.values()]
-    weights = [sum(s.source_params["weight"][k] for s in specs) / len(specs) for k in range(len(recipe.sources))]
+    even = (1.0 / len(recipe.sources),) * len(recipe.sources)  # a method without weights (regmean): as the soup
+    weights = [sum(s.source_params.get("weight", even)[k] for s in specs) / len(specs) for k in range(len(recipe.sources))]
     out = {}
     for j, task in enumerate(tasks):
         own = min(weights[j], 1.0)

@@ -123,3 +123,18 @@ def test_the_plan_record_reads_back_exactly() -> None:
     line = to_line(record)
     assert from_line(line) == record and json.loads(line)["type"] == "plan"
     assert from_line(line).plan.lines() == plan.lines()
+
+
+def test_the_plan_notes_what_the_regmean_baseline_needs_without_charging_the_search_for_it() -> None:
+    from evomerge.config.sizes import format_size
+
+    infos = {"embed.weight": TensorInfo(torch.float32, (100, 64)), "layers.0.up.weight": TensorInfo(torch.float32, (256, 64)),
+             "layers.0.down.weight": TensorInfo(torch.float32, (64, 256)), "norm.weight": TensorInfo(torch.float32, (64,))}
+    model = ModelShape(infos, {n: "layers.0" for n in infos}, 2, 0)
+    plan = plan_memory(model, ["ties"], device="cpu", workers=1, budget=GB, out_dtype_size=None)
+    accumulators = 8 * (64 * 64 + 64 * 64 + 256 * 256)  # in² · 8 per matrix (the embedding's counted: an upper bound)
+    grams = (2 + 4) * 256 * 256 * 4  # the K Grams of the widest input, Σ G̃ and one G̃ in float64
+    assert (f"RegMean baseline (export, report): its statistics pass {format_size(accumulators)} of float64 accumulators "
+            f"per source on the worker's device, its merge {format_size(grams)} of Gram matrices beside the scratch"
+            ) in plan.notes
+    assert not any("RegMean" in item for item in plan.worker_bytes)

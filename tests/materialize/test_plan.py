@@ -44,3 +44,14 @@ def test_unknown_group_is_refused_naming_the_groups(tiny_family: dict[str, Path]
     bogus = GroupSpec("task_arithmetic", {"weight": (1.0, 1.0)}, {})
     with pytest.raises(EvomergeError, match="layers.7"):
         MergePlan.build(ta_recipe(tiny_family, {"layers.7": bogus}), pool)
+
+
+def test_a_method_that_needs_calibration_statistics_is_refused_without_a_folder_of_them(tiny_family: dict[str, Path]) -> None:
+    import pytest
+
+    from evomerge.errors import EvomergeError
+
+    pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
+    recipe = Recipe(base=None, sources=(tiny_family["a"], tiny_family["b"]), default=GroupSpec("regmean", {}, {}))
+    with pytest.raises(EvomergeError, match="method 'regmean' needs the sources' input Gram matrices of calibration data: set 'statistics:'"):
+        MergePlan.build(recipe, pool)

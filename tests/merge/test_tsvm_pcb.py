@@ -8,11 +8,7 @@ against its ``compute_and_sum_svd_mem_reduction`` on the same tensors.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -157,34 +153,10 @@ def test_tsvm_weight_zero_keeps_that_source_out_of_the_sum_but_in_the_decorrelat
     torch.testing.assert_close(got, nearly, rtol=1e-7, atol=1e-8)
 
 
-def _fusion_bench_tsvm():
-    """FusionBench's TSV-M function, loaded from its file (its package imports far more than this test has)."""
-    spec = importlib.util.find_spec("fusion_bench")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("fusion-bench is not installed (dev-only)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "method/task_singular_vector/utils/TSVM_utils.py"
-    stub = types.ModuleType("fusion_bench.utils.type")
-    stub.StateDictType = dict  # type: ignore[attr-defined]
-    saved = {name: sys.modules.get(name) for name in ("fusion_bench", "fusion_bench.utils", "fusion_bench.utils.type")}
-    sys.modules.update({"fusion_bench": types.ModuleType("fusion_bench"),
-                        "fusion_bench.utils": types.ModuleType("fusion_bench.utils"), "fusion_bench.utils.type": stub})
-    try:
-        module_spec = importlib.util.spec_from_file_location("fusion_bench_tsvm_utils", path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
-    return module.compute_and_sum_svd_mem_reduction
-
-
 @pytest.mark.parametrize("weight", [[1.0, 1.0, 1.0], [0.7, 1.4, -0.5]])
-def test_tsvm_equals_fusion_bench_with_per_task_alphas(weight, capsys) -> None:
-    compute = _fusion_bench_tsvm()
+def test_tsvm_equals_fusion_bench_with_per_task_alphas(weight, capsys, fusion_bench_file) -> None:
+    compute = fusion_bench_file("method/task_singular_vector/utils/TSVM_utils.py",
+                                {"fusion_bench.utils.type": {"StateDictType": dict}}).compute_and_sum_svd_mem_reduction
     base, srcs = family((24, 18), 3, seed=4)
     bias_base, bias_srcs = family((18,), 3, seed=5)
     task_vectors = [{"w": w * (s - base), "b": w * (bs - bias_base)}

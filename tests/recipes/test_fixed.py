@@ -1,8 +1,10 @@
-"""The fixed recipes: the TSV-M family and the greedy soup's trial soups."""
+"""The fixed recipes: the TSV-M and RegMean families and the greedy soup's trial soups."""
 
 from __future__ import annotations
 
-from evomerge.recipes.fixed import fixed_recipes, merges, soup_of
+from pathlib import Path
+
+from evomerge.recipes.fixed import calibrated_recipes, fixed_recipes, merges, soup_of
 
 
 def test_tsvm_joins_the_fixed_recipes_at_its_paper_default() -> None:
@@ -26,3 +28,17 @@ def test_a_soup_of_one_or_all_sources_shares_the_name_and_merge_of_that_row() ->
 def test_the_best_fixed_recipe_is_chosen_among_merges_only() -> None:
     assert [f for f in fixed_recipes(2) if not merges(f)] == ["base", "source0", "source1"]
     assert merges("greedy_soup") and merges("tsvm")
+    assert merges("regmean")
+
+
+def test_regmean_is_a_baseline_at_its_default_apart_from_the_data_free_families() -> None:
+    (regmean,) = calibrated_recipes(3)["regmean"]
+    assert (regmean.method, dict(regmean.source_params), dict(regmean.params)) == ("regmean", {}, {"alpha": 0.9})
+    assert "regmean" not in fixed_recipes(3)  # the zoo's checks score fixed_recipes and have no statistics
+
+
+def test_only_a_method_that_needs_statistics_names_the_folder_in_its_recipe() -> None:
+    base, sources, folder = Path("/m/base"), (Path("/m/a"), Path("/m/b")), Path("/run/statistics")
+    (regmean,) = calibrated_recipes(2)["regmean"]
+    assert regmean.recipe(base, sources, statistics=folder).statistics == folder
+    assert fixed_recipes(2)["tsvm"][0].recipe(base, sources, statistics=folder).statistics is None

@@ -2,7 +2,8 @@
 
 ``gta``: every task-vector method (task arithmetic, TIES, DARE, breadcrumbs, DELLA) as one body and a
 family; ``tsvm`` and ``pcb``: task-vector methods of the literature with bodies of their own (no
-mergekit equivalent); ``linear``, ``slerp``, ``nuslerp``, ``multislerp``, ``model_stock``, ``nearswap``,
+mergekit equivalent); ``regmean``: per linear layer from the sources' input Gram matrices;
+``linear``, ``slerp``, ``nuslerp``, ``multislerp``, ``model_stock``, ``nearswap``,
 ``sce``, ``karcher``: the others. ``params``: parameters they share.
 """
 
@@ -15,6 +16,7 @@ from evomerge.merge.methods import (  # noqa: F401
     nearswap,
     nuslerp,
     pcb,
+    regmean,
     sce,
     slerp,
     tsvm,
