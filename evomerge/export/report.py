@@ -26,6 +26,7 @@ from evomerge.config.sizes import format_size
 from evomerge.export.card import code, comparison_table, fmt, gain_line, md, reference_line
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
+from evomerge.files import write_text_atomic
 from evomerge.materialize.statistics import statistics_cost
 from evomerge.run.log import RunLog
 from evomerge.run.racing import scored_items, scoring_summary
@@ -64,7 +65,7 @@ def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factor
     _plot_fitness(analysis, out / "fitness.png")
     _plot_objectives(analysis, out / "objectives.png")
     _plot_front(analysis, chosen, label, out / "front.png")
-    _write(out / "summary.md", summary(analysis, chosen, label, exports))
+    write_text_atomic(out / "summary.md", summary(analysis, chosen, label, exports))
     with Trackers.start(run, quiet=quiet) as trackers:
         trackers.images({f"report/{Path(name).stem}": out / name for name in PLOTS})
     return out
@@ -243,10 +244,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --- plots --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import Iterator, Mapping, TypeVar
 from evomerge.config.schema import dump, load
 from evomerge.config.search import SearchConfig, read_yaml_mapping
 from evomerge.errors import EvomergeError
+from evomerge.files import write_text_atomic
 from evomerge.genome.space import GenomeSpace
 from evomerge.merge.draws import SCHEME as DRAW_SCHEME
 from evomerge.merge.registry import get_method
@@ -234,7 +235,7 @@ class RunLog:
         for record in staged:
             self._write(record)
         if meta is not None:
-            _atomic_write(self.root / META, _json(dump(meta)))
+            write_text_atomic(self.root / META, _json(dump(meta)))
 
     def append(self, record: AnyRecord) -> AnyRecord:
         """Stamp, write (one write + fsync) and keep ``record``, after what was staged; returns the stamped record."""
@@ -347,10 +348,6 @@ def _json(data: object) -> str:
     return json.dumps(data, indent=2)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _sha(text: str) -> str:

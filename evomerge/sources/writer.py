@@ -21,6 +21,7 @@ from torch import Tensor
 
 from evomerge.config.sizes import DEFAULT_SHARD_SIZE, parse_size
 from evomerge.errors import EvomergeError
+from evomerge.files import replace_folder
 from evomerge.sources.folder import SAFETENSORS_FILE, SAFETENSORS_INDEX
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the evomerge package: never an output
@@ -88,7 +89,7 @@ def write_model_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[s
             target.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
         if check is not None:
             check(tmp)
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -173,17 +174,3 @@ def _occupied(out: Path) -> bool:
     return out.is_file() or out.is_symlink() or (out.is_dir() and any(out.iterdir()))
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` to ``out``; an old ``out`` is set aside first and restored if the move fails."""
-    if not (out.exists() or out.is_symlink()):
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)) / "old"
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    finally:
-        shutil.rmtree(old.parent, ignore_errors=True)

@@ -24,6 +24,7 @@ from typing import Any, Callable, TypeVar
 from evomerge.config.search import ObjectiveConfig, ScoringConfig
 from evomerge.env import run_reproducibly
 from evomerge.errors import EvomergeError
+from evomerge.files import replace_folder, write_text_atomic
 from evomerge.sources.writer import check_outside
 from evomerge.zoo.check import Family, check_fixed, conditions, format_table, require
 from evomerge.zoo.model import check_arch
@@ -225,10 +226,8 @@ def record_ceiling(root: str | Path, ceiling: dict[str, Any]) -> Zoo:
 
 
 def rewrite_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Replace a family's manifest in one rename: a reader sees the old one or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Replace a family's manifest: a reader sees the old one or the new one, never a part."""
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _as_json(verdicts: dict[str, tuple[bool | None, str]]) -> dict[str, dict[str, Any]]:
@@ -240,10 +239,3 @@ def write_jsonl(path: Path, items: list[Item]) -> None:
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
 
 
-def replace_folder(tmp: Path, out_dir: Path) -> None:
-    """Move a finished build into place; an older one there goes only once the new one is in."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
