@@ -114,3 +114,32 @@ def test_an_nsga2_racing_run_resumed_from_any_prefix_of_its_log_equals_the_whole
             f.write("".join(line + "\n" for line in lines[:cut]))
         Search(RunLog.open(prefix.root), LocalExecutor, quiet=True).run_to_budget()
         assert candidates(prefix) == expected, cut
+
+
+def test_children_stopped_early_fall_on_their_side_of_survival_on_full_scores(tmp_path: Path, scored_family,
+                                                                              search_config, monkeypatch) -> None:
+    first: dict[int, Verdict] = {}  # a child's position in its generation -> the verdict that stopped it
+    verdicts = ParetoRace.verdicts
+
+    def spy(self, members, objectives):
+        out = verdicts(self, members, objectives)
+        for i, v in enumerate(out):
+            if v is not None and members[i] is not None:
+                first.setdefault(i, v)
+        return out
+
+    monkeypatch.setattr(ParetoRace, "verdicts", spy)
+    budget = {"max_evals": 9}  # generation 0 (five start points) and one of four children: the same in both runs
+    full = start_run(tmp_path, search_config(tmp_path / "f", scored_family, strategy=NSGA2, budget=budget), "full")
+    raced = start_run(tmp_path, search_config(tmp_path / "r", scored_family, strategy=NSGA2, scoring=RACING,
+                                              budget=budget), "raced")
+    for run in (full, raced):
+        Search(run, LocalExecutor, quiet=True).run_to_budget()
+    records = full.candidates()
+    assert [c.key for c in records] == [c.key for c in raced.candidates()] and len({c.key for c in records}) == 9
+    objectives = np.array([c.objectives for c in records])
+    pool = nsga2_survival(objectives[:5], 4).tolist() + [5, 6, 7, 8]
+    survivors = {pool[i] for i in nsga2_survival(objectives[pool], 4)}
+    assert first  # some children were resolved before their last chunk
+    for i, verdict in first.items():
+        assert (5 + i in survivors) == (verdict is Verdict.ABOVE), (i, verdict, survivors)
