@@ -263,6 +263,9 @@ class Search:
                 self.entries[slot.key] = entry
                 if group is not None:
                     group.members.append(entry)
+            if selection is not None and group is not None and not group.members and (
+                    self.asked_in[selection.generation] == selection.size):
+                del self.groups[selection.generation]  # a generation of repeats only: nothing to race
 
     def _group(self, selection: Selection) -> _Group:
         """The raced generation of a candidate just asked (counted as asked); its Pareto race starts with the
