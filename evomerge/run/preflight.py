@@ -2,10 +2,9 @@
 
 ``load_config`` has checked every key, type and range. This checks what needs the rest of the
 program: the models (configs and tensor headers, no weights read), the genome (methods, bounds,
-parameters), the strategy, its options and whether it can race, the objectives' tasks, metrics and filters (lm-eval's task
-index, no model and no dataset loaded), and the execution settings with the memory plan (a budget that
-cannot hold a worker's minimum). The first problem is one
-``EvomergeError``; nothing is written, so the same command works once the config is fixed.
+parameters), the strategy, its options and whether it can race, the objectives' tasks, metrics and
+filters (lm-eval's task index, no model and no dataset loaded), and the execution settings with the
+memory plan (a budget that cannot hold a worker's minimum). The first problem is one ``EvomergeError``; nothing is written, so the same command works once the config is fixed.
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ def check_fidelity(cfg: SearchConfig) -> None:
     """Racing needs a strategy that says what its generation's selection keeps; the others need full scores."""
     can = racing_strategies()
     if cfg.scoring.fidelity == "racing" and cfg.strategy.name not in can:
-        raise EvomergeError(f"config field 'scoring.fidelity': strategy '{cfg.strategy.name}' cannot race (it needs every "
-                            f"candidate's full score; docs/SCORING.md, \"Cheap fitness\"); racing works with "
+        raise EvomergeError(f"config field 'scoring.fidelity': strategy '{cfg.strategy.name}' cannot race (it needs "
+                            f"every candidate's full score; docs/SCORING.md, \"Cheap fitness\"); racing works with "
                             f"{', '.join(can)}: use one of them, or fidelity: full")
 
 

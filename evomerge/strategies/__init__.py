@@ -70,5 +70,6 @@ def make_strategy(
 
 __all__ = [
     "Candidate", "Evaluation", "Selection", "Strategy", "STRATEGIES", "make_strategy", "racing_strategies",
-    "strategy_names", "strategy_options", "strategy_class", "CMAES", "NaturalNiches", "NSGA2", "OptunaSearch", "RandomSearch",
+    "strategy_names", "strategy_options", "strategy_class", "CMAES", "NaturalNiches", "NSGA2", "OptunaSearch",
+    "RandomSearch",
 ]

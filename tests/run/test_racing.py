@@ -255,5 +255,6 @@ def test_the_strategies_that_describe_their_selection_pass_the_racing_check(tiny
     from evomerge.config.search import StrategyConfig
     from evomerge.run.preflight import check_fidelity
 
+    racing = replace(tiny_config.scoring, **RACING)
     for name in ("cmaes", "nsga2"):
-        check_fidelity(replace(tiny_config, strategy=StrategyConfig(name), scoring=replace(tiny_config.scoring, **RACING)))
+        check_fidelity(replace(tiny_config, strategy=StrategyConfig(name), scoring=racing))
