@@ -4,7 +4,8 @@
 program: the models (configs and tensor headers, no weights read), the genome (methods, bounds,
 parameters), the strategy, its options and whether it can race, the objectives' tasks, metrics and
 filters (lm-eval's task index, no model and no dataset loaded), and the execution settings with the
-memory plan (a budget that cannot hold a worker's minimum). The first problem is one ``EvomergeError``; nothing is written, so the same command works once the config is fixed.
+memory plan (a budget that cannot hold a worker's minimum). The first problem is one ``EvomergeError``;
+nothing is written, so the same command works once the config is fixed.
 """
 
 from __future__ import annotations
