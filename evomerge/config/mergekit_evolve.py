@@ -319,8 +319,8 @@ COMMENTS = {
     "scoring.system_instruction": "a system instruction before every prompt",
     "scoring.allow_benchmark_tasks": "optimize on lm-eval's benchmark test sets (mergekit-evolve's "
                                      "--i-understand-the-depths-of-the-evils-i-am-unleashing)",
-    "scoring.fidelity": "full: every candidate on every item (as mergekit-evolve); racing: cmaes generations "
-                        "scored in chunks, a candidate stops once clearly above or below the cut (its limit, adaptive)",
+    "scoring.fidelity": "full: every candidate on every item (as mergekit-evolve); racing: cmaes and nsga2 generations "
+                        "scored in chunks, a candidate stops once clearly kept or not (its limit, adaptive)",
     "scoring.chunk_items": "racing: items per chunk, all tasks together",
     "scoring.racing_z": "racing: standard errors that make a stop confident",
     "objectives": "tasks: one each, metric,filter split; cmaes ranks by the weighted mean (mergekit-evolve's weighted "

@@ -111,9 +111,9 @@ class ScoringConfig:
     system_instruction: str | None = None
     # optimize on lm-eval's own tasks of well-known benchmarks (their test sets); refused by default (run.preflight)
     allow_benchmark_tasks: bool = False
-    # full: every candidate on every calibration item. racing (docs/SCORING.md, "Cheap fitness"): a ranking
-    # strategy's generation is scored in chunks of common items, and a candidate stops once it is confidently
-    # above or below the generation's selection cut (paired differences, ``racing_z`` standard errors)
+    # full: every candidate on every calibration item. racing (docs/SCORING.md, "Cheap fitness"): a generation of
+    # a strategy that describes its selection (cmaes, nsga2) is scored in chunks of common items, and a candidate
+    # stops once it is confidently kept or not by that selection (paired differences, ``racing_z`` standard errors)
     fidelity: Literal["full", "racing"] = "full"
     chunk_items: int = field(default=64, metadata={"ge": 2})  # racing: items per chunk, all tasks together
     racing_z: float = field(default=1.5, metadata={"gt": 0})  # racing: confidence of a stop, in standard errors

@@ -2,10 +2,10 @@
 
 ``load_config`` has checked every key, type and range. This checks what needs the rest of the
 program: the models (configs and tensor headers, no weights read), the genome (methods, bounds,
-parameters), the strategy and its options, the objectives' tasks, metrics and filters (lm-eval's task
-index, no model and no dataset loaded), and the execution settings with the memory plan (a budget that
-cannot hold a worker's minimum). The first problem is one
-``EvomergeError``; nothing is written, so the same command works once the config is fixed.
+parameters), the strategy, its options and whether it can race, the objectives' tasks, metrics and
+filters (lm-eval's task index, no model and no dataset loaded), and the execution settings with the
+memory plan (a budget that cannot hold a worker's minimum). The first problem is one ``EvomergeError``;
+nothing is written, so the same command works once the config is fixed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from evomerge.genome.starts import seed_points
 from evomerge.materialize.memory import plan_for_config
 from evomerge.scoring.catalog import describe_tasks, is_benchmark_test_set
 from evomerge.sources.pool import check_compatible
-from evomerge.strategies import make_strategy
+from evomerge.strategies import make_strategy, racing_strategies
 
 
 def check(cfg: SearchConfig) -> GenomeSpace:
@@ -27,11 +27,21 @@ def check(cfg: SearchConfig) -> GenomeSpace:
     space = GenomeSpace.for_config(cfg)
     make_strategy(cfg.strategy.name, space.dim, len(cfg.objectives), seed=cfg.seed,
                   weights=[o.weight for o in cfg.objectives], initial=seed_points(space), **cfg.strategy.options)
+    check_fidelity(cfg)
     check_benchmarks(cfg)
     check_objectives(cfg)
     check_prompt(cfg)
     check_execution(cfg)
     return space
+
+
+def check_fidelity(cfg: SearchConfig) -> None:
+    """Racing needs a strategy that says what its generation's selection keeps; the others need full scores."""
+    can = racing_strategies()
+    if cfg.scoring.fidelity == "racing" and cfg.strategy.name not in can:
+        raise EvomergeError(f"config field 'scoring.fidelity': strategy '{cfg.strategy.name}' cannot race (it needs "
+                            f"every candidate's full score; docs/SCORING.md, \"Cheap fitness\"); racing works with "
+                            f"{', '.join(can)}: use one of them, or fidelity: full")
 
 
 def check_benchmarks(cfg: SearchConfig) -> None:

@@ -61,6 +61,67 @@ def verdicts(members: Sequence[Items | None], keep: int, objectives: Sequence[Ob
     return out
 
 
+class ParetoRace:
+    """Racing a generation against NSGA-II's survival of ``keep`` out of ``pool`` candidates: its members, the
+    told candidates they compete with (``fixed``: the survivors so far, and earlier genomes asked again), and
+    members' repeats asked in the generation (copies of a member, not raced themselves).
+
+    A member is *below* once at least ``keep`` others confidently dominate it: each of them ranks in a front
+    before its own, so the fronts before its own already hold ``keep``. It is *above* once it confidently
+    dominates all but ``keep`` of the pool (its front and the earlier ones are among those ``keep``, so its front
+    is taken whole), or once no other may dominate it while at most ``keep`` candidates may be non-dominated (the
+    first front, its own, is taken whole). "Confidently dominates": better on every objective by ``z`` standard
+    errors of the paired difference on common items; "may not dominate": confidently worse on some objective. A
+    failed candidate is dominated by every scored one. A repeat counts as possibly non-dominated and dominates
+    no one (it is a copy of a member). Comparisons are kept until a pair's common items grow, so a decision
+    after one member's chunk compares that member only."""
+
+    def __init__(self, keep: int, pool: int, z: float):
+        self.keep, self.pool, self.z = keep, pool, z
+        self.fixed: list[Items | None] = []
+        self._signs: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+    def verdicts(self, members: Sequence[Items | None], objectives: Sequence[Objective]) -> list[Verdict | None]:
+        """Per member (None: it failed), whether it is resolved against the survival; None: not yet."""
+        items = [*members, *self.fixed]
+        n, repeats = len(items), self.pool - len(items)
+        signs = [[self._sign(i, j, items, objectives) for j in range(n)] for i in range(n)]
+        beats = [[i != j and _dominates(signs[i][j], items[i], items[j]) for j in range(n)] for i in range(n)]
+        dominated = [sum(beats[j][i] for j in range(n)) for i in range(n)]
+        open_front = sum(d == 0 for d in dominated) + repeats  # how many may be non-dominated
+        out: list[Verdict | None] = []
+        for i, m in enumerate(members):
+            safe = all(j == i or items[j] is None or (m is not None and 1 in signs[i][j]) for j in range(n))
+            if m is None or dominated[i] >= self.keep:
+                out.append(Verdict.BELOW)
+            elif sum(beats[i]) >= self.pool - self.keep or (safe and open_front <= self.keep):
+                out.append(Verdict.ABOVE)
+            else:
+                out.append(None)
+        return out
+
+    def _sign(self, i: int, j: int, items: Sequence[Items | None], objectives: Sequence[Objective]) -> tuple[int, ...]:
+        """Per objective, +1 where ``i`` is confidently better than ``j``, −1 where worse, 0 where unresolved."""
+        if i > j:
+            return tuple(-s for s in self._sign(j, i, items, objectives))
+        a, b = items[i], items[j]
+        if i == j or a is None or b is None:
+            return (0,) * len(objectives)
+        common = tuple(min(len(va), len(vb)) for va, vb in zip(a, b, strict=True))
+        cached = self._signs.get((i, j))
+        if cached is None or cached[0] != common:
+            diffs = [paired_difference([replace(o, weight=1.0)], [va], [vb])
+                     for o, va, vb in zip(objectives, a, b, strict=True)]
+            cached = common, tuple(1 if d.above(self.z) else -1 if d.below(self.z) else 0 for d in diffs)
+            self._signs[(i, j)] = cached
+        return cached[1]
+
+
+def _dominates(signs: tuple[int, ...], a: Items | None, b: Items | None) -> bool:
+    """Whether ``a`` confidently dominates ``b`` (a failed candidate is dominated by every scored one)."""
+    return a is not None and (b is None or all(s == 1 for s in signs))
+
+
 def race_items(objectives: Sequence[ObjectiveConfig], scores: Scores) -> tuple[list[Objective], list[tuple[float, ...]]]:
     """The objectives as partial fitness sees them (pooling, orientation, share of the weight) and a member's
     raw search-metric values on its scored items."""

@@ -34,7 +34,7 @@ from evomerge.genome.space import GenomeSpace
 from evomerge.genome.starts import seed_points
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.run.log import RunLog
-from evomerge.run.racing import Chunks, Verdict, race_items, verdicts
+from evomerge.run.racing import Chunks, Items, ParetoRace, Verdict, race_items, verdicts
 from evomerge.run.records import CandidateRecord, PlanRecord, SessionRecord
 from evomerge.run.status import generation_stats
 from evomerge.run.trackers import Trackers
@@ -101,6 +101,14 @@ class _Entry:
 
     def finished(self, chunks: int) -> bool:
         return not self.wants(chunks) and self.processed == self.issued
+
+
+@dataclass
+class _Group:
+    """A raced generation: its members being scored and, for a Pareto selection, the race against it."""
+
+    members: list[_Entry] = field(default_factory=list)
+    race: ParetoRace | None = None
 
 
 class FailureWatch:
@@ -185,11 +193,12 @@ class Search:
         self.pending: deque[_Slot] = deque()  # asked, not yet told, in ask order
         self.ready: dict[int, CandidateRecord] = {}
         self.entries: dict[str, _Entry] = {}  # genome key -> the candidate being scored
-        self.groups: dict[int, list[_Entry]] = {}  # generation -> its raced members
+        self.groups: dict[int, _Group] = {}  # generation -> its raced members
         self.asked_in: dict[int, int] = {}  # generation -> members asked (raced, duplicates and cached)
         self.jobs: deque[tuple[int, _Entry]] = deque()  # handed out, not processed: (job number, entry)
         self.results: dict[int, Outcome] = {}  # finished early, waiting for their turn
         self.next_index = self.next_job = self.told_now = 0
+        self.told_records: list[CandidateRecord] = []  # this session's new records, in ask order (after the log's)
         self.chunks: Chunks | None = None  # racing: the items of each chunk
         self.trackers: Trackers | None = None  # started by run_to_budget
 
@@ -242,17 +251,46 @@ class Search:
             self.next_index += 1
             self.pending.append(slot)
             selection = self.strategy.selection(candidate) if self.cfg.scoring.fidelity == "racing" else None
-            if selection is not None:
-                self.asked_in[selection.generation] = self.asked_in.get(selection.generation, 0) + 1
+            group = None if selection is None else self._group(selection)
             if slot.key in self.first:
                 self.ready[slot.index] = self._copy(slot, self.first[slot.key])
+                if group is not None and group.race is not None:
+                    group.race.fixed.append(self._race_items(self.first[slot.key]))
             elif slot.key in self.entries:
                 self.entries[slot.key].dups.append(slot)
             else:
                 entry = _Entry(slot, selection)
                 self.entries[slot.key] = entry
-                if selection is not None:
-                    self.groups.setdefault(selection.generation, []).append(entry)
+                if group is not None:
+                    group.members.append(entry)
+            if selection is not None and group is not None and not group.members and (
+                    self.asked_in[selection.generation] == selection.size):
+                del self.groups[selection.generation]  # a generation of repeats only: nothing to race
+
+    def _group(self, selection: Selection) -> _Group:
+        """The raced generation of a candidate just asked (counted as asked); its Pareto race starts with the
+        told candidates the generation competes with."""
+        self.asked_in[selection.generation] = self.asked_in.get(selection.generation, 0) + 1
+        group = self.groups.get(selection.generation)
+        if group is None:
+            group = self.groups[selection.generation] = _Group()
+            if selection.rule == "pareto":
+                pool = len(selection.rivals) + selection.size
+                group.race = ParetoRace(selection.keep, pool, self.cfg.scoring.racing_z)
+                group.race.fixed.extend(self._race_items(self._told(i)) for i in selection.rivals)
+        return group
+
+    def _told(self, index: int) -> CandidateRecord:
+        """The record of a candidate already told."""
+        return self.logged[index] if index < len(self.logged) else self.told_records[index - len(self.logged)]
+
+    def _race_items(self, record: CandidateRecord) -> Items | None:
+        """A told candidate's search-metric values on its items in chunk order (what a raced member's prefixes
+        pair with); None when it failed."""
+        if not record.ok or record.scores is None:
+            return None
+        scores = self._chunks().in_chunk_order(record.scores) if record.items is None else record.scores
+        return race_items(self.cfg.objectives, scores)[1]
 
     def _generation_open(self) -> bool:
         """Whether the newest candidate is raced in a generation not yet asked whole (its cut needs them all)."""
@@ -333,7 +371,7 @@ class Search:
         members = [entry]
         if entry.selection is not None:
             self._decide(entry.selection)
-            members = list(self.groups[entry.selection.generation])  # a decision may finish any of them
+            members = list(self.groups[entry.selection.generation].members)  # a decision may finish any of them
         for member in members:
             if self.entries.get(member.slot.key) is member and member.finished(self._jobs_of(member)):
                 self._finish(member)
@@ -352,7 +390,8 @@ class Search:
     def _decide(self, selection: Selection) -> None:
         """Racing: once the generation is asked whole and each member has a result, resolve the members
         confidently above or below its cut."""
-        members = self.groups[selection.generation]
+        group = self.groups[selection.generation]
+        members = group.members
         if self.asked_in[selection.generation] < selection.size or any(m.processed == 0 for m in members):
             return
         items = [None if m.error is not None else race_items(self.cfg.objectives, combine(m.parts))[1] for m in members]
@@ -360,8 +399,11 @@ class Search:
         if ok is None:
             return
         specs = race_items(self.cfg.objectives, combine(ok.parts))[0]
-        keep = min(selection.keep, len(members))
-        for member, verdict in zip(members, verdicts(items, keep, specs, self.cfg.scoring.racing_z), strict=True):
+        if group.race is not None:
+            decided = group.race.verdicts(items, specs)
+        else:
+            decided = verdicts(items, min(selection.keep, len(members)), specs, self.cfg.scoring.racing_z)
+        for member, verdict in zip(members, decided, strict=True):
             if member.verdict is None and member.error is None:
                 member.verdict = verdict
 
@@ -376,7 +418,8 @@ class Search:
         for dup in entry.dups:
             self.ready[dup.index] = self._copy(dup, record)
         generation = entry.selection.generation if entry.selection is not None else None
-        if generation is not None and all(self.entries.get(m.slot.key) is not m for m in self.groups[generation]):
+        members = self.groups[generation].members if generation is not None else []
+        if generation is not None and all(self.entries.get(m.slot.key) is not m for m in members):
             del self.groups[generation]  # every member finished: no decision left to make
 
     def _copy(self, slot: _Slot, first: CandidateRecord) -> CandidateRecord:
@@ -390,6 +433,7 @@ class Search:
         new = head.index >= len(self.logged)
         if new:
             record = self.run.append(record)
+            self.told_records.append(record)
             self.told_now += 1
         self.strategy.tell(head.candidate, self._evaluation(record))
         progress.update(record, new)

@@ -43,6 +43,11 @@ def strategy_class(name: str) -> type[Strategy]:
         raise EvomergeError(f"unknown strategy '{name}' (known: {', '.join(strategy_names())})") from None
 
 
+def racing_strategies() -> list[str]:
+    """The strategies that can race (``scoring.fidelity: racing``): those that describe their selection."""
+    return sorted(name for name, cls in STRATEGIES.items() if cls.selection is not Strategy.selection)
+
+
 def strategy_options(name: str) -> dict[str, Any]:
     """The options of strategy ``name`` with their defaults."""
     return {f.name: f.default for f in dataclasses.fields(strategy_class(name).Options)}
@@ -64,6 +69,7 @@ def make_strategy(
 
 
 __all__ = [
-    "Candidate", "Evaluation", "Selection", "Strategy", "STRATEGIES", "make_strategy", "strategy_names", "strategy_options",
-    "strategy_class", "CMAES", "NaturalNiches", "NSGA2", "OptunaSearch", "RandomSearch",
+    "Candidate", "Evaluation", "Selection", "Strategy", "STRATEGIES", "make_strategy", "racing_strategies",
+    "strategy_names", "strategy_options", "strategy_class", "CMAES", "NaturalNiches", "NSGA2", "OptunaSearch",
+    "RandomSearch",
 ]

@@ -24,7 +24,7 @@ import math
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -53,12 +53,16 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Selection:
-    """How a generational strategy ranks a candidate's generation: ``size`` members asked together, the best
-    ``keep`` of which (by scalarized fitness) it selects. The driver may race them against that cut."""
+    """How a generational strategy selects from a candidate's generation of ``size`` members asked together;
+    the driver may race them against it (docs/SCORING.md, "Cheap fitness"). ``rule`` "fitness": the best
+    ``keep`` members by scalarized fitness (CMA-ES). "pareto": ``keep`` survivors of the members and the
+    ``rivals`` together by non-dominated fronts, the last front cut by crowding (NSGA-II's elitist survival)."""
 
     generation: int
     size: int
     keep: int
+    rule: Literal["fitness", "pareto"] = "fitness"
+    rivals: tuple[int, ...] = ()  # ask indices of told candidates the members compete with (NSGA-II's parents)
 
 
 @dataclass(frozen=True)
@@ -165,8 +169,9 @@ class Strategy(ABC):
         return Candidate(x=x, operator="init", generation=0)
 
     def selection(self, candidate: Candidate) -> Selection | None:
-        """For the candidate just asked: its generation's ranking, when the strategy needs only which side of
-        the cut each member falls and an estimate of its fitness; None (the default): it needs the full score."""
+        """For the candidate just asked: its generation's selection, when the strategy needs only whether each
+        member is selected and an estimate of its objectives; None (the default): it needs the full score. A
+        strategy that overrides this can race (``scoring.fidelity: racing``; ``racing_strategies``)."""
         return None
 
     def scalarize(self, evaluation: Evaluation) -> float:

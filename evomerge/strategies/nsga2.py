@@ -5,7 +5,8 @@ when there are more initial points). Each later generation is ``population`` chi
 binary tournament on (Pareto rank, crowding distance), SBX crossover, then polynomial or Gaussian
 mutation, all clipped to the box. Survival is elitist (mu + lambda): parents and children together,
 whole fronts in order, the last front cut by crowding distance. ``ask`` hands out one generation's
-members one by one and returns None at the generation edge until all are told.
+members one by one and returns None at the generation edge until all are told. With ``scoring.fidelity:
+racing`` the driver races each generation of children against that survival (``selection``).
 
 A failed candidate keeps the (worst) objective values the driver gives it and ranks accordingly.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from evomerge.pareto import non_dominated_sort
 from evomerge.strategies import operators as ops
-from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
+from evomerge.strategies.base import Candidate, Evaluation, Selection, Strategy, as_point
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,14 @@ class NSGA2(Strategy):
         candidate = self._batch[self._handed]
         self._handed += 1
         return candidate
+
+    def selection(self, candidate: Candidate) -> Selection | None:
+        """A generation of children: the survival that follows keeps ``population`` of them and the current
+        survivors together (generation 0, the initial and random points, needs full scores)."""
+        if candidate.generation == 0:
+            return None
+        return Selection(candidate.generation, len(self._batch), self.options.population, rule="pareto",
+                         rivals=tuple(m[0] for m in self.population))
 
     def _tell(self, index: int, candidate: Candidate, evaluation: Evaluation) -> None:
         self._told.append((index, np.asarray(candidate.x), np.asarray(evaluation.objectives, dtype=float)))

@@ -236,3 +236,25 @@ def test_the_export_completes_the_finalists_it_compares_not_the_whole_front(tmp_
     completed = {r.key for r in run.of_type(CompletedRecord)}
     assert all(r.items is None or r.key in completed for r in a.finalists)
     assert len(completed) < len(whole.of_type(CompletedRecord))
+
+
+@pytest.mark.parametrize("name", ["optuna", "niches", "random"])
+def test_racing_with_a_strategy_that_cannot_race_is_refused_in_one_line_naming_those_that_can(
+        tmp_path: Path, scored_family, search_config, capsys, name: str) -> None:
+    from evomerge.cli import main
+
+    config = search_config(tmp_path, scored_family, strategy={"name": name}, scoring=RACING)
+    assert main(["search", str(config), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"strategy '{name}' cannot race" in err and "racing works with cmaes, nsga2" in err
+
+
+def test_the_strategies_that_describe_their_selection_pass_the_racing_check(tiny_config) -> None:
+    from dataclasses import replace
+
+    from evomerge.config.search import StrategyConfig
+    from evomerge.run.preflight import check_fidelity
+
+    racing = replace(tiny_config.scoring, **RACING)
+    for name in ("cmaes", "nsga2"):
+        check_fidelity(replace(tiny_config, strategy=StrategyConfig(name), scoring=racing))

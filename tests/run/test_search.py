@@ -160,6 +160,7 @@ RESUMABLE = {
     "cmaes-racing": ({"name": "cmaes", "options": {"popsize": 4}}, 21, 4),  # the same, generations raced in chunks
     "niches": ({"name": "niches"}, 14, 1),  # steady state: every child competes at once
     "nsga2": ({"name": "nsga2", "options": {"population": 4}}, 17, 3),  # the 5 seeds, then generations 1-3 of 4
+    "nsga2-racing": ({"name": "nsga2", "options": {"population": 4}}, 17, 3),  # the same, children raced in chunks
     "optuna": ({"name": "optuna", "options": {"n_startup_trials": 4}}, 12, 1),  # TPE proposes after the seeds
 }
 

@@ -56,3 +56,15 @@ def test_front_lists_the_non_dominated_survivors() -> None:
     front = s.front()
     assert {index for index, _, _ in front} == want
     assert all(members[index] == (x, f) for index, x, f in front)
+
+
+def test_children_race_against_survival_with_the_survivors_and_the_first_generation_does_not() -> None:
+    s = make_strategy("nsga2", 3, 2, seed=0, population=4, initial=[(0.5, 0.5, 0.5)])
+    first = [s.ask() for _ in range(4)]
+    assert all(s.selection(c) is None for c in first)  # scored in full: the initial points and random fill
+    for c in first:
+        s.tell(c, zdt(c.x))
+    child = s.ask()
+    sel = s.selection(child)
+    assert (sel.generation, sel.size, sel.keep, sel.rule) == (1, 4, 4, "pareto")
+    assert sel.rivals == tuple(m[0] for m in s.population) and len(sel.rivals) == 4
