@@ -26,7 +26,8 @@ config names it, with its own defaults otherwise; the row that is the config as 
 name) and task folder replace the config's.
 
 Writes the plot (``docs/bench_search.png``, or ``docs/bench_search-<zoo>.png`` with ``--zoo``) and
-the section ``bench_search`` (``bench_search-<zoo>``) of docs/BENCHMARKS.md through ``publish``. Run
+the section ``bench_search`` (``bench_search-<zoo>``; ``bench_search-<name>`` for a config of another family, e.g.
+``smollm2``) of docs/BENCHMARKS.md through ``publish``. Run
 folders go to ``--work`` (default: a temporary folder, removed at the end); a finished run found there
 with the same config is reused (only the analysis runs again).
 """
@@ -312,9 +313,11 @@ def main() -> None:
     if min(args.budgets) < 1 or args.seeds < 1 or args.jobs < 1:
         ap.error("--budgets, --seeds and --jobs must be >= 1")
     budgets = sorted(set(args.budgets))
-    suffix = f"-{Path(args.zoo).resolve().name}" if args.zoo else ""
-    plot_path = REPO / "docs" / f"bench_search{suffix}.png"
     cfg = base_config(args.config, args.zoo, args.set)  # builds the default zoo once, first
+    # The zoo config's own section, or one per other zoo build (--zoo) or other config (its name: smollm2).
+    default = Path(args.config).resolve() == (REPO / "configs" / "zoo.yaml").resolve()
+    suffix = f"-{Path(args.zoo).resolve().name}" if args.zoo else "" if default else f"-{cfg.name}"
+    plot_path = REPO / "docs" / f"bench_search{suffix}.png"
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="evm-bench-search-"))
     load0, t0 = os.getloadavg(), time.perf_counter()
     try:
@@ -332,7 +335,7 @@ def main() -> None:
                f" --metrics {' '.join(args.metrics)} --jobs {args.jobs}" + (f" --work {shown(args.work)}" if args.work else ""))
     reused = sum(r["reused"] for r in results)
     body = [
-        f"## Search value on the zoo `{shown(cfg.sources.base.parent.parent)}` (`scripts/bench_search.py`)",
+        f"## Search value on `{shown(cfg.sources.base.parent.parent)}` (`scripts/bench_search.py`)",
         "",
         f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; Python {platform.python_version()}, "
         f"torch {torch.__version__}; load average (1 min) before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; "
