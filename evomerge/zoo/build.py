@@ -50,20 +50,26 @@ class SkillFiles:
 
 
 @dataclass(frozen=True)
-class Zoo:
+class BuiltFamily:
+    """What a built family folder holds (paths resolved), as both zoos' manifests record it."""
+
     root: Path
     seed: int
-    arch: str
     base: Path
     experts: dict[str, Path]
     skills: dict[str, SkillFiles]
     task_dir: Path
-    quality: dict[str, Any]  # {"table": row -> skill -> acc, "conditions": name -> {holds, evidence}}
+    quality: dict[str, Any]  # {"table": row -> skill -> acc, "conditions": name -> {holds, evidence}, ...}
 
     def family(self) -> Family:
-        """The zoo as the family checks see it: each skill's loglikelihood tasks, scored on ``acc``."""
+        """The family as the checks see it: each skill's loglikelihood tasks, scored on ``acc``."""
         return zoo_family(self.base, self.experts, self.task_dir, {s: (f.task, f.heldout_task) for s, f in self.skills.items()},
                           self.seed)
+
+
+@dataclass(frozen=True)
+class Zoo(BuiltFamily):
+    arch: str
 
 
 def zoo_family(base: Path, experts: dict[str, Path], task_dir: Path, tasks: dict[str, tuple[str, str]], seed: int,

@@ -26,7 +26,7 @@ from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
 from evomerge.zoo.build import (
-    SkillFiles,
+    BuiltFamily,
     cached_build,
     read_manifest,
     rewrite_manifest,
@@ -34,7 +34,7 @@ from evomerge.zoo.build import (
     write_jsonl,
     zoo_family,
 )
-from evomerge.zoo.check import Family, Table, require
+from evomerge.zoo.check import Table, require
 from evomerge.zoo.smol.check import CheckPlan, Verdicts, heldout_table, room, verdicts
 from evomerge.zoo.smol.config import search_config
 from evomerge.zoo.smol.data import SKILLS, eval_sets, record
@@ -67,21 +67,9 @@ VARIANTS = {
 
 
 @dataclass(frozen=True)
-class SmolFamily:
-    root: Path
-    seed: int
+class SmolFamily(BuiltFamily):
     variant: str
-    base: Path
-    experts: dict[str, Path]
-    skills: dict[str, SkillFiles]
-    task_dir: Path
     search_config: Path
-    quality: dict[str, Any]  # {"table": model -> skill -> held-out acc, "conditions": name -> {holds, evidence}}
-
-    def family(self) -> Family:
-        """The family as the checks see it: each skill's loglikelihood tasks, scored on ``acc``."""
-        return zoo_family(self.base, self.experts, self.task_dir,
-                          {s: (f.task, f.heldout_task) for s, f in self.skills.items()}, self.seed)
 
 
 def load_smol(root: str | Path) -> SmolFamily:
