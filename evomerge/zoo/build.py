@@ -86,20 +86,18 @@ def read_manifest(root: Path, name: str, what: str, command: str) -> dict[str, A
     return json.loads((root / name).read_text())
 
 
-def skill_files(root: Path, manifest: dict[str, Any]) -> dict[str, SkillFiles]:
-    """The manifest's skills, paths resolved against the family's folder."""
-    return {s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
-            for s, v in manifest["skills"].items()}
+def built_fields(root: Path, m: dict[str, Any]) -> dict[str, Any]:
+    """``BuiltFamily``'s fields from a manifest, paths resolved against the family's folder."""
+    skills = {s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
+              for s, v in m["skills"].items()}
+    return {"root": root, "seed": m["seed"], "base": root / m["base"], "experts": {s: root / p for s, p in m["experts"].items()},
+            "skills": skills, "task_dir": root / m["task_dir"], "quality": m["quality"]}
 
 
 def load_zoo(root: str | Path) -> Zoo:
     root = Path(root).resolve()
     m = read_manifest(root, "zoo.json", "zoo", "evomerge zoo build")
-    return Zoo(
-        root=root, seed=m["seed"], arch=m["arch"], base=root / m["base"],
-        experts={s: root / p for s, p in m["experts"].items()}, skills=skill_files(root, m),
-        task_dir=root / m["task_dir"], quality=m["quality"],
-    )
+    return Zoo(**built_fields(root, m), arch=m["arch"])
 
 
 def build_zoo(out_dir: str | Path, *, seed: int = 0, arch: str = "llama", force: bool = False, progress: bool = True,

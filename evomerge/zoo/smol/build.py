@@ -27,10 +27,10 @@ from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
 from evomerge.zoo.build import (
     BuiltFamily,
+    built_fields,
     cached_build,
     read_manifest,
     rewrite_manifest,
-    skill_files,
     write_jsonl,
     zoo_family,
 )
@@ -75,11 +75,7 @@ class SmolFamily(BuiltFamily):
 def load_smol(root: str | Path) -> SmolFamily:
     root = Path(root).resolve()
     m = read_manifest(root, "smol.json", "SmolLM2 family", "evomerge zoo smol")
-    return SmolFamily(
-        root=root, seed=m["seed"], variant=m["variant"], base=root / m["base"],
-        experts={s: root / p for s, p in m["experts"].items()}, skills=skill_files(root, m),
-        task_dir=root / m["task_dir"], search_config=root / m["search_config"], quality=m["quality"],
-    )
+    return SmolFamily(**built_fields(root, m), variant=m["variant"], search_config=root / m["search_config"])
 
 
 def build_smol(out_dir: str | Path, *, seed: int = 0, variant: str = "full", force: bool = False,
