@@ -23,9 +23,12 @@ CANDIDATES = 4
 
 @pytest.fixture(scope="module")
 def run_dir(smol: SmolFamily, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The family's own search config, run for a few candidates."""
+    """The family's own search config, run for a few candidates on the local backend: its two Ray workers would log
+    the same candidates (``in_flight`` fixes the order), and a Ray started by other tests of the session (a small
+    object store) would be reused and refuse these sources."""
     run = tmp_path_factory.mktemp("smol-search") / "run"
-    assert main(["search", str(smol.search_config), "--run-dir", str(run), "--max-evals", str(CANDIDATES), "--quiet"]) == 0
+    args = ["--run-dir", str(run), "--max-evals", str(CANDIDATES), "--backend", "local", "--workers", "1", "--quiet"]
+    assert main(["search", str(smol.search_config), *args]) == 0
     return run
 
 
