@@ -24,7 +24,8 @@ on held-out (the target: ≤ 1/4 of the tokens, the same pick and the same best-
 
 Reduced runs (``--evals``, ``--seeds``, ``--strategies``, ``--export-evals``) are for a shared machine; each
 section says which command produced it. Writes the sections ``bench_cost`` and ``bench_cost_export`` of
-docs/BENCHMARKS.md (unless ``--no-write``) and the plot ``docs/bench_cost.png``.
+docs/BENCHMARKS.md (unless ``--no-write``) and the plot ``docs/bench_cost.png`` (with ``--zoo``: the search part
+as ``bench_cost-<zoo>`` and ``docs/bench_cost-<zoo>.png``).
 """
 
 from __future__ import annotations
@@ -196,8 +197,10 @@ def search_part(args: argparse.Namespace, work: Path) -> None:
                + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
                + f" --evals {args.evals} --seeds {args.seeds} --strategies {' '.join(args.strategies)} --z {args.z:g}"
                f" --chunk-items {args.chunk_items}")
+    suffix = f"-{Path(args.zoo).resolve().name}" if args.zoo else ""  # a section and plot per other zoo build
     body = [
-        "## Cheap fitness: racing against full scoring (`scripts/bench_cost.py`)",
+        f"## Cheap fitness: racing against full scoring{f' on `{shown(args.zoo)}`' if args.zoo else ''} "
+        "(`scripts/bench_cost.py`)",
         "",
         machine(load0, t0),
         f"- command: `{command}`",
@@ -208,11 +211,11 @@ def search_part(args: argparse.Namespace, work: Path) -> None:
         "",
         *verdicts(results),
         "",
-        "![gain against tokens scored](bench_cost.png)",
+        f"![gain against tokens scored](bench_cost{suffix}.png)",
     ]
     if not args.no_write:
-        plot(results, REPO / "docs" / "bench_cost.png")
-    publish(args.out, "bench_cost", "\n".join(body), write=not args.no_write)
+        plot(results, REPO / "docs" / f"bench_cost{suffix}.png")
+    publish(args.out, f"bench_cost{suffix}", "\n".join(body), write=not args.no_write)
 
 
 def export_part(args: argparse.Namespace, work: Path) -> None:
