@@ -47,7 +47,7 @@ def search(zoo_dir: Path, evaluations: int, seed: int, progress: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from evomerge.errors import EvomergeError
-    from evomerge.zoo.check import CONDITIONS
+    from evomerge.zoo.check import CONDITIONS, verdict_line
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("zoo_dir", type=Path, help="a built zoo (evomerge zoo build DIR)")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except EvomergeError as e:
         fail(str(e))
     for name, verdict in zoo.quality["conditions"].items():
-        print(f"{'ok  ' if verdict['holds'] else 'FAIL'} {name}: {verdict['evidence']}")
+        print(verdict_line(name, verdict["holds"], verdict["evidence"]))
     if not zoo.quality["conditions"][CONDITIONS["c"]]["holds"]:
         print(f"error: {zoo.root} misses condition {CONDITIONS['c']}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from evomerge.env import run_reproducibly
 from evomerge.errors import EvomergeError
 from evomerge.files import replace_folder, write_text_atomic
 from evomerge.sources.writer import check_outside
-from evomerge.zoo.check import Family, check_fixed, conditions, format_table, require
+from evomerge.zoo.check import Family, check_fixed, conditions, format_table, require, verdict_line
 from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
 from evomerge.zoo.tasks import write_loglikelihood_task, write_skill_tasks
@@ -206,7 +206,7 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
     verdicts = conditions(q)
     log(format_table(q["table"]))
     for name, (holds, evidence) in verdicts.items():
-        log(f"{'ok  ' if holds else 'FAIL' if holds is False else '... '} {name}: {evidence}")
+        log(verdict_line(name, holds, evidence))
     elapsed = time.perf_counter() - start
     log(f"zoo built in {elapsed:.0f} s")
     return {

@@ -228,6 +228,11 @@ def require(verdicts: Mapping[str, Mapping[str, Any]], what: str) -> None:
         raise EvomergeError(f"{what} misses condition {'; '.join(failed)}; try another --seed")
 
 
+def verdict_line(name: str, holds: bool | None, evidence: str) -> str:
+    """One condition as the builders and scripts print it: ok, FAIL, or ... (not judged yet)."""
+    return f"{'ok  ' if holds else 'FAIL' if holds is False else '... '} {name}: {evidence}"
+
+
 def format_table(table: Table) -> str:
     skills = list(table["base"])
     width = max(len(row) for row in table) + 2

@@ -34,7 +34,7 @@ from evomerge.zoo.build import (
     write_jsonl,
     zoo_family,
 )
-from evomerge.zoo.check import Table, require
+from evomerge.zoo.check import format_table, require, verdict_line
 from evomerge.zoo.smol.check import CheckPlan, Verdicts, heldout_table, room, verdicts
 from evomerge.zoo.smol.config import search_config
 from evomerge.zoo.smol.data import SKILLS, eval_sets, record
@@ -161,7 +161,7 @@ def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str]
                         {s: (v["task"], v["heldout_task"]) for s, v in skills.items()}, seed)
     with fixed_threads(THREADS):
         table = heldout_table(family)
-    log(_format(table))
+    log("held-out acc\n" + format_table(table))
     shutil.rmtree(tmp / "check")
     conditions = verdicts(table, None, f"not checked: evomerge zoo smol {final} --check-room")
     _log_verdicts(conditions, log)
@@ -187,7 +187,7 @@ def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str]
 
 def _log_verdicts(conditions: Verdicts, log: Callable[[str], None]) -> None:
     for name, v in conditions.items():
-        log(f"{ {True: 'ok  ', False: 'FAIL', None: '--  '}[v['holds']]} {name}: {v['evidence']}")
+        log(verdict_line(name, v["holds"], v["evidence"]))
 
 
 def _write_skill(tmp: Path, final: Path, tokenizer: Any, skill: str, splits: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
@@ -206,8 +206,3 @@ def _write_skill(tmp: Path, final: Path, tokenizer: Any, skill: str, splits: dic
             "calibration": str(files["calibration"]), "heldout": str(files["heldout"])}
 
 
-def _format(table: Table) -> str:
-    skills = list(table["base"])
-    lines = ["held-out acc".ljust(14) + "".join(f"{s:>7}" for s in skills)]
-    lines += [name.ljust(14) + "".join(f"{row[s]:7.3f}" for s in skills) for name, row in table.items()]
-    return "\n".join(lines)
