@@ -155,8 +155,10 @@ class Worker:
         """The calibration prompts' token sequences the statistics come from (``scoring.gram``), tokenized once."""
         return calibration_tokens(self.scorer("calibration"))
 
+    @functools.cached_property
     def calibration_fingerprint(self) -> str:
-        """SHA-256 of the calibration token sequences the statistics of ``source_grams`` come from."""
+        """SHA-256 of the calibration token sequences the statistics of ``source_grams`` come from: hashed once, not
+        on every merge of a recipe that needs statistics."""
         return data_fingerprint(self.calibration_tokens)
 
     def source_grams(self, source: int) -> dict[str, torch.Tensor]:
@@ -173,7 +175,7 @@ class Worker:
     def ensure_grams(self, folder: Path) -> None:
         """Every source's Gram matrices in ``folder``: computed here where it lacks them for these models and this
         calibration data (``materialize/statistics.py``), else left as they are."""
-        data = self.calibration_fingerprint()
+        data = self.calibration_fingerprint
         for k, source in enumerate(self.pool.sources):
             source_grams(folder, k, source.fingerprint, data, functools.partial(self.source_grams, k))
 

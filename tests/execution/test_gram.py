@@ -57,14 +57,14 @@ def test_the_live_model_is_merged_again_after_the_statistics(worker: Worker, mak
 
 def test_a_resumed_run_reads_the_statistics_back_instead_of_computing_them(spec, tmp_path: Path) -> None:
     first = Worker(spec)
-    stored = source_grams(tmp_path, 0, "sha-of-source-0", first.calibration_fingerprint(), lambda: first.source_grams(0))
+    stored = source_grams(tmp_path, 0, "sha-of-source-0", first.calibration_fingerprint, lambda: first.source_grams(0))
     written = gram_path(tmp_path, 0).stat().st_mtime_ns
     resumed = Worker(spec)  # a new session builds its workers afresh: the same prompts, the same fingerprint
 
     def refuse() -> dict:
         raise AssertionError("recomputed statistics the run folder holds")
 
-    again = source_grams(tmp_path, 0, "sha-of-source-0", resumed.calibration_fingerprint(), refuse)
+    again = source_grams(tmp_path, 0, "sha-of-source-0", resumed.calibration_fingerprint, refuse)
     assert gram_path(tmp_path, 0).stat().st_mtime_ns == written
     assert set(again) == set(stored) and all(torch.equal(again[n], stored[n]) for n in stored)
 
