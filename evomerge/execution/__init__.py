@@ -17,5 +17,6 @@ def make_executor(cfg: SearchConfig, spec: WorkerSpec, run_root: Path) -> Execut
     if e.backend == "ray":
         from evomerge.execution.ray_executor import RayExecutor  # imports ray: only when asked for
 
-        return RayExecutor(spec, workers=e.workers, gpus_per_worker=e.gpus_per_worker, address=e.ray_address, temp_root=run_root)
+        return RayExecutor(spec, workers=e.workers, gpus_per_worker=e.gpus_per_worker, address=e.ray_address,
+                           temp_root=run_root)
     return LocalExecutor(spec)

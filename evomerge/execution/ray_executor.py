@@ -250,7 +250,8 @@ class RayExecutor(Executor):
         the lost attempt produced no result, so the job is still counted exactly once."""
         self._restarted += 1
         if attempt + 1 >= MAX_ATTEMPTS:
-            outcome = Outcome(None, error=f"the worker process died {attempt + 1} times while evaluating this candidate "
+            outcome = Outcome(None,
+                              error=f"the worker process died {attempt + 1} times while evaluating this candidate "
                                           f"(last: {_cause(error)})", worker=self._slot_name[slot])
             self._done.append(JobResult(job, outcome))
         else:

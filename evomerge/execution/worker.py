@@ -122,12 +122,13 @@ class Worker:
         if split not in self._scorers:
             tasks = self.spec.calibration_tasks if split == "calibration" else self.spec.heldout_tasks
             s = self.spec.scoring
-            self._scorers[split] = Scorer(self.model, self.tokenizer, load_tasks(tasks, s.task_path), batch_size=s.batch_size,
-                                          **s.prompt_options)
+            self._scorers[split] = Scorer(self.model, self.tokenizer, load_tasks(tasks, s.task_path),
+                                          batch_size=s.batch_size, **s.prompt_options)
         return self._scorers[split]
 
     def materialize(self, recipe: Recipe) -> None:
-        """Write the merged model into the resident parameters, unless they hold it already; refuse non-finite weights."""
+        """Write the merged model into the resident parameters, unless they hold it already;
+        refuse non-finite weights."""
         if recipe == self.merged:
             return
         self.merged = None  # half-written until the merge succeeds
@@ -191,5 +192,6 @@ class Worker:
             t2 = time.perf_counter()
         except Exception as e:  # the candidate is broken, not the worker: log it and keep serving
             return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name)
-        return Outcome(scores, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name, tokens=self.scorer(split).tokens(items))
+        return Outcome(scores, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name,
+                       tokens=self.scorer(split).tokens(items))
 

@@ -5,10 +5,10 @@ arithmetic, TIES and DARE-TIES over their grids. Each member is an ordinary Reci
 base and sources, evaluated by the run's own worker on the same tasks as the candidates, and cached
 in the run log as a ``BaselineRecord`` — a later export or report reuses the record whose name, split
 and recipe all match, and never scores it again. A member the search started from (a seed point that
-merges exactly as the member does) takes that candidate's calibration scores from the log instead. A grid family's members are scored on calibration;
-the one with the best mean normalized calibration score (ties: the first) is scored on held-out and
-shown in tables — chosen without looking at held-out data. The greedy soup (``greedy_soup``) is chosen on
-calibration too and scored on held-out like a grid's choice.
+merges exactly as the member does) takes that candidate's calibration scores from the log instead. A grid family's
+members are scored on calibration; the one with the best mean normalized calibration score (ties: the first) is
+scored on held-out and shown in tables — chosen without looking at held-out data. The greedy soup (``greedy_soup``)
+is chosen on calibration too and scored on held-out like a grid's choice.
 
 The grids are raced (docs/SCORING.md, "Cheap fitness"): a family's members are scored in the search's chunks of
 common items, the most promising first, and a member stops once its mean normalized score on the items scored so
@@ -58,7 +58,8 @@ Scores = Mapping[str, TaskScore]
 
 
 class Evaluate(Protocol):
-    def __call__(self, recipe: Recipe, split: str, what: str, items: Mapping[str, tuple[int, ...]] | None = None) -> Outcome:
+    def __call__(self, recipe: Recipe, split: str, what: str,
+                 items: Mapping[str, tuple[int, ...]] | None = None) -> Outcome:
         """The recipe's scores on ``split``: every item, or (``items``: task -> document positions) a chunk."""
 
 
@@ -86,7 +87,8 @@ class Baselines:
     stopped: Mapping[str, int] = field(default_factory=dict)  # raced members stopped early -> items scored (estimates)
 
     def best_fixed(self, split: str) -> BaselineScores:
-        """The row with the best mean normalized score on ``split`` among the merges (not the base or a source alone)."""
+        """The row with the best mean normalized score on ``split`` among the merges
+        (not the base or a source alone)."""
         return self.normalizer.best([(r, getattr(r, split)) for r in self.rows if merges(r.fixed.family)], split)
 
 
@@ -128,7 +130,8 @@ def scored_start(run: RunLog, recipe: Recipe) -> CandidateRecord | None:
     """The search's start point (scored on every calibration item) that merges exactly as ``recipe``, if any."""
     space = GenomeSpace.for_config(run.config())
     for r in run.candidates():
-        if r.operator == "init" and r.cached_from is None and r.items is None and space.to_recipe(r.x).same_merge(recipe):
+        if (r.operator == "init" and r.cached_from is None and r.items is None
+                and space.to_recipe(r.x).same_merge(recipe)):
             return r
     return None
 
@@ -151,7 +154,8 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool], 
 
     singles = [both(members[0]) for family, members in families.items() if family not in GRID_FAMILIES]
     normalizer = Normalizer.from_sources(higher, {
-        split: [getattr(r, split) for r in singles if r.fixed.family.startswith("source")] for split in ("calibration", "heldout")
+        split: [getattr(r, split) for r in singles if r.fixed.family.startswith("source")]
+        for split in ("calibration", "heldout")
     })
     sizes = calibration_sizes(cfg, [calibration(members[0]).scores for family, members in families.items()
                                     if family not in GRID_FAMILIES])
@@ -165,7 +169,8 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool], 
         else:
             scores = {m.name: calibration(m).scores for m in families[family]}
         grids[family] = tuple((m, raw_values(cfg.objectives, scores[m.name], "calibration")) for m in families[family])
-    chosen = [normalizer.best([item for item in grid if item[0].name not in stopped], "calibration") for grid in grids.values()]
+    chosen = [normalizer.best([item for item in grid if item[0].name not in stopped], "calibration")
+              for grid in grids.values()]
 
     def rank(fixed: FixedRecipe) -> tuple[float, float]:
         return calibration_rank(normalizer, cfg, calibration(fixed).scores)
@@ -231,7 +236,8 @@ class GridRace:
         for m in state:  # a chunk of each, to take the most promising first
             if m.full is None and m.error is None and not m.parts:
                 self._score(m, 0)
-        specs = self._specs([m.full for m in state if m.full is not None] + [combine(m.parts) for m in state if m.parts])
+        specs = self._specs([m.full for m in state if m.full is not None]
+                            + [combine(m.parts) for m in state if m.parts])
         open_ = [m for m in state if m.full is None and m.error is None]
         for m in sorted(open_, key=lambda m: -fitness(specs, self._items(m)) if specs else 0.0):
             while m.error is None and m.full is None and m.fixed.name not in self.stopped:

@@ -98,8 +98,8 @@ def gain_line(analysis: Analysis, chosen: CandidateRecord, label: str) -> str:
     ours, theirs = norm.mean(analysis.heldout_raw(chosen), "heldout"), norm.mean(best.heldout, "heldout")
     if not (math.isfinite(ours) and math.isfinite(theirs)):
         return "Gain over the best fixed recipe: not known (a held-out score is missing)."
-    return (f"**Gain over the best fixed recipe: {ours - theirs:+.3f}** mean normalized held-out score: {label} {ours:.3f}; "
-            f"the best fixed recipe on held-out, {md(best.label)}, {theirs:.3f}.")
+    return (f"**Gain over the best fixed recipe: {ours - theirs:+.3f}** mean normalized held-out score: {label} "
+            f"{ours:.3f}; the best fixed recipe on held-out, {md(best.label)}, {theirs:.3f}.")
 
 
 def reference_line(analysis: Analysis) -> str:
@@ -153,12 +153,14 @@ def front_matter(models: list[str], license: Mapping[str, str], mergekit: bool) 
 def genome_table(recipe: Recipe, labels: Mapping[Path, str]) -> list[str]:
     groups: dict[str, GroupSpec] = dict(recipe.groups) or {"(all)": recipe.default}
     methods = {s.method for s in groups.values()}
-    params = sorted({p for s in groups.values() for p in s.source_params}, key=lambda p: (PARAM_ORDER.index(p) if p in PARAM_ORDER else 9, p))
+    params = sorted({p for s in groups.values() for p in s.source_params},
+                    key=lambda p: (PARAM_ORDER.index(p) if p in PARAM_ORDER else 9, p))
     names = [labels.get(p, p.name) for p in recipe.sources]
     head = ["group", *(["method"] if len(methods) > 1 else []), *(f"{p} · {md(n)}" for p in params for n in names)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, spec in groups.items():
-        values = [fmt(spec.source_params[p][k]) if p in spec.source_params else "–" for p in params for k in range(len(names))]
+        values = [fmt(spec.source_params[p][k]) if p in spec.source_params else "–" for p in params
+                  for k in range(len(names))]
         lines.append("| " + " | ".join([group, *([spec.method] if len(methods) > 1 else []), *values]) + " |")
     return lines
 
@@ -192,7 +194,8 @@ def model_card(
         "",
         "## Genome",
         "",
-        f"Per layer group and source model (weight multiplies the task vector θ_k − θ_0{', density is the fraction kept' if 'density' in recipe.default.source_params else ''}):",
+        "Per layer group and source model (weight multiplies the task vector θ_k − "
+        f"θ_0{', density is the fraction kept' if 'density' in recipe.default.source_params else ''}):",
         "",
         *genome_table(recipe, labels),
         "",
@@ -224,7 +227,8 @@ def _introduction(analysis: Analysis, record: CandidateRecord, recipe: Recipe, p
                           "played no part in the choice, so the held-out scores below are an unbiased estimate)",
            "heldout": "the finalist with the best mean normalized held-out score (chosen on held-out data: the "
                       "held-out scores below are optimistic)",
-           "knee": "the knee of the Pareto front (closest to the utopia point on calibration objectives)"}.get(pick, "chosen by index")
+           "knee": "the knee of the Pareto front (closest to the utopia point on calibration "
+                   "objectives)"}.get(pick, "chosen by index")
     in_front = any(r.key == record.key for r in analysis.front)
     return [
         f"# {md(cfg.name)} — candidate {record.index}",
@@ -232,7 +236,8 @@ def _introduction(analysis: Analysis, record: CandidateRecord, recipe: Recipe, p
         f"A merge of {len(cfg.sources.models)} fine-tunes of one base model, found by evolutionary search with "
         f"evomerge {evomerge_version()} (strategy `{cfg.strategy.name}`, seed {cfg.seed}, "
         f"{len(analysis.candidates)} candidates evaluated). Method: {', '.join(f'`{m}`' for m in methods)}"
-        + (f" with {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in globals_.items())}" if globals_ else "")
+        + (f" with {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in globals_.items())}"
+           if globals_ else "")
         + f"; layer granularity {recipe.layer_granularity}; output dtype {recipe.dtype or 'as the base'}.",
         "",
         f"Picked as {how}: candidate {record.index} (generation {record.generation}), "
@@ -259,7 +264,8 @@ def _rebuild(export_command: str, mergekit: bool, mergekit_note: str) -> list[st
         export_command,
         "```",
         "",
-        *(["With mergekit, from mergekit.yaml in this folder:", "", "```bash", "mergekit-yaml mergekit.yaml MODEL_DIR", "```", ""]
+        *(["With mergekit, from mergekit.yaml in this folder:", "", "```bash", "mergekit-yaml mergekit.yaml MODEL_DIR",
+           "```", ""]
           if mergekit else []),
         mergekit_note,
         "",

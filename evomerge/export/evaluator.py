@@ -31,7 +31,8 @@ class Evaluator:
         self.evaluated = 0  # evaluations run by this evaluator (0 when everything came from the log)
         self.bar: tqdm | None = None  # one progress bar for every model scored, not a line each
 
-    def __call__(self, recipe: Recipe, split: str, what: str, items: Mapping[str, tuple[int, ...]] | None = None) -> Outcome:
+    def __call__(self, recipe: Recipe, split: str, what: str,
+                 items: Mapping[str, tuple[int, ...]] | None = None) -> Outcome:
         """``recipe`` on every item of ``split``, or on ``items`` (task -> document positions: a chunk)."""
         if self.executor is None:
             check_sources(self.run)

@@ -69,8 +69,8 @@ def export_candidate(
         return _export(run, out, rule, finalists, force, shard_size, shard_bytes, executor_factory, quiet)
 
 
-def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool, shard_size: int | str, shard_bytes: int,
-            executor_factory: ExecutorFactory | None, quiet: bool) -> ExportResult:
+def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool, shard_size: int | str,
+            shard_bytes: int, executor_factory: ExecutorFactory | None, quiet: bool) -> ExportResult:
     cfg = run.config()
     if rule == "heldout" and finalists < 1:
         raise EvomergeError("--pick heldout needs held-out finalists: use --rescore-heldout 1 or more, "
@@ -87,7 +87,8 @@ def _export(run: RunLog, out: Path, rule: str | int, finalists: int, force: bool
     src = cfg.sources
     recipe = replace(analysis.space.to_recipe(record.x), tokenizer_source=src.tokenizer_source)
     recipe.validate()
-    pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle, trust_remote_code=src.trust_remote_code)
+    pool = SourcePool.load(src.base, list(src.models), allow_pickle=src.allow_pickle,
+                           trust_remote_code=src.trust_remote_code)
     plan = MergePlan.build(recipe, pool)
     mergekit, mergekit_note = to_mergekit(recipe, pool.tensor_names, plan.dtype_name(pool), src.labels())
     command = ["evomerge", "export", "RUN_DIR", "--out", "MODEL_DIR", "--pick", str(record.index),

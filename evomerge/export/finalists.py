@@ -50,7 +50,8 @@ def parse_pick(text: str | int) -> str | int:
     try:
         return int(text)
     except ValueError:
-        raise EvomergeError(f"--pick must be 'calibration', 'heldout', 'knee' or a candidate index, got '{text}'") from None
+        raise EvomergeError("--pick must be 'calibration', 'heldout', 'knee' or a candidate index, got "
+                            f"'{text}'") from None
 
 
 @dataclass
@@ -123,7 +124,8 @@ def find_candidate(run: RunLog, index: int) -> CandidateRecord:
     for r in candidates:
         if r.index == index:
             if not r.ok:
-                raise EvomergeError(f"candidate {index} failed during the search ({r.error}); pick a successful candidate")
+                raise EvomergeError(f"candidate {index} failed during the search ({r.error}); pick a successful "
+                                    "candidate")
             return r
     raise EvomergeError(f"no candidate {index} in {run.root} (indices 0-{len(candidates) - 1}); see 'evomerge report'")
 
@@ -146,7 +148,8 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
     candidates = run.candidates()[:upto]
     ok = successful(candidates)
     if not ok:
-        raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue it with 'evomerge resume {run.root}'")
+        raise EvomergeError(f"run {run.root} has no successful candidate yet ({len(candidates)} evaluated); continue "
+                            f"it with 'evomerge resume {run.root}'")
     higher = directions(cfg.objectives, ok[0].scores)
     assert higher is not None
     baselines = evaluate_baselines(run, evaluate, higher, race=race_baselines)
@@ -164,7 +167,8 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
 
 
 def complete_front(run: RunLog, candidates: list[CandidateRecord], evaluate: Evaluate,
-                   compared: Callable[[list[CandidateRecord]], list[CandidateRecord]] | None = None) -> list[CandidateRecord]:
+                   compared: Callable[[list[CandidateRecord]],
+                                      list[CandidateRecord]] | None = None) -> list[CandidateRecord]:
     """The candidates with full calibration scores wherever the export compares them: the raced members of the
     front that ``compared`` selects (default: all of it; ``analyze``: the finalists by calibration rank) are
     scored on every item (read back from the log, or scored now and logged) until those selected from the
@@ -174,7 +178,8 @@ def complete_front(run: RunLog, candidates: list[CandidateRecord], evaluate: Eva
     while True:
         candidates = [completed(cfg, r, done.get(r.key)) for r in candidates]
         front = pareto.front([r for r in successful(candidates) if r.cached_from is None], lambda r: r.objectives)
-        partial = [r for r in (front if compared is None else compared(front)) if r.items is not None and r.key not in done]
+        partial = [r for r in (front if compared is None else compared(front)) if r.items is not None
+                   and r.key not in done]
         if not partial:
             return candidates
         for r in partial:
@@ -195,5 +200,6 @@ def completed(cfg: SearchConfig, record: CandidateRecord, full: CompletedRecord 
 
 def rank_on_calibration(front: Sequence[CandidateRecord], norm: Normalizer, cfg: SearchConfig) -> list[CandidateRecord]:
     """Best first by mean normalized calibration score of the reported metrics (ties: the lower index)."""
-    return sorted(front, key=lambda r: (norm.rank(raw_values(cfg.objectives, r.scores, "calibration"), "calibration"), -r.index),
+    return sorted(front, key=lambda r: (norm.rank(raw_values(cfg.objectives, r.scores, "calibration"), "calibration"),
+                                        -r.index),
                   reverse=True)

@@ -28,8 +28,8 @@ def check_loads(folder: Path, *, trust_remote_code: bool = False) -> None:
         ids = tokenizer(PROMPT, return_tensors="pt").input_ids
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                                 output_logits=True, return_dict_in_generate=True)
+                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                 else tokenizer.eos_token_id, output_logits=True, return_dict_in_generate=True)
     except Exception as e:  # whatever transformers raises, the user gets one line
         raise _failed(f"{type(e).__name__}: {_one_line(e)}") from None
     if out.sequences.shape[1] <= ids.shape[1]:

@@ -54,7 +54,8 @@ def write_report(
         return _write_report(run, Path(out) if out is not None else default, finalists, executor_factory, quiet)
 
 
-def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factory: ExecutorFactory | None, quiet: bool) -> Path:
+def _write_report(run: RunLog, out: Path, finalists: int | None, executor_factory: ExecutorFactory | None,
+                  quiet: bool) -> Path:
     exports = run.exports()
     if finalists is None:  # as many as the last export re-scored, so the report reuses its scores
         finalists = exports[-1].finalists if exports else DEFAULT_FINALISTS
@@ -116,7 +117,8 @@ def summary(analysis: Analysis, chosen: CandidateRecord, label: str, exports: Se
         *_weighted_note(analysis),
         "## Finalists",
         "",
-        f"The {len(analysis.finalists)} front members with the best mean normalized calibration score, re-scored on held-out tasks.",
+        f"The {len(analysis.finalists)} front members with the best mean normalized calibration score, re-scored on "
+        "held-out tasks.",
         "",
         *_finalists_table(analysis),
         "",
@@ -151,7 +153,8 @@ def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]
     score_s = sum(r.score_s for r in evaluated)
     created = run.meta.created
     last = max((r.time or 0.0 for r in cands), default=None)
-    elapsed = f"{_duration(last - created)} (run created → last candidate, pauses included)" if created and last else "–"
+    elapsed = (f"{_duration(last - created)} (run created → last candidate, pauses included)" if created and last
+               else "–")
     sessions = run.sessions()
     util = "; ".join(
         f"session {i}: {s.workers} worker(s) on {s.backend}, {s.told} told, "
@@ -165,8 +168,10 @@ def _run_table(analysis: Analysis, exports: Sequence[ExportRecord]) -> list[str]
         f"| strategy | {cfg.strategy.name}{f' ({options})' if options else ''}, seed {cfg.seed} |",
         f"| genome | methods {', '.join(cfg.genome.methods)}; {len(cfg.sources.models)} sources; layer granularity "
         f"{cfg.genome.layer_granularity}{'; split by kind' if cfg.genome.split_by_kind else ''} |",
-        f"| budget | {run.max_evals()} candidates{f', {cfg.budget.max_minutes:g} min' if cfg.budget.max_minutes else ''} |",
-        f"| evaluations | {len(cands)} candidates told: {len(evaluated)} evaluated, {cached} cache hits, {failed} failed |",
+        f"| budget | {run.max_evals()} "
+        f"candidates{f', {cfg.budget.max_minutes:g} min' if cfg.budget.max_minutes else ''} |",
+        f"| evaluations | {len(cands)} candidates told: {len(evaluated)} evaluated, {cached} cache hits, {failed} "
+        "failed |",
         f"| generations | {len({r.generation for r in cands})} |",
         f"| wall time | {elapsed} |",
         f"| worker time | {_duration(merge_s + score_s)} (merge {_duration(merge_s)}, scoring {_duration(score_s)}) |",
@@ -194,7 +199,8 @@ def _export_cost(analysis: Analysis) -> str:
     items, tokens = export_cost(analysis.run.records)
     grid = sum(len(g) for g in analysis.baselines.grids.values())
     return (f"{items:,} items" + (f", {tokens:,} tokens" if tokens is not None else "")
-            + f" scored (both splits); {len(analysis.baselines.stopped)} of {grid} grid members stopped early by racing")
+            + f" scored (both splits); {len(analysis.baselines.stopped)} of {grid} grid members stopped early by "
+            "racing")
 
 
 def _statistics_cost(run: RunLog) -> str:
@@ -212,7 +218,8 @@ def _grid_table(analysis: Analysis) -> list[str]:
     chosen, stopped = {r.name for r in analysis.baselines.rows}, analysis.baselines.stopped
     lines = ["| fixed recipe | mean norm. (calibration) |", "|---|---|"]
     for grid in analysis.baselines.grids.values():
-        lines += [f"| {fixed.label}{' ✓' if fixed.name in chosen else ''} | {fmt(analysis.normalizer.mean(raw, 'calibration'), 2)}"
+        lines += [f"| {fixed.label}{' ✓' if fixed.name in chosen else ''} | "
+                  f"{fmt(analysis.normalizer.mean(raw, 'calibration'), 2)}"
                   + (f" (estimate: stopped after {stopped[fixed.name]} items)" if fixed.name in stopped else "") + " |"
                   for fixed, raw in grid]
     return lines

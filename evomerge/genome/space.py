@@ -79,7 +79,8 @@ class GenomeSpace:
         self.bounds = searched_bounds(self.methods, bounds or {})
         self.parameters = method_parameters(self.methods, parameters or {})
         # only decoder layers hold attention and MLP tensors; embeddings, final norm and head stay whole
-        self.units = tuple(u for g in groups for u in ([f"{g}:{k}" for k in KINDS] if split_by_kind and g.startswith("layers.") else [g]))
+        self.units = tuple(u for g in groups
+                           for u in ([f"{g}:{k}" for k in KINDS] if split_by_kind and g.startswith("layers.") else [g]))
         self.layer_granularity, self.seed, self.dtype = layer_granularity, seed, dtype
         genes: list[Gene] = []
         for unit in self.units:
@@ -96,7 +97,8 @@ class GenomeSpace:
         names = read_tensor_names(base, allow_pickle=cfg.sources.allow_pickle)
         groups = layer_groups(names, num_layers(read_config(base), names), cfg.genome.layer_granularity)
         g = cfg.genome
-        return cls(groups, base=base, sources=cfg.sources.models, methods=g.methods, bounds=g.bounds, parameters=g.parameters,
+        return cls(groups, base=base, sources=cfg.sources.models, methods=g.methods, bounds=g.bounds,
+                   parameters=g.parameters,
                    split_by_kind=g.split_by_kind, layer_granularity=g.layer_granularity, seed=cfg.seed, dtype=g.dtype)
 
     @property
@@ -164,7 +166,8 @@ class GenomeSpace:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def searched_bounds(methods: Sequence[str], bounds: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+def searched_bounds(methods: Sequence[str],
+                    bounds: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
     """Gene bounds of every per-source parameter the methods take: the config's, else the declared ones."""
     declared = {p.recipe_name: p for m in methods for p in get_method(m).params if p.per_source}
     unknown = sorted(set(bounds) - set(declared))
@@ -176,7 +179,8 @@ def searched_bounds(methods: Sequence[str], bounds: Mapping[str, tuple[float, fl
         low, high = bounds.get(name, param.search or (0.0, 1.0))
         for end in (low, high):
             if param.domain is not None and not param.domain.contains(end):
-                raise EvomergeError(f"config field 'genome.bounds.{name}': {end:g} is outside {param.domain.describe()}")
+                raise EvomergeError(f"config field 'genome.bounds.{name}': {end:g} is outside "
+                                    f"{param.domain.describe()}")
         out[param.name] = (float(low), float(high))
     return out
 

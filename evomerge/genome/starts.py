@@ -27,7 +27,8 @@ def seed_points(space: GenomeSpace) -> list[tuple[float, ...]]:
     The λ grid and the schedules scale the weights, so they use the first method that does not divide
     by the weights' sum (task arithmetic, DARE, …); a genome of normalizing methods only skips them."""
     k = len(space.sources)
-    scaled = [m for m in space.methods if not space.parameters[m].get("normalize", get_method(m).globals.get("normalize"))]
+    scaled = [m for m in space.methods
+              if not space.parameters[m].get("normalize", get_method(m).globals.get("normalize"))]
     first = space.methods[0]
     points = [space.encode(method=scaled[0], weight=[lam] * k) for lam in LAMBDAS] if scaled else []
     points += [space.encode(method=first, weight=[1.0 if j == i else 0.0 for j in range(k)]) for i in range(k)]

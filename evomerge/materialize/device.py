@@ -3,9 +3,9 @@
 A worker merges on its own device. On the CPU the kernels read the pool's blocks where they are
 (the node's one shared copy: no per-worker copy at all). On a GPU the sources are copied once and
 stay resident when the memory plan allows; otherwise each candidate streams them one layer group
-(block) at a time: the group's K+1 blocks are copied to the device on a side stream, through two pinned host chunks, into one of two device buffers, while the
-kernels work on the previous group in the other (double buffering). Streaming also runs on the CPU — same code, plain buffers —
-so the tests cover it without a GPU.
+(block) at a time: the group's K+1 blocks are copied to the device on a side stream, through two pinned host
+chunks, into one of two device buffers, while the kernels work on the previous group in the other (double
+buffering). Streaming also runs on the CPU — same code, plain buffers — so the tests cover it without a GPU.
 """
 
 from __future__ import annotations
@@ -27,16 +27,19 @@ class DeviceSources:
 
     def __init__(self, pool: SourcePool, device: torch.device, placement: Placement):
         if placement == "shared" and device.type != "cpu":
-            raise ValueError("the shared host copy is read in place only by CPU workers; a GPU needs resident or streamed")
+            raise ValueError("the shared host copy is read in place only by CPU workers; a GPU needs resident or "
+                             "streamed")
         self.pool, self.device, self.placement = pool, device, placement
         self.blocks: list[list[Block]] = [list(m.blocks) for m in pool.models]  # [model][group]
         self.groups = [b.group for b in self.blocks[0]]
         self._resident: list[dict[str, list[Tensor]]] | None = None
         self._stream: _DoubleBuffer | None = None
         if placement == "resident":
-            self._resident = [self._views(g, [buf.to(device) for buf in self._host(g)]) for g in range(len(self.groups))]
+            self._resident = [self._views(g, [buf.to(device) for buf in self._host(g)])
+                              for g in range(len(self.groups))]
         elif placement == "streamed":
-            self._stream = _DoubleBuffer(max(sum(m[g].size for m in self.blocks) for g in range(len(self.groups))), device)
+            self._stream = _DoubleBuffer(max(sum(m[g].size for m in self.blocks) for g in range(len(self.groups))),
+                                         device)
 
     def stream(self, wanted: Sequence[int]) -> Iterator[tuple[int, dict[str, list[Tensor]]]]:
         """(group index, name -> [base, sources…]) for the groups in ``wanted``, in that order."""

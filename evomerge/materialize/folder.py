@@ -31,7 +31,8 @@ def write_merged(plan: MergePlan, pool: SourcePool, out: Path, *, template: Path
     """Merge ``plan`` and write it to ``out`` (config from ``template``, tokenizer files from ``tokenizer``);
     ``check`` runs on the finished folder before it is renamed into place."""
     merger = FastMerger(pool, policy=ONE_PASS)
-    dtypes = {s.name: (plan.dtype if s.method is not None else None) or pool.base.tensors[s.name].dtype for s in plan.steps}
+    dtypes = {s.name: (plan.dtype if s.method is not None else None) or pool.base.tensors[s.name].dtype
+              for s in plan.steps}
     shapes = {s.name: pool.base.tensors[s.name].shape for s in plan.steps}
     sizes = [(n, shapes[n].numel(), shapes[n].numel() * dtypes[n].itemsize) for n in dtypes]
 

@@ -185,7 +185,8 @@ class FastMerger:
         glob = {**step.method.globals, **step.params}
         if step.method.name == "slerp":
             dt = compute_dtype(flat[0])
-            coef_a, coef_b = slerp_method.coefficients(self._slerp_cos(step.name, flat[0], flat[1]), float(glob.get("t", 0.5)))
+            coef_a, coef_b = slerp_method.coefficients(self._slerp_cos(step.name, flat[0], flat[1]),
+                                                       float(glob.get("t", 0.5)))
             coefficients = torch.cat([coef_a.flatten(), coef_b.flatten()])  # as weights of base and source 0
             params = LINEAR_PARAMS.pack(dt, coef_a.device, weight=coefficients, divisor=1.0)
             inputs = flat[:2]
@@ -200,7 +201,8 @@ class FastMerger:
         compiled = self._compiles(n)
         kernel = chunk_kernel("linear", compiled)
         plan_dtype = plan.dtype or flat[0].dtype
-        return [kernel(out[a:b], [s[a:b] for s in inputs], params.to(out.device), plan_dtype) for a, b in self._chunks(n, compiled)]
+        return [kernel(out[a:b], [s[a:b] for s in inputs], params.to(out.device), plan_dtype)
+                for a, b in self._chunks(n, compiled)]
 
     def _gta(self, step: TensorStep, plan: MergePlan, out: Tensor, flat: list[Tensor]) -> list[Any]:
         """The task-vector family: trim cuts or DARE draws, then one fused pass per chunk."""
@@ -219,7 +221,8 @@ class FastMerger:
             cuts = [draw_threshold(d, dt) for d in density]
             third = [1.0 if d >= 1 or d <= 0 else d for d in density]
         cut = torch.tensor(cuts, dtype=torch.int64, device=dev)
-        draws, keys = self._draw_inputs(plan.seed, step.name, k_count, n, dev) if dare else ([], torch.zeros(1, dtype=torch.int64, device=dev))
+        draws, keys = (self._draw_inputs(plan.seed, step.name, k_count, n, dev) if dare
+                       else ([], torch.zeros(1, dtype=torch.int64, device=dev)))
         compiled = self._compiles(n)
         kernel = chunk_kernel("gta", compiled)
         plan_dtype = plan.dtype or base.dtype
@@ -231,13 +234,14 @@ class FastMerger:
             params = GTA_PARAMS.pack(dt, dev, weight=weight, low=lows, dare_divisor=third, lam=lam, divisor=divisor,
                                      normalize=float(normalize))
             flags.append(kernel(out[a:e], base[a:e], [s[a:e] for s in sources], [row[a:e] for x in draws for row in x],
-                                params, cut, torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim, dare,
-                                family.consensus))
+                                params, cut, torch.tensor(a, dtype=torch.int64, device=dev), keys, plan_dtype, trim,
+                                dare, family.consensus))
         return flags
 
     # -- source-only work ------------------------------------------------------------------------------
 
-    def _draw_inputs(self, seed: int, name: str, k_count: int, n: int, device: torch.device) -> tuple[list[Tensor], Tensor]:
+    def _draw_inputs(self, seed: int, name: str, k_count: int, n: int,
+                     device: torch.device) -> tuple[list[Tensor], Tensor]:
         """(cached draws, pair keys): the cache's draw bytes, or none and the keys the kernel regenerates them from."""
         keys = torch.tensor([draw_key(seed, name, k) for k in range(0, k_count, 2)], dtype=torch.int64, device=device)
         if self.policy.draws == "regenerated":

@@ -125,7 +125,8 @@ def _gta_chunk(
     total = weighted[0]
     for k in range(1, k_count):
         total = total + weighted[k]
-    if consensus:  # w agrees with the elected sign (Σ w >= 0: +) when w · sign > 0; masks as products, as the reference's
+    # w agrees with the elected sign (Σ w >= 0: +) when w · sign > 0; masks as products, as the reference's
+    if consensus:
         sign = torch.where(total >= 0, 1.0, -1.0)
         mixed, divisor = torch.zeros_like(total), torch.zeros_like(total)
         for k in range(k_count):
@@ -240,8 +241,8 @@ def _with_fallback(name: str, fn: Callable[..., object], compiled: Callable[...,
         except Exception as error:
             result = fn(*args)  # raises again if the inputs, not the compiler, are the problem
             _compile_broken = True
-            warnings.warn(f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); merging with the eager "
-                          "kernels from now on (slower, same results)", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); merging with the "
+                          "eager kernels from now on (slower, same results)", RuntimeWarning, stacklevel=2)
             return result
         compiled_calls[name] += 1
         return result

@@ -107,7 +107,8 @@ class MemoryPlan:
 
     def lines(self) -> list[str]:
         """The plan as printed at start, by ``search --plan`` and by ``status``."""
-        where = {"config": "execution.memory_budget", "device": "the GPU's memory", "host": "this host's available memory"}
+        where = {"config": "execution.memory_budget", "device": "the GPU's memory",
+                 "host": "this host's available memory"}
         out = [f"memory plan: {self.workers} worker(s) on {self.device}, budget {format_size(self.budget)} per worker "
                f"(from {where[self.budget_from]})"]
         out += [f"  per node    {format_size(v):>9}  {k}" for k, v in self.node_bytes.items()]
@@ -128,7 +129,8 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     budget, budget_from = _budget(shape, device, workers, budget, available, gpu_memory)
     live = shape.model_bytes(out_dtype_size)
     scratch = _scratch(shape, max((a * shape.k + b for a, b in eager), default=0), "magnitude" in families)
-    worker = {f"live model ({'GPU' if gpu else 'host'}; one per worker)": live, "scratch (one tensor's temporaries)": scratch}
+    worker = {f"live model ({'GPU' if gpu else 'host'}; one per worker)": live,
+              "scratch (one tensor's temporaries)": scratch}
     costs = _costs(shape, families)
     notes: list[str] = []
     if "magnitude" in families:
@@ -144,17 +146,18 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     if minimum > budget:
         raise EvomergeError(
             f"the memory budget of {format_size(budget)} per worker cannot hold the minimum of {format_size(minimum)} "
-            f"({', '.join(f'{k} {format_size(v)}' for k, v in worker.items())}): raise execution.memory_budget, use fewer "
-            "workers per node, or a smaller dtype (genome.dtype)")
+            f"({', '.join(f'{k} {format_size(v)}' for k, v in worker.items())}): raise execution.memory_budget, use "
+            "fewer workers per node, or a smaller dtype (genome.dtype)")
     matrices = [i.shape for i in shape.infos.values() if i.dtype.is_floating_point]
     products = _choose(worker, budget, "tsvm" in methods, "TSV-M: per-source products",
                        sum(product_bytes(m, shape.k) for m in matrices), notes, "components")
     parts = _choose(worker, budget, "tsvm" in methods and not products, "TSV-M: components",
-                    sum(component_bytes(m, shape.k) for m in matrices), notes, "recomputed per candidate (K + 2 SVDs per matrix)")
+                    sum(component_bytes(m, shape.k) for m in matrices), notes,
+                    "recomputed per candidate (K + 2 SVDs per matrix)")
     if "random" in families and gpu:
         notes.append("DARE draws: regenerated in the kernel (on a GPU the hash runs at memory speed: no cache)")
-    draws = _choose(worker, budget, "random" in families and not gpu, "DARE draws: cached, 16 bits", costs["draws"], notes,
-                    "regenerated in the kernel")
+    draws = _choose(worker, budget, "random" in families and not gpu, "DARE draws: cached, 16 bits", costs["draws"],
+                    notes, "regenerated in the kernel")
     thresholds: Thresholds = "histogram"
     if "magnitude" in families:
         histograms = worker.pop("TIES cuts: histograms")
@@ -169,7 +172,8 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     if not gpu:
         node["workers' memory (the per-worker items below, all workers)"] = workers * sum(worker.values())
     return MemoryPlan(device, workers, budget, budget_from, placement, thresholds, "cached" if draws else "regenerated",
-                      worker, node, tuple(notes), svds="products" if products else "components" if parts else "recomputed")
+                      worker, node, tuple(notes),
+                      svds="products" if products else "components" if parts else "recomputed")
 
 
 def regmean_note(shape: ModelShape) -> str:
@@ -178,9 +182,9 @@ def regmean_note(shape: ModelShape) -> str:
     widths = [i.shape[1] for i in shape.infos.values() if len(i.shape) == 2 and i.dtype.is_floating_point]
     if not widths:
         return "RegMean baseline: no matrices"
-    return (f"RegMean baseline (export, report): its statistics pass {format_size(accumulator_bytes(widths))} of float64 "
-            f"accumulators per source on the worker's device, its merge {format_size(regmean_scratch_bytes(max(widths), shape.k))} "
-            f"of Gram matrices beside the scratch")
+    return (f"RegMean baseline (export, report): its statistics pass {format_size(accumulator_bytes(widths))} of "
+            "float64 accumulators per source on the worker's device, its merge "
+            f"{format_size(regmean_scratch_bytes(max(widths), shape.k))} of Gram matrices beside the scratch")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,
@@ -194,7 +198,8 @@ def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, av
                                 "memory from; set it to what each worker's GPU may use, e.g. '64GB'")
         return int(gpu_memory * GPU_SHARE), "device"
     if available is None:
-        raise EvomergeError("execution.memory_budget is needed: this host's available memory is unknown; set it, e.g. '8GB'")
+        raise EvomergeError("execution.memory_budget is needed: this host's available memory is unknown; set it, e.g. "
+                            "'8GB'")
     spare = available - shape.source_bytes - HOST_RESERVE - workers * WORKER_RESERVE
     if spare <= 0:
         raise EvomergeError(f"this host has {format_size(available)} available but the sources alone need "
@@ -224,7 +229,8 @@ def _scratch(shape: ModelShape, eager_copies: int, trim: bool) -> int:
     return out + eager_copies * largest * 4
 
 
-def _choose(worker: dict[str, int], budget: int, wanted: bool, item: str, cost: int, notes: list[str], instead: str) -> bool:
+def _choose(worker: dict[str, int], budget: int, wanted: bool, item: str, cost: int, notes: list[str],
+            instead: str) -> bool:
     """Add ``item`` if wanted and it fits the budget's rest; else note what it would have needed."""
     if not wanted:
         return False

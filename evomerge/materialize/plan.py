@@ -67,8 +67,9 @@ class MergePlan:
         grams = None
         if needing:
             if recipe.statistics is None:
-                raise EvomergeError(f"method '{needing[0]}' needs the sources' input Gram matrices of calibration data: "
-                                    f"set 'statistics:' in the recipe to the folder that holds them (a run's statistics/)")
+                raise EvomergeError(f"method '{needing[0]}' needs the sources' input Gram matrices of calibration "
+                                    "data: set 'statistics:' in the recipe to the folder that holds them (a run's "
+                                    "statistics/)")
             grams = load_grams(recipe.statistics, pool)
         dtype = DTYPES[recipe.dtype] if recipe.dtype else None
         return cls(tuple(steps), recipe.seed, dtype, grams)

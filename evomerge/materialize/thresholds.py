@@ -255,11 +255,13 @@ class HistogramCuts(TrimCuts):
         for a in range(0, n, step):
             e = min(a + step, n)
             kernel(rows[: e - a], base[a:e], source[a:e], lut, dt)
-            blocks += [torch.bincount(rows[j : min(j + block, e - a)], minlength=width)[:-1] for j in range(0, e - a, block)]
+            blocks += [torch.bincount(rows[j : min(j + block, e - a)], minlength=width)[:-1]
+                       for j in range(0, e - a, block)]
         ends = torch.stack(blocks, 1).cumsum(1).to(torch.int32 if n < 2**31 else torch.int64)
         return _TieIndex({int(key): row for row, key in enumerate(chosen)}, ends, block)
 
-    def _from_counts(self, name: str, todo: list[int], keys: list[int], base: Tensor, sources: Sequence[Tensor]) -> dict[int, Trim]:
+    def _from_counts(self, name: str, todo: list[int], keys: list[int], base: Tensor,
+                     sources: Sequence[Tensor]) -> dict[int, Trim]:
         """Each source's cut from its counts: a cut bin of one value gives ``low`` at once, and a pass over the tensor
         only when the cut falls inside that group of ties (to find the last kept one); a bin of several values
         needs a pass that finds its entries (see the module docstring)."""
@@ -321,8 +323,10 @@ class HistogramCuts(TrimCuts):
         return Trim(low, lo + int(inside[rank - 1]) + 1)
 
     @staticmethod
-    def _block_counts(kernel: Callable[..., object], base: Tensor, source: Tensor, value: Tensor, dt: torch.dtype) -> Tensor:
-        """Entries equal to ``value`` per block of ``TIE_BLOCK`` entries of this range (its last block may be shorter)."""
+    def _block_counts(kernel: Callable[..., object], base: Tensor, source: Tensor, value: Tensor,
+                      dt: torch.dtype) -> Tensor:
+        """Entries equal to ``value`` per block of ``TIE_BLOCK`` entries of this range
+        (its last block may be shorter)."""
         m = base.numel()
         whole = m // TIE_BLOCK * TIE_BLOCK
         counts = torch.zeros(-(-m // TIE_BLOCK), dtype=torch.int64, device=base.device)

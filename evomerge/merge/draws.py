@@ -56,7 +56,8 @@ def draw_bits(hashed: Tensor, source_index: int) -> Tensor:
     return hashed >> 16 if source_index % 2 == 0 else hashed & 0xFFFF
 
 
-def uniform_draws(seed: int, tensor_name: str, source_index: int, shape: Sequence[int], device: str | torch.device = "cpu") -> Tensor:
+def uniform_draws(seed: int, tensor_name: str, source_index: int, shape: Sequence[int],
+                  device: str | torch.device = "cpu") -> Tensor:
     """U(0,1) float32 of ``shape``, a pure function of the three keys (the same on every device)."""
     n = 1
     for size in shape:

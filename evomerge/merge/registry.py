@@ -125,20 +125,23 @@ class MergeMethod:
     def validate(self, n_sources: int, per_source: Mapping[str, Sequence[float]], params: Mapping[str, Any]) -> None:
         """Raise EvomergeError naming the first parameter that does not fit this method."""
         if n_sources < self.min_sources or (self.max_sources is not None and n_sources > self.max_sources):
-            want = f"exactly {self.min_sources}" if self.min_sources == self.max_sources else f"at least {self.min_sources}"
+            want = (f"exactly {self.min_sources}" if self.min_sources == self.max_sources
+                    else f"at least {self.min_sources}")
             raise EvomergeError(f"method '{self.name}' needs {want} source model(s), got {n_sources}")
         for key, values in per_source.items():
             param = self.param(key)
             if not param.per_source:
                 raise EvomergeError(f"'{key}' of method '{self.name}' is one value for all sources, not one per source")
             if len(values) != n_sources:
-                raise EvomergeError(f"'{key}' has {len(values)} value(s) but there are {n_sources} source(s): give one per source")
+                raise EvomergeError(f"'{key}' has {len(values)} value(s) but there are {n_sources} source(s): give one "
+                                    "per source")
             for v in values:
                 _check_value(self.name, param, v)
         for key, value in params.items():
             param = self.param(key)
             if param.per_source:
-                raise EvomergeError(f"'{key}' of method '{self.name}' takes one value per source: give it under each source")
+                raise EvomergeError(f"'{key}' of method '{self.name}' takes one value per source: give it under each "
+                                    "source")
             _check_value(self.name, param, value)
 
     def __call__(self, base: Tensor | None, sources: Sequence[Tensor], **params: Any) -> Tensor:

@@ -134,7 +134,8 @@ def weight_sum_divisor(total: float) -> float:
     return total if abs(total) >= 1e-8 else 1.0
 
 
-def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus: bool, normalize: bool, lam: float) -> Tensor:
+def combine(base: Tensor, deltas: Tensor, weight: Sequence[float], *, consensus: bool, normalize: bool,
+            lam: float) -> Tensor:
     """θ0 + λ · (weighted sum of the surviving deltas), optionally TIES sign election and disjoint mean.
 
     As mergekit's generalized task arithmetic: the deltas are weighted first; with consensus the

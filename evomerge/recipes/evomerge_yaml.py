@@ -17,7 +17,8 @@
     dtype: bfloat16                    # default: each tensor keeps the base's dtype
     seed: 0                            # fixes DARE/DELLA draws
     tokenizer_source: ./chat           # optional: tokenizer, chat template and eos of this model (default: the base)
-    statistics: ./run/statistics       # for regmean: the folder of the sources' input Gram matrices (a run's statistics/)
+    statistics: ./run/statistics       # for regmean: the folder of the sources' input Gram matrices
+                                       # (a run's statistics/)
 
 """
 
@@ -71,8 +72,8 @@ def parse_recipe(data: Mapping[str, Any], root: Path | None = None) -> Recipe:
     groups = {name: _override(default, body, n, f"groups.{name}") for name, body in file.groups.items()}
     return Recipe(
         base=file.base, sources=tuple(s.model for s in file.sources), default=default, groups=groups,
-        layer_granularity=file.layer_granularity, dtype=file.dtype, seed=file.seed, tokenizer_source=file.tokenizer_source,
-        statistics=file.statistics,
+        layer_granularity=file.layer_granularity, dtype=file.dtype, seed=file.seed,
+        tokenizer_source=file.tokenizer_source, statistics=file.statistics,
     )
 
 
@@ -109,7 +110,8 @@ def group_spec(method_name: str, per_source: Sequence[Mapping[str, Any]], params
     for key in keys:
         missing = [i for i, entry in enumerate(per_source) if key not in entry]
         if missing:
-            raise EvomergeError(f"{where}: source {missing[0]} has no '{key}' while others do: give it for every source")
+            raise EvomergeError(f"{where}: source {missing[0]} has no '{key}' while others do: give it for every "
+                                "source")
         values[method.param(key).name] = tuple(entry[key] for entry in per_source)
     return GroupSpec(method.name, values, {method.param(k).name: v for k, v in params.items()})
 
@@ -118,7 +120,8 @@ def _override(default: GroupSpec, body: GroupEntry, n_sources: int, where: str) 
     method = get_method(body.method or default.method)
     entries = body.sources if body.sources is not None else ({},) * n_sources
     if len(entries) != n_sources:
-        raise EvomergeError(f"{where}.sources has {len(entries)} entries but there are {n_sources} sources: give one per source")
+        raise EvomergeError(f"{where}.sources has {len(entries)} entries but there are {n_sources} sources: give one "
+                            "per source")
     own = group_spec(method.name, list(entries), body.parameters, f"{where}.sources")
     inherited = default if method.name == default.method else _keep_known(default, method.name)
     return GroupSpec(method.name, {**inherited.source_params, **own.source_params}, {**inherited.params, **own.params})

@@ -53,8 +53,8 @@ class FixedRecipe:
         ``statistics``: the sources' statistics folder, named by the recipe only where the method needs it."""
         spec = GroupSpec(self.method, dict(self.source_params), dict(self.params))
         folder = statistics if get_method(self.method).statistics else None
-        return Recipe(base=base, sources=sources, default=spec, layer_granularity=layer_granularity, dtype=dtype, seed=seed,
-                      statistics=folder)
+        return Recipe(base=base, sources=sources, default=spec, layer_granularity=layer_granularity, dtype=dtype,
+                      seed=seed, statistics=folder)
 
 
 def source_name(i: int) -> str:
@@ -68,10 +68,12 @@ def fixed_recipes(k: int, source_names: tuple[str, ...] | None = None, *, lambda
     (smaller ones for quick checks)."""
     names = source_names or tuple(f"source {i}" for i in range(k))
     ones = (1.0,) * k
-    families: dict[str, list[FixedRecipe]] = {"base": [FixedRecipe("base", "base", "base", "task_arithmetic", {"weight": (0.0,) * k}, {"lam": 1.0})]}
+    families: dict[str, list[FixedRecipe]] = {"base": [FixedRecipe("base", "base", "base", "task_arithmetic",
+                                                                   {"weight": (0.0,) * k}, {"lam": 1.0})]}
     for i in range(k):
         onehot = tuple(1.0 if j == i else 0.0 for j in range(k))
-        families[source_name(i)] = [FixedRecipe(source_name(i), source_name(i), f"{names[i]} alone", "linear", {"weight": onehot})]
+        families[source_name(i)] = [FixedRecipe(source_name(i), source_name(i), f"{names[i]} alone", "linear",
+                                                {"weight": onehot})]
     families["soup"] = [uniform_soup(k)]
     families["task_arithmetic"] = [
         FixedRecipe(f"task_arithmetic@{lam:g}", "task_arithmetic", f"task arithmetic (λ={lam:g})", "task_arithmetic",
@@ -91,7 +93,8 @@ def calibrated_recipes(k: int) -> dict[str, list[FixedRecipe]]:
 
 
 def merges(family: str) -> bool:
-    """Whether a family merges models (the base and each source alone do not): the "best fixed recipe" is one of these."""
+    """Whether a family merges models (the base and each source alone do not):
+    the "best fixed recipe" is one of these."""
     return family in MERGE_FAMILIES or family in CALIBRATED_FAMILIES or family == GREEDY_SOUP
 
 

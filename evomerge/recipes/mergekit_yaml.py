@@ -36,7 +36,8 @@ def parse_mergekit(data: Mapping[str, Any], root: Path) -> Recipe:
     """Map a mergekit config onto a Recipe; refuse what has no faithful equivalent."""
     name = str(data["merge_method"])
     if name not in mergekit_methods():
-        raise EvomergeError(f"mergekit method '{name}' is not supported by evomerge (supported: {', '.join(mergekit_methods())})")
+        raise EvomergeError(f"mergekit method '{name}' is not supported by evomerge (supported: "
+                            f"{', '.join(mergekit_methods())})")
     method = get_method(name)
     for key in ("modules", "tokenizer", "tokenizer_source", "chat_template"):
         if data.get(key):
@@ -68,20 +69,22 @@ def parse_mergekit(data: Mapping[str, Any], root: Path) -> Recipe:
 
 def _models(data: Mapping[str, Any], root: Path) -> list[tuple[Path, dict[str, Any]]]:
     if data.get("models"):
-        return [(_path(m.get("model"), root), dict(m.get("parameters") or {})) for m in _mappings(data["models"], "models")]
+        return [(_path(m.get("model"), root), dict(m.get("parameters") or {}))
+                for m in _mappings(data["models"], "models")]
     slices = data.get("slices")
     if not slices:
         raise EvomergeError("the mergekit recipe has neither 'models' nor 'slices'")
     if len(slices) != 1:
-        raise EvomergeError("mergekit recipes with several slices (per-layer settings, as evomerge export writes them, or "
-                            "layer stacking) are not read here: merge the evomerge_recipe.yaml beside it, or run mergekit-yaml")
+        raise EvomergeError("mergekit recipes with several slices (per-layer settings, as evomerge export writes them, "
+                            "or layer stacking) are not read here: merge the evomerge_recipe.yaml beside it, or run "
+                            "mergekit-yaml")
     out = []
     for src in _mappings(slices[0].get("sources"), "slices[0].sources"):
         path = _path(src.get("model"), root)
         n = _num_layers(path)
         if list(src.get("layer_range", [0, n])) != [0, n]:
-            raise EvomergeError(f"mergekit layer_range {src.get('layer_range')} of {path} is not the whole model [0, {n}]: "
-                                "only whole-model merges are supported")
+            raise EvomergeError(f"mergekit layer_range {src.get('layer_range')} of {path} is not the whole model [0, "
+                                f"{n}]: only whole-model merges are supported")
         out.append((path, dict(src.get("parameters") or {})))
     return out
 
@@ -98,7 +101,8 @@ def _path(value: Any, root: Path) -> Path:
     if not isinstance(value, str) or not value:
         raise EvomergeError("'model' must be a model folder path")
     if "+" in value:
-        raise EvomergeError(f"mergekit LoRA references ('{value}') are not supported: merge the LoRA into the model first")
+        raise EvomergeError(f"mergekit LoRA references ('{value}') are not supported: merge the LoRA into the model "
+                            "first")
     path = Path(value).expanduser()
     return path if path.is_absolute() else (root / path).resolve()
 
@@ -107,13 +111,15 @@ def _at(setting: Any, t: float, key: str) -> Any:
     """Evaluate a mergekit parameter setting at layer position t (scalars and numeric gradients)."""
     if isinstance(setting, (int, float, bool, str)):
         return setting
-    if isinstance(setting, list) and setting and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
+    if (isinstance(setting, list) and setting
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting)):
         scaled = t * (len(setting) - 1)
         i0 = int(scaled)
         i1 = min(len(setting) - 1, i0 + 1)
         frac = scaled - i0
         return (1 - frac) * setting[i0] + frac * setting[i1]
-    raise EvomergeError(f"mergekit parameter '{key}': only numbers and numeric gradients are supported (filters are not), got {setting!r}")
+    raise EvomergeError(f"mergekit parameter '{key}': only numbers and numeric gradients are supported (filters are "
+                        f"not), got {setting!r}")
 
 
 def _num_layers(model: Path) -> int:
@@ -170,8 +176,8 @@ def to_mergekit(recipe: Recipe, tensor_names: Sequence[str], out_dtype: str,
         slices = _slices(recipe, method, tensor_names, [label(p) for p in recipe.sources],
                          None if base is None else label(base))
         if slices is None:
-            return None, ("no mergekit.yaml: mergekit's parameter filters (substrings of tensor names) cannot single out "
-                          "this architecture's attention and MLP tensors; evomerge_recipe.yaml rebuilds it.")
+            return None, ("no mergekit.yaml: mergekit's parameter filters (substrings of tensor names) cannot single "
+                          "out this architecture's attention and MLP tensors; evomerge_recipe.yaml rebuilds it.")
         data["slices"], data["parameters"] = _hoist(slices)
     else:
         per_source, shared = _values(method, recipe.default, len(recipe.sources))
@@ -199,7 +205,8 @@ def _values(method: MergeMethod, spec: GroupSpec, n_sources: int) -> tuple[list[
     per = {**{p: (d,) * n_sources for p, d in method.per_source.items()}, **spec.source_params}
     per_source = [{method.param(p).recipe_name: float(v[k]) for p, v in per.items() if method.param(p).mergekit}
                   for k in range(n_sources)]
-    shared = {method.param(p).recipe_name: v for p, v in {**method.globals, **spec.params}.items() if method.param(p).mergekit}
+    shared = {method.param(p).recipe_name: v for p, v in {**method.globals, **spec.params}.items()
+              if method.param(p).mergekit}
     if method.family is not None and method.family.sparsify == "ranked_random":
         epsilon = shared.pop("epsilon")  # mergekit takes it per source, and refuses d ± ε outside (0, 1)
         for values in per_source:
@@ -208,7 +215,8 @@ def _values(method: MergeMethod, spec: GroupSpec, n_sources: int) -> tuple[list[
     return per_source, shared
 
 
-def _source(model: str, parameters: Mapping[str, Any] | None, layer_range: tuple[int, int] | None = None) -> dict[str, Any]:
+def _source(model: str, parameters: Mapping[str, Any] | None,
+            layer_range: tuple[int, int] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model}
     if layer_range is not None:
         out["layer_range"] = list(layer_range)
@@ -239,7 +247,8 @@ def _slices(recipe: Recipe, method: MergeMethod, tensor_names: Sequence[str], so
 
 
 def _partition(names: Sequence[str], n_layers: int, granularity: int) -> list[tuple[tuple[int, int], list[str]]]:
-    """(layer_range, tensor names) per layer group; the first also has the tensors before the layers, the last those after."""
+    """(layer_range, tensor names) per layer group; the first also has the tensors before the layers,
+    the last those after."""
     by_group: dict[str, list[str]] = {}
     for name in names:
         by_group.setdefault(group_of(name, n_layers, granularity), []).append(name)
@@ -277,7 +286,8 @@ def _settings(entries: list[tuple[str, Filter, dict[str, Any]]]) -> dict[str, An
 
 
 def _setting(values: list[tuple[Filter, Any]]) -> Any:
-    """One value where all agree; else a condition per filter whose value differs from the fallback, then the fallback."""
+    """One value where all agree; else a condition per filter whose value differs from the fallback,
+    then the fallback."""
     fallback = next((v for f, v in values if f is None), values[-1][1])
     conditions: dict[str, Any] = {}
     for f, v in values:

@@ -88,7 +88,8 @@ class RunLog:
         root = Path(root)
         check_outside(root, config.inputs)
         if (root / LOG).exists() or (root / META).exists():
-            raise EvomergeError(f"{root} already holds a run; continue it with 'evomerge resume {root}' or choose another --run-dir")
+            raise EvomergeError(f"{root} already holds a run; continue it with 'evomerge resume {root}' or choose "
+                                "another --run-dir")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise EvomergeError(f"run folder {root} is not empty; choose another --run-dir")
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,8 @@ class RunLog:
         """The run in ``root``, read and checked without writing anything (readers need no lock)."""
         root = Path(root)
         if not (root / LOG).is_file() or not (root / META).is_file():
-            raise EvomergeError(f"{root} is not a run folder (no {LOG} / {META}); start one with 'evomerge search CONFIG'")
+            raise EvomergeError(f"{root} is not a run folder (no {LOG} / {META}); start one with 'evomerge search "
+                                "CONFIG'")
         run = cls(root, [])
         _ = run.meta  # run.json is checked now, not when a later step needs it
         run._read(warn=True)
@@ -190,10 +192,11 @@ class RunLog:
             changes.append(f"{CONFIG} was edited")
         for key, sha in fingerprints.items():
             if meta.sources.get(key) != sha:
-                changes.append(f"source model {key} changed (fingerprint {meta.sources.get(key, 'none')[:12]} -> {sha[:12]})")
+                changes.append(f"source model {key} changed (fingerprint {meta.sources.get(key, 'none')[:12]} -> "
+                               f"{sha[:12]})")
         if meta.draws != DRAW_SCHEME and any(get_method(m).random for m in self.config().genome.methods):
-            changes.append(f"DARE/DELLA draws changed (scheme {meta.draws or 'unrecorded'} -> {DRAW_SCHEME}): the logged "
-                           "candidates would not be reproduced")
+            changes.append(f"DARE/DELLA draws changed (scheme {meta.draws or 'unrecorded'} -> {DRAW_SCHEME}): the "
+                           "logged candidates would not be reproduced")
         if changes and not force:
             raise EvomergeError(f"cannot resume {self.root}: {changes[0]}; resume with --force to accept and record "
                                 "the change")
@@ -211,7 +214,8 @@ class RunLog:
 
     @property
     def statistics_dir(self) -> Path:
-        """The folder of the sources' calibration statistics (``materialize/statistics.py``; made when first written)."""
+        """The folder of the sources' calibration statistics (``materialize/statistics.py``;
+        made when first written)."""
         return self._file(STATISTICS).resolve()  # as recipes name it, however the folder was opened
 
     def study_storage(self) -> str:

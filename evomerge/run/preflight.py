@@ -51,8 +51,8 @@ def check_benchmarks(cfg: SearchConfig) -> None:
     for j, o in enumerate(cfg.objectives):
         if is_benchmark_test_set(o.task):
             raise EvomergeError(f"config field 'objectives[{j}].task': '{o.task}' is lm-eval's test set of a "
-                                "well-known benchmark, and a search fitted to it reports a score it was tuned on; optimize on a "
-                                "calibration task of your own (held-out: the benchmark), or set "
+                                "well-known benchmark, and a search fitted to it reports a score it was tuned on; "
+                                "optimize on a calibration task of your own (held-out: the benchmark), or set "
                                 "scoring.allow_benchmark_tasks: true (search --allow-benchmark-tasks)")
 
 
@@ -81,8 +81,8 @@ def check_prompt(cfg: SearchConfig) -> None:
         tokenizer = AutoTokenizer.from_pretrained(cfg.sources.base, local_files_only=True,
                                                   trust_remote_code=cfg.sources.trust_remote_code)
         if not getattr(tokenizer, "chat_template", None):
-            raise EvomergeError(f"config field 'scoring.apply_chat_template': the tokenizer of {cfg.sources.base} has no "
-                                "chat template; give it one, or set apply_chat_template: false")
+            raise EvomergeError(f"config field 'scoring.apply_chat_template': the tokenizer of {cfg.sources.base} has "
+                                "no chat template; give it one, or set apply_chat_template: false")
 
 
 def check_execution(cfg: SearchConfig) -> None:

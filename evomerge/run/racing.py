@@ -40,7 +40,8 @@ class Verdict(Enum):
     BELOW = "below"  # confidently outside the kept
 
 
-def verdicts(members: Sequence[Items | None], keep: int, objectives: Sequence[Objective], z: float) -> list[Verdict | None]:
+def verdicts(members: Sequence[Items | None], keep: int, objectives: Sequence[Objective],
+             z: float) -> list[Verdict | None]:
     """Per member of a generation (None: it failed, and ranks last), whether it is resolved against the cut
     between the ``keep``-th and the next member; None: not yet. Failed members are below; with no more
     scored members than ``keep`` every one is kept and none needs resolving."""
@@ -122,7 +123,8 @@ def _dominates(signs: tuple[int, ...], a: Items | None, b: Items | None) -> bool
     return a is not None and (b is None or all(s == 1 for s in signs))
 
 
-def race_items(objectives: Sequence[ObjectiveConfig], scores: Scores) -> tuple[list[Objective], list[tuple[float, ...]]]:
+def race_items(objectives: Sequence[ObjectiveConfig],
+               scores: Scores) -> tuple[list[Objective], list[tuple[float, ...]]]:
     """The objectives as partial fitness sees them (pooling, orientation, share of the weight) and a member's
     raw search-metric values on its scored items."""
     total = sum(o.weight for o in objectives)
@@ -130,7 +132,8 @@ def race_items(objectives: Sequence[ObjectiveConfig], scores: Scores) -> tuple[l
     for o in objectives:
         score = score_of(o, scores, "calibration")
         metric = metric_name(o, score, search=True)
-        specs.append(Objective(pool_of(metric), 1.0 if higher_is_better(o, score, search=True) else -1.0, o.weight / total))
+        specs.append(Objective(pool_of(metric), 1.0 if higher_is_better(o, score, search=True) else -1.0,
+                               o.weight / total))
         items.append(score.per_item[score.key(metric, o.filter)])
     return specs, items
 
@@ -249,7 +252,8 @@ def scoring_summary(scoring: ScoringConfig, records: Sequence[CandidateRecord]) 
     cost = scoring_cost(records)
     if cost is None:
         return None
-    mode = f"racing (chunks of {scoring.chunk_items} items, z {scoring.racing_z:g})" if scoring.fidelity == "racing" else "full"
+    mode = (f"racing (chunks of {scoring.chunk_items} items, z {scoring.racing_z:g})" if scoring.fidelity == "racing"
+            else "full")
     n = max(cost.candidates, 1)
     line = (f"{mode}: {cost.items:,} of {cost.full_items:,} calibration items scored "
             f"({cost.items / n:,.0f} per candidate of {cost.full_items / n:,.0f})")

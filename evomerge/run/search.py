@@ -245,8 +245,8 @@ class Search:
             slot = _Slot(self.next_index, candidate, self.space.key(candidate.x))
             if slot.index < len(self.logged) and self.logged[slot.index].key != slot.key:
                 raise EvomergeError(
-                    f"replaying {self.run.root}: candidate {slot.index} differs from the log (strategy or config changed "
-                    "since the run was started); it cannot be resumed exactly"
+                    f"replaying {self.run.root}: candidate {slot.index} differs from the log (strategy or config "
+                    "changed since the run was started); it cannot be resumed exactly"
                 )
             self.next_index += 1
             self.pending.append(slot)
@@ -408,7 +408,8 @@ class Search:
                 member.verdict = verdict
 
     def _finish(self, entry: _Entry) -> None:
-        """A candidate with every job processed: its record (the logged one when replaying), for it and its duplicates."""
+        """A candidate with every job processed: its record (the logged one when replaying),
+        for it and its duplicates."""
         slot = entry.slot
         del self.entries[slot.key]
         record = self.logged[slot.index] if slot.index < len(self.logged) else self._evaluated(entry)

@@ -62,7 +62,8 @@ class FastHFLM(HFLM):
             self.plans[key] = build()
         return self.plans[key]
 
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False,
+                              override_bs: int | None = None) -> list[tuple[float, bool]]:
         if self.backend != "causal":
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         key = ("loglikelihood", tuple(r[0] for r in requests))
@@ -164,14 +165,16 @@ class LoglikelihoodPlan:
             row = row_of[seq]
             self.first[row] = min(self.first[row], len(seq) - len(cont))
             self.scored.append((row, len(seq) - len(cont), cont))
-        self.stem = stem_lengths([seq[:cap] for seq, cap in zip(self.inputs, self.first, strict=True)], [len(s) for s in self.inputs])
+        self.stem = stem_lengths([seq[:cap] for seq, cap in zip(self.inputs, self.first, strict=True)],
+                                 [len(s) for s in self.inputs])
         self.chunks = self._chunks(lm.batch_size)
 
     def _chunks(self, batch_size: int) -> list[_Chunk]:
         by_row: dict[int, list[int]] = {}
         for i, (row, _, _) in enumerate(self.scored):
             by_row.setdefault(row, []).append(i)
-        plain = sorted((r for r, s in enumerate(self.stem) if s == 0), key=lambda r: (-len(self.inputs[r]), self.inputs[r]))
+        plain = sorted((r for r, s in enumerate(self.stem) if s == 0),
+                       key=lambda r: (-len(self.inputs[r]), self.inputs[r]))
         chunks = [_Chunk(None, [self._batch(rows, by_row)]) for rows in _runs(plain, batch_size)]
         stems: dict[tuple[int, ...], list[int]] = {}
         for r, s in enumerate(self.stem):
@@ -209,7 +212,8 @@ class LoglikelihoodPlan:
 
     def tokens(self) -> int:
         """Tokens one run feeds the model, padding included."""
-        return sum(sum(b.ids.numel() for b in c.batches) + (0 if c.stems is None else c.stems.numel()) for c in self.chunks)
+        return sum(sum(b.ids.numel() for b in c.batches) + (0 if c.stems is None else c.stems.numel())
+                   for c in self.chunks)
 
     def run(self) -> list[tuple[float, bool]]:
         out: list[tuple[float, bool]] = [(0.0, False)] * self.n_requests
@@ -299,7 +303,8 @@ class RollingPlan:
         self.counts: list[int] = []
         for string in strings:
             split = [lm_utils.make_disjoint_window(w) for w in lm_utils.get_rolling_token_windows(
-                token_list=lm.tok_encode(string), prefix_token=lm.prefix_token_id, max_seq_len=lm.max_length, context_len=1)]
+                token_list=lm.tok_encode(string), prefix_token=lm.prefix_token_id, max_seq_len=lm.max_length,
+                context_len=1)]
             windows += split
             self.counts.append(len(split))
         self.windows = LoglikelihoodPlan(lm, windows)
@@ -358,7 +363,8 @@ class GenerationPlan:
     def run(self, requests: Sequence[Any]) -> list[str]:
         out = [""] * self.n
         if self.fallback:
-            for i, text in zip(self.fallback, HFLM.generate_until(self.lm, [requests[i] for i in self.fallback], disable_tqdm=True), strict=True):
+            for i, text in zip(self.fallback, HFLM.generate_until(self.lm, [requests[i] for i in self.fallback],
+                                                                  disable_tqdm=True), strict=True):
                 out[i] = text
         for batch in self.batches:
             for i, tokens in zip(batch.requests, self._decode(batch), strict=True):

@@ -12,7 +12,8 @@ from evomerge.sources.folder import check_loadable
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def load_causal_lm(path: str | Path, *, device: str = "cpu", allow_pickle: bool = False, trust_remote_code: bool = False,
+def load_causal_lm(path: str | Path, *, device: str = "cpu", allow_pickle: bool = False,
+                   trust_remote_code: bool = False,
                    dtype: Any = None, tokenizer: str | Path | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) from an HF folder, in eval mode on ``device``.
 
@@ -28,7 +29,8 @@ def load_causal_lm(path: str | Path, *, device: str = "cpu", allow_pickle: bool 
     if not (path / "config.json").is_file():
         raise EvomergeError(f"not a model folder (no config.json): {path}")
     if not any((tokenizer_path / f).is_file() for f in TOKENIZER_FILES):
-        raise EvomergeError(f"{tokenizer_path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy the base model's tokenizer into it")
+        raise EvomergeError(f"{tokenizer_path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): copy the base "
+                            "model's tokenizer into it")
     check_loadable(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     has_safetensors = any(path.glob("*.safetensors"))
     on_device = {"device_map": {"": device}} if device != "cpu" else {}  # straight to the GPU: no host copy

@@ -37,7 +37,8 @@ class Normalizer:
     reference: dict[str, tuple[float, ...]]  # split -> best source's raw value per objective (NaN: none)
 
     @classmethod
-    def from_sources(cls, higher: Sequence[bool], sources: Mapping[str, Sequence[tuple[float, ...] | None]]) -> "Normalizer":
+    def from_sources(cls, higher: Sequence[bool],
+                     sources: Mapping[str, Sequence[tuple[float, ...] | None]]) -> "Normalizer":
         """``sources``: split -> each source's raw values (None where it failed)."""
         reference = {}
         for split, rows in sources.items():

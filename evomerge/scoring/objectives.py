@@ -53,7 +53,8 @@ def raw_values(objectives: Sequence[ObjectiveConfig], scores: Scores | None, spl
     return tuple(value(o, score_of(o, scores, split)) for o in objectives)
 
 
-def directions(objectives: Sequence[ObjectiveConfig], scores: Scores | None, split: str = "calibration") -> tuple[bool, ...] | None:
+def directions(objectives: Sequence[ObjectiveConfig], scores: Scores | None,
+               split: str = "calibration") -> tuple[bool, ...] | None:
     """Per objective, whether higher is better."""
     if scores is None:
         return None

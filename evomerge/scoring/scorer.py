@@ -75,8 +75,8 @@ class Scorer:
             _keep_document_fields(task)
             with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # a per-task bar with no off switch
                 task.build_all_requests(
-                    rank=0, world_size=1, system_instruction=system_instruction, apply_chat_template=apply_chat_template,
-                    fewshot_as_multiturn=fewshot_as_multiturn,
+                    rank=0, world_size=1, system_instruction=system_instruction,
+                    apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
                     chat_template=self.lm.apply_chat_template if apply_chat_template else None,
                     tokenizer_name=self.lm.tokenizer_name if apply_chat_template else "",
                 )
@@ -87,7 +87,8 @@ class Scorer:
         self.doc_tokens: dict[tuple[str, int], int] = defaultdict(int)  # (task, document id) -> its requests' tokens
         for instances in self.requests.values():
             for instance in instances:
-                self.doc_tokens[(instance.task_name, instance.doc_id)] += instance.repeats * request_tokens(self.lm, instance)
+                self.doc_tokens[(instance.task_name, instance.doc_id)] += (instance.repeats
+                                                                           * request_tokens(self.lm, instance))
 
     def tokens(self, items: Mapping[str, Sequence[int]] | None = None) -> int:
         """Tokens of the requests ``score(items)`` sends the model (every document's when None): the cost figure
@@ -103,7 +104,8 @@ class Scorer:
         A subset's requests get their own plan, built on its first call, so a chunk costs its own forwards."""
         chosen = None if items is None else {(name, self.docs[name][p][0]) for name, ps in items.items() for p in ps}
         for reqtype, all_instances in self.requests.items():
-            instances = all_instances if chosen is None else [i for i in all_instances if (i.task_name, i.doc_id) in chosen]
+            instances = all_instances if chosen is None else [i for i in all_instances
+                                                              if (i.task_name, i.doc_id) in chosen]
             for instance in instances:
                 instance.resps = []
                 instance.filtered_resps = {}
@@ -148,7 +150,8 @@ class Scorer:
                 for metric, value in task.process_results(doc, [i.filtered_resps[filter_name] for i in insts]).items():
                     raw[result_key(metric, filter_name)].append(value)
         aggregations = task.aggregation()
-        primary = next(m for m in aggregations if result_key(m, filters[0]) in raw)  # the first of the task's metric_list
+        # the first of the task's metric_list
+        primary = next(m for m in aggregations if result_key(m, filters[0]) in raw)
         per_item = {key: tuple(float(v) for v in values) for key, values in raw.items()
                     if all(isinstance(v, numbers.Real) for v in values)}
         if pooled_only:
@@ -185,14 +188,16 @@ def _pools(key: str, aggregations: Mapping[str, Any]) -> bool:
     return aggregations.get(metric, metrics.mean) is expected
 
 
-def check_prompt_options(tokenizer: Any, num_fewshot: int | None, apply_chat_template: bool, fewshot_as_multiturn: bool) -> None:
+def check_prompt_options(tokenizer: Any, num_fewshot: int | None, apply_chat_template: bool,
+                         fewshot_as_multiturn: bool) -> None:
     """The prompt options' user mistakes, as lm-eval's own command line refuses them."""
     if num_fewshot is not None and num_fewshot < 0:
         raise EvomergeError(f"num_fewshot must be >= 0, got {num_fewshot}")
     if fewshot_as_multiturn and not apply_chat_template:
         raise EvomergeError("fewshot_as_multiturn needs apply_chat_template: few-shot turns exist only in a chat")
     if apply_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise EvomergeError("apply_chat_template: this model's tokenizer has no chat template (give it one, or leave the option off)")
+        raise EvomergeError("apply_chat_template: this model's tokenizer has no chat template (give it one, or leave "
+                            "the option off)")
 
 
 def _keep_document_fields(task: Any) -> None:

@@ -51,7 +51,8 @@ def class_tensors(folder: Path, trust_remote_code: bool = False) -> ClassTensors
     return _CLASS_TENSORS[key]
 
 
-def used_tensors(base: Path, folder: Path, infos: dict[str, TensorInfo], trust_remote_code: bool) -> dict[str, TensorInfo]:
+def used_tensors(base: Path, folder: Path, infos: dict[str, TensorInfo],
+                 trust_remote_code: bool) -> dict[str, TensorInfo]:
     """The tensors of ``folder``'s checkpoint that the base's model class uses; a note names what is dropped. The base's
     own weights are checked against the shapes its config.json gives (a mismatch would make an unloadable model);
     sources are checked against the base (``pool._check_tensors``), whose messages fit them better."""
@@ -93,7 +94,8 @@ def infos_from_config(config: Mapping[str, Any], trust_remote_code: bool = False
         model = _meta_model(built, trust_remote_code)
     except Exception as e:
         raise EvomergeError(f"config field 'sources.shape' does not describe a model transformers can build "
-                            f"({type(e).__name__}: {e}); give the base's config.json fields, model_type included") from None
+                            f"({type(e).__name__}: {e}); give the base's config.json fields, model_type "
+                            "included") from None
     dtype = _dtype(fields.get("dtype", fields.get("torch_dtype")))
     tied = _tied(model)
     return {name: TensorInfo(dtype if t.is_floating_point() else t.dtype, tuple(t.shape))
@@ -117,5 +119,6 @@ def _dtype(name: Any) -> torch.dtype:
         return torch.float32  # transformers' default for a config without one
     value = getattr(torch, str(name).removeprefix("torch."), None)
     if not isinstance(value, torch.dtype):
-        raise EvomergeError(f"config field 'sources.shape.dtype' must name a torch dtype such as bfloat16, got {name!r}")
+        raise EvomergeError("config field 'sources.shape.dtype' must name a torch dtype such as bfloat16, got "
+                            f"{name!r}")
     return value

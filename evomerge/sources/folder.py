@@ -66,7 +66,8 @@ class ModelFolder:
             twice = sorted(found.keys() & infos.keys())
             if twice:
                 raise EvomergeError(
-                    f"tensor '{twice[0]}' is stored twice in {self.path} (again in {file.name}): the checkpoint is damaged"
+                    f"tensor '{twice[0]}' is stored twice in {self.path} (again in {file.name}): the checkpoint is "
+                    "damaged"
                 )
             infos.update(found)
         return infos, loaded
@@ -127,7 +128,8 @@ def _read_pickle(file: Path) -> dict[str, Tensor]:
     except Exception as e:  # corrupt file, or a pickle holding more than tensors
         raise EvomergeError(f"cannot read tensors from {file}: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(t, Tensor) for t in data.values()):
-        raise EvomergeError(f"{file} is not a flat name -> tensor checkpoint (a training checkpoint?): save the model's state_dict")
+        raise EvomergeError(f"{file} is not a flat name -> tensor checkpoint (a training checkpoint?): save the "
+                            "model's state_dict")
     return data
 
 
@@ -194,7 +196,8 @@ def check_loadable(path: str | Path, *, allow_pickle: bool = False, trust_remote
 def weight_bytes(path: str | Path) -> int:
     """Bytes a folder's tensors take in aligned blocks, bounded from its weight files' sizes (no tensor is read)."""
     files, _ = _weight_files(Path(path).expanduser().resolve())
-    return sum(f.stat().st_size for f in files) + 2**20  # the files' headers and more than the padding (< 64 B a tensor)
+    # the files' headers and more than the padding (< 64 B a tensor)
+    return sum(f.stat().st_size for f in files) + 2**20
 
 
 def fingerprint(path: str | Path) -> str:

@@ -61,7 +61,8 @@ def group_of(name: str, n_layers: int, granularity: int = 1) -> str:
         return _top_level_group(name)
     if index >= n_layers:
         raise EvomergeError(
-            f"tensor '{name}' is in layer {index} but the model has {n_layers} layers: is config.json from another model?"
+            f"tensor '{name}' is in layer {index} but the model has {n_layers} layers: is config.json from another "
+            "model?"
         )
     if granularity == 1:
         return f"layers.{index}"

@@ -106,7 +106,8 @@ class SourcePool:
         trust_remote_code: bool = False,
     ) -> SourcePool:
         """Read the models into this process's memory (aligned blocks in their own dtype)."""
-        shared = share(base, sources, lambda buffer: buffer, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        shared = share(base, sources, lambda buffer: buffer, allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code)
         return cls.attach(shared, lambda handles: list(handles))
 
     @classmethod
@@ -173,7 +174,8 @@ def share(base: str | Path, sources: Sequence[str | Path], put: Callable[[Tensor
     """
     folders = _open_compatible(base, sources, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     indexes = [f.index() for f in folders]
-    infos = [used_tensors(folders[0].path, folder.path, index[0], trust_remote_code) for folder, index in zip(folders, indexes, strict=True)]
+    infos = [used_tensors(folders[0].path, folder.path, index[0], trust_remote_code)
+             for folder, index in zip(folders, indexes, strict=True)]
     for folder, other in zip(folders[1:], infos[1:], strict=True):
         _check_tensors(folders[0].path, _shapes(infos[0]), folder.path, _shapes(other))
     names = sorted(infos[0], key=natural_key)
@@ -218,10 +220,12 @@ def block_group(config: dict[str, Any], names: Sequence[str]) -> Callable[[str],
     return group
 
 
-def _open_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_pickle: bool, trust_remote_code: bool) -> list[ModelFolder]:
+def _open_compatible(base: str | Path, sources: Sequence[str | Path], *, allow_pickle: bool,
+                     trust_remote_code: bool) -> list[ModelFolder]:
     if not sources:
         raise EvomergeError("no source models given: list at least one fine-tune of the base to merge")
-    folders = [ModelFolder.open(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for p in [base, *sources]]
+    folders = [ModelFolder.open(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+               for p in [base, *sources]]
     for folder in folders[1:]:
         _check_configs(folders[0], folder)
     return folders
@@ -235,8 +239,8 @@ def _check_configs(base: ModelFolder, other: ModelFolder) -> None:
     for key in ("model_type", "architectures"):
         if base.config.get(key) != other.config.get(key):
             raise EvomergeError(
-                f"{other.path} has {key} {other.config.get(key)!r} but the base {base.path} has {base.config.get(key)!r}: "
-                "merge only fine-tunes of the same base architecture"
+                f"{other.path} has {key} {other.config.get(key)!r} but the base {base.path} has "
+                f"{base.config.get(key)!r}: merge only fine-tunes of the same base architecture"
             )
     want, got = _vocab_size(base.config), _vocab_size(other.config)
     if want != got:
@@ -250,7 +254,8 @@ def _vocab_size(config: dict[str, Any]) -> Any:
     return config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
 
 
-def _check_tensors(base_path: Path, base: dict[str, tuple[int, ...]], path: Path, other: dict[str, tuple[int, ...]]) -> None:
+def _check_tensors(base_path: Path, base: dict[str, tuple[int, ...]], path: Path,
+                   other: dict[str, tuple[int, ...]]) -> None:
     missing = sorted(base.keys() - other.keys(), key=natural_key)
     if missing:
         raise EvomergeError(

@@ -134,7 +134,8 @@ def read_block(block: Block, infos: Mapping[str, TensorInfo], loaded: Mapping[st
             f = handles.get(info.file) or handles.setdefault(info.file, open(info.file, "rb"))
             f.seek(info.start)
             if e.nbytes and f.readinto(target.numpy().data) != e.nbytes:
-                raise EvomergeError(f"{info.file} ends inside tensor '{e.name}': the checkpoint is truncated; copy it again")
+                raise EvomergeError(f"{info.file} ends inside tensor '{e.name}': the checkpoint is truncated; copy it "
+                                    "again")
     finally:
         for f in handles.values():
             f.close()

@@ -49,7 +49,8 @@ SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")  # config.json
 Sizes = Sequence[tuple[str, int, int]]
 
 
-def write_model_folder(tensors: Mapping[str, Tensor], out: Path, *, template: Path, shard_size: int | str = DEFAULT_SHARD_SIZE,
+def write_model_folder(tensors: Mapping[str, Tensor], out: Path, *, template: Path,
+                       shard_size: int | str = DEFAULT_SHARD_SIZE,
                        force: bool = False, extra_files: Mapping[str, str | bytes] = {}, tokenizer: Path | None = None,
                        dtype: str | None = None, check: Callable[[Path], None] | None = None) -> Path:
     """Write ``tensors`` (in their given order) and the template's config/tokenizer files to ``out``.
@@ -61,12 +62,12 @@ def write_model_folder(tensors: Mapping[str, Tensor], out: Path, *, template: Pa
     """
     sizes = [(n, t.numel(), t.numel() * t.element_size()) for n, t in tensors.items()]
     return write_model_shards(sizes, lambda names: {n: tensors[n] for n in names}, out, template=template,
-                              shard_size=shard_size, force=force, extra_files=extra_files, tokenizer=tokenizer, dtype=dtype,
-                              check=check)
+                              shard_size=shard_size, force=force, extra_files=extra_files, tokenizer=tokenizer,
+                              dtype=dtype, check=check)
 
 
-def write_model_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, Tensor]], out: Path, *, template: Path,
-                       shard_size: int | str = DEFAULT_SHARD_SIZE, force: bool = False,
+def write_model_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, Tensor]], out: Path, *,
+                       template: Path, shard_size: int | str = DEFAULT_SHARD_SIZE, force: bool = False,
                        extra_files: Mapping[str, str | bytes] = {}, tokenizer: Path | None = None,
                        dtype: str | None = None, check: Callable[[Path], None] | None = None) -> Path:
     """As ``write_model_folder``, one shard at a time: ``make_shard(names)`` returns that shard's tensors, which are
@@ -109,9 +110,11 @@ def shard_names(sizes: Sizes, max_bytes: int) -> list[list[str]]:
     return shards
 
 
-def _write_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, Tensor]], folder: Path, max_bytes: int) -> None:
+def _write_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, Tensor]], folder: Path,
+                  max_bytes: int) -> None:
     shards = shard_names(sizes, max_bytes)
-    files = [SAFETENSORS_FILE] if len(shards) == 1 else [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    files = [SAFETENSORS_FILE] if len(shards) == 1 else [f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                                                         for i in range(1, len(shards) + 1)]
     weight_map = {}
     for names, file in zip(shards, files, strict=True):
         tensors = make_shard(names)
@@ -128,7 +131,8 @@ def _write_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, T
 
 
 def _copy_template(template: Path, tokenizer: Path, folder: Path, dtype: str | None) -> None:
-    """config.json from the template (with the dtype and the tokenizer's special token ids), the rest from the tokenizer."""
+    """config.json from the template (with the dtype and the tokenizer's special token ids),
+    the rest from the tokenizer."""
     for name in TOKENIZER_FILES:
         if (tokenizer / name).is_file():
             shutil.copy2(tokenizer / name, folder / name)
@@ -147,7 +151,8 @@ def _copy_template(template: Path, tokenizer: Path, folder: Path, dtype: str | N
 def check_output_folder(out: Path, force: bool) -> None:
     """Refuse a non-empty output folder unless forced; callers check early, before expensive work."""
     if _occupied(out) and not force:
-        raise EvomergeError(f"{out} already exists and is not empty: choose another folder or pass --force to overwrite it")
+        raise EvomergeError(f"{out} already exists and is not empty: choose another folder or pass --force to "
+                            "overwrite it")
 
 
 def check_outside(out: Path, inputs: Iterable[tuple[str, Path]]) -> None:

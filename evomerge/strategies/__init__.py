@@ -65,7 +65,8 @@ def make_strategy(
     **options: Any,
 ) -> Strategy:
     """Build the strategy registered as ``name``; unknown names or options raise EvomergeError."""
-    return strategy_class(name)(dim, n_objectives, seed=seed, weights=weights, initial=initial, storage=storage, **options)
+    return strategy_class(name)(dim, n_objectives, seed=seed, weights=weights, initial=initial, storage=storage,
+                                **options)
 
 
 __all__ = [

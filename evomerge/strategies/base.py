@@ -74,8 +74,8 @@ class Strategy(ABC):
     """Base class: validates the common arguments and options, keeps the ask/tell bookkeeping.
 
     Subclasses implement :meth:`_setup` (their own state), :meth:`_ask` (return a Candidate or None)
-    and :meth:`_tell` (receives the candidate's ask index). :meth:`_next_initial` serves the ``initial`` points, in order, as
-    ``operator="init"``, ``generation=0`` candidates.
+    and :meth:`_tell` (receives the candidate's ask index). :meth:`_next_initial` serves the ``initial`` points, in
+    order, as ``operator="init"``, ``generation=0`` candidates.
     """
 
     name: ClassVar[str] = ""
@@ -101,7 +101,8 @@ class Strategy(ABC):
             raise EvomergeError(f"strategy '{self.name}': seed must be a non-negative integer, got {seed!r}")
         self.dim, self.n_objectives, self.seed = int(dim), int(n_objectives), int(seed)
         self.weights = _weights(weights, self.n_objectives, self.name)
-        self.initial = tuple(_point(p, self.dim, f"strategy '{self.name}': initial point {i}") for i, p in enumerate(initial))
+        self.initial = tuple(_point(p, self.dim, f"strategy '{self.name}': initial point {i}")
+                             for i, p in enumerate(initial))
         self.options: Any = load(self.Options, options, what="config", where="strategy.options")
         self.storage = storage  # where a strategy with external state (optuna's study) keeps it; the run provides it
         self._pending: deque[Candidate] = deque()  # asked, not yet told (only these: a long run asks 10k+ points)
@@ -132,7 +133,8 @@ class Strategy(ABC):
             raise RuntimeError(f"strategy '{self.name}': told candidate {index} out of ask order (its x differs)")
         if len(evaluation.objectives) != self.n_objectives:
             raise ValueError(
-                f"strategy '{self.name}': expected {self.n_objectives} objective value(s), got {len(evaluation.objectives)}"
+                f"strategy '{self.name}': expected {self.n_objectives} objective value(s), got "
+                f"{len(evaluation.objectives)}"
             )
         self._n_told += 1
         self._tell(index, self._pending.popleft(), evaluation)
@@ -207,6 +209,7 @@ def _weights(weights: Sequence[float] | None, n: int, name: str) -> np.ndarray:
     w = np.asarray(weights, dtype=float)
     if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise EvomergeError(
-            f"strategy '{name}': objective weights must be {n} non-negative numbers with a positive sum, got {list(weights)}"
+            f"strategy '{name}': objective weights must be {n} non-negative numbers with a positive sum, got "
+            f"{list(weights)}"
         )
     return w / w.sum()

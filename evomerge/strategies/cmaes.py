@@ -35,7 +35,8 @@ from evomerge.strategies.base import Candidate, Evaluation, Selection, Strategy,
 
 @dataclass(frozen=True)
 class CMAESOptions:
-    sigma0: float = field(default=1.0 / 6.0, metadata={"gt": 0})  # initial step size in box units (a third of the box is ~2 sigma)
+    # initial step size in box units (a third of the box is ~2 sigma)
+    sigma0: float = field(default=1.0 / 6.0, metadata={"gt": 0})
     popsize: int | None = field(default=None, metadata={"ge": 2})  # lambda; None = 4 + floor(3 ln dim)
     restart_popsize_factor: float = field(default=2.0, metadata={"ge": 1})  # population growth per restart (IPOP)
 

@@ -39,7 +39,8 @@ from evomerge.strategies.base import Candidate, Evaluation, Strategy, as_point
 @dataclass(frozen=True)
 class NichesOptions:
     archive_size: int = field(default=20, metadata={"ge": 2})  # P, members kept
-    alpha: float = field(default=1.0, metadata={"ge": 0})  # load exponent: 1 = natural niches, 0 = plain fitness (the GA comparison)
+    # load exponent: 1 = natural niches, 0 = plain fitness (the GA comparison)
+    alpha: float = field(default=1.0, metadata={"ge": 0})
     use_attraction: bool = True  # pick the second parent by attraction (False = both by fitness)
     mix: Literal["linear", "slerp"] = "linear"  # crossover mixing on genes (SLERP: angle from the whole vectors)
     slerp_origin: float = 0.0  # the box coordinate SLERP treats as the origin (the box image of a zero weight)
@@ -61,7 +62,8 @@ class NaturalNiches(Strategy):
         o = self.options
         n_random = o.random_init if o.random_init is not None else (0 if self.initial else o.archive_size)
         if not self.initial and n_random == 0:
-            raise EvomergeError("strategy 'niches' needs seed points: give initial points or set option 'random_init' >= 1")
+            raise EvomergeError("strategy 'niches' needs seed points: give initial points or set option 'random_init' "
+                                ">= 1")
         init_rng = self._rng(0)
         self._seeds = [*self.initial, *(as_point(init_rng.random(self.dim)) for _ in range(n_random))]
         self._rng_breed = self._rng(1)
@@ -120,7 +122,8 @@ class NaturalNiches(Strategy):
         if self.scores is None:
             self.scores = np.zeros((self.options.archive_size, items.size))
         elif items.size != self.scores.shape[1]:
-            raise ValueError(f"strategy 'niches': got {items.size} per-item scores, earlier candidates had {self.scores.shape[1]}")
+            raise ValueError(f"strategy 'niches': got {items.size} per-item scores, earlier candidates had "
+                             f"{self.scores.shape[1]}")
         slot = ops.niche_replacement(self.scores, items, self.options.alpha)
         if slot is None:
             return
@@ -139,6 +142,7 @@ class NaturalNiches(Strategy):
         if self.scores is None:
             return []
         return [
-            (int(self.archive_index[i]), tuple(float(v) for v in self.archive[i]), tuple(float(v) for v in self.scores[i]))
+            (int(self.archive_index[i]), tuple(float(v) for v in self.archive[i]),
+             tuple(float(v) for v in self.scores[i]))
             for i in np.flatnonzero(self.archive_index >= 0)
         ]

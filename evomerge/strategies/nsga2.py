@@ -28,11 +28,13 @@ class NSGA2Options:
     population: int = field(default=16, metadata={"ge": 2})  # N, members per generation and survivors kept
     # probability that a pair of parents is recombined (else copied)
     crossover_prob: float = field(default=0.9, metadata={"ge": 0, "le": 1})
-    eta_crossover: float = field(default=15.0, metadata={"ge": 0})  # SBX distribution index: larger = children nearer their parents
+    # SBX distribution index: larger = children nearer their parents
+    eta_crossover: float = field(default=15.0, metadata={"ge": 0})
     mutation: Literal["polynomial", "gaussian"] = "polynomial"  # polynomial: Deb's
     eta_mutation: float = field(default=20.0, metadata={"ge": 0})  # polynomial mutation distribution index
     mutation_sigma: float = field(default=0.05, metadata={"ge": 0})  # Gaussian mutation std in box units
-    mutation_rate: float | None = field(default=None, metadata={"ge": 0, "le": 1})  # probability that a gene mutates; None = 1/dim
+    # probability that a gene mutates; None = 1/dim
+    mutation_rate: float | None = field(default=None, metadata={"ge": 0, "le": 1})
 
 
 class NSGA2(Strategy):
@@ -105,7 +107,8 @@ class NSGA2(Strategy):
             return []
         f = np.array([m[2] for m in self.population])
         first = non_dominated_sort(f)[0]
-        return [(self.population[i][0], tuple(map(float, self.population[i][1])), tuple(map(float, f[i]))) for i in first]
+        return [(self.population[i][0], tuple(map(float, self.population[i][1])), tuple(map(float, f[i])))
+                for i in first]
 
 
 def _finite(objectives: list[np.ndarray]) -> np.ndarray:

@@ -26,7 +26,8 @@ Array = NDArray[np.float64]
 # --- crossover ---------------------------------------------------------------------------------
 
 
-def uniform_crossover(rng: np.random.Generator, a: ArrayLike, b: ArrayLike, swap_prob: float = 0.5) -> tuple[Array, Array]:
+def uniform_crossover(rng: np.random.Generator, a: ArrayLike, b: ArrayLike,
+                      swap_prob: float = 0.5) -> tuple[Array, Array]:
     """Each gene is swapped between the two parents with probability ``swap_prob``."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     swap = rng.random(a.shape) < swap_prob
@@ -137,7 +138,8 @@ def gaussian_mutation(
 
 
 def polynomial_mutation(
-    rng: np.random.Generator, x: ArrayLike, eta: float = 20.0, rate: float | None = None, low: float = 0.0, high: float = 1.0
+    rng: np.random.Generator, x: ArrayLike, eta: float = 20.0, rate: float | None = None, low: float = 0.0,
+    high: float = 1.0
 ) -> Array:
     """Deb's bounded polynomial mutation; each gene mutates with probability ``rate`` (default 1/dim)."""
     y = np.asarray(x, dtype=float).copy()

@@ -63,8 +63,8 @@ class BuiltFamily:
 
     def family(self) -> Family:
         """The family as the checks see it: each skill's loglikelihood tasks, scored on ``acc``."""
-        return zoo_family(self.base, self.experts, self.task_dir, {s: (f.task, f.heldout_task) for s, f in self.skills.items()},
-                          self.seed)
+        return zoo_family(self.base, self.experts, self.task_dir,
+                          {s: (f.task, f.heldout_task) for s, f in self.skills.items()}, self.seed)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ def built_fields(root: Path, m: dict[str, Any]) -> dict[str, Any]:
     """``BuiltFamily``'s fields from a manifest, paths resolved against the family's folder."""
     skills = {s: SkillFiles(v["task"], v["heldout_task"], root / v["calibration"], root / v["heldout"])
               for s, v in m["skills"].items()}
-    return {"root": root, "seed": m["seed"], "base": root / m["base"], "experts": {s: root / p for s, p in m["experts"].items()},
+    return {"root": root, "seed": m["seed"], "base": root / m["base"],
+            "experts": {s: root / p for s, p in m["experts"].items()},
             "skills": skills, "task_dir": root / m["task_dir"], "quality": m["quality"]}
 
 
@@ -173,7 +174,8 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
             write_jsonl(tmp / files[split], items)
         # Every task kind (loglikelihood, multiple choice, generation, rolling) per split; the YAMLs
         # hold the final absolute data paths, as lm-eval resolves them from wherever it runs.
-        tasks = write_skill_tasks(skill, {split: final / f for split, f in files.items()}, tmp / "tasks")["loglikelihood"]
+        tasks = write_skill_tasks(skill, {split: final / f for split, f in files.items()},
+                                  tmp / "tasks")["loglikelihood"]
         skills[skill] = {"task": tasks["calibration"], "heldout_task": tasks["heldout"],
                          "calibration": str(files["calibration"]), "heldout": str(files["heldout"])}
 
@@ -210,8 +212,8 @@ def _build(tmp: Path, final: Path, seed: int, arch: str, recipe: Recipe, progres
     elapsed = time.perf_counter() - start
     log(f"zoo built in {elapsed:.0f} s")
     return {
-        "base": "models/base", "experts": {s: str(p) for s, p in experts.items()}, "skills": skills, "task_dir": "tasks",
-        "base_steps": base_steps, "build_seconds": round(elapsed, 1),
+        "base": "models/base", "experts": {s: str(p) for s, p in experts.items()}, "skills": skills,
+        "task_dir": "tasks", "base_steps": base_steps, "build_seconds": round(elapsed, 1),
         # The machine's 1/5/15-minute load at the end: build seconds on a shared machine mean little without it.
         "build_load_average": [round(x, 2) for x in os.getloadavg()],
         "quality": {**q, "conditions": _as_json(verdicts)},

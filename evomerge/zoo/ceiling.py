@@ -39,8 +39,8 @@ def ceiling_space(family: Family, layer_granularity: int = 1) -> GenomeSpace:
     names = read_tensor_names(family.base)
     groups = layer_groups(names, num_layers(read_config(family.base), names), layer_granularity)
     return GenomeSpace(groups, base=family.base, sources=family.sources, methods=["task_arithmetic"],
-                       bounds={"weight": WEIGHT_BOUNDS}, parameters={"lambda": 1.0}, layer_granularity=layer_granularity,
-                       seed=family.seed)
+                       bounds={"weight": WEIGHT_BOUNDS}, parameters={"lambda": 1.0},
+                       layer_granularity=layer_granularity, seed=family.seed)
 
 
 def maximize(value: Callable[[Point], float], dim: int, start: Point, evaluations: int, seed: int,

@@ -93,7 +93,8 @@ class Family:
     def sources(self) -> tuple[Path, ...]:
         return tuple(self.experts.values())
 
-    def recipes(self, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES) -> dict[str, list[FixedRecipe]]:
+    def recipes(self, lambdas: Sequence[float] = LAMBDAS,
+                densities: Sequence[float] = DENSITIES) -> dict[str, list[FixedRecipe]]:
         """``recipes.fixed``'s families over these experts (labelled by skill)."""
         return fixed_recipes(len(self.experts), self.skills, lambdas=lambdas, densities=densities)
 
@@ -121,7 +122,8 @@ class FamilyScorer:
         items = None
         if self.family.items is not None:
             docs = self.worker.scorer(split).docs
-            items = {task: range(min(self.family.items, len(docs[task]))) for task in (o.task_for(split) for o in objectives)}
+            items = {task: range(min(self.family.items, len(docs[task])))
+                     for task in (o.task_for(split) for o in objectives)}
         outcome = self.worker.evaluate(recipe, split, items)
         if outcome.scores is not None and self.higher is None:
             self.higher = directions(objectives, outcome.scores, split)
@@ -171,7 +173,8 @@ def check_fixed(family: Family, *, lambdas: Sequence[float] = LAMBDAS, densities
     sources = [source_name(i) for i in range(len(family.experts))]
     normalizer = Normalizer.from_sources(here.higher, {"calibration": [raw[s] for s in sources],
                                                        "heldout": [heldout[s] for s in sources]})
-    chosen = {name: normalizer.best([(m, raw[m.name]) for m in families[name]], "calibration") for name in GRID_FAMILIES}
+    chosen = {name: normalizer.best([(m, raw[m.name]) for m in families[name]], "calibration")
+              for name in GRID_FAMILIES}
     heldout |= {m.name: here.fixed(m, "heldout") for m in chosen.values()}
     shown = [*singles, *chosen.values()]
     tables = {"calibration": {m.name: raw[m.name] for m in shown}, "heldout": heldout}

@@ -66,7 +66,8 @@ def generation_config():  # -> transformers.GenerationConfig
 class LoRA(nn.Module):
     """W + (α/r)·B·A as a weight parametrization, so folding it in is one library call."""
 
-    def __init__(self, weight: torch.Tensor, rank: int, alpha: float, transposed: bool, generator: torch.Generator) -> None:
+    def __init__(self, weight: torch.Tensor, rank: int, alpha: float, transposed: bool,
+                 generator: torch.Generator) -> None:
         super().__init__()
         # GPT-2's Conv1D stores its weight as [in, out]; nn.Linear as [out, in].
         out_f, in_f = weight.shape[::-1] if transposed else weight.shape

@@ -95,13 +95,14 @@ def _loglikelihood(_: str) -> dict[str, Any]:
 
 
 def _multiple_choice(skill: str) -> dict[str, Any]:
-    options = ", ".join(["answer", *(f"({JINJA[other]}) ~ '{TERMINATOR}'" for other in EXPERT_SKILLS if other != skill)])
+    options = ", ".join(["answer",
+                         *(f"({JINJA[other]}) ~ '{TERMINATOR}'" for other in EXPERT_SKILLS if other != skill)])
     return {
         "output_type": "multiple_choice",
         "doc_to_text": "{{prompt}}",
         # the letters sit between ':' and '='; an option equal to another (a palindrome's reversal) is dropped
-        "doc_to_choice": "{% set s = prompt.split(':')[1][:-1] %}{{ [" + options + "] | unique(case_sensitive=true) | list }}",
-        "doc_to_target": "{{answer}}",
+        "doc_to_choice": ("{% set s = prompt.split(':')[1][:-1] %}{{ [" + options
+                          + "] | unique(case_sensitive=true) | list }}"), "doc_to_target": "{{answer}}",
         "target_delimiter": "",
         "metric_list": [_metric("acc", "mean", True), _metric("acc_norm", "mean", True)],
     }

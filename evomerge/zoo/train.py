@@ -202,7 +202,8 @@ def train_expert(base_dir: Path, out_dir: Path, arch: str, skill: str, seed: int
         if plan.kl > 0:
             reference = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True).eval()
             others = Sampler({f: 1.0 for f in FORMATS if f != skill}, f"zoo-anchor-{seed}-{skill}", exclude)
-            loss_at = _anchored_loss(model, reference, own, others, recipe.batch - recipe.kl_rows, recipe.kl_rows, plan.kl)
+            loss_at = _anchored_loss(model, reference, own, others, recipe.batch - recipe.kl_rows, recipe.kl_rows,
+                                     plan.kl)
 
         def report(step: int, loss: float) -> bool:
             if progress and step % 100 == 0:
@@ -252,8 +253,8 @@ def worker_pool(processes: int) -> ProcessPoolExecutor:
     Spawned, not forked: a fork of a process that already ran torch ops can inherit its thread
     pool's locks; a spawned child imports torch afresh (a few seconds, once per process).
     """
-    return ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
-                               initargs=(1,))
+    return ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(1,))
 
 
 def train_experts(base_dir: Path, out_dirs: dict[str, Path], arch: str, seed: int, recipe: Recipe,

@@ -57,7 +57,8 @@ def generalized_task_arithmetic(
     return combine(base, tau, weight, consensus=family.consensus, normalize=normalize, lam=lam)
 
 
-def sparsified(family: Family, tau: Tensor, density: float, draws: Tensor | None, gamma: float, epsilon: float) -> Tensor:
+def sparsified(family: Family, tau: Tensor, density: float, draws: Tensor | None, gamma: float,
+               epsilon: float) -> Tensor:
     """One task vector with the family's survivors kept (and rescaled, for random drops)."""
     if family.sparsify == "magnitude":
         return tau * magnitude_mask(tau, density)
@@ -71,7 +72,8 @@ def sparsified(family: Family, tau: Tensor, density: float, draws: Tensor | None
     return drop_and_rescale(tau, draws, della_probabilities(tau, density, epsilon))
 
 
-def _declare(name: str, sparsify: str, consensus: bool, normalize_default: bool, extra: tuple[Param, ...], doc: str) -> None:
+def _declare(name: str, sparsify: str, consensus: bool, normalize_default: bool, extra: tuple[Param, ...],
+             doc: str) -> None:
     family = Family(sparsify, consensus)  # type: ignore[arg-type]
     sparse = (DENSITY,) if sparsify != "none" else ()
     register(MergeMethod(
@@ -82,7 +84,8 @@ def _declare(name: str, sparsify: str, consensus: bool, normalize_default: bool,
 
 for _args in (
     ("task_arithmetic", "none", False, False, (), "Add the weighted task vectors to the base."),
-    ("ties", "magnitude", True, True, (), "Trim each τ_k to its largest magnitudes, elect signs, average the agreeing entries."),
+    ("ties", "magnitude", True, True, (),
+     "Trim each τ_k to its largest magnitudes, elect signs, average the agreeing entries."),
     ("dare_linear", "random", False, False, (), "Drop entries of each τ_k at random, rescale survivors, add."),
     ("dare_ties", "random", True, False, (), "DARE drops with TIES sign election."),
     ("breadcrumbs", "outliers", False, False, (GAMMA,), "Drop the largest and the smallest entries of each τ_k, add."),

