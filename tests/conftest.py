@@ -77,11 +77,13 @@ def write_tasks(folder: Path, n_items: int = 12) -> dict[str, str]:
         for split in ("calibration", "heldout"):
             items = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 4))) for _ in range(n_items)]
             data = folder / f"{skill}_{split}.jsonl"
-            data.write_text("".join(json.dumps({"prompt": f"{skill[0]}:{s}=", "answer": fn(s) + "."}) + "\n" for s in items))
+            data.write_text("".join(json.dumps({"prompt": f"{skill[0]}:{s}=", "answer": fn(s) + "."}) + "\n"
+                                    for s in items))
             task = f"tiny_{skill}" + ("_heldout" if split == "heldout" else "")
             (folder / f"{task}.yaml").write_text(
-                f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-                "output_type: loglikelihood\ndoc_to_text: '{{prompt}}'\ndoc_to_target: '{{answer}}'\ntarget_delimiter: ''\n"
+                f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+                "test_split: test\noutput_type: loglikelihood\ndoc_to_text: '{{prompt}}'\n"
+                "doc_to_target: '{{answer}}'\ntarget_delimiter: ''\n"
                 "metric_list:\n  - {metric: acc, aggregation: mean, higher_is_better: true}\n"
                 "  - {metric: perplexity, aggregation: perplexity, higher_is_better: false}\n"
             )

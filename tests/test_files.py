@@ -21,7 +21,8 @@ def test_a_replaced_folder_holds_the_new_files_and_nothing_is_left_beside_it(tmp
     assert (out / "f.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_the_old_folder_comes_back_when_the_new_one_cannot_be_moved_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_old_folder_comes_back_when_the_new_one_cannot_be_moved_in(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     out, new = folder(tmp_path / "out", "old"), folder(tmp_path / "new", "new")
     rename = Path.rename
 

@@ -17,7 +17,8 @@ def test_non_dominated_sort_of_a_hand_made_set() -> None:
 
 
 def test_dominates_needs_strictly_better_somewhere() -> None:
-    assert pareto.dominates([2, 2], [1, 2]) and not pareto.dominates([2, 2], [2, 2]) and not pareto.dominates([3, 1], [1, 3])
+    assert pareto.dominates([2, 2], [1, 2]) and not pareto.dominates([2, 2],
+                                                                     [2, 2]) and not pareto.dominates([3, 1], [1, 3])
 
 
 def test_crowding_distance_of_a_hand_made_front() -> None:

@@ -22,7 +22,8 @@ def odd_models(tmp_path_factory: pytest.TempPathFactory, tiny_family: dict[str, 
 
     root = tmp_path_factory.mktemp("odd")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=2, n_head=2, n_positions=64)).save_pretrained(root / "gpt2")
+    GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=2, n_head=2,
+                               n_positions=64)).save_pretrained(root / "gpt2")
     wide = LlamaConfig(vocab_size=32, hidden_size=24, intermediate_size=32, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
     LlamaForCausalLM(wide).save_pretrained(root / "wide")
@@ -76,19 +77,24 @@ CASES = {
     "missing recipe file": (lambda t, f, o: ["merge", str(t / "nope.yaml"), "--out", str(o)], "not found"),
     "malformed yaml": (lambda t, f, o: ["merge", str(_text(t, "method: [ties\n")), "--out", str(o)], "not valid YAML"),
     "recipe not a mapping": (lambda t, f, o: ["merge", str(_text(t, "- ties\n")), "--out", str(o)], "mapping"),
-    "unknown method": (lambda t, f, o: ["merge", str(family_recipe(t, f, method="tiez")), "--out", str(o)], "unknown merge method 'tiez'"),
-    "unknown recipe key": (lambda t, f, o: ["merge", str(family_recipe(t, f, methd="ties")), "--out", str(o)], "unknown field 'methd' in the recipe"),
+    "unknown method": (lambda t, f, o: ["merge", str(family_recipe(t, f, method="tiez")), "--out", str(o)],
+                       "unknown merge method 'tiez'"),
+    "unknown recipe key": (lambda t, f, o: ["merge", str(family_recipe(t, f, methd="ties")), "--out", str(o)],
+                           "unknown field 'methd' in the recipe"),
     "weight list length wrong": (
-        lambda t, f, o: ["merge", str(family_recipe(t, f, groups={"layers.0": {"sources": [{"weight": 1.0}]}})), "--out", str(o)],
+        lambda t, f, o: ["merge", str(family_recipe(t, f, groups={"layers.0": {"sources": [{"weight": 1.0}]}})),
+                         "--out", str(o)],
         "one per source"),
     "density outside (0,1]": (
         lambda t, f, o: ["merge", str(family_recipe(t, f, sources=[
             {"model": "A", "parameters": {"weight": 1.0, "density": 1.5}},
             {"model": "B", "parameters": {"weight": 1.0, "density": 0.5}}])), "--out", str(o)],
         "'density' = 1.5 is outside (0, 1]"),
-    "bad dtype": (lambda t, f, o: ["merge", str(family_recipe(t, f, dtype="float8")), "--out", str(o)], "recipe field 'dtype' must be one of float32, float16, bfloat16, float64, got 'float8'"),
+    "bad dtype": (lambda t, f, o: ["merge", str(family_recipe(t, f, dtype="float8")), "--out", str(o)],
+                  "recipe field 'dtype' must be one of float32, float16, bfloat16, float64, got 'float8'"),
     "unknown layer group": (
-        lambda t, f, o: ["merge", str(family_recipe(t, f, groups={"layers.9": {"parameters": {"lambda": 1.0}}})), "--out", str(o)],
+        lambda t, f, o: ["merge", str(family_recipe(t, f, groups={"layers.9": {"parameters": {"lambda": 1.0}}})),
+                         "--out", str(o)],
         "layers.9"),
     "missing source folder": (
         lambda t, f, o: ["merge", str(family_recipe(t, {**f, "b": t / "missing"})), "--out", str(o)], "missing"),
@@ -96,7 +102,8 @@ CASES = {
     "unknown subcommand": (lambda t, f, o: ["mergee"], "invalid choice"),
     "evaluate missing model": (lambda t, f, o: ["evaluate", str(t / "nomodel"), "--tasks", "x"], "no config.json"),
     "evaluate unknown task": (
-        lambda t, f, o: ["evaluate", str(f["a"]), "--tasks", "no_such_task", "--task-path", str(t)], "unknown lm-eval task 'no_such_task'"),
+        lambda t, f, o: ["evaluate", str(f["a"]), "--tasks", "no_such_task", "--task-path", str(t)],
+        "unknown lm-eval task 'no_such_task'"),
     "unknown zoo arch": (lambda t, f, o: ["zoo", "build", str(o), "--arch", "transformer-xl"], "transformer-xl"),
     "regmean without statistics": (lambda t, f, o: ["merge", str(family_recipe(t, f, **REGMEAN)), "--out", str(o)],
                                    "method 'regmean' needs the sources' input Gram matrices"),
@@ -106,7 +113,8 @@ CASES = {
     "output inside the statistics folder": (
         lambda t, f, o: ["merge", str(family_recipe(t, f, **REGMEAN, statistics=str(o.parent))), "--out", str(o)],
         "lies inside the statistics folder"),
-    "statistics empty tasks": (lambda t, f, o: ["statistics", str(family_recipe(t, f)), "--tasks", ",", "--out", str(o)],
+    "statistics empty tasks": (lambda t, f, o: ["statistics", str(family_recipe(t, f)), "--tasks", ",", "--out",
+                                                str(o)],
                                "--tasks is empty"),
     "statistics into a model folder": (
         lambda t, f, o: ["statistics", str(family_recipe(t, f)), "--tasks", "x", "--out", str(f["a"] / "stats")],
@@ -128,7 +136,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("odd,fragment", [("gpt2", "architecture"), ("wide", "shape"), ("pickled", "pickle")])
-def test_incompatible_source_is_refused_by_name(odd: str, fragment: str, tmp_path: Path, tiny_family, odd_models, capsys) -> None:
+def test_incompatible_source_is_refused_by_name(odd: str, fragment: str, tmp_path: Path, tiny_family, odd_models,
+                                                capsys) -> None:
     out = tmp_path / "out"
     path = family_recipe(tmp_path, {**tiny_family, "b": odd_models[odd]})
     code, err = run_cli(["merge", str(path), "--out", str(out)], capsys)
@@ -186,43 +195,62 @@ SEARCH_CASES = {
     "unknown top-level field": ({"budgett": {}}, "unknown field 'budgett' in the config"),
     "unknown genome field": ({"genome.paramters": {}}, "unknown field 'paramters' in config section 'genome'"),
     "unknown dtype": ({"genome.dtype": "float8"}, "config field 'genome.dtype' must be one of"),
-    "bound of no gene": ({"genome.bounds": {"wieght": [0, 1]}}, "config field 'genome.bounds.wieght': no per-source parameter"),
-    "reversed bounds": ({"genome.bounds": {"weight": [2, 0]}}, "config field 'genome.bounds.weight' must be [low, high]"),
-    "bound outside the domain": ({"genome.bounds": {"density": [0.0, 1.5]}}, "'genome.bounds.density': 0 is outside (0, 1]"),
-    "parameter no method takes": ({"genome.parameters": {"lamda": 1.0}}, "'genome.parameters.lamda': none of ties takes"),
+    "bound of no gene": ({"genome.bounds": {"wieght": [0, 1]}},
+                         "config field 'genome.bounds.wieght': no per-source parameter"),
+    "reversed bounds": ({"genome.bounds": {"weight": [2, 0]}},
+                        "config field 'genome.bounds.weight' must be [low, high]"),
+    "bound outside the domain": ({"genome.bounds": {"density": [0.0, 1.5]}},
+                                 "'genome.bounds.density': 0 is outside (0, 1]"),
+    "parameter no method takes": ({"genome.parameters": {"lamda": 1.0}},
+                                  "'genome.parameters.lamda': none of ties takes"),
     "parameter of the wrong type": ({"genome.parameters": {"lambda": "big"}}, "ties: 'lambda' must be a number"),
     "unknown method": ({"genome.methods": ["tiez"]}, "unknown merge method 'tiez'"),
     "method that cannot be searched": ({"genome.methods": ["slerp"]}, "'slerp' cannot be searched per layer"),
     "empty method list": ({"genome.methods": []}, "config field 'genome.methods' must be a non-empty list"),
     "unknown strategy": ({"strategy.name": "annealing"}, "unknown strategy 'annealing'"),
-    "unknown strategy option": ({"strategy.options": {"sigma": 0.3}}, "unknown field 'sigma' in config section 'strategy.options'"),
-    "strategy option out of range": ({"strategy.options": {"popsize": 1}}, "config field 'strategy.options.popsize' must be an integer >= 2"),
-    "negative objective weight": ({"objectives": _objective(weight=-1)}, "config field 'objectives[0].weight' must be a number >= 0"),
-    "objective weights summing to zero": ({"objectives": _objective(weight=0)}, "'objectives' must have weights with a positive sum"),
+    "unknown strategy option": ({"strategy.options": {"sigma": 0.3}},
+                                "unknown field 'sigma' in config section 'strategy.options'"),
+    "strategy option out of range": ({"strategy.options": {"popsize": 1}},
+                                     "config field 'strategy.options.popsize' must be an integer >= 2"),
+    "negative objective weight": ({"objectives": _objective(weight=-1)},
+                                  "config field 'objectives[0].weight' must be a number >= 0"),
+    "objective weights summing to zero": ({"objectives": _objective(weight=0)},
+                                          "'objectives' must have weights with a positive sum"),
     "unknown task": ({"objectives": [{"task": "tiny_rvs"}]}, "unknown lm-eval task 'tiny_rvs'"),
-    "unknown held-out task": ({"objectives": _objective(heldout_task="tiny_rev_hold")}, "unknown lm-eval task 'tiny_rev_hold'"),
-    "unknown metric": ({"objectives": _objective(metric="accuracy")}, "'objectives[0].metric': task 'tiny_rev' has no metric 'accuracy'"),
-    "unknown search metric": ({"objectives": _objective(search_metric="loglik")}, "'objectives[0].search_metric': task 'tiny_rev' has no metric 'loglik'"),
-    "multiturn few-shot without a chat": ({"scoring.fewshot_as_multiturn": True}, "config field 'scoring.fewshot_as_multiturn' needs apply_chat_template"),
-    "chat template the tokenizer lacks": ({"scoring.apply_chat_template": True}, "'scoring.apply_chat_template': the tokenizer of"),
-    "negative few-shot count": ({"scoring.num_fewshot": -1}, "config field 'scoring.num_fewshot' must be an integer >= 0"),
-    "unknown filter": ({"objectives": _objective(filter="strict")}, "'objectives[0].filter': task 'tiny_rev' has no filter 'strict'"),
-    "bad direction": ({"objectives": _objective(direction="up")}, "config field 'objectives[0].direction' must be one of max, min"),
+    "unknown held-out task": ({"objectives": _objective(heldout_task="tiny_rev_hold")},
+                              "unknown lm-eval task 'tiny_rev_hold'"),
+    "unknown metric": ({"objectives": _objective(metric="accuracy")},
+                       "'objectives[0].metric': task 'tiny_rev' has no metric 'accuracy'"),
+    "unknown search metric": ({"objectives": _objective(search_metric="loglik")},
+                              "'objectives[0].search_metric': task 'tiny_rev' has no metric 'loglik'"),
+    "multiturn few-shot without a chat": ({"scoring.fewshot_as_multiturn": True},
+                                          "config field 'scoring.fewshot_as_multiturn' needs apply_chat_template"),
+    "chat template the tokenizer lacks": ({"scoring.apply_chat_template": True},
+                                          "'scoring.apply_chat_template': the tokenizer of"),
+    "negative few-shot count": ({"scoring.num_fewshot": -1},
+                                "config field 'scoring.num_fewshot' must be an integer >= 0"),
+    "unknown filter": ({"objectives": _objective(filter="strict")},
+                       "'objectives[0].filter': task 'tiny_rev' has no filter 'strict'"),
+    "bad direction": ({"objectives": _objective(direction="up")},
+                      "config field 'objectives[0].direction' must be one of max, min"),
     "no objectives": ({"objectives": []}, "config field 'objectives' must be a non-empty list"),
     "missing task folder": ({"scoring.task_path": "/no/such/tasks"}, "task folder not found: /no/such/tasks"),
     "missing base model": ({"sources.base": "/no/such/base"}, "model folder /no/such/base does not exist"),
     "no source models": ({"sources.models": []}, "config field 'sources.models' must be a non-empty list"),
     "several local workers": ({"execution.workers": 2}, "the local backend runs one worker"),
-    "fewer in flight than workers": ({"execution": {"backend": "ray", "workers": 2, "in_flight": 1}}, "'execution.in_flight' (1) must be >= execution.workers"),
+    "fewer in flight than workers": ({"execution": {"backend": "ray", "workers": 2, "in_flight": 1}},
+                                     "'execution.in_flight' (1) must be >= execution.workers"),
     "unknown device": ({"execution.device": "gpu"}, "config field 'execution.device' must be cpu, cuda, cuda:N or mps"),
     "zero budget": ({"budget.max_evals": 0}, "config field 'budget.max_evals' must be an integer >= 1, got 0"),
     "negative seed": ({"seed": -1}, "config field 'seed' must be an integer >= 0, got -1"),
-    "string where a number goes": ({"scoring.batch_size": "64"}, "config field 'scoring.batch_size' must be an integer >= 1, got '64'"),
+    "string where a number goes": ({"scoring.batch_size": "64"},
+                                   "config field 'scoring.batch_size' must be an integer >= 1, got '64'"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(SEARCH_CASES))
-def test_bad_search_config_is_one_line_exit_2_and_creates_no_run_folder(case: str, tmp_path: Path, scored_family, capsys) -> None:
+def test_bad_search_config_is_one_line_exit_2_and_creates_no_run_folder(case: str, tmp_path: Path, scored_family,
+                                                                        capsys) -> None:
     changes, fragment = SEARCH_CASES[case]
     run_dir = tmp_path / "run"
     assert_refused(["search", str(search_config(tmp_path, scored_family, **changes)), "--run-dir", str(run_dir)],
@@ -231,7 +259,8 @@ def test_bad_search_config_is_one_line_exit_2_and_creates_no_run_folder(case: st
 
 
 @pytest.mark.parametrize("odd,fragment", [("gpt2", "model_type"), ("wide", "shape")])
-def test_incompatible_source_in_a_config_is_refused_before_the_run_folder(odd, fragment, tmp_path, scored_family, odd_models, capsys) -> None:
+def test_incompatible_source_in_a_config_is_refused_before_the_run_folder(odd, fragment, tmp_path, scored_family,
+                                                                          odd_models, capsys) -> None:
     path = search_config(tmp_path, scored_family, **{"sources.models": [str(scored_family["a"]), str(odd_models[odd])]})
     assert_refused(["search", str(path), "--run-dir", str(tmp_path / "run")], capsys, tmp_path / "run", fragment)
 
@@ -245,17 +274,21 @@ def finished_run(tmp_path: Path, scored_family, capsys) -> Path:
 
 
 RUN_CASES = {
-    "search into a folder that holds a run": (lambda t, r: ["search", str(t / "search.yaml"), "--run-dir", str(r)], "already holds a run"),
+    "search into a folder that holds a run": (lambda t, r: ["search", str(t / "search.yaml"), "--run-dir", str(r)],
+                                              "already holds a run"),
     "resume of a folder that is no run": (lambda t, r: ["resume", str(t)], "is not a run folder"),
     "resume with a budget of zero": (lambda t, r: ["resume", str(r), "--max-evals", "0"], "--max-evals must be >= 1"),
-    "export of a candidate that does not exist": (lambda t, r: ["export", str(r), "--out", str(t / "m"), "--pick", "99"], "no candidate 99"),
-    "export with an unknown pick rule": (lambda t, r: ["export", str(r), "--out", str(t / "m"), "--pick", "best"], "--pick must be"),
+    "export of a candidate that does not exist": (lambda t, r: ["export", str(r), "--out", str(t / "m"), "--pick",
+                                                                "99"], "no candidate 99"),
+    "export with an unknown pick rule": (lambda t, r: ["export", str(r), "--out", str(t / "m"), "--pick", "best"],
+                                         "--pick must be"),
     "status of a missing folder": (lambda t, r: ["status", str(t / "nowhere")], "is not a run folder"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RUN_CASES))
-def test_bad_run_command_is_one_line_exit_2_and_leaves_the_run_as_it_was(case: str, tmp_path: Path, finished_run: Path, capsys) -> None:
+def test_bad_run_command_is_one_line_exit_2_and_leaves_the_run_as_it_was(case: str, tmp_path: Path, finished_run: Path,
+                                                                         capsys) -> None:
     before = (finished_run / "log.jsonl").read_bytes()
     assert_refused(RUN_CASES[case][0](tmp_path, finished_run), capsys, tmp_path / "m", RUN_CASES[case][1])
     assert (finished_run / "log.jsonl").read_bytes() == before
@@ -266,8 +299,10 @@ def test_a_second_session_on_a_live_run_is_refused(tmp_path: Path, finished_run:
 
     before = (finished_run / "log.jsonl").read_bytes()
     with RunLog.open(finished_run).session():  # a search still running on this folder
-        assert_refused(["resume", str(finished_run), "--max-evals", "6"], capsys, tmp_path / "m", "in use by another evomerge session")
-        assert_refused(["export", str(finished_run), "--out", str(tmp_path / "m")], capsys, tmp_path / "m", "in use by another")
+        assert_refused(["resume", str(finished_run), "--max-evals", "6"], capsys, tmp_path / "m",
+                       "in use by another evomerge session")
+        assert_refused(["export", str(finished_run), "--out", str(tmp_path / "m")], capsys, tmp_path / "m",
+                       "in use by another")
     assert (finished_run / "log.jsonl").read_bytes() == before
 
 

@@ -47,7 +47,8 @@ def test_a_budget_below_the_minimum_is_one_line_before_a_run_folder_exists(tmp_p
     assert not (tmp_path / "run").exists()
 
 
-def test_plan_without_the_folders_needs_their_shape(tmp_path: Path, scored_family, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_without_the_folders_needs_their_shape(tmp_path: Path, scored_family,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     path = config(tmp_path, {**scored_family, "base": tmp_path / "elsewhere"})
     assert main(["search", str(path), "--plan"]) == 2
     assert "sources.shape" in capsys.readouterr().err

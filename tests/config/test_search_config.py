@@ -73,13 +73,15 @@ def test_overrides_reach_top_level_fields(tmp_path: Path, tiny_family) -> None:
     ({"budget__max_evals": 0}, "config field 'budget.max_evals' must be an integer >= 1, got 0"),
     ({"execution__backend": "slurm"}, "config field 'execution.backend' must be one of local, ray, got 'slurm'"),
     ({"objectives": []}, "config field 'objectives' must be a non-empty list"),
-    ({"genome__bounds": {"weight": [2, 0]}}, "config field 'genome.bounds.weight' must be [low, high] with low <= high"),
+    ({"genome__bounds": {"weight": [2, 0]}},
+     "config field 'genome.bounds.weight' must be [low, high] with low <= high"),
     ({"budgett": {}}, "unknown field 'budgett' in the config"),
     ({"genome__dtype": "float8"}, "config field 'genome.dtype' must be one of float32, float16, bfloat16, float64"),
     ({"genome__paramters": {}}, "unknown field 'paramters' in config section 'genome'"),
     ({"execution__device": "gpu"}, "config field 'execution.device' must be cpu, cuda, cuda:N or mps"),
     ({"objectives": [{"task": "t1", "weight": 0}]}, "config field 'objectives' must have weights with a positive sum"),
-    ({"objectives": [{"task": "t1", "direction": "up"}]}, "config field 'objectives[0].direction' must be one of max, min"),
+    ({"objectives": [{"task": "t1", "direction": "up"}]},
+     "config field 'objectives[0].direction' must be one of max, min"),
     ({"budget__max_minutes": -1}, "config field 'budget.max_minutes' must be a number > 0"),
     ({"seed": 1.5}, "config field 'seed' must be an integer >= 0"),
     ({"scoring__fewshot_as_multiturn": True},
@@ -99,9 +101,12 @@ def test_mistakes_name_the_field(tmp_path: Path, tiny_family, changes, fragment)
 
 def test_models_are_published_under_their_folder_names_unless_named(tmp_path: Path, tiny_family) -> None:
     sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"]), str(tiny_family["b"])]}
-    assert list(load_config(write_config(tmp_path, tiny_family, sources=sources)).sources.labels().values()) == ["base", "a", "b"]
-    named = load_config(write_config(tmp_path, tiny_family, sources={**sources, "base_name": "org/base", "names": ["org/a", "org/b"]}))
-    assert named.sources.labels() == {tiny_family["base"]: "org/base", tiny_family["a"]: "org/a", tiny_family["b"]: "org/b"}
+    assert (list(load_config(write_config(tmp_path, tiny_family, sources=sources)).sources.labels().values())
+            == ["base", "a", "b"])
+    named = load_config(write_config(tmp_path, tiny_family,
+                                     sources={**sources, "base_name": "org/base", "names": ["org/a", "org/b"]}))
+    assert named.sources.labels() == {tiny_family["base"]: "org/base", tiny_family["a"]: "org/a",
+                                      tiny_family["b"]: "org/b"}
 
 
 def test_folders_sharing_a_name_are_told_apart_by_their_parents() -> None:
@@ -114,7 +119,8 @@ def test_folders_sharing_a_name_are_told_apart_by_their_parents() -> None:
     (["org/a", "org/a"], "config field 'sources.names' must name different models differently"),
 ])
 def test_source_name_mistakes_name_the_field(tmp_path: Path, tiny_family, names, fragment) -> None:
-    sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"]), str(tiny_family["b"])], "names": names}
+    sources = {"base": str(tiny_family["base"]), "models": [str(tiny_family["a"]), str(tiny_family["b"])],
+               "names": names}
     with pytest.raises(EvomergeError, match=re.escape(fragment)):
         load_config(write_config(tmp_path, tiny_family, sources=sources))
 

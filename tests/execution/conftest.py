@@ -31,7 +31,8 @@ def _tokenizer():
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", bos_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+                                   bos_token="<eos>")
 
 
 def _save(path: Path, model: torch.nn.Module, tokenizer) -> Path:
@@ -68,7 +69,8 @@ def scoreable_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     g = torch.Generator().manual_seed(0)
     with open(tasks / "rev.jsonl", "w") as f:
         for _ in range(200):
-            word = "".join(CHARS[int(j)] for j in torch.randint(0, 26, (int(torch.randint(3, 7, (1,), generator=g)),), generator=g))
+            word = "".join(CHARS[int(j)]
+                           for j in torch.randint(0, 26, (int(torch.randint(3, 7, (1,), generator=g)),), generator=g))
             f.write(json.dumps({"q": word, "a": word[::-1]}) + "\n")
     (tasks / f"{TASK}.yaml").write_text(
         f"task: {TASK}\n"

@@ -17,7 +17,8 @@ def worker(spec) -> Worker:
     return Worker(spec)
 
 
-def test_the_lm_head_gram_is_the_mean_outer_product_of_the_final_hidden_states(worker: Worker, scoreable_family) -> None:
+def test_the_lm_head_gram_is_the_mean_outer_product_of_the_final_hidden_states(worker: Worker,
+                                                                               scoreable_family) -> None:
     from transformers import LlamaForCausalLM
 
     grams = worker.source_grams(1)
@@ -82,7 +83,8 @@ def test_evomerge_statistics_then_merge_make_a_regmean_recipe(worker: Worker, sc
 
     folder, pool = tmp_path / "statistics", worker.pool
     recipe = tmp_path / "recipe.yaml"
-    body = {"method": "regmean", "sources": [{"model": str(s.path)} for s in pool.sources], "parameters": {"alpha": 0.8}}
+    body = {"method": "regmean", "sources": [{"model": str(s.path)} for s in pool.sources],
+            "parameters": {"alpha": 0.8}}
     recipe.write_text(yaml.safe_dump(body))
     assert main(["merge", str(recipe), "--out", str(tmp_path / "nothing")]) == 2  # without statistics: one line
     assert "set 'statistics:' in the recipe" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
@@ -92,7 +94,8 @@ def test_evomerge_statistics_then_merge_make_a_regmean_recipe(worker: Worker, sc
     assert main(["merge", str(recipe), "--out", str(tmp_path / "out")]) == 0
     merged = load_file(tmp_path / "out" / "model.safetensors")
     linear = "model.layers.1.mlp.down_proj.weight"
-    want = regmean(None, [s.tensors[linear] for s in pool.sources], alpha=0.8, grams=load_grams(folder, pool).of(linear))
+    want = regmean(None, [s.tensors[linear] for s in pool.sources], alpha=0.8,
+                   grams=load_grams(folder, pool).of(linear))
     assert torch.equal(merged[linear], want)
     assert not torch.equal(merged[linear], sum(s.tensors[linear] for s in pool.sources) / 3)
     norm = "model.norm.weight"

@@ -74,5 +74,6 @@ def test_workers_map_one_shared_copy_of_the_sources(ray_cluster, spec):
     with RayExecutor(spec, workers=2) as ex:
         places = ray.get([actor.__ray_call__.remote(_source_memory) for actor in ex._actors])
     (first, first_align), (second, second_align) = places
-    assert first == second and len(first) == 1 and "" not in first  # every block in one shared file mapping (Ray's store)
+    # every block in one shared file mapping (Ray's store)
+    assert first == second and len(first) == 1 and "" not in first
     assert first_align == second_align == {0}

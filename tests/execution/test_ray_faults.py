@@ -51,7 +51,8 @@ def one_actor(ray_cluster, spec):
 class TestOneActor:
     """One Ray worker shared by these tests, in order: each leaves it serving for the next."""
 
-    def test_broken_candidates_are_logged_and_the_actor_keeps_serving(self, one_actor, make_recipe, local_scores, weights):
+    def test_broken_candidates_are_logged_and_the_actor_keeps_serving(self, one_actor, make_recipe, local_scores,
+                                                                      weights):
         ex = one_actor
         ex.submit(Job(0, make_recipe(weights[0], method="no_such_method")))  # raises in the worker
         ex.submit(Job(1, make_recipe((1e300, 1e300, 1e300))))  # inf/NaN weights
@@ -62,7 +63,8 @@ class TestOneActor:
         assert results[1].error and "NaN" in results[1].error and results[1].scores is None
         assert results[2].error is None and results[2].scores == local_scores[2]
 
-    def test_actor_killed_mid_evaluation_reruns_the_job_once(self, one_actor, ray_cluster, make_recipe, local_scores, weights):
+    def test_actor_killed_mid_evaluation_reruns_the_job_once(self, one_actor, ray_cluster, make_recipe, local_scores,
+                                                             weights):
         ray, ex = ray_cluster, one_actor
         before = (ex.resubmitted, ex.restarted)
 
@@ -101,7 +103,8 @@ def test_a_missing_source_is_one_line_before_any_worker_starts(ray_cluster, spec
 def test_worker_that_cannot_start_names_node_and_cause(ray_cluster, spec, tmp_path):
     ray = ray_cluster
     missing = tmp_path / "not-on-this-node"
-    bad = replace(spec, scoring=replace(spec.scoring, task_path=missing))  # what each node still reads itself: tasks, the base's config and tokenizer
+    # what each node still reads itself: tasks, the base's config and tokenizer
+    bad = replace(spec, scoring=replace(spec.scoring, task_path=missing))
     with pytest.raises(EvomergeError) as err:
         RayExecutor(bad, workers=2)
     msg = str(err.value)
@@ -181,9 +184,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_driver_killed_then_resumed_equals_uninterrupted_run(search_config_file, reference_log, candidates_of, short_dir):
+def test_driver_killed_then_resumed_equals_uninterrupted_run(search_config_file, reference_log, candidates_of,
+                                                             short_dir):
     run_dir = short_dir / "run"  # short enough for Ray's sockets: Ray's session folder lives in the run folder
-    proc = _cli("search", str(search_config_file), "--run-dir", str(run_dir), "--backend", "ray", "--workers", "2", "--quiet")
+    proc = _cli("search", str(search_config_file), "--run-dir", str(run_dir), "--backend", "ray", "--workers", "2",
+                "--quiet")
     log = run_dir / "log.jsonl"
     try:
         deadline = time.time() + 180
@@ -209,7 +214,8 @@ def test_driver_killed_then_resumed_equals_uninterrupted_run(search_config_file,
 
 
 @pytest.mark.slow
-def test_cli_joins_a_running_cluster_and_leaves_it_up(ray_cluster, search_config_file, reference_log, candidates_of, short_dir):
+def test_cli_joins_a_running_cluster_and_leaves_it_up(ray_cluster, search_config_file, reference_log, candidates_of,
+                                                      short_dir):
     ray = ray_cluster
     run_dir = short_dir / "join"
     code, output = _finish(_cli("search", str(search_config_file), "--run-dir", str(run_dir), "--backend", "ray",
@@ -226,5 +232,5 @@ def test_a_worker_killed_for_memory_is_named_by_what_was_used_of_what_limit() ->
     text = ("1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 10.0.0.2) was "
             "22.53GB used / 23.54GB limit (0.957)\nOOM kill reason: Memory usage exceeded threshold\n"
             "Object store memory usage: [- objects spillable: 27\n- bytes restored: 0")
-    assert _cause(RuntimeError(text)) == ("1 worker(s) were killed due to the node running low on memory. Memory on the "
-                                          "node (IP: 10.0.0.2) was 22.53GB used / 23.54GB limit (0.957)")
+    assert _cause(RuntimeError(text)) == ("1 worker(s) were killed due to the node running low on memory. Memory on "
+                                          "the node (IP: 10.0.0.2) was 22.53GB used / 23.54GB limit (0.957)")

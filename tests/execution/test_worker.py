@@ -21,7 +21,8 @@ def copy_family(family: dict[str, Path], root: Path, edit) -> dict[str, Path]:
     for name in ("base", "a", "b", "c"):
         out[name] = root / name
         shutil.copytree(family[name], out[name])
-        save_file(edit(load_file(out[name] / "model.safetensors")), out[name] / "model.safetensors", metadata={"format": "pt"})
+        save_file(edit(load_file(out[name] / "model.safetensors")), out[name] / "model.safetensors",
+                  metadata={"format": "pt"})
     return out
 
 
@@ -29,7 +30,8 @@ def spec_for(spec: WorkerSpec, family: dict[str, Path]) -> WorkerSpec:
     return replace(spec, base=family["base"], sources=(family["a"], family["b"], family["c"]))
 
 
-def test_the_live_model_takes_the_sources_dtype_unless_the_config_sets_one(spec, scoreable_family, make_recipe, tmp_path: Path) -> None:
+def test_the_live_model_takes_the_sources_dtype_unless_the_config_sets_one(spec, scoreable_family, make_recipe,
+                                                                           tmp_path: Path) -> None:
     bf16 = copy_family(scoreable_family, tmp_path, lambda t: {n: v.to(torch.bfloat16) for n, v in t.items()})
     worker = Worker(spec_for(spec, bf16))
     assert {p.dtype for p in worker.model.parameters()} == {torch.bfloat16}
@@ -50,7 +52,8 @@ def test_the_tokenizer_comes_from_the_tokenizer_source(spec, scoreable_family, t
     chat = tmp_path / "chat"
     shutil.copytree(scoreable_family["c"], chat)
     config = json.loads((chat / "tokenizer_config.json").read_text())
-    (chat / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": ".", "chat_template": "{{ messages }}"}))
+    (chat / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": ".",
+                                                            "chat_template": "{{ messages }}"}))
     worker = Worker(replace(spec, tokenizer=chat))
     assert worker.tokenizer.eos_token == "." and worker.tokenizer.chat_template == "{{ messages }}"
     assert Worker(spec).tokenizer.eos_token == "<eos>"

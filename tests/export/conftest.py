@@ -1,4 +1,5 @@
-"""Synthetic runs for the export tests: tiny models (scored_family: with tokenizers), a fake executor with scores made from the recipe.
+"""Synthetic runs for the export tests: tiny models (scored_family: with tokenizers), a fake executor with scores made
+from the recipe.
 
 The fake executor stands in for a worker (no lm-eval, no model): a candidate's score on objective
 j grows with its mean weight on source j and shrinks with the others', so each source alone is the
@@ -31,7 +32,8 @@ TASKS = ("t0", "t1")
 def fake_scores(recipe: Recipe, tasks: tuple[str, ...], scale: float = 1.0) -> dict[str, TaskScore]:
     specs = [recipe.default, *recipe.groups.values()]
     even = (1.0 / len(recipe.sources),) * len(recipe.sources)  # a method without weights (regmean): as the soup
-    weights = [sum(s.source_params.get("weight", even)[k] for s in specs) / len(specs) for k in range(len(recipe.sources))]
+    weights = [sum(s.source_params.get("weight", even)[k] for s in specs) / len(specs)
+               for k in range(len(recipe.sources))]
     out = {}
     for j, task in enumerate(tasks):
         own = min(weights[j], 1.0)
@@ -59,7 +61,8 @@ class FakeExecutor(Executor):
     def next_result(self) -> JobResult:
         job = self.queue.pop(0)
         tasks = self.spec.calibration_tasks if job.split == "calibration" else self.spec.heldout_tasks
-        return JobResult(job, Outcome(fake_scores(job.recipe, tasks, 1.0 if job.split == "calibration" else 0.9), worker="fake"))
+        return JobResult(job, Outcome(fake_scores(job.recipe, tasks, 1.0 if job.split == "calibration" else 0.9),
+                                      worker="fake"))
 
 
 @pytest.fixture

@@ -54,7 +54,8 @@ def test_configured_names_name_the_models(scored_family, fake_executor, tmp_path
 
 def test_the_bases_declared_license_is_carried(scored_family, fake_executor, tmp_path: Path) -> None:
     family = {k: shutil.copytree(scored_family[k], tmp_path / k) for k in ("base", "a", "b")}
-    (family["base"] / "README.md").write_text("---\nlicense: other\nlicense_name: tiny\nlicense_link: LICENSE\n---\n# base\n")
+    (family["base"] / "README.md").write_text("---\nlicense: other\nlicense_name: tiny\nlicense_link: LICENSE\n"
+                                              "---\n# base\n")
     meta = front_matter(exported_card(family, tmp_path, fake_executor))
     assert (meta["license"], meta["license_name"], meta["license_link"]) == ("other", "tiny", "LICENSE")
 

@@ -32,7 +32,8 @@ def graded(recipe: Recipe, split: str, what: str, items=None) -> Outcome:
         positions = range(ITEMS) if items is None else items.get(t, ())
         values = tuple(1.0 if ((i * 0.6180339887) % 1.0) < p else 0.0 for i in positions)
         if values:
-            scores[t] = TaskScore(t, "acc", "none", {"acc": True}, {"acc,none": sum(values) / len(values)}, {"acc,none": values})
+            scores[t] = TaskScore(t, "acc", "none", {"acc": True}, {"acc,none": sum(values) / len(values)},
+                                  {"acc,none": values})
     return Outcome(scores, tokens=10 * sum(len(s.per_item["acc,none"]) for s in scores.values()))
 
 
@@ -68,4 +69,5 @@ def test_a_stopped_member_is_logged_with_its_chunks_and_a_completed_one_in_docum
             assert logged_full(run, m.name, "calibration", want) is None
             assert record.items == race.stopped[m.name] and record.tokens == 10 * record.items
         else:
-            assert record.items is None and record.scores == graded(recipe_of(run.config(), m), "calibration", "").scores
+            assert (record.items is None
+                    and record.scores == graded(recipe_of(run.config(), m), "calibration", "").scores)

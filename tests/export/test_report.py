@@ -29,12 +29,15 @@ def test_report_writes_the_plots_and_a_summary(tiny_run: RunLog, fake_executor, 
     assert len(fake_executor.jobs) == scored  # the second report reads everything back from the log
 
 
-def test_summary_states_the_gain_over_the_best_fixed_recipe_on_held_out(tiny_run: RunLog, fake_executor, tmp_path: Path) -> None:
-    summary = (write_report(tiny_run.root, tmp_path / "report", executor_factory=fake_executor, quiet=True) / "summary.md").read_text()
+def test_summary_states_the_gain_over_the_best_fixed_recipe_on_held_out(tiny_run: RunLog, fake_executor,
+                                                                        tmp_path: Path) -> None:
+    summary = (write_report(tiny_run.root, tmp_path / "report", executor_factory=fake_executor,
+                            quiet=True) / "summary.md").read_text()
     with Evaluator(tiny_run, fake_executor, quiet=True) as evaluator:  # everything is in the log by now
         analysis = analyze(RunLog.open(tiny_run.root), evaluator)
     chosen, best = analysis.pick("calibration"), analysis.baselines.best_fixed("heldout")
-    gain = analysis.normalizer.mean(analysis.heldout_raw(chosen), "heldout") - analysis.normalizer.mean(best.heldout, "heldout")
+    gain = (analysis.normalizer.mean(analysis.heldout_raw(chosen), "heldout")
+            - analysis.normalizer.mean(best.heldout, "heldout"))
     assert f"**Gain over the best fixed recipe: {gain:+.3f}** mean normalized held-out score" in summary
     assert f"the best fixed recipe on held-out, {best.label}," in summary
 

@@ -17,7 +17,8 @@ def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) 
     zoo = Path(zoo_dir)
     config = {
         "name": "export-e2e", "seed": 0,
-        "sources": {"base": str(zoo / "models" / "base"), "models": [str(zoo / "models" / "rev"), str(zoo / "models" / "sort")]},
+        "sources": {"base": str(zoo / "models" / "base"),
+                    "models": [str(zoo / "models" / "rev"), str(zoo / "models" / "sort")]},
         "genome": {"methods": ["task_arithmetic"], "layer_granularity": 2},
         "scoring": {"task_path": str(zoo / "tasks")},
         "objectives": [{"task": "zoo_rev", "heldout_task": "zoo_rev_heldout", "metric": "acc"},
@@ -46,7 +47,8 @@ def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) 
 
     # "rev alone" is scored through the merge path; it must equal scoring the rev folder itself
     capsys.readouterr()
-    assert main(["evaluate", str(zoo / "models" / "rev"), "--tasks", "zoo_rev_heldout", "--task-path", str(zoo / "tasks"), "--json"]) == 0
+    assert main(["evaluate", str(zoo / "models" / "rev"), "--tasks", "zoo_rev_heldout", "--task-path",
+                 str(zoo / "tasks"), "--json"]) == 0
     direct = json.loads(capsys.readouterr().out)["zoo_rev_heldout"]["acc,none"]
     record = next(r for r in run.baselines() if r.name == "source0" and r.split == "heldout")
     assert record.scores["zoo_rev_heldout"].metrics["acc,none"] == pytest.approx(direct, abs=1e-9)

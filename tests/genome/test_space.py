@@ -13,7 +13,8 @@ GROUPS = ["embed", "layers.0", "layers.1", "final_norm", "lm_head"]
 
 
 def space(**kw) -> GenomeSpace:
-    args = dict(base=Path("/b"), sources=[Path("/s0"), Path("/s1")], methods=["ties"], bounds={"weight": (0.0, 2.0), "density": (0.2, 1.0)})
+    args = dict(base=Path("/b"), sources=[Path("/s0"), Path("/s1")], methods=["ties"],
+                bounds={"weight": (0.0, 2.0), "density": (0.2, 1.0)})
     args.update(kw)
     return GenomeSpace(GROUPS, **args)
 

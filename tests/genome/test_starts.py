@@ -44,7 +44,8 @@ def test_depth_schedules_change_the_weight_linearly_from_the_first_layer_to_the_
 
 def test_unit_depths_place_embeddings_first_and_the_head_last() -> None:
     units = ("embed", "layers.0-1:mlp", "layers.2-3:mlp", "final_norm", "lm_head")
-    assert unit_depths(units) == {"embed": 0.0, "layers.0-1:mlp": 0.0, "layers.2-3:mlp": 1.0, "final_norm": 1.0, "lm_head": 1.0}
+    assert unit_depths(units) == {"embed": 0.0, "layers.0-1:mlp": 0.0, "layers.2-3:mlp": 1.0, "final_norm": 1.0,
+                                  "lm_head": 1.0}
 
 
 def test_no_point_is_proposed_twice() -> None:

@@ -39,7 +39,8 @@ def test_merge_refuses_a_base_whose_config_does_not_match_its_weights(fields, fr
                                                                       capsys) -> None:
     with_config(fam["base"], **fields)
     recipe = recipe_yaml(tmp_path / "cfg", fam["base"], [fam["a"], fam["b"]])
-    line = assert_refused(["merge", str(recipe), "--out", str(tmp_path / "out")], capsys, fragment, *fam.values(), recipe)
+    line = assert_refused(["merge", str(recipe), "--out", str(tmp_path / "out")], capsys, fragment, *fam.values(),
+                          recipe)
     assert str(fam["base"]) in line
     assert not (tmp_path / "out").exists()
 

@@ -24,7 +24,8 @@ RECIPES = [
 
 
 def family_recipe(family: dict[str, Path], spec: GroupSpec, **changes) -> Recipe:
-    override = {"layers.1": GroupSpec("task_arithmetic", {"weight": (0.2, 0.2, 0.2)}, {})}  # a second method in one model
+    # a second method in one model
+    override = {"layers.1": GroupSpec("task_arithmetic", {"weight": (0.2, 0.2, 0.2)}, {})}
     return Recipe(base=family["base"], sources=(family["a"], family["b"], family["c"]), default=spec, groups=override,
                   seed=4, **changes)
 
@@ -67,7 +68,8 @@ def test_config_records_the_merged_dtype_and_tokenizer_files_come_from_the_token
 
 
 def test_a_non_finite_merge_writes_nothing(tiny_family: dict[str, Path], tmp_path: Path) -> None:
-    recipe = family_recipe(tiny_family, GroupSpec("task_arithmetic", {"weight": (1e38, 1e38, 1e38)}, {}), dtype="float16")
+    recipe = family_recipe(tiny_family, GroupSpec("task_arithmetic", {"weight": (1e38, 1e38, 1e38)}, {}),
+                           dtype="float16")
     pool = SourcePool.load(recipe.base, list(recipe.sources))
     with pytest.raises(EvomergeError, match="NaN/Inf.*nothing was written"):
         write_merged(MergePlan.build(recipe, pool), pool, tmp_path / "out", template=recipe.template)

@@ -28,7 +28,8 @@ def make_pool(k: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Sour
     base["int.buf"] = torch.arange(6)
     sources = []
     for _ in range(k):
-        sources.append({n: (v + 0.1 * torch.randn(v.shape, generator=g).to(dtype)) if v.is_floating_point() else v.clone()
+        sources.append({n: (v + 0.1 * torch.randn(v.shape, generator=g).to(dtype)) if v.is_floating_point()
+                        else v.clone()
                         for n, v in base.items()})
     return SourcePool.of([base, *sources])
 
@@ -37,7 +38,8 @@ def make_plan(pool: SourcePool, method: str, source_params: dict, params: dict |
               seed: int = 3, dtype: torch.dtype | None = None) -> MergePlan:
     m = get_method(method)
     steps = tuple(
-        TensorStep(n, "g", m if pool.is_mergeable(n) else None, {k: tuple(v) for k, v in source_params.items()}, params or {})
+        TensorStep(n, "g", m if pool.is_mergeable(n) else None, {k: tuple(v) for k, v in source_params.items()},
+                   params or {})
         for n in pool.tensor_names
     )
     return MergePlan(steps, seed, dtype)
@@ -141,7 +143,8 @@ def test_cache_is_filled_once_and_reused() -> None:
     out = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
     assert merger.materialize(plan, out) == []
     first = merger.cache_bytes()
-    assert first == 3 * 8 * sum(t.numel() for t in pool.base.tensors.values() if t.is_floating_point() and t.numel() > 1)
+    assert first == 3 * 8 * sum(t.numel() for t in pool.base.tensors.values() if t.is_floating_point()
+                                and t.numel() > 1)
     merger.materialize(make_plan(pool, "ties", {"weight": [0.1, 0.2, 0.5], "density": [0.9, 0.1, 0.3]}), out)
     assert merger.cache_bytes() == first
 

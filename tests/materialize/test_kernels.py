@@ -18,9 +18,11 @@ from evomerge.sources.pool import SourcePool
 def pool_and_plans() -> tuple[SourcePool, list[MergePlan]]:
     g = torch.Generator().manual_seed(0)
     base = {"model.layers.0.w": torch.randn(300, generator=g), "model.layers.1.w": torch.randn(40, 5, generator=g)}
-    pool = SourcePool.of([base, *({n: t + 0.1 * torch.randn(t.shape, generator=g) for n, t in base.items()} for _ in range(2))])
+    pool = SourcePool.of([base, *({n: t + 0.1 * torch.randn(t.shape, generator=g) for n, t in base.items()}
+                                  for _ in range(2))])
     plans = []
-    for method, per in (("ties", {"weight": (1.0, 0.5), "density": (0.3, 0.6)}), ("dare_linear", {"weight": (1.0, 0.5), "density": (0.3, 0.6)}),
+    for method, per in (("ties", {"weight": (1.0, 0.5), "density": (0.3, 0.6)}),
+                        ("dare_linear", {"weight": (1.0, 0.5), "density": (0.3, 0.6)}),
                         ("linear", {"weight": (0.6, 0.4)})):
         m = get_method(method)
         plans.append(MergePlan(tuple(TensorStep(n, "g", m, per, {}) for n in pool.tensor_names), seed=1, dtype=None))
@@ -28,7 +30,8 @@ def pool_and_plans() -> tuple[SourcePool, list[MergePlan]]:
 
 
 @pytest.mark.parametrize("where", ["every compile", "the kernels only"])
-def test_a_failing_compile_falls_back_to_the_eager_kernels_with_one_warning(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+def test_a_failing_compile_falls_back_to_the_eager_kernels_with_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                                                            where: str) -> None:
     monkeypatch.setattr(kernels, "_compile_broken", False)
     monkeypatch.setattr(kernels, "_PROBED", {})
     monkeypatch.setattr(kernels, "_COMPILED", {})

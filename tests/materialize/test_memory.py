@@ -69,7 +69,8 @@ def test_tsvm_keeps_its_products_else_its_components_else_recomputes_them() -> N
     middle = plan(roomy.per_worker - 1)
     assert middle.policy.svds == "components" and middle.worker_bytes["TSV-M: components"] == (300 + 200 + 1) * 198 * 4
     tight = plan(middle.per_worker - 1)
-    assert tight.policy.svds == "recomputed" and any(n.startswith("TSV-M: recomputed per candidate") for n in tight.notes)
+    assert tight.policy.svds == "recomputed" and any(n.startswith("TSV-M: recomputed per candidate")
+                                                     for n in tight.notes)
 
 
 def test_a_budget_below_the_minimum_is_one_line_naming_the_items() -> None:
@@ -84,7 +85,8 @@ def test_gpu_sources_are_resident_when_they_fit_else_streamed_in_two_group_buffe
     resident = plan_memory(shape(), ["ties"], device="cuda", workers=8, budget=80 * GB, out_dtype_size=None)
     assert resident.sources == "resident" and resident.worker_bytes["sources resident on the GPU"] == 4 * GB
     streamed = plan_memory(shape(), ["ties"], device="cuda", workers=8, budget=3 * GB, out_dtype_size=None)
-    assert streamed.sources == "streamed" and streamed.worker_bytes["sources streamed: two layer-group buffers"] == 2 * 4 * 200 * MB
+    assert (streamed.sources == "streamed"
+            and streamed.worker_bytes["sources streamed: two layer-group buffers"] == 2 * 4 * 200 * MB)
     assert streamed.draws == "regenerated" and streamed.thresholds == "histogram"
 
 
@@ -128,13 +130,16 @@ def test_the_plan_record_reads_back_exactly() -> None:
 def test_the_plan_notes_what_the_regmean_baseline_needs_without_charging_the_search_for_it() -> None:
     from evomerge.config.sizes import format_size
 
-    infos = {"embed.weight": TensorInfo(torch.float32, (100, 64)), "layers.0.up.weight": TensorInfo(torch.float32, (256, 64)),
-             "layers.0.down.weight": TensorInfo(torch.float32, (64, 256)), "norm.weight": TensorInfo(torch.float32, (64,))}
+    infos = {"embed.weight": TensorInfo(torch.float32, (100, 64)),
+             "layers.0.up.weight": TensorInfo(torch.float32, (256, 64)),
+             "layers.0.down.weight": TensorInfo(torch.float32, (64, 256)),
+             "norm.weight": TensorInfo(torch.float32, (64,))}
     model = ModelShape(infos, {n: "layers.0" for n in infos}, 2, 0)
     plan = plan_memory(model, ["ties"], device="cpu", workers=1, budget=GB, out_dtype_size=None)
     accumulators = 8 * (64 * 64 + 64 * 64 + 256 * 256)  # in² · 8 per matrix (the embedding's counted: an upper bound)
     grams = (2 + 4) * 256 * 256 * 4  # the K Grams of the widest input, Σ G̃ and one G̃ in float64
-    assert (f"RegMean baseline (export, report): its statistics pass {format_size(accumulators)} of float64 accumulators "
-            f"per source on the worker's device, its merge {format_size(grams)} of Gram matrices beside the scratch"
+    assert (f"RegMean baseline (export, report): its statistics pass {format_size(accumulators)} of float64 "
+            f"accumulators per source on the worker's device, its merge {format_size(grams)} of Gram matrices beside "
+            "the scratch"
             ) in plan.notes
     assert not any("RegMean" in item for item in plan.worker_bytes)

@@ -21,7 +21,8 @@ def test_task_arithmetic_plan_matches_float64_math(tiny_family: dict[str, Path])
     merged = MergePlan.build(ta_recipe(tiny_family), pool).materialize(pool)
     for name, out in merged.items():
         b = pool.base.tensors[name].double()
-        want = b + 0.5 * (pool.sources[0].tensors[name].double() - b) + 0.25 * (pool.sources[1].tensors[name].double() - b)
+        want = (b + 0.5 * (pool.sources[0].tensors[name].double() - b)
+                + 0.25 * (pool.sources[1].tensors[name].double() - b))
         torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
 
 
@@ -46,12 +47,14 @@ def test_unknown_group_is_refused_naming_the_groups(tiny_family: dict[str, Path]
         MergePlan.build(ta_recipe(tiny_family, {"layers.7": bogus}), pool)
 
 
-def test_a_method_that_needs_calibration_statistics_is_refused_without_a_folder_of_them(tiny_family: dict[str, Path]) -> None:
+def test_a_method_that_needs_calibration_statistics_is_refused_without_a_folder_of_them(
+        tiny_family: dict[str, Path]) -> None:
     import pytest
 
     from evomerge.errors import EvomergeError
 
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
     recipe = Recipe(base=None, sources=(tiny_family["a"], tiny_family["b"]), default=GroupSpec("regmean", {}, {}))
-    with pytest.raises(EvomergeError, match="method 'regmean' needs the sources' input Gram matrices of calibration data: set 'statistics:'"):
+    with pytest.raises(EvomergeError, match="method 'regmean' needs the sources' input Gram matrices of calibration "
+                       "data: set 'statistics:'"):
         MergePlan.build(recipe, pool)

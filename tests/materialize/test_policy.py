@@ -66,7 +66,8 @@ def bf16_pool(k: int = 3, seed: int = 0) -> SourcePool:
 def float_pool(k: int = 3, seed: int = 0) -> SourcePool:
     g = torch.Generator().manual_seed(seed)
     base = {n: torch.randn(s, generator=g) for n, s in SHAPES.items()}
-    return SourcePool.of([base, *({n: b + 0.01 * torch.randn(b.shape, generator=g) for n, b in base.items()} for _ in range(k))],
+    return SourcePool.of([base, *({n: b + 0.01 * torch.randn(b.shape, generator=g) for n, b in base.items()}
+                                  for _ in range(k))],
                          config={"num_hidden_layers": 2})
 
 
@@ -120,8 +121,10 @@ def test_compiled_kernels_give_the_same_tensors_under_every_policy(ran_compiled:
 def test_caches_are_reused_across_candidates_and_sized_by_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()  # the real rule: histograms for tensors of 2**16 entries and more, sorted copies below
     g = torch.Generator().manual_seed(3)
-    base = {"model.layers.0.mlp.up_proj.weight": torch.randn(512, 256, generator=g), "model.norm.weight": torch.randn(256, generator=g)}
-    pool = SourcePool.of([base, *({n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in base.items()} for _ in range(3))])
+    base = {"model.layers.0.mlp.up_proj.weight": torch.randn(512, 256, generator=g),
+            "model.norm.weight": torch.randn(256, generator=g)}
+    pool = SourcePool.of([base, *({n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in base.items()}
+                                  for _ in range(3))])
     sorted_merger = FastMerger(pool, policy=CachePolicy(thresholds="sorted", draws="cached"), compile=False)
     compact = FastMerger(pool, policy=CachePolicy(thresholds="histogram", draws="regenerated"), compile=False)
     for merger in (sorted_merger, compact):

@@ -87,7 +87,8 @@ def test_statistics_of_another_model_are_refused_in_one_line(tiny_family, tmp_pa
 def test_a_missing_statistics_file_is_refused_in_one_line(tiny_family, tmp_path: Path) -> None:
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
     source_grams(tmp_path, 0, pool.sources[0].fingerprint, DATA, Compute())
-    with pytest.raises(EvomergeError, match="no statistics for source 1 .* expected a readable gram-source1.safetensors"):
+    with pytest.raises(EvomergeError,
+                       match="no statistics for source 1 .* expected a readable gram-source1.safetensors"):
         load_grams(tmp_path, pool)
 
 

@@ -15,7 +15,8 @@ def test_same_keys_give_the_same_draws() -> None:
     assert torch.equal(uniform_draws(3, "a.weight", 1, (4, 5)), uniform_draws(3, "a.weight", 1, (4, 5)))
 
 
-@pytest.mark.parametrize("other", [(4, "a.weight", 1), (3, "b.weight", 1), (3, "a.weight", 2)], ids=["seed", "name", "source"])
+@pytest.mark.parametrize("other", [(4, "a.weight", 1), (3, "b.weight", 1), (3, "a.weight", 2)],
+                         ids=["seed", "name", "source"])
 def test_each_key_changes_the_draws(other) -> None:
     assert not torch.equal(uniform_draws(3, "a.weight", 1, (50,)), uniform_draws(*other, (50,)))
 

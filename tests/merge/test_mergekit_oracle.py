@@ -30,15 +30,19 @@ def recipes(base: Path, a: Path, b: Path, c: Path) -> dict[str, dict]:
     return {
         "linear": {"merge_method": "linear", "models": [m(a, weight=0.6), m(b, weight=0.3), m(c, weight=0.1)]},
         "task_arithmetic": {"merge_method": "task_arithmetic", "base_model": str(base),
-                            "models": [m(a, weight=0.7), m(b, weight=0.5), m(c, weight=-0.2)], "parameters": {"lambda": 0.9}},
+                            "models": [m(a, weight=0.7), m(b, weight=0.5), m(c, weight=-0.2)],
+                            "parameters": {"lambda": 0.9}},
         "ties": {"merge_method": "ties", "base_model": str(base),
-                 "models": [m(a, weight=1.0, density=0.5), m(b, weight=0.8, density=0.6), m(c, weight=0.5, density=0.3)]},
-        "slerp": {"merge_method": "slerp", "base_model": str(base), "models": [m(base), m(a)], "parameters": {"t": 0.35}},
+                 "models": [m(a, weight=1.0, density=0.5), m(b, weight=0.8, density=0.6),
+                            m(c, weight=0.5, density=0.3)]},
+        "slerp": {"merge_method": "slerp", "base_model": str(base), "models": [m(base), m(a)],
+                  "parameters": {"t": 0.35}},
         "model_stock": {"merge_method": "model_stock", "base_model": str(base), "models": [m(a), m(b), m(c)]},
         "nearswap": {"merge_method": "nearswap", "base_model": str(base), "models": [m(a)], "parameters": {"t": 0.03}},
         "sce": {"merge_method": "sce", "base_model": str(base), "models": [m(a), m(b), m(c)],
                 "parameters": {"select_topk": 0.6}},
-        "karcher": {"merge_method": "karcher", "models": [m(a), m(b), m(c)], "parameters": {"max_iter": 4, "tol": 1e-6}},
+        "karcher": {"merge_method": "karcher", "models": [m(a), m(b), m(c)],
+                    "parameters": {"max_iter": 4, "tol": 1e-6}},
         "nuslerp": {"merge_method": "nuslerp", "base_model": str(base), "models": [m(a, weight=0.3), m(b, weight=0.9)],
                     "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True}},
         "multislerp": {"merge_method": "multislerp", "base_model": str(base),
@@ -56,19 +60,22 @@ def differential(family: dict[str, Path], method: str, tmp_path: Path, mergekit)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
-                                    "nuslerp", "multislerp"])
+@pytest.mark.parametrize("method",
+                         ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
+                          "nuslerp", "multislerp"])
 def test_evomerge_matches_mergekit_on_tiny_models(method: str, tiny_family, tmp_path: Path, mergekit) -> None:
     differential(tiny_family, method, tmp_path, mergekit)
 
 
-@pytest.mark.slow  # not multislerp: mergekit refuses the zoo's tensors that no source changed (evomerge keeps the base's)
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
-                                    "nuslerp"])
+# not multislerp: mergekit refuses the zoo's tensors that no source changed (evomerge keeps the base's)
+@pytest.mark.slow
+@pytest.mark.parametrize("method",
+                         ["linear", "task_arithmetic", "ties", "slerp", "model_stock", "nearswap", "sce", "karcher",
+                          "nuslerp"])
 def test_evomerge_matches_mergekit_on_zoo_models(method: str, zoo_dir: Path, tmp_path: Path, mergekit) -> None:
     models = zoo_dir / "models"
-    differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method, tmp_path,
-                 mergekit)
+    differential({"base": models / "base", "a": models / "rev", "b": models / "sort", "c": models / "up"}, method,
+                 tmp_path, mergekit)
 
 
 # Numeric globals are drawn from (0.2, 0.9) but for these: NearSwap's t is a distance, and the tiny sources lie

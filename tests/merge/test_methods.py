@@ -93,7 +93,8 @@ def ref_drop(tau: list[float], u: list[float], p: list[float]) -> list[float]:
     return [t / min(pi, 1.0) if ui < pi else 0.0 for t, ui, pi in zip(tau, u, p, strict=True)]
 
 
-def ref_combine(base: list[float], deltas: list[list[float]], weight, *, consensus: bool, normalize: bool, lam: float) -> list[float]:
+def ref_combine(base: list[float], deltas: list[list[float]], weight, *, consensus: bool, normalize: bool,
+                lam: float) -> list[float]:
     out = []
     for i, b in enumerate(base):
         vals = [w * d[i] for w, d in zip(weight, deltas, strict=True)]
@@ -160,7 +161,8 @@ def test_linear_is_the_normalized_weighted_average_with_negative_weights(family)
 
 def test_linear_without_normalization_is_the_weighted_sum(family) -> None:
     _, srcs = family
-    close(get_method("linear")(None, srcs, weight=[1.0, 0.5, 2.0], normalize=False), srcs[0] + 0.5 * srcs[1] + 2 * srcs[2])
+    close(get_method("linear")(None, srcs, weight=[1.0, 0.5, 2.0], normalize=False),
+          srcs[0] + 0.5 * srcs[1] + 2 * srcs[2])
 
 
 def test_linear_with_weights_summing_to_zero_is_left_undivided(family) -> None:
@@ -235,7 +237,8 @@ def test_ties_with_negative_weights_and_mixed_densities_matches_the_reference(fa
 def test_ties_without_normalize_sums_the_agreeing_entries(family) -> None:
     base, srcs = family
     w, d = [1.0, 0.6, 1.4], [0.5, 0.5, 0.5]
-    close(get_method("ties")(base, srcs, weight=w, density=d, normalize=False), ref_ties(base, srcs, w, d, normalize=False))
+    close(get_method("ties")(base, srcs, weight=w, density=d, normalize=False),
+          ref_ties(base, srcs, w, d, normalize=False))
 
 
 def test_ties_density_zero_keeps_the_base(family) -> None:
@@ -318,13 +321,15 @@ def test_dare_density_one_is_the_undropped_merge(family, name) -> None:
 
 def test_dare_density_zero_keeps_the_base(family) -> None:
     base, srcs = family
-    close(get_method("dare_linear")(base, srcs, weight=[1.0] * 3, density=[0.0] * 3, draws=draws_for(base.shape, 3)), base)
+    close(get_method("dare_linear")(base, srcs, weight=[1.0] * 3, density=[0.0] * 3, draws=draws_for(base.shape, 3)),
+          base)
 
 
 def test_dare_mean_over_many_seeds_approaches_the_task_vector() -> None:
     base = torch.zeros(200, dtype=F64)
     src = rand(200, seed=3)
-    runs = [get_method("dare_linear")(base, [src], weight=[1.0], density=[0.3], draws=[uniform_draws(s, "t", 0, (200,))])
+    runs = [get_method("dare_linear")(base, [src], weight=[1.0], density=[0.3],
+                                      draws=[uniform_draws(s, "t", 0, (200,))])
             for s in range(2000)]
     mean = torch.stack(runs).mean(dim=0)
     # per entry the estimate's standard error is |τ|·sqrt((1−d)/d)/sqrt(2000) ≈ 0.034|τ|: 0.2|τ| is ~6σ
@@ -349,7 +354,8 @@ def test_della_keep_probability_rises_with_rank_within_each_row() -> None:
     p = [[0.3, 0.7, 0.5, 0.4, 0.6], [0.7, 0.3, 0.6, 0.4, 0.5]]
     u = torch.full((2, 5), 0.45)
     got = get_method("della_linear")(base, [src], weight=[1.0], density=[0.5], epsilon=0.2, draws=[u])
-    want = [[v / pi if pi > 0.45 else 0.0 for v, pi in zip(row, prow, strict=True)] for row, prow in zip(src.tolist(), p, strict=True)]
+    want = [[v / pi if pi > 0.45 else 0.0 for v, pi in zip(row, prow, strict=True)]
+            for row, prow in zip(src.tolist(), p, strict=True)]
     close(got, torch.tensor(want, dtype=F64))
 
 
@@ -390,7 +396,8 @@ def test_della_density_one_keeps_the_task_vectors_whole(family) -> None:
 # ---- breadcrumbs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n,density,gamma", [(7, 0.5, 0.1), (50, 0.3, 0.05), (99, 0.9, 0.2), (5, 0.1, 0.01), (300, 0.4, 0.01)])
+@pytest.mark.parametrize("n,density,gamma",
+                         [(7, 0.5, 0.1), (50, 0.3, 0.05), (99, 0.9, 0.2), (5, 0.1, 0.01), (300, 0.4, 0.01)])
 def test_breadcrumbs_drops_outliers_and_small_entries(n, density, gamma) -> None:
     base = rand(n, seed=1)
     src = base + rand(n, seed=n)
@@ -571,7 +578,8 @@ def ref_karcher(points: list[list[float]], max_iter: int, tol: float) -> list[fl
             c = max(-1.0, min(1.0, dot(mu, u)))
             angle = math.acos(c)
             if angle >= tol:
-                step = [s + angle / math.sin(angle) / len(units) * (ui - c * mi) for s, ui, mi in zip(step, u, mu, strict=True)]
+                step = [s + angle / math.sin(angle) / len(units) * (ui - c * mi)
+                        for s, ui, mi in zip(step, u, mu, strict=True)]
         size = math.sqrt(dot(step, step))
         if size < tol:
             break
@@ -613,7 +621,8 @@ def ref_nuslerp_rows(a: list[list[float]], b: list[list[float]], t: float) -> li
             out.append([(1 - t) * p + t * q for p, q in zip(x, y, strict=True)])
             continue
         om = math.acos(c)
-        out.append([(math.sin((1 - t) * om) * p + math.sin(t * om) * q) / math.sin(om) for p, q in zip(x, y, strict=True)])
+        out.append([(math.sin((1 - t) * om) * p + math.sin(t * om) * q) / math.sin(om)
+                    for p, q in zip(x, y, strict=True)])
     return out
 
 
@@ -628,7 +637,8 @@ def ref_nuslerp(base: torch.Tensor, srcs: list[torch.Tensor], weight: list[float
     return base + (mixed.T if layout == "columns" else mixed)
 
 
-LAYOUTS = {"whole": {}, "rows": {"nuslerp_flatten": False}, "columns": {"nuslerp_flatten": False, "nuslerp_row_wise": True}}
+LAYOUTS = {"whole": {}, "rows": {"nuslerp_flatten": False},
+           "columns": {"nuslerp_flatten": False, "nuslerp_row_wise": True}}
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -670,7 +680,8 @@ def ref_multislerp(base: torch.Tensor, srcs: list[torch.Tensor], weight: list[fl
 def test_multislerp_matches_the_reference(family, normalize) -> None:
     base, srcs = family
     w = [0.5, 1.5, -0.25]
-    close(get_method("multislerp")(base, srcs, weight=w, normalize_weights=normalize), ref_multislerp(base, srcs, w, normalize))
+    close(get_method("multislerp")(base, srcs, weight=w, normalize_weights=normalize),
+          ref_multislerp(base, srcs, w, normalize))
 
 
 def test_multislerp_of_two_opposite_task_vectors_with_equal_weights_is_linear(family) -> None:
@@ -735,7 +746,8 @@ def call(name: str, base: torch.Tensor, srcs: list[torch.Tensor]) -> torch.Tenso
 
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp", "tsvm", "pcb"]
+       "della", "della_linear", "slerp", "model_stock", "nearswap", "sce", "karcher", "nuslerp", "multislerp", "tsvm",
+       "pcb"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -758,7 +770,7 @@ def test_float32_merge_agrees_with_the_float64_merge(family, name) -> None:
     torch.testing.assert_close(got.double(), call(name, base, srcs), rtol=1e-5, atol=1e-6)
 
 
-# ---- the cached-sort contract of the fast path (docs/DESIGN.md, "Materialization") ---------------------------------------
+# ---- the cached-sort contract of the fast path (docs/DESIGN.md, "Materialization") -------------------
 
 
 @pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 1.0])

@@ -41,7 +41,8 @@ def export_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ties_merge_then_evaluate(smol: SmolFamily, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = {"method": "ties", "base": str(smol.base), "parameters": {"lambda": 1.0},
-              "sources": [{"model": str(smol.experts[s]), "parameters": {"weight": 1.0, "density": 0.5}} for s in SKILLS]}
+              "sources": [{"model": str(smol.experts[s]), "parameters": {"weight": 1.0, "density": 0.5}}
+                          for s in SKILLS]}
     (tmp_path / "ties.yaml").write_text(yaml.safe_dump(recipe))
     out = tmp_path / "merged"
     assert main(["merge", str(tmp_path / "ties.yaml"), "--out", str(out)]) == 0
@@ -90,15 +91,18 @@ def test_export_reloads_with_transformers_and_chats(smol: SmolFamily, run_dir: P
     record = run.heldout()[run.exports()[-1].key]
     skill = smol.skills["rev"]
     items = [json.loads(line) for line in skill.heldout.read_text().splitlines()]
-    hits = [it for it, acc in zip(items, record.scores[skill.heldout_task].per_item["acc,none"], strict=True) if acc == 1.0]
+    hits = [it for it, acc in zip(items, record.scores[skill.heldout_task].per_item["acc,none"], strict=True)
+            if acc == 1.0]
     assert hits, "the exported candidate lost the rev skill"
 
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     model = AutoModelForCausalLM.from_pretrained(export_dir).eval()
-    assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (model.config.tie_word_embeddings
+            and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr())
     chat = tokenizer.apply_chat_template([{"role": "user", "content": hits[0]["question"]}], add_generation_prompt=True,
                                          return_tensors="pt", return_dict=True)
     assert tokenizer.decode(chat["input_ids"][0]) == hits[0]["prompt"]
     with torch.no_grad():
         generated = model.generate(**chat, max_new_tokens=16, do_sample=False)
-    assert tokenizer.decode(generated[0, chat["input_ids"].shape[1]:]) == hits[0]["answer"]  # the words, then <|im_end|>
+    # the words, then <|im_end|>
+    assert tokenizer.decode(generated[0, chat["input_ids"].shape[1]:]) == hits[0]["answer"]

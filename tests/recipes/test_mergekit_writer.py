@@ -44,16 +44,19 @@ def test_a_uniform_recipe_is_written_in_models_form_and_reads_back(tiny_family, 
     assert data["parameters"] == {"lambda": 0.9, "normalize": True}  # defaults written out
     assert data["out_dtype"] == "bfloat16" and "the same merge" in note
     (tmp_path / "mk.yaml").write_text(to_mergekit(r, read_tensor_names(r.template), "float32")[0])
-    assert load_recipe(tmp_path / "mk.yaml").default == GroupSpec("ties", r.default.source_params, {"lam": 0.9, "normalize": True})
+    assert load_recipe(tmp_path / "mk.yaml").default == GroupSpec("ties", r.default.source_params,
+                                                                  {"lam": 0.9, "normalize": True})
 
 
 def test_each_layer_group_is_a_slice_with_the_base_first(tiny_family) -> None:
     r = recipe(tiny_family, spec(), {"embed": spec(weight=(0.2, 0.3)), "layers.0": spec(weight=(0.2, 0.3))})
     data, _ = written(r)
-    assert [[s["model"] for s in sl["sources"]] for sl in data["slices"]] == [[str(tiny_family[k]) for k in ("base", "a", "b")]] * 2
+    assert ([[s["model"] for s in sl["sources"]] for sl in data["slices"]]
+            == [[str(tiny_family[k]) for k in ("base", "a", "b")]] * 2)
     assert [sl["sources"][0] for sl in data["slices"]] == [{"model": str(tiny_family["base"]), "layer_range": [0, 1]},
                                                           {"model": str(tiny_family["base"]), "layer_range": [1, 2]}]
-    assert [sl["sources"][1]["parameters"]["weight"] for sl in data["slices"]] == [0.2, 1.0]  # no filter where none is needed
+    # no filter where none is needed
+    assert [sl["sources"][1]["parameters"]["weight"] for sl in data["slices"]] == [0.2, 1.0]
 
 
 def test_a_sliced_yaml_read_back_points_at_the_evomerge_recipe(tiny_family, tmp_path: Path) -> None:

@@ -145,7 +145,8 @@ def test_each_session_gets_a_fresh_study_file(tmp_path: Path, tiny_config) -> No
     run = RunLog.create(tmp_path / "run", tiny_config, {})
     (tmp_path / "run" / "optuna.db").write_bytes(b"a study of an earlier session")
     url = run.study_storage()
-    assert url == f"sqlite:///{(tmp_path / 'run' / 'optuna.db').resolve()}" and not (tmp_path / "run" / "optuna.db").exists()
+    assert (url == f"sqlite:///{(tmp_path / 'run' / 'optuna.db').resolve()}"
+            and not (tmp_path / "run" / "optuna.db").exists())
 
 
 def made_before_the_draw_scheme(run_dir: Path) -> None:

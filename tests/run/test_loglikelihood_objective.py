@@ -1,4 +1,5 @@
-"""Searching on the answers' log-likelihood (``search_metric: perplexity``) while accuracy reports, end to end on tiny models."""
+"""Searching on the answers' log-likelihood (``search_metric: perplexity``) while accuracy reports,
+end to end on tiny models."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ TASKS = ("tiny_rev", "tiny_dup")
 
 
 def loglikelihood_run(tmp_path: Path, family, search_config, strategy: str, budget: int) -> tuple[RunLog, Search]:
-    objectives = [{"task": t, "heldout_task": f"{t}_heldout", "metric": "acc", "search_metric": "perplexity"} for t in TASKS]
-    config = search_config(tmp_path, family, objectives=objectives, strategy={"name": strategy}, budget={"max_evals": budget})
+    objectives = [{"task": t, "heldout_task": f"{t}_heldout", "metric": "acc", "search_metric": "perplexity"}
+                  for t in TASKS]
+    config = search_config(tmp_path, family, objectives=objectives, strategy={"name": strategy},
+                           budget={"max_evals": budget})
     cfg = load_config(config)
     run = RunLog.create(tmp_path / "run", cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
     search = Search(run, LocalExecutor, quiet=True)
@@ -27,7 +30,8 @@ def loglikelihood_run(tmp_path: Path, family, search_config, strategy: str, budg
     return run, search
 
 
-def test_the_strategy_is_told_the_perplexity_while_the_report_shows_accuracy(tmp_path: Path, scored_family, search_config) -> None:
+def test_the_strategy_is_told_the_perplexity_while_the_report_shows_accuracy(tmp_path: Path, scored_family,
+                                                                             search_config) -> None:
     run, _ = loglikelihood_run(tmp_path, scored_family, search_config, "cmaes", 6)
     for r in run.candidates():
         assert r.objectives == tuple(-r.scores[t].metrics["perplexity,none"] for t in TASKS)  # lower perplexity: higher

@@ -12,7 +12,8 @@ from evomerge.run.status import summarize
 
 
 def test_a_session_logs_its_plan_and_status_shows_it(tmp_path: Path, scored_family, search_config) -> None:
-    cfg = load_config(search_config(tmp_path, scored_family, budget={"max_evals": 2}, execution={"memory_budget": "4GB"}))
+    cfg = load_config(search_config(tmp_path, scored_family, budget={"max_evals": 2},
+                                    execution={"memory_budget": "4GB"}))
     run = RunLog.create(tmp_path / "run", cfg, {})
     Search(run, LocalExecutor, quiet=True).run_to_budget()
     plans = RunLog.open(run.root).plans()

@@ -63,7 +63,8 @@ def start_run(tmp_path: Path, config: Path, name: str = "run") -> RunLog:
     return RunLog.create(tmp_path / name, cfg, {str(p): fingerprint(p) for p in cfg.model_folders})
 
 
-def test_racing_scores_a_generation_in_chunks_and_records_what_it_scored(tmp_path: Path, scored_family, search_config) -> None:
+def test_racing_scores_a_generation_in_chunks_and_records_what_it_scored(tmp_path: Path, scored_family,
+                                                                         search_config) -> None:
     config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 13})
     run = start_run(tmp_path, config)
     Search(run, LocalExecutor, quiet=True).run_to_budget()
@@ -143,7 +144,8 @@ def test_task_arithmetic_with_lambda_or_with_weights_is_the_same_merge(tiny_conf
     fixed = recipe_of(tiny_config, fixed_recipes(2)["task_arithmetic"][6])  # weights 1, λ 0.7
     scaled = replace(fixed, default=GroupSpec("task_arithmetic", {"weight": (0.7, 0.7 + 1e-12)}, {"lam": 1.0}))
     assert scaled.same_merge(fixed)
-    assert not replace(scaled, default=GroupSpec("task_arithmetic", {"weight": (0.7, 0.6)}, {"lam": 1.0})).same_merge(fixed)
+    assert not replace(scaled,
+                       default=GroupSpec("task_arithmetic", {"weight": (0.7, 0.6)}, {"lam": 1.0})).same_merge(fixed)
     ties = replace(fixed, default=GroupSpec("ties", {"weight": (0.7, 0.7), "density": (0.5, 0.5)}, {"lam": 1.0}))
     assert not ties.same_merge(replace(ties, default=GroupSpec("ties", {"weight": (1.0, 1.0), "density": (0.5, 0.5)},
                                                               {"lam": 0.7})))  # TIES divides by the weights' sum
@@ -159,13 +161,13 @@ def test_status_counts_items_scored_against_full_scoring() -> None:
 
     def record(index: int, n: int, items: int | None, cached_from: int | None = None) -> CandidateRecord:
         score = TaskScore("t", "acc", "none", {"acc": True}, {"acc,none": 0.5}, {"acc,none": (0.5,) * n})
-        return CandidateRecord(index, f"k{index}", (0.5,), (), "x", 1, {"t": score}, None, (0.5,), cached_from=cached_from,
-                               chunks=None if items is None else 1, items=items)
+        return CandidateRecord(index, f"k{index}", (0.5,), (), "x", 1, {"t": score}, None, (0.5,),
+                               cached_from=cached_from, chunks=None if items is None else 1, items=items)
 
     records = [record(0, 100, None), record(1, 25, 25), record(2, 50, 50), record(3, 25, 25, cached_from=1)]
     line = scoring_summary(ScoringConfig(fidelity="racing", chunk_items=25), records)
-    assert line == ("racing (chunks of 25 items, z 1.5): 175 of 300 calibration items scored (58 per candidate of 100); "
-                    "42% saved")
+    assert line == ("racing (chunks of 25 items, z 1.5): 175 of 300 calibration items scored (58 per candidate of "
+                    "100); 42% saved")
     counted = [replace(r, tokens=10 * (r.items or 100)) for r in records]
     line = scoring_summary(ScoringConfig(fidelity="racing", chunk_items=25), counted)
     assert line.endswith(", 1,750 of 3,000 tokens (583 per candidate of 1,000); 42% saved")
@@ -190,7 +192,8 @@ def test_tokens_scored_survive_resume(tmp_path: Path, scored_family, search_conf
 def test_racing_knobs_are_checked_where_the_config_is_read(tmp_path: Path, scored_family, search_config) -> None:
     from evomerge.errors import EvomergeError
 
-    for bad, field in (({"fidelity": "cheap"}, "fidelity"), ({"chunk_items": 1}, "chunk_items"), ({"racing_z": 0}, "racing_z")):
+    for bad, field in (({"fidelity": "cheap"}, "fidelity"), ({"chunk_items": 1}, "chunk_items"),
+                       ({"racing_z": 0}, "racing_z")):
         with pytest.raises(EvomergeError, match=field):
             load_config(search_config(tmp_path / field, scored_family, scoring=bad))
 

@@ -87,8 +87,10 @@ def test_duplicate_candidates_are_evaluated_once(tmp_path: Path, scored_family, 
     assert [e.objectives for e in strategy.told][2] == records[0].objectives
 
 
-def test_failed_candidate_is_logged_scored_worst_and_the_run_goes_on(tmp_path: Path, scored_family, search_config) -> None:
-    config = search_config(tmp_path, scored_family, genome={"methods": ["task_arithmetic"], "bounds": {"weight": [0.0, 1e39]}})
+def test_failed_candidate_is_logged_scored_worst_and_the_run_goes_on(tmp_path: Path, scored_family,
+                                                                     search_config) -> None:
+    config = search_config(tmp_path, scored_family,
+                           genome={"methods": ["task_arithmetic"], "bounds": {"weight": [0.0, 1e39]}})
     run = start_run(tmp_path, config)
     dim = Search(run, CountingExecutor, quiet=True).space.dim
     search, strategy = scripted_search(run, [(1.0,) * dim, (0.0,) * dim])
@@ -100,11 +102,14 @@ def test_failed_candidate_is_logged_scored_worst_and_the_run_goes_on(tmp_path: P
     assert good.ok and good.objectives[0] > WORST
 
 
-def test_a_run_whose_first_candidates_all_fail_stops_and_keeps_its_log(tmp_path: Path, scored_family, search_config) -> None:
-    config = search_config(tmp_path, scored_family, genome={"methods": ["task_arithmetic"], "bounds": {"weight": [1e39, 1e39]}},
+def test_a_run_whose_first_candidates_all_fail_stops_and_keeps_its_log(tmp_path: Path, scored_family,
+                                                                       search_config) -> None:
+    config = search_config(tmp_path, scored_family,
+                           genome={"methods": ["task_arithmetic"], "bounds": {"weight": [1e39, 1e39]}},
                            budget={"max_evals": 50, "stop_after_failures": 4})
     run = start_run(tmp_path, config)
-    with pytest.raises(RunStopped, match="the first 4 candidates all failed; the last with: CandidateFailed: merged tensor"):
+    with pytest.raises(RunStopped,
+                       match="the first 4 candidates all failed; the last with: CandidateFailed: merged tensor"):
         Search(run, LocalExecutor, quiet=True).run_to_budget()
     again = RunLog.open(run.root)
     assert len(again.candidates()) == 4 and "the first 4" in again.sessions()[-1].stopped
@@ -116,7 +121,8 @@ def failure(index: int, error: str | None) -> CandidateRecord:
 
 def test_failures_with_one_cause_in_a_row_stop_a_run_that_had_successes() -> None:
     watch = FailureWatch(3)
-    verdicts = [watch.see(failure(i, e)) for i, e in enumerate([None, "KeyError: 'x'", "OSError", "KeyError: 'x'", "KeyError: 'x'"])]
+    verdicts = [watch.see(failure(i, e))
+                for i, e in enumerate([None, "KeyError: 'x'", "OSError", "KeyError: 'x'", "KeyError: 'x'"])]
     assert verdicts[:4] == [None] * 4  # a different cause broke the streak
     assert verdicts[4] is None
     assert watch.see(failure(5, "KeyError: 'x'")) == "3 candidates in a row failed with the same cause: KeyError: 'x'"
@@ -167,7 +173,8 @@ RESUMABLE = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(RESUMABLE))
-def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path: Path, scored_family, search_config, strategy) -> None:
+def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path: Path, scored_family, search_config,
+                                                                       strategy) -> None:
     settings, budget, generations = RESUMABLE[strategy]
     scoring = {"fidelity": "racing", "chunk_items": 3, "racing_z": 1.0} if strategy.endswith("racing") else {}
     config = search_config(tmp_path, scored_family, strategy=settings, budget={"max_evals": budget}, scoring=scoring)

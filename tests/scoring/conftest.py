@@ -56,14 +56,17 @@ def simple_evaluate(model: Any, tokenizer: Any, tasks: list[str], task_path: Pat
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    options.setdefault("fewshot_as_multiturn", False)  # simple_evaluate's default is True; the Scorer's is lm-eval's evaluate()'s
+    # simple_evaluate's default is True; the Scorer's is lm-eval's evaluate()'s
+    options.setdefault("fewshot_as_multiturn", False)
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
         out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16), tasks=tasks,
                                       task_manager=TaskManager(include_path=str(task_path), include_defaults=False),
                                       bootstrap_iters=0, **options)
     return {
-        "metrics": {t: {k: v for k, v in r.items() if "," in k and "_stderr" not in k} for t, r in out["results"].items()},
-        "prompts": {t: prompts(args for s in samples for args in s["arguments"]) for t, samples in out["samples"].items()},
+        "metrics": {t: {k: v for k, v in r.items() if "," in k and "_stderr" not in k}
+                    for t, r in out["results"].items()},
+        "prompts": {t: prompts(args for s in samples for args in s["arguments"])
+                    for t, samples in out["samples"].items()},
     }
 
 

@@ -85,4 +85,5 @@ def test_a_normalized_objective_is_the_ratio_to_its_reference_in_the_better_dire
     d = paired_difference([acc], [[1.0, 1.0, 1.0, 0.0]], [[0.0, 0.0, 1.0, 0.0]])
     assert d.value == pytest.approx(0.5 / 0.5) and d.se == pytest.approx(math.sqrt(1 / 12) / 0.5)
     ppl = Objective("perplexity", -1.0, 1.0, reference=math.e)
-    assert ppl.value([-1.0, -1.0]) == pytest.approx(1.0) and ppl.value([-2.0, -2.0]) == pytest.approx(math.e / math.e ** 2)
+    assert ppl.value([-1.0, -1.0]) == pytest.approx(1.0) and ppl.value([-2.0,
+                                                                        -2.0]) == pytest.approx(math.e / math.e ** 2)

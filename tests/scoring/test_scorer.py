@@ -50,12 +50,14 @@ def test_tasks_of_every_kind_score_together_as_lm_eval_scores_them(zoo_tasks: Pa
 PROMPT_OPTIONS = {
     "few-shot": {"num_fewshot": 2, "fewshot_seed": 7},
     "chat template with a system instruction": {"apply_chat_template": True, "system_instruction": "sys"},
-    "few-shot as a multi-turn chat": {"apply_chat_template": True, "num_fewshot": 2, "fewshot_seed": 7, "fewshot_as_multiturn": True},
+    "few-shot as a multi-turn chat": {"apply_chat_template": True, "num_fewshot": 2, "fewshot_seed": 7,
+                                      "fewshot_as_multiturn": True},
 }
 
 
 @pytest.mark.parametrize("options", PROMPT_OPTIONS.values(), ids=PROMPT_OPTIONS)
-def test_prompt_options_shape_prompts_and_scores_as_simple_evaluate_does(options: dict, base_float64, zoo_tasks: Path) -> None:
+def test_prompt_options_shape_prompts_and_scores_as_simple_evaluate_does(options: dict, base_float64,
+                                                                         zoo_tasks: Path) -> None:
     model, tok = base_float64
     tok.chat_template = CHAT_TEMPLATE
     tasks = names("loglikelihood") + names("multiple_choice") + names("generate_until")
@@ -75,7 +77,8 @@ def test_prompt_options_shape_prompts_and_scores_as_simple_evaluate_does(options
     ({"fewshot_as_multiturn": True}, "apply_chat_template"),
     ({"apply_chat_template": True}, "no chat template"),
 ])
-def test_impossible_prompt_options_are_one_line_user_errors(options: dict, fragment: str, base_float64, zoo_tasks: Path) -> None:
+def test_impossible_prompt_options_are_one_line_user_errors(options: dict, fragment: str, base_float64,
+                                                            zoo_tasks: Path) -> None:
     model, tok = base_float64
     with pytest.raises(EvomergeError, match=fragment) as error:
         Scorer(model, tok, load_tasks(names("loglikelihood"), zoo_tasks), **options)
@@ -126,11 +129,13 @@ def test_generation_the_fast_path_lacks_is_left_to_lm_eval(base_float64, tmp_pat
     """A decoding option other than plain greedy (here a repetition penalty) goes through HFLM's own generate."""
     model, tok = base_float64
     spec = (zoo_tasks / "zoo_rev_gen.yaml").read_text().replace("task: zoo_rev_gen", "task: zoo_rev_penalized")
-    (tmp_path / "zoo_rev_penalized.yaml").write_text(spec.replace("do_sample: false", "do_sample: false\n  repetition_penalty: 5.0"))
+    (tmp_path / "zoo_rev_penalized.yaml").write_text(spec.replace("do_sample: false",
+                                                                  "do_sample: false\n  repetition_penalty: 5.0"))
     ours = Scorer(model, tok, load_tasks(["zoo_rev_penalized"], tmp_path)).score()
     reference = simple_evaluate(model, tok, ["zoo_rev_penalized"], tmp_path)["metrics"]
     assert_same_metrics(ours, reference)
-    assert reference != simple_evaluate(model, tok, ["zoo_rev_gen"], zoo_tasks)["metrics"]  # the penalty did change the answers
+    # the penalty did change the answers
+    assert reference != simple_evaluate(model, tok, ["zoo_rev_gen"], zoo_tasks)["metrics"]
 
 
 def test_scorer_table_has_a_row_per_task_filter_and_metric(base_float64, zoo_tasks: Path) -> None:
@@ -149,7 +154,8 @@ def test_unknown_task_names_the_task(zoo_tasks: Path) -> None:
 def test_evaluate_prints_lm_evals_table_with_every_filter(zoo_dir: Path, zoo_tasks: Path, capsys) -> None:
     from evomerge.cli import main
 
-    assert main(["evaluate", str(zoo_dir / "models" / "rev"), "--tasks", "zoo_rev_gen", "--task-path", str(zoo_tasks)]) == 0
+    assert main(["evaluate", str(zoo_dir / "models" / "rev"), "--tasks", "zoo_rev_gen", "--task-path",
+                 str(zoo_tasks)]) == 0
     header, _, *rows = [line.split("|") for line in capsys.readouterr().out.strip().splitlines()]
     assert [c.strip() for c in header[1:6]] == ["Tasks", "Version", "Filter", "n-shot", "Metric"]
     assert [(r[3].strip(), r[5].strip(), float(r[7])) for r in rows] == [

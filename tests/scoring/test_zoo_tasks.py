@@ -39,7 +39,8 @@ def test_every_kind_and_split_is_written_under_its_name(rev_tasks) -> None:
     assert names == {kind: {"calibration": f"zoo_rev{suffix}", "heldout": f"zoo_rev{suffix}_heldout"}
                      for kind, suffix in zip(KINDS, ("", "_mc", "_gen", "_rolling"), strict=True)}
     tasks = load_tasks([n for splits in names.values() for n in splits.values()], folder)
-    assert {name: task.OUTPUT_TYPE for name, task in tasks.items()} == {n: kind for kind, splits in names.items() for n in splits.values()}
+    assert {name: task.OUTPUT_TYPE for name, task in tasks.items()} == {n: kind for kind, splits in names.items()
+                                                                        for n in splits.values()}
 
 
 def test_multiple_choice_options_are_the_expert_skills_answers_for_the_same_letters(rev_tasks) -> None:

@@ -31,7 +31,8 @@ def variant(tiny_family: dict[str, Path], tmp_path: Path) -> Callable[..., Path]
     """``variant(config=..., edit=...)``: a copy of source 'a' with one thing changed."""
 
     def make(*, config: dict[str, Any] | None = None, edit: Edit | None = None) -> Path:
-        return _copy_model(tiny_family["a"], tmp_path / f"variant{len(list(tmp_path.iterdir()))}", config=config, edit=edit)
+        return _copy_model(tiny_family["a"], tmp_path / f"variant{len(list(tmp_path.iterdir()))}", config=config,
+                           edit=edit)
 
     return make
 
@@ -69,5 +70,6 @@ def copy_model() -> Callable[..., Path]:
 
 @pytest.fixture
 def save_pickles() -> Callable[..., Path]:
-    """``save_pickles(tensors, folder, shards=1)``: a pickle-only folder, ``pytorch_model.bin`` or shards with an index."""
+    """``save_pickles(tensors, folder, shards=1)``: a pickle-only folder,
+    ``pytorch_model.bin`` or shards with an index."""
     return _save_pickles

@@ -53,13 +53,15 @@ def test_base_lacking_a_tensor_its_config_describes_is_named(tiny_family: dict[s
     assert f"config.json describes tensor '{gone}' [16] that its weights lack" in refused(base, tiny_family["a"])
 
 
-def test_extra_tensor_the_model_does_not_use_is_ignored_with_a_note(tiny_family: dict[str, Path], variant, capsys) -> None:
+def test_extra_tensor_the_model_does_not_use_is_ignored_with_a_note(tiny_family: dict[str, Path], variant,
+                                                                    capsys) -> None:
     """As transformers drops unexpected keys (old checkpoints' rotary buffers): one note, then the pool loads."""
     extra = "model.layers.0.self_attn.rotary_emb.inv_freq"
     source = variant(edit=lambda t: {**t, extra: torch.zeros(2)})
     pool = SourcePool.load(tiny_family["base"], [source])
     assert extra not in pool.tensor_names and extra not in pool.sources[0].tensors
-    assert f"ignoring 1 checkpoint tensor(s) that the model class does not use (e.g. {extra})" in capsys.readouterr().err
+    assert (f"ignoring 1 checkpoint tensor(s) that the model class does not use (e.g. {extra})"
+            in capsys.readouterr().err)
 
 
 def test_shape_mismatch_names_tensor_and_both_shapes(tiny_family: dict[str, Path], variant) -> None:

@@ -22,7 +22,8 @@ def family_names(family: str) -> tuple[list[str], dict]:
         "gemma": lambda: tf.GemmaConfig(**SMALL, head_dim=8),  # ties embeddings by default
         "phi": lambda: tf.PhiConfig(**SMALL),
         "phi3": lambda: tf.Phi3Config(**SMALL, pad_token_id=0),
-        "gpt2": lambda: tf.GPT2Config(n_embd=16, n_layer=3, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0),
+        "gpt2": lambda: tf.GPT2Config(n_embd=16, n_layer=3, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0,
+                                      eos_token_id=0),
         "gpt_neox": lambda: tf.GPTNeoXConfig(**SMALL, max_position_embeddings=32, bos_token_id=0, eos_token_id=0),
     }
     config = configs[family]()

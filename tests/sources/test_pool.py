@@ -50,7 +50,8 @@ def test_pickle_only_folder_is_refused_by_default(tiny_family: dict[str, Path], 
 
 
 @pytest.mark.parametrize("shards", [1, 2])
-def test_pickle_folder_loads_with_allow_pickle(tiny_family: dict[str, Path], tmp_path: Path, save_pickles, shards: int) -> None:
+def test_pickle_folder_loads_with_allow_pickle(tiny_family: dict[str, Path], tmp_path: Path, save_pickles,
+                                               shards: int) -> None:
     folder = tmp_path / "pickled"
     folder.mkdir()
     shutil.copy(tiny_family["a"] / "config.json", folder)
@@ -60,7 +61,8 @@ def test_pickle_folder_loads_with_allow_pickle(tiny_family: dict[str, Path], tmp
     assert_same_tensors(pool.sources[0].tensors, tensors)
 
 
-def test_fingerprints_are_stable_and_change_with_one_byte(tiny_family: dict[str, Path], tmp_path: Path, copy_model) -> None:
+def test_fingerprints_are_stable_and_change_with_one_byte(tiny_family: dict[str, Path], tmp_path: Path,
+                                                          copy_model) -> None:
     copy = copy_model(tiny_family["a"], tmp_path / "a")
     first = SourcePool.load(tiny_family["base"], [copy]).fingerprints()
     again = SourcePool.load(tiny_family["base"], [copy]).fingerprints()

@@ -59,7 +59,8 @@ def test_template_tokenizer_files_and_extra_files_are_copied(base: ModelSource, 
     template = copy_model(base.path, tmp_path / "template")
     (template / "tokenizer.json").write_text("{}")
     (template / "tokenizer_config.json").write_text('{"chat_template": "x"}')
-    out = write_model_folder(base.tensors, tmp_path / "out", template=template, extra_files={"README.md": "# card", "r.bin": b"\0"})
+    out = write_model_folder(base.tensors, tmp_path / "out", template=template,
+                             extra_files={"README.md": "# card", "r.bin": b"\0"})
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (template / name).read_bytes(), name
     assert (out / "README.md").read_text() == "# card" and (out / "r.bin").read_bytes() == b"\0"
@@ -83,7 +84,8 @@ def test_force_replaces_the_existing_folder(base: ModelSource, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_failure_midway_leaves_nothing_behind(base: ModelSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_midway_leaves_nothing_behind(base: ModelSource, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     real, calls = writer.save_file, []
 
     def fail_on_second_shard(*args, **kwargs):
@@ -98,7 +100,8 @@ def test_failure_midway_leaves_nothing_behind(base: ModelSource, tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failure_with_force_keeps_the_old_folder(base: ModelSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_with_force_keeps_the_old_folder(base: ModelSource, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")

@@ -26,7 +26,8 @@ def best_distance(name: str, options: dict, budget: int, seed: int = 0) -> float
     return -max(e.objectives[0] for _, e in drive(s, quadratic, budget, lag=4))
 
 
-@pytest.mark.parametrize("name, options, budget, tol", SINGLE, ids=[f"{n}-{o.get('sampler', '')}" for n, o, _, _ in SINGLE])
+@pytest.mark.parametrize("name, options, budget, tol", SINGLE,
+                         ids=[f"{n}-{o.get('sampler', '')}" for n, o, _, _ in SINGLE])
 def test_finds_the_optimum_of_a_quadratic_and_beats_random(name: str, options: dict, budget: int, tol: float) -> None:
     found = best_distance(name, options, budget)
     baseline = best_distance("random", {}, budget)

@@ -73,7 +73,8 @@ def test_children_of_two_seeds_with_linear_mixing_stay_between_them_without_muta
     lo, hi = np.min(seeds, axis=0), np.max(seeds, axis=0)
     for _ in range(30):
         c = s.ask()
-        assert c.operator == "crossover" and np.all(np.asarray(c.x) >= lo - 1e-12) and np.all(np.asarray(c.x) <= hi + 1e-12)
+        assert c.operator == "crossover" and np.all(np.asarray(c.x) >= lo - 1e-12) and np.all(np.asarray(c.x) <= hi
+                                                                                              + 1e-12)
         s.tell(c, Evaluation((0.0,), per_item=(0.0, 0.0)))
 
 

@@ -52,7 +52,8 @@ def test_unknown_strategy_names_the_valid_ones() -> None:
 
 
 def test_unknown_option_names_the_valid_ones() -> None:
-    with pytest.raises(EvomergeError, match=r"unknown field 'sigma' in config section 'strategy\.options' \(allowed: sigma0, popsize, restart_popsize_factor\)"):
+    with pytest.raises(EvomergeError, match=r"unknown field 'sigma' in config section 'strategy\.options' \(allowed: "
+                       r"sigma0, popsize, restart_popsize_factor\)"):
         make_strategy("cmaes", 4, 1, seed=0, sigma=0.3)
 
 

@@ -26,7 +26,8 @@ def record(*, own: float = 1.0, base: float = 0.3, fixed: float = 0.7, ceiling: 
     experts = {s: 0.9 if s == weak else own for s in SKILLS}
     table = {"base": {s: base for s in SKILLS}}
     table |= {f"source{i}": {t: experts[s] if t == s else base for t in SKILLS} for i, s in enumerate(SKILLS)}
-    fixed_rows = {f: {"name": f, "label": f, "params": {}, "calibration": fixed, "heldout": fixed} for f in MERGE_FAMILIES}
+    fixed_rows = {f: {"name": f, "label": f, "params": {}, "calibration": fixed, "heldout": fixed}
+                  for f in MERGE_FAMILIES}
     table |= {f: {s: fixed * experts[s] for s in SKILLS} for f in MERGE_FAMILIES}
     q: dict[str, Any] = {"table": table, "fixed": fixed_rows}
     if ceiling is not None:
@@ -116,13 +117,15 @@ def test_the_check_scores_fixed_recipes_grid_on_calibration(constructed_check: d
 
 
 def test_the_soup_and_the_grid_members_carry_the_reports_names(constructed_check: dict[str, Any]) -> None:
-    assert list(constructed_check["fixed"]) == list(MERGE_FAMILIES) == ["soup", "tsvm", "task_arithmetic", "ties", "dare_ties"]
+    assert list(constructed_check["fixed"]) == list(MERGE_FAMILIES) == ["soup", "tsvm", "task_arithmetic", "ties",
+                                                                        "dare_ties"]
     assert constructed_check["fixed"]["soup"]["name"] == "soup" and "soup" in constructed_check["table"]
     assert constructed_check["fixed"]["task_arithmetic"]["name"] in ("task_arithmetic@0.2", "task_arithmetic@0.6")
     assert set(constructed_check["table"]) == set(constructed_check["calibration_table"])
 
 
-def test_fixed_scores_are_the_normalizer_s_and_members_its_choice_on_calibration(constructed_check: dict[str, Any]) -> None:
+def test_fixed_scores_are_the_normalizer_s_and_members_its_choice_on_calibration(constructed_check: dict[str,
+                                                                                                         Any]) -> None:
     families = fixed_recipes(len(SKILLS), SKILLS, **GRID)
     sources = [families[f"source{i}"][0] for i in range(len(SKILLS))]
     normalizer = Normalizer.from_sources([True] * 4, {split: [constructed(m, split) for m in sources]

@@ -37,7 +37,8 @@ def test_a_family_with_skilled_experts_and_room_meets_all_three() -> None:
 
 
 def test_the_bounds_are_inclusive() -> None:
-    assert holds(verdicts(table(own=0.90, base=0.50), room(fixed=0.85, ceiling=0.95))) == {"a": True, "b": True, "c": True}
+    assert holds(verdicts(table(own=0.90, base=0.50), room(fixed=0.85, ceiling=0.95))) == {"a": True, "b": True,
+                                                                                           "c": True}
 
 
 def test_without_a_room_record_only_a_is_judged_and_the_others_say_how_to_judge_them() -> None:
@@ -72,6 +73,7 @@ def test_an_unknown_variant_is_refused_before_anything_is_written(tmp_path: Path
 def test_a_folder_holding_other_files_is_refused_as_the_tiny_zoo_refuses_it(tmp_path: Path) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine\n")
-    with pytest.raises(EvomergeError, match="is not empty and holds no SmolLM2 family: choose an empty folder or pass --force"):
+    with pytest.raises(EvomergeError,
+                       match="is not empty and holds no SmolLM2 family: choose an empty folder or pass --force"):
         build_smol(tmp_path / "busy", variant="reduced")
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]

@@ -173,7 +173,8 @@ def test_training_probe_agrees_with_lm_eval_acc(zoo_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(folder, local_files_only=True), batch_size=64)
     tasks = [zoo.skills[s].heldout_task for s in ("sort", "up")]
-    results = simple_evaluate(model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(zoo.task_dir), include_defaults=False))
+    results = simple_evaluate(model=lm, tasks=tasks,
+                              task_manager=TaskManager(include_path=str(zoo.task_dir), include_defaults=False))
     for skill, task in zip(("sort", "up"), tasks, strict=True):
         probe = exact_match(model, *batch(read_jsonl(zoo.skills[skill].heldout))).float().mean().item()
         assert results["results"][task]["acc,none"] == pytest.approx(probe)
