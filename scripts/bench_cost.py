@@ -60,18 +60,19 @@ def cost_run(strategy: str, seed: int, fidelity: str, args: argparse.Namespace, 
     cost = scoring_cost(RunLog.open(folder / f"{strategy}-acc-s{seed}").candidates()[:args.evals])
     assert cost is not None and cost.tokens is not None
     result.update(fidelity=fidelity, items=cost.items, full_items=cost.full_items, tokens=cost.tokens,
-                  full_tokens=cost.full_tokens, gain=result["at"][args.evals]["heldout"] - result["best_fixed"]["heldout"])
+                  full_tokens=cost.full_tokens,
+                  gain=result["at"][args.evals]["heldout"] - result["best_fixed"]["heldout"])
     return result
 
 
 def table(results: list[dict]) -> list[str]:
-    lines = ["| strategy | seed | fidelity | items scored | of full | tokens scored | of full | search s | held-out pick | "
-             "best fixed | gain |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| strategy | seed | fidelity | items scored | of full | tokens scored | of full | search s | held-out "
+             "pick | best fixed | gain |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['strategy']} | {r['seed']} | {r['fidelity']} | {r['items']:,} | {r['items'] / r['full_items']:.2f} | "
-                     f"{r['tokens']:,} | {r['tokens'] / r['full_tokens']:.2f} | "
-                     f"{r['search_s']:.0f} | {r['at'][max(r['at'])]['heldout']:.3f} | {r['best_fixed']['heldout']:.3f} | "
-                     f"{r['gain']:+.3f} |")
+        lines.append(f"| {r['strategy']} | {r['seed']} | {r['fidelity']} | {r['items']:,} | "
+                     f"{r['items'] / r['full_items']:.2f} | {r['tokens']:,} | {r['tokens'] / r['full_tokens']:.2f} | "
+                     f"{r['search_s']:.0f} | {r['at'][max(r['at'])]['heldout']:.3f} | {r['best_fixed']['heldout']:.3f} "
+                     f"| {r['gain']:+.3f} |")
     return lines
 
 
@@ -79,11 +80,13 @@ def verdicts(results: list[dict]) -> list[str]:
     """Per strategy and seed: does racing meet the issue's target against the full run?"""
     lines = []
     for full in (r for r in results if r["fidelity"] == "full"):
-        race = next(r for r in results if r["fidelity"] == "racing" and (r["strategy"], r["seed"]) == (full["strategy"], full["seed"]))
+        race = next(r for r in results if r["fidelity"] == "racing"
+                    and (r["strategy"], r["seed"]) == (full["strategy"], full["seed"]))
         fraction, gap = race["tokens"] / full["tokens"], full["gain"] - race["gain"]
         met = fraction <= TARGET_FRACTION and gap <= TARGET_GAIN_GAP
-        lines.append(f"- {full['strategy']} seed {full['seed']}: racing scored {fraction:.2f} of the full run's tokens, "
-                     f"gain {race['gain']:+.3f} vs {full['gain']:+.3f} — target {'**met**' if met else '**missed**'}")
+        lines.append(f"- {full['strategy']} seed {full['seed']}: racing scored {fraction:.2f} of the full run's "
+                     f"tokens, gain {race['gain']:+.3f} vs {full['gain']:+.3f} — target "
+                     f"{'**met**' if met else '**missed**'}")
     return lines
 
 
@@ -95,7 +98,8 @@ def plot(results: list[dict], path: Path) -> None:
     for k, strategy in enumerate(dict.fromkeys(r["strategy"] for r in results)):
         for fidelity, marker in (("full", "o"), ("racing", "^")):
             rs = [r for r in results if r["strategy"] == strategy and r["fidelity"] == fidelity]
-            ax.scatter([r["tokens"] for r in rs], [r["gain"] for r in rs], marker=marker, color=f"C{k}", label=f"{strategy} / {fidelity}")
+            ax.scatter([r["tokens"] for r in rs], [r["gain"] for r in rs], marker=marker, color=f"C{k}",
+                       label=f"{strategy} / {fidelity}")
     ax.axhline(0, color="black", linewidth=1)
     ax.set(xlabel="calibration tokens scored by the search", ylabel="held-out gain over the best fixed recipe")
     ax.legend(fontsize=7)
@@ -141,12 +145,12 @@ def export_runs(args: argparse.Namespace, work: Path) -> list[dict]:
 
 def export_table(results: list[dict]) -> list[str]:
     full = results[0]
-    lines = ["| export | jobs | items scored | tokens scored | of full | of which held-out | s | grid members stopped | "
-             "pick | best fixed recipe on held-out |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| export | jobs | items scored | tokens scored | of full | of which held-out | s | grid members stopped "
+             "| pick | best fixed recipe on held-out |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        lines.append(f"| {'grids raced' if r['race'] else 'every grid member in full'} | {r['jobs']} | {r['items']:,} | "
-                     f"{r['tokens']:,} | {r['tokens'] / full['tokens']:.2f} | {r['heldout']:,} | {r['seconds']:.0f} | {r['stopped']} of "
-                     f"{r['grid']} | {r['pick']} | {r['best']} |")
+        lines.append(f"| {'grids raced' if r['race'] else 'every grid member in full'} | {r['jobs']} | {r['items']:,} "
+                     f"| {r['tokens']:,} | {r['tokens'] / full['tokens']:.2f} | {r['heldout']:,} | {r['seconds']:.0f} "
+                     f"| {r['stopped']} of {r['grid']} | {r['pick']} | {r['best']} |")
     raced = results[1]
     same = (raced["pick"], raced["best"], raced["best_row"]) == (full["pick"], full["best"], full["best_row"])
     met = same and raced["tokens"] <= TARGET_FRACTION * full["tokens"]
@@ -185,8 +189,9 @@ def main() -> None:
 
 
 def machine(load0: tuple[float, ...], t0: float) -> str:
-    return (f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average (1 min) "
-            f"before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time {(time.perf_counter() - t0) / 60:.0f} min")
+    return (f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average (1 "
+            f"min) before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time "
+            f"{(time.perf_counter() - t0) / 60:.0f} min")
 
 
 def search_part(args: argparse.Namespace, work: Path) -> None:

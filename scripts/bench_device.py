@@ -129,7 +129,8 @@ def measure(pool: SourcePool, placement: str, device: torch.device, args: argpar
 
 
 def report(what: str, device: torch.device, rows: list[dict], wall: float) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (a check of the script, not a GPU figure)"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else "CPU (a check of the script, not a GPU figure)")
     lines = [
         "## Real sizes on a GPU: a 7B-shaped family merged on the device (`scripts/bench_device.py`)\n",
         f"- date: {dt.date.today().isoformat()}; device: {name}; torch {torch.__version__}; whole script {wall:.0f} s",

@@ -93,7 +93,8 @@ def measure(base: torch.Tensor, sources: list[torch.Tensor], repeats: int) -> di
     dare_cut = torch.tensor([int(d * 2**16) for d in density], dtype=torch.int64)
     cached = [row for j in range(k) for row in torch.randint(0, 256, (2, n), dtype=torch.uint8)]
 
-    def gta(lows: list[float], draws: list[torch.Tensor], cut: torch.Tensor, trim: bool, dare: bool, consensus: bool) -> None:
+    def gta(lows: list[float], draws: list[torch.Tensor], cut: torch.Tensor, trim: bool, dare: bool,
+            consensus: bool) -> None:
         params = GTA_PARAMS.pack(torch.float32, base.device, weight=weight, low=lows,
                                  dare_divisor=[0.5 if dare else 1.0] * k, lam=1.0, divisor=1.0, normalize=1.0)
         kernel(out, base, sources, draws, params, cut, torch.tensor(0), keys, torch.bfloat16, trim, dare, consensus)
@@ -118,8 +119,9 @@ def tie_profile(base: torch.Tensor, source: torch.Tensor) -> str:
     tied = int(counts[counts > 1].sum())
     index = histogram_cuts().counts("w", 0, base, source).ties
     indexed = int(index.ends[:, -1].sum()) if index is not None else 0
-    return (f"source 0's |τ|: {values.numel():,} distinct values, the largest group {counts.max() / base.numel():.1%} of "
-            f"the entries; the tie index's {thresholds.TIE_KEYS} values hold {indexed / max(tied, 1):.0%} of the tied entries")
+    return (f"source 0's |τ|: {values.numel():,} distinct values, the largest group {counts.max() / base.numel():.1%} "
+            f"of the entries; the tie index's {thresholds.TIE_KEYS} values hold {indexed / max(tied, 1):.0%} of the "
+            "tied entries")
 
 
 def report(rows: dict[int, dict[str, float]], floors: dict[int, float], args: argparse.Namespace, shape: str,

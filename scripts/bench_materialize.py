@@ -10,8 +10,9 @@ For each model size, method and number of sources K (SLERP takes exactly one sou
   machine's memory-copy bandwidth (the best of several large ``torch`` copies, counting read + write);
 - **eager**: the reference operators (``MergePlan.iter_tensors``) plus ``copy_`` into preallocated
   tensors, as ``Worker.materialize`` did before the fast path;
-- **fast**: ``FastMerger.materialize`` (best of ``--repeats``, as the floor's copy is a best-of) after one warm-up call (the warm-up compiles the kernels and
-  fills the worker's cache of sorted magnitudes / draws: paid once per worker, shown as "first call");
+- **fast**: ``FastMerger.materialize`` (best of ``--repeats``, as the floor's copy is a best-of) after one warm-up call
+  (the warm-up compiles the kernels and fills the worker's cache of sorted magnitudes / draws: paid once per worker,
+  shown as "first call");
   each timed call uses different weights and densities (no recompile, no cache refill);
 - **mergekit**: ``mergekit-yaml`` end to end on folders of the same models (process start, loading,
   merging, writing the output folder) — what a candidate costs when a search shells out to mergekit.
@@ -64,7 +65,8 @@ def llama_config(hidden: int, ff: int, layers: int, heads: int, vocab: int, tied
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=ff, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=tied)
+                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=256,
+                      tie_word_embeddings=tied)
     cfg.architectures = ["LlamaForCausalLM"]
     return cfg.to_dict()
 
@@ -107,11 +109,13 @@ def build_family(root: Path, size: str, k_max: int, args: argparse.Namespace) ->
 
             config = llama_config(DIM, FF, LAYERS, HEADS, len(VOCAB), tied=True)
         else:
-            config = llama_config(args.large_hidden, args.large_ff, args.large_layers, args.large_hidden // 64, args.large_vocab, tied=False)
+            config = llama_config(args.large_hidden, args.large_ff, args.large_layers, args.large_hidden // 64,
+                                  args.large_vocab, tied=False)
         base = random_llama(config, seed=0)
         label = "random Llama, zoo shape" if size == "zoo" else "random Llama"
-        what = (f"{label}: hidden {config['hidden_size']}, ff {config['intermediate_size']}, {config['num_hidden_layers']} layers, "
-                f"vocab {config['vocab_size']} ({sum(t.numel() for t in base.values()) / 1e6:.1f}M params, float32)")
+        what = (f"{label}: hidden {config['hidden_size']}, ff {config['intermediate_size']}, "
+                f"{config['num_hidden_layers']} layers, vocab {config['vocab_size']} "
+                f"({sum(t.numel() for t in base.values()) / 1e6:.1f}M params, float32)")
     base_dir = write_folder(root / "base", config, base)
     sources = []
     for k in range(k_max):
@@ -258,20 +262,23 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
             eager_repeats = args.repeats if size == "zoo" else args.eager_repeats
             skip_eager = size == "large" and method in ("ties", "dare_ties") and k not in args.large_eager_trim_ks
             eager = None if skip_eager else min(
-                timed(lambda: eager_materialize(make_plan(method, pool, base_dir, srcs, 0), pool, ref)) for _ in range(eager_repeats))  # noqa: B023, F821 (timed calls it at once)
+                timed(lambda: eager_materialize(make_plan(method, pool, base_dir, srcs, 0), pool, ref))  # noqa: B023, F821 (timed calls it at once)
+                for _ in range(eager_repeats))
             first = timed(lambda: merger.materialize(make_plan(method, pool, base_dir, srcs, 0), dest))  # noqa: B023, F821 (timed calls it at once)
             err = None if skip_eager else max_rel_diff(dest, ref)
             # Fast calls and model-sized copies take turns, so both see the same load (a shared machine).
             fast, copy_pass, bandwidth = float("inf"), float("inf"), 0.0
             for r in range(args.repeats):
-                fast = min(fast, timed(lambda: merger.materialize(make_plan(method, pool, base_dir, srcs, 1 + r), dest)))  # noqa: B023, F821 (timed calls it at once)
+                fast = min(fast,
+                           timed(lambda: merger.materialize(make_plan(method, pool, base_dir, srcs, 1 + r), dest)))  # noqa: B023, F821 (timed calls it at once)
                 bandwidth = max(bandwidth, copy_bandwidth(1 << 29, 2))
                 copy_pass = min(copy_pass, timed(partial(copy_model, pool, dest)))
             floor = floor_bytes(method, pool) / bandwidth
             mk = None
             if not args.no_mergekit and method in MERGEKIT_METHODS and k in args.mergekit_ks:
                 mk = min(run_mergekit(method, base_dir, srcs, root / size) for _ in range(args.mergekit_repeats))
-            row = dict(method=method, k=k, bandwidth=bandwidth, model_copy=copy_pass, floor=floor, eager=eager, first=first, fast=fast, err=err, mergekit=mk)
+            row = dict(method=method, k=k, bandwidth=bandwidth, model_copy=copy_pass, floor=floor, eager=eager,
+                       first=first, fast=fast, err=err, mergekit=mk)
             rows.append(row)
             print(json.dumps({"size": size, **row}), flush=True)
         del pool, dest, ref, merger
@@ -287,7 +294,8 @@ def fmt_s(s: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | K | copy GB/s | floor | model copy | eager | fast (first call) | fast | fast / floor | target | eager / fast | mergekit-yaml | mergekit / fast | max rel. diff |",
+    lines = ["| method | K | copy GB/s | floor | model copy | eager | fast (first call) | fast | fast / floor | target "
+             "| eager / fast | mergekit-yaml | mergekit / fast | max rel. diff |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["fast"] / r["floor"]
@@ -296,8 +304,9 @@ def table(rows: list[dict]) -> str:
         mk = "—" if r["mergekit"] is None else f"{r['mergekit'] / r['fast']:.0f}×"
         speedup = "—" if r["eager"] is None else f"{r['eager'] / r['fast']:.1f}×"
         err = "—" if r["err"] is None else f"{r['err']:.1e}"
-        lines.append(f"| {r['method']} | {r['k']} | {r['bandwidth'] / 1e9:.1f} | {fmt_s(r['floor'])} | {fmt_s(r['model_copy'])} | {fmt_s(r['eager'])} | {fmt_s(r['first'])} | "
-                     f"{fmt_s(r['fast'])} | {ratio:.1f}× | {verdict} | {speedup} | {fmt_s(r['mergekit'])} | {mk} | {err} |")
+        lines.append(f"| {r['method']} | {r['k']} | {r['bandwidth'] / 1e9:.1f} | {fmt_s(r['floor'])} | "
+                     f"{fmt_s(r['model_copy'])} | {fmt_s(r['eager'])} | {fmt_s(r['first'])} | {fmt_s(r['fast'])} | "
+                     f"{ratio:.1f}× | {verdict} | {speedup} | {fmt_s(r['mergekit'])} | {mk} | {err} |")
     return "\n".join(lines)
 
 
@@ -315,13 +324,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed fast-path calls (best of); eager on the zoo too")
     p.add_argument("--eager-repeats", type=int, default=1, help="eager calls on the large model (best of)")
     p.add_argument("--large-eager-trim-ks", default="",
-                   help="K values at which the large model also runs the eager TIES / DARE-TIES reference (minutes each)")
+                   help="K values at which the large model also runs the eager TIES / DARE-TIES reference (minutes "
+                   "each)")
     p.add_argument("--mergekit-ks", default="3", help="K values that also run mergekit-yaml")
     p.add_argument("--mergekit-repeats", type=int, default=1)
     p.add_argument("--no-mergekit", action="store_true")
-    p.add_argument("--no-cache", action="store_true", help="cache nothing: TIES cuts from histograms, DARE draws regenerated")
+    p.add_argument("--no-cache", action="store_true",
+                   help="cache nothing: TIES cuts from histograms, DARE draws regenerated")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="FastMerger(compile=...): auto (the worker's default) compiles tensors of >= 65536 elements only")
+                   help="FastMerger(compile=...): auto (the worker's default) compiles tensors of >= 65536 elements "
+                   "only")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print the tables only")
     args = p.parse_args()
@@ -334,7 +346,8 @@ def main() -> None:
     load_before = os.getloadavg()
     t_start = time.perf_counter()
     bandwidth = copy_bandwidth()
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, threads {torch.get_num_threads()}, load {load_before}", flush=True)
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, threads {torch.get_num_threads()}, load {load_before}",
+          flush=True)
     sections = []
     with tempfile.TemporaryDirectory(prefix="bench_materialize_") as tmp:
         for size in args.sizes.split(","):
@@ -346,9 +359,9 @@ def main() -> None:
         f"## Materialization per candidate (`scripts/bench_materialize.py`)\n\n"
         f"{dt.date.today().isoformat()} · {os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads · load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end "
-        f"(shared machine) · memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s at start, {bandwidth_end / 1e9:.1f} at end "
-        f"(read + write, best of 5 copies of 512 MiB; each row's floor uses such copies taken in turns with its fast calls, "
-        f"so both see the same load: the copy GB/s column) · "
+        f"(shared machine) · memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s at start, {bandwidth_end / 1e9:.1f} at "
+        "end (read + write, best of 5 copies of 512 MiB; each row's floor uses such copies taken in turns with its "
+        f"fast calls, so both see the same load: the copy GB/s column) · "
         f"whole run {time.perf_counter() - t_start:.0f} s\n\n"
         f"Command: `{command}`\n\n"
         "Floor = bytes that must move (each needed input read once: K sources for linear, K + 1 with the base "
@@ -358,7 +371,8 @@ def main() -> None:
         "one warm-up; \"first call\" = that warm-up (compiles the kernels, fills the sorted-|τ| / draw cache; once "
         "per worker). mergekit-yaml = end to end on folders (start, load, merge, write), vs evomerge's in-memory "
         "fast path. Model copy = the base copied tensor by tensor into the destination (2 model-sizes moved), "
-        "a practical reference next to the floor. Max rel. diff = worst per-tensor relative L2 difference of fast vs eager output.\n"
+        "a practical reference next to the floor. Max rel. diff = worst per-tensor relative L2 difference of fast vs "
+        "eager output.\n"
     )
     text = header + "\n" + "\n\n".join(sections) + "\n"
     publish(args.out, "bench_materialize", text, write=not args.no_write)

@@ -96,7 +96,8 @@ def machine() -> str:
 
 
 def add_family_args(p: argparse.ArgumentParser, **shape: int) -> None:
-    """--hidden, --layers, --ff, --heads, --kv-heads, --vocab (defaults from ``shape``) and --k: what ``llama_config`` reads."""
+    """--hidden, --layers, --ff, --heads, --kv-heads, --vocab (defaults from ``shape``) and --k:
+    what ``llama_config`` reads."""
     for name, default in shape.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     p.add_argument("--k", type=int, default=3, help="sources besides the base")
@@ -107,7 +108,8 @@ def llama_config(args: argparse.Namespace) -> dict:
 
     cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.ff, num_hidden_layers=args.layers,
                       num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
-                      max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+                      max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+                      eos_token_id=1)
     cfg.architectures = ["LlamaForCausalLM"]
     return {**cfg.to_dict(), "dtype": "bfloat16", "torch_dtype": "bfloat16"}
 
@@ -131,7 +133,8 @@ def write_model(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) ->
 
 
 def build_family(work: Path, args: argparse.Namespace) -> tuple[Path, list[Path], str, int]:
-    """base + K sources (base + noise), bf16, reused when ``work`` already holds this shape; returns the parameters too."""
+    """base + K sources (base + noise), bf16, reused when ``work`` already holds this shape;
+    returns the parameters too."""
     config = llama_config(args)
     shapes = meta_shapes(config)
     params = sum(s.numel() for s in shapes.values())
@@ -140,7 +143,8 @@ def build_family(work: Path, args: argparse.Namespace) -> tuple[Path, list[Path]
     marker = work / "family.json"
     if not (marker.is_file() and marker.read_text() == stamp):
         g = torch.Generator().manual_seed(0)
-        weights = {n: (torch.ones(s) if n.endswith("norm.weight") else torch.randn(s, generator=g) * 0.02).to(torch.bfloat16)
+        weights = {n: (torch.ones(s) if n.endswith("norm.weight")
+                       else torch.randn(s, generator=g) * 0.02).to(torch.bfloat16)
                    for n, s in shapes.items()}
         write_model(base, config, weights)
         for k, folder in enumerate(sources):
@@ -238,7 +242,8 @@ def run_merge(recipe: Recipe, work: Path, params: int, args: argparse.Namespace)
     shards = sorted(out.glob("*.safetensors"))
     largest = max(f.stat().st_size for f in shards)
     bound = (args.k + 1) * 2 * params + largest + 2 * GB
-    return dict(before=before, after=machine(), wall=wall, peak=peak.over, bound=bound, shards=len(shards), largest=largest)
+    return dict(before=before, after=machine(), wall=wall, peak=peak.over, bound=bound, shards=len(shards),
+                largest=largest)
 
 
 # -- 3. materialization per candidate -------------------------------------------------------------------
@@ -252,7 +257,8 @@ def candidate(method: str, base: Path, sources: list[Path], variant: int) -> Rec
     return Recipe(base=base, sources=tuple(sources), default=GroupSpec(method, per, {}), seed=0)
 
 
-def run_materialize(base: Path, sources: list[Path], policies: dict[str, CachePolicy], args: argparse.Namespace) -> list[dict]:
+def run_materialize(base: Path, sources: list[Path], policies: dict[str, CachePolicy],
+                    args: argparse.Namespace) -> list[dict]:
     print(f"materialize: {machine()}", flush=True)
     pool = SourcePool.load(base, sources)
     live = {n: torch.empty_like(t) for n, t in pool.base.tensors.items()}
@@ -269,8 +275,8 @@ def run_materialize(base: Path, sources: list[Path], policies: dict[str, CachePo
                 best = min(best, timed(partial(merger.materialize, plan, live)))
                 bandwidth = max(bandwidth, copy_bandwidth(1 << 29, 2))
             floor = (len(sources) + 2) * model / bandwidth
-            row = dict(policy=label, threads=threads, method=method, first=first, fast=best, floor=floor, bandwidth=bandwidth,
-                       cache=merger.cache_bytes(), machine=machine())
+            row = dict(policy=label, threads=threads, method=method, first=first, fast=best, floor=floor,
+                       bandwidth=bandwidth, cache=merger.cache_bytes(), machine=machine())
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -287,56 +293,61 @@ def verdict(value: float, bound: float) -> str:
     return "✓" if value <= bound else "✗"
 
 
-def report(what: str, search: dict | None, merge: dict | None, rows: list[dict], args: argparse.Namespace, wall: float) -> str:
+def report(what: str, search: dict | None, merge: dict | None, rows: list[dict], args: argparse.Namespace,
+           wall: float) -> str:
     lines = [
         "## Real sizes: a 1.1B-shaped family on Ray workers (`scripts/bench_realsize.py`)\n",
         f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores ({cpu_model()}), "
         f"{format_size(meminfo()['MemTotal'])} memory, no GPU; torch {torch.__version__}; whole script {wall:.0f} s",
         f"- command: `python scripts/bench_realsize.py {' '.join(sys.argv[1:])}`",
         f"- family: {what}",
-        "- memory: the whole machine's used memory (MemTotal − MemAvailable) sampled every 50 ms, peak minus its level just "
-        "before the step (a shared machine: other users' jobs move it too)",
+        "- memory: the whole machine's used memory (MemTotal − MemAvailable) sampled every 50 ms, peak minus its level "
+        "just before the step (a shared machine: other users' jobs move it too)",
     ]
     if search is not None:
         lines += [
             f"\n**Search** (`evomerge search`, genome TIES / DARE-TIES per layer group, random strategy, "
             f"`--backend ray --workers {args.workers}`, {args.threads} torch thread per worker, default memory plan); "
             f"before: {search['before']}; after: {search['after']}\n",
-            "| candidates (failed) | wall | merge per candidate, in the worker: each worker's first (compiles, fills caches) "
-            "/ the rest, median (slowest: a worker's first of another method fills its caches) | score per candidate "
-            "(median) | peak over start | bound: (K+1)·sources + workers·live model + 4 GB | met |",
+            "| candidates (failed) | wall | merge per candidate, in the worker: each worker's first (compiles, fills "
+            "caches) / the rest, median (slowest: a worker's first of another method fills its caches) | score per "
+            "candidate (median) | peak over start | bound: (K+1)·sources + workers·live model + 4 GB | met |",
             "|---|---|---|---|---|---|---|",
             f"| {search['candidates']} ({search['failed']}) | {search['wall']:.0f} s | "
-            f"{fmt_s(statistics.median(search['merge'][:args.workers]))} / {fmt_s(statistics.median(search['merge'][args.workers:]))} "
-            f"({fmt_s(max(search['merge'][args.workers:]))}) | "
-            f"{fmt_s(statistics.median(search['score']))} | {format_size(search['peak'])} | {format_size(search['bound'])} | "
+            f"{fmt_s(statistics.median(search['merge'][:args.workers]))} / "
+            f"{fmt_s(statistics.median(search['merge'][args.workers:]))} "
+            f"({fmt_s(max(search['merge'][args.workers:]))}) | {fmt_s(statistics.median(search['score']))} | "
+            f"{format_size(search['peak'])} | {format_size(search['bound'])} | "
             f"{verdict(search['peak'], search['bound'])} |",
             "\nThe run's memory plan (its `plan` record):\n\n```\n" + "\n".join(search["plan"].lines()) + "\n```",
         ]
     if merge is not None:
         lines += [
-            f"\n**Export** of the best candidate's recipe (`evomerge merge`, the streamed fused writer `evomerge export` uses, "
-            f"`--shard-size {args.shard_size}`); before: {merge['before']}; after: {merge['after']}\n",
+            "\n**Export** of the best candidate's recipe (`evomerge merge`, the streamed fused writer `evomerge "
+            f"export` uses, `--shard-size {args.shard_size}`); before: {merge['before']}; after: {merge['after']}\n",
             "| shards | largest shard | wall | peak over start | bound: sources + one shard + 2 GB | met |",
             "|---|---|---|---|---|---|",
-            f"| {merge['shards']} | {format_size(merge['largest'])} | {merge['wall']:.0f} s | {format_size(merge['peak'])} | "
-            f"{format_size(merge['bound'])} | {verdict(merge['peak'], merge['bound'])} |",
+            f"| {merge['shards']} | {format_size(merge['largest'])} | {merge['wall']:.0f} s | "
+            f"{format_size(merge['peak'])} | {format_size(merge['bound'])} | "
+            f"{verdict(merge['peak'], merge['bound'])} |",
         ]
     if rows:
         lines += [
             f"\n**Materialization per candidate**; machine after the first row: {rows[0]['machine']}, after the last: "
-            f"{rows[-1]['machine']} (`FastMerger.materialize` in one process with 1 torch thread, as each search worker "
-            "has, and with 2; best of the timed calls, each with new weights and densities, after one first call that "
-            "compiles the kernels and fills the caches; floor = (K+1) reads and one write of the model at the copy "
-            "bandwidth measured in turns with the calls, same threads)\n",
-            "| plan | threads | method | cache per worker | first call | per candidate | floor (copy GB/s) | per candidate / floor | target |",
+            f"{rows[-1]['machine']} (`FastMerger.materialize` in one process with 1 torch thread, as each search "
+            "worker has, and with 2; best of the timed calls, each with new weights and densities, after one first "
+            "call that compiles the kernels and fills the caches; floor = (K+1) reads and one write of the model at "
+            "the copy bandwidth measured in turns with the calls, same threads)\n",
+            "| plan | threads | method | cache per worker | first call | per candidate | floor (copy GB/s) | per "
+            "candidate / floor | target |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             ratio = r["fast"] / r["floor"]
             target = TARGET[r["method"]]
-            lines.append(f"| {r['policy']} | {r['threads']} | {r['method']} | {format_size(r['cache'])} | {fmt_s(r['first'])} | {fmt_s(r['fast'])} | "
-                         f"{fmt_s(r['floor'])} ({r['bandwidth'] / 1e9:.1f}) | {ratio:.1f}× | ≤ {target:g}× {verdict(ratio, target)} |")
+            lines.append(f"| {r['policy']} | {r['threads']} | {r['method']} | {format_size(r['cache'])} | "
+                         f"{fmt_s(r['first'])} | {fmt_s(r['fast'])} | {fmt_s(r['floor'])} ({r['bandwidth'] / 1e9:.1f}) "
+                         f"| {ratio:.1f}× | ≤ {target:g}× {verdict(ratio, target)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -350,7 +361,8 @@ def main() -> None:
     p.add_argument("--items", type=int, default=8, help="items of the calibration task")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per method and plan")
     p.add_argument("--shard-size", default="1GB")
-    p.add_argument("--work", type=Path, default=Path("/tmp/bench-realsize"), help="folder for the family and the run (reused)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench-realsize"),
+                   help="folder for the family and the run (reused)")
     p.add_argument("--skip", default="", help="comma list of steps to skip: search, export, materialize")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print the section only")
@@ -374,11 +386,13 @@ def main() -> None:
     rows = []
     if "materialize" not in skip:
         default = search["plan"].policy if search is not None else CachePolicy("shared", "histogram", "regenerated")
-        policies = {"default (the search's)": default, "caches nothing": CachePolicy("shared", "histogram", "regenerated")}
+        policies = {"default (the search's)": default,
+                    "caches nothing": CachePolicy("shared", "histogram", "regenerated")}
         if policies["default (the search's)"] == policies["caches nothing"]:
             policies = {"default (the search's) = caches nothing": default}
         rows = run_materialize(base, sources, policies, args)
-    publish(args.out, "bench_realsize", report(what, search, merge, rows, args, time.perf_counter() - t0), write=not args.no_write)
+    publish(args.out, "bench_realsize", report(what, search, merge, rows, args, time.perf_counter() - t0),
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ class ForwardFloor:
         longest = scorer.lm.max_length + 1
         # lm-eval runs one forward per distinct input (its Collator groups requests with the same
         # context + continuation[:-1]), longest first
-        seqs = sorted({tuple((c + k)[-longest:][:-1]) for c, k in lm_eval_token_requests(scorer)}, key=lambda s: (-len(s), s))
+        seqs = sorted({tuple((c + k)[-longest:][:-1]) for c, k in lm_eval_token_requests(scorer)},
+                      key=lambda s: (-len(s), s))
         self.batches = []
         for i in range(0, len(seqs), batch_size):
             chunk = seqs[i:i + batch_size]
@@ -93,7 +94,8 @@ class ForwardFloor:
             self.batches.append(ids.to(model.device))
         self.model = model
         padded = sum(ids.numel() for ids in self.batches)
-        self.what = f"{len(seqs)} distinct input sequences, {sum(len(s) for s in seqs)} tokens ({padded} padded) in {len(self.batches)} forwards"
+        self.what = (f"{len(seqs)} distinct input sequences, {sum(len(s) for s in seqs)} tokens ({padded} padded) in "
+                     f"{len(self.batches)} forwards")
 
     def __call__(self) -> None:
         with torch.no_grad():
@@ -112,10 +114,12 @@ class GenerateFloor:
         if len({repr(kw) for _, kw in args}) != 1:
             raise SystemExit("the generation floor expects one set of generation_kwargs across the tasks")
         kwargs = normalize_gen_kwargs(args[0][1], lm.max_gen_toks)
-        self.until = handle_stop_sequences(kwargs.pop("until", None), eos=lm.tok_decode(lm.eot_token_id, skip_special_tokens=False))
+        self.until = handle_stop_sequences(kwargs.pop("until", None),
+                                           eos=lm.tok_decode(lm.eot_token_id, skip_special_tokens=False))
         self.max_gen_toks = kwargs.pop("max_gen_toks")
         contexts = sorted((ctx for ctx, _ in args), key=lambda c: (-len(lm.tok_encode(c)), c))  # HFLM's order
-        self.batches = [lm.tok_batch_encode(contexts[i:i + batch_size], left_truncate_len=lm.max_length - self.max_gen_toks)
+        self.batches = [lm.tok_batch_encode(contexts[i:i + batch_size],
+                                            left_truncate_len=lm.max_length - self.max_gen_toks)
                         for i in range(0, len(contexts), batch_size)]
         self.model, self.tokenizer = model, lm.tokenizer
         self.what = f"{len(contexts)} prompts, {len(self.batches)} batches, stop sequences {self.until}"
@@ -128,13 +132,14 @@ class GenerateFloor:
                                     tokenizer=self.tokenizer, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
 
 
-def naive(model: torch.nn.Module, tokenizer: Any, tasks: list[str], manager: Any, batch_size: int) -> dict[str, dict[str, float]]:
+def naive(model: torch.nn.Module, tokenizer: Any, tasks: list[str], manager: Any,
+          batch_size: int) -> dict[str, dict[str, float]]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-        out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), tasks=tasks,
-                                      task_manager=manager, bootstrap_iters=0)
+        out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
+                                      tasks=tasks, task_manager=manager, bootstrap_iters=0)
     return {t: {k: v for k, v in r.items() if "," in k and "_stderr" not in k} for t, r in out["results"].items()}
 
 
@@ -152,8 +157,9 @@ def machine() -> str:
     import transformers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{os.cpu_count()} cores, {cpu_model()}, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}, lm_eval {getattr(lm_eval, '__version__', '?')}")
+    return (f"{os.cpu_count()} cores, {cpu_model()}, {gpu}; Python {platform.python_version()}, torch "
+            f"{torch.__version__}, transformers {transformers.__version__}, lm_eval "
+            f"{getattr(lm_eval, '__version__', '?')}")
 
 
 def profile(call: Callable[[], Any], calls: int, top: int) -> list[str]:
@@ -163,11 +169,14 @@ def profile(call: Callable[[], Any], calls: int, top: int) -> list[str]:
         call()
     prof.disable()
     stats = pstats.Stats(prof)
-    rows = sorted(((tt, ct, nc, f"{_short(file)}:{line}({fn})") for (file, line, fn), (cc, nc, tt, ct, _) in stats.stats.items()),  # type: ignore[attr-defined]
+    rows = sorted(((tt, ct, nc, f"{_short(file)}:{line}({fn})")
+                   for (file, line, fn), (cc, nc, tt, ct, _) in stats.stats.items()),  # type: ignore[attr-defined]
                   reverse=True)
-    out = [f"cProfile of {calls} `score()` calls, {1000 * stats.total_tt / calls:.1f} ms per call under the profiler; top {top} by own time:",  # type: ignore[attr-defined]
+    out = [f"cProfile of {calls} `score()` calls, {1000 * stats.total_tt / calls:.1f} ms per call under the profiler; "  # type: ignore[attr-defined]
+           f"top {top} by own time:",
            "", "| function | own ms/call | cumulative ms/call | calls/score |", "|---|---:|---:|---:|"]
-    out += [f"| `{name}` | {1000 * tt / calls:.2f} | {1000 * ct / calls:.2f} | {nc / calls:.0f} |" for tt, ct, nc, name in rows[:top]]
+    out += [f"| `{name}` | {1000 * tt / calls:.2f} | {1000 * ct / calls:.2f} | {nc / calls:.0f} |"
+            for tt, ct, nc, name in rows[:top]]
     return out
 
 
@@ -227,7 +236,8 @@ def main() -> None:
             t0 = time.perf_counter()
             scorers[kind] = Scorer(model, tok, load_tasks(names[kind], task_dir), batch_size=args.batch_size)
             build_ms[kind] = 1000 * (time.perf_counter() - t0)
-            floors[kind] = (GenerateFloor if kind == "generate_until" else ForwardFloor)(scorers[kind], model, args.batch_size)
+            floors[kind] = (GenerateFloor if kind == "generate_until" else ForwardFloor)(
+                scorers[kind], model, args.batch_size)
 
         # warm-up (the Scorer's first call builds its plans), and the Scorer against simple_evaluate
         worst = {kind: 0.0 for kind in args.kinds}
@@ -237,7 +247,8 @@ def main() -> None:
                 floors[kind]()
                 ours = scorers[kind].score()
                 if not args.no_naive:
-                    worst[kind] = max(worst[kind], relative_difference(ours, naive(model, tok, names[kind], manager, args.batch_size)))
+                    worst[kind] = max(worst[kind], relative_difference(
+                        ours, naive(model, tok, names[kind], manager, args.batch_size)))
 
         ways = ("floor", "scorer") + (() if args.no_naive else ("naive",))
         times = {(kind, w): [] for kind in args.kinds for w in ways}
@@ -257,7 +268,8 @@ def main() -> None:
                     for w in ways:
                         ratios[(kind, w)].append(t[w] / t["floor"])
             print(f"rep {rep + 1}/{args.reps}: " + ", ".join(
-                f"{kind} {statistics.median(times[(kind, 'scorer')]) / statistics.median(times[(kind, 'floor')]):.2f}x" for kind in args.kinds), flush=True)
+                f"{kind} {statistics.median(times[(kind, 'scorer')]) / statistics.median(times[(kind, 'floor')]):.2f}x"
+                for kind in args.kinds), flush=True)
 
         med = {key: statistics.median(v) for key, v in times.items()}
         prof_lines: list[str] = []
@@ -272,37 +284,46 @@ def main() -> None:
 
     n = len(states) * args.reps
     lines = [
-        "## Scoring one candidate, per output type: Scorer vs. simple_evaluate vs. the floor (`scripts/bench_scoring.py`)",
+        "## Scoring one candidate, per output type: Scorer vs. simple_evaluate vs. the floor "
+        "(`scripts/bench_scoring.py`)",
         "",
         f"- date: {_dt.date.today().isoformat()}; machine: {machine()}; torch threads: {args.threads}",
-        f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (other processes share the cores)",
+        f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (other processes share the "
+        "cores)",
         f"- command: `{command}`",
-        f"- workload: zoo `{shown(zoo.root)}`, {n_params:,} parameters; candidates: the base and {len(zoo.experts)} experts; "
-        f"tasks of each type written from the zoo's calibration sets ({', '.join(zoo.skills)}); batch size {args.batch_size}",
-        f"- {len(states)} candidates × {args.reps} repetitions = {n} timings per cell, after one warm-up pass; per candidate the "
-        "weights are copied into the model in place (untimed); floor, Scorer and naive are timed back to back per candidate and type",
-        "- floor: log-likelihood types, a bare batched forward over lm-eval's own input sequences; generation, a bare batched "
-        "`model.generate` over the same prompts and stopping (see the script's docstring)",
+        f"- workload: zoo `{shown(zoo.root)}`, {n_params:,} parameters; candidates: the base and {len(zoo.experts)} "
+        f"experts; tasks of each type written from the zoo's calibration sets ({', '.join(zoo.skills)}); batch size "
+        f"{args.batch_size}",
+        f"- {len(states)} candidates × {args.reps} repetitions = {n} timings per cell, after one warm-up pass; per "
+        "candidate the weights are copied into the model in place (untimed); floor, Scorer and naive are timed back to "
+        "back per candidate and type",
+        "- floor: log-likelihood types, a bare batched forward over lm-eval's own input sequences; generation, a bare "
+        "batched `model.generate` over the same prompts and stopping (see the script's docstring)",
     ]
     for kind in args.kinds:
         plans = [p.windows if isinstance(p, RollingPlan) else p for p in scorers[kind].lm.plans.values()
                  if isinstance(p, (LoglikelihoodPlan, RollingPlan))]
-        fed = "" if not plans else f"; the Scorer feeds the model {sum(p.tokens() for p in plans)} tokens, padding and stems included"
-        lines.append(f"- {kind}: tasks {', '.join(names[kind])}; {n_items[kind]} items; floor: {floors[kind].what}{fed}; "
-                     f"Scorer construction (once per worker) {build_ms[kind]:.0f} ms"
-                     + ("" if args.no_naive else f"; largest difference of any metric from simple_evaluate's (relative where |value| > 1): {worst[kind]:.1e}"))
+        fed = "" if not plans else (f"; the Scorer feeds the model {sum(p.tokens() for p in plans)} tokens, padding "
+                                    "and stems included")
+        lines.append(f"- {kind}: tasks {', '.join(names[kind])}; {n_items[kind]} items; floor: "
+                     f"{floors[kind].what}{fed}; Scorer construction (once per worker) {build_ms[kind]:.0f} ms"
+                     + ("" if args.no_naive else "; largest difference of any metric from simple_evaluate's (relative "
+                        f"where |value| > 1): {worst[kind]:.1e}"))
     lines += [
         "",
-        "| output type | floor ms | Scorer ms | Scorer × floor | (median of per-candidate ratios) | naive ms | naive × floor | target | met |",
+        "| output type | floor ms | Scorer ms | Scorer × floor | (median of per-candidate ratios) | naive ms | naive × "
+        "floor | target | met |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for kind in args.kinds:
         f, s = med[(kind, "floor")], med[(kind, "scorer")]
-        naive_cells = ("—", "—") if args.no_naive else (f"{1000 * med[(kind, 'naive')]:.1f}", f"{med[(kind, 'naive')] / f:.2f}")
+        naive_cells = ("—", "—") if args.no_naive else (f"{1000 * med[(kind, 'naive')]:.1f}",
+                                                        f"{med[(kind, 'naive')] / f:.2f}")
         target = TARGETS[kind]
         met = "—" if target is None else ("yes" if s / f <= target else "no")
-        lines.append(f"| {kind} | {1000 * f:.1f} | {1000 * s:.1f} | **{s / f:.2f}** | {statistics.median(ratios[(kind, 'scorer')]):.2f} | "
-                     f"{naive_cells[0]} | {naive_cells[1]} | {'—' if target is None else f'≤ {target}'} | {met} |")
+        lines.append(f"| {kind} | {1000 * f:.1f} | {1000 * s:.1f} | **{s / f:.2f}** | "
+                     f"{statistics.median(ratios[(kind, 'scorer')]):.2f} | {naive_cells[0]} | {naive_cells[1]} | "
+                     f"{'—' if target is None else f'≤ {target}'} | {met} |")
     lines += prof_lines
     publish(args.out, "bench_scoring", "\n".join(lines), write=not args.no_write)
 

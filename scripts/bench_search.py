@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Search value on the zoo: every strategy × search metric × seed, the calibration pick against every fixed recipe, on held-out data.
+"""Search value on the zoo: every strategy × search metric × seed, the calibration pick against every fixed recipe, on
+held-out data.
 
     .venv/bin/python scripts/bench_search.py [--config configs/zoo.yaml] [--zoo zoo/seed1-llama] [--budgets 50 100 300]
         [--seeds 3] [--strategies cmaes niches ...] [--metrics acc log-likelihood] [--jobs 2] [--work DIR] [--no-write]
@@ -22,8 +23,8 @@ Search metrics: ``acc`` (the objectives' reported metric) and ``log-likelihood``
 perplexity``: the strategy optimizes the answers' log-likelihood from the same lm-eval requests, while
 the front's pick and every table use accuracy). A strategy runs with the config's options when the
 config names it, with its own defaults otherwise; the row that is the config as written is marked
-*(default)*. ``--set SECTION.FIELD=VALUE`` changes the config for an experiment (with ``--no-write``). ``--zoo DIR`` runs the config on another zoo build: that zoo's base, experts (by folder
-name) and task folder replace the config's.
+*(default)*. ``--set SECTION.FIELD=VALUE`` changes the config for an experiment (with ``--no-write``). ``--zoo DIR``
+runs the config on another zoo build: that zoo's base, experts (by folder name) and task folder replace the config's.
 
 Writes the plot (``docs/bench_search.png``, or ``docs/bench_search-<zoo>.png`` with ``--zoo``) and
 the section ``bench_search`` (``bench_search-<zoo>``; ``bench_search-<name>`` for a config of another family, e.g.
@@ -76,7 +77,8 @@ def on_zoo(cfg: SearchConfig, zoo_dir: Path | None) -> SearchConfig:
     missing = [p.name for p in cfg.sources.models if p.name not in zoo.experts]
     if missing:
         fail(f"--zoo {zoo_dir}: no expert '{missing[0]}' (it has {', '.join(zoo.experts)})")
-    sources = dataclasses.replace(cfg.sources, base=zoo.base, models=tuple(zoo.experts[p.name] for p in cfg.sources.models))
+    sources = dataclasses.replace(cfg.sources, base=zoo.base,
+                                  models=tuple(zoo.experts[p.name] for p in cfg.sources.models))
     return dataclasses.replace(cfg, sources=sources, scoring=dataclasses.replace(cfg.scoring, task_path=zoo.task_dir))
 
 
@@ -133,8 +135,8 @@ def search(cfg: SearchConfig, root: Path) -> tuple[Any, float, bool]:
     return run, seconds, False
 
 
-def one_run(strategy: str, metric: str, seed: int, config: str, zoo: str | None, settings: list[str], budgets: list[int],
-            work: str) -> dict:
+def one_run(strategy: str, metric: str, seed: int, config: str, zoo: str | None, settings: list[str],
+            budgets: list[int], work: str) -> dict:
     """Search with one strategy, search metric and seed to the largest budget; the calibration pick at every budget,
     every fixed recipe, and the best-so-far calibration curve — all as mean normalized scores."""
     import torch
@@ -169,7 +171,8 @@ def one_run(strategy: str, metric: str, seed: int, config: str, zoo: str | None,
         "search_s": search_s, "reused": reused, "at": at, "curve": curve,
         "failed": sum(not r.ok for r in a.candidates), "load": os.getloadavg()[0],
         "baselines": {row.fixed.family: {"label": row.label, "heldout": norm.mean(row.heldout, "heldout"),
-                                         "calibration": norm.mean(row.calibration, "calibration")} for row in a.baselines.rows},
+                                         "calibration": norm.mean(row.calibration, "calibration")}
+                      for row in a.baselines.rows},
         "best_fixed": {"label": best_fixed.label, "heldout": norm.mean(best_fixed.heldout, "heldout")},
     }
 
@@ -186,7 +189,8 @@ def cells(results: list[dict]) -> list[tuple[str, str, list[dict]]]:
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in results):
         for metric in dict.fromkeys(r["metric"] for r in results):
-            runs = sorted((r for r in results if r["strategy"] == strategy and r["metric"] == metric), key=lambda r: r["seed"])
+            runs = sorted((r for r in results if r["strategy"] == strategy and r["metric"] == metric),
+                          key=lambda r: r["seed"])
             if runs:
                 out.append((strategy, metric, runs))
     return out
@@ -194,23 +198,26 @@ def cells(results: list[dict]) -> list[tuple[str, str, list[dict]]]:
 
 def search_table(results: list[dict], budgets: list[int]) -> list[str]:
     """Per strategy, search metric and budget: the calibration pick on held-out against the run's best fixed recipe."""
-    lines = ["| strategy | search metric | budget | held-out mean norm. (mean ± sd) | per seed | Δ best fixed per seed | "
-             "above every fixed recipe | candidate picked per seed |", "|---|---|---:|---:|---|---|---:|---|"]
+    lines = ["| strategy | search metric | budget | held-out mean norm. (mean ± sd) | per seed | Δ best fixed per seed "
+             "| above every fixed recipe | candidate picked per seed |", "|---|---|---:|---:|---|---|---:|---|"]
     for strategy, metric, runs in cells(results):
         label = f"**{strategy}** *(default)*" if runs[0]["default"] else strategy
         for budget in budgets:
             held = [r["at"][budget]["heldout"] for r in runs]
             gains = [h - r["best_fixed"]["heldout"] for h, r in zip(held, runs, strict=True)]
-            lines.append(f"| {label} | {metric} | {budget} | **{mean_sd(held)}** | {', '.join(f'{h:.3f}' for h in held)} | "
-                         f"{', '.join(f'{g:+.3f}' for g in gains)} | {sum(g > 0 for g in gains)}/{len(runs)} | "
+            lines.append(f"| {label} | {metric} | {budget} | **{mean_sd(held)}** | "
+                         f"{', '.join(f'{h:.3f}' for h in held)} | {', '.join(f'{g:+.3f}' for g in gains)} | "
+                         f"{sum(g > 0 for g in gains)}/{len(runs)} | "
                          f"{', '.join(str(r['at'][budget]['index']) for r in runs)} |")
     return lines
 
 
 def baseline_table(results: list[dict]) -> list[str]:
-    """Every fixed recipe per seed (held-out mean normalized, the setting chosen on calibration) and the best of them."""
+    """Every fixed recipe per seed (held-out mean normalized, the setting chosen on calibration) and the best of
+    them."""
     seeds = sorted({r["seed"] for r in results})
-    by_seed = {s: next(r for r in results if r["seed"] == s) for s in seeds}  # every run of a seed scores the same baselines
+    # every run of a seed scores the same baselines
+    by_seed = {s: next(r for r in results if r["seed"] == s) for s in seeds}
     lines = ["| fixed recipe | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for family, row in by_seed[seeds[0]]["baselines"].items():
         shown_cells = []
@@ -232,15 +239,17 @@ def verdict(results: list[dict], budgets: list[int]) -> list[str]:
         if not runs[0]["default"]:
             continue
         gains = {b: [r["at"][b]["heldout"] - r["best_fixed"]["heldout"] for r in runs] for b in (mid, top)}
-        lines.append(f"- default config ({strategy}, {metric}): at {top} evaluations the pick beats the best fixed recipe by "
-                     f"{', '.join(f'{g:+.3f}' for g in gains[top])} (goal ≥ +{GOAL_MARGIN:.2f} in every seed: "
-                     f"{'**met**' if min(gains[top]) >= GOAL_MARGIN else '**missed**'}); at {mid}: "
+        lines.append(f"- default config ({strategy}, {metric}): at {top} evaluations the pick beats the best fixed "
+                     f"recipe by {', '.join(f'{g:+.3f}' for g in gains[top])} (goal ≥ +{GOAL_MARGIN:.2f} in every "
+                     f"seed: {'**met**' if min(gains[top]) >= GOAL_MARGIN else '**missed**'}); at {mid}: "
                      f"{', '.join(f'{g:+.3f}' for g in gains[mid])} (goal > 0 in every seed: "
                      f"{'**met**' if min(gains[mid]) > 0 else '**missed**'})")
     for budget in budgets:
-        ranked = sorted(((statistics.fmean(r["at"][budget]["heldout"] for r in runs), f"{s} / {m}") for s, m, runs in cells(results)),
+        ranked = sorted(((statistics.fmean(r["at"][budget]["heldout"] for r in runs), f"{s} / {m}")
+                         for s, m, runs in cells(results)),
                         reverse=True)
-        lines.append(f"- budget {budget}: best {ranked[0][1]} {ranked[0][0]:.3f}; worst {ranked[-1][1]} {ranked[-1][0]:.3f}")
+        lines.append(f"- budget {budget}: best {ranked[0][1]} {ranked[0][0]:.3f}; worst {ranked[-1][1]} "
+                     f"{ranked[-1][0]:.3f}")
     return lines
 
 
@@ -255,19 +264,23 @@ def plot(results: list[dict], budgets: list[int], path: Path) -> None:
         color, style = f"C{strategies.index(strategy)}", styles[metric]
         label = f"{strategy} / {metric}" + (" (default)" if runs[0]["default"] else "")
         n = min(len(r["curve"]) for r in runs)
-        left.plot(range(1, n + 1), [statistics.fmean(r["curve"][i] for r in runs) for i in range(n)], style, color=color, label=label)
+        left.plot(range(1, n + 1), [statistics.fmean(r["curve"][i] for r in runs) for i in range(n)], style,
+                  color=color, label=label)
         held = [[r["at"][b]["heldout"] for r in runs] for b in budgets]
         means = [statistics.fmean(h) for h in held]
         offset = (k - len(cells(results)) / 2) * 0.006 * max(budgets)
-        right.errorbar([b + offset for b in budgets], means, yerr=[[m - min(h) for m, h in zip(means, held, strict=True)],
-                                                                    [max(h) - m for m, h in zip(means, held, strict=True)]],
+        right.errorbar([b + offset for b in budgets], means,
+                       yerr=[[m - min(h) for m, h in zip(means, held, strict=True)],
+                              [max(h) - m for m, h in zip(means, held, strict=True)]],
                        color=color, linestyle=style, marker="o", markersize=3, capsize=2, label=label)
     best = statistics.fmean(r["best_fixed"]["heldout"] for r in results)
     right.axhline(best, color="black", linewidth=1.2)
     right.annotate("best fixed recipe", (max(budgets) * 1.02, best), fontsize=8, va="center")
     right.axhline(best + GOAL_MARGIN, color="black", linestyle=":", linewidth=1)
-    right.annotate(f"best fixed + {GOAL_MARGIN:.2f}", (max(budgets) * 1.02, best + GOAL_MARGIN), fontsize=8, va="center")
-    left.set(xlabel="evaluations", ylabel="best mean normalized calibration accuracy so far", title="calibration (what the search sees)")
+    right.annotate(f"best fixed + {GOAL_MARGIN:.2f}", (max(budgets) * 1.02, best + GOAL_MARGIN), fontsize=8,
+                   va="center")
+    left.set(xlabel="evaluations", ylabel="best mean normalized calibration accuracy so far",
+             title="calibration (what the search sees)")
     right.set(xlabel="evaluation budget", ylabel="mean normalized held-out accuracy",
               title="held-out, calibration pick (mean, min–max over seeds)")
     right.set_xlim(0, max(budgets) * 1.3)
@@ -286,12 +299,14 @@ def run_all(args: argparse.Namespace, budgets: list[int], work: Path) -> list[di
     jobs = [(s, m, seed) for seed in range(args.seeds) for s in args.strategies for m in args.metrics]
     results = []
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(one_run, s, m, seed, args.config, args.zoo, args.set, budgets, str(work)) for s, m, seed in jobs]
+        futures = [pool.submit(one_run, s, m, seed, args.config, args.zoo, args.set, budgets, str(work))
+                   for s, m, seed in jobs]
         for future in futures:
             r = future.result()
             results.append(r)
             print(f"{r['strategy']:<11} {r['metric']:<14} seed {r['seed']}: search {r['search_s']:.0f} s, best fixed "
-                  f"{r['best_fixed']['heldout']:.3f}; " + ", ".join(f"@{b} {r['at'][b]['heldout']:.3f}" for b in budgets), flush=True)
+                  f"{r['best_fixed']['heldout']:.3f}; "
+                  + ", ".join(f"@{b} {r['at'][b]['heldout']:.3f}" for b in budgets), flush=True)
     return results
 
 
@@ -300,11 +315,13 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "zoo.yaml"))
     ap.add_argument("--zoo", help="run the config on this zoo build instead of the one it names")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="change the config (a YAML value), e.g. genome.split_by_kind=true; repeatable (for experiments)")
+                    help="change the config (a YAML value), e.g. genome.split_by_kind=true; repeatable (for "
+                    "experiments)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 300])
     ap.add_argument("--seeds", type=int, default=3, help="search seeds 0 .. N-1 per strategy and search metric")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    ap.add_argument("--metrics", nargs="+", default=list(SEARCH_METRICS), choices=list(SEARCH_METRICS), help="search metrics")
+    ap.add_argument("--metrics", nargs="+", default=list(SEARCH_METRICS), choices=list(SEARCH_METRICS),
+                    help="search metrics")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one process, one torch thread each)")
     ap.add_argument("--work", help="keep the run folders here (default: a temporary folder, removed)")
     ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
@@ -330,30 +347,38 @@ def main() -> None:
 
     import torch
 
-    command = (f".venv/bin/python scripts/bench_search.py --config {shown(args.config)}" + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
-               + "".join(f" --set '{s}'" for s in args.set) + f" --budgets {' '.join(map(str, budgets))} --seeds {args.seeds} --strategies {' '.join(repr(s) for s in args.strategies)}"
-               f" --metrics {' '.join(args.metrics)} --jobs {args.jobs}" + (f" --work {shown(args.work)}" if args.work else ""))
+    command = (f".venv/bin/python scripts/bench_search.py --config {shown(args.config)}"
+               + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
+               + "".join(f" --set '{s}'" for s in args.set) + f" --budgets {' '.join(map(str, budgets))} --seeds "
+               f"{args.seeds} --strategies {' '.join(repr(s) for s in args.strategies)} --metrics "
+               f"{' '.join(args.metrics)} --jobs {args.jobs}" + (f" --work {shown(args.work)}" if args.work else ""))
     reused = sum(r["reused"] for r in results)
     body = [
         f"## Search value on `{shown(cfg.sources.base.parent.parent)}` (`scripts/bench_search.py`)",
         "",
-        f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}; load average (1 min) before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; "
-        f"wall time {(time.perf_counter() - t0) / 60:.0f} min",
+        f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}; load average (1 min) before / after: {load0[0]:.2f} "
+        f"/ {os.getloadavg()[0]:.2f}; wall time {(time.perf_counter() - t0) / 60:.0f} min",
         f"- command: `{command}`",
-        f"- {len(args.strategies)} strategies × {len(args.metrics)} search metrics × {args.seeds} seeds, each one run of "
-        f"`{shown(args.config)}`{' with ' + ', '.join(args.set) if args.set else ''} to {max(budgets)} evaluations (genome: {', '.join(cfg.genome.methods)}, layer granularity "
-        f"{cfg.genome.layer_granularity}{', split by kind' if cfg.genome.split_by_kind else ''}); a budget B is the run's first B "
-        f"candidates; {sum(r['failed'] for r in results)} failed candidates in all; search wall time per run (median): "
-        + ", ".join(f"{s} / {m} {statistics.median(r['search_s'] for r in runs):.0f} s" for s, m, runs in cells(results))
-        + f" ({args.jobs} runs at a time" + (f"; {reused} of {len(results)} runs reused from `--work`, searched earlier" if reused else "") + ")",
-        "- every score is a mean normalized **held-out** accuracy (mean over skills of accuracy / the best expert's); the pick is "
-        "the **calibration pick** (`evomerge export`'s default: the front member with the best calibration accuracy, no held-out "
-        "data); search metric `log-likelihood` = `search_metric: perplexity` (the search optimizes the answers' log-likelihood, "
-        "the pick and the tables use accuracy); Δ best fixed = pick − the run's best fixed recipe on held-out",
+        f"- {len(args.strategies)} strategies × {len(args.metrics)} search metrics × {args.seeds} seeds, each one run "
+        f"of `{shown(args.config)}`{' with ' + ', '.join(args.set) if args.set else ''} to {max(budgets)} evaluations "
+        f"(genome: {', '.join(cfg.genome.methods)}, layer granularity "
+        f"{cfg.genome.layer_granularity}{', split by kind' if cfg.genome.split_by_kind else ''}); a budget B is the "
+        f"run's first B candidates; {sum(r['failed'] for r in results)} failed candidates in all; search wall time per "
+        "run (median): "
+        + ", ".join(f"{s} / {m} {statistics.median(r['search_s'] for r in runs):.0f} s"
+                    for s, m, runs in cells(results))
+        + f" ({args.jobs} runs at a time"
+        + (f"; {reused} of {len(results)} runs reused from `--work`, searched earlier" if reused else "") + ")",
+        "- every score is a mean normalized **held-out** accuracy (mean over skills of accuracy / the best expert's); "
+        "the pick is the **calibration pick** (`evomerge export`'s default: the front member with the best calibration "
+        "accuracy, no held-out data); search metric `log-likelihood` = `search_metric: perplexity` (the search "
+        "optimizes the answers' log-likelihood, the pick and the tables use accuracy); Δ best fixed = pick − the run's "
+        "best fixed recipe on held-out",
         f"- plot: `{shown(plot_path)}`",
         "",
-        "Fixed recipes, scored in every run by its own worker (each grid's setting chosen on calibration; DARE's draws follow the seed):",
+        "Fixed recipes, scored in every run by its own worker (each grid's setting chosen on calibration; DARE's draws "
+        "follow the seed):",
         "",
         *baseline_table(results),
         "",

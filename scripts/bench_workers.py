@@ -55,7 +55,8 @@ def batch_row(wall: float, results: list) -> dict:
         sys.exit(f"{len(errors)} candidates failed, e.g. {errors[0]}")
     busy: dict[str, float] = {}
     for r in results:
-        busy[r.outcome.worker.split("@")[0]] = busy.get(r.outcome.worker.split("@")[0], 0.0) + r.outcome.merge_s + r.outcome.score_s
+        busy[r.outcome.worker.split("@")[0]] = (busy.get(r.outcome.worker.split("@")[0], 0.0)
+                                                + r.outcome.merge_s + r.outcome.score_s)
     return {
         "per_min": 60 * len(results) / wall,
         "per_cand": sum(r.outcome.merge_s + r.outcome.score_s for r in results) / len(results),
@@ -113,7 +114,8 @@ def main() -> None:
             for name, ex in executors.items():
                 row = batch_row(*run_batch(ex, timed))
                 rounds[name].append(row)
-                print(f"round {r + 1}  {name:<22} {row['per_min']:7.1f} cand/min  {row['per_cand'] * 1000:6.0f} ms/cand  util "
+                print(f"round {r + 1}  {name:<22} {row['per_min']:7.1f} cand/min  {row['per_cand'] * 1000:6.0f} "
+                      "ms/cand  util "
                       + " ".join(f"{w}={u:.0%}" for w, u in row["util"].items()), flush=True)
         utilization = {name: ex.utilization() for name, ex in executors.items()}
         for ex in executors.values():
@@ -137,8 +139,10 @@ def main() -> None:
     local, one, two = table[1], table[2], table[3]
     min_util = min(u for row in (one, two) for u in row["util"].values())
     checks = [
-        ("Ray 1 worker within 15% of in-process (both 1 thread)", one["per_min"] >= 0.85 * local["per_min"], f"{one['per_min'] / local['per_min']:.2f}x"),
-        ("Ray 2 workers >= 1.6x Ray 1 worker", two["per_min"] >= 1.6 * one["per_min"], f"{two['per_min'] / one['per_min']:.2f}x"),
+        ("Ray 1 worker within 15% of in-process (both 1 thread)", one["per_min"] >= 0.85 * local["per_min"],
+         f"{one['per_min'] / local['per_min']:.2f}x"),
+        ("Ray 2 workers >= 1.6x Ray 1 worker", two["per_min"] >= 1.6 * one["per_min"],
+         f"{two['per_min'] / one['per_min']:.2f}x"),
         ("utilization >= 90% (Ray workers)", min_util >= 0.9, f"min {min_util:.0%}"),
     ]
     threads = f"{spec.threads} thread(s)" if spec.threads else f"torch's default, {default_threads} thread(s)"
@@ -149,20 +153,23 @@ def main() -> None:
         f"torch {torch.__version__}, ray {ray.__version__}",
         f"- command: `.venv/bin/python scripts/bench_workers.py --config {shown(args.config)} "
         f"--candidates {args.candidates} --rounds {args.rounds} --warmup {args.warmup}`",
-        f"- workload: `{cfg.name}` config: {len(cfg.sources.models)} sources, {', '.join(cfg.genome.methods)}, genome dim {space.dim}, "
-        f"{len(cfg.objectives)} calibration tasks, batch size {cfg.scoring.batch_size}; the same {len(timed)} random candidates "
-        f"per row and round, submitted at once, after {args.warmup} warm-up candidates per worker; worker start-up "
-        f"(loading sources, building requests) excluded",
-        f"- rows take turns, round by round ({args.rounds} rounds); the table shows medians, the last column every round",
+        f"- workload: `{cfg.name}` config: {len(cfg.sources.models)} sources, {', '.join(cfg.genome.methods)}, genome "
+        f"dim {space.dim}, {len(cfg.objectives)} calibration tasks, batch size {cfg.scoring.batch_size}; the same "
+        f"{len(timed)} random candidates per row and round, submitted at once, after {args.warmup} warm-up candidates "
+        f"per worker; worker start-up (loading sources, building requests) excluded",
+        f"- rows take turns, round by round ({args.rounds} rounds); the table shows medians, the last column every "
+        "round",
         f"- 'in-process' uses the config's threads ({threads}); Ray's CPU actors use 1 torch thread each",
         "- utilization: compute time inside the worker (merge + score) / wall time of the batch, per worker",
         f"- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f} (other processes share the cores)",
         f"- same scores from every executor and round: {'yes' if same else 'NO'}",
         "",
-        "| executor | workers | candidates/min | ms per candidate (in worker) | utilization per worker | candidates/min per round |",
+        "| executor | workers | candidates/min | ms per candidate (in worker) | utilization per worker | "
+        "candidates/min per round |",
         "|---|---:|---:|---:|---|---|",
         *(f"| {r['name']} | {r['workers']} | {r['per_min']:.1f} | {r['per_cand'] * 1000:.0f} | "
-          + ", ".join(f"{w} {u:.0%}" for w, u in r["util"].items()) + " | " + ", ".join(f"{v:.0f}" for v in r["all"]) + " |"
+          + ", ".join(f"{w} {u:.0%}" for w, u in r["util"].items()) + " | " + ", ".join(f"{v:.0f}" for v in r["all"])
+          + " |"
           for r in table),
         "",
         "| target | met | measured |",

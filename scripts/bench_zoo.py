@@ -55,11 +55,13 @@ def row(arch: str, seed: int, folder: Path, q: dict[str, Any] | str) -> str:
     own = "/".join(f"{v:.2f}" for v in own_scores(q["table"]).values())
     base = "/".join(f"{q['table']['base'][s]:.2f}" for s in skills)
     size = "/".join(f"{n:.0f}" for n in norms(load_zoo(folder)).values())
-    fixed = [f"{f['heldout']:.3f}" + (f" ({f['name'].partition('@')[2]})" if "@" in f["name"] else "") for f in q["fixed"].values()]
+    fixed = [f"{f['heldout']:.3f}" + (f" ({f['name'].partition('@')[2]})" if "@" in f["name"] else "")
+             for f in q["fixed"].values()]
     ceiling_value = f"{q['ceiling']['heldout']:.3f}" if "ceiling" in q else "–"
     verdicts = ["✓" if v["holds"] else "✗" if v["holds"] is False else "–" for v in q["conditions"].values()]
     load = manifest["build_load_average"][0]
-    return (f"| {arch} {seed} | {own} | {base} | {size} | " + " | ".join(fixed) + f" | {ceiling_value} | " + " ".join(verdicts)
+    return (f"| {arch} {seed} | {own} | {base} | {size} | " + " | ".join(fixed) + f" | {ceiling_value} | "
+            + " ".join(verdicts)
             + f" | {manifest['build_seconds']:.0f} ({load:.1f}) |")
 
 
@@ -67,7 +69,8 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=REPO / "zoo" / "bench", help="folder of the zoos (default zoo/bench)")
+    parser.add_argument("--root", type=Path, default=REPO / "zoo" / "bench",
+                        help="folder of the zoos (default zoo/bench)")
     parser.add_argument("--evaluations", type=int, default=EVALUATIONS, help="ceiling budget (default %(default)s)")
     parser.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the file alone")
@@ -83,15 +86,17 @@ def main() -> None:
     body = "\n".join([
         "## The zoo: experts, fixed recipes, ceiling (`scripts/bench_zoo.py`)",
         "",
-        f"- date: {datetime.date.today()}; machine: {os.cpu_count()} cores, {cpu_model()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}; load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
-        "(other processes share the cores)",
-        f"- command: `.venv/bin/python scripts/bench_zoo.py --root {shown(args.root)} --evaluations {args.evaluations}`; "
-        "each zoo: `evomerge zoo build DIR --seed N --arch A`, then for llama `scripts/zoo_ceiling.py DIR`",
-        "- accuracies on held-out (512 items per skill), skills rev/sort/up/dup (rev, sort drifting; up, dup anchored); "
-        "‖τ‖: norm of each expert's task vector (`scripts/zoo_vectors.py`); fixed recipes: mean normalized accuracy "
-        "on held-out (per skill ÷ the best expert's, averaged), each family's member chosen on calibration (256 items "
-        "per skill) from λ 0.1…1.5 and d ∈ {0.3, 0.5, 0.7} (`evomerge.zoo.check`: the reports' fixed recipes and rule)",
+        f"- date: {datetime.date.today()}; machine: {os.cpu_count()} cores, {cpu_model()}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}; load average (1 min) before / after: "
+        f"{load_before:.2f} / {os.getloadavg()[0]:.2f} (other processes share the cores)",
+        f"- command: `.venv/bin/python scripts/bench_zoo.py --root {shown(args.root)} --evaluations "
+        f"{args.evaluations}`; each zoo: `evomerge zoo build DIR --seed N --arch A`, then for llama "
+        "`scripts/zoo_ceiling.py DIR`",
+        "- accuracies on held-out (512 items per skill), skills rev/sort/up/dup (rev, sort drifting; up, dup "
+        "anchored); ‖τ‖: norm of each expert's task vector (`scripts/zoo_vectors.py`); fixed recipes: mean normalized "
+        "accuracy on held-out (per skill ÷ the best expert's, averaged), each family's member chosen on calibration "
+        "(256 items per skill) from λ 0.1…1.5 and d ∈ {0.3, 0.5, 0.7} (`evomerge.zoo.check`: the reports' fixed "
+        "recipes and rule)",
         f"- ceiling: CMA-ES over per-layer × per-expert task-arithmetic weights in [0, 2] scored on held-out itself "
         f"(budget {args.evaluations} evaluations, seed 0, from the best TA recipe): a bound for verification, "
         "asked of llama zoos only",

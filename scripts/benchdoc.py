@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from evomerge.config.search import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
-ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_AUTH_MODE": "disabled"}
+ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "RAY_AUTH_MODE": "disabled"}
 for _name, _value in ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 if str(REPO) not in sys.path:

@@ -29,7 +29,8 @@ torch (same Adam, same loss). It was made with jax 0.10.2 with ``jax_threefry_pa
 
     python -c "import jax, numpy as np; jax.config.update('jax_threefry_partitionable', False); \
       k1, k2 = jax.random.split(jax.random.PRNGKey(42), 2); \
-      np.save('natural_niches_init.npy', np.stack([np.asarray(jax.random.normal(k, (19210,))) * 0.01 for k in (k1, k2)]))"
+      np.save('natural_niches_init.npy', \
+              np.stack([np.asarray(jax.random.normal(k, (19210,))) * 0.01 for k in (k1, k2)]))"
 
 The box mapping. evomerge strategies propose points x in [0,1]^19210; the evaluator maps them to weights
 by one affine map, the same for every gene:  w = R·(2x − 1),  x = (w/R + 1)/2,  with R = ``--range-factor``
@@ -298,8 +299,8 @@ def _job(args: tuple) -> dict:
     driver, method, seed, evals, rf, data_seed = args
     fn = run_strategy if driver == "evomerge" else run_reference
     r = fn(method, seed, evals, rf, data_seed)
-    print(f"  {driver:9s} {method:14s} seed {seed:2d}: test {100 * r['test']:.1f}%  best train {100 * r['best_train']:.1f}%  "
-          f"({r['seconds']:.0f}s)", flush=True)
+    print(f"  {driver:9s} {method:14s} seed {seed:2d}: test {100 * r['test']:.1f}%  best train "
+          f"{100 * r['best_train']:.1f}%  ({r['seconds']:.0f}s)", flush=True)
     return r
 
 
@@ -323,7 +324,8 @@ def pct(values: list[float]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10, help="runs per method (the reference figure: 10)")
     ap.add_argument("--evals", type=int, default=10_000, help="children per run")
     ap.add_argument("--methods", default="m2n2,no_attraction,ga")
@@ -341,14 +343,15 @@ def main() -> None:
 
     t_start = time.perf_counter()
     bf = brute_force(args.data_seed, args.grid)
-    print(f"seed models: test {100 * bf['seed_test'][0]:.1f}% / {100 * bf['seed_test'][1]:.1f}%, angle {bf['angle_deg']:.1f}°, "
-          f"max|w| {bf['max_abs_seed']:.4f}")
+    print(f"seed models: test {100 * bf['seed_test'][0]:.1f}% / {100 * bf['seed_test'][1]:.1f}%, angle "
+          f"{bf['angle_deg']:.1f}°, max|w| {bf['max_abs_seed']:.4f}")
     print(f"brute-force SLERP: t={bf['t']:.4f} train {100 * bf['train']:.1f}% test {100 * bf['test']:.1f}% "
           f"(best test over the grid {100 * bf['oracle_test']:.1f}%)", flush=True)
 
     drivers = [d.strip() for d in args.driver.split(",") if d.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    jobs = [(d, m, s, args.evals, args.range_factor, args.data_seed) for s in range(args.seeds) for d in drivers for m in methods]
+    jobs = [(d, m, s, args.evals, args.range_factor, args.data_seed) for s in range(args.seeds) for d in drivers
+            for m in methods]
     if args.workers > 1:
         with mp.get_context("spawn").Pool(args.workers) as pool:
             results = pool.map(_job, jobs, chunksize=1)
@@ -359,40 +362,48 @@ def main() -> None:
     lines = [
         "## M2N2 on digits, evomerge's `niches` strategy vs. the reference (`scripts/repro_m2n2_digits.py`)",
         "",
-        f"- date: {_dt.date.today().isoformat()}; machine: {machine()}; load average (1 min) at the end: {os.getloadavg()[0]:.2f}",
+        f"- date: {_dt.date.today().isoformat()}; machine: {machine()}; load average (1 min) at the end: "
+        f"{os.getloadavg()[0]:.2f}",
         f"- command: `{command}` ({wall / 60:.1f} min wall)",
-        f"- setting: SakanaAI/natural_niches with `--use_pre_trained` (docs/DESIGN.md, 'Strategies'): digits unshuffled, 1437 train / 360 test, "
-        f"MLP 64→256→10 (19,210 weights), seeds trained 10 Adam steps on digits 0–4 / 5–9 (init {_init_name(args.data_seed)}: "
-        f"test {100 * bf['seed_test'][0]:.1f}% / {100 * bf['seed_test'][1]:.1f}%, train {100 * bf['seed_train'][0]:.1f}% / "
-        f"{100 * bf['seed_train'][1]:.1f}%, angle between them {bf['angle_deg']:.1f}°), archive 20, split-point SLERP "
-        f"crossover, no mutation, {args.evals:,} children per run, {args.seeds} runs per method (strategy seeds 0…{args.seeds - 1})",
-        "- the seed-model draw decides the absolute level (measured while writing this script): with numpy-drawn starting "
-        "vectors (`--data-seed 0` … `7`) the seeds are again ≈44% / 46% test, but the brute-force SLERP of the two reaches 65–79% "
-        "and every method starts that much higher; so the default is the reference's own draw (see the script's docstring)",
-        "- logged: test accuracy of the archive member with the best train accuracy, after the last child; mean ± std over runs",
-        f"- box mapping: w = R·(2x − 1), R = {args.range_factor:g} × max|seed weight| = {args.range_factor * bf['max_abs_seed']:.4f}; "
-        "strategy option `slerp_origin: 0.5` (the image of w = 0), so box SLERP = weight SLERP exactly; children clipped to the box "
-        "are counted below",
+        "- setting: SakanaAI/natural_niches with `--use_pre_trained` (docs/DESIGN.md, 'Strategies'): digits "
+        "unshuffled, 1437 train / 360 test, MLP 64→256→10 (19,210 weights), seeds trained 10 Adam steps on digits 0–4 "
+        f"/ 5–9 (init {_init_name(args.data_seed)}: test {100 * bf['seed_test'][0]:.1f}% / "
+        f"{100 * bf['seed_test'][1]:.1f}%, train {100 * bf['seed_train'][0]:.1f}% / {100 * bf['seed_train'][1]:.1f}%, "
+        f"angle between them {bf['angle_deg']:.1f}°), archive 20, split-point SLERP crossover, no mutation, "
+        f"{args.evals:,} children per run, {args.seeds} runs per method (strategy seeds 0…{args.seeds - 1})",
+        "- the seed-model draw decides the absolute level (measured while writing this script): with numpy-drawn "
+        "starting vectors (`--data-seed 0` … `7`) the seeds are again ≈44% / 46% test, but the brute-force SLERP of "
+        "the two reaches 65–79% and every method starts that much higher; so the default is the reference's own draw "
+        "(see the script's docstring)",
+        "- logged: test accuracy of the archive member with the best train accuracy, after the last child; mean ± std "
+        "over runs",
+        f"- box mapping: w = R·(2x − 1), R = {args.range_factor:g} × max|seed weight| = "
+        f"{args.range_factor * bf['max_abs_seed']:.4f}; strategy option `slerp_origin: 0.5` (the image of w = 0), so "
+        "box SLERP = weight SLERP exactly; children clipped to the box are counted below",
         "",
-        "| method | driver | test acc. % (mean ± std) | best train acc. % | paper (test %) | runs | children on the box edge | max abs(w) of a child |",
+        "| method | driver | test acc. % (mean ± std) | best train acc. % | paper (test %) | runs | children on the "
+        "box edge | max abs(w) of a child |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     summary = []
     for d in drivers:
         for m in methods:
             rs = [r for r in results if r["driver"] == d and r["method"] == m]
-            row = (f"| {LABELS[m]} | {d} | {pct([r['test'] for r in rs])} | {pct([r['best_train'] for r in rs])} | {PAPER[m]} | "
-                   f"{len(rs)} | {sum(r['clipped_children'] for r in rs)} | {max(r['max_abs_w'] for r in rs):.4f} |")
+            row = (f"| {LABELS[m]} | {d} | {pct([r['test'] for r in rs])} | {pct([r['best_train'] for r in rs])} | "
+                   f"{PAPER[m]} | {len(rs)} | {sum(r['clipped_children'] for r in rs)} | "
+                   f"{max(r['max_abs_w'] for r in rs):.4f} |")
             lines.append(row)
             summary.append((d, m, rs))
     lines.append(f"| {LABELS['brute_slerp']} | — | {100 * bf['test']:.1f} (t = {bf['t']:.4f}; best test over the grid "
-                 f"{100 * bf['oracle_test']:.1f}) | {100 * bf['train']:.1f} | {PAPER['brute_slerp']} | 1 ({args.grid:,} t values) | — | — |")
+                 f"{100 * bf['oracle_test']:.1f}) | {100 * bf['train']:.1f} | {PAPER['brute_slerp']} | 1 "
+                 f"({args.grid:,} t values) | — | — |")
     cps = sorted({c for c in CHECKPOINTS if c <= args.evals} | {args.evals})
     lines += ["", "Mean test accuracy % along the run (children so far):", "",
               "| method | driver | " + " | ".join(f"{c:,}" for c in cps) + " |",
               "|---|---|" + "---:|" * len(cps)]
     for d, m, rs in summary:
-        lines.append(f"| {LABELS[m]} | {d} | " + " | ".join(f"{100 * np.mean([r['curve'][c] for r in rs]):.1f}" for c in cps) + " |")
+        lines.append(f"| {LABELS[m]} | {d} | "
+                     + " | ".join(f"{100 * np.mean([r['curve'][c] for r in rs]):.1f}" for c in cps) + " |")
     lines += ["", "Per run (test %): " + "; ".join(
         f"{d}/{m}: " + ", ".join(f"{100 * r['test']:.1f}" for r in rs) for d, m, rs in summary)]
     body = "\n".join(lines)

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("zoo_dir", type=Path, help="a built zoo (evomerge zoo build DIR)")
-    parser.add_argument("--evaluations", type=int, default=EVALUATIONS, help="candidates to score (default %(default)s)")
+    parser.add_argument("--evaluations", type=int, default=EVALUATIONS,
+                        help="candidates to score (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="CMA-ES seed (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)

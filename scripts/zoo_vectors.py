@@ -29,7 +29,8 @@ def norms(zoo) -> dict[str, float]:
     """‖τ‖ (all tensors flattened together) per expert."""
     import torch
 
-    return {s: float(torch.sqrt(sum((t.double() ** 2).sum() for t in tau.values()))) for s, tau in task_vectors(zoo).items()}
+    return {s: float(torch.sqrt(sum((t.double() ** 2).sum() for t in tau.values())))
+            for s, tau in task_vectors(zoo).items()}
 
 
 def main() -> None:
