@@ -38,7 +38,7 @@ def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) 
     assert all(sha in card for sha in run.meta.sources.values())
     summary = (run_dir / "report" / "summary.md").read_text()
     assert "| rev alone |" in summary and "| RegMean (α=0.9) |" in summary
-    assert "| statistics | RegMean's input Gram matrices of 2 source(s): computed once in " in summary
+    assert "| statistics | input Gram matrices of 2 source(s): computed once in " in summary
     # RegMean's statistics: computed once per source by the export's worker, kept in the run folder
     assert sorted(p.name for p in (run_dir / "statistics").iterdir()) == ["gram-source0.safetensors",
                                                                             "gram-source1.safetensors"]
