@@ -68,7 +68,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_statistics(args: argparse.Namespace) -> int:
     from evomerge.config.search import ScoringConfig
     from evomerge.execution.worker import Worker, WorkerSpec
-    from evomerge.materialize.statistics import statistics_cost
+    from evomerge.materialize.statistics import DESCRIPTIONS, statistics_cost
+    from evomerge.merge.registry import get_method, method_names
     from evomerge.recipes import load_recipe
     from evomerge.sources.writer import check_outside
 
@@ -81,16 +82,22 @@ def cmd_statistics(args: argparse.Namespace) -> int:
     check_outside(out, [("the recipe", Path(args.recipe)),
                         *(("the model folder", p) for p in (recipe.template, *recipe.sources)),
                         *(("the task folder", p) for p in [task_path] if p is not None)])
+    if not recipe.statistics_kinds:
+        needing = ", ".join(m for m in method_names() if get_method(m).statistics)
+        raise EvomergeError(f"the recipe's methods take no calibration statistics: compute them for a recipe whose "
+                            f"method takes them ({needing})")
     spec = WorkerSpec(base=recipe.template, sources=recipe.sources, calibration_tasks=tuple(names),
                       heldout_tasks=tuple(names),
                       scoring=ScoringConfig(task_path=task_path, batch_size=args.batch_size),
                       device=args.device, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     out.mkdir(parents=True, exist_ok=True)
-    Worker(spec).ensure_grams(out)
-    cost = statistics_cost(out)
-    assert cost is not None
-    print(f"wrote {out} (input Gram matrices of {cost.sources} source(s), {cost.seconds:.1f} s): "
-          f"set 'statistics: {out}' in the recipe")
+    worker = Worker(spec)
+    for kind in recipe.statistics_kinds:
+        worker.ensure_statistics(out, kind)
+        cost = statistics_cost(out, kind)
+        assert cost is not None
+        print(f"wrote {out} ({DESCRIPTIONS[kind]} of {cost.sources} source(s), {cost.seconds:.1f} s)")
+    print(f"set 'statistics: {out}' in the recipe")
     return 0
 
 
@@ -281,7 +288,8 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
 
 def _add_statistics(sub: argparse._SubParsersAction) -> None:
     from evomerge.config.search import ScoringConfig  # its field defaults are the scoring defaults
-    statistics = sub.add_parser("statistics", help="compute a recipe's sources' calibration statistics (for regmean)")
+    statistics = sub.add_parser("statistics",
+                                help="compute the calibration statistics a recipe's methods take (regmean, fisher)")
     statistics.add_argument("recipe", help="recipe YAML file (its sources, and its base's or first source's config)")
     statistics.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks whose prompts calibrate")
     statistics.add_argument("--task-path", help="folder of task YAMLs; default: lm-eval's own tasks")

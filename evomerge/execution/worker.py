@@ -24,8 +24,10 @@ from evomerge.env import set_offline_env
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.materialize.plan import DTYPES, MergePlan
-from evomerge.materialize.statistics import source_grams
+from evomerge.materialize.statistics import source_statistics
+from evomerge.merge.registry import Statistics
 from evomerge.recipes.recipe import Recipe
+from evomerge.scoring.fisher import fisher_diagonals
 from evomerge.scoring.gram import calibration_tokens, data_fingerprint, gram_matrices
 from evomerge.scoring.model import load_causal_lm
 from evomerge.scoring.result import TaskScore
@@ -136,8 +138,9 @@ class Worker:
         self.merged = recipe
 
     def _merge(self, recipe: Recipe) -> None:
-        if recipe.statistics is not None and any(spec.merge_method.statistics for spec in recipe.specs):
-            self.ensure_grams(recipe.statistics)
+        if recipe.statistics is not None:
+            for kind in recipe.statistics_kinds:
+                self.ensure_statistics(recipe.statistics, kind)
         plan = MergePlan.build(recipe, self.pool)
         if self.fast is not None:  # fused path for the methods it covers, the eager operator for the rest
             bad = self.fast.materialize(plan, self.params)
@@ -153,32 +156,38 @@ class Worker:
 
     @functools.cached_property
     def calibration_tokens(self) -> list[list[int]]:
-        """The calibration prompts' token sequences the statistics come from (``scoring.gram``), tokenized once."""
+        """The calibration prompts' token sequences the statistics of every kind come from (``scoring.gram``),
+        tokenized once."""
         return calibration_tokens(self.scorer("calibration"))
 
     @functools.cached_property
     def calibration_fingerprint(self) -> str:
-        """SHA-256 of the calibration token sequences the statistics of ``source_grams`` come from: hashed once, not
-        on every merge of a recipe that needs statistics."""
+        """SHA-256 of the calibration token sequences the statistics of ``source_statistics`` come from: hashed once,
+        not on every merge of a recipe that needs statistics."""
         return data_fingerprint(self.calibration_tokens)
 
-    def source_grams(self, source: int) -> dict[str, torch.Tensor]:
-        """Source ``source``'s input Gram matrices on the calibration prompts (``scoring.gram``), on the CPU: the
-        live model is loaded with that source's weights for the forwards (the next candidate merges afresh)."""
+    def source_statistics(self, kind: Statistics, source: int) -> dict[str, torch.Tensor]:
+        """Source ``source``'s statistics of ``kind`` on the calibration prompts, on the CPU: input Gram matrices
+        (``scoring.gram``) or diagonal Fisher (``scoring.fisher``). The live model is loaded with that source's
+        weights for the passes (the next candidate merges afresh)."""
         self.merged = None
         with torch.no_grad():
             for name, tensor in self.pool.sources[source].tensors.items():
                 if name in self.params:
                     self.params[name].copy_(tensor)
-        grams = gram_matrices(self.model, self.calibration_tokens, batch_size=self.spec.scoring.batch_size)
-        return {name: g.cpu() for name, g in grams.items()}
+        if kind == "fisher":
+            stats = fisher_diagonals(self.model, self.calibration_tokens)
+        else:
+            stats = gram_matrices(self.model, self.calibration_tokens, batch_size=self.spec.scoring.batch_size)
+        return {name: t.cpu() for name, t in stats.items()}
 
-    def ensure_grams(self, folder: Path) -> None:
-        """Every source's Gram matrices in ``folder``: computed here where it lacks them for these models and this
-        calibration data (``materialize/statistics.py``), else left as they are."""
+    def ensure_statistics(self, folder: Path, kind: Statistics) -> None:
+        """Every source's statistics of ``kind`` in ``folder``: computed here where it lacks them for these models
+        and this calibration data (``materialize/statistics.py``), else left as they are."""
         data = self.calibration_fingerprint
         for k, source in enumerate(self.pool.sources):
-            source_grams(folder, k, source.fingerprint, data, functools.partial(self.source_grams, k))
+            source_statistics(folder, kind, k, source.fingerprint, data,
+                              functools.partial(self.source_statistics, kind, k))
 
     def evaluate(self, recipe: Recipe, split: str = "calibration",
                  items: Mapping[str, Sequence[int]] | None = None) -> Outcome:

@@ -27,7 +27,7 @@ from evomerge.export.card import code, comparison_table, fmt, gain_line, md, ref
 from evomerge.export.evaluator import Evaluator, ExecutorFactory
 from evomerge.export.finalists import DEFAULT_FINALISTS, Analysis, analyze, successful
 from evomerge.files import write_text_atomic
-from evomerge.materialize.statistics import statistics_cost
+from evomerge.materialize.statistics import DESCRIPTIONS, statistics_cost
 from evomerge.run.log import RunLog
 from evomerge.run.racing import scored_items, scoring_summary
 from evomerge.run.records import BaselineRecord, CandidateRecord, CompletedRecord, ExportRecord, HeldoutRecord
@@ -204,12 +204,15 @@ def _export_cost(analysis: Analysis) -> str:
 
 
 def _statistics_cost(run: RunLog) -> str:
-    """What the calibration statistics of the baselines that need them (RegMean's) cost: computed once per source."""
-    cost = statistics_cost(run.statistics_dir)
-    if cost is None:
-        return "–"
-    return (f"RegMean's input Gram matrices of {cost.sources} source(s): computed once in {_duration(cost.seconds)}, "
-            f"{format_size(cost.bytes)} in `statistics/`")
+    """What the calibration statistics of the baselines that need them (RegMean's, Fisher merging's) cost: each kind
+    computed once per source."""
+    parts = []
+    for kind, description in DESCRIPTIONS.items():
+        cost = statistics_cost(run.statistics_dir, kind)
+        if cost is not None:
+            parts.append(f"{description} of {cost.sources} source(s): computed once in {_duration(cost.seconds)}, "
+                         f"{format_size(cost.bytes)}")
+    return "; ".join(parts) + " in `statistics/`" if parts else "–"
 
 
 def _grid_table(analysis: Analysis) -> list[str]:

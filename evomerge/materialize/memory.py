@@ -35,6 +35,7 @@ from evomerge.materialize.thresholds import (
 from evomerge.merge.methods.regmean import scratch_bytes as regmean_scratch_bytes
 from evomerge.merge.methods.tsvm import component_bytes, product_bytes
 from evomerge.merge.registry import get_method
+from evomerge.scoring.fisher import accumulator_bytes as fisher_accumulator_bytes
 from evomerge.scoring.gram import accumulator_bytes
 from evomerge.sources.arch import infos_from_config
 from evomerge.sources.folder import read_config, read_tensor_infos
@@ -166,6 +167,7 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
         else:
             worker["TIES cuts: histograms"] = histograms
     notes.append(regmean_note(shape))
+    notes.append(fisher_note(shape))
     node = {f"sources, once per node ({shape.k + 1} models, shared by its workers)": shape.source_bytes}
     if gpu and placement == "streamed":
         node[f"pinned host chunks for streaming ({workers} workers × 2 × {format_size(STAGE)})"] = workers * 2 * STAGE
@@ -185,6 +187,14 @@ def regmean_note(shape: ModelShape) -> str:
     return (f"RegMean baseline (export, report): its statistics pass {format_size(accumulator_bytes(widths))} of "
             "float64 accumulators per source on the worker's device, its merge "
             f"{format_size(regmean_scratch_bytes(max(widths), shape.k))} of Gram matrices beside the scratch")
+
+
+def fisher_note(shape: ModelShape) -> str:
+    """What the report's Fisher-averaging baseline adds while an export or report scores it (not a search): its
+    statistics pass's float32 accumulator per parameter entry, beside one sequence's gradients and activations."""
+    accumulators = format_size(fisher_accumulator_bytes(shape.floating()))
+    return (f"Fisher baseline (export, report): its statistics pass {accumulators} of float32 accumulators per "
+            f"source on the worker's device, plus one sequence's gradients (a model in the live dtype) and activations")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,

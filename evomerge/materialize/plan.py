@@ -15,9 +15,9 @@ from torch import Tensor
 
 from evomerge.config.search import DTYPE_NAMES
 from evomerge.errors import EvomergeError
-from evomerge.materialize.statistics import GramFiles, load_grams
+from evomerge.materialize.statistics import DESCRIPTIONS, StatisticsFiles, load_statistics
 from evomerge.merge.draws import uniform_draws
-from evomerge.merge.registry import MergeMethod, get_method
+from evomerge.merge.registry import STATISTICS, MergeMethod, Statistics, get_method
 from evomerge.recipes.recipe import Recipe
 from evomerge.sources.layers import KINDS, group_of, layer_groups, num_layers, param_kind
 from evomerge.sources.pool import SourcePool
@@ -41,7 +41,8 @@ class MergePlan:
     steps: tuple[TensorStep, ...]
     seed: int
     dtype: torch.dtype | None
-    grams: GramFiles | None = field(default=None, repr=False)  # the sources' statistics, when a method needs them
+    # the sources' statistics of each kind its methods need
+    statistics: Mapping[Statistics, StatisticsFiles] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, recipe: Recipe, pool: SourcePool) -> "MergePlan":
@@ -63,16 +64,16 @@ class MergePlan:
                 continue
             spec = recipe.spec_for(group, param_kind(name))
             steps.append(TensorStep(name, group, get_method(spec.method), spec.source_params, spec.params))
-        needing = sorted({s.method.name for s in steps if s.method is not None and s.method.statistics})
-        grams = None
-        if needing:
+        needing = {s.method.statistics: s.method.name for s in steps if s.method is not None and s.method.statistics}
+        statistics = {}
+        for kind, method in sorted(needing.items()):
             if recipe.statistics is None:
-                raise EvomergeError(f"method '{needing[0]}' needs the sources' input Gram matrices of calibration "
-                                    "data: set 'statistics:' in the recipe to the folder that holds them (a run's "
+                raise EvomergeError(f"method '{method}' needs the sources' {DESCRIPTIONS[kind]} of calibration data: "
+                                    "set 'statistics:' in the recipe to the folder that holds them (a run's "
                                     "statistics/)")
-            grams = load_grams(recipe.statistics, pool)
+            statistics[kind] = load_statistics(recipe.statistics, kind, pool)
         dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-        return cls(tuple(steps), recipe.seed, dtype, grams)
+        return cls(tuple(steps), recipe.seed, dtype, statistics)
 
     def dtype_name(self, pool: SourcePool) -> str:
         """The merged model's dtype as a config names it: the recipe's, else the sources' own."""
@@ -87,8 +88,9 @@ class MergePlan:
         kwargs: dict[str, Any] = {**{k: list(v) for k, v in step.source_params.items()}, **step.params}
         if step.method.random:
             kwargs["draws"] = [uniform_draws(self.seed, step.name, k, base.shape) for k in range(len(sources))]
-        if step.method.statistics == "gram" and self.grams is not None:
-            kwargs["grams"] = self.grams.of(step.name)
+        kind = step.method.statistics
+        if kind is not None and kind in self.statistics:
+            kwargs[STATISTICS[kind]] = self.statistics[kind].of(step.name)
         merged = step.method(base, sources, **kwargs)
         return merged.to(self.dtype or base.dtype)
 

@@ -1,16 +1,18 @@
-"""Statistics of calibration data per source — RegMean's input Gram matrices — in a folder, one file per source:
+"""Statistics of calibration data per source and kind — RegMean's input Gram matrices, Fisher merging's diagonal
+Fisher — in a folder, one file per kind and source:
 
-    <folder>/gram-source<k>.safetensors
+    <folder>/<kind>-source<k>.safetensors
 
-holds source k's Gram matrices (``scoring.gram``), keyed by the linear weight's tensor name, with what they
-were computed from in the file's metadata: the source model's SHA-256 (the one run.json records) and the
-calibration token sequences' SHA-256, and the fingerprint of both. A run keeps them in its ``statistics/``
+holds source k's statistics of that kind (``gram``: ``scoring.gram``, keyed by the linear weight's tensor name;
+``fisher``: ``scoring.fisher``, keyed by the parameter's), with what they were computed from in the file's
+metadata: the source model's SHA-256 (the one run.json records) and the calibration token sequences' SHA-256,
+and the fingerprint of both. A run keeps them in its ``statistics/``
 folder; a recipe names such a folder (``statistics:``) for ``evomerge merge``.
 
-Storing (``source_grams``): a file whose fingerprint matches is read back, never rewritten (resume, export
+Storing (``source_statistics``): a file whose fingerprint matches is read back, never rewritten (resume, export
 and every later session reuse it); a missing file, a damaged one, or one for other data or another model is
 recomputed and replaced (written to a temporary sibling, then renamed). The computing is the caller's (a
-worker: it holds a live model on the run's device). Reading for a merge (``load_grams``) checks each file
+worker: it holds a live model on the run's device). Reading for a merge (``load_statistics``) checks each file
 against the source it is for; a merge never computes.
 """
 
@@ -28,9 +30,11 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from evomerge.errors import EvomergeError
+from evomerge.merge.registry import Statistics
 from evomerge.sources.pool import SourcePool
 
-Grams = Mapping[str, Tensor]  # linear weight's tensor name -> its input Gram matrix (in × in)
+Tensors = Mapping[str, Tensor]  # tensor name -> its statistics (a Gram matrix in × in, a Fisher of its shape)
+DESCRIPTIONS: dict[Statistics, str] = {"gram": "input Gram matrices", "fisher": "diagonal Fisher information"}
 
 
 def fingerprint(source_sha256: str, data_sha256: str) -> str:
@@ -38,8 +42,8 @@ def fingerprint(source_sha256: str, data_sha256: str) -> str:
     return hashlib.sha256(f"{source_sha256}\n{data_sha256}".encode()).hexdigest()
 
 
-def gram_path(folder: Path, source: int) -> Path:
-    return folder / f"gram-source{source}.safetensors"
+def statistics_path(folder: Path, kind: Statistics, source: int) -> Path:
+    return folder / f"{kind}-source{source}.safetensors"
 
 
 def stored_metadata(path: Path) -> dict[str, str]:
@@ -51,23 +55,23 @@ def stored_metadata(path: Path) -> dict[str, str]:
         return {}
 
 
-def source_grams(folder: Path, source: int, source_sha256: str, data_sha256: str,
-                 compute: Callable[[], Grams]) -> dict[str, Tensor]:
-    """Source ``source``'s Gram matrices for this model and data: read back when ``folder`` holds them, else
-    ``compute()``d and stored."""
-    path = gram_path(folder, source)
+def source_statistics(folder: Path, kind: Statistics, source: int, source_sha256: str, data_sha256: str,
+                      compute: Callable[[], Tensors]) -> dict[str, Tensor]:
+    """Source ``source``'s statistics of ``kind`` for this model and data: read back when ``folder`` holds them,
+    else ``compute()``d and stored."""
+    path = statistics_path(folder, kind, source)
     wanted = fingerprint(source_sha256, data_sha256)
     if stored_metadata(path).get("fingerprint") == wanted:
         return load_file(str(path))
     start = time.perf_counter()
-    grams = {name: t.contiguous() for name, t in compute().items()}
+    tensors = {name: t.contiguous() for name, t in compute().items()}
     seconds = time.perf_counter() - start
     folder.mkdir(exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # workers of one node never share one
-    save_file(grams, str(partial), metadata={"fingerprint": wanted, "source_sha256": source_sha256,
+    save_file(tensors, str(partial), metadata={"fingerprint": wanted, "source_sha256": source_sha256,
                                             "data_sha256": data_sha256, "seconds": f"{seconds:.3f}"})
     os.replace(partial, path)
-    return grams
+    return tensors
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,9 @@ class StatisticsCost:
     bytes: int  # on disk
 
 
-def statistics_cost(folder: Path) -> StatisticsCost | None:
-    """The cost of the statistics ``folder`` holds; None when it holds none."""
-    paths = sorted(folder.glob("gram-source*.safetensors")) if folder.is_dir() else []
+def statistics_cost(folder: Path, kind: Statistics) -> StatisticsCost | None:
+    """The cost of the statistics of ``kind`` that ``folder`` holds; None when it holds none."""
+    paths = sorted(folder.glob(f"{kind}-source*.safetensors")) if folder.is_dir() else []
     metas = [stored_metadata(p) for p in paths]
     if not any(metas):
         return None
@@ -90,35 +94,36 @@ def statistics_cost(folder: Path) -> StatisticsCost | None:
 
 
 @dataclass(frozen=True)
-class GramFiles:
-    """Every source's statistics file, checked against its source; a linear weight's matrices are read when merged
-    (memory-mapped), so a merge holds K matrices of one layer at a time, not every layer's."""
+class StatisticsFiles:
+    """Every source's statistics file of one kind, checked against its source; a tensor's statistics are read when
+    it is merged (memory-mapped), so a merge holds K of one tensor's at a time, not every tensor's."""
 
     folder: Path
-    names: tuple[frozenset[str], ...]  # per source, the linear weights its file has
+    kind: Statistics
+    names: tuple[frozenset[str], ...]  # per source, the tensors its file has statistics of
 
     def of(self, name: str) -> list[Tensor] | None:
-        """The sources' Gram matrices of tensor ``name``; None for a tensor that is no linear weight (no source
-        has one). A linear weight some source's statistics lack is an error: they come from another model."""
+        """The sources' statistics of tensor ``name``; None for a tensor no source has them of (no linear weight,
+        for Gram matrices). A tensor some sources' statistics lack is an error: they come from another model."""
         having = [name in names for names in self.names]
         if not any(having):
             return None
         if not all(having):
             k = having.index(False)
-            raise EvomergeError(f"no Gram matrix for linear weight {name} in source {k}'s statistics "
-                                f"({gram_path(self.folder, k)}); recompute them for these models")
+            raise EvomergeError(f"no {self.kind} statistics of {name} in source {k}'s file "
+                                f"({statistics_path(self.folder, self.kind, k)}); recompute them for these models")
         out = []
         for k in range(len(self.names)):
-            with safe_open(str(gram_path(self.folder, k)), framework="pt") as f:
+            with safe_open(str(statistics_path(self.folder, self.kind, k)), framework="pt") as f:
                 out.append(f.get_tensor(name))
         return out
 
 
-def load_grams(folder: Path, pool: SourcePool) -> GramFiles:
-    """Every source's statistics in ``folder``, each file checked against the model it is for."""
+def load_statistics(folder: Path, kind: Statistics, pool: SourcePool) -> StatisticsFiles:
+    """Every source's statistics of ``kind`` in ``folder``, each file checked against the model it is for."""
     names = []
     for k, source in enumerate(pool.sources):
-        path = gram_path(folder, k)
+        path = statistics_path(folder, kind, k)
         meta = stored_metadata(path)
         if not meta:
             raise EvomergeError(f"no statistics for source {k} ({source.path}) in {folder}: expected a readable "
@@ -128,4 +133,4 @@ def load_grams(folder: Path, pool: SourcePool) -> GramFiles:
                                 f"'statistics:' at the statistics of these sources")
         with safe_open(str(path), framework="pt") as f:
             names.append(frozenset(f.keys()))
-    return GramFiles(folder, tuple(names))
+    return StatisticsFiles(folder, kind, tuple(names))

@@ -27,6 +27,8 @@ from torch import Tensor
 from evomerge.errors import EvomergeError
 
 Sparsify = Literal["none", "magnitude", "random", "outliers", "ranked_random"]
+Statistics = Literal["gram", "fisher"]  # the kinds of calibration statistics a method may take
+STATISTICS: dict[Statistics, str] = {"gram": "grams", "fisher": "fishers"}  # kind -> the method's keyword for them
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,11 @@ class MergeMethod:
     family: Family | None = None  # None: not a GTA family member (linear, slerp, model_stock, tsvm, pcb)
     task_vector: bool = False  # a task-vector method over any number of sources with its own body (tsvm, pcb)
     mergekit: bool = True  # mergekit has a method of this name that computes the same
-    # Statistics of calibration data the method takes besides the tensors: "gram" (RegMean) receives
-    # ``grams``, one input Gram matrix per source for a linear weight, None for every other tensor.
-    statistics: Literal["gram"] | None = None
+    # Statistics of calibration data the method takes besides the tensors, under the keyword STATISTICS names:
+    # "gram" (RegMean) receives ``grams``, one input Gram matrix per source for a linear weight, None for every
+    # other tensor; "fisher" receives ``fishers``, one diagonal Fisher per source of the tensor's shape, None
+    # for a tensor the statistics lack.
+    statistics: Statistics | None = None
     doc: str = ""
     # Peak full-size float32 temporaries of the eager operator, a·K + b copies of the tensor (the memory plan's
     # scratch where the method has no fused kernel; tsvm and pcb measured by ru_maxrss on a 2048 × 4096 tensor).

@@ -17,8 +17,7 @@
     dtype: bfloat16                    # default: each tensor keeps the base's dtype
     seed: 0                            # fixes DARE/DELLA draws
     tokenizer_source: ./chat           # optional: tokenizer, chat template and eos of this model (default: the base)
-    statistics: ./run/statistics       # for regmean: the folder of the sources' input Gram matrices
-                                       # (a run's statistics/)
+    statistics: ./run/statistics       # for regmean, fisher: the sources' statistics (a run's statistics/)
 
 """
 

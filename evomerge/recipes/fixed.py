@@ -13,9 +13,11 @@ that is the fair "best fixed recipe" a searched merge is compared with.
 | ``dare_ties``     | weights 1, density from DENSITIES × λ from LAMBDAS (the run's draws)      |
 | ``tsvm``          | TSV-M at its paper's default: weights 1, λ (the paper's α) 1.0           |
 | ``regmean``       | RegMean at α = 0.9, from the sources' calibration statistics (a run's)   |
+| ``fisher``        | Fisher averaging, weights 1 and ε = 10⁻⁶, from the same folder            |
 
-``regmean`` is data-dependent: its recipe names the folder of the sources' input Gram matrices, which a run
-keeps (``calibrated_recipes``, apart from ``fixed_recipes``: the zoo's checks have no such folder).
+``regmean`` and ``fisher`` are data-dependent: their recipes name the folder of the sources' input Gram matrices
+and diagonal Fisher, which a run keeps (``calibrated_recipes``, apart from ``fixed_recipes``: the zoo's checks
+have no such folder).
 One more baseline is a procedure over scores, not a grid: the greedy soup (``export.baselines.greedy_soup``),
 whose trial soups are ``soup_of`` subsets of the sources.
 """
@@ -35,7 +37,7 @@ GRID_FAMILIES = ("task_arithmetic", "ties", "dare_ties")  # families with more t
 GREEDY_SOUP = "greedy_soup"  # the family of the greedy soup's trial soups (a procedure, not a fixed_recipes family)
 # the fixed_recipes families that merge (not the base or one source), in the tables' order: one-member families first
 MERGE_FAMILIES = ("soup", "tsvm", *GRID_FAMILIES)
-CALIBRATED_FAMILIES = ("regmean",)  # the families of ``calibrated_recipes``: they merge too
+CALIBRATED_FAMILIES = ("regmean", "fisher")  # the families of ``calibrated_recipes``: they merge too
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,10 @@ def fixed_recipes(k: int, source_names: tuple[str, ...] | None = None, *, lambda
 def calibrated_recipes(k: int) -> dict[str, list[FixedRecipe]]:
     """The families whose method needs the sources' calibration statistics, at their papers' defaults."""
     alpha = get_method("regmean").globals["alpha"]
-    return {"regmean": [FixedRecipe("regmean", "regmean", f"RegMean (α={alpha:g})", "regmean", {}, {"alpha": alpha})]}
+    epsilon = get_method("fisher").globals["epsilon"]
+    return {"regmean": [FixedRecipe("regmean", "regmean", f"RegMean (α={alpha:g})", "regmean", {}, {"alpha": alpha})],
+            "fisher": [FixedRecipe("fisher", "fisher", "Fisher averaging", "fisher", {"weight": (1.0,) * k},
+                                   {"epsilon": epsilon})]}
 
 
 def merges(family: str) -> bool:

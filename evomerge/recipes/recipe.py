@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.registry import MergeMethod, get_method
+from evomerge.merge.registry import MergeMethod, Statistics, get_method
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,11 @@ class Recipe:
     def specs(self) -> list[GroupSpec]:
         """The default and every group's spec."""
         return [self.default, *self.groups.values()]
+
+    @property
+    def statistics_kinds(self) -> list[Statistics]:
+        """The kinds of calibration statistics its methods take (``MergeMethod.statistics``), sorted."""
+        return sorted({kind for spec in self.specs if (kind := spec.merge_method.statistics) is not None})
 
     def same_merge(self, other: "Recipe", tol: float = 1e-9) -> bool:
         """Whether both recipes make the same merge in every group (up to float rounding): one method per group,

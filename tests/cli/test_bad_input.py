@@ -73,6 +73,7 @@ def family_recipe(tmp_path: Path, fam: dict[str, Path], **overrides) -> Path:
 
 
 REGMEAN = {"method": "regmean", "sources": [{"model": "A"}, {"model": "B"}], "base": None}
+FISHER = {**REGMEAN, "method": "fisher"}
 CASES = {
     "missing recipe file": (lambda t, f, o: ["merge", str(t / "nope.yaml"), "--out", str(o)], "not found"),
     "malformed yaml": (lambda t, f, o: ["merge", str(_text(t, "method: [ties\n")), "--out", str(o)], "not valid YAML"),
@@ -113,6 +114,19 @@ CASES = {
     "output inside the statistics folder": (
         lambda t, f, o: ["merge", str(family_recipe(t, f, **REGMEAN, statistics=str(o.parent))), "--out", str(o)],
         "lies inside the statistics folder"),
+    "fisher without statistics": (lambda t, f, o: ["merge", str(family_recipe(t, f, **FISHER)), "--out", str(o)],
+                                  "method 'fisher' needs the sources' diagonal Fisher information"),
+    "fisher statistics missing": (
+        lambda t, f, o: ["merge", str(family_recipe(t, f, **FISHER, statistics=str(t / "stats"))), "--out", str(o)],
+        "expected a readable fisher-source0.safetensors"),
+    "fisher weight negative": (
+        lambda t, f, o: ["merge", str(family_recipe(t, f, **{**FISHER, "sources": [
+            {"model": "A", "parameters": {"weight": -1.0}}, {"model": "B", "parameters": {"weight": 1.0}}]})),
+                         "--out", str(o)],
+        "fisher: 'weight' = -1.0 is outside [0, inf]"),
+    "statistics for a recipe without a method that takes them": (
+        lambda t, f, o: ["statistics", str(family_recipe(t, f)), "--tasks", "x", "--out", str(o)],
+        "the recipe's methods take no calibration statistics"),
     "statistics empty tasks": (lambda t, f, o: ["statistics", str(family_recipe(t, f)), "--tasks", ",", "--out",
                                                 str(o)],
                                "--tasks is empty"),

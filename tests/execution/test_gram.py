@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evomerge.execution.worker import Worker
-from evomerge.materialize.statistics import gram_path, source_grams
+from evomerge.materialize.statistics import source_statistics, statistics_path
 from evomerge.scoring.gram import calibration_tokens, gram_matrices
 
 
@@ -21,7 +21,7 @@ def test_the_lm_head_gram_is_the_mean_outer_product_of_the_final_hidden_states(w
                                                                                scoreable_family) -> None:
     from transformers import LlamaForCausalLM
 
-    grams = worker.source_grams(1)
+    grams = worker.source_statistics("gram", 1)
     model = LlamaForCausalLM.from_pretrained(scoreable_family["b"]).eval()
     total, tokens = torch.zeros(32, 32, dtype=torch.float64), 0
     with torch.no_grad():
@@ -33,7 +33,7 @@ def test_the_lm_head_gram_is_the_mean_outer_product_of_the_final_hidden_states(w
 
 
 def test_every_linear_weight_gets_a_square_gram_of_its_inputs(worker: Worker) -> None:
-    grams = worker.source_grams(0)
+    grams = worker.source_statistics("gram", 0)
     linear = {n for n, t in worker.pool.sources[0].tensors.items() if t.dim() == 2 and "embed" not in n}
     assert set(grams) == linear
     for name, gram in grams.items():
@@ -52,21 +52,22 @@ def test_padding_a_batch_does_not_change_the_grams(worker: Worker) -> None:
 def test_the_live_model_is_merged_again_after_the_statistics(worker: Worker, make_recipe) -> None:
     recipe = make_recipe((0.5, 0.3, 0.2))
     before = worker.evaluate(recipe).scores
-    worker.source_grams(2)
+    worker.source_statistics("gram", 2)
     assert worker.evaluate(recipe).scores == before
 
 
 def test_a_resumed_run_reads_the_statistics_back_instead_of_computing_them(spec, tmp_path: Path) -> None:
     first = Worker(spec)
-    stored = source_grams(tmp_path, 0, "sha-of-source-0", first.calibration_fingerprint, lambda: first.source_grams(0))
-    written = gram_path(tmp_path, 0).stat().st_mtime_ns
+    stored = source_statistics(tmp_path, "gram", 0, "sha-of-source-0", first.calibration_fingerprint,
+                               lambda: first.source_statistics("gram", 0))
+    written = statistics_path(tmp_path, "gram", 0).stat().st_mtime_ns
     resumed = Worker(spec)  # a new session builds its workers afresh: the same prompts, the same fingerprint
 
     def refuse() -> dict:
         raise AssertionError("recomputed statistics the run folder holds")
 
-    again = source_grams(tmp_path, 0, "sha-of-source-0", resumed.calibration_fingerprint, refuse)
-    assert gram_path(tmp_path, 0).stat().st_mtime_ns == written
+    again = source_statistics(tmp_path, "gram", 0, "sha-of-source-0", resumed.calibration_fingerprint, refuse)
+    assert statistics_path(tmp_path, "gram", 0).stat().st_mtime_ns == written
     assert set(again) == set(stored) and all(torch.equal(again[n], stored[n]) for n in stored)
 
 
@@ -76,7 +77,7 @@ def test_evomerge_statistics_then_merge_make_a_regmean_recipe(worker: Worker, sc
     from safetensors.torch import load_file
 
     from evomerge.cli import main
-    from evomerge.materialize.statistics import load_grams
+    from evomerge.materialize.statistics import load_statistics
     from evomerge.merge.methods.regmean import regmean
 
     from .conftest import TASK
@@ -94,8 +95,8 @@ def test_evomerge_statistics_then_merge_make_a_regmean_recipe(worker: Worker, sc
     assert main(["merge", str(recipe), "--out", str(tmp_path / "out")]) == 0
     merged = load_file(tmp_path / "out" / "model.safetensors")
     linear = "model.layers.1.mlp.down_proj.weight"
-    want = regmean(None, [s.tensors[linear] for s in pool.sources], alpha=0.8,
-                   grams=load_grams(folder, pool).of(linear))
+    grams = load_statistics(folder, "gram", pool).of(linear)
+    want = regmean(None, [s.tensors[linear] for s in pool.sources], alpha=0.8, grams=grams)
     assert torch.equal(merged[linear], want)
     assert not torch.equal(merged[linear], sum(s.tensors[linear] for s in pool.sources) / 3)
     norm = "model.norm.weight"

@@ -43,9 +43,10 @@ def test_heldout_and_baselines_are_scored_once_and_cached_in_the_log(tiny_run: R
         first = analyze(tiny_run, ev, finalists=2)
     assert ev.evaluated == len(fake_executor.jobs) > 0
     baselines = tiny_run.baselines()
-    # base, 2 sources, soup, TSV-M, RegMean on both splits; the grids on calibration (15 λ; 3 densities × 15 λ
-    # twice) and each grid's chosen member on held-out (the greedy soup of 2 sources is a source or the soup: read back)
-    assert len(baselines) == 6 * 2 + 15 + 2 * 45 + 3
+    # base, 2 sources, soup, TSV-M, RegMean, Fisher on both splits; the grids on calibration (15 λ; 3 densities ×
+    # 15 λ twice) and each grid's chosen member on held-out (the greedy soup of 2 sources is a source or the soup:
+    # read back)
+    assert len(baselines) == 7 * 2 + 15 + 2 * 45 + 3
     assert {r.split for r in baselines} == {"calibration", "heldout"}
     held = tiny_run.of_type(HeldoutRecord)
     assert sorted(r.key for r in held) == sorted(r.key for r in first.finalists)
@@ -68,7 +69,7 @@ def test_sources_alone_are_the_experts_and_each_grid_is_chosen_on_calibration(ti
         best = max(grid, key=lambda item: a.normalizer.rank(item[1], "calibration"))[0]
         assert best.name in rows and [r.fixed.family for r in a.baselines.rows].count(family) == 1
     assert a.baselines.best_fixed("heldout").fixed.family in ("soup", "task_arithmetic", "ties", "dare_ties", "tsvm",
-                                                              "regmean", "greedy_soup")
+                                                              "regmean", "fisher", "greedy_soup")
 
 
 def test_a_run_without_successful_candidates_is_refused(tmp_path: Path, tiny_family, fake_executor) -> None:

@@ -38,11 +38,13 @@ def test_search_export_report_on_the_zoo(zoo_dir: Path, tmp_path: Path, capsys) 
     card = (out / "README.md").read_text()
     assert all(sha in card for sha in run.meta.sources.values())
     summary = (run_dir / "report" / "summary.md").read_text()
-    assert "| rev alone |" in summary and "| RegMean (α=0.9) |" in summary
-    assert "| statistics | RegMean's input Gram matrices of 2 source(s): computed once in " in summary
-    # RegMean's statistics: computed once per source by the export's worker, kept in the run folder
-    assert sorted(p.name for p in (run_dir / "statistics").iterdir()) == ["gram-source0.safetensors",
-                                                                            "gram-source1.safetensors"]
+    assert "| rev alone |" in summary and "| RegMean (α=0.9) |" in summary and "| Fisher averaging |" in summary
+    assert "| statistics | input Gram matrices of 2 source(s): computed once in " in summary
+    assert "; diagonal Fisher information of 2 source(s): computed once in " in summary
+    # RegMean's and Fisher's statistics: computed once per source by the export's worker, kept in the run folder
+    assert sorted(p.name for p in (run_dir / "statistics").iterdir()) == [
+        "fisher-source0.safetensors", "fisher-source1.safetensors",
+        "gram-source0.safetensors", "gram-source1.safetensors"]
     assert all((run_dir / "report" / p).is_file() for p in ("fitness.png", "objectives.png", "front.png"))
 
     # "rev alone" is scored through the merge path; it must equal scoring the rev folder itself

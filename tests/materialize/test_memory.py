@@ -143,3 +143,16 @@ def test_the_plan_notes_what_the_regmean_baseline_needs_without_charging_the_sea
             "the scratch"
             ) in plan.notes
     assert not any("RegMean" in item for item in plan.worker_bytes)
+
+
+def test_the_plan_notes_what_the_fisher_baseline_needs_without_charging_the_search_for_it() -> None:
+    from evomerge.config.sizes import format_size
+
+    infos = {"layers.0.up.weight": TensorInfo(torch.bfloat16, (256, 64)),
+             "norm.weight": TensorInfo(torch.bfloat16, (64,))}
+    model = ModelShape(infos, {n: "layers.0" for n in infos}, 2, 0)
+    plan = plan_memory(model, ["ties"], device="cpu", workers=1, budget=GB, out_dtype_size=None)
+    accumulators = 4 * (256 * 64 + 64)  # a float32 entry per parameter entry, whatever the models' dtype
+    assert any(note.startswith(f"Fisher baseline (export, report): its statistics pass {format_size(accumulators)} "
+                               "of float32 accumulators per source") for note in plan.notes)
+    assert not any("Fisher" in item for item in plan.worker_bytes)

@@ -58,3 +58,31 @@ def test_a_method_that_needs_calibration_statistics_is_refused_without_a_folder_
     with pytest.raises(EvomergeError, match="method 'regmean' needs the sources' input Gram matrices of calibration "
                        "data: set 'statistics:'"):
         MergePlan.build(recipe, pool)
+
+
+def test_each_data_dependent_method_of_a_recipe_gets_its_own_kind_of_statistics(tiny_family: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    from evomerge.materialize.statistics import source_statistics
+    from evomerge.merge.registry import get_method
+
+    pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
+    g = torch.Generator().manual_seed(0)
+    for k, source in enumerate(pool.sources):
+        fishers = {n: torch.rand(t.shape, generator=g) for n, t in source.tensors.items() if t.is_floating_point()}
+        grams = {n: torch.eye(t.shape[1]) * (k + 1) for n, t in source.tensors.items() if n.endswith("proj.weight")}
+        source_statistics(tmp_path, "fisher", k, source.fingerprint, "data", lambda f=fishers: f)
+        source_statistics(tmp_path, "gram", k, source.fingerprint, "data", lambda f=grams: f)
+    recipe = Recipe(base=None, sources=(tiny_family["a"], tiny_family["b"]), default=GroupSpec("fisher", {}, {}),
+                    groups={"layers.0": GroupSpec("regmean", {}, {})}, statistics=tmp_path)
+    plan = MergePlan.build(recipe, pool)
+    assert sorted(plan.statistics) == ["fisher", "gram"]
+    merged = plan.materialize(pool)
+    linear = [n for n in merged if n.endswith("proj.weight")]
+    assert any(".layers.0." in n for n in linear) and any(".layers.0." not in n for n in linear)
+    for name in linear:
+        sources = [s.tensors[name] for s in pool.sources]
+        if ".layers.0." in name:
+            want = get_method("regmean")(None, sources, grams=plan.statistics["gram"].of(name))
+        else:
+            want = get_method("fisher")(None, sources, fishers=plan.statistics["fisher"].of(name))
+        assert torch.equal(merged[name], want.to(merged[name].dtype)), name

@@ -1,5 +1,5 @@
-"""Statistics in a folder: computed once per source, reused while their fingerprint holds, else recomputed; read for
-a merge only when each file is for its source."""
+"""Statistics in a folder: computed once per kind and source, reused while their fingerprint holds, else recomputed;
+read for a merge only when each file is for its source."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.materialize.statistics import GramFiles, gram_path, load_grams, source_grams
+from evomerge.materialize.statistics import StatisticsFiles, load_statistics, source_statistics, statistics_path
 from evomerge.sources.pool import SourcePool
 
 DATA, MODEL = "data-sha", "model-sha"
 NAME = "model.layers.0.mlp.up_proj.weight"
+KINDS = pytest.mark.parametrize("kind", ["gram", "fisher"])
 
 
 class Compute:
@@ -27,84 +28,95 @@ class Compute:
         return {NAME: torch.full((3, 3), self.value)}
 
 
-def test_statistics_are_computed_once_then_read_back_without_rewriting_the_file(tmp_path: Path) -> None:
+@KINDS
+def test_statistics_are_computed_once_then_read_back_without_rewriting_the_file(tmp_path: Path, kind) -> None:
     compute = Compute()
-    first = source_grams(tmp_path, 0, MODEL, DATA, compute)
-    stat = gram_path(tmp_path, 0).stat()
-    again = source_grams(tmp_path, 0, MODEL, DATA, compute)
+    first = source_statistics(tmp_path, kind, 0, MODEL, DATA, compute)
+    stat = statistics_path(tmp_path, kind, 0).stat()
+    again = source_statistics(tmp_path, kind, 0, MODEL, DATA, compute)
     assert compute.calls == 1 and torch.equal(again[NAME], first[NAME])
-    after = gram_path(tmp_path, 0).stat()
+    after = statistics_path(tmp_path, kind, 0).stat()
     assert (after.st_mtime_ns, after.st_ino) == (stat.st_mtime_ns, stat.st_ino)
 
 
-def test_changed_calibration_data_recomputes_and_replaces_them(tmp_path: Path) -> None:
-    source_grams(tmp_path, 0, MODEL, DATA, Compute(1.0))
+@KINDS
+def test_changed_calibration_data_recomputes_and_replaces_them(tmp_path: Path, kind) -> None:
+    source_statistics(tmp_path, kind, 0, MODEL, DATA, Compute(1.0))
     changed = Compute(2.0)
-    grams = source_grams(tmp_path, 0, MODEL, "other-data", changed)
-    assert changed.calls == 1 and float(grams[NAME][0, 0]) == 2.0
-    reread = source_grams(tmp_path, 0, MODEL, "other-data", changed)
+    stats = source_statistics(tmp_path, kind, 0, MODEL, "other-data", changed)
+    assert changed.calls == 1 and float(stats[NAME][0, 0]) == 2.0
+    reread = source_statistics(tmp_path, kind, 0, MODEL, "other-data", changed)
     assert changed.calls == 1 and float(reread[NAME][0, 0]) == 2.0
 
 
-def test_a_changed_source_model_recomputes_them(tmp_path: Path) -> None:
-    source_grams(tmp_path, 0, MODEL, DATA, Compute())
+@KINDS
+def test_a_changed_source_model_recomputes_them(tmp_path: Path, kind) -> None:
+    source_statistics(tmp_path, kind, 0, MODEL, DATA, Compute())
     changed = Compute()
-    source_grams(tmp_path, 0, "retrained-model-sha", DATA, changed)
+    source_statistics(tmp_path, kind, 0, "retrained-model-sha", DATA, changed)
     assert changed.calls == 1
 
 
-def test_each_source_has_a_file_of_its_own(tmp_path: Path) -> None:
+def test_each_source_and_kind_has_a_file_of_its_own(tmp_path: Path) -> None:
     compute = Compute()
-    source_grams(tmp_path, 0, MODEL, DATA, compute)
-    source_grams(tmp_path, 1, "source-1-sha", DATA, compute)
-    assert compute.calls == 2 and gram_path(tmp_path, 1).is_file()
+    source_statistics(tmp_path, "gram", 0, MODEL, DATA, compute)
+    source_statistics(tmp_path, "gram", 1, "source-1-sha", DATA, compute)
+    source_statistics(tmp_path, "fisher", 0, MODEL, DATA, compute)
+    assert compute.calls == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fisher-source0.safetensors", "gram-source0.safetensors",
+                                                          "gram-source1.safetensors"]
 
 
 def test_a_damaged_file_is_recomputed(tmp_path: Path) -> None:
-    source_grams(tmp_path, 0, MODEL, DATA, Compute())
-    gram_path(tmp_path, 0).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    source_statistics(tmp_path, "gram", 0, MODEL, DATA, Compute())
+    statistics_path(tmp_path, "gram", 0).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     again = Compute()
-    source_grams(tmp_path, 0, MODEL, DATA, again)
+    source_statistics(tmp_path, "gram", 0, MODEL, DATA, again)
     assert again.calls == 1 and not list(tmp_path.glob(".*partial"))
 
 
-def test_a_merge_reads_each_sources_statistics_checked_against_that_source(tiny_family, tmp_path: Path) -> None:
+@KINDS
+def test_a_merge_reads_each_sources_statistics_checked_against_that_source(tiny_family, tmp_path: Path, kind) -> None:
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
     for k, source in enumerate(pool.sources):
-        source_grams(tmp_path, k, source.fingerprint, DATA, Compute(float(k + 1)))
-    grams = load_grams(tmp_path, pool).of(NAME)
-    assert grams is not None and [float(g[0, 0]) for g in grams] == [1.0, 2.0]
+        source_statistics(tmp_path, kind, k, source.fingerprint, DATA, Compute(float(k + 1)))
+    stats = load_statistics(tmp_path, kind, pool).of(NAME)
+    assert stats is not None and [float(g[0, 0]) for g in stats] == [1.0, 2.0]
 
 
 def test_statistics_of_another_model_are_refused_in_one_line(tiny_family, tmp_path: Path) -> None:
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
-    source_grams(tmp_path, 0, pool.sources[0].fingerprint, DATA, Compute())
-    source_grams(tmp_path, 1, pool.sources[0].fingerprint, DATA, Compute())  # source a's model, in b's place
-    with pytest.raises(EvomergeError, match="gram-source1.safetensors was computed for another model than source 1"):
-        load_grams(tmp_path, pool)
+    source_statistics(tmp_path, "fisher", 0, pool.sources[0].fingerprint, DATA, Compute())
+    source_statistics(tmp_path, "fisher", 1, pool.sources[0].fingerprint, DATA, Compute())  # a's model, in b's place
+    with pytest.raises(EvomergeError, match="fisher-source1.safetensors was computed for another model than source 1"):
+        load_statistics(tmp_path, "fisher", pool)
 
 
 def test_a_missing_statistics_file_is_refused_in_one_line(tiny_family, tmp_path: Path) -> None:
     pool = SourcePool.load(tiny_family["base"], [tiny_family["a"], tiny_family["b"]])
-    source_grams(tmp_path, 0, pool.sources[0].fingerprint, DATA, Compute())
+    source_statistics(tmp_path, "gram", 0, pool.sources[0].fingerprint, DATA, Compute())
     with pytest.raises(EvomergeError,
                        match="no statistics for source 1 .* expected a readable gram-source1.safetensors"):
-        load_grams(tmp_path, pool)
+        load_statistics(tmp_path, "gram", pool)
 
 
-def test_a_linear_weight_one_sources_statistics_lack_is_refused_and_other_tensors_have_none(tmp_path: Path) -> None:
-    files = GramFiles(tmp_path, (frozenset({NAME}), frozenset()))
+def test_a_tensor_one_sources_statistics_lack_is_refused_and_other_tensors_have_none(tmp_path: Path) -> None:
+    files = StatisticsFiles(tmp_path, "gram", (frozenset({NAME}), frozenset()))
     assert files.of("model.norm.weight") is None
-    with pytest.raises(EvomergeError, match=f"no Gram matrix for linear weight {NAME} in source 1's statistics"):
+    with pytest.raises(EvomergeError, match=f"no gram statistics of {NAME} in source 1's file .*gram-source1"):
         files.of(NAME)
 
 
-def test_a_folders_statistics_say_what_they_cost_to_compute(tmp_path: Path) -> None:
+def test_a_folders_statistics_say_what_each_kind_cost_to_compute(tmp_path: Path) -> None:
     from evomerge.materialize.statistics import statistics_cost
 
-    assert statistics_cost(tmp_path / "none") is None
-    source_grams(tmp_path, 0, MODEL, DATA, Compute())
-    source_grams(tmp_path, 1, "source-1-sha", DATA, Compute())
-    cost = statistics_cost(tmp_path)
+    assert statistics_cost(tmp_path / "none", "gram") is None
+    source_statistics(tmp_path, "gram", 0, MODEL, DATA, Compute())
+    source_statistics(tmp_path, "gram", 1, "source-1-sha", DATA, Compute())
+    source_statistics(tmp_path, "fisher", 0, MODEL, DATA, Compute())
+    cost = statistics_cost(tmp_path, "gram")
     assert cost is not None and cost.sources == 2 and cost.seconds >= 0.0
-    assert cost.bytes == gram_path(tmp_path, 0).stat().st_size + gram_path(tmp_path, 1).stat().st_size
+    sizes = [statistics_path(tmp_path, "gram", k).stat().st_size for k in (0, 1)]
+    assert cost.bytes == sum(sizes)
+    fisher = statistics_cost(tmp_path, "fisher")
+    assert fisher is not None and fisher.sources == 1

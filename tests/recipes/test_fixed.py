@@ -1,4 +1,4 @@
-"""The fixed recipes: the TSV-M and RegMean families and the greedy soup's trial soups."""
+"""The fixed recipes: the TSV-M, RegMean and Fisher families and the greedy soup's trial soups."""
 
 from __future__ import annotations
 
@@ -29,13 +29,20 @@ def test_a_soup_of_one_or_all_sources_shares_the_name_and_merge_of_that_row() ->
 def test_the_best_fixed_recipe_is_chosen_among_merges_only() -> None:
     assert [f for f in fixed_recipes(2) if not merges(f)] == ["base", "source0", "source1"]
     assert merges("greedy_soup") and merges("tsvm")
-    assert merges("regmean")
+    assert merges("regmean") and merges("fisher")
 
 
 def test_regmean_is_a_baseline_at_its_default_apart_from_the_data_free_families() -> None:
     (regmean,) = calibrated_recipes(3)["regmean"]
     assert (regmean.method, dict(regmean.source_params), dict(regmean.params)) == ("regmean", {}, {"alpha": 0.9})
     assert "regmean" not in fixed_recipes(3)  # the zoo's checks score fixed_recipes and have no statistics
+
+
+def test_fisher_averaging_is_a_baseline_at_its_paper_default_apart_from_the_data_free_families() -> None:
+    (fisher,) = calibrated_recipes(3)["fisher"]
+    assert (fisher.method, dict(fisher.source_params), dict(fisher.params)) == (
+        "fisher", {"weight": (1.0, 1.0, 1.0)}, {"epsilon": 1e-6})
+    assert "fisher" not in fixed_recipes(3)
 
 
 def test_only_a_method_that_needs_statistics_names_the_folder_in_its_recipe() -> None:
