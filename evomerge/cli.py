@@ -50,13 +50,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     recipe = load_recipe(args.recipe)
-    base = recipe.base if recipe.base is not None else recipe.sources[0]
-    check_outside(out, [("the recipe", Path(args.recipe)),
-                        *(("the model folder", p) for p in (base, *recipe.sources, recipe.tokenizer_folder)),
-                        *(("the statistics folder", p) for p in [recipe.statistics] if p is not None)])
+    check_outside(out, [("the recipe", Path(args.recipe)), *recipe.inputs])
     check_output_folder(out, args.force)
     shard_size = parse_size(args.shard_size)
-    pool = SourcePool.load(base, list(recipe.sources), allow_pickle=args.allow_pickle,
+    pool = SourcePool.load(recipe.template, list(recipe.sources), allow_pickle=args.allow_pickle,
                            trust_remote_code=args.trust_remote_code)
     plan = MergePlan.build(recipe, pool)
     write_merged(plan, pool, out, template=recipe.template, tokenizer=recipe.tokenizer_folder, shard_size=shard_size,

@@ -57,6 +57,13 @@ class Recipe:
         return self.base if self.base is not None else self.sources[0]
 
     @property
+    def inputs(self) -> list[tuple[str, Path]]:
+        """What merging this recipe reads, labelled (outputs stay outside): the model folders and the statistics."""
+        folders = dict.fromkeys((self.template, *self.sources, self.tokenizer_folder))
+        return [("the model folder", p) for p in folders] + (
+            [("the statistics folder", self.statistics)] if self.statistics is not None else [])
+
+    @property
     def specs(self) -> list[GroupSpec]:
         """The default and every group's spec."""
         return [self.default, *self.groups.values()]
