@@ -1,6 +1,6 @@
 """A family's checks on evomerge's own pipeline: the fixed recipes the reports show, and the conditions.
 
-Any family — the tiny zoo, the SmolLM2 family — is described by plain data (:class:`Family`: base and
+Any family — the tiny zoo, the SmolLM2 family — is described by plain data (:class:`ModelFamily`: base and
 expert folders, each skill's calibration and held-out lm-eval tasks, the scoring options). Every model
 is then made and scored exactly as a run's report makes and scores its baselines: the members of
 ``recipes.fixed`` (base, each expert alone, the soup, task arithmetic over λ, TIES and DARE-TIES over
@@ -64,7 +64,7 @@ Raw = Values | None  # None: the evaluation failed
 
 
 @dataclass(frozen=True)
-class Family:
+class ModelFamily:
     """A family to check, as plain data (it travels to worker processes).
 
     ``experts`` and ``objectives`` name the same skills in the same order; the i-th expert is the
@@ -111,7 +111,7 @@ class Family:
 class FamilyScorer:
     """One Worker over a family: a recipe's raw score per skill on a split, as a run's report reads them."""
 
-    def __init__(self, family: Family) -> None:
+    def __init__(self, family: ModelFamily) -> None:
         self.family = family
         self.worker = Worker(family.worker_spec())
         self.higher: tuple[bool, ...] | None = None  # per skill, as the tasks declare it (known after a success)
@@ -138,13 +138,13 @@ class FamilyScorer:
         return raw
 
 
-def scores_of(family: Family, split: str, members: Sequence[FixedRecipe]) -> list[Values]:
+def scores_of(family: ModelFamily, split: str, members: Sequence[FixedRecipe]) -> list[Values]:
     """Raw scores of ``members`` on ``split`` from a Worker of its own: a worker process's share of a grid."""
     scorer = FamilyScorer(family)
     return [scorer.fixed(m, split) for m in members]
 
 
-def check_fixed(family: Family, *, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES,
+def check_fixed(family: ModelFamily, *, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES,
                 pool: Executor | None = None, parts: int = 1) -> dict[str, Any]:
     """The base, each expert alone, the soup and the grid families, each grid represented by its best member on
     calibration; the table's rows then scored on held-out. With a ``pool``, the calibration grid is scored in

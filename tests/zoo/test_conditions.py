@@ -13,7 +13,7 @@ from evomerge.errors import EvomergeError
 from evomerge.recipes.fixed import GRID_FAMILIES, MERGE_FAMILIES, FixedRecipe, fixed_recipes
 from evomerge.scoring.normalize import Normalizer
 from evomerge.zoo import check
-from evomerge.zoo.check import CONDITIONS, Family, check_fixed, conditions, require
+from evomerge.zoo.check import CONDITIONS, ModelFamily, check_fixed, conditions, require
 
 SKILLS = ("rev", "sort", "up", "dup")
 GRID = {"lambdas": (0.2, 0.6), "densities": (0.5,)}
@@ -81,7 +81,7 @@ class ConstructedScores:
 
     asked: list[tuple[str, str]] = []
 
-    def __init__(self, family: Family) -> None:
+    def __init__(self, family: ModelFamily) -> None:
         self.higher = (True,) * len(family.skills)
 
     def fixed(self, member: FixedRecipe, split: str) -> tuple[float, ...]:
@@ -103,7 +103,8 @@ def constructed(member: FixedRecipe, split: str) -> tuple[float, ...]:
 def constructed_check(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(check, "FamilyScorer", ConstructedScores)
     ConstructedScores.asked = []
-    family = Family(Path("base"), {s: Path(s) for s in SKILLS}, {s: ObjectiveConfig(task=f"zoo_{s}") for s in SKILLS})
+    family = ModelFamily(Path("base"), {s: Path(s) for s in SKILLS},
+                         {s: ObjectiveConfig(task=f"zoo_{s}") for s in SKILLS})
     return check_fixed(family, **GRID)
 
 
@@ -142,5 +143,5 @@ def test_fixed_scores_are_the_normalizer_s_and_members_its_choice_on_calibration
 
 def test_a_family_s_experts_and_objectives_name_the_same_skills() -> None:
     with pytest.raises(EvomergeError, match="same skills in the same order"):
-        Family(Path("base"), {"rev": Path("rev"), "up": Path("up")},
+        ModelFamily(Path("base"), {"rev": Path("rev"), "up": Path("up")},
                {"up": ObjectiveConfig(task="zoo_up"), "rev": ObjectiveConfig(task="zoo_rev")})
