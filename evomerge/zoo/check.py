@@ -145,10 +145,12 @@ def scores_of(family: ModelFamily, split: str, members: Sequence[FixedRecipe]) -
 
 
 def check_fixed(family: ModelFamily, *, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES,
-                pool: Executor | None = None, parts: int = 1) -> dict[str, Any]:
+                pool: Executor | None = None, parts: int = 1, known: Mapping[str, Values] | None = None
+                ) -> dict[str, Any]:
     """The base, each expert alone, the soup and the grid families, each grid represented by its best member on
     calibration; the table's rows then scored on held-out. With a ``pool``, the calibration grid is scored in
-    ``parts`` shares on it.
+    ``parts`` shares on it. ``known``: held-out raw scores by fixed recipe name that the caller already has (a
+    build's table of the base and its experts), reused instead of scored again.
 
     Returns ``{"table": held-out rows, "calibration_table": calibration rows, "fixed": family -> {"name",
     "label", "params" (the member's global parameters: ``lam``), "calibration", "heldout"}}``: rows are fixed
@@ -168,7 +170,8 @@ def check_fixed(family: ModelFamily, *, lambdas: Sequence[float] = LAMBDAS, dens
             calibration[i::parts] = share
     raw = dict(zip((m.name for m in members), calibration, strict=True))
     singles = [ms[0] for name, ms in families.items() if name not in GRID_FAMILIES]
-    heldout = {m.name: here.fixed(m, "heldout") for m in singles}
+    known = known or {}
+    heldout = {m.name: known[m.name] if m.name in known else here.fixed(m, "heldout") for m in singles}
     assert here.higher is not None  # set by the successful evaluations above
     sources = [source_name(i) for i in range(len(family.experts))]
     normalizer = Normalizer.from_sources(here.higher, {"calibration": [raw[s] for s in sources],

@@ -117,6 +117,20 @@ def test_the_check_scores_fixed_recipes_grid_on_calibration(constructed_check: d
                     *(constructed_check["fixed"][f]["name"] for f in GRID_FAMILIES)]  # the table's rows only
 
 
+def test_held_out_scores_the_caller_knows_are_reused_not_scored_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "FamilyScorer", ConstructedScores)
+    ConstructedScores.asked = []
+    family = ModelFamily(Path("base"), {s: Path(s) for s in SKILLS},
+                         {s: ObjectiveConfig(task=f"zoo_{s}") for s in SKILLS})
+    sources = fixed_recipes(len(SKILLS), SKILLS, **GRID)
+    known = {name: constructed(sources[name][0], "heldout") for name in ("base", "source0", "source1")}
+    q = check_fixed(family, **GRID, known=known)
+    held = [name for name, split in ConstructedScores.asked if split == "heldout"]
+    assert "base" not in held and "source0" not in held and "source1" not in held
+    assert "source2" in held and "soup" in held
+    assert q["table"]["base"] == dict(zip(SKILLS, known["base"], strict=True))
+
+
 def test_the_soup_and_the_grid_members_carry_the_reports_names(constructed_check: dict[str, Any]) -> None:
     assert list(constructed_check["fixed"]) == list(MERGE_FAMILIES) == ["soup", "tsvm", "task_arithmetic", "ties",
                                                                         "dare_ties"]
