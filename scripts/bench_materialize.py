@@ -19,8 +19,9 @@ For each model size, method and number of sources K (SLERP takes exactly one sou
   evomerge's per-candidate number is the in-memory fast path (its sources are loaded once per worker).
 
 Sizes: **zoo** (``zoo/seed0-llama`` when built, else a random Llama of the zoo's shape; sources are the
-base plus noise) and **large** (a random Llama of a few hundred million float32 parameters; its
-(2K+1)× worker cache must fit in memory). The tables replace this script's section of
+base plus noise), **large** (a random Llama of a few hundred million float32 parameters; its
+(2K+1)× worker cache must fit in memory) and **smollm2** (a random Llama of SmolLM2-135M's shapes, the real
+family's; run alone it writes a section of its own). The tables replace this script's section of
 docs/BENCHMARKS.md (between its markers), creating the file if needed.
 
 Targets (issue 5): fast ≤ 2× floor for linear / task arithmetic, ≤ 4× for TIES / DARE;
@@ -61,11 +62,12 @@ TARGET = {"linear": 2.0, "task_arithmetic": 2.0, "ties": 4.0, "dare_ties": 4.0, 
 # -- models --------------------------------------------------------------------------------------------
 
 
-def llama_config(hidden: int, ff: int, layers: int, heads: int, vocab: int, tied: bool) -> dict:
+def llama_config(hidden: int, ff: int, layers: int, heads: int, vocab: int, tied: bool, kv_heads: int | None = None
+                 ) -> dict:
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=ff, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=256,
+                      num_key_value_heads=kv_heads or heads, vocab_size=vocab, max_position_embeddings=256,
                       tie_word_embeddings=tied)
     cfg.architectures = ["LlamaForCausalLM"]
     return cfg.to_dict()
@@ -108,11 +110,14 @@ def build_family(root: Path, size: str, k_max: int, args: argparse.Namespace) ->
                 from evomerge.zoo.data import VOCAB  # older layout of the zoo package
 
             config = llama_config(DIM, FF, LAYERS, HEADS, len(VOCAB), tied=True)
+        elif size == "smollm2":  # SmolLM2-135M: 30 layers, GQA with 3 key/value heads, tied embeddings
+            config = llama_config(576, 1536, 30, 9, 49152, tied=True, kv_heads=3)
         else:
             config = llama_config(args.large_hidden, args.large_ff, args.large_layers, args.large_hidden // 64,
                                   args.large_vocab, tied=False)
         base = random_llama(config, seed=0)
-        label = "random Llama, zoo shape" if size == "zoo" else "random Llama"
+        label = {"zoo": "random Llama, zoo shape", "smollm2": "random Llama, SmolLM2-135M's shape"}.get(size,
+                                                                                                  "random Llama")
         what = (f"{label}: hidden {config['hidden_size']}, ff {config['intermediate_size']}, "
                 f"{config['num_hidden_layers']} layers, vocab {config['vocab_size']} "
                 f"({sum(t.numel() for t in base.values()) / 1e6:.1f}M params, float32)")
@@ -260,7 +265,7 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
         merger = FastMerger(pool, policy=policy, compile={"auto": None, "on": True, "off": False}[args.compile])
         for method in methods:
             eager_repeats = args.repeats if size == "zoo" else args.eager_repeats
-            skip_eager = size == "large" and method in ("ties", "dare_ties") and k not in args.large_eager_trim_ks
+            skip_eager = size != "zoo" and method in ("ties", "dare_ties") and k not in args.large_eager_trim_ks
             eager = None if skip_eager else min(
                 timed(lambda: eager_materialize(make_plan(method, pool, base_dir, srcs, 0), pool, ref))  # noqa: B023, F821 (timed calls it at once)
                 for _ in range(eager_repeats))
@@ -314,7 +319,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="zoo,large", help="comma list of zoo, large")
+    p.add_argument("--sizes", default="zoo,large",
+                   help="comma list of zoo, large, smollm2 (smollm2 alone writes a section of its own)")
     p.add_argument("--ks", default="2,3", help="numbers of sources")
     p.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties,slerp")
     p.add_argument("--large-hidden", type=int, default=1024)
@@ -355,8 +361,9 @@ def main() -> None:
             sections.append(f"**{size}** — {what}\n\n{table(rows)}")
     bandwidth_end = copy_bandwidth()
     load_after = os.getloadavg()
+    own = args.sizes == "smollm2"  # the real family's shape: a section of its own beside the zoo and large tables
     header = (
-        f"## Materialization per candidate (`scripts/bench_materialize.py`)\n\n"
+        f"## Materialization per candidate{' at SmolLM2-135M' if own else ''} (`scripts/bench_materialize.py`)\n\n"
         f"{dt.date.today().isoformat()} · {os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads · load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end "
         f"(shared machine) · memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s at start, {bandwidth_end / 1e9:.1f} at "
@@ -375,7 +382,7 @@ def main() -> None:
         "eager output.\n"
     )
     text = header + "\n" + "\n\n".join(sections) + "\n"
-    publish(args.out, "bench_materialize", text, write=not args.no_write)
+    publish(args.out, "bench_materialize-smollm2" if own else "bench_materialize", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ They never see tensors or models: they propose :class:`Candidate` points and are
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 from evomerge.errors import EvomergeError
 from evomerge.strategies.base import Candidate, Evaluation, Selection, Strategy
@@ -53,20 +53,10 @@ def strategy_options(name: str) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(strategy_class(name).Options)}
 
 
-def make_strategy(
-    name: str,
-    dim: int,
-    n_objectives: int,
-    *,
-    seed: int,
-    weights: Sequence[float] | None = None,
-    initial: Sequence[Sequence[float]] = (),
-    storage: str | None = None,
-    **options: Any,
-) -> Strategy:
-    """Build the strategy registered as ``name``; unknown names or options raise EvomergeError."""
-    return strategy_class(name)(dim, n_objectives, seed=seed, weights=weights, initial=initial, storage=storage,
-                                **options)
+def make_strategy(name: str, dim: int, n_objectives: int, **keywords: Any) -> Strategy:
+    """Build the strategy registered as ``name`` (``keywords``: ``Strategy``'s — seed, weights, initial, storage —
+    and the strategy's options); unknown names or options raise EvomergeError."""
+    return strategy_class(name)(dim, n_objectives, **keywords)
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from evomerge.env import run_reproducibly
 from evomerge.errors import EvomergeError
 from evomerge.files import replace_folder, write_text_atomic
 from evomerge.sources.writer import check_outside
-from evomerge.zoo.check import Family, check_fixed, conditions, format_table, require, verdict_line
+from evomerge.zoo.check import ModelFamily, check_fixed, conditions, format_table, require, verdict_line
 from evomerge.zoo.model import check_arch
 from evomerge.zoo.skills import EXPERT_SKILLS, Item, eval_sets, letters_of
 from evomerge.zoo.tasks import write_loglikelihood_task, write_skill_tasks
@@ -61,7 +61,7 @@ class BuiltFamily:
     task_dir: Path
     quality: dict[str, Any]  # {"table": row -> skill -> acc, "conditions": name -> {holds, evidence}, ...}
 
-    def family(self) -> Family:
+    def family(self) -> ModelFamily:
         """The family as the checks see it: each skill's loglikelihood tasks, scored on ``acc``."""
         return zoo_family(self.base, self.experts, self.task_dir,
                           {s: (f.task, f.heldout_task) for s, f in self.skills.items()}, self.seed)
@@ -73,10 +73,10 @@ class Zoo(BuiltFamily):
 
 
 def zoo_family(base: Path, experts: dict[str, Path], task_dir: Path, tasks: dict[str, tuple[str, str]], seed: int,
-               items: int | None = None) -> Family:
+               items: int | None = None) -> ModelFamily:
     """A tiny-zoo family: ``tasks`` maps each skill to its calibration and held-out task in ``task_dir``."""
     objectives = {s: ObjectiveConfig(task=cal, heldout_task=held, metric="acc") for s, (cal, held) in tasks.items()}
-    return Family(base, experts, objectives, ScoringConfig(task_path=task_dir), seed=seed, items=items)
+    return ModelFamily(base, experts, objectives, ScoringConfig(task_path=task_dir), seed=seed, items=items)
 
 
 def read_manifest(root: Path, name: str, what: str, command: str) -> dict[str, Any]:

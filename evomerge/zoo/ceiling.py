@@ -25,7 +25,7 @@ from evomerge.scoring.normalize import Normalizer
 from evomerge.sources.folder import read_config, read_tensor_names
 from evomerge.sources.layers import layer_groups, num_layers
 from evomerge.strategies import Evaluation, make_strategy
-from evomerge.zoo.check import Family, FamilyScorer
+from evomerge.zoo.check import FamilyScorer, ModelFamily
 
 WEIGHT_BOUNDS = (0.0, 2.0)
 SIGMA0 = 0.15  # CMA-ES's initial step in unit-box units: 0.3 in weight units, three steps of the λ grid
@@ -34,7 +34,7 @@ STRATEGY = "cmaes"
 Point = tuple[float, ...]
 
 
-def ceiling_space(family: Family, layer_granularity: int = 1) -> GenomeSpace:
+def ceiling_space(family: ModelFamily, layer_granularity: int = 1) -> GenomeSpace:
     """Per layer group (``sources.layers``: embed, layers.<i>, final_norm) and expert, one task-arithmetic weight."""
     names = read_tensor_names(family.base)
     groups = layer_groups(names, num_layers(read_config(family.base), names), layer_granularity)
@@ -62,7 +62,7 @@ def maximize(value: Callable[[Point], float], dim: int, start: Point, evaluation
     return history
 
 
-def search_ceiling(family: Family, start_lambda: float, evaluations: int, seed: int, *, layer_granularity: int = 1,
+def search_ceiling(family: ModelFamily, start_lambda: float, evaluations: int, seed: int, *, layer_granularity: int = 1,
                    log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Best mean normalized held-out score found within ``evaluations`` candidates (the start included), its
     weights (layer group -> skill -> weight), and the start's score."""

@@ -1,6 +1,6 @@
 """A family's checks on evomerge's own pipeline: the fixed recipes the reports show, and the conditions.
 
-Any family — the tiny zoo, the SmolLM2 family — is described by plain data (:class:`Family`: base and
+Any family — the tiny zoo, the SmolLM2 family — is described by plain data (:class:`ModelFamily`: base and
 expert folders, each skill's calibration and held-out lm-eval tasks, the scoring options). Every model
 is then made and scored exactly as a run's report makes and scores its baselines: the members of
 ``recipes.fixed`` (base, each expert alone, the soup, task arithmetic over λ, TIES and DARE-TIES over
@@ -64,7 +64,7 @@ Raw = Values | None  # None: the evaluation failed
 
 
 @dataclass(frozen=True)
-class Family:
+class ModelFamily:
     """A family to check, as plain data (it travels to worker processes).
 
     ``experts`` and ``objectives`` name the same skills in the same order; the i-th expert is the
@@ -111,7 +111,7 @@ class Family:
 class FamilyScorer:
     """One Worker over a family: a recipe's raw score per skill on a split, as a run's report reads them."""
 
-    def __init__(self, family: Family) -> None:
+    def __init__(self, family: ModelFamily) -> None:
         self.family = family
         self.worker = Worker(family.worker_spec())
         self.higher: tuple[bool, ...] | None = None  # per skill, as the tasks declare it (known after a success)
@@ -138,17 +138,19 @@ class FamilyScorer:
         return raw
 
 
-def scores_of(family: Family, split: str, members: Sequence[FixedRecipe]) -> list[Values]:
+def scores_of(family: ModelFamily, split: str, members: Sequence[FixedRecipe]) -> list[Values]:
     """Raw scores of ``members`` on ``split`` from a Worker of its own: a worker process's share of a grid."""
     scorer = FamilyScorer(family)
     return [scorer.fixed(m, split) for m in members]
 
 
-def check_fixed(family: Family, *, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES,
-                pool: Executor | None = None, parts: int = 1) -> dict[str, Any]:
+def check_fixed(family: ModelFamily, *, lambdas: Sequence[float] = LAMBDAS, densities: Sequence[float] = DENSITIES,
+                pool: Executor | None = None, parts: int = 1, known: Mapping[str, Values] | None = None
+                ) -> dict[str, Any]:
     """The base, each expert alone, the soup and the grid families, each grid represented by its best member on
     calibration; the table's rows then scored on held-out. With a ``pool``, the calibration grid is scored in
-    ``parts`` shares on it.
+    ``parts`` shares on it. ``known``: held-out raw scores by fixed recipe name that the caller already has (a
+    build's table of the base and its experts), reused instead of scored again.
 
     Returns ``{"table": held-out rows, "calibration_table": calibration rows, "fixed": family -> {"name",
     "label", "params" (the member's global parameters: ``lam``), "calibration", "heldout"}}``: rows are fixed
@@ -168,7 +170,8 @@ def check_fixed(family: Family, *, lambdas: Sequence[float] = LAMBDAS, densities
             calibration[i::parts] = share
     raw = dict(zip((m.name for m in members), calibration, strict=True))
     singles = [ms[0] for name, ms in families.items() if name not in GRID_FAMILIES]
-    heldout = {m.name: here.fixed(m, "heldout") for m in singles}
+    known = known or {}
+    heldout = {m.name: known[m.name] if m.name in known else here.fixed(m, "heldout") for m in singles}
     assert here.higher is not None  # set by the successful evaluations above
     sources = [source_name(i) for i in range(len(family.experts))]
     normalizer = Normalizer.from_sources(here.higher, {"calibration": [raw[s] for s in sources],

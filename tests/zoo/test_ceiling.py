@@ -7,15 +7,15 @@ from pathlib import Path
 from evomerge.config.search import ObjectiveConfig, ScoringConfig
 from evomerge.strategies import Evaluation, make_strategy
 from evomerge.zoo.ceiling import SIGMA0, WEIGHT_BOUNDS, ceiling_space, maximize, search_ceiling
-from evomerge.zoo.check import Family
+from evomerge.zoo.check import ModelFamily
 
 
-def tiny(scored_family: dict[str, Path]) -> Family:
+def tiny(scored_family: dict[str, Path]) -> ModelFamily:
     """Two of the tiny family's sources as experts of the two tiny tasks, on perplexity (random weights answer
     nothing right: their accuracy cannot be normalized)."""
     objectives = {s: ObjectiveConfig(task=f"tiny_{s}", heldout_task=f"tiny_{s}_heldout", metric="perplexity")
                   for s in ("rev", "dup")}
-    return Family(scored_family["base"], {"rev": scored_family["a"], "dup": scored_family["b"]}, objectives,
+    return ModelFamily(scored_family["base"], {"rev": scored_family["a"], "dup": scored_family["b"]}, objectives,
                   ScoringConfig(task_path=scored_family["tasks"]))
 
 

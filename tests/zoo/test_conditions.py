@@ -13,7 +13,7 @@ from evomerge.errors import EvomergeError
 from evomerge.recipes.fixed import GRID_FAMILIES, MERGE_FAMILIES, FixedRecipe, fixed_recipes
 from evomerge.scoring.normalize import Normalizer
 from evomerge.zoo import check
-from evomerge.zoo.check import CONDITIONS, Family, check_fixed, conditions, require
+from evomerge.zoo.check import CONDITIONS, ModelFamily, check_fixed, conditions, require
 
 SKILLS = ("rev", "sort", "up", "dup")
 GRID = {"lambdas": (0.2, 0.6), "densities": (0.5,)}
@@ -81,7 +81,7 @@ class ConstructedScores:
 
     asked: list[tuple[str, str]] = []
 
-    def __init__(self, family: Family) -> None:
+    def __init__(self, family: ModelFamily) -> None:
         self.higher = (True,) * len(family.skills)
 
     def fixed(self, member: FixedRecipe, split: str) -> tuple[float, ...]:
@@ -103,7 +103,8 @@ def constructed(member: FixedRecipe, split: str) -> tuple[float, ...]:
 def constructed_check(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(check, "FamilyScorer", ConstructedScores)
     ConstructedScores.asked = []
-    family = Family(Path("base"), {s: Path(s) for s in SKILLS}, {s: ObjectiveConfig(task=f"zoo_{s}") for s in SKILLS})
+    family = ModelFamily(Path("base"), {s: Path(s) for s in SKILLS},
+                         {s: ObjectiveConfig(task=f"zoo_{s}") for s in SKILLS})
     return check_fixed(family, **GRID)
 
 
@@ -114,6 +115,20 @@ def test_the_check_scores_fixed_recipes_grid_on_calibration(constructed_check: d
     held = [name for name, split in ConstructedScores.asked if split == "heldout"]
     assert held == ["base", "source0", "source1", "source2", "source3", "soup", "tsvm",
                     *(constructed_check["fixed"][f]["name"] for f in GRID_FAMILIES)]  # the table's rows only
+
+
+def test_held_out_scores_the_caller_knows_are_reused_not_scored_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "FamilyScorer", ConstructedScores)
+    ConstructedScores.asked = []
+    family = ModelFamily(Path("base"), {s: Path(s) for s in SKILLS},
+                         {s: ObjectiveConfig(task=f"zoo_{s}") for s in SKILLS})
+    sources = fixed_recipes(len(SKILLS), SKILLS, **GRID)
+    known = {name: constructed(sources[name][0], "heldout") for name in ("base", "source0", "source1")}
+    q = check_fixed(family, **GRID, known=known)
+    held = [name for name, split in ConstructedScores.asked if split == "heldout"]
+    assert "base" not in held and "source0" not in held and "source1" not in held
+    assert "source2" in held and "soup" in held
+    assert q["table"]["base"] == dict(zip(SKILLS, known["base"], strict=True))
 
 
 def test_the_soup_and_the_grid_members_carry_the_reports_names(constructed_check: dict[str, Any]) -> None:
@@ -142,5 +157,5 @@ def test_fixed_scores_are_the_normalizer_s_and_members_its_choice_on_calibration
 
 def test_a_family_s_experts_and_objectives_name_the_same_skills() -> None:
     with pytest.raises(EvomergeError, match="same skills in the same order"):
-        Family(Path("base"), {"rev": Path("rev"), "up": Path("up")},
+        ModelFamily(Path("base"), {"rev": Path("rev"), "up": Path("up")},
                {"up": ObjectiveConfig(task="zoo_up"), "rev": ObjectiveConfig(task="zoo_rev")})

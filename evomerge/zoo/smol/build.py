@@ -112,9 +112,9 @@ def build_smol(out_dir: str | Path, *, seed: int = 0, variant: str = "full", for
 
 def _record_room(family: SmolFamily, size: Variant, log: Callable[[str], None]) -> SmolFamily:
     """(b) and (c) judged on a built family and written into its smol.json beside (a)."""
-    with fixed_threads(THREADS):
-        q = room(family.family(), size.check, log)
     table = family.quality["table"]
+    with fixed_threads(THREADS):
+        q = room(family.family(), size.check, table, log)
     conditions = verdicts(table, q)
     _log_verdicts(conditions, log)
     quality = {"table": table, "fixed_table": q["table"], "calibration_table": q["calibration_table"],

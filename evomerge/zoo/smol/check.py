@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from evomerge.recipes.fixed import DENSITIES, LAMBDAS, source_name
 from evomerge.zoo.ceiling import search_ceiling
-from evomerge.zoo.check import EPS, Family, FamilyScorer, Table, best_fixed, check_fixed
+from evomerge.zoo.check import EPS, FamilyScorer, ModelFamily, Table, best_fixed, check_fixed
 
 # (a) every expert has its skill, the base lacks each by a margin; (b) no fixed recipe is nearly as
 # good as the experts; (c) per-layer weights chosen on held-out reach well beyond the best fixed one.
@@ -40,13 +40,17 @@ class CheckPlan:
     ceiling_granularity: int = 5  # layers per group: 8 groups × 3 experts = 24 weights for CMA-ES
 
 
-def heldout_table(family: Family) -> Table:
+def table_rows(family: ModelFamily) -> dict[str, str]:
+    """The held-out table's rows ("base", each skill's expert) -> the fixed recipe each row scores."""
+    return {"base": "base", **{s: source_name(i) for i, s in enumerate(family.skills)}}
+
+
+def heldout_table(family: ModelFamily) -> Table:
     """model ("base", each skill's expert) -> skill -> held-out acc."""
     scorer = FamilyScorer(family)
     singles = family.recipes(lambdas=(1.0,), densities=(0.5,))
-    rows = {"base": "base", **{s: source_name(i) for i, s in enumerate(family.skills)}}
     return {row: dict(zip(family.skills, scorer.fixed(singles[name][0], "heldout"), strict=True))
-            for row, name in rows.items()}
+            for row, name in table_rows(family).items()}
 
 
 def condition_a(table: Table) -> tuple[bool, str]:
@@ -57,9 +61,12 @@ def condition_a(table: Table) -> tuple[bool, str]:
     return holds, ", ".join(f"{s}: expert {table[s][s]:.3f}, base {base[s]:.3f}" for s in skills)
 
 
-def room(family: Family, plan: CheckPlan, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """The fixed recipes (``check_fixed``'s record) and, from the best task-arithmetic λ, the ceiling."""
-    q = check_fixed(family, lambdas=plan.lambdas, densities=plan.densities)
+def room(family: ModelFamily, plan: CheckPlan, table: Table, log: Callable[[str], None] = lambda line: None
+         ) -> dict[str, Any]:
+    """The fixed recipes (``check_fixed``'s record; the base and experts' held-out scores read from ``table``,
+    ``heldout_table``'s) and, from the best task-arithmetic λ, the ceiling."""
+    known = {name: tuple(table[row][s] for s in family.skills) for row, name in table_rows(family).items()}
+    q = check_fixed(family, lambdas=plan.lambdas, densities=plan.densities, known=known)
     log("fixed (mean normalized held-out): "
         + ", ".join(f"{f['name']} {f['heldout']:.3f}" for f in q["fixed"].values()))
     start = q["fixed"]["task_arithmetic"]["params"]["lam"]
