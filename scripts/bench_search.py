@@ -12,10 +12,10 @@ as it stood then (``analyze(..., upto=B)``) and takes the **calibration pick** �
 export`` picks by default, the front member with the best mean normalized calibration score of the
 reported metric, chosen without held-out data — and scores it on the held-out tasks.
 
-Fixed recipes: every run scores them itself (``Baselines``: the base, each expert alone, the uniform
-soup, task arithmetic over λ 0.1…1.5, TIES and DARE-TIES over d ∈ {0.3, 0.5, 0.7} × λ, each grid's
-member chosen on calibration), by the same worker on the same tasks. "Best fixed" is the merge among
-them with the best held-out score — the fixed recipe a user could at best have chosen, so a gain over
+Fixed recipes: every run scores them itself, by the same worker on the same tasks — the rows of its
+``Baselines``, which the report shows too (``evomerge.recipes.fixed`` lists the families and grids; each grid's
+member and the greedy soup's sources are chosen on calibration); the table has a row for each. "Best fixed" is
+the merge among them with the best held-out score — the fixed recipe a user could at best have chosen, so a gain over
 it is not flattered by the choice. Mean normalized = mean over skills of held-out accuracy / the best
 expert's, as export and report compute it.
 
@@ -212,6 +212,14 @@ def search_table(results: list[dict], budgets: list[int]) -> list[str]:
     return lines
 
 
+def chosen(family: str) -> bool:
+    """Whether a fixed-recipe family's setting is chosen per run (a grid's member, the greedy soup's sources): the
+    table shows it in each seed's cell."""
+    from evomerge.recipes.fixed import GREEDY_SOUP, GRID_FAMILIES
+
+    return family in GRID_FAMILIES or family == GREEDY_SOUP
+
+
 def baseline_table(results: list[dict]) -> list[str]:
     """Every fixed recipe per seed (held-out mean normalized, the setting chosen on calibration) and the best of
     them."""
@@ -223,9 +231,10 @@ def baseline_table(results: list[dict]) -> list[str]:
         shown_cells = []
         for s in seeds:
             b = by_seed[s]["baselines"][family]
-            setting = b["label"] if b["label"] != row["label"] or family.startswith(("task_", "ties", "dare")) else ""
+            setting = b["label"].partition(" (")[2].removesuffix(")") if chosen(family) else ""
             shown_cells.append(f"{b['heldout']:.3f}" + (f" ({setting})" if setting else ""))
-        lines.append(f"| {row['label'].split(' (')[0]} | " + " | ".join(shown_cells) + " |")
+        lines.append(f"| {row['label'].split(' (')[0] if chosen(family) else row['label']} | "
+                     + " | ".join(shown_cells) + " |")
     lines.append("| **best fixed** (held-out) | " + " | ".join(
         f"**{by_seed[s]['best_fixed']['heldout']:.3f}** ({by_seed[s]['best_fixed']['label']})" for s in seeds) + " |")
     return lines
@@ -295,6 +304,14 @@ def plot(results: list[dict], budgets: list[int], path: Path) -> None:
 # --- main ------------------------------------------------------------------------------------------
 
 
+def zoo_shown(folder: Path) -> str:
+    """A zoo build as this checkout names it: ``zoo/<name>`` where the checkout's ``zoo/<name>`` is (or links to)
+    it — a worktree's zoo entries are symlinks to shared builds, whose paths ``shown`` would print — else as
+    ``shown`` prints it."""
+    entry = REPO / "zoo" / folder.name
+    return f"zoo/{folder.name}" if entry.resolve() == folder.resolve() else shown(folder)
+
+
 def run_all(args: argparse.Namespace, budgets: list[int], work: Path) -> list[dict]:
     jobs = [(s, m, seed) for seed in range(args.seeds) for s in args.strategies for m in args.metrics]
     results = []
@@ -348,13 +365,13 @@ def main() -> None:
     import torch
 
     command = (f".venv/bin/python scripts/bench_search.py --config {shown(args.config)}"
-               + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
+               + (f" --zoo {zoo_shown(Path(args.zoo))}" if args.zoo else "")
                + "".join(f" --set '{s}'" for s in args.set) + f" --budgets {' '.join(map(str, budgets))} --seeds "
                f"{args.seeds} --strategies {' '.join(repr(s) for s in args.strategies)} --metrics "
                f"{' '.join(args.metrics)} --jobs {args.jobs}" + (f" --work {shown(args.work)}" if args.work else ""))
-    reused = sum(r["reused"] for r in results)
+    reused, zoo = sum(r["reused"] for r in results), zoo_shown(cfg.sources.base.parent.parent)
     body = [
-        f"## Search value on `{shown(cfg.sources.base.parent.parent)}` (`scripts/bench_search.py`)",
+        f"## Search value on {'the zoo ' if zoo.startswith('zoo/') else ''}`{zoo}` (`scripts/bench_search.py`)",
         "",
         f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; Python "
         f"{platform.python_version()}, torch {torch.__version__}; load average (1 min) before / after: {load0[0]:.2f} "
@@ -377,7 +394,8 @@ def main() -> None:
         "best fixed recipe on held-out",
         f"- plot: `{shown(plot_path)}`",
         "",
-        "Fixed recipes, scored in every run by its own worker (each grid's setting chosen on calibration; DARE's draws "
+        "Fixed recipes, the rows of each run's report, scored by its own worker (each grid's setting and the greedy "
+        "soup's sources chosen on calibration; RegMean and Fisher from the run's calibration statistics; DARE's draws "
         "follow the seed):",
         "",
         *baseline_table(results),
