@@ -3,17 +3,21 @@
 racing; and what the export scores, every grid member in full vs raced.
 
     .venv/bin/python scripts/bench_cost.py [--config configs/zoo.yaml] [--zoo DIR] [--parts search export]
-        [--evals 300] [--seeds 3] [--strategies cmaes nsga2] [--z 1.5] [--chunk-items 64]
+        [--evals 300] [--racing-evals N] [--seeds 3] [--strategies cmaes nsga2] [--z 1.5] [--chunk-items 64]
         [--export-evals 300] [--export-set SECTION.FIELD=VALUE ...] [--work DIR] [--no-write]
 
 ``search``: each strategy × search seed runs twice on the same config: ``scoring.fidelity: full`` and
 ``racing`` (the chunk size and z given). A run is ``scripts/bench_search.py``'s: searched to ``--evals``
-candidates, its calibration pick (chosen without held-out data; with racing the finalists are completed on
+candidates (a racing run to ``--racing-evals``, default ``--evals``: at a fraction of the tokens it can afford
+more candidates), its calibration pick (chosen without held-out data; with racing the finalists are completed on
 every calibration item first) scored on held-out against the run's best fixed recipe on held-out. The cost
 columns count the calibration items and tokens the search scored (read from the run log: a raced candidate's
 ``items`` and every record's ``tokens``), against what full scoring scores; wall time is the search's. The
 issue's target (issue 20): racing reaches the full run's held-out gain within 0.01 with at most 1/4 of its
-scored tokens, in every seed.
+scored tokens, in every seed; the verdict compares the racing run at its budget with the full run at ``--evals``.
+Run folders go to ``--work`` (default: a temporary folder, removed); a finished run found there with the same
+config is read back instead of searched again (the full runs are shared by every racing setting), and the table
+says which rows were.
 
 ``export``: the config as written (the demo's: ``scripts/demo``; ``--export-set`` changes it) searched to
 ``--export-evals`` candidates,
@@ -23,9 +27,10 @@ tokens each export scored (baselines, finalists, completions), its time, the pic
 on held-out (the target: ≤ 1/4 of the tokens, the same pick and the same best-fixed row).
 
 Reduced runs (``--evals``, ``--seeds``, ``--strategies``, ``--export-evals``) are for a shared machine; each
-section says which command produced it. Writes the sections ``bench_cost`` and ``bench_cost_export`` of
-docs/BENCHMARKS.md (unless ``--no-write``) and the plot ``docs/bench_cost.png`` (with ``--zoo``: the search part
-as ``bench_cost-<zoo>`` and ``docs/bench_cost-<zoo>.png``).
+section says which command produced it. Writes the sections ``bench_cost-<zoo>-<setting>`` (the zoo's folder name;
+the strategies, z, chunk size and budgets, e.g. ``bench_cost-seed0-llama-cmaes-z1-c32-300-r400``: one section
+and plot ``docs/<section>.png`` per setting) and ``bench_cost_export`` of docs/BENCHMARKS.md (unless
+``--no-write``).
 """
 
 from __future__ import annotations
@@ -53,40 +58,44 @@ def cost_run(strategy: str, seed: int, fidelity: str, args: argparse.Namespace, 
     from evomerge.run.racing import scoring_cost
 
     settings = [f"scoring.fidelity={fidelity}"]  # a full run's config leaves the racing knobs alone: reused across them
+    evals, folder = args.evals, work / fidelity
     if fidelity == "racing":
         settings += [f"scoring.chunk_items={args.chunk_items}", f"scoring.racing_z={args.z}"]
-    folder = work / fidelity
-    result = one_run(strategy, "acc", seed, args.config, args.zoo, settings, [args.evals], str(folder))
-    cost = scoring_cost(RunLog.open(folder / f"{strategy}-acc-s{seed}").candidates()[:args.evals])
+        evals, folder = args.racing_evals, work / f"racing-z{args.z:g}-c{args.chunk_items}-e{args.racing_evals}"
+    result = one_run(strategy, "acc", seed, args.config, args.zoo, settings, [evals], str(folder))
+    cost = scoring_cost(RunLog.open(folder / f"{strategy}-acc-s{seed}").candidates()[:evals])
     assert cost is not None and cost.tokens is not None
-    result.update(fidelity=fidelity, items=cost.items, full_items=cost.full_items, tokens=cost.tokens,
-                  full_tokens=cost.full_tokens,
-                  gain=result["at"][args.evals]["heldout"] - result["best_fixed"]["heldout"])
+    result.update(fidelity=fidelity, evals=evals, items=cost.items, full_items=cost.full_items, tokens=cost.tokens,
+                  full_tokens=cost.full_tokens, gain=result["at"][evals]["heldout"] - result["best_fixed"]["heldout"])
     return result
 
 
 def table(results: list[dict]) -> list[str]:
-    lines = ["| strategy | seed | fidelity | items scored | of full | tokens scored | of full | search s | held-out "
-             "pick | best fixed | gain |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """One row per run; "of full" is against every item of the run's own candidates (its budget)."""
+    lines = ["| strategy | seed | fidelity | evaluations | items scored | of full | tokens scored | of full | "
+             "search s | held-out pick | best fixed | gain |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['strategy']} | {r['seed']} | {r['fidelity']} | {r['items']:,} | "
+        searched = f"{r['search_s']:.0f}" + (" (read back)" if r["reused"] else "")
+        lines.append(f"| {r['strategy']} | {r['seed']} | {r['fidelity']} | {r['evals']} | {r['items']:,} | "
                      f"{r['items'] / r['full_items']:.2f} | {r['tokens']:,} | {r['tokens'] / r['full_tokens']:.2f} | "
-                     f"{r['search_s']:.0f} | {r['at'][max(r['at'])]['heldout']:.3f} | {r['best_fixed']['heldout']:.3f} "
-                     f"| {r['gain']:+.3f} |")
+                     f"{searched} | {r['at'][r['evals']]['heldout']:.3f} | {r['best_fixed']['heldout']:.3f} | "
+                     f"{r['gain']:+.3f} |")
     return lines
 
 
 def verdicts(results: list[dict]) -> list[str]:
-    """Per strategy and seed: does racing meet the issue's target against the full run?"""
+    """Per strategy and seed: does racing (at its budget) meet the issue's target against the full run (at its)?"""
     lines = []
     for full in (r for r in results if r["fidelity"] == "full"):
-        race = next(r for r in results if r["fidelity"] == "racing"
-                    and (r["strategy"], r["seed"]) == (full["strategy"], full["seed"]))
+        race = next(r for r in results
+                    if r["fidelity"] == "racing" and (r["strategy"], r["seed"]) == (full["strategy"], full["seed"]))
         fraction, gap = race["tokens"] / full["tokens"], full["gain"] - race["gain"]
         met = fraction <= TARGET_FRACTION and gap <= TARGET_GAIN_GAP
-        lines.append(f"- {full['strategy']} seed {full['seed']}: racing scored {fraction:.2f} of the full run's "
-                     f"tokens, gain {race['gain']:+.3f} vs {full['gain']:+.3f} — target "
-                     f"{'**met**' if met else '**missed**'}")
+        lines.append(f"- {full['strategy']} seed {full['seed']}: racing at {race['evals']} evaluations scored "
+                     f"{fraction:.2f} of the full run's tokens at {full['evals']}, gain {race['gain']:+.3f} vs "
+                     f"{full['gain']:+.3f} — "
+                     f"target {'**met**' if met else '**missed**'}")
     return lines
 
 
@@ -145,12 +154,13 @@ def export_runs(args: argparse.Namespace, work: Path) -> list[dict]:
 
 def export_table(results: list[dict]) -> list[str]:
     full = results[0]
-    lines = ["| export | jobs | items scored | tokens scored | of full | of which held-out | s | grid members stopped "
-             "| pick | best fixed recipe on held-out |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| export | jobs | items scored | tokens scored | of full | of which held-out | s | "
+             "grid members stopped | pick | best fixed recipe on held-out |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        lines.append(f"| {'grids raced' if r['race'] else 'every grid member in full'} | {r['jobs']} | {r['items']:,} "
-                     f"| {r['tokens']:,} | {r['tokens'] / full['tokens']:.2f} | {r['heldout']:,} | {r['seconds']:.0f} "
-                     f"| {r['stopped']} of {r['grid']} | {r['pick']} | {r['best']} |")
+        lines.append(f"| {'grids raced' if r['race'] else 'every grid member in full'} | {r['jobs']} | "
+                     f"{r['items']:,} | {r['tokens']:,} | {r['tokens'] / full['tokens']:.2f} | {r['heldout']:,} | "
+                     f"{r['seconds']:.0f} | {r['stopped']} of {r['grid']} | {r['pick']} | {r['best']} |")
     raced = results[1]
     same = (raced["pick"], raced["best"], raced["best_row"]) == (full["pick"], full["best"], full["best_row"])
     met = same and raced["tokens"] <= TARGET_FRACTION * full["tokens"]
@@ -165,6 +175,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "zoo.yaml"))
     ap.add_argument("--zoo", help="run the config on this zoo build instead of the one it names")
     ap.add_argument("--evals", type=int, default=300)
+    ap.add_argument("--racing-evals", type=int, help="the racing runs' budget (default: --evals)")
     ap.add_argument("--seeds", type=int, default=3, help="search seeds 0 .. N-1")
     ap.add_argument("--strategies", nargs="+", default=["cmaes", "nsga2"])
     ap.add_argument("--z", type=float, default=1.5)
@@ -177,6 +188,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
     args = ap.parse_args()
+    args.racing_evals = args.racing_evals or args.evals
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="evm-bench-cost-"))
     try:
         if "search" in args.parts:
@@ -189,8 +201,8 @@ def main() -> None:
 
 
 def machine(load0: tuple[float, ...], t0: float) -> str:
-    return (f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average (1 "
-            f"min) before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time "
+    return (f"- date: {dt.date.today().isoformat()}; machine: {os.cpu_count()} cores, {cpu_model()}; load average "
+            f"(1 min) before / after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}; wall time "
             f"{(time.perf_counter() - t0) / 60:.0f} min")
 
 
@@ -200,27 +212,50 @@ def search_part(args: argparse.Namespace, work: Path) -> None:
                for fidelity in ("full", "racing")]
     command = (f".venv/bin/python scripts/bench_cost.py --parts search --config {shown(args.config)}"
                + (f" --zoo {shown(args.zoo)}" if args.zoo else "")
-               + f" --evals {args.evals} --seeds {args.seeds} --strategies {' '.join(args.strategies)} --z {args.z:g}"
-               f" --chunk-items {args.chunk_items}")
-    suffix = f"-{Path(args.zoo).resolve().name}" if args.zoo else ""  # a section and plot per other zoo build
+               + f" --evals {args.evals}"
+               + (f" --racing-evals {args.racing_evals}" if args.racing_evals != args.evals else "")
+               + f" --seeds {args.seeds} --strategies {' '.join(args.strategies)} --z {args.z:g}"
+               f" --chunk-items {args.chunk_items}" + (f" --work {shown(args.work)}" if args.work else ""))
+    name = section_name(args)
+    racing = f", racing {args.racing_evals}" if args.racing_evals != args.evals else ""
     body = [
-        f"## Cheap fitness: racing against full scoring{f' on `{shown(args.zoo)}`' if args.zoo else ''} "
-        "(`scripts/bench_cost.py`)",
+        f"## Cheap fitness: racing against full scoring on `{zoo_name(args)}`, {', '.join(args.strategies)}, z "
+        f"{args.z:g}, chunks of {args.chunk_items}, {args.evals} evaluations{racing} (`scripts/bench_cost.py`)",
         "",
         machine(load0, t0),
         f"- command: `{command}`",
+        f"- budgets: full scoring {args.evals} evaluations, racing {args.racing_evals} (chunks of {args.chunk_items} "
+        f"items, z {args.z:g}); a row *read back* was searched by an earlier invocation into `--work` with the same "
+        "config and only analyzed again (its search s is that search's)",
         ("- cost is counted in calibration items and tokens (``Scorer.tokens``) scored by the search; the export's "
-         "cost is the next section"),
+         "cost is the section `bench_cost_export`"),
         "",
         *table(results),
         "",
         *verdicts(results),
         "",
-        f"![gain against tokens scored](bench_cost{suffix}.png)",
+        f"![gain against tokens scored]({name}.png)",
     ]
     if not args.no_write:
-        plot(results, REPO / "docs" / f"bench_cost{suffix}.png")
-    publish(args.out, f"bench_cost{suffix}", "\n".join(body), write=not args.no_write)
+        plot(results, REPO / "docs" / f"{name}.png")
+    publish(args.out, name, "\n".join(body), write=not args.no_write)
+
+
+def zoo_name(args: argparse.Namespace) -> str:
+    """The zoo build's folder name: ``--zoo``'s, or the one holding the config's tasks (the config's name without)."""
+    from bench_search import base_config
+
+    if args.zoo:
+        return Path(args.zoo).resolve().name
+    task_path = base_config(args.config, None, []).scoring.task_path
+    return Path(task_path).resolve().parent.name if task_path else Path(args.config).stem
+
+
+def section_name(args: argparse.Namespace) -> str:
+    """The search part's section (and plot) name: one per zoo build and setting, so settings keep their sections."""
+    racing = f"-r{args.racing_evals}" if args.racing_evals != args.evals else ""
+    setting = f"{'-'.join(args.strategies)}-z{args.z:g}-c{args.chunk_items}-{args.evals}{racing}"
+    return f"bench_cost-{zoo_name(args)}-{setting}"
 
 
 def export_part(args: argparse.Namespace, work: Path) -> None:
