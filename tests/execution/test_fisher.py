@@ -69,13 +69,6 @@ def test_every_parameter_of_a_source_gets_a_float32_fisher_of_its_shape(worker: 
         assert bool((information >= 0).all()) and bool(information.any()), name
 
 
-def test_the_live_model_is_merged_again_after_the_fisher(worker: Worker, make_recipe) -> None:
-    recipe = make_recipe((0.5, 0.3, 0.2))
-    before = worker.evaluate(recipe).scores
-    worker.source_statistics("fisher", 2)
-    assert worker.evaluate(recipe).scores == before
-
-
 def test_a_workers_fisher_is_reused_and_recomputed_when_the_calibration_data_change(spec, tmp_path: Path) -> None:
     first = Worker(spec)
     first.ensure_statistics(tmp_path, "fisher")

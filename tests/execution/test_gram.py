@@ -49,10 +49,11 @@ def test_padding_a_batch_does_not_change_the_grams(worker: Worker) -> None:
         torch.testing.assert_close(padded[name], one[name], rtol=1e-5, atol=1e-7)
 
 
-def test_the_live_model_is_merged_again_after_the_statistics(worker: Worker, make_recipe) -> None:
+@pytest.mark.parametrize("kind", ["gram", "fisher"])
+def test_the_live_model_is_merged_again_after_the_statistics(worker: Worker, make_recipe, kind: str) -> None:
     recipe = make_recipe((0.5, 0.3, 0.2))
     before = worker.evaluate(recipe).scores
-    worker.source_statistics("gram", 2)
+    worker.source_statistics(kind, 2)
     assert worker.evaluate(recipe).scores == before
 
 
