@@ -242,13 +242,11 @@ def search_part(args: argparse.Namespace, work: Path) -> None:
 
 
 def zoo_name(args: argparse.Namespace) -> str:
-    """The zoo build's folder name: ``--zoo``'s, or the one holding the config's tasks (the config's name without)."""
+    """The zoo build's folder name: the one holding the base the config runs on (``--zoo``'s when given), as
+    bench_search finds the zoo of its runs (``<zoo>/models/base``)."""
     from bench_search import base_config
 
-    if args.zoo:
-        return Path(args.zoo).resolve().name
-    task_path = base_config(args.config, None, []).scoring.task_path
-    return Path(task_path).resolve().parent.name if task_path else Path(args.config).stem
+    return base_config(args.config, args.zoo, []).sources.base.resolve().parent.parent.name
 
 
 def section_name(args: argparse.Namespace) -> str:
