@@ -76,14 +76,22 @@ class TestOneActor:
             kill()
             return got + drain(ex, len(jobs) - 1)
 
+        def frozen_then(ray_kill):
+            """ray.kill lands asynchronously, maybe after a short job has finished: the actor's process is stopped
+            first, so the job is still running when the kill lands; the process is then killed at once, as Ray
+            would kill it after a grace period (~5 s)."""
+            pid = ex._nodes[0]["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            ray_kill()
+            os.kill(pid, signal.SIGKILL)
+
         # 1) ray.kill with restart: Ray restarts the actor (Worker.__init__ again); the job runs again
-        results = killed_while_running(lambda: ray.kill(ex._actors[0], no_restart=False), [0, 1])
+        results = killed_while_running(lambda: frozen_then(lambda: ray.kill(ex._actors[0], no_restart=False)), [0, 1])
         # 2) the actor's process killed from outside (as the OOM killer would): same
-        pid = ex._nodes[0]["pid"]
-        results += killed_while_running(lambda: os.kill(pid, signal.SIGKILL), [2, 3])
+        results += killed_while_running(lambda: os.kill(ex._nodes[0]["pid"], signal.SIGKILL), [2, 3])
         # 3) dead for good (no restart left): a fresh actor takes the slot; the job runs there
         first = ex._actors[0]
-        results += killed_while_running(lambda: ray.kill(first, no_restart=True), [4, 5])
+        results += killed_while_running(lambda: frozen_then(lambda: ray.kill(first, no_restart=True)), [4, 5])
         assert ex._actors[0] is not first
         assert (ex.resubmitted - before[0], ex.restarted - before[1]) == (3, 3)
         assert sorted(r.job.index for r in results) == list(range(6))  # nothing lost, nothing twice
