@@ -25,11 +25,16 @@ CANDIDATES = 4
 def run_dir(smol: SmolFamily, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The family's own search config, run for a few candidates on the local backend: its two Ray workers would log
     the same candidates (``in_flight`` fixes the order), and a Ray started by other tests of the session (a small
-    object store) would be reused and refuse these sources."""
-    run = tmp_path_factory.mktemp("smol-search") / "run"
-    args = ["--run-dir", str(run), "--max-evals", str(CANDIDATES), "--backend", "local", "--workers", "1", "--quiet"]
-    assert main(["search", str(smol.search_config), *args]) == 0
-    return run
+    object store) would be reused and refuse these sources. The one worker has two torch threads, so the run and
+    its export (the longest step of the suite: ~100 baselines) use both cores of a CI machine."""
+    folder = tmp_path_factory.mktemp("smol-search")
+    config = yaml.safe_load(smol.search_config.read_text())
+    config["execution"]["threads"] = 2
+    (folder / "search.yaml").write_text(yaml.safe_dump(config))
+    args = ["--run-dir", str(folder / "run"), "--max-evals", str(CANDIDATES), "--backend", "local", "--workers", "1",
+            "--quiet"]
+    assert main(["search", str(folder / "search.yaml"), *args]) == 0
+    return folder / "run"
 
 
 @pytest.fixture(scope="module")
