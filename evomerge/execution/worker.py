@@ -108,6 +108,7 @@ class Worker:
         self.fast = FastMerger(self.pool, policy=spec.merge_policy, device=spec.device) if spec.fast_merge else None
         self._scorers: dict[str, Scorer] = {}
         self.merged: Recipe | None = None  # the recipe the live model holds (a candidate's next chunk reuses it)
+        self.ensured: set[tuple[Path, Statistics, str]] = set()  # (folder, kind, data fingerprint) checked complete
         self.scorer("calibration")  # build requests now, not on the first candidate
 
     @staticmethod
@@ -183,11 +184,16 @@ class Worker:
 
     def ensure_statistics(self, folder: Path, kind: Statistics) -> None:
         """Every source's statistics of ``kind`` in ``folder``: computed here where it lacks them for these models
-        and this calibration data (``materialize/statistics.py``), else left as they are."""
+        and this calibration data (``materialize/statistics.py``), else left as they are. Checked once per worker:
+        a search whose genes use the method merges with them on every candidate, and a file once right is never
+        rewritten."""
         data = self.calibration_fingerprint
+        if (folder, kind, data) in self.ensured:
+            return
         for k, source in enumerate(self.pool.sources):
             source_statistics(folder, kind, k, source.fingerprint, data,
                               functools.partial(self.source_statistics, kind, k))
+        self.ensured.add((folder, kind, data))
 
     def evaluate(self, recipe: Recipe, split: str = "calibration",
                  items: Mapping[str, Sequence[int]] | None = None) -> Outcome:

@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from evomerge.config.search import SearchConfig
 from evomerge.execution.worker import Outcome
-from evomerge.genome.space import GenomeSpace
 from evomerge.recipes import Recipe, recipe_data
 from evomerge.recipes.fixed import (
     GRID_FAMILIES,
@@ -128,7 +127,7 @@ def logged_full(run: RunLog, name: str, split: str, want: Mapping[str, Any]) -> 
 
 def scored_start(run: RunLog, recipe: Recipe) -> CandidateRecord | None:
     """The search's start point (scored on every calibration item) that merges exactly as ``recipe``, if any."""
-    space = GenomeSpace.for_config(run.config())
+    space = run.space()
     for r in run.candidates():
         if (r.operator == "init" and r.cached_from is None and r.items is None
                 and space.to_recipe(r.x).same_merge(recipe)):

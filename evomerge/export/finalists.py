@@ -173,7 +173,7 @@ def complete_front(run: RunLog, candidates: list[CandidateRecord], evaluate: Eva
     front that ``compared`` selects (default: all of it; ``analyze``: the finalists by calibration rank) are
     scored on every item (read back from the log, or scored now and logged) until those selected from the
     front hold full scores only; the other candidates keep their estimates."""
-    cfg, space = run.config(), GenomeSpace.for_config(run.config())
+    cfg, space = run.config(), run.space()
     done = {r.key: r for r in run.of_type(CompletedRecord)}
     while True:
         candidates = [completed(cfg, r, done.get(r.key)) for r in candidates]

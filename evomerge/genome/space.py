@@ -4,7 +4,8 @@ Optimizers see only points of ``[0, 1]^dim``; this module is the one place that 
 coordinate means and what its bounds are, and the one place that turns a point into a Recipe.
 Genes: per merge unit (a layer group, or a group narrowed to a parameter kind) and per source, one
 gene for each per-source parameter the candidate methods take (``weight``, ``density``); with
-several methods, one categorical gene per unit picks the method.
+several methods, one categorical gene per unit picks the method. A method that takes calibration statistics
+(RegMean, Fisher) reads them from the space's ``statistics`` folder (a run's), named by every recipe that uses one.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class GenomeSpace:
         layer_granularity: int = 1,
         seed: int = 0,
         dtype: str | None = None,
+        statistics: Path | None = None,
     ):
         if not methods:
             raise EvomergeError("config field 'genome.methods' is empty: name at least one merge method")
@@ -82,6 +84,7 @@ class GenomeSpace:
         self.units = tuple(u for g in groups
                            for u in ([f"{g}:{k}" for k in KINDS] if split_by_kind and g.startswith("layers.") else [g]))
         self.layer_granularity, self.seed, self.dtype = layer_granularity, seed, dtype
+        self.statistics = statistics
         genes: list[Gene] = []
         for unit in self.units:
             if len(self.methods) > 1:
@@ -91,15 +94,17 @@ class GenomeSpace:
         self.genes = tuple(genes)
 
     @classmethod
-    def for_config(cls, cfg: SearchConfig) -> "GenomeSpace":
-        """The space of a search config: layer groups read from the base's tensor names (no weights loaded)."""
+    def for_config(cls, cfg: SearchConfig, statistics: Path | None = None) -> "GenomeSpace":
+        """The space of a search config: layer groups read from the base's tensor names (no weights loaded);
+        ``statistics``: the run's statistics folder, for the methods that take them."""
         base = cfg.sources.base
         names = read_tensor_names(base, allow_pickle=cfg.sources.allow_pickle)
         groups = layer_groups(names, num_layers(read_config(base), names), cfg.genome.layer_granularity)
         g = cfg.genome
         return cls(groups, base=base, sources=cfg.sources.models, methods=g.methods, bounds=g.bounds,
                    parameters=g.parameters,
-                   split_by_kind=g.split_by_kind, layer_granularity=g.layer_granularity, seed=cfg.seed, dtype=g.dtype)
+                   split_by_kind=g.split_by_kind, layer_granularity=g.layer_granularity, seed=cfg.seed, dtype=g.dtype,
+                   statistics=statistics)
 
     @property
     def dim(self) -> int:
@@ -124,9 +129,11 @@ class GenomeSpace:
         return specs
 
     def to_recipe(self, x: Sequence[float]) -> Recipe:
-        """The one mapping genome -> recipe; every unit is spelled out as a group."""
+        """The one mapping genome -> recipe; every unit is spelled out as a group. The recipe names the statistics
+        folder only when a unit's method takes statistics, so a data-free genome merges as the same fixed recipe."""
         specs = self.decode(x)
         first = specs[self.units[0]]
+        needs = any(spec.merge_method.statistics is not None for spec in specs.values())
         return Recipe(
             base=self.base,
             sources=self.sources,
@@ -135,6 +142,7 @@ class GenomeSpace:
             layer_granularity=self.layer_granularity,
             dtype=self.dtype,
             seed=self.seed,
+            statistics=self.statistics if needs else None,
         )
 
     def encode(self, method: str | None = None, **per_source: Sequence[float]) -> tuple[float, ...]:

@@ -179,21 +179,23 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
 
 
 def regmean_note(shape: ModelShape) -> str:
-    """What the report's RegMean baseline adds while an export or report scores it (not a search: no gene uses it),
-    over the 2-D weights (their input widths; the embedding counted too: an upper bound)."""
+    """What RegMean adds while its statistics are computed and it merges — the report's baseline, or a search's genes
+    that use it — noted, not charged to every search, over the 2-D weights (their input widths; the embedding
+    counted too: an upper bound)."""
     widths = [i.shape[1] for i in shape.infos.values() if len(i.shape) == 2 and i.dtype.is_floating_point]
     if not widths:
-        return "RegMean baseline: no matrices"
-    return (f"RegMean baseline (export, report): its statistics pass {format_size(accumulator_bytes(widths))} of "
+        return "RegMean (baseline, genes): no matrices"
+    return (f"RegMean (baseline, genes): its statistics pass {format_size(accumulator_bytes(widths))} of "
             "float64 accumulators per source on the worker's device, its merge "
             f"{format_size(regmean_scratch_bytes(max(widths), shape.k))} of Gram matrices beside the scratch")
 
 
 def fisher_note(shape: ModelShape) -> str:
-    """What the report's Fisher-averaging baseline adds while an export or report scores it (not a search): its
+    """What Fisher averaging adds while its statistics are computed — the report's baseline, or a search's genes
+    that use it — noted, not charged to every search: its
     statistics pass's float32 accumulator per parameter entry, beside one sequence's gradients and activations."""
     accumulators = format_size(fisher_accumulator_bytes(shape.floating()))
-    return (f"Fisher baseline (export, report): its statistics pass {accumulators} of float32 accumulators per "
+    return (f"Fisher (baseline, genes): its statistics pass {accumulators} of float32 accumulators per "
             f"source on the worker's device, plus one sequence's gradients (a model in the live dtype) and activations")
 
 

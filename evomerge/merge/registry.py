@@ -116,8 +116,9 @@ class MergeMethod:
 
     @property
     def searchable(self) -> bool:
-        """Per-layer, per-source genes make sense: a task-vector method over any number of sources."""
-        return self.family is not None or self.task_vector
+        """A value of the method gene: a task-vector method over any number of sources, or a method that takes
+        calibration statistics (RegMean, Fisher: a run computes them once per source, in its statistics folder)."""
+        return self.family is not None or self.task_vector or self.statistics is not None
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -174,8 +174,9 @@ class RunLog:
         return [("the run folder", self.root), *self.config().inputs]
 
     def space(self) -> GenomeSpace:
-        """The config's genome space (read from the model folders); every logged genome must fit it."""
-        space = GenomeSpace.for_config(self.config())
+        """The config's genome space (read from the model folders), its statistics in this run's folder; every logged
+        genome must fit it."""
+        space = GenomeSpace.for_config(self.config(), self.statistics_dir)
         for i, r in enumerate(self.records):  # record i is line i + 1: the log is read and appended line by line
             if isinstance(r, CandidateRecord) and len(r.x) != space.dim:
                 raise EvomergeError(f"{self.root / LOG} line {i + 1}: candidate {r.index} has {len(r.x)} genes but the "

@@ -138,7 +138,7 @@ def test_the_plan_notes_what_the_regmean_baseline_needs_without_charging_the_sea
     plan = plan_memory(model, ["ties"], device="cpu", workers=1, budget=GB, out_dtype_size=None)
     accumulators = 8 * (64 * 64 + 64 * 64 + 256 * 256)  # in² · 8 per matrix (the embedding's counted: an upper bound)
     grams = (2 + 4) * 256 * 256 * 4  # the K Grams of the widest input, Σ G̃ and one G̃ in float64
-    assert (f"RegMean baseline (export, report): its statistics pass {format_size(accumulators)} of float64 "
+    assert (f"RegMean (baseline, genes): its statistics pass {format_size(accumulators)} of float64 "
             f"accumulators per source on the worker's device, its merge {format_size(grams)} of Gram matrices beside "
             "the scratch"
             ) in plan.notes
@@ -153,6 +153,6 @@ def test_the_plan_notes_what_the_fisher_baseline_needs_without_charging_the_sear
     model = ModelShape(infos, {n: "layers.0" for n in infos}, 2, 0)
     plan = plan_memory(model, ["ties"], device="cpu", workers=1, budget=GB, out_dtype_size=None)
     accumulators = 4 * (256 * 64 + 64)  # a float32 entry per parameter entry, whatever the models' dtype
-    assert any(note.startswith(f"Fisher baseline (export, report): its statistics pass {format_size(accumulators)} "
+    assert any(note.startswith(f"Fisher (baseline, genes): its statistics pass {format_size(accumulators)} "
                                "of float32 accumulators per source") for note in plan.notes)
     assert not any("Fisher" in item for item in plan.worker_bytes)

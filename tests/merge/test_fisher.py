@@ -128,7 +128,7 @@ def test_fisher_equals_fusion_bench(fusion_bench_file, normalize) -> None:
 def test_fisher_is_declared_as_a_method_of_fisher_statistics_without_a_mergekit_equivalent() -> None:
     method = get_method("fisher")
     assert method.statistics == "fisher" and not method.needs_base and not method.mergekit
-    assert method.globals == {"epsilon": 1e-6} and method.per_source == {"weight": 1.0} and not method.searchable
+    assert method.globals == {"epsilon": 1e-6} and method.per_source == {"weight": 1.0} and method.searchable
 
 
 @pytest.mark.parametrize("per_source,params,message", [

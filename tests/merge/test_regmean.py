@@ -136,7 +136,7 @@ def test_regmean_equals_fusion_bench(fusion_bench_file) -> None:
 def test_regmean_is_declared_as_a_method_of_gram_statistics_without_a_mergekit_equivalent() -> None:
     method = get_method("regmean")
     assert method.statistics == "gram" and not method.needs_base and not method.mergekit
-    assert method.globals == {"alpha": 0.9} and not method.per_source and not method.searchable
+    assert method.globals == {"alpha": 0.9} and not method.per_source and method.searchable
 
 
 @pytest.mark.parametrize("alpha,message", [

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from evomerge.cli import main
 from evomerge.config.search import load_config
 from evomerge.errors import RunStopped
 from evomerge.execution.executor import LocalExecutor
+from evomerge.materialize.statistics import statistics_path
 from evomerge.run.log import RunLog
 from evomerge.run.records import BudgetRecord, CandidateRecord, SessionRecord
 from evomerge.run.search import FailureWatch, Search
@@ -113,6 +115,29 @@ def test_a_run_whose_first_candidates_all_fail_stops_and_keeps_its_log(tmp_path:
         Search(run, LocalExecutor, quiet=True).run_to_budget()
     again = RunLog.open(run.root)
     assert len(again.candidates()) == 4 and "the first 4" in again.sessions()[-1].stopped
+
+
+def test_genes_of_regmean_and_fisher_merge_with_statistics_the_run_computes_in_its_folder(tmp_path: Path, scored_family,
+                                                                                   search_config) -> None:
+    run = start_run(tmp_path, search_config(tmp_path, scored_family,
+                                            genome={"methods": ["task_arithmetic", "regmean", "fisher"]}))
+    space = Search(run, CountingExecutor, quiet=True).space
+    points = [space.encode(method=m, weight=[0.7, 0.4]) for m in ("task_arithmetic", "regmean", "fisher")]
+    mixed = space.encode_units(lambda unit: {"method": "fisher" if unit.startswith("layers.") else "regmean",
+                                             "weight": [0.7, 0.4]})
+    search, _ = scripted_search(run, [*points, mixed])
+    run.append(BudgetRecord(4))
+    search.run_to_budget()
+    records = run.candidates()
+    assert all(r.ok for r in records) and len({r.objectives for r in records}) == 4, [r.error for r in records]
+    recipes = [space.to_recipe(r.x) for r in records]
+    assert [r.statistics for r in recipes] == [None, run.statistics_dir, run.statistics_dir, run.statistics_dir]
+    files = [statistics_path(run.statistics_dir, kind, k) for kind in ("gram", "fisher") for k in range(2)]
+    assert sorted(run.statistics_dir.iterdir()) == sorted(files)  # one file per kind and source, no leftovers
+    out = tmp_path / "model"
+    assert main(["export", str(run.root), "--out", str(out), "--pick", "2", "--rescore-heldout", "1", "--quiet"]) == 0
+    assert yaml.safe_load((out / "evomerge_recipe.yaml").read_text())["statistics"] == str(run.statistics_dir)
+    assert not (out / "mergekit.yaml").exists()  # mergekit has no Fisher averaging
 
 
 def failure(index: int, error: str | None) -> CandidateRecord:
