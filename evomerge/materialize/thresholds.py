@@ -34,10 +34,9 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.kernels import TIE_BLOCK, chunk_kernel, key_patterns
-from evomerge.merge.sparsify import compute_dtype, keep_count, task_vector
+from evomerge.merge.sparsify import compute_dtype, keep_count, sort_magnitudes, task_vector
 
 Thresholds = Literal["sorted", "histogram"]
-SORT_KEY = {torch.float32: torch.int32, torch.float64: torch.int64}  # a compute dtype's bits as integers
 HISTOGRAM_MIN = 1 << 16  # entries: below this a sorted copy (8 bytes/entry) is smaller than the counts
 BINS = 1 << 17  # histogram keys: two per value of the top 16 bits (``kernels.magnitude_key``)
 SCAN = 1 << 22  # entries per eager pass when counting (bounds the temporaries)
@@ -174,10 +173,8 @@ class SortedCuts(TrimCuts):
         """|θ_k − θ0| flattened, stably sorted ascending: (values, flat indices), cached."""
         key = (name, k)
         if key not in self._sorted:
-            magnitudes = task_vector(base, source, compute_dtype(base)).abs_().flatten()
-            # non-negative floats order as their bit patterns do as integers, which torch sorts ~5x faster (radix)
-            bits, order = magnitudes.view(SORT_KEY[magnitudes.dtype]).sort(stable=True)
-            self._sorted[key] = (bits.view(magnitudes.dtype), order.to(torch.int32) if order.numel() < 2**31 else order)
+            values, order = sort_magnitudes(task_vector(base, source, compute_dtype(base)).abs_().flatten())
+            self._sorted[key] = (values, order.to(torch.int32) if order.numel() < 2**31 else order)
         return self._sorted[key]
 
     def _cuts(self, name: str, todo: list[int], keeps: list[int], base: Tensor,

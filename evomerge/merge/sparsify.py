@@ -43,9 +43,21 @@ def task_vectors(base: Tensor, sources: Sequence[Tensor]) -> Tensor:
     return torch.stack([task_vector(b, s, dtype) for s in sources])
 
 
+# each float dtype's bits as a signed integer of its width: a non-negative float orders as its bit pattern does
+SORT_KEY = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+            torch.float16: torch.int16}
+
+
+def sort_magnitudes(magnitudes: Tensor, *, descending: bool = False) -> tuple[Tensor, Tensor]:
+    """Non-negative values (|τ|, 1-D) stably sorted: (values, indices), equal values by index, lower first. Sorted as
+    the integers of their bit patterns, which order alike and which torch sorts several times faster (radix)."""
+    bits, order = magnitudes.view(SORT_KEY[magnitudes.dtype]).sort(descending=descending, stable=True)
+    return bits.view(magnitudes.dtype), order
+
+
 def sorted_magnitudes(tau: Tensor) -> Tensor:
     """|τ| flattened, largest first: what a worker computes once per tensor and source."""
-    return tau.abs().flatten().sort(descending=True, stable=True).values
+    return sort_magnitudes(tau.abs().flatten(), descending=True)[0]
 
 
 def keep_count(density: float, n: int) -> int:

@@ -781,6 +781,16 @@ def test_masks_from_cached_sorted_magnitudes_equal_the_uncached_ones(density) ->
     assert torch.equal(sparsify.outlier_mask(tau, density, 0.1, cached), sparsify.outlier_mask(tau, density, 0.1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("descending", [False, True])
+def test_magnitudes_sort_by_their_bits_as_a_stable_float_sort_does(dtype, descending) -> None:
+    magnitudes = (torch.round(rand(4000, seed=3) * 8) / 8).abs().to(dtype)  # many ties
+    magnitudes[::97], magnitudes[5], magnitudes[6] = 0.0, math.inf, torch.finfo(dtype).tiny / 4  # zeros, inf, subnormal
+    values, order = sparsify.sort_magnitudes(magnitudes, descending=descending)
+    want = magnitudes.sort(descending=descending, stable=True)
+    assert torch.equal(values, want.values) and torch.equal(order, want.indices)
+
+
 @pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 0.77])
 def test_trimming_keeps_exactly_the_count_on_heavily_tied_tensors(density) -> None:
     base = torch.zeros(40, 7, dtype=F64)
