@@ -12,12 +12,14 @@ folder; a recipe names such a folder (``statistics:``) for ``evomerge merge``.
 Storing (``source_statistics``): a file whose fingerprint matches is read back, never rewritten (resume, export
 and every later session reuse it); a missing file, a damaged one, or one for other data or another model is
 recomputed and replaced (written to a temporary sibling, then renamed). The computing is the caller's (a
-worker: it holds a live model on the run's device). Reading for a merge (``load_statistics``) checks each file
-against the source it is for; a merge never computes.
+worker: it holds a live model on the run's device); workers that need a folder's statistics at once take turns on
+a lock of the folder (``flock`` on it), so the first computes a file and the others read it. Reading for a merge
+(``load_statistics``) checks each file against the source it is for; a merge never computes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import time
@@ -60,13 +62,22 @@ def source_statistics(folder: Path, kind: Statistics, source: int, source_sha256
     """Source ``source``'s statistics of ``kind`` for this model and data: read back when ``folder`` holds them,
     else ``compute()``d and stored."""
     path = statistics_path(folder, kind, source)
-    wanted = fingerprint(source_sha256, data_sha256)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, also by a killed process
+        return _read_or_compute(path, fingerprint(source_sha256, data_sha256), source_sha256, data_sha256, compute)
+    finally:
+        os.close(lock)
+
+
+def _read_or_compute(path: Path, wanted: str, source_sha256: str, data_sha256: str,
+                     compute: Callable[[], Tensors]) -> dict[str, Tensor]:
     if stored_metadata(path).get("fingerprint") == wanted:
         return load_file(str(path))
     start = time.perf_counter()
     tensors = {name: t.contiguous() for name, t in compute().items()}
     seconds = time.perf_counter() - start
-    folder.mkdir(exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # workers of one node never share one
     save_file(tensors, str(partial), metadata={"fingerprint": wanted, "source_sha256": source_sha256,
                                             "data_sha256": data_sha256, "seconds": f"{seconds:.3f}"})

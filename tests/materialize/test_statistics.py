@@ -3,6 +3,8 @@ read for a merge only when each file is for its source."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,24 @@ def test_statistics_are_computed_once_then_read_back_without_rewriting_the_file(
     assert compute.calls == 1 and torch.equal(again[NAME], first[NAME])
     after = statistics_path(tmp_path, kind, 0).stat()
     assert (after.st_mtime_ns, after.st_ino) == (stat.st_mtime_ns, stat.st_ino)
+
+
+def test_workers_that_need_the_same_statistics_at_once_compute_them_once(tmp_path: Path) -> None:
+    class Slow(Compute):
+        def __call__(self) -> dict[str, torch.Tensor]:
+            time.sleep(0.3)  # the other worker asks meanwhile
+            return super().__call__()
+
+    compute, got = Slow(), []
+    workers = [threading.Thread(target=lambda: got.append(source_statistics(tmp_path, "fisher", 0, MODEL, DATA,
+                                                                            compute)))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert compute.calls == 1 and len(got) == 2 and torch.equal(got[0][NAME], got[1][NAME])
+    assert [p.name for p in tmp_path.iterdir()] == ["fisher-source0.safetensors"]  # no lock or partial file left
 
 
 @KINDS
