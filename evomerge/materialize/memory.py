@@ -192,8 +192,8 @@ def regmean_note(shape: ModelShape) -> str:
 
 def fisher_note(shape: ModelShape) -> str:
     """What Fisher averaging adds while its statistics are computed — the report's baseline, or a search's genes
-    that use it — noted, not charged to every search: its
-    statistics pass's float32 accumulator per parameter entry, beside one sequence's gradients and activations."""
+    that use it — noted, not charged to every search: its statistics pass's float32 accumulator per parameter
+    entry, beside one sequence's gradients and activations."""
     accumulators = format_size(fisher_accumulator_bytes(shape.floating()))
     return (f"Fisher (baseline, genes): its statistics pass {accumulators} of float32 accumulators per "
             f"source on the worker's device, plus one sequence's gradients (a model in the live dtype) and activations")
