@@ -2,12 +2,9 @@
 
 A search that starts where fixed recipes already are only has to find what they miss, so the first
 candidates of every run are: task arithmetic over a λ grid (every weight λ), each source alone, each
-sparsifying method of the genome at its usual densities, every other method of the genome once over the whole
-model (equal weights: TSV-M, RegMean and Fisher averaging as their baselines merge), and weights that change
-linearly with depth (two numbers per schedule, as LiNeS scales task vectors by layer). Without a start point of
-its own, a method is a value of the method gene that CMA-ES, starting from the best point, would hardly sample.
-CMA-ES continues from the best of them; natural niches and NSGA-II take them as their first population; optuna
-enqueues them.
+sparsifying method of the genome at its usual densities, and weights that change linearly with depth
+(two numbers per schedule, as LiNeS scales task vectors by layer). CMA-ES continues from the best of
+them; natural niches and NSGA-II take them as their first population; optuna enqueues them.
 """
 
 from __future__ import annotations
@@ -25,8 +22,7 @@ _LAYER = re.compile(r"^layers\.(\d+)")
 
 
 def seed_points(space: GenomeSpace) -> list[tuple[float, ...]]:
-    """The fixed recipes, in this order: λ grid, sources alone, densities, every other method once, depth schedules
-    (duplicates dropped).
+    """The fixed recipes, in this order: λ grid, sources alone, densities, depth schedules (duplicates dropped).
 
     The λ grid and the schedules scale the weights, so they use the first method that does not divide
     by the weights' sum (task arithmetic, DARE, …); a genome of normalizing methods only skips them."""
@@ -36,12 +32,9 @@ def seed_points(space: GenomeSpace) -> list[tuple[float, ...]]:
     first = space.methods[0]
     points = [space.encode(method=scaled[0], weight=[lam] * k) for lam in LAMBDAS] if scaled else []
     points += [space.encode(method=first, weight=[1.0 if j == i else 0.0 for j in range(k)]) for i in range(k)]
-    seeded = {first, *scaled[:1]}
     for method in space.methods:
         if "density" in get_method(method).per_source:
             points += [space.encode(method=method, weight=[1.0] * k, density=[d] * k) for d in DENSITIES]
-        elif method not in seeded:
-            points.append(space.encode(method=method, weight=[1.0] * k))
     depth = unit_depths(space.units)
     for start, end in SCHEDULES if scaled else ():
         points.append(space.encode_units(_schedule(scaled[0], start, end, depth, k)))

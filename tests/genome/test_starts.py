@@ -35,14 +35,6 @@ def test_sparsifying_methods_start_at_their_usual_densities() -> None:
     assert densities == pytest.approx([d for d in DENSITIES for _ in range(2)])
 
 
-def test_every_other_method_of_the_genome_starts_once_over_the_whole_model() -> None:
-    specs = decoded(space(["task_arithmetic", "tsvm", "regmean", "fisher"]))
-    alone = [spec for spec in specs if len({s.method for s in spec.values()} - {"task_arithmetic"}) == 1]
-    assert [next(iter(spec.values())).method for spec in alone] == ["tsvm", "regmean", "fisher"]
-    assert all(len({s.method for s in spec.values()}) == 1 for spec in alone)  # every unit the one method
-    assert [spec["layers.0"].source_params.get("weight") for spec in alone] == [(1.0, 1.0), None, (1.0, 1.0)]
-
-
 def test_depth_schedules_change_the_weight_linearly_from_the_first_layer_to_the_last() -> None:
     specs = decoded(space(["task_arithmetic"]))[-len(SCHEDULES):]
     for spec, (start, end) in zip(specs, SCHEDULES, strict=True):
