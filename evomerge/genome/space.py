@@ -176,8 +176,10 @@ class GenomeSpace:
 
 def searched_bounds(methods: Sequence[str],
                     bounds: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-    """Gene bounds of every per-source parameter the methods take: the config's, else the declared ones."""
-    declared = {p.recipe_name: p for m in methods for p in get_method(m).params if p.per_source}
+    """Gene bounds of every per-source parameter the methods take: the config's, else the declared ones. Methods
+    share a gene of one name, so its bounds must fit every one of their domains (Fisher's weights are ≥ 0)."""
+    taken = [(m, p) for m in methods for p in get_method(m).params if p.per_source]
+    declared = {p.recipe_name: p for _, p in taken}
     unknown = sorted(set(bounds) - set(declared))
     if unknown:
         raise EvomergeError(f"config field 'genome.bounds.{unknown[0]}': no per-source parameter of "
@@ -185,10 +187,13 @@ def searched_bounds(methods: Sequence[str],
     out = {}
     for name, param in sorted(declared.items()):
         low, high = bounds.get(name, param.search or (0.0, 1.0))
-        for end in (low, high):
-            if param.domain is not None and not param.domain.contains(end):
-                raise EvomergeError(f"config field 'genome.bounds.{name}': {end:g} is outside "
-                                    f"{param.domain.describe()}")
+        for method, p in taken:
+            if p.recipe_name != name or p.domain is None:
+                continue
+            for end in (low, high):
+                if not p.domain.contains(end):
+                    raise EvomergeError(f"config field 'genome.bounds.{name}': {end:g} is outside "
+                                        f"{p.domain.describe()}, which {method} takes")
         out[param.name] = (float(low), float(high))
     return out
 

@@ -215,6 +215,8 @@ SEARCH_CASES = {
                         "config field 'genome.bounds.weight' must be [low, high]"),
     "bound outside the domain": ({"genome.bounds": {"density": [0.0, 1.5]}},
                                  "'genome.bounds.density': 0 is outside (0, 1]"),
+    "bound outside one method's domain": ({"genome.methods": ["fisher", "ties"], "genome.bounds": {"weight": [-1, 1]}},
+                                          "'genome.bounds.weight': -1 is outside [0, inf], which fisher takes"),
     "parameter no method takes": ({"genome.parameters": {"lamda": 1.0}},
                                   "'genome.parameters.lamda': none of ties takes"),
     "parameter of the wrong type": ({"genome.parameters": {"lambda": "big"}}, "ties: 'lambda' must be a number"),
