@@ -31,6 +31,12 @@ Statistics = Literal["gram", "fisher"]  # the kinds of calibration statistics a 
 STATISTICS: dict[Statistics, str] = {"gram": "grams", "fisher": "fishers"}  # kind -> the method's keyword for them
 
 
+def check_one_per_source(method: str, what: str, statistics: Sequence[Any], sources: Sequence[Any]) -> None:
+    """A method's statistics come one per source (``what``: how its message names them), else a one-line error."""
+    if len(statistics) != len(sources):
+        raise EvomergeError(f"{method}: {len(statistics)} {what} for {len(sources)} sources; give one per source")
+
+
 @dataclass(frozen=True)
 class Domain:
     """Allowed values of a parameter, for validation messages that say how to fix them."""

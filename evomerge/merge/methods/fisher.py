@@ -31,7 +31,7 @@ from torch import Tensor
 from evomerge.errors import EvomergeError
 from evomerge.merge.methods.linear import linear
 from evomerge.merge.methods.params import WEIGHT
-from evomerge.merge.registry import Domain, MergeMethod, Param, register
+from evomerge.merge.registry import Domain, MergeMethod, Param, check_one_per_source, register
 
 FISHER_WEIGHT = dataclasses.replace(WEIGHT, domain=Domain(0.0, math.inf))  # λ_k: a precision's weight is ≥ 0
 EPSILON = Param("epsilon", 1e-6, domain=Domain(0.0, math.inf))  # floor added to every Fisher entry
@@ -56,8 +56,7 @@ def fisher(base: Tensor | None, sources: Sequence[Tensor], *, weight: Sequence[f
 
 def check_fishers(sources: Sequence[Tensor], fishers: Sequence[Tensor]) -> None:
     """One Fisher of the tensor's shape per source, else a one-line EvomergeError."""
-    if len(fishers) != len(sources):
-        raise EvomergeError(f"fisher: {len(fishers)} Fisher tensors for {len(sources)} sources; give one per source")
+    check_one_per_source("fisher", "Fisher tensors", fishers, sources)
     shape = list(sources[0].shape)
     for k, information in enumerate(fishers):
         if list(information.shape) != shape:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.registry import Domain, MergeMethod, Param, register
+from evomerge.merge.registry import Domain, MergeMethod, Param, check_one_per_source, register
 from evomerge.merge.sparsify import compute_dtype
 
 ALPHA = Param("alpha", 0.9, domain=Domain(0.0, 1.0))  # off-diagonal scale of each Gram matrix
@@ -74,8 +74,7 @@ def check_grams(sources: Sequence[Tensor], grams: Sequence[Tensor]) -> None:
     shape = tuple(sources[0].shape)
     if len(shape) != 2:
         raise EvomergeError(f"regmean: Gram matrices are for 2-D linear weights, not a tensor of shape {list(shape)}")
-    if len(grams) != len(sources):
-        raise EvomergeError(f"regmean: {len(grams)} Gram matrices for {len(sources)} sources; give one per source")
+    check_one_per_source("regmean", "Gram matrices", grams, sources)
     for k, gram in enumerate(grams):
         if tuple(gram.shape) != (shape[1], shape[1]):
             raise EvomergeError(f"regmean: source {k}'s Gram matrix has shape {list(gram.shape)}, but the weight "
