@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -133,8 +133,7 @@ class GenomeSpace:
         folder only when a unit's method takes statistics, so a data-free genome merges as the same fixed recipe."""
         specs = self.decode(x)
         first = specs[self.units[0]]
-        needs = any(spec.merge_method.statistics is not None for spec in specs.values())
-        return Recipe(
+        recipe = Recipe(
             base=self.base,
             sources=self.sources,
             default=first,
@@ -142,8 +141,8 @@ class GenomeSpace:
             layer_granularity=self.layer_granularity,
             dtype=self.dtype,
             seed=self.seed,
-            statistics=self.statistics if needs else None,
         )
+        return replace(recipe, statistics=self.statistics) if recipe.statistics_kinds else recipe
 
     def encode(self, method: str | None = None, **per_source: Sequence[float]) -> tuple[float, ...]:
         """A point where every unit uses the same values, e.g. ``encode(weight=[1, 0, 0])`` (for seeding)."""

@@ -66,13 +66,14 @@ def source_statistics(folder: Path, kind: Statistics, source: int, source_sha256
     lock = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, also by a killed process
-        return _read_or_compute(path, fingerprint(source_sha256, data_sha256), source_sha256, data_sha256, compute)
+        return _read_or_compute(path, source_sha256, data_sha256, compute)
     finally:
         os.close(lock)
 
 
-def _read_or_compute(path: Path, wanted: str, source_sha256: str, data_sha256: str,
+def _read_or_compute(path: Path, source_sha256: str, data_sha256: str,
                      compute: Callable[[], Tensors]) -> dict[str, Tensor]:
+    wanted = fingerprint(source_sha256, data_sha256)
     if stored_metadata(path).get("fingerprint") == wanted:
         return load_file(str(path))
     start = time.perf_counter()

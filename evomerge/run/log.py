@@ -8,8 +8,8 @@
                       experiment trackers' run ids
       session.lock    held while a session (search, resume, export, report) writes the folder
       optuna.db       the optuna study, when the strategy is optuna (rebuilt from the log on resume)
-      statistics/     per source, calibration statistics a baseline's method needs (RegMean's, Fisher's),
-                      written by the worker that first merges it, under a fingerprint of model and data
+      statistics/     per source, calibration statistics a baseline's or a candidate's method needs (RegMean's,
+                      Fisher's), written by the worker that first merges it, under a fingerprint of model and data
                       (``materialize/statistics.py``); reused by every later session
 
 Population, Pareto front and strategy state are derived from log.jsonl. Each record is one line
