@@ -42,9 +42,10 @@ def cmd_zoo_smol(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from evomerge.materialize.folder import write_merged
+    from evomerge.materialize.folder import write_merged, write_stacked
     from evomerge.materialize.plan import MergePlan
-    from evomerge.recipes import load_recipe, to_yaml
+    from evomerge.recipes import LayerStack, load_recipe, to_yaml
+    from evomerge.recipes.stack import stack_yaml
     from evomerge.sources.pool import SourcePool
     from evomerge.sources.writer import check_output_folder, check_outside, parse_size
 
@@ -53,6 +54,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     check_outside(out, [("the recipe", Path(args.recipe)), *recipe.inputs])
     check_output_folder(out, args.force)
     shard_size = parse_size(args.shard_size)
+    if isinstance(recipe, LayerStack):
+        write_stacked(recipe, out, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                      shard_size=shard_size, force=args.force, extra_files={"evomerge_recipe.yaml": stack_yaml(recipe)})
+        print(f"wrote {out} ({recipe.num_layers} layers stacked from {len(recipe.slices)} slices)")
+        return 0
     pool = SourcePool.load(recipe.template, list(recipe.sources), allow_pickle=args.allow_pickle,
                            trust_remote_code=args.trust_remote_code)
     plan = MergePlan.build(recipe, pool)
@@ -67,7 +73,7 @@ def cmd_statistics(args: argparse.Namespace) -> int:
     from evomerge.execution.worker import Worker, WorkerSpec
     from evomerge.materialize.statistics import DESCRIPTIONS, statistics_cost
     from evomerge.merge.registry import get_method, method_names
-    from evomerge.recipes import load_recipe
+    from evomerge.recipes import LayerStack, load_recipe
     from evomerge.sources.writer import check_outside
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -75,6 +81,9 @@ def cmd_statistics(args: argparse.Namespace) -> int:
         raise EvomergeError("--tasks is empty: name the calibration tasks whose prompts the statistics come from")
     out = Path(args.out)
     recipe = load_recipe(args.recipe)
+    if isinstance(recipe, LayerStack):
+        raise EvomergeError("a layer stack (passthrough slices) takes no calibration statistics: compute them for a "
+                            "recipe whose method takes them")
     task_path = Path(args.task_path) if args.task_path else None
     check_outside(out, [("the recipe", Path(args.recipe)),
                         *(("the model folder", p) for p in (recipe.template, *recipe.sources)),

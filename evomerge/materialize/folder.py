@@ -5,6 +5,7 @@ allocated, merged by ``FastMerger`` (the same kernels a worker runs, so the same
 eager reference operators) and written, then dropped before the next shard; memory holds the
 sources, one shard and one tensor's scratch. Nothing is cached across tensors that a single pass
 would not use: TIES cuts come from histograms, DARE draws are regenerated, TSV-M's SVDs are not kept.
+A layer stack (``write_stacked``) is a copy: each output tensor is one input tensor times its slice's scale.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from torch import Tensor
 from evomerge.config.sizes import DEFAULT_SHARD_SIZE
 from evomerge.errors import EvomergeError
 from evomerge.materialize.fused import CachePolicy, FastMerger
-from evomerge.materialize.plan import MergePlan
-from evomerge.sources.pool import SourcePool
+from evomerge.materialize.plan import DTYPES, MergePlan
+from evomerge.merge.registry import get_method
+from evomerge.recipes.stack import METHOD, LayerStack
+from evomerge.sources.layers import layer_index, renumbered
+from evomerge.sources.pool import ModelSource, SourcePool
 from evomerge.sources.writer import write_model_shards
 
 ONE_PASS = CachePolicy(sources="shared", thresholds="histogram", draws="regenerated", svds="recomputed")
@@ -46,3 +50,51 @@ def write_merged(plan: MergePlan, pool: SourcePool, out: Path, *, template: Path
 
     return write_model_shards(sizes, make_shard, out, template=template, tokenizer=tokenizer, shard_size=shard_size,
                               force=force, extra_files=extra_files, dtype=plan.dtype_name(pool), check=check)
+
+
+def write_stacked(stack: LayerStack, out: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                  shard_size: int | str = DEFAULT_SHARD_SIZE, force: bool = False,
+                  extra_files: Mapping[str, str | bytes] = {}) -> Path:
+    """Write ``stack`` to ``out``: its models are read (and checked) first, then each shard's tensors are taken from
+    them by the registry's passthrough and written."""
+    stack.validate()
+    models = {p: ModelSource.load(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+              for p in stack.models}
+    _check_same_layers(stack, models)
+    plan = {name: (s, source_name) for name, s, source_name in stack.plan({p: list(m.tensors) for p, m in
+                                                                          models.items()})}
+    passthrough = get_method(METHOD)
+
+    def tensor(name: str) -> Tensor:
+        s, source_name = plan[name]
+        source = models[s.model].tensors[source_name]
+        return passthrough(None, [source], scale=[s.scale]).to(DTYPES[stack.dtype] if stack.dtype else source.dtype)
+
+    itemsize = {n: DTYPES[stack.dtype].itemsize if stack.dtype else models[s.model].tensors[m].dtype.itemsize
+                for n, (s, m) in plan.items()}
+    sizes = [(n, models[s.model].tensors[m].numel(), models[s.model].tensors[m].numel() * itemsize[n])
+             for n, (s, m) in plan.items()]
+    return write_model_shards(sizes, lambda names: {n: tensor(n) for n in names}, out, template=stack.template,
+                              tokenizer=stack.tokenizer_folder, shard_size=shard_size, force=force,
+                              extra_files=extra_files, dtype=stack.dtype,
+                              config=stack.config_updates(models[stack.template].config))
+
+
+def _check_same_layers(stack: LayerStack, models: Mapping[Path, ModelSource]) -> None:
+    """Every stacked layer has the template's first layer's tensors and shapes, and every model its model type."""
+    template = models[stack.template]
+    want = _layer_shapes(template, 0)
+    for k, s in enumerate(stack.slices):
+        model = models[s.model]
+        if model.config.get("model_type") != template.config.get("model_type"):
+            raise EvomergeError(f"slices[{k}]: {s.model} is a '{model.config.get('model_type')}' model, "
+                                f"{stack.template} a '{template.config.get('model_type')}': stack models of one "
+                                "architecture")
+        for i in range(*s.layers):
+            if _layer_shapes(model, i) != want:
+                raise EvomergeError(f"slices[{k}]: layer {i} of {s.model} has other tensors or shapes than layer 0 of "
+                                    f"{stack.template}: stack models of one size")
+
+
+def _layer_shapes(model: ModelSource, index: int) -> dict[str, tuple[int, ...]]:
+    return {renumbered(n, 0): tuple(t.shape) for n, t in model.tensors.items() if layer_index(n) == index}

@@ -1,8 +1,9 @@
 """mergekit's YAML: read as a Recipe, and written for a Recipe, for the methods both tools compute the same way.
 
 Read: ``merge_method`` with ``models:`` or one whole-model ``slices:`` entry; numeric gradients become
-per-layer overrides, interpolated over the layers as mergekit does. Refused with a one-line reason:
-methods evomerge lacks, LoRA references, layer stacking, parameter filters, tokenizer options.
+per-layer overrides, interpolated over the layers as mergekit does; ``passthrough`` with slices of one model
+each is a layer stack. Refused with a one-line reason: methods evomerge lacks, LoRA references, slices of
+partial layer ranges for other methods, parameter filters, tokenizer options.
 
 Written (``to_mergekit``): any recipe with one method mergekit shares — ``models:`` when every group
 has the same values, else one slice per layer group with parameter filters per kind; the methods and
@@ -22,6 +23,7 @@ from evomerge.errors import EvomergeError
 from evomerge.merge.registry import MergeMethod, get_method, method_names
 from evomerge.recipes.evomerge_yaml import group_spec
 from evomerge.recipes.recipe import GroupSpec, Recipe
+from evomerge.recipes.stack import METHOD, LayerSlice, LayerStack
 from evomerge.sources.folder import read_config
 from evomerge.sources.layers import group_of, layer_groups, layer_index, num_layers, param_kind
 
@@ -32,8 +34,9 @@ def mergekit_methods() -> list[str]:
     return [m for m in method_names() if get_method(m).mergekit]
 
 
-def parse_mergekit(data: Mapping[str, Any], root: Path) -> Recipe:
-    """Map a mergekit config onto a Recipe; refuse what has no faithful equivalent."""
+def parse_mergekit(data: Mapping[str, Any], root: Path) -> Recipe | LayerStack:
+    """Map a mergekit config onto a Recipe (a LayerStack for passthrough slices); refuse what has no faithful
+    equivalent."""
     name = str(data["merge_method"])
     if name not in mergekit_methods():
         raise EvomergeError(f"mergekit method '{name}' is not supported by evomerge (supported: "
@@ -42,6 +45,8 @@ def parse_mergekit(data: Mapping[str, Any], root: Path) -> Recipe:
     for key in ("modules", "tokenizer", "tokenizer_source", "chat_template"):
         if data.get(key):
             raise EvomergeError(f"mergekit option '{key}' is not supported by evomerge; remove it from the recipe")
+    if name == METHOD and data.get("slices"):
+        return _stack(data, root)
     entries = _models(data, root)
     base = _path(data["base_model"], root) if data.get("base_model") else None
     sources = [e for e in entries if not method.needs_base or e[0] != base]
@@ -61,9 +66,7 @@ def parse_mergekit(data: Mapping[str, Any], root: Path) -> Recipe:
         spec = spec_at(i / (n_layers - 1) if n_layers > 1 else 1.0)
         if spec != default:
             groups[f"layers.{i}"] = spec
-    dtype = data.get("out_dtype") or data.get("dtype")
-    if dtype is not None and dtype not in DTYPE_NAMES:
-        raise EvomergeError(f"unknown dtype '{dtype}' (use one of: {', '.join(DTYPE_NAMES)})")
+    dtype = _dtype(data)
     return Recipe(base=base, sources=tuple(p for p, _ in sources), default=default, groups=groups, dtype=dtype)
 
 
@@ -75,9 +78,9 @@ def _models(data: Mapping[str, Any], root: Path) -> list[tuple[Path, dict[str, A
     if not slices:
         raise EvomergeError("the mergekit recipe has neither 'models' nor 'slices'")
     if len(slices) != 1:
-        raise EvomergeError("mergekit recipes with several slices (per-layer settings, as evomerge export writes them, "
-                            "or layer stacking) are not read here: merge the evomerge_recipe.yaml beside it, or run "
-                            "mergekit-yaml")
+        raise EvomergeError("mergekit recipes with several slices (per-layer settings, as evomerge export writes them) "
+                            "are read for passthrough only (layer stacking): merge the evomerge_recipe.yaml beside it, "
+                            "or run mergekit-yaml")
     out = []
     for src in _mappings(slices[0].get("sources"), "slices[0].sources"):
         path = _path(src.get("model"), root)
@@ -87,6 +90,49 @@ def _models(data: Mapping[str, Any], root: Path) -> list[tuple[Path, dict[str, A
                                 f"{n}]: only whole-model merges are supported")
         out.append((path, dict(src.get("parameters") or {})))
     return out
+
+
+def _stack(data: Mapping[str, Any], root: Path) -> LayerStack:
+    """mergekit's passthrough slices, one model each, as a LayerStack (a scale from the source, else the top level)."""
+    default_scale = _scale((data.get("parameters") or {}), "parameters")
+    slices = []
+    for k, entry in enumerate(_mappings(data["slices"], "slices")):
+        sources = _mappings(entry.get("sources"), f"slices[{k}].sources")
+        if len(sources) != 1:
+            raise EvomergeError(f"slices[{k}] has {len(sources)} sources: passthrough takes exactly one model per "
+                                "slice")
+        src = sources[0]
+        path = _path(src.get("model"), root)
+        layers = src.get("layer_range", [0, _num_layers(path)])
+        if (not isinstance(layers, list) or len(layers) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in layers)):
+            raise EvomergeError(f"slices[{k}].sources[0].layer_range must be [start, stop], got {layers!r}")
+        scale = _scale(src.get("parameters") or {}, f"slices[{k}].sources[0].parameters")
+        scale = scale if scale is not None else default_scale
+        slice_ = LayerSlice(path, (layers[0], layers[1]), 1.0 if scale is None else scale)
+        if (problem := slice_.check()) is not None:
+            raise EvomergeError(f"slices[{k}].sources[0].layer_range {problem[1]}")
+        slices.append(slice_)
+    dtype = _dtype(data)
+    return LayerStack(tuple(slices), dtype)
+
+
+def _dtype(data: Mapping[str, Any]) -> Any:
+    """The output dtype a mergekit recipe names (``out_dtype``, else ``dtype``), one evomerge knows."""
+    dtype = data.get("out_dtype") or data.get("dtype")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise EvomergeError(f"unknown dtype '{dtype}' (use one of: {', '.join(DTYPE_NAMES)})")
+    return dtype
+
+
+def _scale(parameters: Any, where: str) -> float | None:
+    """passthrough's one parameter, a number (mergekit's per-layer gradients of it are not read)."""
+    if not isinstance(parameters, dict) or set(parameters) - {"scale"}:
+        raise EvomergeError(f"'{where}' may only give passthrough's 'scale'")
+    scale = parameters.get("scale")
+    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
+        raise EvomergeError(f"'{where}.scale' must be a number, got {scale!r}")
+    return None if scale is None else float(scale)
 
 
 def _mappings(value: Any, where: str) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ _ATTENTION = {"self_attn", "attn", "attention", "self_attention", "cross_attn"}
 _MLP = {"mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "fc1", "fc2"}  # OPT: fc1/fc2 sit in the layer
 
 _GROUP_RANK = {"embed": 0, "layers": 1, "final_norm": 2, "lm_head": 3}
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")  # where decoder configs give their layer count
 
 
 def layer_index(name: str) -> int | None:
@@ -43,9 +44,17 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def renumbered(name: str, index: int) -> str:
+    """The name of a layer tensor moved to layer ``index`` (``model.layers.3.mlp...`` -> ``model.layers.7.mlp...``)."""
+    match = _LAYER.search(name)
+    if match is None:
+        raise ValueError(f"{name} is not a layer tensor")
+    return f"{name[:match.start(1)]}{index}{name[match.end(1):]}"
+
+
 def num_layers(config: Mapping[str, Any], names: Iterable[str]) -> int:
     """Number of decoder layers: from the config when it says, else from the tensor names."""
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+    for key in LAYER_COUNT_KEYS:
         value = config.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value

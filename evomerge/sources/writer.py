@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from safetensors.torch import save_file
 from torch import Tensor
@@ -69,9 +69,11 @@ def write_model_folder(tensors: Mapping[str, Tensor], out: Path, *, template: Pa
 def write_model_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, Tensor]], out: Path, *,
                        template: Path, shard_size: int | str = DEFAULT_SHARD_SIZE, force: bool = False,
                        extra_files: Mapping[str, str | bytes] = {}, tokenizer: Path | None = None,
-                       dtype: str | None = None, check: Callable[[Path], None] | None = None) -> Path:
+                       dtype: str | None = None, check: Callable[[Path], None] | None = None,
+                       config: Mapping[str, Any] = {}) -> Path:
     """As ``write_model_folder``, one shard at a time: ``make_shard(names)`` returns that shard's tensors, which are
-    written and dropped before the next shard is made (a model larger than memory can be written)."""
+    written and dropped before the next shard is made (a model larger than memory can be written). ``config``: keys that
+    replace the template's in config.json (a layer stack's layer count)."""
     out, template = Path(out), Path(template)
     max_bytes = parse_size(shard_size)
     if not sizes:
@@ -83,7 +85,7 @@ def write_model_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[s
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         _write_shards(sizes, make_shard, tmp, max_bytes)
-        _copy_template(template, Path(tokenizer) if tokenizer is not None else template, tmp, dtype)
+        _copy_template(template, Path(tokenizer) if tokenizer is not None else template, tmp, dtype, config)
         for name, content in extra_files.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,13 +132,14 @@ def _write_shards(sizes: Sizes, make_shard: Callable[[list[str]], Mapping[str, T
     (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _copy_template(template: Path, tokenizer: Path, folder: Path, dtype: str | None) -> None:
-    """config.json from the template (with the dtype and the tokenizer's special token ids),
+def _copy_template(template: Path, tokenizer: Path, folder: Path, dtype: str | None,
+                   updates: Mapping[str, Any]) -> None:
+    """config.json from the template (with the dtype, the tokenizer's special token ids and ``updates``),
     the rest from the tokenizer."""
     for name in TOKENIZER_FILES:
         if (tokenizer / name).is_file():
             shutil.copy2(tokenizer / name, folder / name)
-    if dtype is None and tokenizer == template:
+    if dtype is None and tokenizer == template and not updates:
         shutil.copy2(template / "config.json", folder / "config.json")
         return
     config = json.loads((template / "config.json").read_text(encoding="utf-8"))
@@ -145,6 +148,7 @@ def _copy_template(template: Path, tokenizer: Path, folder: Path, dtype: str | N
     if tokenizer != template and (tokenizer / "config.json").is_file():
         theirs = json.loads((tokenizer / "config.json").read_text(encoding="utf-8"))
         config.update({k: theirs[k] for k in SPECIAL_TOKENS if k in theirs})
+    config.update(updates)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

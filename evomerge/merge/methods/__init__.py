@@ -5,7 +5,8 @@ family; ``tsvm`` and ``pcb``: task-vector methods of the literature with bodies 
 mergekit equivalent); ``regmean``: per linear layer from the sources' input Gram matrices; ``fisher``: entry by
 entry from the sources' diagonal Fisher;
 ``linear``, ``slerp``, ``nuslerp``, ``multislerp``, ``model_stock``, ``nearswap``,
-``sce``, ``karcher``: the others. ``params``: parameters they share.
+``sce``, ``karcher``, ``passthrough`` (one model; layer stacking in ``recipes.stack``): the others.
+``params``: parameters they share.
 """
 
 from evomerge.merge.methods import (  # noqa: F401
@@ -17,6 +18,7 @@ from evomerge.merge.methods import (  # noqa: F401
     multislerp,
     nearswap,
     nuslerp,
+    passthrough,
     pcb,
     regmean,
     sce,
