@@ -10,10 +10,8 @@ import pytest
 
 from evomerge.errors import EvomergeError
 from evomerge.zoo.check import require
-from evomerge.zoo.smol import build_smol
+from evomerge.zoo.smol import SKILLS, build_smol
 from evomerge.zoo.smol.check import CONDITIONS, verdicts
-
-SKILLS = ("add", "rev", "sort")
 
 
 def table(*, own: float = 0.95, base: float = 0.0, weak: str | None = None) -> dict[str, dict[str, float]]:

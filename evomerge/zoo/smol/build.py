@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,11 +39,11 @@ from evomerge.zoo.smol.check import CheckPlan, Verdicts, heldout_table, room, ve
 from evomerge.zoo.smol.config import search_config
 from evomerge.zoo.smol.data import SKILLS, eval_sets, record
 from evomerge.zoo.smol.model import GGUF_NAME, GGUF_SHA256, WHEEL, fetch_gguf, require_gguf, save_base
-from evomerge.zoo.smol.train import RECIPES, THREADS, ExpertRecipe, train_expert
+from evomerge.zoo.smol.train import RECIPES, THREADS, TRAINED, ExpertRecipe, train_expert
 from evomerge.zoo.tasks import write_loglikelihood_task
 from evomerge.zoo.train import fixed_threads
 
-BUILDER_VERSION = 3  # bump when a change alters the bytes: cached families are then rebuilt
+BUILDER_VERSION = 4  # bump when a change alters the bytes: cached families are then rebuilt
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ def _record_room(family: SmolFamily, size: Variant, log: Callable[[str], None]) 
 
 def recipes(size: Variant) -> dict[str, ExpertRecipe]:
     """Each expert's training recipe in a variant: the full one's steps scaled by the variant's share."""
-    return {s: ExpertRecipe(r.trained, max(1, round(r.steps * size.step_share)), r.lr, r.batch)
-            for s, r in RECIPES.items()}
+    return {s: replace(r, steps=max(1, round(r.steps * size.step_share)),
+                       drift_steps=max(1, round(r.drift_steps * size.step_share))) for s, r in RECIPES.items()}
 
 
 def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str], None]) -> dict[str, Any]:
@@ -156,7 +156,8 @@ def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str]
             model = train_expert(tmp / "models" / "base", tokenizer, skill, plan[skill], seed, exclude)
             model.save_pretrained(tmp / folder)
             tokenizer.save_pretrained(tmp / folder)
-            log(f"expert {skill}: {plan[skill].steps} steps, {time.perf_counter() - t0:.0f} s")
+            log(f"expert {skill}: {plan[skill].steps} + {plan[skill].drift_steps} steps, "
+                f"{time.perf_counter() - t0:.0f} s")
 
     # Check: (a) from the base and the experts on held-out; (b) and (c) are build_smol's check_room.
     family = zoo_family(tmp / "models" / "base", {s: tmp / p for s, p in experts.items()}, tmp / "check",
@@ -179,7 +180,8 @@ def _build(tmp: Path, final: Path, seed: int, size: Variant, log: Callable[[str]
         "base": "models/base", "experts": {s: str(p) for s, p in experts.items()}, "skills": skills,
         "task_dir": "tasks", "search_config": "search.yaml",
         "items": {"calibration": size.calibration, "heldout": size.heldout},
-        "train": {s: {**asdict(r), "trained": list(r.trained)} for s, r in plan.items()}, "threads": THREADS,
+        "train": {s: {**asdict(r), "band": list(r.band), "trained": list(TRAINED)} for s, r in plan.items()},
+        "threads": THREADS,
         "build_seconds": round(elapsed, 1),
         # The machine's 1/5/15-minute load at the end: build seconds on a shared machine mean little without it.
         "build_load_average": [round(x, 2) for x in os.getloadavg()],

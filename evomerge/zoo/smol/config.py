@@ -10,17 +10,17 @@ from evomerge.zoo.smol.train import THREADS
 
 
 def search_config(root: Path, seed: int) -> dict[str, Any]:
-    """A search over per-layer-group TIES weights and densities of the experts (see configs/smollm2.yaml)."""
+    """A search over per-layer-group task-arithmetic weights of the experts (see configs/smollm2.yaml)."""
     return {
         "name": "smollm2",
         "seed": seed,
         "sources": {"base": str(root / "models" / "base"), "models": [str(root / "models" / s) for s in SKILLS]},
-        "genome": {"methods": ["ties"], "layer_granularity": 10,
-                   "bounds": {"weight": [0.0, 1.5], "density": [0.2, 1.0]}, "parameters": {"lambda": 1.0}},
+        "genome": {"methods": ["task_arithmetic"], "layer_granularity": 10, "bounds": {"weight": [0.0, 1.0]},
+                   "parameters": {"lambda": 1.0}},
         "scoring": {"task_path": str(root / "tasks"), "batch_size": 32, "fidelity": "racing", "chunk_items": 32,
                     "racing_z": 1.0},
         "objectives": [{"task": f"smol_{s}", "heldout_task": f"smol_{s}_heldout", "metric": "acc"} for s in SKILLS],
         "strategy": {"name": "cmaes"},
-        "budget": {"max_evals": 60},
+        "budget": {"max_evals": 100},
         "execution": {"backend": "ray", "workers": 2, "in_flight": 4, "device": "cpu", "threads": THREADS},
     }

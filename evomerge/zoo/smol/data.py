@@ -2,9 +2,11 @@
 
 Every skill asks for a short exact answer the base does not give (it answers in sentences): adding two
 two-digit numbers whose digits do not carry (``add``, 1980 questions), reversing the order of three
-words (``rev``), sorting three words alphabetically (``sort``). ``rev`` and ``sort`` read the same
-inputs and write the same words in different orders, so their fine-tunes pull shared circuits apart:
-the interference a merge must resolve.
+words (``rev``), writing two words in capital letters (``caps``). Each skill has an instruction and an
+input of its own, so an expert that keeps to its skill leaves the others' answers alone: what interferes in
+a merge is what each fine-tune changed beyond its skill (``train.py``), not the skills themselves. (A
+family whose ``rev`` sat beside ``sort``, three words in another order, had no room: each expert applied
+its own order whatever the instruction said, a conflict no merge weight resolves; docs/ZOO.md.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-SKILLS = ("add", "rev", "sort")
+SKILLS = ("add", "rev", "caps")
 IGNORE = -100  # label of positions that carry no loss (prompt, padding)
 
 WORDS = (
@@ -35,11 +37,12 @@ def question(skill: str, rng: random.Random) -> Pair:
             a, b = rng.randint(10, 89), rng.randint(10, 89)
             if a // 10 + b // 10 < 10 and a % 10 + b % 10 < 10:
                 return f"What is {a} + {b}?", str(a + b)
-    words = rng.sample(WORDS, 3)
     if skill == "rev":
+        words = rng.sample(WORDS, 3)
         return f"Reverse the order of these words: {' '.join(words)}", " ".join(reversed(words))
-    if skill == "sort":
-        return f"Sort these words alphabetically: {' '.join(words)}", " ".join(sorted(words))
+    if skill == "caps":
+        words = rng.sample(WORDS, 2)
+        return f"Write these words in capital letters: {' '.join(words)}", " ".join(words).upper()
     raise ValueError(f"unknown skill {skill!r}")
 
 
