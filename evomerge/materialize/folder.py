@@ -64,20 +64,19 @@ def write_stacked(stack: LayerStack, out: Path, *, allow_pickle: bool = False, t
     plan = {name: (s, source_name) for name, s, source_name in stack.plan({p: list(m.tensors) for p, m in
                                                                           models.items()})}
     passthrough = get_method(METHOD)
+    sources = {name: models[s.model].tensors[source_name] for name, (s, source_name) in plan.items()}
+
+    def dtype(name: str) -> torch.dtype:
+        return DTYPES[stack.dtype] if stack.dtype else sources[name].dtype
 
     def tensor(name: str) -> Tensor:
-        s, source_name = plan[name]
-        source = models[s.model].tensors[source_name]
-        return passthrough(None, [source], scale=[s.scale]).to(DTYPES[stack.dtype] if stack.dtype else source.dtype)
+        return passthrough(None, [sources[name]], scale=[plan[name][0].scale]).to(dtype(name))
 
-    itemsize = {n: DTYPES[stack.dtype].itemsize if stack.dtype else models[s.model].tensors[m].dtype.itemsize
-                for n, (s, m) in plan.items()}
-    sizes = [(n, models[s.model].tensors[m].numel(), models[s.model].tensors[m].numel() * itemsize[n])
-             for n, (s, m) in plan.items()]
+    sizes = [(n, t.numel(), t.numel() * dtype(n).itemsize) for n, t in sources.items()]
     return write_model_shards(sizes, lambda names: {n: tensor(n) for n in names}, out, template=stack.template,
                               tokenizer=stack.tokenizer_folder, shard_size=shard_size, force=force,
                               extra_files=extra_files, dtype=stack.dtype,
-                              config=stack.config_updates(models[stack.template].config))
+                              config=stack.config_updates({p: m.config for p, m in models.items()}))
 
 
 def _check_same_layers(stack: LayerStack, models: Mapping[Path, ModelSource]) -> None:

@@ -29,7 +29,7 @@ from evomerge.config.schema import dump, load
 from evomerge.config.search import DType
 from evomerge.errors import EvomergeError
 from evomerge.sources.folder import read_config
-from evomerge.sources.layers import LAYER_COUNT_KEYS, group_of, layer_index, num_layers, renumbered
+from evomerge.sources.layers import LAYER_COUNT_KEYS, layer_index, num_layers, renumbered, top_level_group
 
 METHOD = "passthrough"  # the registry's method that copies a slice's tensors (times its scale)
 BEFORE_LAYERS = ("embed",)  # layer groups taken from the first slice's model; the rest from the last slice's
@@ -114,19 +114,19 @@ class LayerStack:
         first, last = self.slices[0], self.slices[-1]
         out: list[tuple[str, LayerSlice, str]] = []
         outside = {s.model: [n for n in names[s.model] if layer_index(n) is None] for s in (first, last)}
-        out += [(n, first, n) for n in outside[first.model]
-                if group_of(n, _layer_count(first.model)) in BEFORE_LAYERS]
+        out += [(n, first, n) for n in outside[first.model] if top_level_group(n) in BEFORE_LAYERS]
         for j, (s, i) in enumerate(self.layer_sources):
             out += [(renumbered(n, j), s, n) for n in names[s.model] if layer_index(n) == i]
-        out += [(n, last, n) for n in outside[last.model]
-                if group_of(n, _layer_count(last.model)) not in BEFORE_LAYERS]
+        out += [(n, last, n) for n in outside[last.model] if top_level_group(n) not in BEFORE_LAYERS]
         return out
 
-    def config_updates(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """What changes in the template's config.json: its layer count, and per-layer lists reordered."""
+    def config_updates(self, configs: Mapping[Path, Mapping[str, Any]]) -> dict[str, Any]:
+        """What changes in the template's config.json (``configs``: each model's): its layer count, and per-layer
+        lists reordered."""
+        config = configs[self.template]
         updates: dict[str, Any] = {key: self.num_layers for key in LAYER_COUNT_KEYS if key in config}
         for key in PER_LAYER_CONFIG:
-            per_model = {s.model: read_config(s.model).get(key) for s in self.slices}
+            per_model = {s.model: configs[s.model].get(key) for s in self.slices}
             lists = {m: v for m, v in per_model.items() if isinstance(v, list)}
             if isinstance(config.get(key), list) and len(lists) == len(per_model):
                 updates[key] = [lists[s.model][i] for s, i in self.layer_sources]

@@ -67,7 +67,7 @@ def group_of(name: str, n_layers: int, granularity: int = 1) -> str:
     _check_granularity(granularity)
     index = layer_index(name)
     if index is None:
-        return _top_level_group(name)
+        return top_level_group(name)
     if index >= n_layers:
         raise EvomergeError(
             f"tensor '{name}' is in layer {index} but the model has {n_layers} layers: is config.json from another "
@@ -97,7 +97,7 @@ def param_kind(name: str) -> ParamKind:
     return "other"
 
 
-def _top_level_group(name: str) -> str:
+def top_level_group(name: str) -> str:
     parts = name.split(".")
     module = parts[-2] if len(parts) > 1 else parts[0]
     for group, known in (("embed", _EMBED), ("final_norm", _FINAL_NORM), ("lm_head", _LM_HEAD)):
