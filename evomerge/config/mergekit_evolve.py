@@ -323,6 +323,7 @@ COMMENTS = {
                         "scored in chunks, a candidate stops once clearly kept or not (its limit, adaptive)",
     "scoring.chunk_items": "racing: items per chunk, all tasks together",
     "scoring.racing_z": "racing: standard errors that make a stop confident",
+    "scoring.statistics_texts": "calibration texts of RegMean's and Fisher's statistics (null: all)",
     "objectives": "tasks: one each, metric,filter split; cmaes ranks by the weighted mean (mergekit-evolve's weighted "
                   "sum, scaled)\n  # heldout_task: a task the search never sees, scored for the finalists "
                   "(null: task again)",

@@ -118,6 +118,9 @@ class ScoringConfig:
     fidelity: Literal["full", "racing"] = "full"
     chunk_items: int = field(default=64, metadata={"ge": 2})  # racing: items per chunk, all tasks together
     racing_z: float = field(default=1.5, metadata={"gt": 0})  # racing: confidence of a stop, in standard errors
+    # RegMean's and Fisher's statistics come from the calibration texts: all of them (None), or at most this many
+    # spread evenly over them (each task keeps its share): Fisher costs a backward pass per text and source
+    statistics_texts: int | None = field(default=None, metadata={"ge": 1})
 
     def check(self) -> tuple[str, str] | None:
         if self.fewshot_as_multiturn and not self.apply_chat_template:

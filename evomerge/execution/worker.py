@@ -21,6 +21,7 @@ import torch
 
 from evomerge.config.search import ScoringConfig, SearchConfig
 from evomerge.env import set_offline_env
+from evomerge.errors import EvomergeError
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.materialize.plan import DTYPES, MergePlan
@@ -86,6 +87,20 @@ class Outcome:
     score_s: float = 0.0
     worker: str = ""
     tokens: int = 0  # tokens of the requests scored (``Scorer.tokens``); 0 when nothing was scored
+    machine: bool = False  # the error is the machine's (disk, memory), not the candidate's: it must not be logged
+
+    def checked(self, what: str) -> "Outcome":
+        """This outcome, unless its failure is the machine's: then a one-line error, so that no record says the
+        candidate or baseline ``what`` failed when a rerun on a working machine would score it."""
+        if self.machine:
+            raise EvomergeError(f"{what} could not be scored on {self.worker}: {self.error} -- a problem of the "
+                                "machine, not of the recipe, so nothing was logged for it; fix it (free disk or "
+                                "memory), then run the command again")
+        return self
+
+
+# Failures of the machine rather than of a candidate: the same recipe would score on a working machine.
+MACHINE_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, torch.OutOfMemoryError)
 
 
 class CandidateFailed(Exception):
@@ -157,9 +172,9 @@ class Worker:
 
     @functools.cached_property
     def calibration_tokens(self) -> list[list[int]]:
-        """The calibration prompts' token sequences the statistics of every kind come from (``scoring.gram``),
-        tokenized once."""
-        return calibration_tokens(self.scorer("calibration"))
+        """The calibration prompts' token sequences the statistics of every kind come from (``scoring.gram``;
+        at most ``scoring.statistics_texts`` of them), tokenized once."""
+        return calibration_tokens(self.scorer("calibration"), self.spec.scoring.statistics_texts)
 
     @functools.cached_property
     def calibration_fingerprint(self) -> str:
@@ -206,7 +221,8 @@ class Worker:
                 scores = self.scorer(split).score(items)
             t2 = time.perf_counter()
         except Exception as e:  # the candidate is broken, not the worker: log it and keep serving
-            return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name)
+            return Outcome(None, error=f"{type(e).__name__}: {e}", merge_s=time.perf_counter() - t0, worker=self.name,
+                           machine=isinstance(e, MACHINE_ERRORS))
         return Outcome(scores, merge_s=t1 - t0, score_s=t2 - t1, worker=self.name,
                        tokens=self.scorer(split).tokens(items))
 

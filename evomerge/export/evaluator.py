@@ -42,7 +42,7 @@ class Evaluator:
         self.bar.set_postfix_str(f"{what} ({split})", refresh=True)
         self.evaluated += 1
         self.executor.submit(Job(-self.evaluated, recipe, split, items))  # negative ids: not search candidates
-        outcome = self.executor.next_result().outcome
+        outcome = self.executor.next_result().outcome.checked(what)
         self.bar.update(1)
         return outcome
 

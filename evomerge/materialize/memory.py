@@ -187,7 +187,8 @@ def regmean_note(shape: ModelShape) -> str:
         return "RegMean (baseline, genes): no matrices"
     return (f"RegMean (baseline, genes): its statistics pass {format_size(accumulator_bytes(widths))} of "
             "float64 accumulators per source on the worker's device, its merge "
-            f"{format_size(regmean_scratch_bytes(max(widths), shape.k))} of Gram matrices beside the scratch")
+            f"{format_size(regmean_scratch_bytes(max(widths), shape.k))} of Gram matrices beside the scratch; "
+            f"up to {format_size(shape.k * accumulator_bytes(widths) // 2)} of float32 files in the run's statistics/")
 
 
 def fisher_note(shape: ModelShape) -> str:
@@ -195,8 +196,10 @@ def fisher_note(shape: ModelShape) -> str:
     that use it — noted, not charged to every search: its statistics pass's float32 accumulator per parameter
     entry, beside one sequence's gradients and activations."""
     accumulators = format_size(fisher_accumulator_bytes(shape.floating()))
+    files = format_size(shape.k * fisher_accumulator_bytes(shape.floating()))
     return (f"Fisher (baseline, genes): its statistics pass {accumulators} of float32 accumulators per "
-            f"source on the worker's device, plus one sequence's gradients (a model in the live dtype) and activations")
+            "source on the worker's device, plus one sequence's gradients (a model in the live dtype) and "
+            f"activations; {files} of float32 files in the run's statistics/")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,

@@ -357,7 +357,7 @@ class Search:
             assert self.executor is not None
             result = self.executor.next_result()
             self.results[result.job.index] = result.outcome
-        outcome = self.results.pop(number)
+        outcome = self.results.pop(number).checked(f"candidate {entry.slot.index}")
         entry.processed += 1
         entry.merge_s += outcome.merge_s
         entry.score_s += outcome.score_s

@@ -22,16 +22,20 @@ from torch import Tensor, nn
 from evomerge.scoring.scorer import Scorer
 
 
-def calibration_tokens(scorer: Scorer) -> list[list[int]]:
-    """The token ids of every distinct request text of ``scorer``, in request order, cut to the model's last
-    ``max_length`` tokens as the scored forward cuts them."""
+def calibration_tokens(scorer: Scorer, most: int | None = None) -> list[list[int]]:
+    """The token ids of the distinct request texts of ``scorer``, in request order, cut to the model's last
+    ``max_length`` tokens as the scored forward cuts them: every text, or ``most`` of them spread evenly over
+    the request order (so each task keeps its share)."""
     seen: dict[str, None] = {}
     for request_type, instances in scorer.requests.items():
         for instance in instances:
             text = instance.args[0] + (instance.args[1] if request_type == "loglikelihood" else "")
             seen.setdefault(text, None)
+    texts = list(seen)
+    if most is not None and most < len(texts):
+        texts = [texts[i * len(texts) // most] for i in range(most)]
     limit = scorer.lm.max_length
-    return [list(scorer.lm.tok_encode(text))[-limit:] for text in seen]
+    return [list(scorer.lm.tok_encode(text))[-limit:] for text in texts]
 
 
 def data_fingerprint(sequences: Sequence[Sequence[int]]) -> str:

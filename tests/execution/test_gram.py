@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,14 @@ def test_a_resumed_run_reads_the_statistics_back_instead_of_computing_them(spec,
     again = source_statistics(tmp_path, "gram", 0, "sha-of-source-0", resumed.calibration_fingerprint, refuse)
     assert statistics_path(tmp_path, "gram", 0).stat().st_mtime_ns == written
     assert set(again) == set(stored) and all(torch.equal(again[n], stored[n]) for n in stored)
+
+
+def test_statistics_texts_takes_that_many_calibration_texts_spread_over_all_of_them(spec, worker: Worker) -> None:
+    every = worker.calibration_tokens
+    capped = Worker(replace(spec, scoring=replace(spec.scoring, statistics_texts=5)))
+    step = len(every) / 5
+    assert capped.calibration_tokens == [every[int(i * step)] for i in range(5)] and len(every) > 10
+    assert capped.calibration_fingerprint != worker.calibration_fingerprint  # other data: other statistics files
 
 
 def test_evomerge_statistics_then_merge_make_a_regmean_recipe(worker: Worker, scoreable_family, tmp_path: Path,

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from evomerge.cli import main
 from evomerge.config.search import GenomeConfig, SourcesConfig
 from evomerge.errors import EvomergeError
+from evomerge.execution.worker import Outcome
 from evomerge.export.export import export_candidate
 from evomerge.genome.space import GenomeSpace
 from evomerge.run.log import RunLog
@@ -107,3 +108,20 @@ def test_changed_source_files_are_refused_before_anything_is_scored(tmp_path: Pa
     with pytest.raises(EvomergeError, match="changed since the run scored it"):
         export_candidate(run.root, tmp_path / "model", executor_factory=fake_executor, quiet=True)
     assert not fake_executor.jobs and not (tmp_path / "model").exists()
+
+
+def test_a_machine_failure_stops_the_export_and_logs_no_baseline_for_it(tiny_run: RunLog, fake_executor,
+                                                                        tmp_path: Path) -> None:
+    class DiskFull(fake_executor):  # type: ignore[misc,valid-type]
+        def next_result(self):  # the third baseline finds the disk full
+            result = super().next_result()
+            if len(fake_executor.jobs) < 3:
+                return result
+            return type(result)(result.job, Outcome(None, error="OSError: [Errno 28] No space left on device",
+                                                    worker="fake", machine=True))
+
+    with pytest.raises(EvomergeError, match="No space left on device .* nothing was logged for it"):
+        export_candidate(tiny_run.root, tmp_path / "out", executor_factory=DiskFull, quiet=True)
+    assert len(RunLog.open(tiny_run.root).baselines()) == 2 and not (tmp_path / "out").exists()
+    export_candidate(tiny_run.root, tmp_path / "out", executor_factory=fake_executor, quiet=True)
+    assert all(r.error is None for r in RunLog.open(tiny_run.root).baselines())

@@ -138,9 +138,10 @@ def test_the_plan_notes_what_the_regmean_baseline_needs_without_charging_the_sea
     plan = plan_memory(model, ["ties"], device="cpu", workers=1, budget=GB, out_dtype_size=None)
     accumulators = 8 * (64 * 64 + 64 * 64 + 256 * 256)  # in² · 8 per matrix (the embedding's counted: an upper bound)
     grams = (2 + 4) * 256 * 256 * 4  # the K Grams of the widest input, Σ G̃ and one G̃ in float64
+    files = 2 * (accumulators // 2)  # K = 2 sources, each its Grams in float32: half the float64 accumulators
     assert (f"RegMean (baseline, genes): its statistics pass {format_size(accumulators)} of float64 "
             f"accumulators per source on the worker's device, its merge {format_size(grams)} of Gram matrices beside "
-            "the scratch"
+            f"the scratch; up to {format_size(files)} of float32 files in the run's statistics/"
             ) in plan.notes
     assert not any("RegMean" in item for item in plan.worker_bytes)
 
@@ -155,4 +156,6 @@ def test_the_plan_notes_what_the_fisher_baseline_needs_without_charging_the_sear
     accumulators = 4 * (256 * 64 + 64)  # a float32 entry per parameter entry, whatever the models' dtype
     assert any(note.startswith(f"Fisher (baseline, genes): its statistics pass {format_size(accumulators)} "
                                "of float32 accumulators per source") for note in plan.notes)
+    assert any(note.endswith(f"{format_size(2 * accumulators)} of float32 files in the run's statistics/")
+               for note in plan.notes)  # one file per source (K = 2), as large as its accumulators
     assert not any("Fisher" in item for item in plan.worker_bytes)

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from evomerge.cli import main
 from evomerge.config.search import load_config
-from evomerge.errors import RunStopped
+from evomerge.errors import EvomergeError, RunStopped
 from evomerge.execution.executor import LocalExecutor
+from evomerge.execution.worker import Worker
 from evomerge.materialize.statistics import statistics_path
 from evomerge.run.log import RunLog
 from evomerge.run.records import BudgetRecord, CandidateRecord, SessionRecord
@@ -115,6 +116,25 @@ def test_a_run_whose_first_candidates_all_fail_stops_and_keeps_its_log(tmp_path:
         Search(run, LocalExecutor, quiet=True).run_to_budget()
     again = RunLog.open(run.root)
     assert len(again.candidates()) == 4 and "the first 4" in again.sessions()[-1].stopped
+
+
+def test_a_disk_failure_stops_the_run_without_logging_the_candidate_and_a_rerun_scores_it(
+        tmp_path: Path, scored_family, search_config, monkeypatch) -> None:
+    run = start_run(tmp_path, search_config(tmp_path, scored_family, budget={"max_evals": 5}))
+    merges = Worker.materialize
+
+    def disk_full_at_the_third(worker: Worker, recipe) -> None:
+        if len(RunLog.open(run.root).candidates()) == 2:
+            raise OSError(28, "No space left on device")
+        merges(worker, recipe)
+
+    monkeypatch.setattr(Worker, "materialize", disk_full_at_the_third)
+    with pytest.raises(EvomergeError, match="candidate 2 could not be scored .* No space left on device"):
+        Search(run, LocalExecutor, quiet=True).run_to_budget()
+    assert [r.index for r in RunLog.open(run.root).candidates()] == [0, 1]
+    monkeypatch.setattr(Worker, "materialize", merges)
+    Search(RunLog.open(run.root), LocalExecutor, quiet=True).run_to_budget()
+    assert [r.ok for r in RunLog.open(run.root).candidates()] == [True] * 5
 
 
 def test_genes_of_regmean_and_fisher_merge_with_statistics_the_run_computes_in_its_folder(tmp_path: Path, scored_family,

@@ -8,6 +8,10 @@ from typing import Any
 from evomerge.zoo.smol.data import SKILLS
 from evomerge.zoo.smol.train import THREADS
 
+# The export's RegMean and Fisher baselines take their statistics from this many calibration texts (a third of the
+# full family's): Fisher's backward pass per text and expert was half of an export on all 384.
+STATISTICS_TEXTS = 128
+
 
 def search_config(root: Path, seed: int) -> dict[str, Any]:
     """A search over per-layer-group task-arithmetic weights of the experts (see configs/smollm2.yaml)."""
@@ -18,7 +22,7 @@ def search_config(root: Path, seed: int) -> dict[str, Any]:
         "genome": {"methods": ["task_arithmetic"], "layer_granularity": 10, "bounds": {"weight": [0.0, 1.0]},
                    "parameters": {"lambda": 1.0}},
         "scoring": {"task_path": str(root / "tasks"), "batch_size": 32, "fidelity": "racing", "chunk_items": 32,
-                    "racing_z": 1.0},
+                    "racing_z": 1.0, "statistics_texts": STATISTICS_TEXTS},
         "objectives": [{"task": f"smol_{s}", "heldout_task": f"smol_{s}_heldout", "metric": "acc"} for s in SKILLS],
         "strategy": {"name": "cmaes"},
         "budget": {"max_evals": 100},
