@@ -25,7 +25,8 @@ from zoo_ceiling import EVALUATIONS, ceiling
 from zoo_vectors import norms
 
 ZOOS = [("llama", seed) for seed in range(5)] + [("gpt2", 0)]
-SHORT = {"soup": "soup", "task_arithmetic": "TA", "ties": "TIES", "dare_ties": "DARE-TIES"}  # the manifest's order
+# the table's fixed recipe columns: a family a manifest lacks (TSV-M, in one written before it) shows "–"
+SHORT = {"soup": "soup", "tsvm": "TSV-M", "task_arithmetic": "TA", "ties": "TIES", "dare_ties": "DARE-TIES"}
 
 
 def build(root: Path, arch: str, seed: int, evaluations: int) -> dict[str, Any] | str:
@@ -55,14 +56,19 @@ def row(arch: str, seed: int, folder: Path, q: dict[str, Any] | str) -> str:
     own = "/".join(f"{v:.2f}" for v in own_scores(q["table"]).values())
     base = "/".join(f"{q['table']['base'][s]:.2f}" for s in skills)
     size = "/".join(f"{n:.0f}" for n in norms(load_zoo(folder)).values())
-    fixed = [f"{f['heldout']:.3f}" + (f" ({f['name'].partition('@')[2]})" if "@" in f["name"] else "")
-             for f in q["fixed"].values()]
+    return f"| {arch} {seed} | {own} | {base} | {size} | " + " | ".join(quality_cells(q, manifest)) + " |"
+
+
+def quality_cells(q: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """A family's table cells after its models: each fixed recipe family's held-out score (its member's setting),
+    the ceiling, the conditions' verdicts, and the build's seconds (load)."""
+    fixed = ["–" if f is None else f"{f['heldout']:.3f}" + (f" ({f['name'].partition('@')[2]})" if "@" in f["name"]
+                                                             else "")
+             for f in (q["fixed"].get(family) for family in SHORT)]
     ceiling_value = f"{q['ceiling']['heldout']:.3f}" if "ceiling" in q else "–"
     verdicts = ["✓" if v["holds"] else "✗" if v["holds"] is False else "–" for v in q["conditions"].values()]
     load = manifest["build_load_average"][0]
-    return (f"| {arch} {seed} | {own} | {base} | {size} | " + " | ".join(fixed) + f" | {ceiling_value} | "
-            + " ".join(verdicts)
-            + f" | {manifest['build_seconds']:.0f} ({load:.1f}) |")
+    return [*fixed, ceiling_value, " ".join(verdicts), f"{manifest['build_seconds']:.0f} ({load:.1f})"]
 
 
 def main() -> None:
@@ -105,7 +111,7 @@ def main() -> None:
         "- build: seconds as recorded by the build (1-minute load average at its end)",
         "",
         f"| zoo | experts (own skill) | base | ‖τ‖ | {kinds} | ceiling | a b c | build s (load) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---|---|---|" + "---:|" * (len(SHORT) + 1) + "---|---:|",
         *rows,
     ])
     publish(args.out, "bench_zoo", body, write=not args.no_write)
