@@ -23,13 +23,12 @@ from bench_zoo import SHORT, quality_cells
 
 
 def row(folder: Path, seed: int) -> str:
-    from evomerge.zoo.check import own_scores
     from evomerge.zoo.smol.build import build_smol
 
     q = build_smol(folder, seed=seed, check_room=True, progress=True).quality
     manifest = json.loads((folder / "smol.json").read_text())
     skills = list(q["table"]["base"])
-    own = "/".join(f"{v:.2f}" for v in own_scores(q["table"]).values())
+    own = "/".join(f"{q['table'][s][s]:.2f}" for s in skills)  # the table's rows: "base" and each skill's expert
     base = "/".join(f"{q['table']['base'][s]:.2f}" for s in skills)
     return f"| {seed} | {own} | {base} | " + " | ".join(quality_cells(q, manifest)) + " |"
 
