@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchdoc import REPO, cpu_model, publish, shown  # noqa: E402 (first: sets the offline environment)
 
-from bench_zoo import SHORT, quality_cells
+from bench_zoo import quality_cells, table
 
 
 def row(folder: Path, seed: int) -> str:
@@ -48,7 +48,6 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows = [row(args.root / f"seed{seed}", seed) for seed in args.seeds]
     plan = CheckPlan()
-    kinds = " | ".join(SHORT.values())
     body = "\n".join([
         "## The SmolLM2 family: experts, fixed recipes, ceiling (`scripts/bench_smol.py`)",
         "",
@@ -67,9 +66,7 @@ def main() -> None:
         "- conditions: " + "; ".join(CONDITIONS.values()),
         "- build: seconds as recorded by the build (1-minute load average at its end)",
         "",
-        f"| seed | experts (own skill) | base | {kinds} | ceiling | a b c | build s (load) |",
-        "|---|---|---|" + "---:|" * (len(SHORT) + 1) + "---|---:|",
-        *rows,
+        *table(["seed", "experts (own skill)", "base"], rows),
     ])
     publish(args.out, "bench_smol", body, write=not args.no_write)
 

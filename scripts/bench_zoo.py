@@ -59,6 +59,13 @@ def row(arch: str, seed: int, folder: Path, q: dict[str, Any] | str) -> str:
     return f"| {arch} {seed} | {own} | {base} | {size} | " + " | ".join(quality_cells(q, manifest)) + " |"
 
 
+def table(first: list[str], rows: list[str]) -> list[str]:
+    """A family table's lines: header (``first`` columns, then those of ``quality_cells``) and ``rows``."""
+    columns = [*first, *SHORT.values(), "ceiling", "a b c", "build s (load)"]
+    align = ["---"] * len(first) + ["---:"] * (len(SHORT) + 1) + ["---", "---:"]
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|", *rows]
+
+
 def quality_cells(q: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     """A family's table cells after its models: each fixed recipe family's held-out score (its member's setting),
     the ceiling, the conditions' verdicts, and the build's seconds (load)."""
@@ -88,7 +95,6 @@ def main() -> None:
     for arch, seed in ZOOS:
         print(f"zoo {arch} seed {seed}", flush=True)
         rows.append(row(arch, seed, args.root / f"seed{seed}-{arch}", build(args.root, arch, seed, args.evaluations)))
-    kinds = " | ".join(SHORT.values())
     body = "\n".join([
         "## The zoo: experts, fixed recipes, ceiling (`scripts/bench_zoo.py`)",
         "",
@@ -110,9 +116,7 @@ def main() -> None:
         "(c) ceiling ≥ best fixed + 0.12 (– not judged)",
         "- build: seconds as recorded by the build (1-minute load average at its end)",
         "",
-        f"| zoo | experts (own skill) | base | ‖τ‖ | {kinds} | ceiling | a b c | build s (load) |",
-        "|---|---|---|---|" + "---:|" * (len(SHORT) + 1) + "---|---:|",
-        *rows,
+        *table(["zoo", "experts (own skill)", "base", "‖τ‖"], rows),
     ])
     publish(args.out, "bench_zoo", body, write=not args.no_write)
 
