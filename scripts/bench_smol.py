@@ -36,7 +36,9 @@ def row(folder: Path, seed: int) -> str:
 def main() -> None:
     import torch
 
-    from evomerge.zoo.smol.check import CONDITIONS, CheckPlan
+    from evomerge.zoo.ceiling import WEIGHT_BOUNDS
+    from evomerge.zoo.smol.build import VARIANTS
+    from evomerge.zoo.smol.check import CONDITIONS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO / "zoo" / "smol-bench",
@@ -47,7 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rows = [row(args.root / f"seed{seed}", seed) for seed in args.seeds]
-    plan = CheckPlan()
+    full = VARIANTS["full"]
+    plan = full.check
+    grid = f"λ {min(plan.lambdas):g}…{max(plan.lambdas):g} and d ∈ {{{', '.join(f'{d:g}' for d in plan.densities)}}}"
     body = "\n".join([
         "## The SmolLM2 family: experts, fixed recipes, ceiling (`scripts/bench_smol.py`)",
         "",
@@ -56,13 +60,14 @@ def main() -> None:
         f"{load_before:.2f} / {os.getloadavg()[0]:.2f} (other processes share the cores)",
         f"- command: `.venv/bin/python scripts/bench_smol.py --root {shown(args.root)} --seeds "
         f"{' '.join(map(str, args.seeds))}`; each family: `evomerge zoo smol DIR --seed N --check-room`",
-        "- accuracies on held-out (256 items per skill), skills add/rev/caps; fixed recipes: mean normalized accuracy "
-        "on held-out (per skill ÷ the best expert's, averaged), each family's member chosen on calibration (128 items "
-        "per skill) from λ 0.1…1.5 and d ∈ {0.3, 0.5, 0.7} (`evomerge.zoo.check`: the reports' fixed recipes and "
-        "rule, without the calibrated RegMean and Fisher and the greedy soup, which the search's report adds)",
+        f"- accuracies on held-out ({full.heldout} items per skill), skills add/rev/caps; fixed recipes: mean "
+        "normalized accuracy on held-out (per skill ÷ the best expert's, averaged), each family's member chosen on "
+        f"calibration ({full.calibration} items per skill) from {grid} (`evomerge.zoo.check`: the reports' fixed "
+        "recipes and rule, without the calibrated RegMean and Fisher and the greedy soup, which the search's report "
+        "adds)",
         f"- ceiling: CMA-ES over task-arithmetic weights per expert and group of {plan.ceiling_granularity} layers in "
-        f"[0, 2], scored on held-out itself ({plan.ceiling_evaluations} evaluations, from the best TA recipe): a bound "
-        "for verification, not a result",
+        f"[{WEIGHT_BOUNDS[0]:g}, {WEIGHT_BOUNDS[1]:g}], scored on held-out itself ({plan.ceiling_evaluations} "
+        "evaluations, from the best TA recipe): a bound for verification, not a result",
         "- conditions: " + "; ".join(CONDITIONS.values()),
         "- build: seconds as recorded by the build (1-minute load average at its end)",
         "",

@@ -66,12 +66,18 @@ def table(first: list[str], rows: list[str]) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|", *rows]
 
 
+def fixed_cell(fixed: dict[str, Any] | None) -> str:
+    """A fixed recipe family's held-out score and its chosen member's setting ("0.435 (0.2)"); "–" if not scored."""
+    if fixed is None:
+        return "–"
+    setting = fixed["name"].partition("@")[2]
+    return f"{fixed['heldout']:.3f}" + (f" ({setting})" if setting else "")
+
+
 def quality_cells(q: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     """A family's table cells after its models: each fixed recipe family's held-out score (its member's setting),
     the ceiling, the conditions' verdicts, and the build's seconds (load)."""
-    fixed = ["–" if f is None else f"{f['heldout']:.3f}" + (f" ({f['name'].partition('@')[2]})" if "@" in f["name"]
-                                                             else "")
-             for f in (q["fixed"].get(family) for family in SHORT)]
+    fixed = [fixed_cell(q["fixed"].get(family)) for family in SHORT]
     ceiling_value = f"{q['ceiling']['heldout']:.3f}" if "ceiling" in q else "–"
     verdicts = ["✓" if v["holds"] else "✗" if v["holds"] is False else "–" for v in q["conditions"].values()]
     load = manifest["build_load_average"][0]

@@ -185,21 +185,21 @@ def regmean_note(shape: ModelShape) -> str:
     widths = [i.shape[1] for i in shape.infos.values() if len(i.shape) == 2 and i.dtype.is_floating_point]
     if not widths:
         return "RegMean (baseline, genes): no matrices"
-    return (f"RegMean (baseline, genes): its statistics pass {format_size(accumulator_bytes(widths))} of "
+    accumulators = accumulator_bytes(widths)
+    return (f"RegMean (baseline, genes): its statistics pass {format_size(accumulators)} of "
             "float64 accumulators per source on the worker's device, its merge "
             f"{format_size(regmean_scratch_bytes(max(widths), shape.k))} of Gram matrices beside the scratch; "
-            f"up to {format_size(shape.k * accumulator_bytes(widths) // 2)} of float32 files in the run's statistics/")
+            f"up to {format_size(shape.k * accumulators // 2)} of float32 files in the run's statistics/")
 
 
 def fisher_note(shape: ModelShape) -> str:
     """What Fisher averaging adds while its statistics are computed — the report's baseline, or a search's genes
     that use it — noted, not charged to every search: its statistics pass's float32 accumulator per parameter
     entry, beside one sequence's gradients and activations."""
-    accumulators = format_size(fisher_accumulator_bytes(shape.floating()))
-    files = format_size(shape.k * fisher_accumulator_bytes(shape.floating()))
-    return (f"Fisher (baseline, genes): its statistics pass {accumulators} of float32 accumulators per "
+    accumulators = fisher_accumulator_bytes(shape.floating())  # the files hold the same float32 entries per source
+    return (f"Fisher (baseline, genes): its statistics pass {format_size(accumulators)} of float32 accumulators per "
             "source on the worker's device, plus one sequence's gradients (a model in the live dtype) and "
-            f"activations; {files} of float32 files in the run's statistics/")
+            f"activations; {format_size(shape.k * accumulators)} of float32 files in the run's statistics/")
 
 
 def _budget(shape: ModelShape, device: str, workers: int, budget: int | None, available: int | None,
