@@ -25,7 +25,7 @@ from evomerge.errors import EvomergeError
 from evomerge.materialize.fused import CachePolicy, FastMerger
 from evomerge.materialize.memory import MemoryPlan, plan_for_config
 from evomerge.materialize.plan import DTYPES, MergePlan
-from evomerge.materialize.statistics import source_statistics
+from evomerge.materialize.statistics import every_source_statistics
 from evomerge.merge.registry import Statistics
 from evomerge.recipes.recipe import Recipe
 from evomerge.scoring.fisher import fisher_diagonals
@@ -205,9 +205,8 @@ class Worker:
         data = self.calibration_fingerprint
         if (folder, kind, data) in self.ensured:
             return
-        for k, source in enumerate(self.pool.sources):
-            source_statistics(folder, kind, k, source.fingerprint, data,
-                              functools.partial(self.source_statistics, kind, k))
+        every_source_statistics(folder, kind, [source.fingerprint for source in self.pool.sources], data,
+                                functools.partial(self.source_statistics, kind))
         self.ensured.add((folder, kind, data))
 
     def evaluate(self, recipe: Recipe, split: str = "calibration",

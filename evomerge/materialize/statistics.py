@@ -12,20 +12,24 @@ folder; a recipe names such a folder (``statistics:``) for ``evomerge merge``.
 Storing (``source_statistics``): a file whose fingerprint matches is read back, never rewritten (resume, export
 and every later session reuse it); a missing file, a damaged one, or one for other data or another model is
 recomputed and replaced (written to a temporary sibling, then renamed). The computing is the caller's (a
-worker: it holds a live model on the run's device); workers that need a folder's statistics at once take turns on
-a lock of the folder (``flock`` on it), so the first computes a file and the others read it. Reading for a merge
+worker: it holds a live model on the run's device). Each file has a lock of its own (``flock`` on
+``.<kind>-source<k>.lock`` in the folder, removed by its holder): workers that need the same statistics at once share
+the sources (``every_source_statistics``: each takes the sources nobody is computing, then waits for and reads the
+others), and two kinds are computed side by side. Reading for a merge
 (``load_statistics``) checks each file against the source it is for; a merge never computes.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
@@ -60,15 +64,60 @@ def stored_metadata(path: Path) -> dict[str, str]:
 def source_statistics(folder: Path, kind: Statistics, source: int, source_sha256: str, data_sha256: str,
                       compute: Callable[[], Tensors]) -> dict[str, Tensor]:
     """Source ``source``'s statistics of ``kind`` for this model and data: read back when ``folder`` holds them,
-    else ``compute()``d and stored."""
-    path = statistics_path(folder, kind, source)
+    else ``compute()``d and stored (after waiting for another process computing them)."""
+    stats = _source_statistics(folder, kind, source, source_sha256, data_sha256, compute, wait=True)
+    assert stats is not None
+    return stats
+
+
+def every_source_statistics(folder: Path, kind: Statistics, sources: Sequence[str], data_sha256: str,
+                            compute: Callable[[int], Tensors]) -> None:
+    """Every source's statistics of ``kind`` in ``folder`` (``sources``: their SHA-256; ``compute(k)``: source k's):
+    first each source no other process is computing, then, waiting, the others — so that workers needing them at
+    once compute different sources."""
+    pending = list(range(len(sources)))
+    while pending:
+        busy = [k for k in pending if _source_statistics(folder, kind, k, sources[k], data_sha256,
+                                                         functools.partial(compute, k), wait=False) is None]
+        if busy:
+            source_statistics(folder, kind, busy[0], sources[busy[0]], data_sha256, functools.partial(compute, busy[0]))
+        pending = busy[1:]
+
+
+def _source_statistics(folder: Path, kind: Statistics, source: int, source_sha256: str, data_sha256: str,
+                       compute: Callable[[], Tensors], *, wait: bool) -> dict[str, Tensor] | None:
+    """``source_statistics``; with ``wait`` False, None at once where another process holds the file's lock."""
     folder.mkdir(parents=True, exist_ok=True)
-    lock = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, also by a killed process
-        return _read_or_compute(path, source_sha256, data_sha256, compute)
-    finally:
-        os.close(lock)
+    with _locked(folder / f".{kind}-source{source}.lock", wait) as held:
+        return _read_or_compute(statistics_path(folder, kind, source), source_sha256, data_sha256, compute) if held \
+            else None
+
+
+@contextmanager
+def _locked(path: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive lock on the file ``path``, which its holder removes: a waiter that gets the lock of a file removed
+    meanwhile tries again on the new one. A killed holder's file stays, unlocked, until the next holder removes it.
+    Yields whether the lock is held: with ``wait`` False, False at once while another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed, also
+            except BlockingIOError:  # by a killed process
+                yield False
+                return
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                try:
+                    yield True
+                finally:
+                    os.unlink(path)
+                return
+        finally:
+            os.close(fd)
 
 
 def _read_or_compute(path: Path, source_sha256: str, data_sha256: str,

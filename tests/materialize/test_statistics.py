@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.materialize.statistics import StatisticsFiles, load_statistics, source_statistics, statistics_path
+from evomerge.materialize.statistics import (
+    StatisticsFiles,
+    every_source_statistics,
+    load_statistics,
+    source_statistics,
+    statistics_path,
+)
 from evomerge.sources.pool import SourcePool
 
 DATA, MODEL = "data-sha", "model-sha"
@@ -58,6 +64,52 @@ def test_workers_that_need_the_same_statistics_at_once_compute_them_once(tmp_pat
     assert compute.calls == 1 and len(got) == 2 and torch.equal(got[0][NAME], got[1][NAME])
     assert [p.name for p in tmp_path.iterdir()] == ["fisher-source0.safetensors"]  # no lock or partial file left
 
+
+
+def test_two_kinds_of_statistics_are_computed_at_the_same_time(tmp_path: Path) -> None:
+    started = {kind: threading.Event() for kind in ("gram", "fisher")}
+    met = {}
+
+    class Meeting(Compute):
+        """Computes only once the other kind's computation has started too: kinds taking turns never meet."""
+
+        def __init__(self, kind: str, other: str) -> None:
+            super().__init__()
+            self.kind, self.other = kind, other
+
+        def __call__(self) -> dict[str, torch.Tensor]:
+            started[self.kind].set()
+            met[self.kind] = started[self.other].wait(timeout=10)
+            return super().__call__()
+
+    workers = [threading.Thread(target=source_statistics, args=(tmp_path, kind, 0, MODEL, DATA, Meeting(kind, other)))
+               for kind, other in (("gram", "fisher"), ("fisher", "gram"))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert met == {"gram": True, "fisher": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fisher-source0.safetensors", "gram-source0.safetensors"]
+
+
+def test_workers_that_need_every_source_at_once_share_the_sources(tmp_path: Path) -> None:
+    computed: list[tuple[int, str]] = []  # (source, thread) of each computation
+
+    def compute(source: int) -> dict[str, torch.Tensor]:
+        computed.append((source, threading.current_thread().name))
+        time.sleep(0.5)  # the other worker looks for a source meanwhile
+        return {NAME: torch.full((3, 3), float(source))}
+
+    sources = [f"model-{k}" for k in range(3)]
+    workers = [threading.Thread(target=every_source_statistics, args=(tmp_path, "fisher", sources, DATA, compute),
+                                name=f"worker-{w}") for w in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(source for source, _ in computed) == [0, 1, 2]  # each source once
+    assert {thread for _, thread in computed} == {"worker-0", "worker-1"}  # by both workers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"fisher-source{k}.safetensors" for k in range(3)]
 
 @KINDS
 def test_changed_calibration_data_recomputes_and_replaces_them(tmp_path: Path, kind) -> None:
