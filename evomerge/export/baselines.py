@@ -2,7 +2,7 @@
 
 The families are ``evomerge.recipes.fixed``'s: the base, each source alone, the uniform soup, and task
 arithmetic, TIES and DARE-TIES over their grids. Each member is an ordinary Recipe over the run's
-base and sources, evaluated by the run's own worker on the same tasks as the candidates, and cached
+base and sources, evaluated by the run's own workers on the same tasks as the candidates, and cached
 in the run log as a ``BaselineRecord`` — a later export or report reuses the record whose name, split
 and recipe all match, and never scores it again. A member the search started from (a seed point that
 merges exactly as the member does) takes that candidate's calibration scores from the log instead. A grid family's
@@ -17,6 +17,12 @@ items). Only members scored on every item are chosen from, so the choice is the 
 stopped member would have been the best — which racing makes unlikely, not impossible. A stopped member's
 record holds its chunks (``chunks``, ``items``); tables show its estimate as one.
 
+What does not depend on other scores is handed to the workers together (``Evaluate.many``), so that several
+workers share it: first the single rows on both splits (RegMean's and Fisher's first, so that their statistics
+start at once) with every grid member's first chunk (``first_batch``; the chunk plan is read off a candidate the
+search scored on every item), then the rest of each race member by member, then the chosen rows on held-out.
+Records are appended in request order, never in the order workers finish.
+
 "Base alone" and "source alone" go through the same merge path as every candidate rather than
 being loaded from their folders: the arithmetic is exact, so the scores are those of the folders,
 and one code path scores everything.
@@ -27,12 +33,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from evomerge.config.search import SearchConfig
 from evomerge.execution.worker import Outcome
+from evomerge.export.evaluator import Evaluate, Request
 from evomerge.recipes import Recipe, recipe_data
 from evomerge.recipes.fixed import (
+    CALIBRATED_FAMILIES,
     GRID_FAMILIES,
     FixedRecipe,
     calibrated_recipes,
@@ -45,7 +53,7 @@ from evomerge.run.log import RunLog
 from evomerge.run.racing import Chunks
 from evomerge.run.records import BaselineRecord, CandidateRecord
 from evomerge.scoring.normalize import Normalizer
-from evomerge.scoring.objectives import metric_name, raw_values, score_of
+from evomerge.scoring.objectives import SPLITS, metric_name, raw_values, score_of
 from evomerge.scoring.partial import Objective, combine, fitness, paired_difference, pool_of
 from evomerge.scoring.result import TaskScore
 
@@ -54,12 +62,6 @@ Raw = tuple[float, ...] | None  # raw values per objective; None: failed
 # too rough (tiny families' perplexities stopped their family's best after 2 items a task).
 MIN_PAIRED_ITEMS = 8
 Scores = Mapping[str, TaskScore]
-
-
-class Evaluate(Protocol):
-    def __call__(self, recipe: Recipe, split: str, what: str,
-                 items: Mapping[str, tuple[int, ...]] | None = None) -> Outcome:
-        """The recipe's scores on ``split``: every item, or (``items``: task -> document positions) a chunk."""
 
 
 @dataclass(frozen=True)
@@ -97,22 +99,47 @@ def recipe_of(cfg: SearchConfig, fixed: FixedRecipe, statistics: Path | None = N
                         dtype=cfg.genome.dtype, seed=cfg.seed, statistics=statistics)
 
 
-def cached_or_scored(run: RunLog, fixed: FixedRecipe, split: str, evaluate: Evaluate) -> BaselineRecord:
-    """The log's record of this baseline on this split, the search's own scores where it started from this
-    recipe (on calibration), or a fresh evaluation appended to the log."""
-    recipe = recipe_of(run.config(), fixed, run.statistics_dir)
+class Rows:
+    """Baselines wanted on a split each (no two alike): the log's record, the search's own scores where it started
+    from this recipe (on calibration), or one of ``requests`` — whose outcomes ``logged`` appends in ``wanted``'s
+    order, so that the caller can hand the requests over together with others."""
+
+    def __init__(self, run: RunLog, wanted: Sequence[tuple[FixedRecipe, str]]):
+        self.run, self.wanted = run, list(wanted)
+        self.recipes = [recipe_of(run.config(), fixed, run.statistics_dir) for fixed, _ in wanted]
+        self.found = [from_log(run, fixed, split, recipe)
+                      for (fixed, split), recipe in zip(wanted, self.recipes, strict=True)]
+        self.missing = [k for k, record in enumerate(self.found) if record is None]
+        self.requests = [Request(self.recipes[k], wanted[k][1], f"baseline {wanted[k][0].label}") for k in self.missing]
+
+    def logged(self, outcomes: Sequence[Outcome]) -> dict[tuple[str, str], BaselineRecord]:
+        """(name, split) -> record of every wanted row, those of ``outcomes`` (one per request) appended first."""
+        for k, outcome in zip(self.missing, outcomes, strict=True):
+            (fixed, split), want = self.wanted[k], recipe_data(self.recipes[k])
+            self.found[k] = self.run.append(BaselineRecord(fixed.name, split, want, outcome.scores,  # type: ignore[arg-type]
+                                                           outcome.error, tokens=outcome.tokens))
+        return {(fixed.name, split): record for (fixed, split), record in zip(self.wanted, self.found, strict=True)
+                if isinstance(record, BaselineRecord)}
+
+
+def cached_or_scored(run: RunLog, wanted: Sequence[tuple[FixedRecipe, str]],
+                     evaluate: Evaluate) -> dict[tuple[str, str], BaselineRecord]:
+    """``Rows`` of ``wanted``, the missing ones scored side by side: (name, split) -> record."""
+    rows = Rows(run, wanted)
+    return rows.logged(evaluate.many(rows.requests))
+
+
+def from_log(run: RunLog, fixed: FixedRecipe, split: str, recipe: Recipe) -> BaselineRecord | None:
+    """The log's record of this baseline on this split, or the search's own scores where it started from this
+    recipe (on calibration); None when it has to be scored."""
     want = recipe_data(recipe)
     logged = logged_full(run, fixed.name, split, want)
     if logged is not None:
         return logged
     start = scored_start(run, recipe) if split == "calibration" else None
-    if start is not None:
-        return BaselineRecord(fixed.name, split, want, start.scores, start.error)  # type: ignore[arg-type]
-    outcome = evaluate(recipe, split, f"baseline {fixed.label}")
-    record = run.append(BaselineRecord(fixed.name, split, want, outcome.scores, outcome.error,  # type: ignore[arg-type]
-                                       tokens=outcome.tokens))
-    assert isinstance(record, BaselineRecord)
-    return record
+    if start is None:
+        return None
+    return BaselineRecord(fixed.name, split, want, start.scores, start.error)  # type: ignore[arg-type]
 
 
 def logged_records(run: RunLog, name: str, split: str, want: Mapping[str, Any]) -> list[BaselineRecord]:
@@ -144,29 +171,30 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool], 
     families |= calibrated_recipes(len(cfg.sources.models))
 
     def calibration(fixed: FixedRecipe) -> BaselineRecord:
-        return cached_or_scored(run, fixed, "calibration", evaluate)
+        return cached_or_scored(run, [(fixed, "calibration")], evaluate)[fixed.name, "calibration"]
 
-    def both(fixed: FixedRecipe) -> BaselineScores:
-        cal, held = calibration(fixed), cached_or_scored(run, fixed, "heldout", evaluate)
-        return BaselineScores(fixed, raw_values(cfg.objectives, cal.scores, "calibration"),
-                              raw_values(cfg.objectives, held.scores, "heldout"), cal.error or held.error)
+    def both(fixed: Sequence[FixedRecipe]) -> list[BaselineScores]:
+        """Calibration and held-out rows of ``fixed``, scored side by side: every calibration job first, so that
+        workers start on different recipes (a worker takes the held-out job of the recipe it holds next)."""
+        return table_rows(cfg, fixed, cached_or_scored(run, [(f, split) for split in SPLITS for f in fixed], evaluate))
 
-    singles = [both(members[0]) for family, members in families.items() if family not in GRID_FAMILIES]
+    single = [members[0] for family, members in families.items() if family not in GRID_FAMILIES]
+    races = grid_races(run, evaluate, families, [r.scores for r in run.candidates() if r.ok and r.items is None]) \
+        if race else {}
+    singles = table_rows(cfg, single, first_batch(run, evaluate, single, list(races.values())))
     normalizer = Normalizer.from_sources(higher, {
-        split: [getattr(r, split) for r in singles if r.fixed.family.startswith("source")]
-        for split in ("calibration", "heldout")
+        split: [getattr(r, split) for r in singles if r.fixed.family.startswith("source")] for split in SPLITS
     })
-    sizes = calibration_sizes(cfg, [calibration(members[0]).scores for family, members in families.items()
-                                    if family not in GRID_FAMILIES])
-    chunks = Chunks.plan(sizes, cfg.scoring.chunk_items, cfg.seed) if race and sizes is not None else None
+    if race and not races:  # no candidate scored on every item: the single rows give the chunk plan
+        races = grid_races(run, evaluate, families, [calibration(f).scores for f in single])
     grids, stopped = {}, {}
     for family in GRID_FAMILIES:
-        if chunks is not None:
-            raced = GridRace(run, evaluate, normalizer, chunks)
-            scores = raced.race(families[family])
-            stopped.update(raced.stopped)
+        if family in races:
+            scores = races[family].race(normalizer)
+            stopped.update(races[family].stopped)
         else:
-            scores = {m.name: calibration(m).scores for m in families[family]}
+            records = cached_or_scored(run, [(m, "calibration") for m in families[family]], evaluate)
+            scores = {m.name: records[m.name, "calibration"].scores for m in families[family]}
         grids[family] = tuple((m, raw_values(cfg.objectives, scores[m.name], "calibration")) for m in families[family])
     chosen = [normalizer.best([item for item in grid if item[0].name not in stopped], "calibration")
               for grid in grids.values()]
@@ -177,7 +205,44 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool], 
     k, names = len(cfg.sources.models), tuple(labels[m] for m in cfg.sources.models)
     order = sorted(range(k), key=lambda i: rank(families[source_name(i)][0]), reverse=True)  # ties: source order
     greedy = greedy_soup(order, lambda members: soup_of(members, k, names), rank)
-    return Baselines((*singles, *(both(m) for m in chosen), both(greedy)), grids, normalizer, stopped)
+    return Baselines((*singles, *both([*chosen, greedy])), grids, normalizer, stopped)
+
+
+def table_rows(cfg: SearchConfig, fixed: Sequence[FixedRecipe],
+               records: Mapping[tuple[str, str], BaselineRecord]) -> list[BaselineScores]:
+    """The table's rows of ``fixed`` from their records on both splits ((name, split) -> record)."""
+    return [BaselineScores(f, raw_values(cfg.objectives, cal.scores, "calibration"),
+                           raw_values(cfg.objectives, held.scores, "heldout"), cal.error or held.error)
+            for f in fixed for cal, held in [(records[f.name, "calibration"], records[f.name, "heldout"])]]
+
+
+def grid_races(run: RunLog, evaluate: Evaluate, families: Mapping[str, Sequence[FixedRecipe]],
+               full: Sequence[Scores | None]) -> dict[str, "GridRace"]:
+    """A race per grid family, in chunks planned from ``full`` (scores on every calibration item, the first that is
+    not None); none where there are none (the grids are then scored in full)."""
+    cfg = run.config()
+    sizes = calibration_sizes(cfg, full)
+    if sizes is None:
+        return {}
+    chunks = Chunks.plan(sizes, cfg.scoring.chunk_items, cfg.seed)
+    return {family: GridRace(run, evaluate, chunks, families[family]) for family in GRID_FAMILIES}
+
+
+def first_batch(run: RunLog, evaluate: Evaluate, single: Sequence[FixedRecipe],
+                races: Sequence["GridRace"]) -> dict[tuple[str, str], BaselineRecord]:
+    """The single rows on both splits and every race's opening chunks, handed over together; the rows with
+    statistics to compute come first (both splits: their statistics start at once, and a second worker shares
+    them). Returns the rows' records ((name, split) -> record); the races keep their chunks."""
+    calibrated = [f for f in single if f.family in CALIBRATED_FAMILIES]
+    rows = Rows(run, [(f, split) for group in (calibrated, [f for f in single if f not in calibrated])
+                      for split in SPLITS for f in group])
+    openings = [grid.opening() for grid in races]
+    outcomes = evaluate.many([*rows.requests, *(r for opening in openings for r in opening)])
+    done = len(rows.requests)
+    for grid, opening in zip(races, openings, strict=True):
+        grid.opened(outcomes[done:done + len(opening)])
+        done += len(opening)
+    return rows.logged(outcomes[:len(rows.requests)])
 
 
 def greedy_soup(order: Sequence[int], soup: Callable[[Sequence[int]], FixedRecipe],
@@ -201,8 +266,8 @@ def calibration_rank(normalizer: Normalizer, cfg: SearchConfig, scores: Scores |
 
 
 def calibration_sizes(cfg: SearchConfig, full: Sequence[Scores | None]) -> dict[str, int] | None:
-    """Each calibration task's number of items (the objectives' order), read off a baseline scored on every item;
-    None when none was (every single failed): the grids are then scored in full."""
+    """Each calibration task's number of items (the objectives' order), read off scores on every item (a candidate's
+    or a baseline's); None when there are none (the grids are then scored in full)."""
     scores = next((s for s in full if s is not None), None)
     if scores is None:
         return None
@@ -224,17 +289,26 @@ class _Member:
 class GridRace:
     """One grid family raced on calibration against its best member scored in full (see the module's docstring)."""
 
-    def __init__(self, run: RunLog, evaluate: Evaluate, normalizer: Normalizer, chunks: Chunks):
+    def __init__(self, run: RunLog, evaluate: Evaluate, chunks: Chunks, members: Sequence[FixedRecipe]):
         self.run, self.cfg, self.evaluate, self.chunks = run, run.config(), evaluate, chunks
-        self.normalizer = normalizer
+        self.state = [self._from_log(m) for m in members]
         self.stopped: dict[str, int] = {}  # member name -> items scored
+        self.normalizer: Normalizer  # the single rows' (best source per objective), given to ``race``
 
-    def race(self, members: Sequence[FixedRecipe]) -> dict[str, Scores | None]:
-        """Each member's calibration scores: every item, or the chunks it was stopped after (an estimate)."""
-        state = [self._from_log(m) for m in members]
-        for m in state:  # a chunk of each, to take the most promising first
-            if m.full is None and m.error is None and not m.parts:
-                self._score(m, 0)
+    def opening(self) -> list[Request]:
+        """The first chunk of each member with nothing scored: to take the most promising first. The caller may hand
+        them over with other work; ``opened`` takes their outcomes."""
+        return [self._request(m, 0) for m in self._unopened()]
+
+    def opened(self, outcomes: Sequence[Outcome]) -> None:
+        """The outcomes of ``opening()``'s requests, in their order."""
+        self._scored(self._unopened(), outcomes)
+
+    def race(self, normalizer: Normalizer) -> dict[str, Scores | None]:
+        """Each member's calibration scores: every item, or the chunks it was stopped after (an estimate);
+        ``normalizer``: the single rows' (best source per objective)."""
+        self.normalizer, state = normalizer, self.state
+        self.opened(self.evaluate.many(self.opening()))  # nothing to do where the caller opened the race
         specs = self._specs([m.full for m in state if m.full is not None]
                             + [combine(m.parts) for m in state if m.parts])
         open_ = [m for m in state if m.full is None and m.error is None]
@@ -269,14 +343,24 @@ class GridRace:
             m.parts, m.tokens = [part for part in slices if part is not None], raced[-1].tokens or 0
         return m
 
+    def _unopened(self) -> list[_Member]:
+        return [m for m in self.state if m.full is None and m.error is None and not m.parts]
+
+    def _request(self, m: _Member, k: int) -> Request:
+        return Request(m.recipe, "calibration", f"baseline {m.fixed.label}, chunk {k + 1}/{self.chunks.count}",
+                       self.chunks.items(k))
+
     def _score(self, m: _Member, k: int) -> None:
-        outcome = self.evaluate(m.recipe, "calibration", f"baseline {m.fixed.label}, chunk {k + 1}/{self.chunks.count}",
-                                items=self.chunks.items(k))
-        m.tokens, m.new = m.tokens + outcome.tokens, True
-        if outcome.scores is None:
-            m.error = outcome.error
-        else:
-            m.parts.append(outcome.scores)
+        self._scored([m], self.evaluate.many([self._request(m, k)]))
+
+    def _scored(self, members: Sequence[_Member], outcomes: Sequence[Outcome]) -> None:
+        """Each member's next chunk, scored (``outcomes``, one per member)."""
+        for m, outcome in zip(members, outcomes, strict=True):
+            m.tokens, m.new = m.tokens + outcome.tokens, True
+            if outcome.scores is None:
+                m.error = outcome.error
+            else:
+                m.parts.append(outcome.scores)
 
     def _complete(self, m: _Member, best: _Member | None) -> None:
         """A member scored on every chunk: its chunks in document order; scored again in one job where it would

@@ -1,50 +1,100 @@
-"""Scoring outside the search loop (baselines, finalists): the run's own worker, started on first use.
+"""Scoring outside the search loop (baselines, finalists): the run's own workers, started on first use.
 
 Baselines and finalists are scored by the same Worker code, with the same sources, tasks and
-batch size as the search — so their scores sit on one scale with the candidates'. The worker is
-only started when something is missing from the log: an export whose scores are all cached loads
-no model. Before it starts, the source files are checked against the fingerprints the run recorded,
+batch size as the search — so their scores sit on one scale with the candidates'. The workers are
+the run's executor (``execution.backend``, ``execution.workers``): requests that do not depend on each
+other are handed over together (``Evaluate.many``), so every worker has one; their outcomes come back in
+request order, and callers log them in that order, so the log does not depend on the worker count. The
+workers are only started when something is missing from the log: an export whose scores are all cached
+loads no model. Before they start, the source files are checked against the fingerprints the run recorded,
 so nothing scored on changed models ever enters the log.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence
 
 from tqdm import tqdm
 
 from evomerge.errors import EvomergeError
-from evomerge.execution.executor import Executor, Job, LocalExecutor
+from evomerge.execution import make_executor
+from evomerge.execution.executor import Executor, Job
 from evomerge.execution.worker import Outcome, WorkerSpec
 from evomerge.recipes.recipe import Recipe
 from evomerge.run.log import RunLog
 from evomerge.sources.pool import fingerprint
 
 ExecutorFactory = Callable[[WorkerSpec], Executor]
+Items = Mapping[str, tuple[int, ...]]  # a chunk: task -> document positions
+
+
+@dataclass(frozen=True)
+class Request:
+    recipe: Recipe
+    split: str
+    what: str  # for progress and errors: "baseline soup", "candidate 12"
+    items: Items | None = None  # None: every item
+
+
+class Evaluate(Protocol):
+    def __call__(self, recipe: Recipe, split: str, what: str, items: Items | None = None) -> Outcome:
+        """The recipe's scores on ``split``: every item, or (``items``: task -> document positions) a chunk."""
+
+    def many(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Independent requests, scored side by side where there are several workers; outcomes in request order."""
+
+
+class Serial:
+    """An ``Evaluate`` of one function that scores one request at a time (tests, and scoring without workers)."""
+
+    def __init__(self, score: Callable[..., Outcome]):
+        self.score = score
+
+    def __call__(self, recipe: Recipe, split: str, what: str, items: Items | None = None) -> Outcome:
+        return self.score(recipe, split, what, items)
+
+    def many(self, requests: Sequence[Request]) -> list[Outcome]:
+        return [self.score(r.recipe, r.split, r.what, r.items) for r in requests]
 
 
 class Evaluator:
     def __init__(self, run: RunLog, executor_factory: ExecutorFactory | None = None, *, quiet: bool = False):
         self.run, self.cfg, self.quiet = run, run.config(), quiet
-        self.factory: ExecutorFactory = executor_factory or LocalExecutor
+        self.factory: ExecutorFactory = executor_factory or (lambda spec: make_executor(self.cfg, spec, run.root))
         self.executor: Executor | None = None
         self.evaluated = 0  # evaluations run by this evaluator (0 when everything came from the log)
         self.bar: tqdm | None = None  # one progress bar for every model scored, not a line each
 
-    def __call__(self, recipe: Recipe, split: str, what: str,
-                 items: Mapping[str, tuple[int, ...]] | None = None) -> Outcome:
+    def __call__(self, recipe: Recipe, split: str, what: str, items: Items | None = None) -> Outcome:
         """``recipe`` on every item of ``split``, or on ``items`` (task -> document positions: a chunk)."""
-        if self.executor is None:
-            check_sources(self.run)
-            self.executor = self.factory(WorkerSpec.from_config(self.cfg))
+        return self.many([Request(recipe, split, what, items)])[0]
+
+    def many(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Every request submitted at once, outcomes in request order; a machine failure among them raises (after
+        all have finished, so that no worker is left busy), and nothing of the batch is returned."""
+        if not requests:
+            return []
         if self.bar is None:
             self.bar = tqdm(desc="evomerge: scoring", unit="job", disable=self.quiet, dynamic_ncols=True)
-        self.bar.set_postfix_str(f"{what} ({split})", refresh=True)
-        self.evaluated += 1
-        self.executor.submit(Job(-self.evaluated, recipe, split, items))  # negative ids: not search candidates
-        outcome = self.executor.next_result().outcome.checked(what)
-        self.bar.update(1)
-        return outcome
+        if self.executor is None:
+            check_sources(self.run)
+            self.bar.set_postfix_str("starting the workers (loading the models)", refresh=True)
+            self.executor = self.factory(WorkerSpec.from_config(self.cfg))
+        self.bar.set_postfix_str(f"{len(requests)} job(s) handed over, first: {requests[0].what}", refresh=True)
+        position = {}
+        for k, r in enumerate(requests):
+            self.evaluated += 1
+            position[-self.evaluated] = k  # negative ids: not search candidates
+            self.executor.submit(Job(-self.evaluated, r.recipe, r.split, r.items))
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        for _ in requests:
+            result = self.executor.next_result()
+            k = position[result.job.index]
+            outcomes[k] = result.outcome
+            self.bar.set_postfix_str(f"{requests[k].what} ({requests[k].split})", refresh=False)
+            self.bar.update(1)
+        return [o.checked(r.what) for o, r in zip(outcomes, requests, strict=True) if o is not None]
 
     def close(self) -> None:
         if self.bar is not None:

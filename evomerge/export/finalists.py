@@ -33,7 +33,8 @@ from typing import Callable, Sequence
 from evomerge import pareto
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
-from evomerge.export.baselines import Baselines, Evaluate, evaluate_baselines
+from evomerge.export.baselines import Baselines, evaluate_baselines
+from evomerge.export.evaluator import Evaluate, Request
 from evomerge.genome.space import GenomeSpace
 from evomerge.run.log import RunLog
 from evomerge.run.records import CandidateRecord, CompletedRecord, HeldoutRecord
@@ -82,16 +83,15 @@ class Analysis:
         held = self.heldout.get(record.key)
         return None if held is None else raw_values(self.cfg.objectives, held.scores, "heldout")
 
-    def rescore(self, record: CandidateRecord) -> HeldoutRecord:
-        """The candidate's held-out record: from the log, or scored now and appended."""
-        if record.key in self.heldout:
-            return self.heldout[record.key]
-        recipe = self.space.to_recipe(record.x)
-        outcome = self.evaluate(recipe, "heldout", f"candidate {record.index}")
-        held = self.run.append(HeldoutRecord(record.key, record.index, outcome.scores, outcome.error, outcome.tokens))
-        assert isinstance(held, HeldoutRecord)
-        self.heldout[record.key] = held
-        return held
+    def rescore(self, records: Sequence[CandidateRecord]) -> None:
+        """Each candidate's held-out record, from the log or scored now (side by side) and appended in order."""
+        missing = list({r.key: r for r in records if r.key not in self.heldout}.values())
+        outcomes = self.evaluate.many([Request(self.space.to_recipe(r.x), "heldout", f"candidate {r.index}")
+                                       for r in missing])
+        for r, outcome in zip(missing, outcomes, strict=True):
+            held = self.run.append(HeldoutRecord(r.key, r.index, outcome.scores, outcome.error, outcome.tokens))
+            assert isinstance(held, HeldoutRecord)
+            self.heldout[r.key] = held
 
     def candidate(self, index: int) -> CandidateRecord:
         """That candidate, with its full calibration scores (a raced one alone is its own front)."""
@@ -114,7 +114,7 @@ class Analysis:
                 self.normalizer.rank(self.calibration_raw(r), "calibration"),
                 -r.index,
             ))
-        self.rescore(record)
+        self.rescore([record])
         return record
 
 
@@ -161,8 +161,7 @@ def analyze(run: RunLog, evaluate: Evaluate, *, finalists: int = DEFAULT_FINALIS
     ranked = rank_on_calibration(front, baselines.normalizer, cfg)
     heldout = run.heldout()
     analysis = Analysis(run, cfg, candidates, front, ranked[:finalists], heldout, baselines, evaluate)
-    for r in analysis.finalists:
-        analysis.rescore(r)
+    analysis.rescore(analysis.finalists)
     return analysis
 
 
@@ -182,8 +181,9 @@ def complete_front(run: RunLog, candidates: list[CandidateRecord], evaluate: Eva
                    and r.key not in done]
         if not partial:
             return candidates
-        for r in partial:
-            outcome = evaluate(space.to_recipe(r.x), "calibration", f"candidate {r.index} on every calibration item")
+        outcomes = evaluate.many([Request(space.to_recipe(r.x), "calibration",
+                                          f"candidate {r.index} on every calibration item") for r in partial])
+        for r, outcome in zip(partial, outcomes, strict=True):
             record = run.append(CompletedRecord(r.key, r.index, outcome.scores, outcome.error, outcome.tokens))
             assert isinstance(record, CompletedRecord)
             done[r.key] = record

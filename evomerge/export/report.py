@@ -87,7 +87,7 @@ def _chosen(analysis: Analysis, exports: list[ExportRecord]) -> tuple[CandidateR
     keys = {r.key for r in analysis.candidates if r.ok}
     if exports and exports[-1].key in keys:
         record = analysis.candidate(exports[-1].index)
-        analysis.rescore(record)
+        analysis.rescore([record])
         return record, f"exported (candidate {record.index})"
     record = analysis.pick("calibration")
     return record, f"best (candidate {record.index})"

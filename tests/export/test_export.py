@@ -122,6 +122,6 @@ def test_a_machine_failure_stops_the_export_and_logs_no_baseline_for_it(tiny_run
 
     with pytest.raises(EvomergeError, match="No space left on device .* nothing was logged for it"):
         export_candidate(tiny_run.root, tmp_path / "out", executor_factory=DiskFull, quiet=True)
-    assert len(RunLog.open(tiny_run.root).baselines()) == 2 and not (tmp_path / "out").exists()
+    assert not any(r.error for r in RunLog.open(tiny_run.root).baselines()) and not (tmp_path / "out").exists()
     export_candidate(tiny_run.root, tmp_path / "out", executor_factory=fake_executor, quiet=True)
     assert all(r.error is None for r in RunLog.open(tiny_run.root).baselines())

@@ -7,6 +7,7 @@ from pathlib import Path
 from evomerge.config.search import ScoringConfig
 from evomerge.execution.worker import Outcome
 from evomerge.export.baselines import GridRace, logged_full, recipe_of
+from evomerge.export.evaluator import Serial
 from evomerge.recipes import recipe_data
 from evomerge.recipes.fixed import fixed_recipes
 from evomerge.recipes.recipe import Recipe
@@ -40,9 +41,9 @@ def graded(recipe: Recipe, split: str, what: str, items=None) -> Outcome:
 def test_a_member_stopped_early_is_below_the_best_on_its_full_score(tmp_path: Path, scored_family) -> None:
     run = synthetic_run(tmp_path / "run", export_config(scored_family, scoring=ScoringConfig(chunk_items=8)))
     norm = Normalizer((True, True), {"calibration": (0.9, 0.9), "heldout": (0.9, 0.9)})
-    race = GridRace(run, graded, norm, Chunks.plan({t: ITEMS for t in TASKS}, 8, seed=0))
     members = fixed_recipes(2)["task_arithmetic"]
-    race.race(members)
+    race = GridRace(run, Serial(graded), Chunks.plan({t: ITEMS for t in TASKS}, 8, seed=0), members)
+    race.race(norm)
 
     def full(name: str) -> tuple[float, float]:
         member = next(m for m in members if m.name == name)
@@ -59,9 +60,9 @@ def test_a_stopped_member_is_logged_with_its_chunks_and_a_completed_one_in_docum
                                                                                            scored_family) -> None:
     run = synthetic_run(tmp_path / "run", export_config(scored_family, scoring=ScoringConfig(chunk_items=8)))
     norm = Normalizer((True, True), {"calibration": (0.9, 0.9), "heldout": (0.9, 0.9)})
-    race = GridRace(run, graded, norm, Chunks.plan({t: ITEMS for t in TASKS}, 8, seed=0))
     members = fixed_recipes(2)["task_arithmetic"]
-    race.race(members)
+    race = GridRace(run, Serial(graded), Chunks.plan({t: ITEMS for t in TASKS}, 8, seed=0), members)
+    race.race(norm)
     for m in members:
         want = recipe_data(recipe_of(run.config(), m))
         record = [r for r in run.baselines() if r.name == m.name][-1]

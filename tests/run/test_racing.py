@@ -118,6 +118,7 @@ def test_the_front_is_completed_on_every_calibration_item_once(tmp_path: Path, s
 def test_fixed_recipes_the_search_started_from_are_read_from_the_log_not_scored(tmp_path: Path, scored_family,
                                                                                  search_config) -> None:
     from evomerge.export.baselines import cached_or_scored, recipe_of, scored_start
+    from evomerge.export.evaluator import Serial
     from evomerge.recipes.fixed import fixed_recipes
 
     config = search_config(tmp_path, scored_family, strategy=CMAES, scoring=RACING, budget={"max_evals": 5})
@@ -131,7 +132,8 @@ def test_fixed_recipes_the_search_started_from_are_read_from_the_log_not_scored(
         raise AssertionError("a start point was scored again")
 
     start = scored_start(run, recipe_of(run.config(), reused[0]))
-    assert cached_or_scored(run, reused[0], "calibration", never).scores == start.scores
+    logged = cached_or_scored(run, [(reused[0], "calibration")], Serial(never))
+    assert logged[reused[0].name, "calibration"].scores == start.scores
 
 
 def test_task_arithmetic_with_lambda_or_with_weights_is_the_same_merge(tiny_config) -> None:
