@@ -377,7 +377,7 @@ class GridRace:
     def _score_all(self, m: _Member) -> None:
         """One job on every item, for a member with nothing to race against (the family's first, or a grid that
         cannot be raced): its numbers are those of full scoring exactly (chunks batch the forwards differently)."""
-        outcome = self.evaluate(m.recipe, "calibration", f"baseline {m.fixed.label}")
+        outcome = self.evaluate.many([Request(m.recipe, "calibration", f"baseline {m.fixed.label}")])[0]
         m.tokens, m.new = m.tokens + outcome.tokens, True
         m.full, m.error, m.parts = outcome.scores, outcome.error, []
 

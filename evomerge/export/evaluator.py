@@ -38,24 +38,8 @@ class Request:
 
 
 class Evaluate(Protocol):
-    def __call__(self, recipe: Recipe, split: str, what: str, items: Items | None = None) -> Outcome:
-        """The recipe's scores on ``split``: every item, or (``items``: task -> document positions) a chunk."""
-
     def many(self, requests: Sequence[Request]) -> list[Outcome]:
         """Independent requests, scored side by side where there are several workers; outcomes in request order."""
-
-
-class Serial:
-    """An ``Evaluate`` of one function that scores one request at a time (tests, and scoring without workers)."""
-
-    def __init__(self, score: Callable[..., Outcome]):
-        self.score = score
-
-    def __call__(self, recipe: Recipe, split: str, what: str, items: Items | None = None) -> Outcome:
-        return self.score(recipe, split, what, items)
-
-    def many(self, requests: Sequence[Request]) -> list[Outcome]:
-        return [self.score(r.recipe, r.split, r.what, r.items) for r in requests]
 
 
 class Evaluator:
@@ -65,10 +49,6 @@ class Evaluator:
         self.executor: Executor | None = None
         self.evaluated = 0  # evaluations run by this evaluator (0 when everything came from the log)
         self.bar: tqdm | None = None  # one progress bar for every model scored, not a line each
-
-    def __call__(self, recipe: Recipe, split: str, what: str, items: Items | None = None) -> Outcome:
-        """``recipe`` on every item of ``split``, or on ``items`` (task -> document positions: a chunk)."""
-        return self.many([Request(recipe, split, what, items)])[0]
 
     def many(self, requests: Sequence[Request]) -> list[Outcome]:
         """Every request submitted at once, outcomes in request order; a machine failure among them raises (after

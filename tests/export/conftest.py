@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import pytest
 
 from evomerge.config.search import BudgetConfig, GenomeConfig, ObjectiveConfig, SearchConfig, SourcesConfig
 from evomerge.execution.executor import Executor, Job, JobResult
 from evomerge.execution.worker import Outcome, WorkerSpec
+from evomerge.export.evaluator import Request
 from evomerge.genome.space import GenomeSpace
 from evomerge.recipes.recipe import Recipe
 from evomerge.run.log import RunLog
@@ -63,6 +64,16 @@ class FakeExecutor(Executor):
         tasks = self.spec.calibration_tasks if job.split == "calibration" else self.spec.heldout_tasks
         return JobResult(job, Outcome(fake_scores(job.recipe, tasks, 1.0 if job.split == "calibration" else 0.9),
                                       worker="fake"))
+
+
+class Serial:
+    """An ``Evaluate`` of a function ``score(recipe, split, what, items)`` that scores one request at a time."""
+
+    def __init__(self, score: Callable[..., Outcome]):
+        self.score = score
+
+    def many(self, requests: Sequence[Request]) -> list[Outcome]:
+        return [self.score(r.recipe, r.split, r.what, r.items) for r in requests]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 from evomerge.config.search import ScoringConfig
 from evomerge.execution.worker import Outcome
 from evomerge.export.baselines import GridRace, logged_full, recipe_of
-from evomerge.export.evaluator import Serial
 from evomerge.recipes import recipe_data
 from evomerge.recipes.fixed import fixed_recipes
 from evomerge.recipes.recipe import Recipe
@@ -15,7 +14,7 @@ from evomerge.run.racing import Chunks
 from evomerge.scoring.normalize import Normalizer
 from evomerge.scoring.result import TaskScore
 
-from .conftest import TASKS, export_config, synthetic_run
+from .conftest import TASKS, Serial, export_config, synthetic_run
 
 ITEMS = 32  # per task
 
