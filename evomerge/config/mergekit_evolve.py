@@ -341,6 +341,8 @@ COMMENTS = {
     "execution.threads": "torch threads per worker; null = 1 on CPU",
     "execution.memory_budget": "bytes per worker for merging, e.g. 8GB; null = from the device or this host",
     "execution.trackers": "--wandb: [{library: wandb, project: P, entity: E}] (or trackio); [] = none",
+    "baselines.lambdas": "λ grid of the report's task arithmetic, TIES and DARE-TIES; null = the standard one",
+    "baselines.densities": "densities of the report's TIES and DARE-TIES grids; null = the standard ones",
 }
 COMMENT_COLUMN = 33
 ORDER = ("name", "seed", "sources", "genome", "scoring", "objectives", "strategy", "budget", "execution")  # zoo.yaml's

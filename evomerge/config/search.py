@@ -228,6 +228,16 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class BaselinesConfig:
+    """The grids of the fixed recipes the export and the report score beside the search (task arithmetic's λ; TIES'
+    and DARE-TIES' densities, each with every λ): a smaller grid is a cheaper export, and a best fixed recipe chosen
+    from fewer members. None: the standard grid of ``recipes.fixed``."""
+
+    lambdas: tuple[float, ...] | None = field(default=None, metadata={"nonempty": True, "gt": 0})
+    densities: tuple[float, ...] | None = field(default=None, metadata={"nonempty": True, "gt": 0, "le": 1})
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     name: str
     sources: SourcesConfig
@@ -238,6 +248,7 @@ class SearchConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
 
     def check(self) -> tuple[str, str] | None:
         if sum(o.weight for o in self.objectives) <= 0:

@@ -1,10 +1,10 @@
 """The fixed recipes every report shows beside the search (docs/DESIGN.md, "Baselines"), scored in the same run.
 
 The families are ``evomerge.recipes.fixed``'s: the base, each source alone, the uniform soup, and task
-arithmetic, TIES and DARE-TIES over their grids. Each member is an ordinary Recipe over the run's
-base and sources, evaluated by the run's own workers on the same tasks as the candidates, and cached
-in the run log as a ``BaselineRecord`` — a later export or report reuses the record whose name, split
-and recipe all match, and never scores it again. A member the search started from (a seed point that
+arithmetic, TIES and DARE-TIES over their grids (the standard ones, or the config's ``baselines``). Each member is
+an ordinary Recipe over the run's base and sources, evaluated by the run's own workers on the same tasks as the
+candidates, and cached in the run log as a ``BaselineRecord`` — a later export or report reuses the record whose
+name, split and recipe all match, and never scores it again. A member the search started from (a seed point that
 merges exactly as the member does) takes that candidate's calibration scores from the log instead. A grid family's
 members are scored on calibration; the one with the best mean normalized calibration score (ties: the first) is
 scored on held-out and shown in tables — chosen without looking at held-out data. The greedy soup (``greedy_soup``)
@@ -41,7 +41,9 @@ from evomerge.export.evaluator import Evaluate, Request
 from evomerge.recipes import Recipe, recipe_data
 from evomerge.recipes.fixed import (
     CALIBRATED_FAMILIES,
+    DENSITIES,
     GRID_FAMILIES,
+    LAMBDAS,
     FixedRecipe,
     calibrated_recipes,
     fixed_recipes,
@@ -167,7 +169,9 @@ def evaluate_baselines(run: RunLog, evaluate: Evaluate, higher: Sequence[bool], 
     ``race``: race the grids (the default); False scores every member on every item."""
     cfg = run.config()
     labels = cfg.sources.labels()
-    families = fixed_recipes(len(cfg.sources.models), tuple(labels[m] for m in cfg.sources.models))
+    grid = cfg.baselines
+    families = fixed_recipes(len(cfg.sources.models), tuple(labels[m] for m in cfg.sources.models),
+                             lambdas=grid.lambdas or LAMBDAS, densities=grid.densities or DENSITIES)
     families |= calibrated_recipes(len(cfg.sources.models))
 
     def calibration(fixed: FixedRecipe) -> BaselineRecord:

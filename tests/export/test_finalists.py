@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from evomerge import pareto
+from evomerge.config.search import BaselinesConfig
 from evomerge.errors import EvomergeError
 from evomerge.export.evaluator import Evaluator
 from evomerge.export.finalists import analyze
@@ -70,6 +71,18 @@ def test_sources_alone_are_the_experts_and_each_grid_is_chosen_on_calibration(ti
         assert best.name in rows and [r.fixed.family for r in a.baselines.rows].count(family) == 1
     assert a.baselines.best_fixed("heldout").fixed.family in ("soup", "task_arithmetic", "ties", "dare_ties", "tsvm",
                                                               "regmean", "fisher", "greedy_soup")
+
+
+def test_the_configs_baselines_grid_is_the_grid_the_export_scores(tmp_path: Path, scored_family,
+                                                                  fake_executor) -> None:
+    cfg = export_config(scored_family, baselines=BaselinesConfig(lambdas=(0.5, 1.0), densities=(0.7,)))
+    with Evaluator(run := synthetic_run(tmp_path / "run", cfg), fake_executor, quiet=True) as ev:
+        a = analyze(run, ev, finalists=1)
+    assert {family: [m.name for m, _ in grid] for family, grid in a.baselines.grids.items()} == {
+        "task_arithmetic": ["task_arithmetic@0.5", "task_arithmetic@1"],
+        "ties": ["ties@d0.7,l0.5", "ties@d0.7,l1"], "dare_ties": ["dare_ties@d0.7,l0.5", "dare_ties@d0.7,l1"]}
+    scored = {r.name for r in run.baselines()}
+    assert not any(name.startswith(("task_arithmetic@0.1", "ties@d0.3", "dare_ties@d0.5")) for name in scored)
 
 
 def test_a_run_without_successful_candidates_is_refused(tmp_path: Path, tiny_family, fake_executor) -> None:

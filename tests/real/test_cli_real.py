@@ -14,12 +14,14 @@ from safetensors.torch import load_file
 from evomerge.cli import main
 from evomerge.run.log import RunLog
 from evomerge.zoo.smol import SKILLS, SmolFamily
+from evomerge.zoo.smol.build import VARIANTS
 from evomerge.zoo.smol.train import TRAINED
 
 from .conftest import FAMILY_TIMEOUT, evaluate, greedy_accuracy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(FAMILY_TIMEOUT)]
 CANDIDATES = 4
+STATISTICS_TEXTS = 12  # of the reduced family's 48 calibration texts
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,16 @@ def run_dir(smol: SmolFamily, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The family's own search config, run for a few candidates on the local backend: its two Ray workers would log
     the same candidates (``in_flight`` fixes the order), and a Ray started by other tests of the session (a small
     object store) would be reused and refuse these sources. The one worker has two torch threads, so the run and
-    its export (the longest step of the suite: ~100 baselines) use both cores of a CI machine."""
+    its export use both cores of a CI machine. The export, the longest step of the suite, takes the reduced
+    variant's small grid of fixed recipes (6 members, not 105: each is a merge) and a quarter of the calibration
+    texts for RegMean's and Fisher's statistics (Fisher: a backward pass per text and expert) — every step of it
+    still runs."""
     folder = tmp_path_factory.mktemp("smol-search")
     config = yaml.safe_load(smol.search_config.read_text())
     config["execution"]["threads"] = 2
+    grid = VARIANTS["reduced"].check
+    config["baselines"] = {"lambdas": list(grid.lambdas), "densities": list(grid.densities)}
+    config["scoring"]["statistics_texts"] = STATISTICS_TEXTS
     (folder / "search.yaml").write_text(yaml.safe_dump(config))
     args = ["--run-dir", str(folder / "run"), "--max-evals", str(CANDIDATES), "--backend", "local", "--workers", "1",
             "--quiet"]

@@ -216,13 +216,18 @@ RESUMABLE = {
 }
 
 
+SMALL_GRID = {"lambdas": [0.5, 1.0], "densities": [0.5]}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(RESUMABLE))
 def test_run_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path: Path, scored_family, search_config,
                                                                        strategy) -> None:
     settings, budget, generations = RESUMABLE[strategy]
     scoring = {"fidelity": "racing", "chunk_items": 3, "racing_z": 1.0} if strategy.endswith("racing") else {}
-    config = search_config(tmp_path, scored_family, strategy=settings, budget={"max_evals": budget}, scoring=scoring)
+    # the exports compare the models the two runs export: a small grid of fixed recipes is enough beside them
+    config = search_config(tmp_path, scored_family, strategy=settings, budget={"max_evals": budget}, scoring=scoring,
+                           baselines=SMALL_GRID)
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     assert cli("search", str(config), "--run-dir", str(whole), "--quiet").wait() == 0
     assert max(r.generation for r in RunLog.open(whole).candidates()) == generations
