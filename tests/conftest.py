@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -129,17 +130,52 @@ def zoo_dir() -> Path:
     return build_zoo(REPO / "zoo" / "seed0-llama", seed=0, arch="llama", progress=False).root
 
 
+# mergekit-yaml's own entry point, run in one process for the whole session: each merge is the command line
+# ``mergekit-yaml CONFIG OUT --no-write-model-card --lazy-unpickle`` as a request, so the import of mergekit, torch
+# and transformers (seconds a merge, most of a differential test's time) is paid once. Its stdout carries the
+# replies alone: what mergekit prints goes to stderr.
+SERVE_MERGEKIT = """
+import json, os, sys, traceback
+from mergekit.scripts.run_yaml import main
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+for line in sys.stdin:
+    request = json.loads(line)
+    os.chdir(request["cwd"])
+    try:
+        main.main(request["args"], standalone_mode=False)
+        error = None
+    except BaseException:
+        error = traceback.format_exc()
+    replies.write(json.dumps({"error": error}) + "\\n")
+    replies.flush()
+"""
+
+
 class Mergekit:
     """The differential tests' oracle: ``mergekit-yaml`` (a dev-only dependency) and a tensor-by-tensor comparison."""
 
-    command = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
+    def __init__(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        self.process = subprocess.Popen([sys.executable, "-c", SERVE_MERGEKIT], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
     def run(self, config: Path, out: Path, cwd: Path | None = None) -> Path:
         """mergekit's merge of ``config`` into ``out``; ``cwd`` is where relative model names are found."""
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        subprocess.run([self.command, str(config), str(out), "--no-write-model-card", "--lazy-unpickle"],
-                       check=True, env=env, capture_output=True, cwd=cwd)
+        args = [str(Path(config).resolve()), str(Path(out).resolve()), "--no-write-model-card", "--lazy-unpickle"]
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"args": args, "cwd": str(cwd or Path.cwd())}) + "\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline()
+        assert reply, f"mergekit-yaml's process ended (exit {self.process.poll()}) on {config}"
+        error = json.loads(reply)["error"]
+        assert error is None, f"mergekit-yaml {config} failed:\n{error}"
         return out
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
 
     @staticmethod
     def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -157,5 +193,7 @@ class Mergekit:
 
 
 @pytest.fixture(scope="session")
-def mergekit() -> Mergekit:
-    return Mergekit()
+def mergekit() -> Iterator[Mergekit]:
+    oracle = Mergekit()
+    yield oracle
+    oracle.close()

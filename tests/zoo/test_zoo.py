@@ -189,12 +189,11 @@ def test_quick_seed0_zoo_has_the_recorded_bytes_on_every_machine(quick_zoo: Path
     assert_recorded_bytes(quick_zoo, QUICK_SEED0_SHA256, f"the seed-0 zoo of {QUICK_STEPS} steps")
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(quick_zoo: Path, tmp_path: Path) -> None:
-    again = build_zoo(tmp_path / "again", seed=0, steps=QUICK_STEPS, progress=False)
+def test_another_seed_gives_other_bytes(quick_zoo: Path, tmp_path: Path) -> None:
+    """The same seed's same bytes are the recorded digests above (a build anywhere equals them)."""
     other = build_zoo(tmp_path / "other", seed=1, steps=QUICK_STEPS, progress=False)
     for name in ["base", *EXPERT_SKILLS]:
         path = Path("models") / name / "model.safetensors"
-        assert (quick_zoo / path).read_bytes() == (again.root / path).read_bytes(), name
         assert (quick_zoo / path).read_bytes() != (other.root / path).read_bytes(), name
 
 
