@@ -141,6 +141,16 @@ def test_tsvm_leaves_a_source_equal_to_the_base_out_of_the_decorrelation() -> No
     assert torch.isfinite(with_still).all()
 
 
+def test_tsvm_decomposes_only_the_task_matrices_that_moved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fine-tune that left a matrix as the base's (an untouched embedding) costs that matrix no SVD."""
+    base, srcs = family((12, 9), 2)
+    shapes, svd = [], torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda a, **kw: shapes.append(tuple(a.shape)) or svd(a, **kw))
+    merged = get_method("tsvm")(base, [srcs[0], base, srcs[1]], weight=[1.0] * 3)
+    assert shapes[0] == (2, 12, 9)  # the task matrices of sources 0 and 2, then the two polar factors' SVDs
+    torch.testing.assert_close(merged, ref_tsvm(base, [srcs[0], base, srcs[1]], [1.0] * 3, 1.0))
+
+
 def test_tsvm_of_a_matrix_narrower_than_the_source_count_is_the_base() -> None:
     base, srcs = family((2, 30), 3)
     assert torch.equal(get_method("tsvm")(base, srcs, weight=[1.0] * 3), base)

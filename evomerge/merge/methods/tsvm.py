@@ -65,8 +65,11 @@ def components(tau: Tensor) -> Components:
     """Steps 1 and 2 for the stacked task matrices ``tau`` (K × m × n): the sources' part of TSV-M."""
     k, m, n = tau.shape
     rank = min(m, n) // k
-    u, s, vh = torch.linalg.svd(tau, full_matrices=False)
-    u, s, v = u[:, :, :rank], s[:, :rank], vh[:, :rank, :].transpose(1, 2)
+    u, s, v = tau.new_zeros(k, m, rank), tau.new_zeros(k, rank), tau.new_zeros(k, n, rank)
+    moved = [i for i in range(k) if tau[i].any()]  # a zero task matrix has no components: no SVD (an untouched
+    if moved:  # embedding of a fine-tune was the largest SVD of a merge)
+        uu, ss, vh = torch.linalg.svd(tau[moved], full_matrices=False)
+        u[moved], s[moved], v[moved] = uu[:, :, :rank], ss[:, :rank], vh[:, :rank, :].transpose(1, 2)
     tolerance = max(m, n) * torch.finfo(tau.dtype).eps * s[:, :1]  # per source; s is sorted, largest first
     keep = s > tolerance
     stops = torch.cumsum(keep.sum(dim=1), 0).tolist()
