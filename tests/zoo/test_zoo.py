@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -197,11 +196,16 @@ def test_another_seed_gives_other_bytes(quick_zoo: Path, tmp_path: Path) -> None
         assert (quick_zoo / path).read_bytes() != (other.root / path).read_bytes(), name
 
 
-def test_cache_returns_at_once(quick_zoo: Path) -> None:
-    start = time.perf_counter()
+def test_a_built_zoo_is_loaded_not_rebuilt(quick_zoo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(*args: object) -> None:
+        raise AssertionError("the cached zoo was built again")
+
+    monkeypatch.setattr("evomerge.zoo.build.run_reproducibly", no_build)
+    files = sorted(p for p in quick_zoo.rglob("*") if p.is_file())
+    before = [p.stat().st_mtime_ns for p in files]
     zoo = build_zoo(quick_zoo, seed=0, steps=QUICK_STEPS, progress=False)
-    assert time.perf_counter() - start < 1.0
     assert (zoo.root, zoo.seed, zoo.arch) == (quick_zoo, 0, "llama")
+    assert [p.stat().st_mtime_ns for p in files] == before
 
 
 def test_user_mistakes_are_evomerge_errors(tmp_path: Path) -> None:
