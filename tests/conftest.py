@@ -130,10 +130,11 @@ def zoo_dir() -> Path:
     return build_zoo(REPO / "zoo" / "seed0-llama", seed=0, arch="llama", progress=False).root
 
 
-# mergekit-yaml's own entry point, run in one process for the whole session: each merge is the command line
-# ``mergekit-yaml CONFIG OUT --no-write-model-card --lazy-unpickle`` as a request, so the import of mergekit, torch
-# and transformers (seconds a merge, most of a differential test's time) is paid once. Its stdout carries the
-# replies alone: what mergekit prints goes to stderr.
+# mergekit-yaml's own entry point, imported once for the session: each merge is the command line
+# ``mergekit-yaml CONFIG OUT --no-write-model-card --lazy-unpickle`` run in a fork of that process, so the import of
+# mergekit, torch and transformers (seconds a merge, most of a differential test's time) is paid once, and no merge
+# sees another's state (mergekit caches its loaders and architectures by model path, relative names included). The
+# server's stdout carries the replies alone: what mergekit prints goes to stderr.
 SERVE_MERGEKIT = """
 import json, os, sys, traceback
 from mergekit.scripts.run_yaml import main
@@ -141,14 +142,21 @@ replies = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
 for line in sys.stdin:
     request = json.loads(line)
-    os.chdir(request["cwd"])
-    try:
-        main.main(request["args"], standalone_mode=False)
-        error = None
-    except BaseException:
-        error = traceback.format_exc()
-    replies.write(json.dumps({"error": error}) + "\\n")
-    replies.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chdir(request["cwd"])
+            main.main(request["args"], standalone_mode=False)
+            error = None
+        except BaseException:
+            error = traceback.format_exc()
+        replies.write(json.dumps({"error": error}) + "\\n")
+        replies.flush()
+        os._exit(0)
+    status = os.waitpid(pid, 0)[1]
+    if status != 0:
+        replies.write(json.dumps({"error": f"the merge's process died (wait status {status})"}) + "\\n")
+        replies.flush()
 """
 
 
