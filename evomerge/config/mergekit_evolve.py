@@ -345,7 +345,8 @@ COMMENTS = {
     "baselines.densities": "densities of the report's TIES and DARE-TIES grids; null = the standard ones",
 }
 COMMENT_COLUMN = 33
-ORDER = ("name", "seed", "sources", "genome", "scoring", "objectives", "strategy", "budget", "execution")  # zoo.yaml's
+ORDER = ("name", "seed", "sources", "genome", "scoring", "objectives", "strategy", "budget", "execution",
+         "baselines")  # zoo.yaml's
 
 
 def convert_text(path: Path, task_path: Path | None = None) -> str:
