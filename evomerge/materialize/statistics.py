@@ -21,21 +21,20 @@ others), and two kinds are computed side by side. Reading for a merge
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from evomerge.errors import EvomergeError
+from evomerge.files import exclusive
 from evomerge.merge.registry import Statistics
 from evomerge.sources.pool import SourcePool
 
@@ -88,36 +87,9 @@ def _source_statistics(folder: Path, kind: Statistics, source: int, source_sha25
                        compute: Callable[[], Tensors], *, wait: bool) -> dict[str, Tensor] | None:
     """``source_statistics``; with ``wait`` False, None at once where another process holds the file's lock."""
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / f".{kind}-source{source}.lock", wait) as held:
+    with exclusive(folder / f".{kind}-source{source}.lock", wait) as held:
         return _read_or_compute(statistics_path(folder, kind, source), source_sha256, data_sha256, compute) if held \
             else None
-
-
-@contextmanager
-def _locked(path: Path, wait: bool) -> Iterator[bool]:
-    """An exclusive lock on the file ``path``, which its holder removes: a waiter that gets the lock of a file removed
-    meanwhile tries again on the new one. A killed holder's file stays, unlocked, until the next holder removes it.
-    Yields whether the lock is held: with ``wait`` False, False at once while another process holds it."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed, also
-            except BlockingIOError:  # by a killed process
-                yield False
-                return
-            try:
-                current = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                try:
-                    yield True
-                finally:
-                    os.unlink(path)
-                return
-        finally:
-            os.close(fd)
 
 
 def _read_or_compute(path: Path, source_sha256: str, data_sha256: str,

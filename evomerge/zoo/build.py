@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 from evomerge.config.search import ObjectiveConfig, ScoringConfig
 from evomerge.env import run_reproducibly
 from evomerge.errors import EvomergeError
-from evomerge.files import replace_folder, write_text_atomic
+from evomerge.files import exclusive, replace_folder, write_text_atomic
 from evomerge.sources.writer import check_outside
 from evomerge.zoo.check import ModelFamily, check_fixed, conditions, format_table, require, verdict_line
 from evomerge.zoo.model import check_arch
@@ -132,9 +132,18 @@ def cached_build(out_dir: str | Path, manifest: str, key: dict[str, Any], what: 
     manifest is refused (it may hold a user's files). Otherwise ``build(tmp, out_dir)`` writes
     everything but the manifest's key into a temporary sibling folder and returns the manifest;
     only a finished build replaces ``out_dir``, so a failed or interrupted one leaves it as it was.
+    Processes asking for the same folder take turns (a lock file beside it): one builds, the others
+    wait, then load what it built.
     """
     out_dir = Path(out_dir).resolve()
     check_outside(out_dir, [])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir.parent / f".{out_dir.name}.lock"):
+        return _cached_build(out_dir, manifest, key, what, build, load, force=force)
+
+
+def _cached_build(out_dir: Path, manifest: str, key: dict[str, Any], what: str,
+                  build: Callable[[Path, Path], dict[str, Any]], load: Callable[[Path], T], *, force: bool) -> T:
     path = out_dir / manifest
     if path.is_file() and not force:
         if {k: json.loads(path.read_text()).get(k) for k in key} == key:
