@@ -4,7 +4,6 @@ line naming it, at once, instead of a RecursionError or minutes of work."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,12 @@ def fam(tmp_path: Path, scored_family: dict[str, Path]) -> dict[str, Path]:
     return copy_family(tmp_path / "models", scored_family)
 
 
-def test_an_alias_bomb_in_a_search_config_is_refused_at_once(fam, tmp_path: Path, capsys) -> None:
+@pytest.mark.timeout(120)  # a hang guard, not a time check: expanding it took minutes
+def test_an_alias_bomb_in_a_search_config_is_refused_before_it_is_expanded(fam, tmp_path: Path, capsys) -> None:
     """9**8 = 43 million values: search --check was busy for minutes on it."""
     config = with_strategy_block(search_yaml(tmp_path / "cfg", fam), ["  options:", *bomb(8, "    ")])
-    start = time.perf_counter()
     line = assert_refused(["search", str(config), "--check"], capsys,
                           f"its aliases expand to more than {MAX_YAML_VALUES:,} values", *fam.values(), config)
-    assert time.perf_counter() - start < 30
     assert line.startswith(f"evomerge: error: config {config} is refused at line")
 
 
