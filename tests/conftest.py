@@ -20,6 +20,31 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
+# scripts/test runs the suite in two processes (pytest-xdist, --dist loadgroup), which take whole groups of tests
+# in this order: each family build first, beside the other, with every test that needs it; then the tests that
+# start Ray (one cluster at a time on the machine); then each remaining file as a group of its own.
+FIRST_GROUPS = ("smollm2", "zoo", "ray")
+
+
+def group_of(item: pytest.Item) -> str:
+    """The group of tests one process runs together: those sharing a family build, or Ray, or else a file."""
+    if "smol" in item.fixturenames:
+        return "smollm2"
+    if "zoo_dir" in item.fixturenames:
+        return "zoo"
+    if item.path.parent.name == "execution":
+        return "ray"
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    groups = {item.nodeid: group_of(item) for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    rank = {group: i for i, group in enumerate(FIRST_GROUPS)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(FIRST_GROUPS)))
+
 
 def save_tiny_llama(path: Path, seed: int, *, base: Path | None = None, scale: float = 0.05) -> Path:
     """A 2-layer Llama with random weights; with ``base``, the base plus seeded noise (a 'fine-tune')."""
