@@ -137,9 +137,14 @@ def cached_build(out_dir: str | Path, manifest: str, key: dict[str, Any], what: 
     """
     out_dir = Path(out_dir).resolve()
     check_outside(out_dir, [])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(out_dir.parent / f".{out_dir.name}.lock"):
+    with exclusive(build_lock(out_dir)):
         return _cached_build(out_dir, manifest, key, what, build, load, force=force)
+
+
+def build_lock(out_dir: Path) -> Path:
+    """The lock file beside a family folder that its builders take turns at (created with its parent folder)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir.parent / f".{out_dir.name}.lock"
 
 
 def _cached_build(out_dir: Path, manifest: str, key: dict[str, Any], what: str,

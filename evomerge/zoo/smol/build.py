@@ -25,8 +25,10 @@ import yaml
 from evomerge.config.schema import load
 from evomerge.config.search import SearchConfig
 from evomerge.errors import EvomergeError
+from evomerge.files import exclusive
 from evomerge.zoo.build import (
     BuiltFamily,
+    build_lock,
     built_fields,
     cached_build,
     read_manifest,
@@ -104,7 +106,10 @@ def build_smol(out_dir: str | Path, *, seed: int = 0, variant: str = "full", for
     key = {"builder_version": BUILDER_VERSION, "seed": seed, "variant": variant}
     family = cached_build(out_dir, "smol.json", key, "SmolLM2 family", build, load_smol, force=force)
     if check_room and "fixed" not in family.quality:
-        family = _record_room(family, size, log)
+        with exclusive(build_lock(family.root)):  # another process may be judging it: wait, then read its verdicts
+            family = load_smol(family.root)
+            if "fixed" not in family.quality:
+                family = _record_room(family, size, log)
         if size.enforce:
             require(family.quality["conditions"], what)
     return family
