@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import torch
+from xdist.scheduler import LoadScopeScheduling
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -20,30 +21,40 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
-# scripts/test runs the suite in two processes (pytest-xdist, --dist loadgroup), which take whole groups of tests
-# in this order: each family build first, beside the other, with every test that needs it; then the tests that
-# start Ray (one cluster at a time on the machine); then each remaining file as a group of its own.
-FIRST_GROUPS = ("smollm2", "zoo", "ray")
+# scripts/test runs the suite in two processes (pytest-xdist), which take whole units of tests: a folder of SHARED
+# (the tests of the SmolLM2 family, which build it; those that start Ray, one cluster at a time), else a file. The
+# units that build a family come first, so the two builds start at once on the two processes.
+SHARED = ("tests/real/", "tests/execution/")
 
 
-def group_of(item: pytest.Item) -> str:
-    """The group of tests one process runs together: those sharing a family build, or Ray, or else a file."""
-    if "smol" in item.fixturenames:
-        return "smollm2"
-    if "zoo_dir" in item.fixturenames:
-        return "zoo"
-    if item.path.parent.name == "execution":
-        return "ray"
-    return item.nodeid.split("::")[0]
+def unit_of(nodeid: str) -> str:
+    """The unit of tests one process runs together: a folder of SHARED, else a file."""
+    path = nodeid.split("::", 1)[0]
+    return next((folder for folder in SHARED if path.startswith(folder)), path)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
+def build_rank(item: pytest.Item) -> int:
+    """0: the test needs the SmolLM2 family, 1: the default zoo, 2: neither (family builds take the longest)."""
+    return 0 if "smol" in item.fixturenames else 1 if "zoo_dir" in item.fixturenames else 2
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    groups = {item.nodeid: group_of(item) for item in items}
+    rank: dict[str, int] = {}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    rank = {group: i for i, group in enumerate(FIRST_GROUPS)}
-    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(FIRST_GROUPS)))
+        unit = unit_of(item.nodeid)
+        rank[unit] = min(rank.get(unit, 2), build_rank(item))
+    items.sort(key=lambda item: rank[unit_of(item.nodeid)])
+
+
+class UnitScheduling(LoadScopeScheduling):
+    """--dist loadscope with this suite's units (``unit_of``) as its scopes."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return unit_of(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> UnitScheduling | None:
+    return UnitScheduling(config, log) if config.getvalue("dist") == "loadscope" else None
 
 
 def save_tiny_llama(path: Path, seed: int, *, base: Path | None = None, scale: float = 0.05) -> Path:
