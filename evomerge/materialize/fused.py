@@ -30,9 +30,12 @@ Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``da
 matrices P_k (``products``: a candidate is the linear kernel over θ0 and the P_k, as task arithmetic), or the
 SVDs' results they come from (``components``: a candidate also pays the products, 2R flops per entry), or
 nothing (``recomputed``: the SVDs per candidate, as a one-pass merge needs them). The three give the same
-tensors; its vectors (biases, norms) run the eager operator. Every other method (``pcb``, ``sce``,
-``karcher``, …) runs its eager operator on the host copy (``MergePlan.merge_tensor``): the same numbers as
-``evomerge merge``, at the eager operator's cost per candidate.
+tensors; its vectors (biases, norms) run the eager operator. ``pcb`` keeps, as the policy's ``pcb`` says, each
+tensor's clipped task vectors and balances with their sorted copies (``kept``: a candidate is a lookup of its cuts
+and one pass over them, ``methods/pcb.py``'s steps 4–5 a chunk at a time) or nothing (``recomputed``: the eager
+operator); both give the same tensors. Every other method (``sce``, ``karcher``, …) runs its eager operator on the
+host copy (``MergePlan.merge_tensor``): the same numbers as ``evomerge merge``, at the eager operator's cost per
+candidate.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, chunk_kernel
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, make_trim_cuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
+from evomerge.merge.methods import pcb as pcb_method
 from evomerge.merge.methods import slerp as slerp_method
 from evomerge.merge.methods import tsvm as tsvm_method
 from evomerge.merge.registry import MergeMethod
@@ -63,6 +67,7 @@ FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a 
 FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
 Draws = Literal["cached", "regenerated"]
 SVDs = Literal["products", "components", "recomputed"]  # what TSV-M keeps per matrix (``methods/tsvm.py``)
+PCBWork = Literal["kept", "recomputed"]  # what PCB keeps per tensor (``methods/pcb.py``)
 DRAW_LEVELS = 1 << 16  # draw bits are 16-bit integers
 
 
@@ -74,6 +79,7 @@ class CachePolicy:
     thresholds: Thresholds = "sorted"
     draws: Draws = "cached"
     svds: SVDs = "products"
+    pcb: PCBWork = "kept"
 
 
 def fused(method: MergeMethod) -> bool:
@@ -121,15 +127,24 @@ class FastMerger:
         self._draws: dict[tuple[int, str, int], Tensor] = {}
         self._cos: dict[str, Tensor] = {}
         self._tsvm: dict[str, tsvm_method.Components | list[Tensor]] = {}
+        self._pcb: dict[str, pcb_method.Balances] = {}
         self._group = {e.name: g for g, block in enumerate(pool.base.blocks) for e in block.entries}
 
     def cache_bytes(self) -> int:
-        """Bytes of source-only work kept between candidates (sorted copies or histograms, draws)."""
+        """Bytes of source-only work kept between candidates (sorted copies or histograms, draws, TSV-M's and PCB's)."""
         parts = [t for c in self._tsvm.values() for t in (c if isinstance(c, list) else (c.u, c.s, c.v))]
-        return self.trims.cache_bytes() + sum(t.numel() * t.element_size() for t in [*self._draws.values(), *parts])
+        kept = sum(t.numel() * t.element_size() for t in [*self._draws.values(), *parts])
+        return self.trims.cache_bytes() + kept + sum(b.bytes() for b in self._pcb.values())
 
     def supports(self, step: TensorStep) -> bool:
         return step.method is not None and fused(step.method)
+
+    def _keeps_work(self, step: TensorStep, base: Tensor) -> bool:
+        """Whether this merger keeps source-only work for ``step`` (TSV-M's matrices, PCB as its policy says)."""
+        assert step.method is not None
+        if step.method.name == "tsvm":
+            return base.dim() == 2
+        return step.method.name == "pcb" and self.policy.pcb == "kept" and base.numel() > 0
 
     # -- per candidate ---------------------------------------------------------------------------------
 
@@ -156,7 +171,7 @@ class FastMerger:
         if step.method is None:  # integer buffers: the base's
             dst.copy_(inputs[0])
             return True
-        if self.supports(step) or (step.method.name == "tsvm" and inputs[0].dim() == 2):
+        if self.supports(step) or self._keeps_work(step, inputs[0]):
             return self._merge_into(step, plan, dst, inputs)
         tensor = plan.merge_tensor(step, self.pool)
         dst.copy_(tensor)
@@ -172,6 +187,8 @@ class FastMerger:
             flags = self._linear(step, plan, target.view(-1), flat)
         elif step.method.name == "tsvm":
             flags = self._tsvm_matrix(step, plan, target.view(-1), inputs)
+        elif step.method.name == "pcb":
+            flags = self._pcb_tensor(step, target.view(-1), inputs)
         else:
             flags = self._gta(step, plan, target.view(-1), flat)
         if target is not dst:
@@ -274,6 +291,25 @@ class FastMerger:
         kernel = chunk_kernel("linear", compiled)
         return [kernel(out[a:b], [x[a:b] for x in flat], params.to(out.device), plan.dtype or base.dtype)
                 for a, b in self._chunks(out.numel(), compiled)]
+
+    def _pcb_tensor(self, step: TensorStep, out: Tensor, inputs: list[Tensor]) -> list[Any]:
+        """PCB of one tensor from its kept balances: the cuts looked up, then θ0 + λ · steps 4–5 a chunk at a time
+        (each entry computed as the eager operator computes it)."""
+        assert step.method is not None
+        base, k = inputs[0], len(inputs) - 1
+        held = self._pcb.get(step.name)
+        if held is None:
+            held = self._pcb[step.name] = pcb_method.Balances.of(base, inputs[1:])
+        per = self._per_source(step, k)
+        cuts, highs = held.cuts(per["density"]), held.highs()
+        lam = float({**step.method.globals, **step.params}["lam"])
+        flat, flags = base.reshape(-1), []
+        for a, b in self._chunks(out.numel(), False):
+            merged = pcb_method.kept_mean(held.clipped[:, a:b], held.balance[:, a:b], cuts, highs, per["weight"])
+            merged = flat[a:b].to(merged.dtype) + lam * merged
+            out[a:b].copy_(merged)
+            flags.append(torch.isfinite(merged).all())
+        return flags
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:
         """cos Ω of base and source 0 over the flattened tensor, [1, 1], exactly as ``methods/slerp.py``."""

@@ -23,7 +23,15 @@ from evomerge.config.search import SearchConfig
 from evomerge.config.sizes import format_size
 from evomerge.errors import EvomergeError
 from evomerge.materialize.device import STAGE, Placement
-from evomerge.materialize.fused import CachePolicy, Draws, SVDs, chunk_scratch_bytes, draw_cache_bytes, fused
+from evomerge.materialize.fused import (
+    CachePolicy,
+    Draws,
+    PCBWork,
+    SVDs,
+    chunk_scratch_bytes,
+    draw_cache_bytes,
+    fused,
+)
 from evomerge.materialize.plan import DTYPES
 from evomerge.materialize.thresholds import (
     Thresholds,
@@ -32,6 +40,7 @@ from evomerge.materialize.thresholds import (
     sort_scratch_bytes,
     sorted_bytes,
 )
+from evomerge.merge.methods.pcb import balances_bytes
 from evomerge.merge.methods.regmean import scratch_bytes as regmean_scratch_bytes
 from evomerge.merge.methods.tsvm import component_bytes, product_bytes
 from evomerge.merge.registry import get_method
@@ -93,10 +102,11 @@ class MemoryPlan:
     node_bytes: Mapping[str, int] = field(default_factory=dict)  # item -> bytes, per node
     notes: tuple[str, ...] = ()  # what the alternatives would need
     svds: SVDs = "products"  # what TSV-M keeps (the default reads back plans recorded before TSV-M)
+    pcb: PCBWork = "kept"  # what PCB keeps (the default reads back plans recorded before PCB kept anything)
 
     @property
     def policy(self) -> CachePolicy:
-        return CachePolicy(self.sources, self.thresholds, self.draws, self.svds)
+        return CachePolicy(self.sources, self.thresholds, self.draws, self.svds, self.pcb)
 
     @property
     def per_worker(self) -> int:
@@ -155,6 +165,9 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
     parts = _choose(worker, budget, "tsvm" in methods and not products, "TSV-M: components",
                     sum(component_bytes(m, shape.k) for m in matrices), notes,
                     "recomputed per candidate (K + 2 SVDs per matrix)")
+    balances = _choose(worker, budget, "pcb" in methods, "PCB: balances and their sorted copies",
+                       sum(balances_bytes(n, shape.k) for n in shape.floating()) + sort_scratch_bytes(
+                           shape.largest_tensor), notes, "recomputed per candidate (the eager operator)")
     if "random" in families and gpu:
         notes.append("DARE draws: regenerated in the kernel (on a GPU the hash runs at memory speed: no cache)")
     draws = _choose(worker, budget, "random" in families and not gpu, "DARE draws: cached, 16 bits", costs["draws"],
@@ -175,7 +188,8 @@ def plan_memory(shape: ModelShape, methods: Sequence[str], *, device: str, worke
         node["workers' memory (the per-worker items below, all workers)"] = workers * sum(worker.values())
     return MemoryPlan(device, workers, budget, budget_from, placement, thresholds, "cached" if draws else "regenerated",
                       worker, node, tuple(notes),
-                      svds="products" if products else "components" if parts else "recomputed")
+                      svds="products" if products else "components" if parts else "recomputed",
+                      pcb="kept" if balances else "recomputed")
 
 
 def regmean_note(shape: ModelShape) -> str:

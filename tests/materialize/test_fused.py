@@ -15,7 +15,7 @@ import torch
 
 from evomerge.materialize.fused import CachePolicy, FastMerger, merge_tensors
 from evomerge.materialize.plan import MergePlan, TensorStep
-from evomerge.merge.methods import tsvm
+from evomerge.merge.methods import pcb, tsvm
 from evomerge.merge.registry import get_method
 from evomerge.sources.pool import SourcePool
 
@@ -128,7 +128,6 @@ def test_slerp_with_cached_angle(t: float) -> None:
     ("karcher", 3, {}, {"max_iter": 3}),
     ("nuslerp", 2, {"weight": [0.4, 1.1]}, {"nuslerp_flatten": False}),
     ("multislerp", 3, {"weight": [0.4, 1.1, 0.2]}, {}),
-    ("pcb", 3, {"weight": [1.0, 0.7, 1.2], "density": [0.2, 0.5, 0.9]}, {"lam": 1.1}),
     ("tsvm", 3, {"weight": [1.0, -0.4, 0.8]}, {"lam": 0.9}),
 ])
 def test_other_methods_fall_back_to_the_eager_operator(method: str, k: int, source_params: dict, params: dict) -> None:
@@ -174,6 +173,34 @@ def test_tsvm_merges_the_same_tensors_whatever_it_keeps() -> None:
         assert merger.materialize(plan, outs[-1]) == []
     assert merger.cache_bytes() == 0  # recomputed keeps nothing
     assert all(torch.equal(outs[0][n], other[n]) for other in outs[1:] for n in outs[0])
+
+
+def merged_by(merger: FastMerger, plan: MergePlan) -> dict[str, torch.Tensor]:
+    out = {n: torch.empty_like(t) for n, t in merger.pool.base.tensors.items()}
+    assert merger.materialize(plan, out) == []
+    return out
+
+
+def test_pcb_keeps_its_balances_and_merges_each_candidate_as_the_eager_operator_does() -> None:
+    pool = make_pool(3, seed=6)
+    merger = FastMerger(pool, **EAGER)  # chunks of 64: every tensor's columns in several pieces
+    merged_by(merger, make_plan(pool, "pcb", {"weight": [1.0, 0.7, 1.2], "density": [0.2, 0.5, 0.9]}))
+    kept = merger.cache_bytes()
+    assert kept == sum(pcb.balances_bytes(t.numel(), 3) for t in pool.base.tensors.values() if t.is_floating_point())
+    second = make_plan(pool, "pcb", {"weight": [0.3, -0.5, 1.0], "density": [0.9, 0.05, 1.0]}, {"lam": 0.8})
+    got = merged_by(merger, second)
+    assert merger.cache_bytes() == kept
+    for name, want in second.materialize(pool).items():
+        assert torch.equal(got[name], want), name
+
+
+def test_pcb_merges_the_same_tensors_kept_or_recomputed() -> None:
+    pool = make_pool(2, seed=7)
+    plan = make_plan(pool, "pcb", {"weight": [0.6, 1.1], "density": [0.3, 0.7]}, {"lam": 1.2})
+    recomputing = FastMerger(pool, policy=CachePolicy(pcb="recomputed"), **EAGER)
+    outs = [merged_by(FastMerger(pool, **EAGER), plan), merged_by(recomputing, plan)]
+    assert recomputing.cache_bytes() == 0
+    assert all(torch.equal(outs[0][n], outs[1][n]) for n in outs[0])
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])

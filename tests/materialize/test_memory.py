@@ -73,6 +73,15 @@ def test_tsvm_keeps_its_products_else_its_components_else_recomputes_them() -> N
                                                      for n in tight.notes)
 
 
+def test_pcb_keeps_its_balances_when_they_fit_else_recomputes_them() -> None:
+    roomy = plan_memory(shape(), ["pcb"], device="cpu", workers=1, budget=100 * GB, out_dtype_size=None)
+    kept = roomy.worker_bytes["PCB: balances and their sorted copies"]
+    assert roomy.policy.pcb == "kept" and kept >= 3 * 3 * 4 * sum(shape().floating())
+    tight = plan_memory(shape(), ["pcb"], device="cpu", workers=1, budget=roomy.per_worker - 1, out_dtype_size=None)
+    assert tight.policy.pcb == "recomputed" and "PCB: balances and their sorted copies" not in tight.worker_bytes
+    assert any(n.startswith("PCB: recomputed per candidate") for n in tight.notes)
+
+
 def test_a_budget_below_the_minimum_is_one_line_naming_the_items() -> None:
     with pytest.raises(EvomergeError) as info:
         plan_memory(shape(), ["ties"], device="cpu", workers=2, budget=500 * MB, out_dtype_size=None)

@@ -220,8 +220,8 @@ def test_pcb_balances_entries_that_oppose_the_sources_sum_below_every_agreeing_e
     tau = torch.tensor([[0.05, 0.06, 0.07, 0.08, 0.02],
                         [0.01, -0.09, 0.02, -0.08, 0.03],  # its largest entries oppose the other two
                         [0.08, 0.07, 0.06, 0.05, 0.04]], dtype=F64)
-    _, scale = pcb.balanced(tau, [1.0, 1.0, 1.0])
-    assert float(scale[1, [1, 3]].max()) < float(scale[1, [0, 2, 4]].min())
+    _, balance = pcb.balances(tau)
+    assert float(balance[1, [1, 3]].max()) < float(balance[1, [0, 2, 4]].min())
 
 
 # ---- declarations ------------------------------------------------------------------------------------

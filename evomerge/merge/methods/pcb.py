@@ -20,12 +20,13 @@ Differences on purpose: the code flattens the whole model into one vector per ta
 tensor (as TIES and mergekit do); a Norm over values that are all equal (a tensor no source changed, or
 a cut at the maximum) is 0 here where the code divides 0 by 0.
 
-Steps 1–4 depend on the sources and d_k only; step 5 is the per-candidate weighted sum.
+Steps 1–3 depend on the sources alone (``balances``: a worker keeps them, ``Balances``); steps 4–5
+(``kept_mean``) are the candidate's, from its d_k and w_k.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -47,24 +48,68 @@ def pcb(base: Tensor, sources: Sequence[Tensor], *, weight: Sequence[float], den
     tau = task_vectors(base, sources).reshape(len(sources), -1)
     if tau.shape[1] == 0:
         return base.to(tau.dtype)
-    clipped, scale = balanced(tau, density)
-    w = torch.tensor([float(x) for x in weight], dtype=tau.dtype, device=tau.device).unsqueeze(1)
-    divisor = scale.sum(dim=0).clamp(min=MIN_DIVISOR)
-    merged = clipped.mul_(scale).mul_(w).sum(dim=0) / divisor
+    clipped, balance = balances(tau)
+    cuts = order_statistic(balance, [cut_rank(tau.shape[1], float(d)) for d in density])
+    merged = kept_mean(clipped, balance, cuts, balance.max(dim=1, keepdim=True).values, weight)
     return base.to(tau.dtype) + lam * merged.reshape(base.shape)
 
 
-def balanced(tau: Tensor, density: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """(τ̂, β̂) of steps 1–4 for task vectors flattened to K × n. Order statistics by selection (``kthvalue``), not
-    sorts, and in-place steps: the peak is a few K × n float32 arrays, not a sort's values and int64 indices."""
+def balances(tau: Tensor) -> tuple[Tensor, Tensor]:
+    """(τ̂, β) of steps 1–3 for task vectors flattened to K × n: what depends on the sources alone. Order statistics
+    by selection (``kthvalue``), not sorts, and in-place steps: the peak is a few K × n float32 arrays."""
     k, n = tau.shape
     magnitude = tau.abs()
     magnitude.clamp_(min=order_statistic(magnitude, [int(n * CLIP)] * k),
                      max=order_statistic(magnitude, [max(0, int(n * (1 - CLIP)) - 1)] * k))
     balance = rescaled(magnitude).square_().mul_(k).exp_()
     balance.mul_(torch.tanh(tau * tau.sum(dim=0)))
-    cuts = order_statistic(balance, [cut_rank(n, float(d)) for d in density])
-    return magnitude.mul_(tau.sign()), rescaled(balance.clamp_(min=cuts))
+    return magnitude.mul_(tau.sign()), balance
+
+
+def kept_mean(clipped: Tensor, balance: Tensor, cuts: Tensor, highs: Tensor, weight: Sequence[float]) -> Tensor:
+    """Steps 4 and 5 without θ0 and λ: Σ_k w_k β̂_k τ̂_k / max(Σ_k β̂_k, 1e-12), over the columns given (any range of
+    entries: each column is computed alone), from each row's cut t_k and its largest balance (K × 1 columns):
+    β̂_k = Norm(max(β_k, t_k)), whose minimum is t_k. Neither input is changed."""
+    span = highs - cuts
+    scale = balance.clamp(min=cuts).sub_(cuts).div_(torch.where(span > 0, span, torch.ones_like(span)))
+    divisor = scale.sum(dim=0).clamp_(min=MIN_DIVISOR)
+    w = torch.tensor([float(x) for x in weight], dtype=clipped.dtype, device=clipped.device).unsqueeze(1)
+    return scale.mul_(clipped).mul_(w).sum(dim=0).div_(divisor)
+
+
+@dataclass(frozen=True)
+class Balances:
+    """A tensor's source-only PCB work, kept by a worker between candidates: τ̂ and β of steps 1–3, and each row of β
+    sorted, so a candidate's cut is a lookup instead of a selection over the tensor."""
+
+    clipped: Tensor  # K × n
+    balance: Tensor  # K × n
+    ascending: Tensor  # K × n: each row of ``balance`` sorted
+
+    @classmethod
+    def of(cls, base: Tensor, sources: Sequence[Tensor]) -> "Balances":
+        clipped, balance = balances(task_vectors(base, sources).reshape(len(sources), -1))
+        ascending, order = torch.empty_like(balance), torch.empty(balance.shape[1], dtype=torch.int64)
+        for row, out in zip(balance, ascending, strict=True):  # a row at a time: one row's sort order beside them
+            torch.sort(row, out=(out, order))
+        return cls(clipped, balance, ascending)
+
+    def cuts(self, density: Sequence[float]) -> Tensor:
+        """t_k of step 4, a K × 1 column: row k's value at ``cut_rank`` (the one ``order_statistic`` finds)."""
+        n = self.ascending.shape[1]
+        ranks = [cut_rank(n, float(d)) for d in density]
+        return torch.stack([row[r] for row, r in zip(self.ascending, ranks, strict=True)]).unsqueeze(1)
+
+    def highs(self) -> Tensor:
+        return self.ascending[:, -1:]
+
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.clipped, self.balance, self.ascending))
+
+
+def balances_bytes(n: int, k: int) -> int:
+    """Bytes of a tensor's ``Balances`` for n entries and K sources in float32 (three K × n arrays)."""
+    return 3 * k * n * 4
 
 
 def order_statistic(x: Tensor, ranks: Sequence[int]) -> Tensor:
