@@ -3,16 +3,18 @@
     .venv/bin/python scripts/bench_materialize.py [--sizes zoo,large] [--ks 2,3] [--large-layers 12]
         [--methods linear,task_arithmetic,ties,dare_ties,slerp] [--repeats 3] [--no-mergekit]
 
-For each model size, method and number of sources K (SLERP takes exactly one source, K = 1):
+For each model size, method and number of sources K (SLERP and nearswap take exactly one source, K = 1; nuslerp
+exactly two):
 
-- **floor**: the bytes a merge must move — every source read once (K tensors for linear, K + 1 with the
-  base for the task-vector methods, 2 for SLERP) and the result written once — divided by this
+- **floor**: the bytes a merge must move — every source read once (K tensors for a method without a base, such as
+  linear, K + 1 with the base otherwise, 2 for SLERP) and the result written once — divided by this
   machine's memory-copy bandwidth (the best of several large ``torch`` copies, counting read + write);
 - **eager**: the reference operators (``MergePlan.iter_tensors``) plus ``copy_`` into preallocated
   tensors, as ``Worker.materialize`` did before the fast path;
 - **fast**: ``FastMerger.materialize`` (best of ``--repeats``, as the floor's copy is a best-of) after one warm-up call
-  (the warm-up compiles the kernels and fills the worker's cache of sorted magnitudes / draws: paid once per worker,
-  shown as "first call");
+  (the warm-up compiles the kernels and fills the worker's cache of sorted magnitudes / draws / TSV-M's and PCB's
+  source-only work: paid once per worker, shown as "first call"); a method with neither a fused kernel nor kept
+  work runs its eager operator there, so its eager column is not measured again;
   each timed call uses different weights and densities (no recompile, no cache refill);
 - **mergekit**: ``mergekit-yaml`` end to end on folders of the same models (process start, loading,
   merging, writing the output folder) — what a candidate costs when a search shells out to mergekit.
@@ -22,10 +24,12 @@ Sizes: **zoo** (``zoo/seed0-llama`` when built, else a random Llama of the zoo's
 base plus noise), **large** (a random Llama of a few hundred million float32 parameters; its
 (2K+1)× worker cache must fit in memory) and **smollm2** (a random Llama of SmolLM2-135M's shapes, the real
 family's; run alone it writes a section of its own). The tables replace this script's section of
-docs/BENCHMARKS.md (between its markers), creating the file if needed.
+docs/BENCHMARKS.md (between its markers), creating the file if needed; a run of the other methods only
+(``--methods`` without the default five) writes a section of its own too.
 
 Targets (issue 5): fast ≤ 2× floor for linear / task arithmetic, ≤ 4× for TIES / DARE;
-≥ 10× faster per candidate than mergekit for linear / task arithmetic / TIES.
+≥ 10× faster per candidate than mergekit for linear / task arithmetic / TIES. Issue 22: ≤ 3× for the
+data-free methods it added.
 """
 
 from __future__ import annotations
@@ -49,14 +53,18 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from evomerge.materialize.fused import CachePolicy, FastMerger  # noqa: E402
+from evomerge.materialize.fused import KEEPS_WORK, CachePolicy, FastMerger, fused  # noqa: E402
 from evomerge.materialize.plan import MergePlan  # noqa: E402
+from evomerge.merge.registry import get_method  # noqa: E402
 from evomerge.recipes.recipe import GroupSpec, Recipe  # noqa: E402
 from evomerge.sources.pool import SourcePool  # noqa: E402
 
 MERGEKIT = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
 MERGEKIT_METHODS = ("linear", "task_arithmetic", "ties")
-TARGET = {"linear": 2.0, "task_arithmetic": 2.0, "ties": 4.0, "dare_ties": 4.0, "dare_linear": 4.0}
+DEFAULT_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
+ADDED = ("tsvm", "pcb", "sce", "karcher", "nuslerp", "multislerp", "della_linear", "breadcrumbs_ties", "nearswap")
+TARGET = {"linear": 2.0, "task_arithmetic": 2.0, "ties": 4.0, "dare_ties": 4.0, "dare_linear": 4.0,
+          **{m: 3.0 for m in ADDED}}
 
 
 # -- models --------------------------------------------------------------------------------------------
@@ -141,16 +149,22 @@ def recipe_params(method: str, k: int, variant: int) -> tuple[dict, dict]:
     e = 0.01 * variant
     weight = [round(w + e, 4) for w in (0.5, 0.3, 0.2, 0.1)[:k]]
     density = [round(d - e, 4) for d in (0.5, 0.6, 0.3, 0.4)[:k]]
-    if method == "linear":
+    if method in ("linear", "nuslerp", "multislerp"):
         return {"weight": weight}, {}
     if method in ("task_arithmetic", "tsvm"):
         return {"weight": weight}, {"lam": 0.9}
     if method == "pcb":
         return {"weight": weight, "density": density}, {"lam": 0.9}
-    if method in ("ties", "dare_ties", "dare_linear"):
+    if method in ("ties", "dare_ties", "dare_linear", "della_linear", "breadcrumbs_ties"):
         return {"weight": weight, "density": density}, {}
     if method == "slerp":
         return {}, {"t": round(0.35 + e, 4)}
+    if method == "nearswap":
+        return {}, {"t": round(0.001 + e, 4)}
+    if method == "sce":
+        return {}, {"select_topk": round(0.5 - e, 4)}
+    if method == "karcher":
+        return {}, {}  # no weights: every candidate is the same merge
     raise SystemExit(f"no benchmark recipe for method {method}")
 
 
@@ -205,7 +219,7 @@ def floor_bytes(method: str, pool: SourcePool) -> int:
         srcs = sum(s.tensors[name].numel() * s.tensors[name].element_size() for s in pool.sources)
         if not pool.is_mergeable(name):
             total += 2 * write
-        elif method == "linear":
+        elif not get_method(method).needs_base:
             total += srcs + write
         else:
             total += srcs + write + write  # the base too (SLERP: base + its one source)
@@ -253,8 +267,8 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
     ks = sorted(args.ks)
     base_dir, source_dirs, what = build_family(root / size, size, max(ks), args)
     rows = []
-    for k in sorted(set(ks) | ({1} if "slerp" in args.methods else set())):
-        methods = [m for m in args.methods if (m == "slerp") == (k == 1)]
+    for k in sorted(set(ks) | ({1} if any(get_method(m).max_sources == 1 for m in args.methods) else set())):
+        methods = [m for m in args.methods if takes(m, k)]
         if not methods:
             continue
         srcs = source_dirs[:k]
@@ -265,7 +279,8 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
         merger = FastMerger(pool, policy=policy, compile={"auto": None, "on": True, "off": False}[args.compile])
         for method in methods:
             eager_repeats = args.repeats if size == "zoo" else args.eager_repeats
-            skip_eager = size != "zoo" and method in ("ties", "dare_ties") and k not in args.large_eager_trim_ks
+            skip_eager = ((size != "zoo" and method in ("ties", "dare_ties") and k not in args.large_eager_trim_ks)
+                          or not (fused(get_method(method)) or method in KEEPS_WORK))  # fast is the eager operator
             eager = None if skip_eager else min(
                 timed(lambda: eager_materialize(make_plan(method, pool, base_dir, srcs, 0), pool, ref))  # noqa: B023, F821 (timed calls it at once)
                 for _ in range(eager_repeats))
@@ -290,6 +305,12 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
         gc.collect()
     shutil.rmtree(root / size, ignore_errors=True)
     return what, rows
+
+
+def takes(method: str, k: int) -> bool:
+    """Whether the benchmark runs ``method`` with K = k sources: K = 1 for the one-source methods only."""
+    m = get_method(method)
+    return (m.max_sources == 1) == (k == 1) and m.min_sources <= k <= (m.max_sources or k)
 
 
 def fmt_s(s: float | None) -> str:
@@ -322,7 +343,8 @@ def main() -> None:
     p.add_argument("--sizes", default="zoo,large",
                    help="comma list of zoo, large, smollm2 (smollm2 alone writes a section of its own)")
     p.add_argument("--ks", default="2,3", help="numbers of sources")
-    p.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties,slerp")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma list; the methods issue 22 added: {','.join(ADDED)}")
     p.add_argument("--large-hidden", type=int, default=1024)
     p.add_argument("--large-ff", type=int, default=2816)
     p.add_argument("--large-layers", type=int, default=12)
@@ -362,8 +384,10 @@ def main() -> None:
     bandwidth_end = copy_bandwidth()
     load_after = os.getloadavg()
     own = args.sizes == "smollm2"  # the real family's shape: a section of its own beside the zoo and large tables
+    others = not set(args.methods) & set(DEFAULT_METHODS)  # the other methods: a section of their own
     header = (
-        f"## Materialization per candidate{' at SmolLM2-135M' if own else ''} (`scripts/bench_materialize.py`)\n\n"
+        f"## Materialization per candidate{' at SmolLM2-135M' if own else ''}"
+        f"{': the other methods' if others else ''} (`scripts/bench_materialize.py`)\n\n"
         f"{dt.date.today().isoformat()} · {os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads · load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end "
         f"(shared machine) · memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s at start, {bandwidth_end / 1e9:.1f} at "
@@ -371,18 +395,21 @@ def main() -> None:
         f"fast calls, so both see the same load: the copy GB/s column) · "
         f"whole run {time.perf_counter() - t_start:.0f} s\n\n"
         f"Command: `{command}`\n\n"
-        "Floor = bytes that must move (each needed input read once: K sources for linear, K + 1 with the base "
-        "otherwise, 2 for SLERP; the output written once) / the copy bandwidth. Eager = the reference operators + "
-        "`copy_` (the worker before the fast path; \"—\" on the large model: skipped, minutes per call). "
-        "Fast = `FastMerger.materialize`, best of the timed calls (new weights each) after "
-        "one warm-up; \"first call\" = that warm-up (compiles the kernels, fills the sorted-|τ| / draw cache; once "
-        "per worker). mergekit-yaml = end to end on folders (start, load, merge, write), vs evomerge's in-memory "
+        "Floor = bytes that must move (each needed input read once: K sources for a method without a base, K + 1 "
+        "with it, 2 for SLERP; the output written once) / the copy bandwidth. Eager = the reference operators + "
+        "`copy_` (the worker before the fast path; \"—\" on the large model: skipped, minutes per call; and for a "
+        "method with neither a fused kernel nor kept work, whose fast column is its eager operator). "
+        "Fast = `FastMerger.materialize`, best of the timed calls (new weights each) after one warm-up; "
+        "\"first call\" = that warm-up (compiles the kernels, fills the sorted-|τ| / draw cache and TSV-M's and "
+        "PCB's source-only work; once per worker). mergekit-yaml = end to end on folders (start, load, merge, "
+        "write), vs evomerge's in-memory "
         "fast path. Model copy = the base copied tensor by tensor into the destination (2 model-sizes moved), "
         "a practical reference next to the floor. Max rel. diff = worst per-tensor relative L2 difference of fast vs "
         "eager output.\n"
     )
     text = header + "\n" + "\n\n".join(sections) + "\n"
-    publish(args.out, "bench_materialize-smollm2" if own else "bench_materialize", text, write=not args.no_write)
+    section = "bench_materialize" + ("-smollm2" if own else "") + ("-others" if others else "")
+    publish(args.out, section, text, write=not args.no_write)
 
 
 if __name__ == "__main__":

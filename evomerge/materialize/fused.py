@@ -65,6 +65,7 @@ CHUNK = 1 << 20  # elements per eager pass: (K+2) × 4 MiB of float32 stays near
 COMPILE_MIN = 1 << 16  # smaller tensors run the chunk functions eagerly: no compile for tiny models
 FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a fused kernel
 FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
+KEEPS_WORK = ("tsvm", "pcb")  # methods without a fused kernel whose source-only work a worker keeps
 Draws = Literal["cached", "regenerated"]
 SVDs = Literal["products", "components", "recomputed"]  # what TSV-M keeps per matrix (``methods/tsvm.py``)
 PCBWork = Literal["kept", "recomputed"]  # what PCB keeps per tensor (``methods/pcb.py``)
@@ -142,9 +143,9 @@ class FastMerger:
     def _keeps_work(self, step: TensorStep, base: Tensor) -> bool:
         """Whether this merger keeps source-only work for ``step`` (TSV-M's matrices, PCB as its policy says)."""
         assert step.method is not None
-        if step.method.name == "tsvm":
-            return base.dim() == 2
-        return step.method.name == "pcb" and self.policy.pcb == "kept" and base.numel() > 0
+        if step.method.name not in KEEPS_WORK:
+            return False
+        return base.dim() == 2 if step.method.name == "tsvm" else self.policy.pcb == "kept" and base.numel() > 0
 
     # -- per candidate ---------------------------------------------------------------------------------
 
