@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.device import DeviceSources, Placement
-from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, chunk_kernel, compile_works
+from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, PCB_PARAMS, chunk_kernel, compile_works
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, make_trim_cuts
 from evomerge.merge.draws import draw_bits, draw_key, pair_hash
@@ -189,7 +189,7 @@ class FastMerger:
         elif step.method.name == "tsvm":
             flags = self._tsvm_matrix(step, plan, target.view(-1), inputs)
         elif step.method.name == "pcb":
-            flags = self._pcb_tensor(step, target.view(-1), inputs)
+            flags = self._pcb_tensor(step, plan, target.view(-1), inputs)
         else:
             flags = self._gta(step, plan, target.view(-1), flat)
         if target is not dst:
@@ -293,24 +293,22 @@ class FastMerger:
         return [kernel(out[a:b], [x[a:b] for x in flat], params.to(out.device), plan.dtype or base.dtype)
                 for a, b in self._chunks(out.numel(), compiled)]
 
-    def _pcb_tensor(self, step: TensorStep, out: Tensor, inputs: list[Tensor]) -> list[Any]:
-        """PCB of one tensor from its kept balances: the cuts looked up, then θ0 + λ · steps 4–5 a chunk at a time
-        (each entry computed as the eager operator computes it)."""
+    def _pcb_tensor(self, step: TensorStep, plan: MergePlan, out: Tensor, inputs: list[Tensor]) -> list[Any]:
+        """PCB of one tensor from its kept balances: the cuts looked up, then θ0 + λ · steps 4–5 by the pcb kernel."""
         assert step.method is not None
         base, k = inputs[0], len(inputs) - 1
         held = self._pcb.get(step.name)
         if held is None:
             held = self._pcb[step.name] = pcb_method.Balances.of(base, inputs[1:])
         per = self._per_source(step, k)
-        cuts, highs = held.cuts(per["density"]), held.highs()
-        lam = float({**step.method.globals, **step.params}["lam"])
-        flat, flags = base.reshape(-1), []
-        for a, b in self._chunks(out.numel(), False):
-            merged = pcb_method.kept_mean(held.clipped[:, a:b], held.balance[:, a:b], cuts, highs, per["weight"])
-            merged = flat[a:b].to(merged.dtype) + lam * merged
-            out[a:b].copy_(merged)
-            flags.append(torch.isfinite(merged).all())
-        return flags
+        params = PCB_PARAMS.pack(held.clipped.dtype, held.clipped.device, weight=per["weight"],
+                                 cut=held.cuts(per["density"]).flatten(), high=held.highs().flatten(),
+                                 lam=float({**step.method.globals, **step.params}["lam"]))
+        flat, n, dtype = base.reshape(-1), out.numel(), plan.dtype or base.dtype
+        compiled = self._compiles(n)
+        kernel = chunk_kernel("pcb", compiled)
+        return [kernel(out[a:b], flat[a:b], held.clipped[:, a:b], held.balance[:, a:b], params, dtype)
+                for a, b in self._chunks(n, compiled)]
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:
         """cos Ω of base and source 0 over the flattened tensor, [1, 1], exactly as ``methods/slerp.py``."""

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from evomerge.merge.draws import draw_bits, pair_hash
+from evomerge.merge.methods.pcb import kept_mean
 from evomerge.merge.sparsify import task_vector
 
 TIE_BLOCK = 1 << 12  # entries per tie count (``_tie_counts``)
@@ -61,6 +62,8 @@ LINEAR_PARAMS = ParamLayout(per_source=("weight",), scalars=("divisor",))
 # ``low``: |τ| above it survives trimming; ``dare_divisor``: the DARE rescale d (1 without DARE); λ; the divisor
 # without consensus; ``normalize`` (1.0 or 0.0) tells the consensus branch whether to divide
 GTA_PARAMS = ParamLayout(per_source=("weight", "low", "dare_divisor"), scalars=("lam", "divisor", "normalize"))
+# PCB's step 4 cut t_k and largest balance per source (``methods/pcb.Balances``), w_k, and λ
+PCB_PARAMS = ParamLayout(per_source=("weight", "cut", "high"), scalars=("lam",))
 
 
 def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype: torch.dtype) -> Tensor:
@@ -72,6 +75,17 @@ def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype
     for k in range(1, k_count):
         acc = acc + sources[k].to(dt) * p["weight"][k]
     merged = (acc / p["divisor"]).to(plan_dtype)
+    out.copy_(merged)
+    return _all_finite(merged)
+
+
+def _pcb_chunk(out: Tensor, base: Tensor, clipped: Tensor, balance: Tensor, params: Tensor,
+               plan_dtype: torch.dtype) -> Tensor:
+    """θ0 + λ · PCB's steps 4–5 over a chunk of a tensor's kept K × n rows (``PCB_PARAMS``): ``kept_mean`` itself, so
+    the eager kernel is the reference's arithmetic entry for entry."""
+    p = PCB_PARAMS.unpack(params, clipped.shape[0])
+    mean = kept_mean(clipped, balance, p["cut"].unsqueeze(1), p["high"].unsqueeze(1), p["weight"].unsqueeze(1))
+    merged = (base.to(params.dtype) + p["lam"] * mean).to(plan_dtype)
     out.copy_(merged)
     return _all_finite(merged)
 
@@ -189,7 +203,8 @@ def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torc
     out.copy_(equal.view(-1, TIE_BLOCK).sum(1))
 
 
-_FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "bin_flags": _bin_flags,
+_FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "pcb": _pcb_chunk,
+                                                "bin_flags": _bin_flags,
                                                 "tie_counts": _tie_counts, "magnitude_keys": _magnitude_keys,
                                                 "value_rows": _value_rows}
 _COMPILED: dict[str, Callable[..., object]] = {}

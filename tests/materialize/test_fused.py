@@ -223,6 +223,7 @@ COMPILED = [
     ("ties", {"weight": [1.0, -0.8, 0.5], "density": [0.5, 0.01, 1.0]}, {}),
     ("dare_linear", {"weight": [0.7, 0.5, -0.2], "density": [0.5, 1.0, 0.05]}, {}),
     ("dare_ties", {"weight": [1.0, 0.8, -0.5], "density": [0.3, 0.9, 1.0]}, {"normalize": True}),
+    ("pcb", {"weight": [1.0, 0.7, 1.2], "density": [0.2, 0.5, 0.9]}, {"lam": 1.1}),
 ]
 
 
@@ -237,4 +238,4 @@ def test_compiled_kernels_equal_the_reference(method: str, source_params: dict, 
                                               ran_compiled: Callable[..., None]) -> None:
     pool = make_pool(3, seed=7)
     check(pool, make_plan(pool, method, source_params, params), compile=True, chunk=256)
-    ran_compiled("linear" if method == "linear" else "gta")
+    ran_compiled(method if method in ("linear", "pcb") else "gta")

@@ -50,7 +50,8 @@ def pcb(base: Tensor, sources: Sequence[Tensor], *, weight: Sequence[float], den
         return base.to(tau.dtype)
     clipped, balance = balances(tau)
     cuts = order_statistic(balance, [cut_rank(tau.shape[1], float(d)) for d in density])
-    merged = kept_mean(clipped, balance, cuts, balance.max(dim=1, keepdim=True).values, weight)
+    w = torch.tensor([float(x) for x in weight], dtype=tau.dtype, device=tau.device).unsqueeze(1)
+    merged = kept_mean(clipped, balance, cuts, balance.max(dim=1, keepdim=True).values, w)
     return base.to(tau.dtype) + lam * merged.reshape(base.shape)
 
 
@@ -66,15 +67,15 @@ def balances(tau: Tensor) -> tuple[Tensor, Tensor]:
     return magnitude.mul_(tau.sign()), balance
 
 
-def kept_mean(clipped: Tensor, balance: Tensor, cuts: Tensor, highs: Tensor, weight: Sequence[float]) -> Tensor:
+def kept_mean(clipped: Tensor, balance: Tensor, cuts: Tensor, highs: Tensor, weight: Tensor) -> Tensor:
     """Steps 4 and 5 without θ0 and λ: Σ_k w_k β̂_k τ̂_k / max(Σ_k β̂_k, 1e-12), over the columns given (any range of
-    entries: each column is computed alone), from each row's cut t_k and its largest balance (K × 1 columns):
-    β̂_k = Norm(max(β_k, t_k)), whose minimum is t_k. Neither input is changed."""
+    entries: each column is computed alone), from each row's cut t_k, its largest balance and w_k (K × 1 columns):
+    β̂_k = Norm(max(β_k, t_k)), whose minimum is t_k. Neither input is changed. The fused path compiles this very
+    function (``materialize/kernels.py``)."""
     span = highs - cuts
-    scale = balance.clamp(min=cuts).sub_(cuts).div_(torch.where(span > 0, span, torch.ones_like(span)))
-    divisor = scale.sum(dim=0).clamp_(min=MIN_DIVISOR)
-    w = torch.tensor([float(x) for x in weight], dtype=clipped.dtype, device=clipped.device).unsqueeze(1)
-    return scale.mul_(clipped).mul_(w).sum(dim=0).div_(divisor)
+    scale = (torch.maximum(balance, cuts) - cuts) / torch.where(span > 0, span, torch.ones_like(span))
+    divisor = scale.sum(dim=0).clamp(min=MIN_DIVISOR)
+    return (scale * clipped * weight).sum(dim=0) / divisor
 
 
 @dataclass(frozen=True)
