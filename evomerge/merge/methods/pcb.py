@@ -90,7 +90,8 @@ class Balances:
     @classmethod
     def of(cls, base: Tensor, sources: Sequence[Tensor]) -> "Balances":
         clipped, balance = balances(task_vectors(base, sources).reshape(len(sources), -1))
-        ascending, order = torch.empty_like(balance), torch.empty(balance.shape[1], dtype=torch.int64)
+        ascending = torch.empty_like(balance)
+        order = torch.empty(balance.shape[1], dtype=torch.int64, device=balance.device)
         for row, out in zip(balance, ascending, strict=True):  # a row at a time: one row's sort order beside them
             torch.sort(row, out=(out, order))
         return cls(clipped, balance, ascending)
