@@ -302,12 +302,13 @@ class FastMerger:
             held = self._pcb[step.name] = pcb_method.Balances.of(base, inputs[1:])
         per = self._per_source(step, k)
         params = PCB_PARAMS.pack(held.clipped.dtype, held.clipped.device, weight=per["weight"],
-                                 cut=held.cuts(per["density"]).flatten(), high=held.highs().flatten(),
+                                 cut=held.cuts(per["density"]), high=held.highs(),
                                  lam=float({**step.method.globals, **step.params}["lam"]))
         flat, n, dtype = base.reshape(-1), out.numel(), plan.dtype or base.dtype
         compiled = self._compiles(n)
         kernel = chunk_kernel("pcb", compiled)
-        return [kernel(out[a:b], flat[a:b], held.clipped[:, a:b], held.balance[:, a:b], params, dtype)
+        return [kernel(out[a:b], flat[a:b], [row[a:b] for row in held.clipped], [row[a:b] for row in held.balance],
+                       params, dtype)
                 for a, b in self._chunks(n, compiled)]
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:

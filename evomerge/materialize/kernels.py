@@ -79,12 +79,12 @@ def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype
     return _all_finite(merged)
 
 
-def _pcb_chunk(out: Tensor, base: Tensor, clipped: Tensor, balance: Tensor, params: Tensor,
+def _pcb_chunk(out: Tensor, base: Tensor, clipped: list[Tensor], balance: list[Tensor], params: Tensor,
                plan_dtype: torch.dtype) -> Tensor:
-    """θ0 + λ · PCB's steps 4–5 over a chunk of a tensor's kept K × n rows (``PCB_PARAMS``): ``kept_mean`` itself, so
-    the eager kernel is the reference's arithmetic entry for entry."""
-    p = PCB_PARAMS.unpack(params, clipped.shape[0])
-    mean = kept_mean(clipped, balance, p["cut"].unsqueeze(1), p["high"].unsqueeze(1), p["weight"].unsqueeze(1))
+    """θ0 + λ · PCB's steps 4–5 over a chunk of a tensor's kept rows (``PCB_PARAMS``): ``kept_mean`` itself, so the
+    eager kernel is the reference's arithmetic entry for entry."""
+    p = PCB_PARAMS.unpack(params, len(clipped))
+    mean = kept_mean(clipped, balance, p["cut"], p["high"], p["weight"])
     merged = (base.to(params.dtype) + p["lam"] * mean).to(plan_dtype)
     out.copy_(merged)
     return _all_finite(merged)

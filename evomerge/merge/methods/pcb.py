@@ -48,11 +48,13 @@ def pcb(base: Tensor, sources: Sequence[Tensor], *, weight: Sequence[float], den
     tau = task_vectors(base, sources).reshape(len(sources), -1)
     if tau.shape[1] == 0:
         return base.to(tau.dtype)
+    n, dtype = tau.shape[1], tau.dtype
     clipped, balance = balances(tau)
-    cuts = order_statistic(balance, [cut_rank(tau.shape[1], float(d)) for d in density])
-    w = torch.tensor([float(x) for x in weight], dtype=tau.dtype, device=tau.device).unsqueeze(1)
-    merged = kept_mean(clipped, balance, cuts, balance.max(dim=1, keepdim=True).values, w)
-    return base.to(tau.dtype) + lam * merged.reshape(base.shape)
+    del tau  # steps 4–5 need τ̂ and β only: the memory plan's 5·K + 1 copies hold with it gone
+    cuts = order_statistic(balance, [cut_rank(n, float(d)) for d in density]).flatten()
+    w = torch.tensor([float(x) for x in weight], dtype=dtype, device=balance.device)
+    merged = kept_mean(list(clipped), list(balance), cuts, balance.max(dim=1).values, w)
+    return base.to(dtype) + lam * merged.reshape(base.shape)
 
 
 def balances(tau: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,15 +69,24 @@ def balances(tau: Tensor) -> tuple[Tensor, Tensor]:
     return magnitude.mul_(tau.sign()), balance
 
 
-def kept_mean(clipped: Tensor, balance: Tensor, cuts: Tensor, highs: Tensor, weight: Tensor) -> Tensor:
-    """Steps 4 and 5 without θ0 and λ: Σ_k w_k β̂_k τ̂_k / max(Σ_k β̂_k, 1e-12), over the columns given (any range of
-    entries: each column is computed alone), from each row's cut t_k, its largest balance and w_k (K × 1 columns):
-    β̂_k = Norm(max(β_k, t_k)), whose minimum is t_k. Neither input is changed. The fused path compiles this very
-    function (``materialize/kernels.py``)."""
-    span = highs - cuts
-    scale = (torch.maximum(balance, cuts) - cuts) / torch.where(span > 0, span, torch.ones_like(span))
-    divisor = scale.sum(dim=0).clamp(min=MIN_DIVISOR)
-    return (scale * clipped * weight).sum(dim=0) / divisor
+def kept_mean(clipped: Sequence[Tensor], balance: Sequence[Tensor], cuts: Tensor, highs: Tensor,
+              weight: Tensor) -> Tensor:
+    """Steps 4 and 5 without θ0 and λ: Σ_k w_k β̂_k τ̂_k / max(Σ_k β̂_k, 1e-12), over one range of entries of each
+    source's τ̂_k and β_k (each entry computed alone), from each source's cut t_k, largest balance and w_k (K values):
+    β̂_k = Norm(max(β_k, t_k)), whose minimum is t_k. Entry by entry, so compiled (``materialize/kernels.py`` runs
+    this very function) it is one loop; the sums over k run in source order, as a sum over a K × n tensor's rows."""
+    spans = highs - cuts
+    spans = torch.where(spans > 0, spans, torch.ones_like(spans))
+    scales = [(torch.maximum(beta, cuts[k]) - cuts[k]) / spans[k] for k, beta in enumerate(balance)]
+    terms = [scale * tau * weight[k] for k, (scale, tau) in enumerate(zip(scales, clipped, strict=True))]
+    return _total(terms) / _total(scales).clamp(min=MIN_DIVISOR)
+
+
+def _total(rows: list[Tensor]) -> Tensor:
+    out = rows[0]
+    for row in rows[1:]:
+        out = out + row
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,13 +108,13 @@ class Balances:
         return cls(clipped, balance, ascending)
 
     def cuts(self, density: Sequence[float]) -> Tensor:
-        """t_k of step 4, a K × 1 column: row k's value at ``cut_rank`` (the one ``order_statistic`` finds)."""
+        """t_k of step 4, K values: row k's value at ``cut_rank`` (the one ``order_statistic`` finds)."""
         n = self.ascending.shape[1]
         ranks = [cut_rank(n, float(d)) for d in density]
-        return torch.stack([row[r] for row, r in zip(self.ascending, ranks, strict=True)]).unsqueeze(1)
+        return torch.stack([row[r] for row, r in zip(self.ascending, ranks, strict=True)])
 
     def highs(self) -> Tensor:
-        return self.ascending[:, -1:]
+        return self.ascending[:, -1]
 
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.clipped, self.balance, self.ascending))
