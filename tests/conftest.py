@@ -38,18 +38,20 @@ def build_rank(item: pytest.Item) -> int:
     return 0 if "smol" in item.fixturenames else 1 if "zoo_dir" in item.fixturenames else 2
 
 
-# A hang guard, not a time check: whichever test needs the default zoo first also builds it (~14 minutes beside the
-# other test process on the 2-core CI machine, over the suite's 900 s; tests/real/ has its own for the SmolLM2 family).
-ZOO_TIMEOUT = 1800
+# A hang guard, not a time check, for every test that needs a family: whichever comes first also builds it (the zoo
+# ~14 minutes beside the other test process on the 2-core CI machine, the SmolLM2 family longer: past the suite's
+# 900 s once anything else shares the cores).
+FAMILY_TIMEOUT = 1800
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank: dict[str, int] = {}
     for item in items:
-        if "zoo_dir" in item.fixturenames and item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(ZOO_TIMEOUT))
+        needs = build_rank(item)
+        if needs < 2 and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FAMILY_TIMEOUT))
         unit = unit_of(item.nodeid)
-        rank[unit] = min(rank.get(unit, 2), build_rank(item))
+        rank[unit] = min(rank.get(unit, 2), needs)
     items.sort(key=lambda item: rank[unit_of(item.nodeid)])
 
 

@@ -17,9 +17,9 @@ from evomerge.zoo.smol import SKILLS, SmolFamily
 from evomerge.zoo.smol.build import VARIANTS
 from evomerge.zoo.smol.train import TRAINED
 
-from .conftest import FAMILY_TIMEOUT, evaluate, greedy_accuracy
+from .conftest import evaluate, greedy_accuracy
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(FAMILY_TIMEOUT)]
+pytestmark = pytest.mark.slow  # its family build's hang guard: tests/conftest.py
 CANDIDATES = 4
 STATISTICS_TEXTS = 12  # of the reduced family's 48 calibration texts
 

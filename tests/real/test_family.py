@@ -22,9 +22,9 @@ from evomerge.zoo.smol.config import search_config
 from evomerge.zoo.smol.data import IGNORE, batch, stem_ids
 from evomerge.zoo.smol.train import TRAINED
 
-from .conftest import FAMILY_TIMEOUT, REPO, evaluate, lm_eval_encode
+from .conftest import REPO, evaluate, lm_eval_encode
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(FAMILY_TIMEOUT)]
+pytestmark = pytest.mark.slow  # its family build's hang guard: tests/conftest.py
 
 
 def read_jsonl(path: Path) -> list[dict[str, str]]:
