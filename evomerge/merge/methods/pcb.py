@@ -26,6 +26,7 @@ Steps 1–3 depend on the sources alone (``balances``: a worker keeps them, ``Ba
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -79,14 +80,7 @@ def kept_mean(clipped: Sequence[Tensor], balance: Sequence[Tensor], cuts: Tensor
     spans = torch.where(spans > 0, spans, torch.ones_like(spans))
     scales = [(torch.maximum(beta, cuts[k]) - cuts[k]) / spans[k] for k, beta in enumerate(balance)]
     terms = [scale * tau * weight[k] for k, (scale, tau) in enumerate(zip(scales, clipped, strict=True))]
-    return _total(terms) / _total(scales).clamp(min=MIN_DIVISOR)
-
-
-def _total(rows: list[Tensor]) -> Tensor:
-    out = rows[0]
-    for row in rows[1:]:
-        out = out + row
-    return out
+    return functools.reduce(torch.add, terms) / functools.reduce(torch.add, scales).clamp(min=MIN_DIVISOR)
 
 
 @dataclass(frozen=True)
