@@ -53,7 +53,7 @@ from evomerge.materialize.device import DeviceSources, Placement
 from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, PCB_PARAMS, chunk_kernel, compile_works
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, make_trim_cuts
-from evomerge.merge.draws import draw_bits, draw_key, pair_hash
+from evomerge.merge.draws import draw_key
 from evomerge.merge.methods import pcb as pcb_method
 from evomerge.merge.methods import slerp as slerp_method
 from evomerge.merge.methods import tsvm as tsvm_method
@@ -266,10 +266,22 @@ class FastMerger:
             return [], keys
         if any(s != seed for s, _, _ in self._draws):  # a new run seed: the old draws are dead
             self._draws = {key: v for key, v in self._draws.items() if key[0] == seed}
-        for k in range(k_count):
+        for k in range(0, k_count, 2):
             if (seed, name, k) not in self._draws:
-                self._draws[(seed, name, k)] = _cached_draws(keys[k // 2], k, n, device)
+                for s, rows in enumerate(self._cached_draws(keys[k // 2], min(2, k_count - k), n, device)):
+                    self._draws[(seed, name, k + s)] = rows
         return [self._draws[(seed, name, k)] for k in range(k_count)], keys
+
+    def _cached_draws(self, key: Tensor, sources: int, n: int, device: torch.device) -> list[Tensor]:
+        """The draw bits of a pair's first ``sources`` (1 or 2) sources for a tensor of n entries, each as [high
+        bytes, low bytes] (uint8): views of one buffer, filled by the ``draw_bytes`` kernel (compiled like the
+        merge kernels: the eager int64 arithmetic took ~100 ns an entry, most of a first DARE candidate)."""
+        out = torch.empty(2 * sources, n, dtype=torch.uint8, device=device)
+        compiled = self._compiles(n)
+        kernel = chunk_kernel("draw_bytes", compiled)
+        for a, b in self._chunks(n, compiled):
+            kernel(list(out[:, a:b]), torch.tensor(a, dtype=torch.int64, device=device), key)
+        return [out[2 * s : 2 * s + 2] for s in range(sources)]
 
     def _tsvm_matrix(self, step: TensorStep, plan: MergePlan, out: Tensor, inputs: list[Tensor]) -> list[Any]:
         """TSV-M of one matrix: θ0 + Σ_k (λ w_k) P_k by the linear kernel over θ0 and the P_k the policy keeps
@@ -356,23 +368,13 @@ def draw_threshold(density: float, dt: torch.dtype) -> int:
 
 
 def draw_cache_bytes(n: int) -> int:
-    """Bytes of one (tensor, source) draw cache of n entries (``_cached_draws``: a high and a low byte each)."""
+    """Bytes of one (tensor, source) draw cache of n entries (``FastMerger._cached_draws``: a high and a low byte)."""
     return 2 * n
 
 
 def chunk_scratch_bytes(k_count: int) -> int:
     """Bytes of the eager kernels' temporaries over one ``CHUNK`` of K sources: K + 4 float32 chunks at most."""
     return (k_count + 4) * CHUNK * 4
-
-
-def _cached_draws(key: Tensor, k: int, n: int, device: torch.device) -> Tensor:
-    """Source k's draw bits for a tensor of n entries as [high bytes, low bytes] (uint8), a chunk at a time."""
-    out = torch.empty(2, n, dtype=torch.uint8, device=device)
-    for a in range(0, n, CHUNK):
-        bits = draw_bits(pair_hash(torch.arange(a, min(a + CHUNK, n), dtype=torch.int64, device=device), key), k)
-        out[0, a : a + CHUNK] = bits >> 8
-        out[1, a : a + CHUNK] = bits & 0xFF
-    return out
 
 
 def merge_tensors(plan: MergePlan, pool: SourcePool, **options: Any) -> dict[str, Tensor]:

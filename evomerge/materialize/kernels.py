@@ -197,6 +197,17 @@ def key_patterns(key: int, dt: torch.dtype) -> tuple[int, int]:
     return (first + 1, first + (1 << shift) - 1) if key & 1 else (first, first)
 
 
+def _draw_bytes(rows: list[Tensor], start: Tensor, key: Tensor) -> None:
+    """The draw cache's bytes for one source pair over flat indices ``start`` … ``start + len(rows[0])``: ``rows``
+    (uint8; 2 for the pair's first source alone, 4 for both) are the high and the low byte of each source's draw
+    bits in turn. One hash serves the pair, and one loop fills every row (compiled: in registers)."""
+    hashed = pair_hash(torch.arange(rows[0].shape[0], device=rows[0].device) + start, key)
+    for s in range(len(rows) // 2):
+        bits = draw_bits(hashed, s)
+        rows[2 * s].copy_(bits >> 8)
+        rows[2 * s + 1].copy_(bits & 0xFF)
+
+
 def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torch.dtype) -> None:
     """out[b] = how many entries of block b (``TIE_BLOCK`` entries) have |θ_k − θ0| == low (a one-element tensor)."""
     equal = (task_vector(base, source, dt).abs() == low).to(torch.int64)
@@ -204,7 +215,7 @@ def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torc
 
 
 _FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "pcb": _pcb_chunk,
-                                                "bin_flags": _bin_flags,
+                                                "bin_flags": _bin_flags, "draw_bytes": _draw_bytes,
                                                 "tie_counts": _tie_counts, "magnitude_keys": _magnitude_keys,
                                                 "value_rows": _value_rows}
 _COMPILED: dict[str, Callable[..., object]] = {}

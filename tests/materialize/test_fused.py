@@ -15,6 +15,7 @@ import torch
 
 from evomerge.materialize.fused import CachePolicy, FastMerger, merge_tensors
 from evomerge.materialize.plan import MergePlan, TensorStep
+from evomerge.merge.draws import SCALE, uniform_draws
 from evomerge.merge.methods import pcb, tsvm
 from evomerge.merge.registry import get_method
 from evomerge.sources.pool import SourcePool
@@ -146,6 +147,20 @@ def test_cache_is_filled_once_and_reused() -> None:
                                 and t.numel() > 1)
     merger.materialize(make_plan(pool, "ties", {"weight": [0.1, 0.2, 0.5], "density": [0.9, 0.1, 0.3]}), out)
     assert merger.cache_bytes() == first
+
+
+@pytest.mark.parametrize("options", [EAGER, dict(compile=True, chunk=256)], ids=["eager", "compiled"])
+def test_cached_draws_are_each_sources_uniform_draws(options: dict, ran_compiled: Callable[..., None]) -> None:
+    """Three sources: one pair hashed for both, then a pair of one; bytes that span chunks."""
+    pool = make_pool(3)
+    merger = FastMerger(pool, **options)
+    n = 37 * 53
+    cached, _ = merger._draw_inputs(11, "w.big", 3, n, torch.device("cpu"))
+    for k, rows in enumerate(cached):
+        bits = rows[0].to(torch.float32) * 256 + rows[1].to(torch.float32)
+        assert torch.equal((bits + 0.5) * SCALE, uniform_draws(11, "w.big", k, (n,))), k
+    if options["compile"]:
+        ran_compiled("draw_bytes")
 
 
 @pytest.mark.parametrize("svds", ["products", "components"])
