@@ -47,7 +47,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from benchdoc import REPO, cpu_model, publish  # noqa: E402 (first: sets the offline environment)
+from benchdoc import REPO, cpu_model, fail, publish  # noqa: E402 (first: sets the offline environment)
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -269,6 +269,8 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
     rows = []
     for k in sorted(set(ks) | ({1} if any(get_method(m).max_sources == 1 for m in args.methods) else set())):
         methods = [m for m in args.methods if takes(m, k)]
+        rows += [args.read_back[(size, m, k)] for m in methods if (size, m, k) in args.read_back]
+        methods = [m for m in methods if (size, m, k) not in args.read_back]
         if not methods:
             continue
         srcs = source_dirs[:k]
@@ -304,7 +306,17 @@ def bench_size(size: str, args: argparse.Namespace, root: Path) -> tuple[str, li
         del pool, dest, ref, merger
         gc.collect()
     shutil.rmtree(root / size, ignore_errors=True)
-    return what, rows
+    return what, sorted(rows, key=lambda r: (r["k"], args.methods.index(r["method"])))
+
+
+def read_back(path: Path | None) -> dict[tuple[str, str, int], dict]:
+    """Rows an earlier run of this script printed (its JSON lines: a run cut short), by (size, method, K)."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        fail(f"--read-back {path}: no such file (pass the saved output of an earlier run)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return {(r.pop("size"), r["method"], r["k"]): {**r, "read_back": True} for r in rows}
 
 
 def takes(method: str, k: int) -> bool:
@@ -330,7 +342,8 @@ def table(rows: list[dict]) -> str:
         mk = "—" if r["mergekit"] is None else f"{r['mergekit'] / r['fast']:.0f}×"
         speedup = "—" if r["eager"] is None else f"{r['eager'] / r['fast']:.1f}×"
         err = "—" if r["err"] is None else f"{r['err']:.1e}"
-        lines.append(f"| {r['method']} | {r['k']} | {r['bandwidth'] / 1e9:.1f} | {fmt_s(r['floor'])} | "
+        name = r["method"] + (" (read back)" if r.get("read_back") else "")
+        lines.append(f"| {name} | {r['k']} | {r['bandwidth'] / 1e9:.1f} | {fmt_s(r['floor'])} | "
                      f"{fmt_s(r['model_copy'])} | {fmt_s(r['eager'])} | {fmt_s(r['first'])} | {fmt_s(r['fast'])} | "
                      f"{ratio:.1f}× | {verdict} | {speedup} | {fmt_s(r['mergekit'])} | {mk} | {err} |")
     return "\n".join(lines)
@@ -362,12 +375,15 @@ def main() -> None:
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="FastMerger(compile=...): auto (the worker's default) compiles tensors of >= 65536 elements "
                    "only")
+    p.add_argument("--read-back", type=Path, default=None, metavar="LOG",
+                   help="the printed output of an earlier run cut short: its rows are taken, not measured again")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print the tables only")
     args = p.parse_args()
     args.ks = [int(x) for x in args.ks.split(",")]
     args.mergekit_ks = [int(x) for x in args.mergekit_ks.split(",")] if args.mergekit_ks else []
     args.methods = args.methods.split(",")
+    args.read_back = read_back(args.read_back)
     args.large_eager_trim_ks = [int(x) for x in args.large_eager_trim_ks.split(",")] if args.large_eager_trim_ks else []
     command = "python scripts/bench_materialize.py " + " ".join(sys.argv[1:])
 
@@ -395,6 +411,11 @@ def main() -> None:
         f"fast calls, so both see the same load: the copy GB/s column) · "
         f"whole run {time.perf_counter() - t_start:.0f} s\n\n"
         f"Command: `{command}`\n\n"
+        + ("Rows marked *read back* were measured by an earlier run with the same sizes, methods and options, cut "
+           "short, and read from its printed rows (`--read-back`); the load, bandwidth and whole-run figures above "
+           "are this run's.\n\n"
+           if args.read_back else "")
+        +
         "Floor = bytes that must move (each needed input read once: K sources for a method without a base, K + 1 "
         "with it, 2 for SLERP; the output written once) / the copy bandwidth. Eager = the reference operators + "
         "`copy_` (the worker before the fast path; \"—\" on the large model: skipped, minutes per call; and for a "
