@@ -25,7 +25,7 @@ OpenMP regions); eager ones over ``CHUNK`` elements at a time. By default (``com
 tensors of at least ``COMPILE_MIN`` elements use compiled kernels, so tiny models never wait for a
 compile; ``True`` compiles everything, ``False`` runs the same functions eagerly.
 
-Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``.
+Supported here: ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``, ``nearswap``.
 ``tsvm`` keeps its source-only work as the policy's ``svds`` says: each matrix's K decorrelated task
 matrices P_k (``products``: a candidate is the linear kernel over θ0 and the P_k, as task arithmetic), or the
 SVDs' results they come from (``components``: a candidate also pays the products, 2R flops per entry), or
@@ -50,7 +50,14 @@ import torch
 from torch import Tensor
 
 from evomerge.materialize.device import DeviceSources, Placement
-from evomerge.materialize.kernels import GTA_PARAMS, LINEAR_PARAMS, PCB_PARAMS, chunk_kernel, compile_works
+from evomerge.materialize.kernels import (
+    GTA_PARAMS,
+    LINEAR_PARAMS,
+    NEARSWAP_PARAMS,
+    PCB_PARAMS,
+    chunk_kernel,
+    compile_works,
+)
 from evomerge.materialize.plan import MergePlan, TensorStep
 from evomerge.materialize.thresholds import Thresholds, make_trim_cuts
 from evomerge.merge.draws import draw_key
@@ -64,7 +71,7 @@ from evomerge.sources.pool import SourcePool
 CHUNK = 1 << 20  # elements per eager pass: (K+2) × 4 MiB of float32 stays near the caches
 COMPILE_MIN = 1 << 16  # smaller tensors run the chunk functions eagerly: no compile for tiny models
 FUSED_SPARSIFY = ("none", "magnitude", "random")  # task-vector families with a fused kernel
-FUSED_OTHERS = ("linear", "slerp")  # methods outside the task-vector families with one
+FUSED_OTHERS = ("linear", "slerp", "nearswap")  # methods outside the task-vector families with one
 KEEPS_WORK = ("tsvm", "pcb")  # methods without a fused kernel whose source-only work a worker keeps
 Draws = Literal["cached", "regenerated"]
 SVDs = Literal["products", "components", "recomputed"]  # what TSV-M keeps per matrix (``methods/tsvm.py``)
@@ -186,6 +193,8 @@ class FastMerger:
         flat = [base.reshape(-1), *(s.reshape(-1) for s in sources)]
         if step.method.name in ("linear", "slerp"):
             flags = self._linear(step, plan, target.view(-1), flat)
+        elif step.method.name == "nearswap":
+            flags = self._nearswap(step, plan, target.view(-1), flat)
         elif step.method.name == "tsvm":
             flags = self._tsvm_matrix(step, plan, target.view(-1), inputs)
         elif step.method.name == "pcb":
@@ -220,6 +229,17 @@ class FastMerger:
         kernel = chunk_kernel("linear", compiled)
         plan_dtype = plan.dtype or flat[0].dtype
         return [kernel(out[a:b], [s[a:b] for s in inputs], params.to(out.device), plan_dtype)
+                for a, b in self._chunks(n, compiled)]
+
+    def _nearswap(self, step: TensorStep, plan: MergePlan, out: Tensor, flat: list[Tensor]) -> list[Any]:
+        """NearSwap of base and its one source: elementwise, one pass."""
+        assert step.method is not None
+        dt = compute_dtype(flat[0])
+        params = NEARSWAP_PARAMS.pack(dt, out.device, t=float({**step.method.globals, **step.params}["t"]))
+        n = out.numel()
+        compiled = self._compiles(n)
+        kernel = chunk_kernel("nearswap", compiled)
+        return [kernel(out[a:b], flat[0][a:b], flat[1][a:b], params, plan.dtype or flat[0].dtype)
                 for a, b in self._chunks(n, compiled)]
 
     def _gta(self, step: TensorStep, plan: MergePlan, out: Tensor, flat: list[Tensor]) -> list[Any]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from evomerge.merge.draws import draw_bits, pair_hash
+from evomerge.merge.methods.nearswap import blend
 from evomerge.merge.methods.pcb import kept_mean
 from evomerge.merge.sparsify import task_vector
 
@@ -62,6 +63,8 @@ LINEAR_PARAMS = ParamLayout(per_source=("weight",), scalars=("divisor",))
 # ``low``: |τ| above it survives trimming; ``dare_divisor``: the DARE rescale d (1 without DARE); λ; the divisor
 # without consensus; ``normalize`` (1.0 or 0.0) tells the consensus branch whether to divide
 GTA_PARAMS = ParamLayout(per_source=("weight", "low", "dare_divisor"), scalars=("lam", "divisor", "normalize"))
+# NearSwap's distance t
+NEARSWAP_PARAMS = ParamLayout(per_source=(), scalars=("t",))
 # PCB's step 4 cut t_k and largest balance per source (``methods/pcb.Balances``), w_k, and λ
 PCB_PARAMS = ParamLayout(per_source=("weight", "cut", "high"), scalars=("lam",))
 
@@ -75,6 +78,14 @@ def _linear_chunk(out: Tensor, sources: list[Tensor], params: Tensor, plan_dtype
     for k in range(1, k_count):
         acc = acc + sources[k].to(dt) * p["weight"][k]
     merged = (acc / p["divisor"]).to(plan_dtype)
+    out.copy_(merged)
+    return _all_finite(merged)
+
+
+def _nearswap_chunk(out: Tensor, base: Tensor, source: Tensor, params: Tensor, plan_dtype: torch.dtype) -> Tensor:
+    """NearSwap over a chunk (``NEARSWAP_PARAMS``): ``methods/nearswap.blend`` itself, one pass over θ0 and θ_1."""
+    dt = params.dtype
+    merged = blend(base.to(dt), source.to(dt), NEARSWAP_PARAMS.unpack(params, 1)["t"]).to(plan_dtype)
     out.copy_(merged)
     return _all_finite(merged)
 
@@ -215,6 +226,7 @@ def _tie_counts(out: Tensor, base: Tensor, source: Tensor, low: Tensor, dt: torc
 
 
 _FUNCTIONS: dict[str, Callable[..., object]] = {"linear": _linear_chunk, "gta": _gta_chunk, "pcb": _pcb_chunk,
+                                                "nearswap": _nearswap_chunk,
                                                 "bin_flags": _bin_flags, "draw_bytes": _draw_bytes,
                                                 "tie_counts": _tie_counts, "magnitude_keys": _magnitude_keys,
                                                 "value_rows": _value_rows}

@@ -124,7 +124,6 @@ def test_slerp_with_cached_angle(t: float) -> None:
 
 @pytest.mark.parametrize("method,k,source_params,params", [
     ("breadcrumbs", 3, {"weight": [1.0, 0.5, 0.2], "density": [0.5, 0.6, 0.7]}, {}),
-    ("nearswap", 1, {}, {"t": 0.05}),
     ("sce", 3, {}, {"select_topk": 0.5}),
     ("karcher", 3, {}, {"max_iter": 3}),
     ("nuslerp", 2, {"weight": [0.4, 1.1]}, {"nuslerp_flatten": False}),
@@ -240,6 +239,21 @@ COMPILED = [
     ("dare_ties", {"weight": [1.0, 0.8, -0.5], "density": [0.3, 0.9, 1.0]}, {"normalize": True}),
     ("pcb", {"weight": [1.0, 0.7, 1.2], "density": [0.2, 0.5, 0.9]}, {"lam": 1.1}),
 ]
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 10.0])  # nothing swapped, some, every entry
+def test_nearswap_kernel_gives_the_operators_tensors_exactly(t: float) -> None:
+    pool = make_pool(1, seed=4)
+    pool.sources[0].tensors["w.vec"][:5] = pool.base.tensors["w.vec"][:5]  # equal entries: the distance floor
+    plan = make_plan(pool, "nearswap", {}, {"t": t})
+    got = merge_tensors(plan, pool, **EAGER)
+    assert all(torch.equal(got[name], want) for name, want in plan.materialize(pool).items())
+
+
+def test_compiled_nearswap_equals_the_reference(ran_compiled: Callable[..., None]) -> None:
+    pool = make_pool(1, seed=4)
+    check(pool, make_plan(pool, "nearswap", {}, {"t": 0.05}), compile=True, chunk=256)
+    ran_compiled("nearswap")
 
 
 def test_compiled_slerp_equals_the_reference(ran_compiled: Callable[..., None]) -> None:

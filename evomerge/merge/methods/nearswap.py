@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from evomerge.merge.registry import Domain, MergeMethod, Param, register
@@ -23,7 +24,12 @@ DISTANCE = Param("t", 1e-4, domain=Domain(0.0, math.inf))
 def nearswap(base: Tensor, sources: Sequence[Tensor], *, t: float = 1e-4) -> Tensor:
     """w·θ_b + (1 − w)·θ_a with w = clamp(t / |θ_b − θ_a|, 0, 1), entry by entry."""
     dtype = compute_dtype(base)
-    a, b = base.to(dtype), sources[0].to(dtype)
+    return blend(base.to(dtype), sources[0].to(dtype), torch.tensor(t, dtype=dtype, device=base.device))
+
+
+def blend(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """The formula over any range of entries (the fast path's kernel calls it on chunks): ``t`` a 0-d tensor of
+    the compute dtype, so every path divides by the same operation."""
     w = (t / (b - a).abs().clamp(min=MIN_DISTANCE)).clamp(0.0, 1.0)
     return w * b + (1 - w) * a
 
