@@ -164,17 +164,22 @@ class SortedCuts(TrimCuts):
     """Cuts from |τ_k| sorted once per (tensor, source): a lookup and two binary searches per cut."""
 
     def __init__(self) -> None:
-        self._sorted: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self._sorted: dict[tuple[str, int], tuple[Tensor, Tensor] | None] = {}
 
     def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self._sorted.values() for t in pair)
+        return sum(t.numel() * t.element_size() for pair in self._sorted.values() if pair for t in pair)
 
-    def sorted_magnitudes(self, name: str, k: int, base: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
-        """|θ_k − θ0| flattened, stably sorted ascending: (values, flat indices), cached."""
+    def sorted_magnitudes(self, name: str, k: int, base: Tensor, source: Tensor) -> tuple[Tensor, Tensor] | None:
+        """|θ_k − θ0| flattened, stably sorted ascending: (values, flat indices), cached; None where θ_k = θ0 (a
+        tensor the fine-tune left alone, as embeddings often are: nothing to sort, nothing to keep)."""
         key = (name, k)
         if key not in self._sorted:
-            values, order = sort_magnitudes(task_vector(base, source, compute_dtype(base)).abs_().flatten())
-            self._sorted[key] = (values, order.to(torch.int32) if order.numel() < 2**31 else order)
+            magnitudes = task_vector(base, source, compute_dtype(base)).abs_().flatten()
+            if not magnitudes.any():
+                self._sorted[key] = None
+            else:
+                values, order = sort_magnitudes(magnitudes)
+                self._sorted[key] = (values, order.to(torch.int32) if order.numel() < 2**31 else order)
         return self._sorted[key]
 
     def _cuts(self, name: str, todo: list[int], keeps: list[int], base: Tensor,
@@ -182,7 +187,10 @@ class SortedCuts(TrimCuts):
         return {k: self._cut(name, k, keeps[k], base, sources[k]) for k in todo}
 
     def _cut(self, name: str, k: int, keep: int, base: Tensor, source: Tensor) -> Trim:
-        asc, order = self.sorted_magnitudes(name, k, base, source)
+        magnitudes = self.sorted_magnitudes(name, k, base, source)
+        if magnitudes is None:  # every |τ| is 0, one group of ties: the lowest flat indices are kept
+            return Trim(0.0, keep)
+        asc, order = magnitudes
         n = asc.numel()
         low = asc[n - keep : n - keep + 1]
         first = int(torch.searchsorted(asc, low, right=False))  # the group of |τ| == low is asc[first:stop]

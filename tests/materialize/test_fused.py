@@ -148,6 +148,19 @@ def test_cache_is_filled_once_and_reused() -> None:
     assert merger.cache_bytes() == first
 
 
+def test_a_source_that_left_a_tensor_alone_has_no_sorted_copy_and_merges_as_the_reference() -> None:
+    pool = make_pool(3)
+    pool.sources[1].tensors["w.big"].copy_(pool.base.tensors["w.big"])  # τ_1 = 0 there: an untouched embedding
+    merger = FastMerger(pool, **EAGER)
+    for density in ([0.5, 0.6, 0.3], [0.9, 0.2, 0.7]):
+        plan = make_plan(pool, "ties", {"weight": [1.0, 0.8, 0.5], "density": density})
+        got = merged_by(merger, plan)
+        for name, want in plan.materialize(pool).items():
+            assert torch.equal(got[name], want), name
+    sorted_entries = 3 * sum(t.numel() for t in pool.base.tensors.values() if t.is_floating_point() and t.numel() > 1)
+    assert merger.cache_bytes() == 8 * (sorted_entries - 37 * 53)
+
+
 @pytest.mark.parametrize("options", [EAGER, dict(compile=True, chunk=256)], ids=["eager", "compiled"])
 def test_cached_draws_are_each_sources_uniform_draws(options: dict, ran_compiled: Callable[..., None]) -> None:
     """Three sources: one pair hashed for both, then a pair of one; bytes that span chunks."""
