@@ -5,8 +5,8 @@ Top-d trimming keeps the ``keep_count(d, n)`` largest |τ_k| of a tensor, ties r
 < p. The fused kernel applies it in its one pass; this module finds it, two ways that give the
 same cut (the memory plan picks one; ``tests/materialize`` checks they agree):
 
-- **sorted** (``SortedCuts``): |τ_k| sorted once per worker (values + flat indices: 8 bytes per entry and source) —
-  the cut is a lookup, ``asc[n − keep]``, plus two binary searches. Fastest; the most memory.
+- **sorted** (``SortedCuts``): |τ_k| sorted once per worker (values + flat indices: 8 bytes per entry and source;
+  none where θ_k = θ0) — the cut is a lookup, ``asc[n − keep]``, plus two binary searches. Fastest; the most memory.
 - **histogram** (``HistogramCuts``): per (tensor, source), kept once per worker (kilobytes), the count of |τ_k| per
   key of its float bit pattern — the top 16 bits (2**15 log-spaced bins, monotone in the value),
   split into the bin's one value with clear low bits (an even key) and the rest (an odd key;
