@@ -286,9 +286,10 @@ class FastMerger:
             return [], keys
         if any(s != seed for s, _, _ in self._draws):  # a new run seed: the old draws are dead
             self._draws = {key: v for key, v in self._draws.items() if key[0] == seed}
-        for k in range(0, k_count, 2):
-            if (seed, name, k) not in self._draws:
-                for s, rows in enumerate(self._cached_draws(keys[k // 2], min(2, k_count - k), n, device)):
+        for k in range(0, k_count, 2):  # a pair at a time: one hash gives both sources' draws
+            pair = min(2, k_count - k)
+            if any((seed, name, k + s) not in self._draws for s in range(pair)):
+                for s, rows in enumerate(self._cached_draws(keys[k // 2], pair, n, device)):
                     self._draws[(seed, name, k + s)] = rows
         return [self._draws[(seed, name, k)] for k in range(k_count)], keys
 

@@ -175,6 +175,15 @@ def test_cached_draws_are_each_sources_uniform_draws(options: dict, ran_compiled
         ran_compiled("draw_bytes")
 
 
+def test_a_pair_cached_for_one_source_gets_its_second_when_asked() -> None:
+    merger = FastMerger(make_pool(3), **EAGER)
+    merger._draw_inputs(11, "w.vec", 1, 97, torch.device("cpu"))
+    cached, _ = merger._draw_inputs(11, "w.vec", 2, 97, torch.device("cpu"))
+    for k, rows in enumerate(cached):
+        bits = rows[0].to(torch.float32) * 256 + rows[1].to(torch.float32)
+        assert torch.equal((bits + 0.5) * SCALE, uniform_draws(11, "w.vec", k, (97,))), k
+
+
 @pytest.mark.parametrize("svds", ["products", "components"])
 def test_tsvm_keeps_its_source_only_work_and_only_weighs_it_per_candidate(svds: str) -> None:
     pool = make_pool(3, seed=5)
