@@ -44,7 +44,7 @@ import ctypes
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, MutableMapping
+from typing import Any, Callable, Literal, Mapping, MutableMapping
 
 import torch
 from torch import Tensor
@@ -224,23 +224,17 @@ class FastMerger:
             divisor = weight_sum_divisor(total) if glob.get("normalize", True) else 1.0
             params = LINEAR_PARAMS.pack(dt, self.device, weight=weight, divisor=divisor)
             inputs = flat[1:]
-        n = out.numel()
-        compiled = self._compiles(n)
-        kernel = chunk_kernel("linear", compiled)
+        kernel, ranges = self._kernel("linear", out.numel())
         plan_dtype = plan.dtype or flat[0].dtype
-        return [kernel(out[a:b], [s[a:b] for s in inputs], params.to(out.device), plan_dtype)
-                for a, b in self._chunks(n, compiled)]
+        return [kernel(out[a:b], [s[a:b] for s in inputs], params.to(out.device), plan_dtype) for a, b in ranges]
 
     def _nearswap(self, step: TensorStep, plan: MergePlan, out: Tensor, flat: list[Tensor]) -> list[Any]:
         """NearSwap of base and its one source: elementwise, one pass."""
         assert step.method is not None
         dt = compute_dtype(flat[0])
         params = NEARSWAP_PARAMS.pack(dt, out.device, t=float({**step.method.globals, **step.params}["t"]))
-        n = out.numel()
-        compiled = self._compiles(n)
-        kernel = chunk_kernel("nearswap", compiled)
-        return [kernel(out[a:b], flat[0][a:b], flat[1][a:b], params, plan.dtype or flat[0].dtype)
-                for a, b in self._chunks(n, compiled)]
+        kernel, ranges = self._kernel("nearswap", out.numel())
+        return [kernel(out[a:b], flat[0][a:b], flat[1][a:b], params, plan.dtype or flat[0].dtype) for a, b in ranges]
 
     def _gta(self, step: TensorStep, plan: MergePlan, out: Tensor, flat: list[Tensor]) -> list[Any]:
         """The task-vector family: trim cuts or DARE draws, then one fused pass per chunk."""
@@ -261,13 +255,12 @@ class FastMerger:
         cut = torch.tensor(cuts, dtype=torch.int64, device=dev)
         draws, keys = (self._draw_inputs(plan.seed, step.name, k_count, n, dev) if dare
                        else ([], torch.zeros(1, dtype=torch.int64, device=dev)))
-        compiled = self._compiles(n)
-        kernel = chunk_kernel("gta", compiled)
+        kernel, ranges = self._kernel("gta", n, splits=[t.p for t in trims])  # each side of every cut p: no index
         plan_dtype = plan.dtype or base.dtype
         lam = float(glob.get("lam", 1.0))
         flags = []
         lowered = [below(t.low, dt) for t in trims]  # where a range keeps the ties at low (before the cut p)
-        for a, e in self._chunks(n, compiled, splits=[t.p for t in trims]):  # each side of every cut p: no index
+        for a, e in ranges:
             lows = [t.low if a >= t.p else under for t, under in zip(trims, lowered, strict=True)] or [0.0] * k_count
             params = GTA_PARAMS.pack(dt, dev, weight=weight, low=lows, dare_divisor=third, lam=lam, divisor=divisor,
                                      normalize=float(normalize))
@@ -298,9 +291,8 @@ class FastMerger:
         bytes, low bytes] (uint8): views of one buffer, filled by the ``draw_bytes`` kernel (compiled like the
         merge kernels: the eager int64 arithmetic took ~100 ns an entry, most of a first DARE candidate)."""
         out = torch.empty(2 * sources, n, dtype=torch.uint8, device=device)
-        compiled = self._compiles(n)
-        kernel = chunk_kernel("draw_bytes", compiled)
-        for a, b in self._chunks(n, compiled):
+        kernel, ranges = self._kernel("draw_bytes", n)
+        for a, b in ranges:
             kernel(list(out[:, a:b]), torch.tensor(a, dtype=torch.int64, device=device), key)
         return [out[2 * s : 2 * s + 2] for s in range(sources)]
 
@@ -321,10 +313,9 @@ class FastMerger:
         weight = [1.0, *(lam * w for w in self._per_source(step, k)["weight"])]
         params = LINEAR_PARAMS.pack(compute_dtype(base), self.device, weight=weight, divisor=1.0)
         flat = [base.reshape(-1), *(p.reshape(-1) for p in products)]
-        compiled = self._compiles(out.numel())
-        kernel = chunk_kernel("linear", compiled)
+        kernel, ranges = self._kernel("linear", out.numel())
         return [kernel(out[a:b], [x[a:b] for x in flat], params.to(out.device), plan.dtype or base.dtype)
-                for a, b in self._chunks(out.numel(), compiled)]
+                for a, b in ranges]
 
     def _pcb_tensor(self, step: TensorStep, plan: MergePlan, out: Tensor, inputs: list[Tensor]) -> list[Any]:
         """PCB of one tensor from its kept balances: the cuts looked up, then θ0 + λ · steps 4–5 by the pcb kernel."""
@@ -337,12 +328,11 @@ class FastMerger:
         params = PCB_PARAMS.pack(held.clipped.dtype, held.clipped.device, weight=per["weight"],
                                  cut=held.cuts(per["density"]), high=held.highs(),
                                  lam=float({**step.method.globals, **step.params}["lam"]))
-        flat, n, dtype = base.reshape(-1), out.numel(), plan.dtype or base.dtype
-        compiled = self._compiles(n)
-        kernel = chunk_kernel("pcb", compiled)
+        flat, dtype = base.reshape(-1), plan.dtype or base.dtype
+        kernel, ranges = self._kernel("pcb", out.numel())
         return [kernel(out[a:b], flat[a:b], [row[a:b] for row in held.clipped], [row[a:b] for row in held.balance],
                        params, dtype)
-                for a, b in self._chunks(n, compiled)]
+                for a, b in ranges]
 
     def _slerp_cos(self, name: str, base: Tensor, source: Tensor) -> Tensor:
         """cos Ω of base and source 0 over the flattened tensor, [1, 1], exactly as ``methods/slerp.py``."""
@@ -366,6 +356,13 @@ class FastMerger:
     def _chunk(self, n: int, compiled: bool) -> int:
         """Entries per kernel call: whole tensors compiled (no temporaries to bound), CHUNK eager."""
         return self.chunk or (max(n, 1) if compiled else CHUNK)
+
+    def _kernel(self, name: str, n: int, splits: list[int] | None = None
+                ) -> tuple[Callable[..., Any], list[tuple[int, int]]]:
+        """Chunk kernel ``name`` for a tensor of n entries, compiled as ``_compiles`` says, and the entry ranges of
+        its calls (``_chunks``)."""
+        compiled = self._compiles(n)
+        return chunk_kernel(name, compiled), self._chunks(n, compiled, splits)
 
     def _chunks(self, n: int, compiled: bool, splits: list[int] | None = None) -> list[tuple[int, int]]:
         """Kernel calls' ranges: chunks of ``_chunk`` entries, also split at every point of ``splits`` inside (0, n)."""
