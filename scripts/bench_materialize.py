@@ -315,8 +315,11 @@ def read_back(path: Path | None) -> dict[tuple[str, str, int], dict]:
         return {}
     if not path.is_file():
         fail(f"--read-back {path}: no such file (pass the saved output of an earlier run)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
-    return {(r.pop("size"), r["method"], r["k"]): {**r, "read_back": True} for r in rows}
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+        return {(r.pop("size"), r["method"], r["k"]): {**r, "read_back": True} for r in rows}
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"--read-back {path}: not the printed rows of this script ({type(e).__name__}: {e})")
 
 
 def takes(method: str, k: int) -> bool:
